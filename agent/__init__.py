@@ -1,0 +1,1 @@
+"""The DDPG agent (AMC) on stable-baselines3."""

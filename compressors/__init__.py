@@ -1,0 +1,1 @@
+"""Blocks, projection, masks and ties, ADMM, baselines, accounting, runtime kernels and latency."""

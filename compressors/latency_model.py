@@ -1,0 +1,130 @@
+"""An additive latency model: whole-model time = fixed part + sum of each compressible layer's time.
+
+Each layer's time is a table over a (prune, unify) grid, bilinearly interpolated between grid points.
+:mod:`uniprune.compressors.latency` fills the tables by measuring the real kernels; the
+:meth:`LatencyModel.proportional` stand-in (time proportional to the kept fraction) serves tests and
+FLOPs-style baselines. The search environment only sees this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .policy import LayerAction
+
+
+@dataclass
+class LatencyModel:
+    """Per-layer latency tables in milliseconds.
+
+    ``prune_grid``/``unify_grid``: ascending fractions in [0, 1], both starting at 0.
+    ``tables[name][i, j]``: ms of layer ``name`` at ``prune_grid[i]``, ``unify_grid[j]``. Grid points
+    with ``prune + unify > 1`` hold the time at the nearest feasible point (builders fill them so), which
+    keeps interpolation well defined. ``fixed_ms``: everything outside the compressible layers.
+    """
+
+    prune_grid: np.ndarray
+    unify_grid: np.ndarray
+    tables: dict[str, np.ndarray]
+    fixed_ms: float
+    meta: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.prune_grid = np.asarray(self.prune_grid, dtype=np.float64)
+        self.unify_grid = np.asarray(self.unify_grid, dtype=np.float64)
+        for grid, name in ((self.prune_grid, "prune_grid"), (self.unify_grid, "unify_grid")):
+            if grid.ndim != 1 or grid[0] != 0.0 or np.any(np.diff(grid) <= 0) or grid[-1] > 1.0:
+                raise ValueError(f"{name} must ascend from 0 to at most 1, got {grid.tolist()}")
+        shape = (len(self.prune_grid), len(self.unify_grid))
+        self.tables = {k: np.asarray(v, dtype=np.float64) for k, v in self.tables.items()}
+        for name, table in self.tables.items():
+            if table.shape != shape:
+                raise ValueError(f"table of layer {name!r} has shape {table.shape}, expected {shape}")
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.tables)
+
+    @staticmethod
+    def _locate(grid: np.ndarray, x: float) -> tuple[int, float]:
+        x = float(np.clip(x, 0.0, grid[-1]))
+        i = int(np.searchsorted(grid, x, side="right") - 1)
+        i = min(max(i, 0), len(grid) - 2) if len(grid) > 1 else 0
+        if len(grid) == 1:
+            return 0, 0.0
+        t = (x - grid[i]) / (grid[i + 1] - grid[i])
+        return i, float(np.clip(t, 0.0, 1.0))
+
+    def layer_ms(self, name: str, prune: float, unify: float) -> float:
+        """Interpolated time of layer ``name`` in ms at the given fractions (each in [0, 1])."""
+        table = self.tables[name]
+        i, ti = self._locate(self.prune_grid, prune)
+        j, tj = self._locate(self.unify_grid, unify)
+        i1 = min(i + 1, table.shape[0] - 1)
+        j1 = min(j + 1, table.shape[1] - 1)
+        top = table[i, j] * (1 - tj) + table[i, j1] * tj
+        bottom = table[i1, j] * (1 - tj) + table[i1, j1] * tj
+        return float(top * (1 - ti) + bottom * ti)
+
+    def predict(self, actions: Mapping[str, LayerAction]) -> float:
+        """Whole-model ms for a policy's actions; layers not named stay dense."""
+        total = self.fixed_ms
+        for name in self.tables:
+            a = actions.get(name)
+            total += self.layer_ms(name, a.prune, a.unify) if a is not None else self.tables[name][0, 0]
+        return float(total)
+
+    @property
+    def dense_ms(self) -> float:
+        """Whole-model ms with every layer dense."""
+        return float(self.fixed_ms + sum(t[0, 0] for t in self.tables.values()))
+
+    def fastest_ms(self, name: str, max_prune: float = 1.0, max_unify: float = 1.0) -> float:
+        """The least time of layer ``name`` over feasible grid points within the caps."""
+        p = self.prune_grid[:, None]
+        u = self.unify_grid[None, :]
+        ok = (p <= max_prune + 1e-9) & (u <= max_unify + 1e-9) & (p + u <= 1 + 1e-9)
+        return float(self.tables[name][ok].min())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prune_grid": self.prune_grid.tolist(),
+            "unify_grid": self.unify_grid.tolist(),
+            "tables": {k: v.tolist() for k, v in self.tables.items()},
+            "fixed_ms": self.fixed_ms,
+            "meta": self.meta or {},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyModel:
+        return cls(
+            prune_grid=np.asarray(data["prune_grid"]),
+            unify_grid=np.asarray(data["unify_grid"]),
+            tables={k: np.asarray(v) for k, v in data["tables"].items()},
+            fixed_ms=float(data["fixed_ms"]),
+            meta=dict(data.get("meta") or {}),
+        )
+
+    @classmethod
+    def proportional(
+        cls,
+        dense_layer_ms: Mapping[str, float],
+        fixed_ms: float = 0.0,
+        *,
+        unify_saving: float = 0.0,
+        grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
+    ) -> LatencyModel:
+        """A stand-in: a layer's time scales with its kept fraction ``1 - prune - unify_saving*unify``.
+
+        ``dense_layer_ms``: each layer's dense time (ms, or MACs for a FLOPs proxy).
+        ``unify_saving`` in [0, 1]: the share of a unified block's time saved (0: unify saves nothing).
+        """
+        g = np.asarray(grid, dtype=np.float64)
+        p, u = np.meshgrid(g, g, indexing="ij")
+        u_feasible = np.minimum(u, 1.0 - p)
+        scale = np.clip(1.0 - p - unify_saving * u_feasible, 0.0, 1.0)
+        return cls(g, g, {n: ms * scale for n, ms in dense_layer_ms.items()}, float(fixed_ms), {"kind": "proportional"})

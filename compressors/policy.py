@@ -1,0 +1,150 @@
+"""The policy: per-layer fractions of blocks to prune and to unify, and its file ``policy.json``.
+
+File format (``uniprune.policy/1``)::
+
+    {"format": "uniprune.policy/1", "model": "cifar-resnet20",
+     "block_shape": {"conv": [bo, bi], "linear": [bo, bi]},
+     "latency_budget": 0.5,
+     "layers": {"layer1.0.conv1": {"prune": 0.5, "unify": 0.25}, ...},
+     "predicted": {...}, "search": {...}}
+
+``prune`` and ``unify`` are fractions of the layer's blocks, each in [0, 1], with ``prune + unify <= 1``.
+Layers not named in ``layers`` stay dense. Loading validates every field and raises
+:class:`~uniprune.compressors.errors.PolicyError` naming the bad one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PolicyError
+from .fileio import write_json_atomic
+
+POLICY_FORMAT = "uniprune.policy/1"
+_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class LayerAction:
+    """What to do with one layer's blocks: ``prune`` and ``unify`` fractions in [0, 1], sum <= 1."""
+
+    prune: float = 0.0
+    unify: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("prune", "unify"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise PolicyError(f"{key} must be a number in [0, 1], got {value!r}")
+            if not -_TOLERANCE <= value <= 1 + _TOLERANCE:
+                raise PolicyError(f"{key} must be in [0, 1], got {value}")
+        if self.prune + self.unify > 1 + _TOLERANCE:
+            raise PolicyError(f"prune + unify must be <= 1, got {self.prune} + {self.unify}")
+
+    @property
+    def is_dense(self) -> bool:
+        return self.prune <= _TOLERANCE and self.unify <= _TOLERANCE
+
+
+@dataclass
+class Policy:
+    """A whole-model policy. ``layers`` maps module names (as in ``named_modules``) to actions."""
+
+    layers: dict[str, LayerAction]
+    model: str = ""
+    block_shape: dict[str, tuple[int, int]] = field(default_factory=dict)
+    latency_budget: float | None = None
+    predicted: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
+
+    def action(self, name: str) -> LayerAction:
+        """The action for layer ``name``; a layer the policy does not name stays dense."""
+        return self.layers.get(name, LayerAction())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": POLICY_FORMAT,
+            "model": self.model,
+            "block_shape": {k: list(v) for k, v in self.block_shape.items()},
+            "latency_budget": self.latency_budget,
+            "layers": {n: {"prune": a.prune, "unify": a.unify} for n, a in self.layers.items()},
+            "predicted": self.predicted,
+            "search": self.search,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "policy") -> Policy:
+        """Validate and build a policy; errors name ``source`` and the bad field."""
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        fmt = data.get("format")
+        if fmt != POLICY_FORMAT:
+            raise PolicyError(f"{source}: field 'format' must be {POLICY_FORMAT!r}, got {fmt!r}")
+        layers_raw = data.get("layers")
+        if not isinstance(layers_raw, Mapping):
+            raise PolicyError(f"{source}: field 'layers' must be an object of layer name -> {{prune, unify}}")
+        layers: dict[str, LayerAction] = {}
+        for name, entry in layers_raw.items():
+            if not isinstance(entry, Mapping):
+                raise PolicyError(f"{source}: field 'layers.{name}' must be an object with 'prune' and 'unify'")
+            unknown = set(entry) - {"prune", "unify"}
+            if unknown:
+                raise PolicyError(f"{source}: field 'layers.{name}' has unknown keys {sorted(unknown)}")
+            try:
+                layers[name] = LayerAction(float_or_raise(entry.get("prune", 0.0)), float_or_raise(entry.get("unify", 0.0)))
+            except PolicyError as exc:
+                raise PolicyError(f"{source}: field 'layers.{name}': {exc}") from None
+        block_shape: dict[str, tuple[int, int]] = {}
+        for kind, shape in (data.get("block_shape") or {}).items():
+            if (
+                not isinstance(shape, (list, tuple))
+                or len(shape) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+            ):
+                raise PolicyError(f"{source}: field 'block_shape.{kind}' must be [out, in] positive integers, got {shape!r}")
+            block_shape[str(kind)] = (int(shape[0]), int(shape[1]))
+        budget = data.get("latency_budget")
+        if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget <= 1):
+            raise PolicyError(f"{source}: field 'latency_budget' must be a number in (0, 1] or null, got {budget!r}")
+        model = data.get("model", "")
+        if not isinstance(model, str):
+            raise PolicyError(f"{source}: field 'model' must be a string, got {model!r}")
+        for key in ("predicted", "search"):
+            if not isinstance(data.get(key, {}) or {}, Mapping):
+                raise PolicyError(f"{source}: field '{key}' must be an object")
+        return cls(
+            layers=layers,
+            model=model,
+            block_shape=block_shape,
+            latency_budget=None if budget is None else float(budget),
+            predicted=dict(data.get("predicted") or {}),
+            search=dict(data.get("search") or {}),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``policy.json`` atomically."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Policy:
+        """Read and validate a ``policy.json``; one-line :class:`PolicyError` on any problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyError(f"policy file {str(path)!r} does not exist: pass the policy.json a search wrote")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"policy file {str(path)!r} is not valid JSON ({exc}); re-run the search or fix the file") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def float_or_raise(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PolicyError(f"expected a number, got {value!r}")
+    return float(value)

@@ -1,0 +1,1 @@
+"""Jobs a person runs: the CLI, the model and data zoo, searchers, reports."""

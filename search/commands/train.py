@@ -1,0 +1,19 @@
+"""`uniprune train`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from uniprune.compressors.errors import NotAvailableError
+
+NAME = "train"
+HELP = "train (not yet available)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    raise NotAvailableError("'uniprune train' is not yet available in this version")
