@@ -1,0 +1,53 @@
+"""Write one benchmark's section of docs/RESULTS.md, leaving the other sections as they are.
+
+Each section sits between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; a benchmark replaces only
+its own, so several benchmarks share the file without clobbering each other.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"
+_HEADER = "# Results\n\nEvery figure here was measured by the command shown with it. Sections are written by the scripts in `benchmarks/`.\n"
+
+
+def machine_line() -> str:
+    """One line naming the machine: CPU model, cores, torch version, date (UTC)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    today = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {today}"
+
+
+def command_line() -> str:
+    """The command that is running, as a person would type it from the repository root."""
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def write_section(name: str, markdown: str, path: Path = RESULTS) -> Path:
+    """Replace (or append) section ``name`` of docs/RESULTS.md with ``markdown``."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{markdown.rstrip()}\n{end}\n"
+    text = path.read_text() if path.exists() else _HEADER
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
+    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
