@@ -40,6 +40,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return _atomic_replace(Path(path), lambda fh: fh.write(data))
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write raw ``data`` to ``path`` atomically; returns the path."""
+    return _atomic_replace(Path(path), lambda fh: fh.write(data))
+
+
 def torch_save_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` to ``path`` atomically; returns the path."""
     return _atomic_replace(Path(path), lambda fh: torch.save(obj, fh))

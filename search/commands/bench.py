@@ -1,19 +1,110 @@
-"""`uniprune bench`."""
+"""`uniprune bench`: time the dense model against the compressed one on the real kernels."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any
 
-from uniprune.compressors.errors import NotAvailableError
+import torch
+from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.latency import build_latency_model, measure_model_ms
+from uniprune.compressors.policy import LayerAction, Policy
+
+from .common import add_model_arguments
 
 NAME = "bench"
-HELP = "bench (not yet available)"
+HELP = "time dense against compressed with the real sparse kernels (median of interleaved runs)"
+
+
+def _input_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers like 3,32,32, got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    add_model_arguments(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", help="policy.json to project the model onto (structure chosen from the weights)")
+    source.add_argument("--compressed", help="a compressed checkpoint ('uniprune finetune --out'); needs no policy")
+    parser.add_argument("--batch-size", type=_positive, default=1, help="samples per forward pass (default 1)")
+    parser.add_argument("--input-shape", type=_input_shape, default=None,
+                        help="C,H,W of one sample (default: the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn)")
+    parser.add_argument("--num-classes", type=_positive, default=None, help="output classes (default: the checkpoint's, else 10)")
+    parser.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch and the kernels (default: torch's)")
+    parser.add_argument("--repeats", type=_positive, default=50, help="timed rounds, median reported (default 50)")
+    parser.add_argument("--statistic", choices=["median", "min"], default="median",
+                        help="statistic of the timed rounds (default median; min suits a machine shared with other jobs)")
+    parser.add_argument("--no-table", action="store_true", help="skip the latency table (predicted_ms is then null)")
+    parser.add_argument("--cache-dir", default=None, help="latency table cache (default $UNIPRUNE_CACHE/latency)")
+
+
+def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[int, int, int], str]:
+    from uniprune.compressors.projection import project_model
+    from uniprune.search.models import build_model, load_state, load_weights
+
+    if args.compressed:
+        from uniprune.compressors.checkpoint import load_compressed
+
+        name, state, structures, meta = load_compressed(args.compressed)
+        shape = args.input_shape or tuple(meta["input_shape"])
+        model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
+        load_state(model, state, where=args.compressed)
+        return model, structures, shape, name
+    if not os.path.isfile(args.policy):
+        raise ConfigError(f"policy file {args.policy!r} does not exist; pass the policy.json a search wrote")
+    policy = Policy.load(args.policy)
+    default_shape = (1, 8, 8) if args.model == "digits-cnn" else (3, 32, 32)
+    shape = args.input_shape or default_shape
+    model = build_model(args.model, num_classes=args.num_classes or 10, input_shape=shape)
+    if args.checkpoint:
+        load_weights(model, args.checkpoint)
+    structures = project_model(model, policy, apply=True)
+    return model, structures, shape, args.model
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    raise NotAvailableError("'uniprune bench' is not yet available in this version")
+    model, structures, shape, name = _model_and_structures(args)
+    model.eval()
+    threads = args.threads or torch.get_num_threads()
+    print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
+    result = measure_model_ms(model, structures, shape, batch_size=args.batch_size, threads=threads,
+                              repeats=args.repeats, statistic=args.statistic)
+    predicted = None
+    if not args.no_table:
+        lm = build_latency_model(model, shape, batch_size=args.batch_size, threads=threads,
+                                 block_shapes={k: s.grid.block_shape for k, s in _kinds(model, structures).items()},
+                                 cache_dir=args.cache_dir, statistic=args.statistic)
+        actions = {}
+        for layer, s in structures.items():
+            c = s.counts()
+            total = max(1, s.grid.num_blocks)
+            actions[layer] = LayerAction(prune=c["prune"] / total, unify=c["unify"] / total)
+        predicted = lm.predict(actions)
+    return {**result, "predicted_ms": predicted, "model": name, "batch_size": args.batch_size,
+            "input_shape": list(shape), "threads": threads}
+
+
+def _kinds(model: torch.nn.Module, structures: dict) -> dict:
+    """One structure per layer type, to learn the block shapes the structures use."""
+    out = {}
+    for layer, s in structures.items():
+        kind = "linear" if isinstance(model.get_submodule(layer), torch.nn.Linear) else "conv"
+        out.setdefault(kind, s)
+    return out

@@ -1,19 +1,20 @@
-"""`uniprune report`."""
+"""`uniprune report`: PNG plots and report.md for a run directory."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from uniprune.compressors.errors import NotAvailableError
-
 NAME = "report"
-HELP = "report (not yet available)"
+HELP = "write plots (reward, accuracy vs latency, per-layer policy, ADMM curves) and report.md for a run"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--run-dir", required=True, help="the run directory a search (and fine-tune) wrote")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    raise NotAvailableError("'uniprune report' is not yet available in this version")
+    from uniprune.search.report import write_report
+
+    files = write_report(args.run_dir)
+    return {"files": [str(f) for f in files], "report": str(files[-1])}

@@ -1,0 +1,140 @@
+"""Masks and ties that hold during training: pruned weights stay 0, unified blocks share one magnitude.
+
+:func:`constrain` re-parametrises each structured layer's ``weight`` (``torch.nn.utils.parametrize``)::
+
+    weight = free * keep_mask + signs * expand(relu(magnitude))
+
+- ``free`` (``parametrizations.weight.original``) is the raw weight; its entries outside KEEP blocks are
+  zeroed once when the constraint is set, so their gradient is 0 and SGD with momentum and weight decay
+  keeps them exactly 0 (they do not reach ``weight`` anyway).
+- ``magnitude`` (``parametrizations.weight.0.magnitude``, ``[n_out, n_in]``) is the trainable shared
+  magnitude of each unified block; the optimizer sees it, not the tied raw weights. ``signs`` is a fixed
+  buffer (+-1 inside unified blocks, 0 elsewhere), so signs cannot change. A magnitude pushed below 0
+  acts as 0 (the block is then pruned in effect) instead of flipping every sign of its block.
+- pruned blocks get neither a free weight nor a magnitude: exactly 0 through any optimizer step.
+
+Because the constraint lives in the forward pass, it holds under DDP as well (every rank computes the
+same weight from the same all-reduced parameters). Create the optimizer **after** :func:`constrain`, and
+call :func:`bake` after training to turn the layers back into plain weights (and read the trained
+magnitudes back into the structures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .errors import ModelError
+from .projection import signs_of
+from .structure import KEEP, UNIFY, LayerStructure
+
+
+class TiedWeight(nn.Module):
+    """The parametrisation ``free * keep + signs * expand(relu(magnitude))`` of one weight.
+
+    ``keep``: float 0/1 mask shaped like the weight. ``signs``: +-1 in unified weights, 0 elsewhere (or
+    ``None`` for masks only). ``out_index``/``in_index``: block row/column of each output/input channel.
+    ``magnitude``: initial shared magnitude per block, ``[n_out, n_in]`` (trainable).
+    """
+
+    def __init__(
+        self,
+        keep: Tensor,
+        signs: Tensor | None = None,
+        out_index: Tensor | None = None,
+        in_index: Tensor | None = None,
+        magnitude: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("keep", keep.detach().clone())
+        self.tied = signs is not None
+        if self.tied:
+            self.register_buffer("signs", signs.detach().clone())
+            self.register_buffer("out_index", out_index.detach().clone())
+            self.register_buffer("in_index", in_index.detach().clone())
+            self.magnitude = nn.Parameter(magnitude.detach().clone().to(keep.dtype))
+
+    def shared(self) -> Tensor:
+        """The unified part ``signs * expand(relu(magnitude))`` (shaped like the weight)."""
+        mag = self.magnitude.clamp_min(0.0)
+        per_pair = mag[self.out_index][:, self.in_index]
+        per_pair = per_pair.reshape(per_pair.shape + (1,) * (self.signs.dim() - 2))
+        return self.signs * per_pair
+
+    def forward(self, free: Tensor) -> Tensor:
+        weight = free * self.keep
+        return weight + self.shared() if self.tied else weight
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise ModelError(f"the model has no layer {name!r} to constrain; were the structures made for another model?") from None
+    if parametrize.is_parametrized(module, "weight"):
+        raise ModelError(f"layer {name!r} is already constrained; call bake(model) first")
+    return module
+
+
+def _register(module: nn.Module, tie: TiedWeight) -> None:
+    with torch.no_grad():
+        module.weight.mul_(tie.keep)  # raw entries outside KEEP start (and so stay) at exactly 0
+    parametrize.register_parametrization(module, "weight", tie)
+
+
+def constrain(model: nn.Module, structures: Mapping[str, LayerStructure]) -> None:
+    """Hold each named layer to its structure during training (see the module docstring).
+
+    Layers whose structure is all KEEP are left alone. Unified blocks start at the structure's
+    magnitudes and take their signs from the current weights (0 counts as +).
+    """
+    for name, structure in structures.items():
+        if bool((structure.states == KEEP).all()):
+            continue
+        module = _module(model, name)
+        weight = module.weight.detach()
+        if tuple(weight.shape) != structure.grid.weight_shape:
+            raise ModelError(f"layer {name!r} has weight shape {tuple(weight.shape)}, the structure expects {structure.grid.weight_shape}")
+        state = structure.state_map().to(weight.device)
+        keep = (state == KEEP).to(weight.dtype)
+        signs = signs_of(weight) * (state == UNIFY).to(weight.dtype)
+        grid = structure.grid
+        tie = TiedWeight(keep, signs, grid.out_index.to(weight.device), grid.in_index.to(weight.device),
+                         structure.magnitudes.to(weight.device))
+        tie.structure = structure  # plain attribute: read back by bake()
+        _register(module, tie)
+
+
+def constrain_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+    """Hold each named layer's weight to ``weight * mask`` (0/1 masks shaped like the weights)."""
+    for name, mask in masks.items():
+        module = _module(model, name)
+        if tuple(mask.shape) != tuple(module.weight.shape):
+            raise ModelError(f"mask for layer {name!r} has shape {tuple(mask.shape)}, the weight {tuple(module.weight.shape)}")
+        _register(module, TiedWeight((mask != 0).to(module.weight.dtype).to(module.weight.device)))
+
+
+def constrained_layers(model: nn.Module) -> list[str]:
+    """Names of the layers that currently carry a constraint."""
+    return [n for n, m in model.named_modules() if parametrize.is_parametrized(m, "weight")]
+
+
+def bake(model: nn.Module) -> dict[str, LayerStructure]:
+    """Remove the constraints, leaving plain weights that obey them; returns the trained structures.
+
+    The returned structures are the ones given to :func:`constrain` with magnitudes updated to the
+    trained values (clamped at 0); mask-only layers are not in the result.
+    """
+    trained: dict[str, LayerStructure] = {}
+    for name in constrained_layers(model):
+        module = model.get_submodule(name)
+        tie = module.parametrizations.weight[0]
+        if getattr(tie, "tied", False) and hasattr(tie, "structure"):
+            old = tie.structure
+            mags = torch.where(old.states == UNIFY, tie.magnitude.detach().clamp_min(0.0).cpu().float(), torch.zeros_like(old.magnitudes))
+            trained[name] = LayerStructure(grid=old.grid, states=old.states.clone(), magnitudes=mags)
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return trained

@@ -1,0 +1,188 @@
+"""Generic supervised training and evaluation loops, shared by ``train``, the ADMM fine-tuner and search.
+
+Nothing here knows about datasets or model names: a loop takes a model and an iterable of
+``(inputs, labels)`` batches (normalised float inputs, int64 class labels) and does plain cross-entropy
+training with SGD. The ADMM fine-tuner plugs its proximal term in through ``penalty`` and its
+mask/tie re-application through ``after_step``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from tqdm import tqdm
+
+from .errors import ConfigError
+
+__all__ = ["train_epoch", "evaluate", "make_optimizer", "cosine_schedule"]
+
+
+def _progress(batches: Iterable, desc: str | None, total: int | None) -> Iterable:
+    if desc is None:
+        return batches
+    if total is None and hasattr(batches, "__len__"):
+        total = len(batches)  # type: ignore[arg-type]
+    return tqdm(batches, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: LRScheduler | None = None,
+    penalty: Callable[[], Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
+    device: str | torch.device = "cpu",
+    desc: str | None = None,
+    total: int | None = None,
+) -> dict[str, float]:
+    """Train ``model`` for one pass over ``batches`` with cross-entropy loss.
+
+    Args:
+        model: the network; it is put in train mode (and left there).
+        batches: ``(x, y)`` pairs; ``x`` float inputs, ``y`` int64 class indices. Moved to ``device``.
+        optimizer: steps once per batch.
+        scheduler: when given, stepped once per batch (a per-step schedule such as :func:`cosine_schedule`).
+        penalty: returns an extra scalar loss added to the cross-entropy each step (e.g. the ADMM term
+            ``rho/2 * ||W - Z + U||^2``); it is differentiated with the rest of the loss.
+        after_step: called after each ``optimizer.step()`` (e.g. to re-apply masks or ties).
+        device: where the model lives and batches are moved to.
+        desc: when given, a tqdm progress bar with this label is shown on stderr.
+        total: number of batches, for the progress bar when ``batches`` has no ``len``.
+
+    Returns:
+        ``{"loss": mean cross-entropy per sample (nats, >= 0), "accuracy": training top-1 in [0, 1],
+        "penalty": mean penalty per batch (0 when none), "samples": number of samples seen}``.
+        An empty ``batches`` gives loss and accuracy ``nan``.
+    """
+    model.train()
+    device = torch.device(device)
+    loss_sum = 0.0
+    penalty_sum = 0.0
+    correct = 0
+    seen = 0
+    steps = 0
+    bar = _progress(batches, desc, total)
+    for x, y in bar:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        logits = model(x)
+        ce = nn.functional.cross_entropy(logits, y)
+        loss = ce
+        if penalty is not None:
+            extra = penalty()
+            loss = loss + extra
+            penalty_sum += float(extra.detach())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        if scheduler is not None:
+            scheduler.step()
+        n = y.shape[0]
+        loss_sum += float(ce.detach()) * n
+        correct += int((logits.detach().argmax(dim=1) == y).sum())
+        seen += n
+        steps += 1
+        if desc is not None and steps % 10 == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")  # type: ignore[union-attr]
+    if seen == 0:
+        return {"loss": math.nan, "accuracy": math.nan, "penalty": 0.0, "samples": 0.0}
+    return {
+        "loss": loss_sum / seen,
+        "accuracy": correct / seen,
+        "penalty": penalty_sum / steps,
+        "samples": float(seen),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    device: str | torch.device = "cpu",
+    desc: str | None = None,
+    total: int | None = None,
+) -> float:
+    """Top-1 accuracy of ``model`` on ``batches``, in [0, 1] (``nan`` when there are no samples).
+
+    The model is put in eval mode for the pass and restored to its previous mode afterwards, so
+    callers in the middle of training need not remember to switch back.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    correct = 0
+    seen = 0
+    try:
+        for x, y in _progress(batches, desc, total):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            seen += y.shape[0]
+    finally:
+        model.train(was_training)
+    return correct / seen if seen else math.nan
+
+
+def make_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    nesterov: bool = True,
+) -> torch.optim.SGD:
+    """SGD over the model's trainable parameters; no weight decay on biases and norm-layer parameters.
+
+    Args:
+        lr: learning rate, > 0 (typically 0.01-0.1 from scratch, 1e-3-1e-2 to fine-tune).
+        momentum: in [0, 1).
+        weight_decay: L2 coefficient >= 0, applied to weights of dimension >= 2 only (decaying BN scales
+            and biases only hurts).
+        nesterov: Nesterov momentum (ignored, i.e. off, when ``momentum`` is 0).
+    """
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"learning rate must be a positive number, got {lr}; try --lr 0.05")
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+    if weight_decay < 0:
+        raise ConfigError(f"weight decay must be >= 0, got {weight_decay}")
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("the model has no trainable parameters to optimise")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LRScheduler:
+    """Per-step learning-rate schedule: linear warm-up, then cosine decay to 0 at ``total_steps``.
+
+    Args:
+        total_steps: number of ``scheduler.step()`` calls over the whole run (batches x epochs), >= 1.
+        warmup_steps: steps of linear warm-up from ~0 to the optimiser's base lr, in [0, total_steps).
+    """
+    if total_steps < 1:
+        raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0 <= warmup_steps < total_steps:
+        raise ConfigError(f"warmup_steps must be in [0, {total_steps}), got {warmup_steps}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,185 @@
+"""``report.md`` and its PNG plots for a run directory.
+
+Reads what the search and fine-tune jobs wrote into the run directory (``config.json``,
+``episodes.csv``, ``policy.json``, optional ``admm.csv`` and ``finetune.json``) and writes, next to them:
+
+- ``reward.png``: reward per episode with the best so far;
+- ``accuracy_vs_latency.png``: validation accuracy against predicted latency ratio of every episode, with
+  the budget line;
+- ``policy_layers.png``: the best policy's per-layer prune and unify fractions;
+- ``admm.png``: ADMM loss, validation accuracy, residual and rho, when ``admm.csv`` exists;
+- ``report.md`` linking them, with the run's headline figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+from uniprune.compressors.errors import RunDirError  # noqa: E402
+from uniprune.compressors.fileio import write_text_atomic  # noqa: E402
+from uniprune.compressors.policy import Policy  # noqa: E402
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    """Rows of a numeric CSV; empty fields become NaN, non-numeric fields are dropped."""
+    rows: list[dict[str, float]] = []
+    with path.open(newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, float] = {}
+            for key, value in raw.items():
+                try:
+                    row[key] = float(value) if value not in ("", None) else math.nan
+                except ValueError:
+                    continue
+            rows.append(row)
+    return rows
+
+
+def _column(rows: list[dict[str, float]], key: str) -> list[float]:
+    return [r.get(key, math.nan) for r in rows]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_rewards(rows: list[dict[str, float]], path: Path) -> Path:
+    """Reward per episode (dots) and the best reward so far (line)."""
+    episodes = _column(rows, "episode")
+    rewards = _column(rows, "reward")
+    best, running = [], -math.inf
+    for r in rewards:
+        running = max(running, r) if not math.isnan(r) else running
+        best.append(running if running > -math.inf else math.nan)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(episodes, rewards, s=8, alpha=0.5, label="episode reward")
+    ax.plot(episodes, best, color="C3", lw=2, label="best so far")
+    if "warmup" in rows[0]:
+        warm = [e for e, w in zip(episodes, _column(rows, "warmup")) if w == 1.0]
+        if warm:
+            ax.axvspan(min(warm) - 0.5, max(warm) + 0.5, color="0.9", label="warm-up (random)")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward")
+    ax.set_title("Search reward")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_latency(rows: list[dict[str, float]], budget: float | None, path: Path) -> Path:
+    """Validation accuracy against predicted latency ratio, coloured by episode, with the budget line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    points = ax.scatter(
+        _column(rows, "latency_ratio"), _column(rows, "val_accuracy"), c=_column(rows, "episode"), s=10, cmap="viridis"
+    )
+    fig.colorbar(points, ax=ax, label="episode")
+    if budget is not None:
+        ax.axvline(budget, color="C3", ls="--", label=f"budget {budget:g}")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("latency ratio (compressed / dense)")
+    ax.set_ylabel("validation accuracy (before fine-tuning)")
+    ax.set_title("Accuracy against latency, every episode")
+    return _save(fig, path)
+
+
+def plot_policy(policy: Policy, path: Path) -> Path:
+    """Stacked per-layer bars: pruned and unified fractions of the best policy."""
+    names = list(policy.layers)
+    prune = [policy.layers[n].prune for n in names]
+    unify = [policy.layers[n].unify for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 4.2))
+    xs = range(len(names))
+    ax.bar(xs, prune, color="C3", label="pruned")
+    ax.bar(xs, unify, bottom=prune, color="C0", label="unified")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=75, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of the layer's blocks")
+    ax.set_title("Best policy, per layer")
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def plot_admm(rows: list[dict[str, float]], path: Path) -> Path:
+    """ADMM curves against the step: loss, validation accuracy, primal residual and rho."""
+    keys = [("loss", "admm loss"), ("val_accuracy", "validation accuracy"), ("residual", "residual ||W-Z||/||W||"), ("rho", "rho")]
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6))
+    for ax, (key, label) in zip(axes.flat, keys):
+        xs = [x for x, y in zip(_column(rows, "step"), _column(rows, key)) if not math.isnan(y)]
+        ys = [y for y in _column(rows, key) if not math.isnan(y)]
+        ax.plot(xs, ys, marker=".")
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        if key in ("residual", "rho") and ys and min(ys) > 0:
+            ax.set_yscale("log")
+    return _save(fig, path)
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    """Write the plots and ``report.md`` for ``run_dir``; returns the files written (report.md last)."""
+    run = Path(run_dir)
+    episodes_csv, policy_json = run / "episodes.csv", run / "policy.json"
+    if not run.is_dir():
+        raise RunDirError(f"run directory {str(run)!r} does not exist: pass the --run-dir of a search")
+    if not episodes_csv.is_file() or not policy_json.is_file():
+        raise RunDirError(f"{str(run)!r} has no episodes.csv/policy.json: run 'uniprune search --run-dir {run}' first")
+    rows = _read_csv(episodes_csv)
+    if not rows:
+        raise RunDirError(f"{episodes_csv} has no episodes yet: let the search run at least one episode")
+    policy = Policy.load(policy_json)
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    budget = policy.latency_budget if policy.latency_budget is not None else config.get("latency_budget")
+
+    files = [
+        plot_rewards(rows, run / "reward.png"),
+        plot_accuracy_vs_latency(rows, budget, run / "accuracy_vs_latency.png"),
+        plot_policy(policy, run / "policy_layers.png"),
+    ]
+    admm_csv = run / "admm.csv"
+    if admm_csv.is_file() and _read_csv(admm_csv):
+        files.append(plot_admm(_read_csv(admm_csv), run / "admm.png"))
+
+    lines = [f"# uniprune run: {run.name}", ""]
+    lines += [
+        f"- model: `{config.get('model', policy.model)}`, dataset: `{config.get('dataset', '?')}`",
+        f"- searcher: `{config.get('searcher', policy.search.get('searcher', '?'))}`, episodes: {len(rows)}, latency budget: {budget}",
+    ]
+    pred = policy.predicted
+    if pred:
+        lines.append(
+            "- best policy (before fine-tuning): "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in pred.items() if isinstance(v, (int, float)))
+        )
+    finetune_json = run / "finetune.json"
+    if finetune_json.is_file():
+        ft = json.loads(finetune_json.read_text())
+        lines.append("- after fine-tuning: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ft.items() if isinstance(v, (int, float))))
+    lines.append("")
+    titles = {
+        "reward.png": "Reward per episode",
+        "accuracy_vs_latency.png": "Accuracy against latency ratio",
+        "policy_layers.png": "Best policy per layer",
+        "admm.png": "ADMM fine-tuning",
+    }
+    for f in files:
+        lines += [f"## {titles[f.name]}", "", f"![{titles[f.name]}]({f.name})", ""]
+    lines += ["## Best policy", "", "| layer | prune | unify |", "| --- | ---: | ---: |"]
+    lines += [f"| {n} | {a.prune:.3f} | {a.unify:.3f} |" for n, a in policy.layers.items()]
+    files.append(write_text_atomic(run / "report.md", "\n".join(lines) + "\n"))
+    return files

@@ -1,0 +1,135 @@
+"""A search's run directory: what it holds, and how a search starts, stops and resumes in it.
+
+Files (every write atomic: temp file + rename, :mod:`uniprune.compressors.fileio`)::
+
+    config.json          the options the search was started with
+    state.json           progress: episodes done, best reward and episode, seconds spent (the resume point)
+    episodes.csv         one row per episode (episode, reward, val_accuracy, latency_ratio, size_ratio, ...)
+    policy.json          the best policy so far
+    agent.zip            the DDPG agent (stable-baselines3), with replay_buffer.pkl for --resume
+    optuna.db            the Optuna study (searcher optuna, default storage)
+    tb/                  TensorBoard events
+
+``state.json`` is written last after each episode, so it never claims an episode whose other files are
+missing. A directory that holds a run is never overwritten without ``--resume`` (go on) or ``--force``
+(start again, deleting the old run's files).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from uniprune.compressors.errors import RunDirError
+from uniprune.compressors.fileio import write_json_atomic, write_text_atomic
+
+EPISODE_COLUMNS: tuple[str, ...] = (
+    "episode", "reward", "val_accuracy", "latency_ratio", "size_ratio", "noise_sigma", "warmup", "best_reward", "seconds",
+)
+RUN_FILES = ("config.json", "state.json", "episodes.csv", "policy.json", "agent.zip", "replay_buffer.pkl", "optuna.db")
+# Options that may differ on --resume (they do not change what the search is).
+RESUMABLE_CHANGES = frozenset({"episodes", "resume", "force", "json", "score_threads", "storage"})
+
+
+class RunDir:
+    """One search's directory. Build it with :meth:`start`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        self.state: dict[str, Any] = {}
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def policy_path(self) -> Path:
+        return self.path / "policy.json"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def episodes_done(self) -> int:
+        return int(self.state.get("episodes", 0))
+
+    @classmethod
+    def start(cls, path: str | os.PathLike, config: Mapping[str, Any], *, resume: bool = False, force: bool = False) -> RunDir:
+        """Open ``path`` for a new search (``config`` written) or, with ``resume``, go on with the one there.
+
+        Raises :class:`RunDirError` when ``path`` already holds files and neither ``resume`` nor
+        ``force`` is given, when ``resume`` finds no run, when ``force`` would delete a folder that is
+        not a run directory, and when a resumed run was started with different options.
+        """
+        run = cls(path)
+        p = run.path
+        if p.exists() and not p.is_dir():
+            raise RunDirError(f"--run-dir {p} is a file; give a folder path")
+        occupied = p.is_dir() and any(p.iterdir())
+        if resume:
+            if not run.config_path.is_file():
+                raise RunDirError(f"nothing to resume in {p}: it has no config.json; start the search without --resume")
+            run._load(config)
+            return run
+        if occupied:
+            if not force:
+                raise RunDirError(f"run directory {p} already holds a run; pass --resume to go on with it or --force to start over")
+            if not run.config_path.is_file():
+                raise RunDirError(f"{p} is not empty and is not a uniprune run directory (no config.json); refusing to delete it with --force")
+            for name in RUN_FILES:
+                (p / name).unlink(missing_ok=True)
+            shutil.rmtree(run.tb_dir, ignore_errors=True)
+        p.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run.config_path, dict(config))
+        run.state = {"episodes": 0, "best_reward": None, "best_episode": None, "seconds": 0.0}
+        write_json_atomic(p / "state.json", run.state)
+        return run
+
+    def _load(self, config: Mapping[str, Any]) -> None:
+        try:
+            stored = json.loads(self.config_path.read_text())
+            self.state = json.loads((self.path / "state.json").read_text()) if (self.path / "state.json").is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{self.path} holds an unreadable config.json/state.json ({exc}); start over with --force") from None
+        changed = sorted(k for k in set(stored) | set(config) if k not in RESUMABLE_CHANGES and stored.get(k) != config.get(k))
+        if changed:
+            shown = ", ".join(f"--{k.replace('_', '-')} {stored.get(k)!r} -> {config.get(k)!r}" for k in changed[:4])
+            raise RunDirError(f"cannot resume {self.path} with different options ({shown}); use the run's options or a new --run-dir")
+        self.state.setdefault("episodes", 0)
+        self.rows = self._read_rows()[: self.episodes_done]
+        merged = dict(stored)
+        merged.update({k: v for k, v in config.items() if k in RESUMABLE_CHANGES})
+        write_json_atomic(self.config_path, merged)
+
+    def _read_rows(self) -> list[dict[str, Any]]:
+        path = self.path / "episodes.csv"
+        if not path.is_file():
+            return []
+        with path.open(newline="") as fh:
+            return [dict(row) for row in csv.DictReader(fh)]
+
+    def record_episode(self, row: Mapping[str, Any]) -> None:
+        """Append one episode's row and rewrite ``episodes.csv``."""
+        self.rows.append({k: row.get(k, "") for k in EPISODE_COLUMNS})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(EPISODE_COLUMNS))
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path / "episodes.csv", buf.getvalue())
+
+    def save_state(self, **updates: Any) -> None:
+        """Update and write ``state.json`` (the resume point; write it after the episode's other files)."""
+        self.state.update(updates)
+        write_json_atomic(self.path / "state.json", self.state)
+
+    def column(self, key: str) -> Sequence[float]:
+        """One numeric column of the episodes so far."""
+        return [float(r[key]) for r in self.rows if r.get(key) not in ("", None)]

@@ -1,0 +1,249 @@
+"""The four searchers behind ``uniprune search``, sharing the env and its action wall.
+
+Each :class:`Searcher` plays one episode per :meth:`Searcher.run_episode` call through the same
+:class:`~uniprune.envs.CompressionEnv` (so every searcher's policies are clipped to the budget the same
+way) and returns the env's end-of-episode result (reward, val_accuracy, latency_ratio, size_ratio,
+actions). The search command owns the loop, the run directory and the logging.
+
+* ``ddpg``: :class:`~uniprune.agent.AMCDDPG` (AMC);
+* ``optuna``: TPE over the per-layer raw actions (2 per layer), one trial per episode; the study lives
+  in ``--storage`` (SQLite in the run directory by default) so several workers can share it;
+* ``random``: uniform random actions (every episode a fresh draw from ``(seed, episode)``);
+* ``uniform``: one (prune, unify) for every layer: for each of a few prune/unify mixes, the least
+  compression whose uniform policy meets the budget (by the latency model), one episode each.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from uniprune.agent import AMCDDPG
+from uniprune.compressors.errors import ConfigError, RunDirError
+from uniprune.compressors.policy import LayerAction
+from uniprune.envs import CompressionEnv
+
+SEARCHERS = ("ddpg", "optuna", "random", "uniform")
+OPTUNA_STUDY = "uniprune-search"
+UNIFORM_LEVELS = 11  # prune/unify mixes the uniform searcher sweeps at most
+
+
+def play(env: CompressionEnv, choose: Callable[[int, np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """Run one episode with ``choose(layer index, observation) -> raw action``; returns the env's result."""
+    obs, _ = env.reset()
+    for t in range(env.num_layers):
+        obs, _, terminated, _, _ = env.step(np.asarray(choose(t, obs), dtype=np.float32))
+    assert terminated and env.last_result is not None  # fixed-length episodes end at the last layer
+    return env.last_result
+
+
+def agent_policy(agent: AMCDDPG, env: CompressionEnv) -> dict[str, Any]:
+    """One episode of ``agent``'s deterministic actions (no noise) on ``env``, through its wall.
+
+    The observation is normalised per network, so an agent trained on one network (ResNet-20) can
+    be run on another (ResNet-56). Returns the env's result (actions, reward, accuracy, ratios).
+    """
+    return play(env, lambda t, obs: agent.predict(obs, deterministic=True)[0])
+
+
+class Searcher(abc.ABC):
+    """One search strategy. ``run_episode(episode)`` plays 0-based episode ``episode`` and returns its result."""
+
+    name: ClassVar[str]
+
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool) -> None:
+        self.env = env
+        self.seed = int(seed)
+        self.warmup = int(warmup)
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+
+    @abc.abstractmethod
+    def run_episode(self, episode: int) -> dict[str, Any]:
+        """Play one episode; returns the env's result dict."""
+
+    def noise_sigma(self, episode: int) -> float:
+        """Exploration noise of ``episode`` (0 for searchers without noise)."""
+        return 0.0
+
+    def in_warmup(self, episode: int) -> bool:
+        """Whether ``episode`` is a random warm-up/startup episode."""
+        return False
+
+    def max_episodes(self, requested: int) -> int:
+        """How many episodes this searcher will play when ``requested`` are asked for."""
+        return requested
+
+    def save(self) -> None:
+        """Persist what a resumed search needs beyond the run directory's own files (default: nothing)."""
+        return None
+
+    def close(self) -> None:
+        """Release resources (databases); default: nothing to release."""
+        return None
+
+
+class DDPGSearcher(Searcher):
+    """AMC's DDPG agent; saves ``agent.zip`` + ``replay_buffer.pkl`` in the run directory."""
+
+    name = "ddpg"
+
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int) -> None:
+        super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
+        if resume and (self.run_dir / "agent.zip").is_file():
+            self.agent = AMCDDPG.load_state(self.run_dir, env=env)
+            self.agent._last_obs = None  # start a fresh episode in this process
+        elif resume and (self.run_dir / "state.json").is_file() and _episodes_done(self.run_dir) > 0:
+            raise RunDirError(f"{self.run_dir} has episodes but no agent.zip to resume the DDPG agent from; start over with --force")
+        else:
+            buffer_size = max(episodes * env.num_layers, 1000)
+            self.agent = AMCDDPG(env=env, warmup_episodes=warmup, seed=seed, buffer_size=buffer_size)
+
+    def run_episode(self, episode: int) -> dict[str, Any]:
+        if self.agent.episode != episode:
+            raise RunDirError(
+                f"the saved agent has played {self.agent.episode} episodes but the run directory records {episode}; "
+                "the run directory is inconsistent: start over with --force"
+            )
+        self.agent.learn(total_timesteps=self.env.num_layers, reset_num_timesteps=False, log_interval=None)
+        assert self.env.last_result is not None
+        return self.env.last_result
+
+    def noise_sigma(self, episode: int) -> float:
+        return self.agent.schedule.sigma(episode)
+
+    def in_warmup(self, episode: int) -> bool:
+        return self.agent.schedule.in_warmup(episode)
+
+    def save(self) -> None:
+        self.agent.save_state(self.run_dir)
+
+
+class RandomSearcher(Searcher):
+    """Uniform random raw actions, drawn from ``(seed, episode)`` so a resumed run draws the same."""
+
+    name = "random"
+
+    def run_episode(self, episode: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, episode])
+        return play(self.env, lambda t, obs: rng.uniform(0.0, 1.0, size=2))
+
+    def in_warmup(self, episode: int) -> bool:
+        return True
+
+
+class UniformSearcher(Searcher):
+    """The same (prune, unify) for every layer; a sweep over prune/unify mixes, each just meeting the budget."""
+
+    name = "uniform"
+
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, levels: int = UNIFORM_LEVELS) -> None:
+        super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
+        self.candidates = uniform_candidates(env, levels)
+
+    def max_episodes(self, requested: int) -> int:
+        return min(requested, len(self.candidates))
+
+    def run_episode(self, episode: int) -> dict[str, Any]:
+        action = self.candidates[episode % len(self.candidates)]
+        return play(self.env, lambda t, obs: action)
+
+
+def uniform_candidates(env: CompressionEnv, levels: int) -> list[np.ndarray]:
+    """Raw actions ``(a_prune, a_unify)`` that compress every layer alike, just enough to meet the budget.
+
+    For each of ``levels`` mixes ``m`` in [0, 1] (0: prune only, 1: unify only) the action is
+    ``s * (1 - m, m) / max(1 - m, m)`` with the least scale ``s`` in [0, 1] whose uniform policy fits the
+    budget by the latency model's whole-model prediction (bisection). Mixes where even ``s = 1`` does not
+    fit are dropped; if none fits, the maximum compression is the one candidate (the env's wall then
+    clips the last layers).
+    """
+    lm, limit = env.latency_model, env.latency_budget * env.dense_ms
+
+    def ms(raw: np.ndarray) -> float:
+        action = LayerAction(*env.map_action(raw))
+        return lm.predict(dict.fromkeys(env.layer_names, action))
+
+    found = []
+    for mix in np.linspace(0.0, 1.0, max(levels, 2)):
+        direction = np.array([1.0 - mix, mix]) / max(1.0 - mix, mix)
+        if ms(direction) > limit:
+            continue
+        lo, hi = 0.0, 1.0  # invariant: scale hi fits
+        while hi - lo > 1e-7:
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if ms(mid * direction) <= limit else (mid, hi)
+        found.append(hi * direction)
+    return found or [np.array([1.0, 1.0])]
+
+
+class OptunaSearcher(Searcher):
+    """TPE (Optuna) over the raw per-layer actions, through the env's wall; one trial per episode.
+
+    ``storage``: an Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``); default
+    ``sqlite:///RUN/optuna.db``. Workers given the same URL share one study. The first ``warmup``
+    trials are TPE's random startup trials.
+    """
+
+    name = "optuna"
+
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, storage: str | None = None) -> None:
+        super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage = storage or f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(warmup, 1))
+        try:
+            self.study = optuna.create_study(
+                storage=self.storage, study_name=OPTUNA_STUDY, direction="maximize", sampler=sampler, load_if_exists=True
+            )
+        except (ValueError, ImportError, ModuleNotFoundError) as exc:
+            raise ConfigError(
+                f"cannot open Optuna storage {self.storage!r}: {str(exc).splitlines()[0]}; pass a URL such as sqlite:///study.db"
+            ) from None
+        except Exception as exc:  # SQLAlchemy's errors (bad host, no permission) are not ours to import
+            raise ConfigError(f"cannot open Optuna storage {self.storage!r}: {str(exc).splitlines()[0]}") from None
+
+    def run_episode(self, episode: int) -> dict[str, Any]:
+        trial = self.study.ask()
+        actions = [
+            np.array([trial.suggest_float(f"{name}/prune", 0.0, 1.0), trial.suggest_float(f"{name}/unify", 0.0, 1.0)])
+            for name in self.env.layer_names
+        ]
+        result = play(self.env, lambda t, obs: actions[t])
+        trial.set_user_attr("latency_ratio", result["latency_ratio"])
+        trial.set_user_attr("val_accuracy", result["val_accuracy"])
+        self.study.tell(trial, result["reward"])
+        return result
+
+    def in_warmup(self, episode: int) -> bool:
+        return episode < max(self.warmup, 1)
+
+
+def _episodes_done(run_dir: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((run_dir / "state.json").read_text()).get("episodes", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def make_searcher(
+    name: str, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int, storage: str | None = None
+) -> Searcher:
+    """The searcher called ``name`` (one of :data:`SEARCHERS`) on ``env``."""
+    common: dict[str, Any] = {"seed": seed, "warmup": warmup, "run_dir": run_dir, "resume": resume}
+    if name == "ddpg":
+        return DDPGSearcher(env, episodes=episodes, **common)
+    if name == "optuna":
+        return OptunaSearcher(env, storage=storage, **common)
+    if name == "random":
+        return RandomSearcher(env, **common)
+    if name == "uniform":
+        return UniformSearcher(env, **common)
+    raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")

@@ -1,0 +1,72 @@
+"""One TensorBoard logger for a run, with namespaced keys (``search/reward``, ``admm/residual``).
+
+Its :meth:`TensorBoardLogger.log` has the ``log(key, value, step)`` shape the ADMM fine-tuner takes,
+so every job writes through the same object into ``RUN/tb``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class TensorBoardLogger:
+    """Scalars, text and hyperparameters into ``log_dir``.
+
+    ``purge_step``: on a resumed run, events at or after this step (left by an interrupted run) are
+    dropped so curves do not double back.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, *, purge_step: int | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+
+    @staticmethod
+    def _check(key: str) -> str:
+        if "/" not in key:
+            raise ValueError(f"TensorBoard keys are namespaced like 'search/reward', got {key!r}")
+        return key
+
+    def log(self, key: str, value: float, step: int) -> None:
+        """One scalar ``key`` (namespaced, e.g. ``search/reward``) at integer ``step``."""
+        self.writer.add_scalar(self._check(key), float(value), int(step))
+
+    def log_many(self, values: Mapping[str, float], step: int) -> None:
+        """Several scalars at one step."""
+        for key, value in values.items():
+            self.log(key, value, step)
+
+    def text(self, key: str, markdown: str, step: int = 0) -> None:
+        """A markdown text entry (tables render in TensorBoard's Text tab)."""
+        self.writer.add_text(self._check(key), markdown, int(step))
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """The run's hyperparameters with its final metrics (TensorBoard's HParams tab), plus a text copy."""
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items() if v is not None}
+        self.writer.add_hparams(clean, {self._check(k): float(v) for k, v in metrics.items()}, run_name=".")
+        table = "| option | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in clean.items())
+        self.text("search/hparams", table)
+
+    def layer_actions(self, actions: Mapping[str, tuple[float, float]], episode: int, *, curves: bool = False) -> None:
+        """The best policy's per-layer (prune, unify) as a text table at step ``episode``.
+
+        With ``curves`` (once, at the end of a run) also as scalars ``best_policy/prune`` and
+        ``best_policy/unify`` over the layer index, which TensorBoard draws as the policy's profile.
+        """
+        rows = "\n".join(f"| {i} | {n} | {p:.3f} | {u:.3f} |" for i, (n, (p, u)) in enumerate(actions.items()))
+        self.text("search/best_policy", f"best policy (episode {episode})\n\n| # | layer | prune | unify |\n| --- | --- | --- | --- |\n{rows}", episode)
+        if not curves:
+            return
+        for i, (p, u) in enumerate(actions.values()):
+            self.writer.add_scalar("best_policy/prune", float(p), i)
+            self.writer.add_scalar("best_policy/unify", float(u), i)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,71 @@
+"""`uniprune bench` end to end on the small default CNN: the --json contract and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from uniprune.compressors.blocks import compressible_layers
+from uniprune.compressors.policy import LayerAction, Policy
+from uniprune.search.cli import main
+from uniprune.search.models import build_model
+
+
+@pytest.fixture()
+def policy_file(tmp_path):
+    model = build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8))
+    policy = Policy(layers={s.name: LayerAction(0.75, 0.1) for s in compressible_layers(model)}, model="digits-cnn")
+    return policy.save(tmp_path / "policy.json")
+
+
+def test_bench_json(policy_file, tmp_path, capsys):
+    rc = main(["bench", "--model", "digits-cnn", "--policy", str(policy_file), "--threads", "1", "--batch-size", "4",
+               "--repeats", "5", "--cache-dir", str(tmp_path / "cache"), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("dense_ms", "compressed_ms", "speedup", "predicted_ms"):
+        assert isinstance(out[key], float) and out[key] > 0
+    assert out["speedup"] == pytest.approx(out["dense_ms"] / out["compressed_ms"])
+    assert out["batch_size"] == 4 and out["input_shape"] == [1, 8, 8]
+
+
+def test_bench_no_table(policy_file, capsys):
+    rc = main(["bench", "--model", "digits-cnn", "--policy", str(policy_file), "--threads", "1", "--repeats", "3",
+               "--no-table", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["predicted_ms"] is None and out["compressed_ms"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--policy", "/no/such/policy.json"], "does not exist"),
+    (["--compressed", "/no/such.pt"], "does not exist"),
+])
+def test_bench_bad_input_is_one_line(argv, message, capsys):
+    rc = main(["bench", "--model", "digits-cnn", *argv, "--json"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_bench_bad_shape_is_usage_error(policy_file, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--model", "digits-cnn", "--policy", str(policy_file), "--input-shape", "3,x"])
+    assert exc.value.code == 2
+    assert "C,H,W" in capsys.readouterr().err
+
+
+def test_bench_compressed_checkpoint(tmp_path, capsys):
+    from uniprune.compressors.checkpoint import save_compressed
+    from uniprune.compressors.projection import project_model
+
+    model = build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8))
+    policy = Policy(layers={s.name: LayerAction(0.5, 0.25) for s in compressible_layers(model)}, model="digits-cnn")
+    structures = project_model(model, policy)
+    path = save_compressed(tmp_path / "c.pt", model, structures, model_name="digits-cnn", num_classes=10,
+                           input_shape=(1, 8, 8))
+    rc = main(["bench", "--compressed", str(path), "--threads", "1", "--repeats", "3", "--no-table", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["model"] == "digits-cnn" and out["input_shape"] == [1, 8, 8]
+    assert out["dense_ms"] > 0 and out["compressed_ms"] > 0

@@ -1,0 +1,82 @@
+"""Masks and ties hold through SGD with momentum and weight decay; bake turns them into plain weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from uniprune.compressors.constraints import bake, constrain, constrain_masks, constrained_layers
+from uniprune.compressors.errors import ModelError
+from uniprune.compressors.policy import LayerAction, Policy
+from uniprune.compressors.projection import project_model, signs_of, structure_error
+from uniprune.compressors.structure import KEEP, PRUNE, UNIFY
+from uniprune.compressors.training import make_optimizer
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+
+
+def _steps(model: nn.Module, n: int) -> None:
+    optimizer = make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        x = torch.randn(16, 3, 8, 8, generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_pruned_zero_unified_tied_signs_fixed_after_sgd() -> None:
+    model = _model()
+    policy = Policy(layers={"0": LayerAction(0.25, 0.5), "3": LayerAction(0.4, 0.4), "7": LayerAction(0.5, 0.5)})
+    structures = project_model(model, policy)
+    signs_before = {n: signs_of(model.get_submodule(n).weight.detach()) for n in structures}
+    weights_before = {n: model.get_submodule(n).weight.detach().clone() for n in structures}
+    constrain(model, structures)
+    assert constrained_layers(model) == ["0", "3", "7"]
+    names = [n for n, _ in model.named_parameters()]
+    assert "3.parametrizations.weight.0.magnitude" in names  # the optimizer sees the shared magnitude
+    _steps(model, 6)
+    for name, structure in structures.items():
+        w = model.get_submodule(name).weight.detach()  # the constrained weight, as the forward sees it
+        err = structure_error(w, structure)
+        assert err["pruned_max_abs"] == 0.0
+        assert err["unified_spread"] <= 1e-6
+        state = structure.state_map()
+        assert torch.equal(signs_of(w)[state == UNIFY], signs_before[name][state == UNIFY])
+        if bool((state == KEEP).any()):
+            assert not torch.allclose(w[state == KEEP], weights_before[name][state == KEEP])  # it trained
+    trained = bake(model)
+    assert constrained_layers(model) == []
+    assert all("parametrizations" not in k for k in model.state_dict())
+    for name, structure in trained.items():
+        w = model.get_submodule(name).weight.detach()
+        assert structure_error(w, structure) == {"pruned_max_abs": 0.0, "unified_spread": 0.0}
+        unified = structure.states == UNIFY
+        moved = (structure.magnitudes[unified] - structures[name].magnitudes[unified]).abs().max()
+        assert float(moved) > 0  # magnitudes were trained
+        mags = structure.grid.expand(structure.magnitudes)[structure.state_map() == UNIFY]
+        assert torch.allclose(w[structure.state_map() == UNIFY].abs(), mags, atol=1e-7)
+        assert bool((w[structure.state_map() == PRUNE] == 0).all())
+
+
+def test_masks_hold_and_double_constraint_is_refused() -> None:
+    model = _model()
+    w = model.get_submodule("3").weight.detach()
+    mask = (w.abs() > w.abs().median()).float()
+    constrain_masks(model, {"3": mask})
+    with pytest.raises(ModelError, match="already constrained"):
+        constrain_masks(model, {"3": mask})
+    _steps(model, 4)
+    bake(model)
+    assert bool((model.get_submodule("3").weight.detach()[mask == 0] == 0).all())
+    with pytest.raises(ModelError, match="no layer"):
+        constrain_masks(model, {"nope": mask})

@@ -1,0 +1,171 @@
+"""CompressionEnv: the env checkers, AMC's action wall, determinism, rewards, registration."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from torch import nn
+from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.latency_model import LatencyModel
+from uniprune.envs import ENV_ID, NUM_FEATURES, CompressionEnv, make_tiny_env, recalibrate_bn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Score on one thread, as the search does: episodes are many small ops that extra threads slow down."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+def _episode(env: CompressionEnv, actions) -> tuple[list[np.ndarray], float, dict]:
+    obs, _ = env.reset(seed=0)
+    seen = [obs]
+    for a in actions:
+        obs, reward, terminated, truncated, info = env.step(np.asarray(a, dtype=np.float32))
+        seen.append(obs)
+        assert not truncated
+    assert terminated
+    return seen, reward, info
+
+
+def test_both_env_checkers_pass():
+    env = make_tiny_env()
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(make_tiny_env(), warn=True)
+    assert env.observation_space.shape == (NUM_FEATURES,)
+    assert env.observation_space.dtype == np.float32
+
+
+def test_registered_id_builds_the_tiny_env():
+    env = gymnasium.make(ENV_ID)
+    obs, _ = env.reset(seed=3)
+    assert env.unwrapped.num_layers == 3
+    assert obs.dtype == np.float32 and env.observation_space.contains(obs)
+
+
+_TINY = make_tiny_env()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    budget=st.floats(0.125, 1.0),
+    actions=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=3, max_size=3),
+)
+def test_clipped_policy_never_exceeds_budget(budget, actions):
+    env = _TINY
+    env.latency_budget = budget  # any budget above the least reachable ratio (0.125) is reachable
+    _, _, info = _episode(env, actions)
+    assert info["latency_ratio"] <= budget + 1e-6
+    lm = env.latency_model
+    assert lm.predict({n: _la(a) for n, a in info["actions"].items()}) / lm.dense_ms <= budget + 1e-6
+    for prune, unify in info["actions"].values():
+        assert 0 <= prune <= env.max_prune + 1e-9 and 0 <= unify <= env.max_unify + 1e-9
+        assert prune + unify <= 1 + 1e-9
+
+
+def _la(a):
+    from uniprune.compressors.policy import LayerAction
+
+    return LayerAction(*a)
+
+
+def test_wall_keeps_a_fitting_request_and_clips_a_greedy_one():
+    env = make_tiny_env(latency_budget=0.5)
+    env.reset(seed=0)
+    # All-dense requests: the first layers pass untouched until the budget forces the rest to compress.
+    infos = [env.step(np.zeros(2, dtype=np.float32))[4] for _ in range(env.num_layers)]
+    assert infos[0]["applied"] == (0.0, 0.0) and not infos[0]["clipped"]
+    assert infos[-1]["clipped"]
+    assert infos[-1]["latency_ratio"] == pytest.approx(0.5, abs=1e-6)
+    # A request that already meets the budget is applied exactly.
+    env.reset(seed=0)
+    info = env.step(np.array([0.5, 0.5], dtype=np.float32))[4]
+    assert info["requested"] == pytest.approx((0.4, 0.5)) and info["applied"] == pytest.approx((0.4, 0.5))
+
+
+def test_action_mapping_caps_and_sum():
+    env = make_tiny_env(max_prune=0.6, max_unify=0.7)
+    assert env.map_action(np.array([1.0, 1.0])) == pytest.approx((0.6, 0.4))
+    assert env.map_action(np.array([0.5, 0.5])) == pytest.approx((0.3, 0.35))
+    assert env.map_action(np.array([-3.0, 2.0])) == pytest.approx((0.0, 0.7))
+
+
+def test_deterministic_for_a_seed():
+    rng = np.random.default_rng(7)
+    actions = rng.uniform(0, 1, size=(3, 2))
+    a_obs, a_rew, a_info = _episode(make_tiny_env(seed=1), actions)
+    b_obs, b_rew, b_info = _episode(make_tiny_env(seed=1), actions)
+    assert a_rew == b_rew and a_info["actions"] == b_info["actions"]
+    for x, y in zip(a_obs, b_obs):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_observations_are_per_network_normalised():
+    env = make_tiny_env()
+    obs, _ = env.reset(seed=0)
+    static = env._static
+    assert static.shape == (3, 10)
+    assert static.min() >= 0 and static.max() <= 1
+    # Largest layer by params / MACs is exactly 1; latency shares sum to 1.
+    assert static[:, 7].max() == pytest.approx(1.0) and static[:, 8].max() == pytest.approx(1.0)
+    assert static[:, 9].sum() == pytest.approx(1.0)
+    # Rest latency of the first layer = share of the other layers.
+    assert obs[11] == pytest.approx(static[1:, 9].sum(), rel=1e-5)
+
+
+def test_impossible_budget_names_the_least_reachable_ratio():
+    # Tiny env: the fastest grid point within max_prune=0.8 is (0.75, 0.25): it keeps 1 - 0.75 - 0.5 * 0.25
+    # = 0.125 of its MACs.
+    with pytest.raises(ConfigError, match=r"least reachable ratio is 0\.1250"):
+        make_tiny_env(latency_budget=0.05)
+    with pytest.raises(ConfigError, match="latency budget must be in"):
+        make_tiny_env(latency_budget=1.5)
+    with pytest.raises(ConfigError, match="size_budget"):
+        make_tiny_env(reward="size")
+
+
+def test_size_wall_keeps_storage_under_its_budget():
+    env = make_tiny_env(latency_budget=1.0, reward="size", size_budget=0.5)
+    _, reward, info = _episode(env, [(0.0, 0.0)] * 3)
+    assert reward == info["val_accuracy"]
+    predicted_bits = env._fixed_bits + sum(env._layer_bits(i, *a) for i, a in enumerate(info["actions"].values()))
+    assert predicted_bits / env.dense_bits <= 0.5 + 1e-6
+    assert info["size_ratio"] < 0.6  # the real accounting agrees up to block rounding
+
+
+def test_dense_policy_scores_the_dense_accuracy_and_rewards():
+    env = make_tiny_env(latency_budget=1.0)
+    _, reward, info = _episode(env, [(0.0, 0.0)] * 3)
+    assert info["val_accuracy"] == 1.0 and reward == 1.0  # labels are the dense model's predictions
+    assert info["latency_ratio"] == pytest.approx(1.0) and info["size_ratio"] == pytest.approx(1.0)
+    env = make_tiny_env(latency_budget=0.5, reward="log-latency")
+    _, reward, info = _episode(env, [(1.0, 0.0)] * 3)
+    expected = -(1 - info["val_accuracy"]) * np.log1p(1000 * info["predicted_latency"])
+    assert reward == pytest.approx(expected)
+
+
+def test_bn_recalibration_uses_a_cumulative_average():
+    bn_model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+    bn = bn_model[1]
+    bn.momentum = 0.1
+    x1, x2 = torch.randn(8, 2, 4, 4), torch.randn(8, 2, 4, 4) + 3
+    n = recalibrate_bn(bn_model.eval(), [(x1, None), (x2, None)])
+    with torch.no_grad():
+        h1, h2 = bn_model[0](x1), bn_model[0](x2)
+    expected = (h1.mean(dim=(0, 2, 3)) + h2.mean(dim=(0, 2, 3))) / 2
+    assert n == 1 and bn.momentum == 0.1 and not bn_model.training
+    torch.testing.assert_close(bn.running_mean, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_latency_model_must_cover_every_layer():
+    env = make_tiny_env()
+    partial = LatencyModel.proportional({"0": 1.0})
+    with pytest.raises(ConfigError, match="no table for layer"):
+        CompressionEnv(env.model, partial, env.val_batches, input_shape=(3, 8, 8))

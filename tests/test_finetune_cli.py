@@ -1,0 +1,100 @@
+"""`uniprune finetune` end to end on the embedded digits data (tiny budgets), its run-dir mode and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from uniprune.compressors.accounting import model_size
+from uniprune.compressors.baselines import uniform_policy
+from uniprune.compressors.checkpoint import load_compressed
+from uniprune.compressors.policy import LayerAction, Policy
+from uniprune.compressors.projection import block_counts, structure_error
+from uniprune.search.cli import main
+from uniprune.search.models import build_model
+
+FAST = ["--limit", "64", "--batch-size", "32", "--val-fraction", "0.05", "--no-latency"]
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> tuple[Path, Path, Policy]:
+    torch.manual_seed(0)
+    model = build_model("digits-cnn", num_classes=10, input_shape=(3, 32, 32))
+    dense = tmp_path / "dense.pt"
+    torch.save(model.state_dict(), dense)
+    policy = uniform_policy(model, 0.5, 0.25, model_name="digits-cnn")
+    policy.layers["conv1"] = LayerAction(0.0, 0.0)
+    policy_path = policy.save(tmp_path / "policy.json")
+    return dense, policy_path, policy
+
+
+def _json(capsys: pytest.CaptureFixture) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_admm_finetune_writes_a_valid_compressed_model(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dense, policy_path, policy = setup
+    out = tmp_path / "c.pt"
+    rc = main(["finetune", "--policy", str(policy_path), "--model", "digits-cnn", "--checkpoint", str(dense),
+               "--epochs", "2", "--out", str(out), "--json", *FAST])
+    assert rc == 0
+    result = _json(capsys)
+    assert result["checkpoint"] == str(out) and result["method"] == "admm" and result["epochs"] == 2
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["val_accuracy"] <= 1.0
+    name, state, structures, meta = load_compressed(out)
+    assert name == "digits-cnn" and meta["input_shape"] == [3, 32, 32] and meta["policy"]["model"] == "digits-cnn"
+    for layer, structure in structures.items():
+        action = policy.action(layer)
+        n_p, n_u = block_counts(structure.grid.num_blocks, action.prune, action.unify)
+        assert structure.counts()["prune"] == n_p and structure.counts()["unify"] == n_u
+        err = structure_error(state[f"{layer}.weight"], structure)
+        assert err["pruned_max_abs"] == 0.0 and err["unified_spread"] <= 1e-6
+    model = build_model("digits-cnn", num_classes=10, input_shape=(3, 32, 32))
+    model.load_state_dict(state)
+    total = model_size(model, structures, input_shape=(3, 32, 32))["total"]
+    assert result["size_ratio"] == pytest.approx(total["size_ratio"]) and 0.2 < result["size_ratio"] < 0.6
+    assert result["mac_ratio"] == pytest.approx(total["mac_ratio"]) and 0.4 < result["mac_ratio"] < 0.8
+
+
+def test_run_dir_mode(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dense, policy_path, _ = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "policy.json").write_text(policy_path.read_text())
+    (run / "config.json").write_text(json.dumps({"model": "digits-cnn", "checkpoint": str(dense), "dataset": "digits", "data": None}))
+    assert main(["finetune", "--run-dir", str(run), "--method", "masked", "--epochs", "1", "--json", *FAST]) == 0
+    result = _json(capsys)
+    assert result["checkpoint"] == str(run / "compressed.pt") and (run / "compressed.pt").is_file()
+    saved = json.loads((run / "finetune.json").read_text())
+    assert saved["method"] == "masked" and len(saved["retrain_history"]) == 1 and saved["admm_history"] == []
+    assert list((run / "tb").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policy", "missing.json", "--out", "x.pt"], "does not exist"),
+        (["--epochs", "1", "--out", "x.pt"], "at least one ADMM epoch"),
+        (["--run-dir", "no-such-run"], "does not exist"),
+        (["--out", "x.pt", "--iterations", "2", "--epochs", "4"], "must divide"),
+    ],
+)
+def test_bad_input_is_one_line(setup, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                               extra: list[str], message: str) -> None:
+    dense, policy_path, _ = setup
+    monkeypatch.chdir(tmp_path)
+    args = ["finetune", "--model", "digits-cnn", "--checkpoint", str(dense), *FAST, *extra]
+    if "--policy" not in extra and "--run-dir" not in extra:
+        args += ["--policy", str(policy_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("uniprune finetune: error:")
+
+
+def test_policy_for_another_model_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    policy = Policy(layers={"layer1.0.conv1": LayerAction(0.5, 0.0)}, model="cifar-resnet20")
+    path = policy.save(tmp_path / "p.json")
+    assert main(["finetune", "--policy", str(path), "--model", "digits-cnn", "--out", str(tmp_path / "x.pt"), *FAST]) == 2
+    assert "not compressible layers" in capsys.readouterr().err

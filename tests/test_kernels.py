@@ -1,0 +1,120 @@
+"""The native kernels against torch on random shapes: relative error <= 1e-4, and the build's caching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from uniprune.compressors import kernels
+from uniprune.compressors.errors import KernelBuildError
+from uniprune.compressors.kernels import ROWS, SparseConv, SparseGemv, pack_panels
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    co=st.integers(1, 21), ci=st.integers(1, 13), k=st.integers(1, 4), stride=st.integers(1, 3),
+    pad=st.integers(0, 2), dil=st.integers(1, 2), n=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 12),
+    density=st.sampled_from([0.0, 0.3, 0.7, 1.0]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 10_000),
+)
+def test_sparse_conv_matches_masked_dense(co, ci, k, stride, pad, dil, n, h, w, density, threads, seed):
+    if h + 2 * pad < dil * (k - 1) + 1 or w + 2 * pad < dil * (k - 1) + 1:
+        return  # torch rejects inputs smaller than the dilated kernel too
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(co, ci, k, k, generator=g)
+    keep = torch.rand(co, ci, generator=g) < density
+    bias = torch.randn(co, generator=g)
+    x = torch.randn(n, ci, h, w, generator=g)
+    conv = SparseConv(weight, keep, bias, (stride, stride), (pad, pad), (dil, dil))
+    ref = F.conv2d(x, weight * keep[:, :, None, None], bias, stride, pad, dil)
+    out = conv(x, threads)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) <= 1e-4
+
+
+def test_asymmetric_geometry_and_empty_output_block():
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(19, 6, 3, 2, generator=g)
+    keep = torch.ones(19, 6, dtype=torch.bool)
+    keep[ROWS:2 * ROWS] = False  # a whole panel of output channels is gone: only its bias remains
+    bias = torch.randn(19, generator=g)
+    x = torch.randn(2, 6, 9, 7, generator=g)
+    out = SparseConv(weight, keep, bias, (2, 1), (1, 0), (1, 2))(x, 2)
+    ref = F.conv2d(x, weight * keep[:, :, None, None], bias, (2, 1), (1, 0), (1, 2))
+    assert _rel(out, ref) <= 1e-4
+    assert torch.equal(out[:, ROWS:2 * ROWS], bias[ROWS:2 * ROWS].reshape(1, -1, 1, 1).expand(2, -1, *out.shape[2:]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(co=st.integers(1, 40), ci=st.integers(1, 40), n=st.integers(1, 4), seed=st.integers(0, 10_000),
+       threads=st.sampled_from([1, 2]))
+def test_gemv_with_compact_unified_blocks(co, ci, n, seed, threads):
+    g = torch.Generator().manual_seed(seed)
+    bi = 8
+    weight = torch.randn(co, ci, generator=g)
+    panels, nb_in = (co + ROWS - 1) // ROWS, (ci + bi - 1) // bi
+    state = torch.randint(0, 3, (panels, nb_in), generator=g)  # 0 keep, 1 unify, 2 prune
+    mags = torch.rand(panels, nb_in, generator=g) + 0.1
+    full_state = state.repeat_interleave(ROWS, 0)[:co].repeat_interleave(bi, 1)[:, :ci]
+    full_mag = mags.repeat_interleave(ROWS, 0)[:co].repeat_interleave(bi, 1)[:, :ci]
+    sign = torch.where(weight < 0, -1.0, 1.0)
+    effective = torch.where(full_state == 0, weight, torch.where(full_state == 1, sign * full_mag, 0.0))
+    unified = [(p, j * bi, min(bi, ci - j * bi), float(mags[p, j])) for p, j in (state == 1).nonzero().tolist()]
+    bias = torch.randn(co, generator=g)
+    x = torch.randn(n, ci, generator=g)
+    ref = x @ effective.t() + bias
+    compact = SparseGemv(weight, full_state == 0, bias, unified)
+    materialised = SparseGemv(effective, full_state != 2, bias)
+    assert compact.n_unified == len(unified)
+    assert _rel(compact(x, threads), ref) <= 1e-4
+    assert _rel(materialised(x, threads), ref) <= 1e-4
+
+
+def test_pack_panels_keeps_exactly_the_used_channels():
+    weight = torch.arange(10 * 5, dtype=torch.float32).reshape(10, 5) + 1
+    keep = torch.zeros(10, 5, dtype=torch.bool)
+    keep[0, 1] = keep[3, 4] = keep[9, 0] = True
+    packed = pack_panels(weight, keep)
+    assert packed.panel_ptr.tolist() == [0, 2, 3]
+    assert packed.ch.tolist() == [1, 4, 0]
+    assert packed.w.shape == (3, 1, ROWS)
+    # row 3 of panel 0 does not keep channel 1: packed as zero, not as its weight
+    assert packed.w[0, 0].tolist() == [weight[0, 1].item()] + [0.0] * 7
+    assert packed.w[2, 0, 1].item() == weight[9, 0].item()
+
+
+def test_build_is_cached_by_source_and_flags():
+    first = kernels.build()
+    assert first.exists() and first.name.startswith("uniprune_kernels-")
+    assert kernels.build() == first  # second call finds the cached library
+    assert kernels.isa() in {"avx512f", "avx2", "neon", "generic"}
+
+
+def test_missing_compiler_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    with pytest.raises(KernelBuildError, match="no C compiler found"):
+        kernels.build(force=True)
+
+
+def test_concurrent_calls_from_python_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(7)
+    convs, inputs, refs = [], [], []
+    for c, hw in ((8, 11), (16, 6), (12, 9)):
+        weight = torch.randn(c, c, 3, 3, generator=g)
+        keep = torch.rand(c, c, generator=g) < 0.5
+        x = torch.randn(2, c, hw, hw, generator=g)
+        convs.append(SparseConv(weight, keep, None, (1, 1), (1, 1), (1, 1)))
+        inputs.append(x)
+        refs.append(F.conv2d(x, weight * keep[:, :, None, None], None, 1, 1))
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda i: [convs[i](inputs[i], 2) for _ in range(20)][-1], range(3)))
+    for out, ref in zip(outs, refs):
+        assert _rel(out, ref) <= 1e-4

@@ -1,0 +1,99 @@
+"""Latency measurement: interleaved medians, the per-layer table and its cache, whole-model timing."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.latency import (
+    build_latency_model,
+    check_latency_model,
+    measure_model_ms,
+    random_structure,
+    time_interleaved,
+)
+from uniprune.compressors.policy import LayerAction
+from uniprune.compressors.structure import KEEP, PRUNE, UNIFY, BlockShape, block_grid
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()
+
+
+def test_time_interleaved_orders_and_scales():
+    t = time_interleaved({"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.001)},
+                         warmup=1, repeats=7, threads=1)
+    assert set(t) == {"slow", "fast"}
+    assert 3.5 <= t["slow"] <= 20 and 0.9 <= t["fast"] <= 10
+    assert t["slow"] > 1.5 * t["fast"]
+    with pytest.raises(ConfigError):
+        time_interleaved({"a": lambda: None}, repeats=0)
+    with pytest.raises(ConfigError, match="threads"):
+        time_interleaved({"a": lambda: None}, threads=0)
+
+
+def test_random_structure_has_exact_counts():
+    grid = block_grid((24, 16, 3, 3), BlockShape(8, 4))
+    s = random_structure(grid, 0.5, 0.25, torch.Generator().manual_seed(0))
+    assert s.counts() == {"keep": 3, "unify": 3, "prune": 6}
+    assert bool((s.magnitudes[s.states == UNIFY] >= 0.5).all())
+    assert bool((s.magnitudes[s.states != UNIFY] == 0).all())
+    assert set(s.states.unique().tolist()) <= {KEEP, UNIFY, PRUNE}
+
+
+def test_latency_table_is_measured_then_cached(tmp_path):
+    model = _small_cnn()
+    grid = (0.0, 0.5, 0.9)
+    lm = build_latency_model(model, (3, 16, 16), threads=1, grid=grid, cache_dir=tmp_path, progress=False,
+                             warmup=1, repeats=3)
+    assert lm.layer_names == ["0", "3", "7"]
+    for table in lm.tables.values():
+        assert table.shape == (3, 3) and bool(np.all(table > 0))
+        assert table[1, 2] == table[1, 1] and table[2, 1] == table[2, 0]  # infeasible points: row's last feasible
+    assert lm.fixed_ms >= 0 and lm.meta["dense_model_ms"] > 0
+    files = list(tmp_path.glob("latency-*.json"))
+    assert len(files) == 1
+    t0 = time.perf_counter()
+    again = build_latency_model(model, (3, 16, 16), threads=1, grid=grid, cache_dir=tmp_path, progress=False,
+                                warmup=1, repeats=3)
+    assert time.perf_counter() - t0 < 2.0
+    assert all(np.array_equal(again.tables[k], lm.tables[k]) for k in lm.tables)
+    other = build_latency_model(model, (3, 16, 16), batch_size=2, threads=1, grid=grid, cache_dir=tmp_path,
+                                progress=False, warmup=1, repeats=3)
+    assert len(list(tmp_path.glob("latency-*.json"))) == 2  # another batch size is another key
+    dense = {k: LayerAction() for k in lm.layer_names}
+    assert lm.predict(dense) == pytest.approx(lm.dense_ms)
+    assert other.dense_ms > 0
+    with pytest.raises(ConfigError, match="grid"):
+        build_latency_model(model, (3, 16, 16), grid=(0.5, 0.9), cache_dir=tmp_path, progress=False)
+
+
+def test_measure_and_check_whole_model(tmp_path):
+    model = _small_cnn()
+    g = torch.Generator().manual_seed(0)
+    structures = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            shape = BlockShape(8, 4) if isinstance(m, nn.Conv2d) else BlockShape(8, 8)
+            structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
+    r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5)
+    assert set(r) == {"dense_ms", "compressed_ms", "speedup"}
+    assert r["dense_ms"] > 0 and r["compressed_ms"] > 0
+    assert r["speedup"] == pytest.approx(r["dense_ms"] / r["compressed_ms"])
+    lm = build_latency_model(model, (3, 16, 16), threads=1, grid=(0.0, 0.5, 0.9), cache_dir=tmp_path,
+                             progress=False, warmup=1, repeats=3)
+    check = check_latency_model(model, lm, (3, 16, 16), threads=1, policies=3, repeats=3, progress=False)
+    assert len(check["rows"]) == 3
+    assert check["max_error"] >= check["median_error"] >= 0
+    assert all(row["predicted_ms"] > 0 and row["measured_ms"] > 0 for row in check["rows"])
+    with pytest.raises(ConfigError, match="input shape"):
+        measure_model_ms(model, structures, (3, 0, 16))
