@@ -33,7 +33,7 @@ from uniprune.compressors.policy import Policy  # noqa: E402
 from uniprune.compressors.projection import project_model  # noqa: E402
 from uniprune.envs import recalibrate_bn  # noqa: E402
 from uniprune.search.cli import build_parser  # noqa: E402
-from uniprune.search.commands import search_cmd  # noqa: E402
+from uniprune.search.commands import env_options, search_cmd  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_CHECKPOINT = SHARED / "pretrained" / "resnet20-12fca82f.th"
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         result = search_cmd.run(sargs)
         wall = time.perf_counter() - started
         if env is None:
-            env = search_cmd.make_env(sargs)
+            env = env_options.make_env(sargs)
         scores = rescore(env, Policy.load(result["policy"]), args.bn_recalibrate)
         row = {
             "searcher": searcher, "episodes": result["episodes"], "best_episode": result["best_episode"],

@@ -1,13 +1,14 @@
 """``report.md`` and its PNG plots for a run directory.
 
 Reads what the search and fine-tune jobs wrote into the run directory (``config.json``,
-``episodes.csv``, ``policy.json``, optional ``admm.csv`` and ``finetune.json``) and writes, next to them:
+``episodes.csv``, ``policy.json``, optional ``finetune.json``) and writes, next to them:
 
 - ``reward.png``: reward per episode with the best so far;
 - ``accuracy_vs_latency.png``: validation accuracy against predicted latency ratio of every episode, with
   the budget line;
 - ``policy_layers.png``: the best policy's per-layer prune and unify fractions;
-- ``admm.png``: ADMM loss, validation accuracy, residual and rho, when ``admm.csv`` exists;
+- ``admm.png``: fine-tuning loss and validation accuracy per epoch, ADMM residual and rho, when
+  ``uniprune finetune --run-dir`` has written ``finetune.json``;
 - ``report.md`` linking them, with the run's headline figures.
 """
 
@@ -41,6 +42,17 @@ def _read_csv(path: Path) -> list[dict[str, float]]:
                     continue
             rows.append(row)
     return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file, or ``{}`` when absent; RunDirError when it is unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} is unreadable ({exc}); re-run the job that writes it") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _column(rows: list[dict[str, float]], key: str) -> list[float]:
@@ -112,18 +124,32 @@ def plot_policy(policy: Policy, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_admm(rows: list[dict[str, float]], path: Path) -> Path:
-    """ADMM curves against the step: loss, validation accuracy, primal residual and rho."""
-    keys = [("loss", "admm loss"), ("val_accuracy", "validation accuracy"), ("residual", "residual ||W-Z||/||W||"), ("rho", "rho")]
+def plot_admm(finetune: dict[str, Any], path: Path) -> Path:
+    """Fine-tuning curves per epoch from ``finetune.json``: training loss and validation accuracy over the
+    ADMM and retraining phases (the hard projection between them marked), primal residual and rho per
+    ADMM iteration."""
+    admm = [r for r in finetune.get("admm_history") or [] if isinstance(r, dict)]
+    retrain = [r for r in finetune.get("retrain_history") or [] if isinstance(r, dict)]
     fig, axes = plt.subplots(2, 2, figsize=(9, 6))
-    for ax, (key, label) in zip(axes.flat, keys):
-        xs = [x for x, y in zip(_column(rows, "step"), _column(rows, key)) if not math.isnan(y)]
-        ys = [y for y in _column(rows, key) if not math.isnan(y)]
-        ax.plot(xs, ys, marker=".")
+    for ax, key, label in ((axes[0, 0], "loss", "training loss"), (axes[0, 1], "val_accuracy", "validation accuracy")):
+        for rows, phase, color in ((admm, "ADMM", "C0"), (retrain, "retraining", "C2")):
+            pts = [(r["epoch"] + 1, r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=color, label=phase)
+        if key == "val_accuracy" and isinstance(finetune.get("projected_val_accuracy"), (int, float)):
+            x = (admm[-1]["epoch"] + 1) if admm else 0
+            ax.plot([x], [finetune["projected_val_accuracy"]], marker="x", color="C3", linestyle="none", label="after hard projection")
         ax.set_title(label)
-        ax.set_xlabel("step")
-        if key in ("residual", "rho") and ys and min(ys) > 0:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    for ax, key, label in ((axes[1, 0], "residual", "primal residual ||W-Z|| / ||W||"), (axes[1, 1], "rho", "rho")):
+        ys = [r[key] for r in admm if isinstance(r.get(key), (int, float))]
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", color="C0")
+        ax.set_title(label)
+        ax.set_xlabel("ADMM iteration")
+        if ys and min(ys) > 0:
             ax.set_yscale("log")
+    fig.suptitle(f"fine-tuning ({finetune.get('method', '?')})")
     return _save(fig, path)
 
 
@@ -143,7 +169,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
     if not rows:
         raise RunDirError(f"{episodes_csv} has no episodes yet: let the search run at least one episode")
     policy = Policy.load(policy_json)
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    config = _read_json(run / "config.json")
     budget = policy.latency_budget if policy.latency_budget is not None else config.get("latency_budget")
 
     files = [
@@ -151,9 +177,9 @@ def write_report(run_dir: str | Path) -> list[Path]:
         plot_accuracy_vs_latency(rows, budget, run / "accuracy_vs_latency.png"),
         plot_policy(policy, run / "policy_layers.png"),
     ]
-    admm_csv = run / "admm.csv"
-    if admm_csv.is_file() and _read_csv(admm_csv):
-        files.append(plot_admm(_read_csv(admm_csv), run / "admm.png"))
+    finetune = _read_json(run / "finetune.json")
+    if finetune.get("admm_history") or finetune.get("retrain_history"):
+        files.append(plot_admm(finetune, run / "admm.png"))
 
     lines = [f"# uniprune run: {run.name}", ""]
     lines += [
@@ -166,10 +192,8 @@ def write_report(run_dir: str | Path) -> list[Path]:
             "- best policy (before fine-tuning): "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in pred.items() if isinstance(v, (int, float)))
         )
-    finetune_json = run / "finetune.json"
-    if finetune_json.is_file():
-        ft = json.loads(finetune_json.read_text())
-        lines.append("- after fine-tuning: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ft.items() if isinstance(v, (int, float))))
+    if finetune:
+        lines.append("- after fine-tuning: " + ", ".join(f"{k} {_fmt(v)}" for k, v in finetune.items() if isinstance(v, (int, float))))
     lines.append("")
     titles = {
         "reward.png": "Reward per episode",

@@ -26,12 +26,12 @@ def _fake_run(tmp_path, with_admm: bool):
         predicted={"latency_ratio": 0.49, "val_accuracy": 0.72},
     ).save(run / "policy.json")
     (run / "config.json").write_text(json.dumps({"model": "digits-cnn", "dataset": "digits", "searcher": "ddpg"}))
-    if with_admm:
-        with (run / "admm.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["step", "loss", "val_accuracy", "residual", "rho"])
-            for s in range(6):
-                w.writerow([s, 1.0 / (s + 1), 0.8 + 0.01 * s, 0.5 / (s + 1), 1e-3 * 2**s])
+    if with_admm:  # what 'uniprune finetune --run-dir' writes
+        admm = [{"iteration": i, "epoch": i, "rho": 1e-3 * 2**i, "loss": 1.0 / (i + 1), "residual": 0.5 / (i + 1),
+                 "val_accuracy": 0.8 + 0.01 * i} for i in range(4)]
+        retrain = [{"epoch": 4 + i, "loss": 0.3, "val_accuracy": 0.9 + 0.01 * i} for i in range(2)]
+        (run / "finetune.json").write_text(json.dumps({"method": "admm", "accuracy": 0.91, "projected_val_accuracy": 0.6,
+                                                        "admm_history": admm, "retrain_history": retrain}))
     return run
 
 
@@ -49,6 +49,7 @@ def test_report_writes_plots_and_markdown(tmp_path, with_admm):
     for name in expected:
         assert f"]({name})" in text
     assert "| conv1 | 0.500 | 0.250 |" in text
+    assert ("after fine-tuning: accuracy 0.9100" in text) == with_admm
 
 
 def test_report_cli_errors_name_the_missing_run(tmp_path, capsys):

@@ -1,19 +1,113 @@
-"""`uniprune demo`."""
+"""`uniprune demo`: the whole job on the embedded digits data, in a few minutes on a laptop.
+
+train the small default CNN -> search a policy under a latency budget (DDPG, measured latency table) ->
+ADMM fine-tune into it -> time dense against compressed on the real kernels -> write the report; then a
+small table of dense against compressed. Each step is the verb a user would run, called with the
+options shown in the log, so the demo doubles as a worked example. Files go to a new folder
+(``runs/demo-<time>`` unless ``--out`` names one): ``dense.pt``, and the run directory ``run/`` with the
+search's files, ``compressed.pt``, ``finetune.json``, ``bench.json``, ``report.md`` and its plots.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
-from uniprune.compressors.errors import NotAvailableError
+from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.fileio import write_json_atomic
 
 NAME = "demo"
-HELP = "demo (not yet available)"
+HELP = "the whole job on the embedded digits data: train, search, ADMM fine-tune, bench, report (a few minutes)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--out", default=None, help="a new or empty folder for the demo's files (default runs/demo-<date>-<time>)")
+    parser.add_argument("--latency-budget", type=float, default=0.5, help="compressed/dense latency at most this, in (0, 1] (default 0.5)")
+    parser.add_argument("--episodes", type=int, default=300, help="search episodes (default 300, as AMC)")
+    parser.add_argument("--warmup", type=int, default=100, help="random warm-up episodes of the search (default 100)")
+    parser.add_argument("--train-epochs", type=int, default=15, help="epochs training the dense model (default 15)")
+    parser.add_argument("--finetune-epochs", type=int, default=12, help="ADMM fine-tuning epochs in all (default 12)")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size the latency is measured and benchmarked at (default 16)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency table and the benchmark (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _step(number: int, title: str, argv: list[str]) -> dict[str, Any]:
+    """Run one verb as the CLI would, logging the command line; returns its result."""
+    from uniprune.search.cli import build_parser
+
+    print(f"\n[{number}/5] {title}\n      $ uniprune {shlex.join(argv)}", file=sys.stderr, flush=True)
+    args = build_parser().parse_args(argv)
+    return args._run(args)
+
+
+def _table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows]
+    lines.insert(1, "  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    raise NotAvailableError("'uniprune demo' is not yet available in this version")
+    if not 0 < args.latency_budget <= 1:
+        raise ConfigError(f"--latency-budget must be in (0, 1], got {args.latency_budget}")
+    for key in ("episodes", "train_epochs", "batch_size", "threads"):
+        if getattr(args, key) < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.finetune_epochs < 2:
+        raise ConfigError(f"--finetune-epochs must be >= 2 (ADMM, then retraining), got {args.finetune_epochs}")
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} already exists and is not an empty folder; give a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    dense, run_dir = out / "dense.pt", out / "run"
+    started = time.perf_counter()
+    seed = ["--seed", str(args.seed)]
+
+    trained = _step(1, "train the default CNN on digits", ["train", "--epochs", str(args.train_epochs), "--out", str(dense), *seed])
+    searched = _step(2, "search a policy under the latency budget (DDPG)", [
+        "search", "--checkpoint", str(dense), "--run-dir", str(run_dir), "--latency-budget", str(args.latency_budget),
+        "--episodes", str(args.episodes), "--warmup", str(min(args.warmup, args.episodes)),
+        "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--bn-recalibrate", "2", *seed,
+    ])
+    tuned = _step(3, "ADMM fine-tune into the policy", [
+        "finetune", "--run-dir", str(run_dir), "--epochs", str(args.finetune_epochs), "--no-latency", *seed,
+    ])
+    bench = _step(4, "time dense against compressed on the real kernels", [
+        "bench", "--compressed", tuned["checkpoint"], "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+    ])
+    write_json_atomic(run_dir / "bench.json", bench)
+    report = _step(5, "write the report", ["report", "--run-dir", str(run_dir)])
+
+    seconds = time.perf_counter() - started
+    rows = [
+        ("", "dense", "compressed"),
+        ("test accuracy", f"{trained['accuracy']:.2%}", f"{tuned['accuracy']:.2%}"),
+        (f"latency, batch {args.batch_size} (ms)", f"{bench['dense_ms']:.3f}", f"{bench['compressed_ms']:.3f}"),
+        ("latency ratio (budget)", "1.00", f"{bench['compressed_ms'] / bench['dense_ms']:.2f} ({args.latency_budget:g})"),
+        ("size ratio", "1.00", f"{tuned['size_ratio']:.2f}"),
+    ]
+    print(f"\nuniprune demo: done in {seconds:.0f} s; files in {out}, report {report['report']}\n\n{_table(rows)}\n", file=sys.stderr)
+    return {
+        "dense_accuracy": trained["accuracy"],
+        "accuracy": tuned["accuracy"],
+        "projected_val_accuracy": tuned["projected_val_accuracy"],
+        "search_val_accuracy": searched["val_accuracy"],
+        "policy": searched["policy"],
+        "predicted_latency_ratio": searched["latency_ratio"],
+        "latency_ratio": bench["compressed_ms"] / bench["dense_ms"],
+        "dense_ms": bench["dense_ms"],
+        "compressed_ms": bench["compressed_ms"],
+        "speedup": bench["speedup"],
+        "predicted_ms": bench["predicted_ms"],
+        "size_ratio": tuned["size_ratio"],
+        "episodes": searched["episodes"],
+        "checkpoint": tuned["checkpoint"],
+        "report": report["report"],
+        "out": str(out),
+        "seconds": seconds,
+    }

@@ -1,19 +1,156 @@
-"""`uniprune replay`."""
+"""`uniprune replay`: run a learned agent, or a saved policy, on another model and write the policy it gives.
+
+``--agent RUN/agent.zip`` walks the new model's environment with the agent's deterministic actions (no
+noise). The observation is normalised per network, so an agent searched on ResNet-20 reads ResNet-56's
+layers on the same scale. Budget clipping (the action wall) applies as in a search, so the written
+policy meets ``--latency-budget`` by the new model's latency table. Options the user leaves at their
+defaults are taken from the agent's run (``config.json`` next to ``agent.zip``), so the actions mean the
+same fractions they meant in the search (``--max-prune``/``--max-unify`` scale them).
+
+``--policy FILE`` instead applies a saved policy to another checkpoint of the same architecture: every
+layer must match by name, and the policy's fractions go through the same wall (they are unchanged
+unless the budget or the latency table differs).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
-from uniprune.compressors.errors import NotAvailableError
+import numpy as np
+from uniprune.compressors.errors import ConfigError, PolicyError, RunDirError
+from uniprune.compressors.policy import Policy
+from uniprune.envs import CompressionEnv
+from uniprune.search.searchers import agent_policy, play
+
+from .env_options import add_env_arguments, make_env, take_stored_options, validate_env_arguments
 
 NAME = "replay"
-HELP = "replay (not yet available)"
+HELP = "run a saved agent (or apply a saved policy) on a new model and write the policy it gives"
+
+# What a replay takes from the agent's run when left at its default: how actions map to fractions and how
+# policies are scored. Model, checkpoint and data are the new model's, never the run's.
+_FROM_RUN = ("latency_budget", "max_prune", "max_unify", "reward", "size_budget", "bn_recalibrate", "latency_model",
+             "batch_size", "threads", "val_samples", "eval_batch_size")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--agent", help="agent.zip a DDPG search wrote (or its run directory)")
+    source.add_argument("--policy", help="policy.json to apply to another checkpoint of the same architecture")
+    add_env_arguments(parser)
+    parser.add_argument("--out", required=True, help="where to write the policy (policy.json); an existing file needs --force")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def _agent_path(given: str) -> Path:
+    path = Path(given).expanduser()
+    if path.is_dir():
+        path = path / "agent.zip"
+    if not path.is_file():
+        raise RunDirError(f"agent file {str(path)!r} does not exist; pass the agent.zip a 'uniprune search --searcher ddpg' wrote")
+    return path
+
+
+def _load_agent(path: Path, env: CompressionEnv) -> Any:
+    from uniprune.agent import AMCDDPG
+
+    try:
+        agent = AMCDDPG.load(path, env=None, device="cpu")
+    except Exception as exc:  # a corrupt zip fails anywhere in SB3's loader; the cause is the file either way
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise RunDirError(f"agent file {str(path)!r} cannot be read ({type(exc).__name__}: {first}); pass an agent.zip a search wrote") from None
+    want, got = env.observation_space.shape, agent.observation_space.shape
+    if got != want or agent.action_space.shape != env.action_space.shape:
+        raise RunDirError(
+            f"agent {str(path)!r} observes {got} and acts {agent.action_space.shape}, this version's env observes {want} "
+            f"and acts {env.action_space.shape}; search again with this version"
+        )
+    return agent
+
+
+def _stored_config(agent_path: Path) -> dict[str, Any]:
+    config_path = agent_path.parent / "config.json"
+    if not config_path.is_file():
+        return {}
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{config_path} next to the agent is unreadable ({exc}); pass the options yourself or fix the file") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _check_same_model(policy: Policy, model: str) -> None:
+    if policy.model and policy.model != model:
+        raise PolicyError(
+            f"the policy was made for {policy.model!r}, not {model!r}; --policy applies to checkpoints of the same "
+            "architecture (to transfer to another one, replay the search's agent with --agent)"
+        )
+
+
+def _check_same_layers(policy: Policy, env: CompressionEnv) -> None:
+    """PolicyError naming the layers that do not match between the policy and the model."""
+    names = set(env.layer_names)
+    extra = [n for n in policy.layers if n not in names]
+    missing = [n for n in env.layer_names if n not in policy.layers]
+    if extra or missing:
+        parts = []
+        if extra:
+            parts.append(f"the policy names {len(extra)} layer(s) the model lacks ({', '.join(extra[:5])})")
+        if missing:
+            parts.append(f"the model has {len(missing)} compressible layer(s) the policy lacks ({', '.join(missing[:5])})")
+        raise PolicyError("; ".join(parts) + "; was the policy made for another architecture?")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    raise NotAvailableError("'uniprune replay' is not yet available in this version")
+    started = time.perf_counter()
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file path such as {out / 'policy.json'}")
+    if out.exists() and not args.force:
+        raise ConfigError(f"--out {out} already exists; pass --force to overwrite it or choose another path")
+    if args.agent:
+        agent_path = _agent_path(args.agent)
+        taken = take_stored_options(args, _stored_config(agent_path), add_arguments, keys=_FROM_RUN)
+        if taken:
+            print(f"uniprune replay: from the agent's run: {', '.join('--' + k.replace('_', '-') for k in taken)}", file=sys.stderr)
+        validate_env_arguments(args)
+        env = make_env(args, verb="replay")
+        agent = _load_agent(agent_path, env)
+        result = agent_policy(agent, env)
+        source = {"agent": str(agent_path.resolve())}
+    else:
+        saved = Policy.load(args.policy)
+        _check_same_model(saved, args.model)
+        if saved.latency_budget is not None:
+            take_stored_options(args, {"latency_budget": saved.latency_budget}, add_arguments, keys=("latency_budget",))
+        # The policy's fractions are the actions: no caps, so raw action = fraction.
+        args.max_prune, args.max_unify = 1.0, 1.0
+        validate_env_arguments(args)
+        env = make_env(args, verb="replay")
+        _check_same_layers(saved, env)
+        wanted = [np.array([saved.layers[n].prune, saved.layers[n].unify]) for n in env.layer_names]
+        result = play(env, lambda t, obs: wanted[t])
+        source = {"policy": str(Path(args.policy).resolve())}
+    requested = result.get("requested", {})
+    clipped = [n for n, a in result["actions"].items() if n in requested and not np.allclose(requested[n], a, atol=1e-6)]
+    policy = env.policy(result["actions"])
+    policy.predicted = {k: result[k] for k in ("latency_ratio", "size_ratio", "val_accuracy", "reward")}
+    policy.search = {"replayed": True, **source, "checkpoint": args.checkpoint, "clipped_layers": clipped,
+                     "latency_model": args.latency_model, "seed": args.seed}
+    policy.save(out)
+    return {
+        "policy": str(out),
+        "latency_ratio": result["latency_ratio"],
+        "val_accuracy": result["val_accuracy"],
+        "size_ratio": result["size_ratio"],
+        "latency_budget": args.latency_budget,
+        "clipped_layers": len(clipped),
+        "layers": env.num_layers,
+        "model": args.model,
+        "seconds": time.perf_counter() - started,
+    }

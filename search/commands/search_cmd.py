@@ -9,7 +9,7 @@ from the last finished episode.
 from __future__ import annotations
 
 import argparse
-import itertools
+import json
 import math
 import signal
 import sys
@@ -20,38 +20,19 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
-from uniprune.compressors.accounting import layer_profile
 from uniprune.compressors.errors import ConfigError, RunDirError
-from uniprune.compressors.latency_model import LatencyModel
 from uniprune.compressors.policy import Policy
-from uniprune.envs import REWARDS, CompressionEnv
-from uniprune.search.datasets import load_dataset
-from uniprune.search.models import build_model, load_weights
 from uniprune.search.run_dir import RESUMABLE_CHANGES, RunDir
 from uniprune.search.searchers import SEARCHERS, make_searcher
 from uniprune.search.tensorboard import TensorBoardLogger
 
-from .common import (
-    add_data_arguments,
-    add_device_argument,
-    add_model_arguments,
-    add_seed_argument,
-    resolve_device,
-    show_notes,
-)
+from .env_options import ENV_KEYS, add_env_arguments, make_env, take_stored_options, validate_env_arguments
 
 NAME = "search"
 HELP = "search a per-layer prune/unify policy under a latency budget (AMC-style DDPG, Optuna, random or uniform)"
 
-#: A unified block's share of MAC time saved in the FLOPs-style latency model (its inputs are summed
-#: with their signs and multiplied once: the multiplications go, the additions stay).
-MACS_UNIFY_SAVING = 0.5
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    add_data_arguments(parser)
-    parser.add_argument("--latency-budget", type=float, default=0.5, help="compressed/dense latency must be at most this, in (0, 1] (default 0.5)")
+    add_env_arguments(parser)
     parser.add_argument("--episodes", type=int, default=300, help="episodes (policies tried), >= 1 (default 300)")
     parser.add_argument("--warmup", type=int, default=100, help="random warm-up episodes (ddpg) / startup trials (optuna) (default 100)")
     parser.add_argument("--searcher", choices=SEARCHERS, default="ddpg", help="search strategy (default ddpg)")
@@ -60,40 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="delete the run in --run-dir and start over")
     parser.add_argument("--storage", default=None, help="Optuna storage URL shared by workers (default sqlite:///RUN/optuna.db)")
     parser.add_argument(
-        "--latency-model", choices=("measured", "macs"), default="measured",
-        help="measured: per-layer tables timed with the real kernels (cached); macs: time proportional to MACs (instant)",
-    )
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size the latency is measured at (default 1)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads the latency is measured with (default: torch's)")
-    parser.add_argument(
         "--score-threads", type=int, default=1,
         help="CPU threads for scoring episodes (default 1: an episode is many small ops, which extra threads slow down on a busy machine)",
     )
-    parser.add_argument("--val-samples", type=int, default=500, help="validation images scoring each episode, >= 1 (default 500)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training data held out for validation (default 0.1)")
-    parser.add_argument("--bn-recalibrate", type=int, default=0, metavar="N", help="re-estimate BatchNorm statistics on N training batches before scoring (default 0: off)")
-    parser.add_argument("--eval-batch-size", type=int, default=256, help="batch size for scoring and BN re-estimation (default 256)")
-    parser.add_argument("--reward", choices=REWARDS, default="accuracy", help="accuracy (default), log-latency (AMC's -error*log(latency)), size (accuracy under --size-budget too)")
-    parser.add_argument("--size-budget", type=float, default=None, help="storage budget as a fraction of dense storage, in (0, 1] (needed by --reward size)")
-    parser.add_argument("--max-prune", type=float, default=0.8, help="cap on a layer's pruned fraction of blocks, in [0, 1] (default 0.8)")
-    parser.add_argument("--max-unify", type=float, default=1.0, help="cap on a layer's unified fraction of blocks, in [0, 1] (default 1)")
-    add_seed_argument(parser)
-    add_device_argument(parser)
 
 
 def _validate(args: argparse.Namespace) -> None:
+    validate_env_arguments(args)
     checks = [
         (args.episodes >= 1, f"--episodes must be >= 1, got {args.episodes}"),
         (args.warmup >= 0, f"--warmup must be >= 0, got {args.warmup}"),
-        (0 < args.latency_budget <= 1, f"--latency-budget must be in (0, 1] (a fraction of dense latency), got {args.latency_budget}"),
-        (args.val_samples >= 1, f"--val-samples must be >= 1, got {args.val_samples}"),
-        (args.bn_recalibrate >= 0, f"--bn-recalibrate must be >= 0 batches, got {args.bn_recalibrate}"),
-        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-        (args.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {args.eval_batch_size}"),
-        (args.threads is None or args.threads >= 1, f"--threads must be >= 1, got {args.threads}"),
         (args.score_threads >= 1, f"--score-threads must be >= 1, got {args.score_threads}"),
-        (args.size_budget is None or 0 < args.size_budget <= 1, f"--size-budget must be in (0, 1], got {args.size_budget}"),
-        (args.reward != "size" or args.size_budget is not None, "--reward size needs --size-budget (a fraction of dense storage in (0, 1])"),
         (not (args.resume and args.force), "--resume and --force contradict each other: pass one"),
     ]
     for ok, message in checks:
@@ -102,11 +60,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (
-        "model", "checkpoint", "dataset", "data", "latency_budget", "episodes", "warmup", "searcher", "seed",
-        "latency_model", "batch_size", "threads", "val_samples", "val_fraction", "bn_recalibrate", "eval_batch_size",
-        "reward", "size_budget", "max_prune", "max_unify", "storage", "score_threads",
-    )
+    keys = (*ENV_KEYS, "episodes", "warmup", "searcher", "storage", "score_threads")
     config = {k: getattr(args, k) for k in keys}
     for k in ("checkpoint", "data"):
         if config[k]:
@@ -119,57 +73,16 @@ def default_run_dir(args: argparse.Namespace) -> Path:
     return Path("runs") / safe
 
 
-def build_latency_model(args: argparse.Namespace, model: torch.nn.Module, input_shape: tuple[int, int, int]) -> LatencyModel:
-    """The env's latency model: measured tables (cached by the latency module) or the MACs proxy."""
-    if args.latency_model == "macs":
-        profile = layer_profile(model, input_shape)
-        return LatencyModel.proportional({n: float(r["macs"]) for n, r in profile.items()}, unify_saving=MACS_UNIFY_SAVING)
-    from uniprune.compressors.latency import build_latency_model as measure
-
-    return measure(model, input_shape, batch_size=args.batch_size, threads=args.threads, seed=args.seed, progress=True)
-
-
-def make_env(args: argparse.Namespace) -> CompressionEnv:
-    """Load data and model, and build the search env (the expensive, validating part of the job)."""
-    device = resolve_device(args.device)
-    data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction, seed=args.seed)
-    show_notes(data)
-    if len(data.val) == 0:
-        raise ConfigError("the search needs a validation split: pass --val-fraction > 0 (rewards never use the test split)")
-    model = build_model(args.model, num_classes=data.num_classes, input_shape=data.input_shape)
-    if args.checkpoint:
-        load_weights(model, args.checkpoint)
-    else:
-        print("uniprune search: warning: no --checkpoint: searching on an untrained model", file=sys.stderr)
-    model.eval()
-    # A seeded random subset: splits may be stored class by class, so the first N could be one class.
-    val = list(data.batches("val", args.eval_batch_size, shuffle=True, seed=args.seed, limit=args.val_samples))
-    bn = list(itertools.islice(data.batches("train", args.eval_batch_size, shuffle=True, seed=args.seed), args.bn_recalibrate))
-    latency = build_latency_model(args, model, data.input_shape)
-    return CompressionEnv(
-        model.to(device), latency, val, input_shape=data.input_shape, latency_budget=args.latency_budget,
-        bn_batches=bn, max_prune=args.max_prune, max_unify=args.max_unify, reward=args.reward,
-        size_budget=args.size_budget, model_name=args.model, device=device,
-    )
-
-
 def _take_stored_options(args: argparse.Namespace, run_path: Path) -> None:
     """On --resume, options left at their defaults take the run's stored values (so they need not be repeated).
 
     An option given with a value other than the stored one stays, and RunDir refuses the resume naming it.
     """
-    import json
-
     try:
         stored = json.loads((run_path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{run_path / 'config.json'} is unreadable ({exc}); start over with --force") from None
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    defaults = vars(parser.parse_args([]))
-    for key, value in stored.items():
-        if key in defaults and key not in RESUMABLE_CHANGES and getattr(args, key, None) == defaults[key]:
-            setattr(args, key, value)
+    take_stored_options(args, stored, add_arguments, keys=[k for k in stored if k not in RESUMABLE_CHANGES])
 
 
 class _StopAfterEpisode:
