@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DATA), help="the shared data folder (cifar10-jpeg/ and pretrained/ inside)")
     p.add_argument("--model", default="cifar-resnet20", help="cifar-resnet20|32|44|56 (its pretrained file must be in DATA/pretrained)")
+    p.add_argument("--checkpoint", default=None,
+                   help="an already adapted dense checkpoint (uniprune train --checkpoint PRETRAINED --dataset imagefolder ...); "
+                   "skips the adaptation")
     p.add_argument("--adapt-epochs", type=int, default=1, help="dense epochs on the JPEG training set first (default 1)")
     p.add_argument("--adapt-lr", type=float, default=0.01, help="lr of the dense adaptation (default 0.01)")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs E per method (default 3)")
@@ -111,7 +114,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dense.to(device)
     figures: dict[str, Any] = {"pretrained_test_accuracy": test_accuracy(dense)}
     print(f"pretrained {args.model}: test {figures['pretrained_test_accuracy']:.4f}", file=sys.stderr)
-    if args.adapt_epochs > 0:
+    if args.checkpoint:
+        load_weights(dense, args.checkpoint)
+        args.adapt_epochs = 0
+    elif args.adapt_epochs > 0:
         optimizer = make_optimizer(dense, lr=args.adapt_lr)
         steps = bundle.num_batches("train", args.batch_size, limit=args.train_limit)
         schedule = cosine_schedule(optimizer, steps * args.adapt_epochs)
@@ -178,8 +184,10 @@ def render(figures: dict[str, Any], args: argparse.Namespace, n_train: int, n_te
         f"iterations of 1 epoch, rho {args.rho} x{args.rho_growth} per iteration, then {args.retrain_epochs} retraining "
         f"epoch(s)); SGD lr {args.lr}, momentum 0.9, weight decay 5e-4, batch {args.batch_size}.",
         "",
-        f"Dense: pretrained {args.model} scores {figures['pretrained_test_accuracy']:.2%} on the JPEG test images; after "
-        f"{args.adapt_epochs} adaptation epoch(s) on the JPEG training set: **{figures['dense_test_accuracy']:.2%}** (the dense baseline).",
+        f"Dense: pretrained {args.model} scores {figures['pretrained_test_accuracy']:.2%} on the JPEG test images; "
+        + (f"adapted to the JPEG training set (`{Path(args.checkpoint).name}`): " if args.checkpoint else
+           f"after {args.adapt_epochs} adaptation epoch(s) on the JPEG training set: ")
+        + f"**{figures['dense_test_accuracy']:.2%}** (the dense baseline).",
         "",
         "| policy | storage ratio | MAC ratio | mult ratio | projection alone | " + " | ".join(f"{m} (E={args.epochs})" for m in methods) + " |",
         "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in methods) + " |",

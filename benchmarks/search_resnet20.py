@@ -75,8 +75,9 @@ def search_args(args: argparse.Namespace, searcher: str, run_dir: Path) -> argpa
     return build_parser().parse_args(argv)
 
 
-def rescore(env: Any, policy: Policy, bn_batches: int) -> dict[str, float]:
-    """Validation accuracy of ``policy`` with and without BN re-estimation, and its measured latency."""
+def rescore(env: Any, policy: Policy, bn_batches: int, *, threads: int | None = None, batch_size: int = 1) -> dict[str, float]:
+    """Validation accuracy of ``policy`` with and without BN re-estimation, and its measured latency
+    (dense and compressed interleaved, ``batch_size`` samples, ``threads`` threads: default torch's)."""
     saved = env.bn_batches
     out: dict[str, float] = {}
     actions = {n: (a.prune, a.unify) for n, a in policy.layers.items()}
@@ -95,7 +96,7 @@ def rescore(env: Any, policy: Policy, bn_batches: int) -> dict[str, float]:
     model.load_state_dict(env._original)
     structures = project_model(model, env.policy(actions), env.block_shapes, apply=True)
     recalibrate_bn(model, env.bn_batches)
-    timing = measure_model_ms(model, structures, env.input_shape, batch_size=1)
+    timing = measure_model_ms(model, structures, env.input_shape, batch_size=batch_size, threads=threads)
     out["measured_ratio"] = float(timing["compressed_ms"]) / float(timing["dense_ms"])
     return out
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         if env is None:
             env = env_options.make_env(sargs)
-        scores = rescore(env, Policy.load(result["policy"]), args.bn_recalibrate)
+        scores = rescore(env, Policy.load(result["policy"]), args.bn_recalibrate, threads=args.threads)
         row = {
             "searcher": searcher, "episodes": result["episodes"], "best_episode": result["best_episode"],
             "wall_s": wall, "s_per_episode": result["seconds_per_episode"], **scores,
