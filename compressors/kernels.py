@@ -219,6 +219,7 @@ class SparseConv:
         self._finalizer = weakref.finalize(self, lib.up_conv_destroy, plan)
         self._run = lib.up_conv_run
         self._lock = threading.Lock()  # the plan's scratch buffers serve one call at a time
+        self._out_shapes: dict[torch.Size, tuple[int, ...]] = {}
 
     def __deepcopy__(self, memo: dict) -> SparseConv:
         return self  # the native plan is read-only after creation and guarded by a lock: share, never double-free
@@ -231,8 +232,10 @@ class SparseConv:
         """``x`` float32 ``[N, Ci, H, W]`` -> ``[N, Co, Ho, Wo]``, on ``threads`` (>= 1) threads."""
         x = x.contiguous()
         n, _, h, w = x.shape
-        ho, wo = self.output_hw(h, w)
-        y = torch.empty(n, self.out_channels, ho, wo, dtype=torch.float32)
+        out = self._out_shapes.get(x.shape)
+        if out is None:  # computing it costs a microsecond of Python per call
+            out = self._out_shapes[x.shape] = (n, self.out_channels, *self.output_hw(h, w))
+        y = torch.empty(*out, dtype=torch.float32)
         with self._lock:
             rc = self._run(self._plan, x.data_ptr(), y.data_ptr(), n, h, w, threads)
         if rc:
@@ -241,10 +244,12 @@ class SparseConv:
 
 
 class SparseGemv:
-    """A block-sparse ``y = x W^T + b`` for a few rows of ``x`` (batch 1 is what it is for).
+    """A block-sparse ``y = x W^T + b``: batch 1 (memory-bound) one sample at a time, larger batches in
+    tiles of samples that load each weight once.
 
     Kept weights are packed like :class:`SparseConv`'s; unified blocks given in ``unified`` run in
-    compact form: one magnitude and one sign byte per input channel (bit r: row r is negative).
+    compact form: one magnitude and one sign byte per input channel (bit r: row r is negative); that
+    saves memory traffic only at small batches.
     """
 
     def __init__(self, weight: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None,
@@ -295,7 +300,9 @@ class SparseGemv:
         x = x.contiguous()
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
         with self._lock:
-            self._run(self._plan, x.data_ptr(), y.data_ptr(), x.shape[0], threads)
+            rc = self._run(self._plan, x.data_ptr(), y.data_ptr(), x.shape[0], threads)
+        if rc:
+            raise MemoryError(f"sparse GEMV failed (code {rc}) on input {tuple(x.shape)}: out of memory")
         return y
 
 

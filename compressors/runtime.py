@@ -7,7 +7,8 @@ fastest for the input shape it sees:
 - ``sparse``: the native block-sparse kernel (pruned blocks skipped; unified blocks materialised as
   ordinary kept blocks; an output-channel block that is gone costs only its bias);
 - ``gemv`` / ``gemv_compact`` (linear, batch <= 4): the native GEMV, the second with unified blocks in
-  compact form (one magnitude + sign bits), offered only when the layer has unified blocks;
+  compact form (one magnitude + sign bits), offered only when the layer has unified blocks; a linear's
+  ``sparse`` (batch > 4) is the same GEMV kernel with unified blocks materialised;
 - ``shrunk``: torch dense on the smaller layer left when whole output/input channels are gone;
 - ``dense``: torch dense on the masked weight.
 
@@ -128,10 +129,11 @@ class _Compiled(nn.Module):
         return name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device.type, self._threads())
+        # the per-call path of a batch-1 layer: x.device.type alone costs a microsecond, x.is_cpu a tenth
+        key = (x.shape, x.dtype, x.is_cpu, self._threads())
         fn = self._fns.get(key)
         if fn is None:
-            if x.dtype != torch.float32 or x.device.type != "cpu":
+            if x.dtype != torch.float32 or not x.is_cpu:
                 raise ModelError(f"the compiled model runs float32 on CPU; got {x.dtype} on {x.device}")
             fn = self._fns[key] = self._candidates(x)[self.implementation(x)]
         return fn(x)
@@ -176,8 +178,9 @@ class CompiledConv2d(_Compiled):
 
     def _candidates(self, x: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         cands: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        threads = self._threads()  # part of the key the candidates are kept under
         if self.sparse is not None:
-            cands["sparse"] = lambda t: self.sparse(t, self._threads())
+            cands["sparse"] = lambda t: self.sparse(t, threads)
         if self.shrink is not None:
             cands["shrunk"] = self._shrunk
         cands["dense"] = self._dense
@@ -196,7 +199,6 @@ class CompiledLinear(_Compiled):
         state = structure.state_map()
         keep = state != PRUNE
         self.counts = structure.counts()
-        self.sparse = SparseConv(w[:, :, None, None], keep, self.bias, (1, 1), (0, 0), (1, 1))
         self.gemv = SparseGemv(w, keep, self.bias)
         self.gemv_compact = None
         grid = structure.grid
@@ -210,20 +212,21 @@ class CompiledLinear(_Compiled):
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
-    def _batched(self, x: torch.Tensor) -> torch.Tensor:
-        # y^T = W x^T is a 1x1 convolution over a one-row "image" whose pixels are the samples
-        xt = x.t().contiguous().reshape(1, x.shape[1], 1, x.shape[0])
-        return self.sparse(xt, self._threads()).reshape(self.weight.shape[0], x.shape[0]).t()
-
     def _candidates(self, x: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        flat = lambda f: (lambda t: f(t.reshape(-1, t.shape[-1])).reshape(*t.shape[:-1], -1))  # noqa: E731
+        if x.dim() == 2:  # candidates are kept per input shape; two reshapes cost 5 µs at batch 1
+            flat = lambda f: f  # noqa: E731
+        else:
+            flat = lambda f: (lambda t: f(t.reshape(-1, t.shape[-1])).reshape(*t.shape[:-1], -1))  # noqa: E731
+        threads = self._threads()
         cands: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         rows = x.numel() // max(x.shape[-1], 1)
         if rows <= _GEMV_MAX_BATCH:
             if self.gemv_compact is not None:
-                cands["gemv_compact"] = flat(lambda t: self.gemv_compact(t, self._threads()))
-            cands["gemv"] = flat(lambda t: self.gemv(t, self._threads()))
-        cands["sparse"] = flat(self._batched)
+                cands["gemv_compact"] = flat(lambda t: self.gemv_compact(t, threads))
+            cands["gemv"] = flat(lambda t: self.gemv(t, threads))
+        else:
+            # the same kernel: past a few samples it runs them in tiles that load each weight once
+            cands["sparse"] = flat(lambda t: self.gemv(t, threads))
         cands["dense"] = self._dense
         return cands
 
