@@ -25,6 +25,10 @@ class LatencyModel:
     ``tables[name][i, j]``: ms of layer ``name`` at ``prune_grid[i]``, ``unify_grid[j]``. Grid points
     with ``prune + unify > 1`` hold the time at the nearest feasible point (builders fill them so), which
     keeps interpolation well defined. ``fixed_ms``: everything outside the compressible layers.
+    ``baseline_ms``: the uncompressed model's whole time, the denominator of every latency ratio; ``None``:
+    ``fixed_ms`` plus every table's ``(0, 0)`` entry. Measured tables set it: their ``(0, 0)`` entries are
+    layers run by the compressed model's runtime with nothing pruned, which need not take what the plain
+    dense model takes.
     """
 
     prune_grid: np.ndarray
@@ -32,6 +36,7 @@ class LatencyModel:
     tables: dict[str, np.ndarray]
     fixed_ms: float
     meta: dict[str, Any] | None = None
+    baseline_ms: float | None = None
 
     def __post_init__(self) -> None:
         self.prune_grid = np.asarray(self.prune_grid, dtype=np.float64)
@@ -80,7 +85,9 @@ class LatencyModel:
 
     @property
     def dense_ms(self) -> float:
-        """Whole-model ms with every layer dense."""
+        """Whole-model ms of the uncompressed model (the denominator of latency ratios)."""
+        if self.baseline_ms is not None:
+            return float(self.baseline_ms)
         return float(self.fixed_ms + sum(t[0, 0] for t in self.tables.values()))
 
     def fastest_ms(self, name: str, max_prune: float = 1.0, max_unify: float = 1.0) -> float:
@@ -96,6 +103,7 @@ class LatencyModel:
             "unify_grid": self.unify_grid.tolist(),
             "tables": {k: v.tolist() for k, v in self.tables.items()},
             "fixed_ms": self.fixed_ms,
+            "baseline_ms": self.baseline_ms,
             "meta": self.meta or {},
         }
 
@@ -106,6 +114,7 @@ class LatencyModel:
             unify_grid=np.asarray(data["unify_grid"]),
             tables={k: np.asarray(v) for k, v in data["tables"].items()},
             fixed_ms=float(data["fixed_ms"]),
+            baseline_ms=None if data.get("baseline_ms") is None else float(data["baseline_ms"]),
             meta=dict(data.get("meta") or {}),
         )
 

@@ -170,7 +170,7 @@ class CompressionEnv(gym.Env):
         self._dense_layer = np.asarray([dense_layer[n] for n in self.layer_names])
         self._static = static_features(self.layer_names, self.profile, dense_layer)
         self.dense_ms = latency_model.dense_ms
-        self._fixed_ms = self.dense_ms - float(self._dense_layer.sum())
+        self._fixed_ms = float(latency_model.fixed_ms)
         self._dense_layers_ms = float(self._dense_layer.sum())
 
         # Storage per layer (bits), as accounting counts it, for the size wall.

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             total = max(1, s.grid.num_blocks)
             actions[layer] = LayerAction(prune=c["prune"] / total, unify=c["unify"] / total)
         predicted = lm.predict(actions)
-    return {**result, "predicted_ms": predicted, "model": name, "batch_size": args.batch_size,
+    # the ratio of rounds taken a moment apart (measure_model_ms), not of the two medians
+    return {**result, "latency_ratio": 1.0 / result["speedup"], "predicted_ms": predicted, "model": name, "batch_size": args.batch_size,
             "input_shape": list(shape), "threads": threads}
 
 

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=12, help="ADMM fine-tuning epochs in all (default 12)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size the latency is measured and benchmarked at (default 16)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency table and the benchmark (default 1)")
+    parser.add_argument("--latency-statistic", choices=("median", "min"), default="min",
+                        help="statistic of the latency table and the benchmark (default min: a laptop or a shared VM "
+                        "drifts in speed, and the fastest runs repeat best)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -72,13 +75,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     searched = _step(2, "search a policy under the latency budget (DDPG)", [
         "search", "--checkpoint", str(dense), "--run-dir", str(run_dir), "--latency-budget", str(args.latency_budget),
         "--episodes", str(args.episodes), "--warmup", str(min(args.warmup, args.episodes)),
-        "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--bn-recalibrate", "2", *seed,
+        "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--latency-statistic", args.latency_statistic,
+        "--bn-recalibrate", "2", *seed,
     ])
     tuned = _step(3, "ADMM fine-tune into the policy", [
         "finetune", "--run-dir", str(run_dir), "--epochs", str(args.finetune_epochs), "--no-latency", *seed,
     ])
     bench = _step(4, "time dense against compressed on the real kernels", [
         "bench", "--compressed", tuned["checkpoint"], "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+        "--statistic", args.latency_statistic,
     ])
     write_json_atomic(run_dir / "bench.json", bench)
     report = _step(5, "write the report", ["report", "--run-dir", str(run_dir)])
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("", "dense", "compressed"),
         ("test accuracy", f"{trained['accuracy']:.2%}", f"{tuned['accuracy']:.2%}"),
         (f"latency, batch {args.batch_size} (ms)", f"{bench['dense_ms']:.3f}", f"{bench['compressed_ms']:.3f}"),
-        ("latency ratio (budget)", "1.00", f"{bench['compressed_ms'] / bench['dense_ms']:.2f} ({args.latency_budget:g})"),
+        ("latency ratio (budget)", "1.00", f"{bench['latency_ratio']:.2f} ({args.latency_budget:g})"),
         ("size ratio", "1.00", f"{tuned['size_ratio']:.2f}"),
     ]
     print(f"\nuniprune demo: done in {seconds:.0f} s; files in {out}, report {report['report']}\n\n{_table(rows)}\n", file=sys.stderr)
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "search_val_accuracy": searched["val_accuracy"],
         "policy": searched["policy"],
         "predicted_latency_ratio": searched["latency_ratio"],
-        "latency_ratio": bench["compressed_ms"] / bench["dense_ms"],
+        "latency_ratio": bench["latency_ratio"],
         "dense_ms": bench["dense_ms"],
         "compressed_ms": bench["compressed_ms"],
         "speedup": bench["speedup"],

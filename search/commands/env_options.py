@@ -36,7 +36,7 @@ MACS_UNIFY_SAVING = 0.5
 
 #: The options :func:`add_env_arguments` adds that decide what an env is (a run's ``config.json`` keeps them).
 ENV_KEYS = (
-    "model", "checkpoint", "dataset", "data", "latency_budget", "seed", "latency_model", "batch_size", "threads",
+    "model", "checkpoint", "dataset", "data", "latency_budget", "seed", "latency_model", "latency_statistic", "batch_size", "threads",
     "val_samples", "val_fraction", "bn_recalibrate", "eval_batch_size", "reward", "size_budget", "max_prune", "max_unify",
 )
 
@@ -49,6 +49,11 @@ def add_env_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latency-model", choices=("measured", "macs"), default="measured",
         help="measured: per-layer tables timed with the real kernels (cached); macs: time proportional to MACs (instant)",
+    )
+    parser.add_argument(
+        "--latency-statistic", choices=("median", "min"), default="median",
+        help="statistic of the repeated timings behind the table: median (default), or min on a shared or virtual "
+        "machine whose speed drifts with its neighbours (there the more repeatable figure)",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="batch size the latency is measured at (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads the latency is measured with (default: torch's)")
@@ -111,7 +116,8 @@ def build_latency_model(args: argparse.Namespace, model: torch.nn.Module, input_
         return LatencyModel.proportional({n: float(r["macs"]) for n, r in profile.items()}, unify_saving=MACS_UNIFY_SAVING)
     from uniprune.compressors.latency import build_latency_model as measure
 
-    return measure(model, input_shape, batch_size=args.batch_size, threads=args.threads, seed=args.seed, progress=True)
+    return measure(model, input_shape, batch_size=args.batch_size, threads=args.threads, seed=args.seed, progress=True,
+                   statistic=args.latency_statistic)
 
 
 def make_env(args: argparse.Namespace, *, verb: str = "search") -> CompressionEnv:

@@ -34,7 +34,7 @@ HELP = "run a saved agent (or apply a saved policy) on a new model and write the
 
 # What a replay takes from the agent's run when left at its default: how actions map to fractions and how
 # policies are scored. Model, checkpoint and data are the new model's, never the run's.
-_FROM_RUN = ("latency_budget", "max_prune", "max_unify", "reward", "size_budget", "bn_recalibrate", "latency_model",
+_FROM_RUN = ("latency_budget", "max_prune", "max_unify", "reward", "size_budget", "bn_recalibrate", "latency_model", "latency_statistic",
              "batch_size", "threads", "val_samples", "eval_batch_size")
 
 
