@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100, help="DDPG warm-up episodes / Optuna startup trials (default 100)")
     p.add_argument("--searchers", default="ddpg,optuna,random,uniform", help="comma-separated searchers (default all four)")
     p.add_argument("--latency-model", choices=("measured", "macs"), default="measured", help="latency model (default measured)")
-    p.add_argument("--threads", type=int, default=None, help="threads the latency is measured with")
+    p.add_argument("--threads", type=int, default=1, help="threads the latency is measured with (default 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size the latency is measured at (default 1)")
+    p.add_argument("--latency-statistic", choices=("median", "min"), default="median", help="statistic of the latency timings")
     p.add_argument("--val-samples", type=int, default=500, help="validation images per episode (default 500)")
     p.add_argument("--bn-recalibrate", type=int, default=2, help="BN re-estimation batches during the search (default 2; 0: off)")
     p.add_argument("--eval-batch-size", type=int, default=128, help="scoring / BN batch size (default 128)")
@@ -68,14 +70,16 @@ def search_args(args: argparse.Namespace, searcher: str, run_dir: Path) -> argpa
         "--val-fraction", str(args.val_fraction), "--latency-budget", str(args.latency_budget), "--episodes", str(args.episodes),
         "--warmup", str(args.warmup), "--searcher", searcher, "--run-dir", str(run_dir), "--latency-model", args.latency_model,
         "--val-samples", str(args.val_samples), "--bn-recalibrate", str(args.bn_recalibrate),
-        "--eval-batch-size", str(args.eval_batch_size), "--seed", str(args.seed),
+        "--eval-batch-size", str(args.eval_batch_size), "--seed", str(args.seed), "--batch-size", str(args.batch_size),
+        "--latency-statistic", args.latency_statistic,
     ]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     return build_parser().parse_args(argv)
 
 
-def rescore(env: Any, policy: Policy, bn_batches: int, *, threads: int | None = None, batch_size: int = 1) -> dict[str, float]:
+def rescore(env: Any, policy: Policy, bn_batches: int, *, threads: int | None = None, batch_size: int = 1,
+            statistic: str = "median") -> dict[str, float]:
     """Validation accuracy of ``policy`` with and without BN re-estimation, and its measured latency
     (dense and compressed interleaved, ``batch_size`` samples, ``threads`` threads: default torch's)."""
     saved = env.bn_batches
@@ -96,7 +100,7 @@ def rescore(env: Any, policy: Policy, bn_batches: int, *, threads: int | None = 
     model.load_state_dict(env._original)
     structures = project_model(model, env.policy(actions), env.block_shapes, apply=True)
     recalibrate_bn(model, env.bn_batches)
-    timing = measure_model_ms(model, structures, env.input_shape, batch_size=batch_size, threads=threads)
+    timing = measure_model_ms(model, structures, env.input_shape, batch_size=batch_size, threads=threads, statistic=statistic)
     out["measured_ratio"] = 1.0 / float(timing["speedup"])
     return out
 
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         if env is None:
             env = env_options.make_env(sargs)
-        scores = rescore(env, Policy.load(result["policy"]), args.bn_recalibrate, threads=args.threads)
+        scores = rescore(env, Policy.load(result["policy"]), args.bn_recalibrate, threads=args.threads,
+                         batch_size=args.batch_size, statistic=args.latency_statistic)
         row = {
             "searcher": searcher, "episodes": result["episodes"], "best_episode": result["best_episode"],
             "wall_s": wall, "s_per_episode": result["seconds_per_episode"], **scores,
@@ -147,7 +152,8 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], dense_acc: floa
         f"Machine: {machine_line()}; load average at the end {os.getloadavg()[0]:.1f} "
         "(timings, measured latency ratios above all, are only as good as the machine was quiet)  ",
         f"Data: {args.dataset} `{Path(args.data).name}` (validation carve {args.val_fraction}, {args.val_samples} images per episode); "
-        f"checkpoint `{Path(args.checkpoint).name}`; latency model `{args.latency_model}`; "
+        f"checkpoint `{Path(args.checkpoint).name}`; latency model `{args.latency_model}` (batch {args.batch_size}, "
+        f"{args.threads} thread(s), statistic {args.latency_statistic}); "
         f"BN re-estimation during search: {args.bn_recalibrate} batches; dense validation accuracy {_pct(dense_acc)}.",
         "",
         "| searcher | episodes | best at | val acc (no BN re-est.) | val acc (BN re-est.) | predicted latency ratio | measured latency ratio | search wall time | s / episode |",

@@ -170,7 +170,10 @@ class CompressionEnv(gym.Env):
         self._dense_layer = np.asarray([dense_layer[n] for n in self.layer_names])
         self._static = static_features(self.layer_names, self.profile, dense_layer)
         self.dense_ms = latency_model.dense_ms
-        self._fixed_ms = float(latency_model.fixed_ms)
+        # what no action changes: the table's fixed part and the layers left out of the episode, as they run
+        # uncompressed in the compiled model
+        self._fixed_ms = float(latency_model.fixed_ms) + sum(
+            float(t[0, 0]) for n, t in latency_model.tables.items() if n not in self.layer_names)
         self._dense_layers_ms = float(self._dense_layer.sum())
 
         # Storage per layer (bits), as accounting counts it, for the size wall.

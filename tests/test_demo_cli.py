@@ -27,7 +27,9 @@ def test_short_demo_runs_the_whole_job(tmp_path, capsys, cache_dir):
     assert result["latency_ratio"] == 1 / result["speedup"] > 0
     assert 0.0 < result["size_ratio"] <= 1.0
     name, _, structures, meta = load_compressed(run / "compressed.pt")
-    assert name == "digits-cnn" and set(structures) == set(policy.layers)
+    assert name == "digits-cnn" and set(structures) == {"conv1", "conv2", "conv3", "conv4", "fc"}
+    assert set(policy.layers) == {"conv2", "conv3", "conv4"}  # the stem and the classifier stay dense
+    assert structures["conv1"].counts()["keep"] == structures["conv1"].grid.num_blocks
     # the table a person reads at the end
     assert "test accuracy" in captured.err and "size ratio" in captured.err and "latency ratio (budget)" in captured.err
 

@@ -134,3 +134,22 @@ def test_ctrl_c_stops_after_the_episode_and_resume_goes_on(tmp_path, capsys, mon
     result = _search(capsys, "--searcher", "random", "--episodes", "4", "--run-dir", str(run), "--resume")
     assert result["episodes"] == 4 and result["episodes_this_run"] == 2
     assert [r["episode"] for r in _rows(run)] == ["0", "1", "2", "3"]
+
+
+def test_keep_dense_picks_the_ends_or_named_layers(tmp_path, capsys):
+    from uniprune.compressors.errors import ConfigError, ModelError
+    from uniprune.search.commands.env_options import dense_layers
+
+    names = ["conv1", "conv2", "conv3", "fc"]
+    assert dense_layers("ends", names) == ["conv1", "fc"]
+    assert dense_layers("none", names) == [] and dense_layers("conv2, conv3", names) == ["conv2", "conv3"]
+    assert dense_layers("ends", ["a", "b"]) == []  # two layers: both would be ends, search them
+    with pytest.raises(ModelError, match="conv9"):
+        dense_layers("conv9", names)
+    with pytest.raises(ConfigError, match="no layer"):
+        dense_layers("conv1,conv2,conv3,fc", names)
+    # through the CLI: one line naming the bad layer, and no run directory left behind
+    assert main(["search", *FAST, "--keep-dense", "conv9", "--episodes", "1", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "conv9" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "r").exists()

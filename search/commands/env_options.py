@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 from uniprune.compressors.accounting import layer_profile
-from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.blocks import compressible_layers
+from uniprune.compressors.errors import ConfigError, ModelError
 from uniprune.compressors.latency_model import LatencyModel
 from uniprune.envs import REWARDS, CompressionEnv
 from uniprune.search.datasets import load_dataset
@@ -38,6 +39,7 @@ MACS_UNIFY_SAVING = 0.5
 ENV_KEYS = (
     "model", "checkpoint", "dataset", "data", "latency_budget", "seed", "latency_model", "latency_statistic", "batch_size", "threads",
     "val_samples", "val_fraction", "bn_recalibrate", "eval_batch_size", "reward", "size_budget", "max_prune", "max_unify",
+    "keep_dense",
 )
 
 
@@ -65,6 +67,12 @@ def add_env_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size-budget", type=float, default=None, help="storage budget as a fraction of dense storage, in (0, 1] (needed by --reward size)")
     parser.add_argument("--max-prune", type=float, default=0.8, help="cap on a layer's pruned fraction of blocks, in [0, 1] (default 0.8)")
     parser.add_argument("--max-unify", type=float, default=1.0, help="cap on a layer's unified fraction of blocks, in [0, 1] (default 1)")
+    parser.add_argument(
+        "--keep-dense", default="ends", metavar="LAYERS",
+        help="layers left out of the search, dense: 'ends' (default: the first and the last compressible layer, i.e. "
+        "the stem that reads the image and the classifier: a sliver of the time, and a pruned block there removes "
+        "whole input features or classes), 'none', or module names joined by commas",
+    )
     add_seed_argument(parser)
     add_device_argument(parser)
 
@@ -109,6 +117,24 @@ def take_stored_options(
     return taken
 
 
+def dense_layers(spec: str, names: list[str]) -> list[str]:
+    """The layers ``--keep-dense`` names, given the model's compressible layers ``names`` in order."""
+    key = spec.strip().lower()
+    if key == "ends":
+        return [names[0], names[-1]] if len(names) > 2 else []
+    if key in ("none", ""):
+        return []
+    chosen = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise ModelError(f"--keep-dense names {unknown[:5]}, not compressible layers of this model (it has: {shown}); "
+                         "use 'ends', 'none' or its layer names")
+    if len(chosen) >= len(names):
+        raise ConfigError("--keep-dense leaves no layer to search; name fewer layers")
+    return chosen
+
+
 def build_latency_model(args: argparse.Namespace, model: torch.nn.Module, input_shape: tuple[int, int, int]) -> LatencyModel:
     """The env's latency model: measured tables (cached by the latency module) or the MACs proxy."""
     if args.latency_model == "macs":
@@ -137,8 +163,9 @@ def make_env(args: argparse.Namespace, *, verb: str = "search") -> CompressionEn
     val = list(data.batches("val", args.eval_batch_size, shuffle=True, seed=args.seed, limit=args.val_samples))
     bn = list(itertools.islice(data.batches("train", args.eval_batch_size, shuffle=True, seed=args.seed), args.bn_recalibrate))
     latency = build_latency_model(args, model, data.input_shape)
+    skip = dense_layers(args.keep_dense, [s.name for s in compressible_layers(model)])
     return CompressionEnv(
         model.to(device), latency, val, input_shape=data.input_shape, latency_budget=args.latency_budget,
         bn_batches=bn, max_prune=args.max_prune, max_unify=args.max_unify, reward=args.reward,
-        size_budget=args.size_budget, model_name=args.model, device=device,
+        size_budget=args.size_budget, model_name=args.model, device=device, skip=skip,
     )

@@ -35,7 +35,7 @@ HELP = "run a saved agent (or apply a saved policy) on a new model and write the
 # What a replay takes from the agent's run when left at its default: how actions map to fractions and how
 # policies are scored. Model, checkpoint and data are the new model's, never the run's.
 _FROM_RUN = ("latency_budget", "max_prune", "max_unify", "reward", "size_budget", "bn_recalibrate", "latency_model", "latency_statistic",
-             "batch_size", "threads", "val_samples", "eval_batch_size")
+             "batch_size", "threads", "val_samples", "eval_batch_size", "keep_dense")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,17 +93,15 @@ def _check_same_model(policy: Policy, model: str) -> None:
 
 
 def _check_same_layers(policy: Policy, env: CompressionEnv) -> None:
-    """PolicyError naming the layers that do not match between the policy and the model."""
-    names = set(env.layer_names)
-    extra = [n for n in policy.layers if n not in names]
-    missing = [n for n in env.layer_names if n not in policy.layers]
-    if extra or missing:
-        parts = []
-        if extra:
-            parts.append(f"the policy names {len(extra)} layer(s) the model lacks ({', '.join(extra[:5])})")
-        if missing:
-            parts.append(f"the model has {len(missing)} compressible layer(s) the policy lacks ({', '.join(missing[:5])})")
-        raise PolicyError("; ".join(parts) + "; was the policy made for another architecture?")
+    """PolicyError naming the layers of the policy the model lacks; a note naming the ones it leaves dense."""
+    extra = [n for n in policy.layers if n not in env.layer_names]
+    if extra:
+        raise PolicyError(f"the policy names {len(extra)} layer(s) this model lacks ({', '.join(extra[:5])}); "
+                          "was it made for another architecture?")
+    dense = [n for n in env.layer_names if n not in policy.layers]
+    if dense:
+        print(f"uniprune replay: note: the policy leaves {len(dense)} compressible layer(s) dense: {', '.join(dense[:5])}"
+              + (", ..." if len(dense) > 5 else ""), file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,12 +126,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _check_same_model(saved, args.model)
         if saved.latency_budget is not None:
             take_stored_options(args, {"latency_budget": saved.latency_budget}, add_arguments, keys=("latency_budget",))
-        # The policy's fractions are the actions: no caps, so raw action = fraction.
-        args.max_prune, args.max_unify = 1.0, 1.0
+        # The policy's fractions are the actions: no caps, so raw action = fraction; every layer is walked and
+        # the ones the policy does not name stay dense, as the policy format says.
+        args.max_prune, args.max_unify, args.keep_dense = 1.0, 1.0, "none"
         validate_env_arguments(args)
         env = make_env(args, verb="replay")
         _check_same_layers(saved, env)
-        wanted = [np.array([saved.layers[n].prune, saved.layers[n].unify]) for n in env.layer_names]
+        wanted = [np.array([saved.action(n).prune, saved.action(n).unify]) for n in env.layer_names]
         result = play(env, lambda t, obs: wanted[t])
         source = {"policy": str(Path(args.policy).resolve())}
     requested = result.get("requested", {})
