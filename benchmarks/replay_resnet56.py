@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-samples", type=int, default=500)
     p.add_argument("--bn-recalibrate", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="threads for the latency tables and timings (default 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the latency tables and timings (default 1)")
+    p.add_argument("--latency-statistic", choices=("median", "min"), default="median")
     p.add_argument("--finetune-epochs", type=int, default=6, help="ADMM fine-tuning epochs per policy (default 6)")
     p.add_argument("--limit", type=int, default=None, help="training samples per fine-tuning epoch (default all)")
     p.add_argument("--policies", default="replay,direct,uniform", help="which of replay,direct,uniform to run")
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
     env_argv = ["--model", "cifar-resnet56", "--checkpoint", args.checkpoint, "--dataset", "imagefolder", "--data", args.data,
                 "--latency-budget", str(args.latency_budget), "--val-samples", str(args.val_samples),
-                "--bn-recalibrate", str(args.bn_recalibrate), "--threads", str(args.threads), "--seed", str(args.seed)]
+                "--bn-recalibrate", str(args.bn_recalibrate), "--threads", str(args.threads), "--seed", str(args.seed),
+                "--batch-size", str(args.batch_size), "--latency-statistic", args.latency_statistic]
     policies: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     wanted = args.policies.split(",")
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     env = env_options.make_env(build_parser().parse_args(["search", *env_argv]))
     rows = []
     for name, path in policies.items():
-        scores = rescore(env, Policy.load(path), args.bn_recalibrate, threads=args.threads)
+        scores = rescore(env, Policy.load(path), args.bn_recalibrate, threads=args.threads, batch_size=args.batch_size,
+                         statistic=args.latency_statistic)
         tuned = _verb(["finetune", "--policy", str(path), "--model", "cifar-resnet56", "--checkpoint", args.checkpoint,
                        "--dataset", "imagefolder", "--data", args.data, "--epochs", str(args.finetune_epochs),
                        *(["--limit", str(args.limit)] if args.limit else []), "--no-latency", "--seed", str(args.seed),
@@ -117,7 +121,8 @@ def render(args: argparse.Namespace, rows: list[dict[str, Any]], dense_acc: floa
         f"## Replay: ResNet-20's agent on ResNet-56 at latency budget {args.latency_budget}",
         "",
         f"Command: `{command_line()}`  ",
-        f"Machine: {machine_line()}; latency tables and timings at batch 1, {args.threads} thread(s)  ",
+        f"Machine: {machine_line()}; latency tables and timings at batch {args.batch_size}, {args.threads} thread(s), "
+        f"statistic {args.latency_statistic}  ",
         f"ResNet-56 adapted to CIFAR-10 JPEG (`{Path(args.checkpoint).name}`): dense test accuracy {_pct(dense_acc)}. "
         f"Validation accuracy before fine-tuning: {args.val_samples} validation images, BN re-estimated on "
         f"{args.bn_recalibrate} batches. Fine-tuning: `uniprune finetune`, {fine}, the same for every policy. "
