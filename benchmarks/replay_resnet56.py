@@ -44,11 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100, help="its warm-up episodes (default 100)")
     p.add_argument("--val-samples", type=int, default=500)
     p.add_argument("--bn-recalibrate", type=int, default=2)
+    p.add_argument("--eval-batch-size", type=int, default=128, help="scoring / BN batch size (default 128, as search_resnet20.py)")
     p.add_argument("--threads", type=int, default=1, help="threads for the latency tables and timings (default 1)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size of the latency tables and timings (default 1)")
     p.add_argument("--latency-statistic", choices=("median", "min"), default="median")
     p.add_argument("--finetune-epochs", type=int, default=6, help="ADMM fine-tuning epochs per policy (default 6)")
     p.add_argument("--limit", type=int, default=None, help="training samples per fine-tuning epoch (default all)")
+    p.add_argument("--finetune-option", action="append", default=[], metavar="OPT",
+                   help="more options for 'uniprune finetune', e.g. --finetune-option=--rho=0.1 (repeatable)")
+    p.add_argument("--reuse", action="store_true", help="keep --out and reuse the policies already there (finetune only)")
     p.add_argument("--policies", default="replay,direct,uniform", help="which of replay,direct,uniform to run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-replay-resnet56", help="folder for the runs (replaced)")
@@ -64,18 +68,23 @@ def _verb(argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    if out.exists():
+    if out.exists() and not args.reuse:
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     env_argv = ["--model", "cifar-resnet56", "--checkpoint", args.checkpoint, "--dataset", "imagefolder", "--data", args.data,
                 "--latency-budget", str(args.latency_budget), "--val-samples", str(args.val_samples),
-                "--bn-recalibrate", str(args.bn_recalibrate), "--threads", str(args.threads), "--seed", str(args.seed),
+                "--bn-recalibrate", str(args.bn_recalibrate), "--eval-batch-size", str(args.eval_batch_size),
+                "--threads", str(args.threads), "--seed", str(args.seed),
                 "--batch-size", str(args.batch_size), "--latency-statistic", args.latency_statistic]
     policies: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     wanted = args.policies.split(",")
     for name in wanted:
         t0 = time.perf_counter()
+        done = out / "replay.json" if name == "replay" else out / name / "policy.json"
+        if args.reuse and done.is_file():
+            policies[name], seconds[name] = done, float("nan")
+            continue
         if name == "replay":
             _verb(["replay", "--agent", args.agent, *env_argv, "--out", str(out / "replay.json")])
             policies[name] = out / "replay.json"
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         tuned = _verb(["finetune", "--policy", str(path), "--model", "cifar-resnet56", "--checkpoint", args.checkpoint,
                        "--dataset", "imagefolder", "--data", args.data, "--epochs", str(args.finetune_epochs),
                        *(["--limit", str(args.limit)] if args.limit else []), "--no-latency", "--seed", str(args.seed),
+                       *args.finetune_option,
                        "--out", str(out / f"{name}-compressed.pt")])
         row = {"policy": name, "seconds_to_policy": seconds[name], **scores, "test_accuracy": tuned["accuracy"],
                "size_ratio": tuned["size_ratio"], "finetune_seconds": tuned["seconds"]}
@@ -117,6 +127,7 @@ def _pct(x: float) -> str:
 
 def render(args: argparse.Namespace, rows: list[dict[str, Any]], dense_acc: float) -> str:
     fine = f"ADMM, {args.finetune_epochs} epochs" + (f" of {args.limit:,} samples" if args.limit else " of 45,000 samples")
+    fine += "".join(f" `{o}`" for o in args.finetune_option)
     lines = [
         f"## Replay: ResNet-20's agent on ResNet-56 at latency budget {args.latency_budget}",
         "",
