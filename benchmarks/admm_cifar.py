@@ -36,8 +36,10 @@ from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.accounting import model_size  # noqa: E402
 from uniprune.compressors.admm import AdmmConfig, admm_finetune  # noqa: E402
 from uniprune.compressors.baselines import AgpConfig, agp_finetune, uniform_policy  # noqa: E402
+from uniprune.compressors.blocks import compressible_layers  # noqa: E402
 from uniprune.compressors.projection import project_model  # noqa: E402
 from uniprune.compressors.training import cosine_schedule, evaluate, make_optimizer, train_epoch  # noqa: E402
+from uniprune.search.commands.env_options import dense_layers  # noqa: E402
 from uniprune.search.datasets import load_dataset  # noqa: E402
 from uniprune.search.models import build_model, load_weights  # noqa: E402
 
@@ -67,10 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="masked,admm", help=f"comma-separated, of {','.join(METHODS)} (default masked,admm)")
     p.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated, of {','.join(POLICIES)}")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--keep-dense", default="ends", help="layers left dense, as 'uniprune search --keep-dense' (default ends: "
+                   "the stem and the classifier; 'none': every layer compressed)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", default=None, help="also write all figures to this JSON file")
     p.add_argument("--no-write", action="store_true", help="do not touch docs/RESULTS.md")
+    p.add_argument("--section", default="admm_cifar", help="the docs/RESULTS.md section to write (default admm_cifar)")
     args = p.parse_args(argv)
     for name in args.methods.split(","):
         if name not in METHODS:
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for policy_name in args.policies.split(","):
         prune, unify = POLICIES[policy_name]
-        policy = uniform_policy(dense, prune, unify, model_name=args.model)
+        skip = dense_layers(args.keep_dense, [s.name for s in compressible_layers(dense)])
+        policy = uniform_policy(dense, prune, unify, model_name=args.model, skip=skip)
         projected = copy.deepcopy(dense)
         structures = project_model(projected, policy)
         size = model_size(projected, structures, input_shape=bundle.input_shape)["total"]
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")
     if not args.no_write:
-        write_section("admm_cifar", render(figures, args, len(bundle.train), len(bundle.test)))
+        write_section(args.section, render(figures, args, len(bundle.train), len(bundle.test)))
     print(json.dumps({k: v for k, v in figures.items() if k != "args"}))
     return figures
 
@@ -179,7 +185,8 @@ def render(figures: dict[str, Any], args: argparse.Namespace, n_train: int, n_te
         f"Machine: {machine_line()}. Command: `{command_line()}`",
         "",
         f"Training samples per epoch: {train_n:,} (random subset each epoch of the {n_train:,}); test images scored: "
-        f"{test_n:,} of {n_test:,} (a fixed random subset). Block shapes: conv 8x4, linear 8x8, every conv and the linear layer compressed. "
+        f"{test_n:,} of {n_test:,} (a fixed random subset). Block shapes: conv 8x4, linear 8x8; layers left dense: "
+        f"{'the stem and the classifier' if args.keep_dense == 'ends' else args.keep_dense}, every other layer compressed alike. "
         f"Fine-tuning budget E = {args.epochs} epochs per method (ADMM: {args.epochs - args.retrain_epochs} ADMM "
         f"iterations of 1 epoch, rho {args.rho} x{args.rho_growth} per iteration, then {args.retrain_epochs} retraining "
         f"epoch(s)); SGD lr {args.lr}, momentum 0.9, weight decay 5e-4, batch {args.batch_size}.",
