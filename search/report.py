@@ -15,7 +15,6 @@ Reads what the search and fine-tune jobs wrote into the run directory (``config.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from uniprune.compressors.errors import RunDirError  # noqa: E402
 from uniprune.compressors.fileio import write_text_atomic  # noqa: E402
 from uniprune.compressors.policy import Policy  # noqa: E402
+from uniprune.search.run_dir import read_json_object  # noqa: E402
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
@@ -42,17 +42,6 @@ def _read_csv(path: Path) -> list[dict[str, float]]:
                     continue
             rows.append(row)
     return rows
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file, or ``{}`` when absent; RunDirError when it is unreadable."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{path} is unreadable ({exc}); re-run the job that writes it") from None
-    return data if isinstance(data, dict) else {}
 
 
 def _column(rows: list[dict[str, float]], key: str) -> list[float]:
@@ -169,7 +158,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
     if not rows:
         raise RunDirError(f"{episodes_csv} has no episodes yet: let the search run at least one episode")
     policy = Policy.load(policy_json)
-    config = _read_json(run / "config.json")
+    config = read_json_object(run / "config.json", fix="the run directory is damaged")
     budget = policy.latency_budget if policy.latency_budget is not None else config.get("latency_budget")
 
     files = [
@@ -177,7 +166,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
         plot_accuracy_vs_latency(rows, budget, run / "accuracy_vs_latency.png"),
         plot_policy(policy, run / "policy_layers.png"),
     ]
-    finetune = _read_json(run / "finetune.json")
+    finetune = read_json_object(run / "finetune.json", fix="re-run 'uniprune finetune --run-dir'")
     if finetune.get("admm_history") or finetune.get("retrain_history"):
         files.append(plot_admm(finetune, run / "admm.png"))
 

@@ -37,6 +37,21 @@ RUN_FILES = ("config.json", "state.json", "episodes.csv", "policy.json", "agent.
 RESUMABLE_CHANGES = frozenset({"episodes", "resume", "force", "json", "score_threads", "storage"})
 
 
+def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when the file is absent; RunDirError (ending with ``fix``) when it is
+    unreadable or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path} is unreadable ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} must hold a JSON object; {fix}")
+    return data
+
+
 class RunDir:
     """One search's directory. Build it with :meth:`start`."""
 

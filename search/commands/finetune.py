@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from uniprune.compressors.fileio import write_json_atomic
 from uniprune.compressors.policy import Policy
 from uniprune.compressors.projection import check_policy_layers
 from uniprune.compressors.training import evaluate
+from uniprune.search.run_dir import read_json_object
 
 from .common import add_data_arguments, add_device_argument, add_seed_argument, resolve_device, show_notes
 
@@ -73,13 +73,7 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.json"
     if not path.is_file():
         raise RunDirError(f"{path} is missing; the run directory is incomplete (pass --policy/--model/--checkpoint instead)")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise RunDirError(f"{path} must hold a JSON object")
-    return config
+    return read_json_object(path, fix="pass --policy/--model/--checkpoint instead")
 
 
 def _epoch_plan(args: argparse.Namespace) -> AdmmConfig:

@@ -15,7 +15,6 @@ unless the budget or the latency table differs).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from uniprune.compressors.errors import ConfigError, PolicyError, RunDirError
 from uniprune.compressors.policy import Policy
 from uniprune.envs import CompressionEnv
+from uniprune.search.run_dir import read_json_object
 from uniprune.search.searchers import agent_policy, play
 
 from .env_options import add_env_arguments, make_env, take_stored_options, validate_env_arguments
@@ -73,17 +73,6 @@ def _load_agent(path: Path, env: CompressionEnv) -> Any:
     return agent
 
 
-def _stored_config(agent_path: Path) -> dict[str, Any]:
-    config_path = agent_path.parent / "config.json"
-    if not config_path.is_file():
-        return {}
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{config_path} next to the agent is unreadable ({exc}); pass the options yourself or fix the file") from None
-    return config if isinstance(config, dict) else {}
-
-
 def _check_same_model(policy: Policy, model: str) -> None:
     if policy.model and policy.model != model:
         raise PolicyError(
@@ -113,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--out {out} already exists; pass --force to overwrite it or choose another path")
     if args.agent:
         agent_path = _agent_path(args.agent)
-        taken = take_stored_options(args, _stored_config(agent_path), add_arguments, keys=_FROM_RUN)
+        taken = take_stored_options(args, read_json_object(agent_path.parent / "config.json", fix="pass the options yourself or fix the file"), add_arguments, keys=_FROM_RUN)
         if taken:
             print(f"uniprune replay: from the agent's run: {', '.join('--' + k.replace('_', '-') for k in taken)}", file=sys.stderr)
         validate_env_arguments(args)

@@ -9,7 +9,6 @@ from the last finished episode.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import signal
 import sys
@@ -22,7 +21,7 @@ import torch
 from tqdm import tqdm
 from uniprune.compressors.errors import ConfigError, RunDirError
 from uniprune.compressors.policy import Policy
-from uniprune.search.run_dir import RESUMABLE_CHANGES, RunDir
+from uniprune.search.run_dir import RESUMABLE_CHANGES, RunDir, read_json_object
 from uniprune.search.searchers import SEARCHERS, make_searcher
 from uniprune.search.tensorboard import TensorBoardLogger
 
@@ -78,10 +77,7 @@ def _take_stored_options(args: argparse.Namespace, run_path: Path) -> None:
 
     An option given with a value other than the stored one stays, and RunDir refuses the resume naming it.
     """
-    try:
-        stored = json.loads((run_path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{run_path / 'config.json'} is unreadable ({exc}); start over with --force") from None
+    stored = read_json_object(run_path / "config.json", fix="start over with --force")
     take_stored_options(args, stored, add_arguments, keys=[k for k in stored if k not in RESUMABLE_CHANGES])
 
 
