@@ -38,11 +38,23 @@ def shared_file():
     return shared_data_path
 
 
-@pytest.fixture
-def single_thread():
-    """Run a test's torch work on one thread: on a shared 2-core machine, spinning threads on busy cores
-    make small models many times slower. The previous setting is restored afterwards."""
+def _on_one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test's torch work on one thread: on a shared 2-core machine, spinning threads on busy cores
+    make small models many times slower. The previous setting is restored afterwards."""
+    yield from _on_one_thread()
+
+
+@pytest.fixture(scope="module")
+def single_thread_module():
+    """:func:`single_thread` for a whole module (``pytestmark = pytest.mark.usefixtures(...)``), also
+    covering hypothesis tests, which must not use function-scoped fixtures. Episodes are many small ops,
+    which extra threads slow down."""
+    yield from _on_one_thread()

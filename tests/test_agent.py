@@ -10,14 +10,8 @@ from uniprune.agent import AMCDDPG, EpisodeRewardBuffer, TruncatedNormalSchedule
 from uniprune.compressors.errors import ConfigError
 from uniprune.envs import make_tiny_env
 
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Score on one thread, as the search does: episodes are many small ops that extra threads slow down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def test_noise_schedule_numbers():
     s = TruncatedNormalSchedule(sigma0=0.5, decay=0.95, warmup_episodes=100)

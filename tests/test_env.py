@@ -15,14 +15,8 @@ from uniprune.compressors.errors import ConfigError
 from uniprune.compressors.latency_model import LatencyModel
 from uniprune.envs import ENV_ID, NUM_FEATURES, CompressionEnv, make_tiny_env, recalibrate_bn
 
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Score on one thread, as the search does: episodes are many small ops that extra threads slow down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def _episode(env: CompressionEnv, actions) -> tuple[list[np.ndarray], float, dict]:
     obs, _ = env.reset(seed=0)
