@@ -51,19 +51,27 @@ def _check_threads(threads: int | None) -> int:
 
 STATISTICS = ("median", "min")
 
+#: Default least span, in seconds, of the timed rounds of a latency table and of a whole-model timing. On the
+#: shared VMs this was built on, speed drifts in phases lasting from a fraction of a second to minutes (the
+#: digits CNN's dense pass: 1.7 ms, then 2.9 ms a second later), and torch's dense passes drift more than the
+#: compiled ones. A table timed within one phase (well under a second for a small model) set the demo's
+#: latency ratio at 0.60 where `bench` then measured 0.79. Spreading the rounds over a few seconds lets the
+#: statistic see more than one phase.
+SPREAD_SECONDS = 3.0
+
 
 def interleaved_samples(fns: Mapping[str, Callable[[], object]], *, warmup: int = 10, repeats: int = 50,
-                        threads: int | None = None, warm: bool = True) -> dict[str, list[float]]:
+                        threads: int | None = None, warm: bool = True, min_seconds: float = 0.0) -> dict[str, list[float]]:
     """Wall times in ms of each function over ``repeats`` interleaved rounds: ``out[name][r]`` is round ``r``.
 
     ``warmup`` (>= 0) calls of each first, then ``repeats`` (>= 1) rounds each calling every function once
     (the order rotating per round), so every function sees the same drift of a shared machine and samples
     of one round are close in time. With ``warm`` (default) each timed call comes right after an untimed
     call of the same function: it finds its own weights in the caches as it would running alone, not
-    the other functions'. torch runs on ``threads`` threads (default: as now) during the timing.
+    the other functions'. torch runs on ``threads`` threads (default: as now) during the timing. Rounds go
+    on past ``repeats`` until ``min_seconds`` (>= 0) have passed: see :data:`SPREAD_SECONDS`.
     """
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    _check_counts(warmup, repeats, min_seconds)
     n = _check_threads(threads)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -74,7 +82,8 @@ def interleaved_samples(fns: Mapping[str, Callable[[], object]], *, warmup: int 
             for _ in range(warmup):
                 for k in names:
                     fns[k]()
-            for r in range(repeats):
+            start, r = time.perf_counter(), 0
+            while r < repeats or time.perf_counter() - start < min_seconds:
                 for i in range(len(names)):
                     k = names[(i + r) % len(names)]
                     if warm:
@@ -82,9 +91,16 @@ def interleaved_samples(fns: Mapping[str, Callable[[], object]], *, warmup: int 
                     t0 = time.perf_counter()
                     fns[k]()
                     times[k].append(1e3 * (time.perf_counter() - t0))
+                r += 1
     finally:
         torch.set_num_threads(before)
     return times
+
+
+def _check_counts(warmup: int, repeats: int, min_seconds: float) -> None:
+    if repeats < 1 or warmup < 0 or not min_seconds >= 0:
+        raise ConfigError(f"need repeats >= 1, warmup >= 0 and min_seconds >= 0, got repeats={repeats}, warmup={warmup}, "
+                          f"min_seconds={min_seconds}")
 
 
 def _reducer(statistic: str) -> Callable[[Sequence[float]], float]:
@@ -94,14 +110,15 @@ def _reducer(statistic: str) -> Callable[[Sequence[float]], float]:
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], object]], *, warmup: int = 10, repeats: int = 50,
-                     threads: int | None = None, statistic: str = "median", warm: bool = True) -> dict[str, float]:
+                     threads: int | None = None, statistic: str = "median", warm: bool = True,
+                     min_seconds: float = 0.0) -> dict[str, float]:
     """Median (or ``statistic="min"``) wall time in ms of each function, from :func:`interleaved_samples`.
 
     The minimum suits a machine shared with other jobs: a long call is preempted far more often than a
     short one.
     """
     reduce = _reducer(statistic)
-    samples = interleaved_samples(fns, warmup=warmup, repeats=repeats, threads=threads, warm=warm)
+    samples = interleaved_samples(fns, warmup=warmup, repeats=repeats, threads=threads, warm=warm, min_seconds=min_seconds)
     return {k: reduce(v) for k, v in samples.items()}
 
 
@@ -129,14 +146,14 @@ def _example_input(input_shape: Sequence[int], batch_size: int, seed: int) -> to
 
 def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure], input_shape: tuple[int, ...], *,
                      batch_size: int = 1, threads: int | None = None, warmup: int = 10, repeats: int = 50,
-                     seed: int = 0, statistic: str = "median") -> dict[str, float]:
+                     seed: int = 0, statistic: str = "median", min_seconds: float = SPREAD_SECONDS) -> dict[str, float]:
     """Whole-model ms of the dense model (BN folded) and the compiled model, interleaved in one process.
 
     Returns ``{"dense_ms", "compressed_ms", "speedup"}``. With ``statistic="median"`` the speedup is the
     median over rounds of each round's dense / compressed, not a ratio of the two medians: the speed of a
     shared machine drifts in phases (on the dev VMs up to 1.6x within a second), and times taken a moment
     apart share the phase. With ``"min"`` it is the ratio of the two fastest runs, each the machine at
-    its quietest: on such a machine the more repeatable figure.
+    its quietest: on such a machine the more repeatable figure. Rounds span at least ``min_seconds``.
     """
     reduce = _reducer(statistic)
     n = _check_threads(threads)
@@ -151,7 +168,7 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
     finally:
         torch.set_num_threads(before)
     t = interleaved_samples({"dense": lambda: dense(x), "compressed": lambda: compiled(x)}, warmup=warmup,
-                            repeats=repeats, threads=n)
+                            repeats=repeats, threads=n, min_seconds=min_seconds)
     dense_ms, compressed_ms = reduce(t["dense"]), reduce(t["compressed"])
     # median: of the rounds' own ratios; min: the two fastest runs, each the machine at its quietest
     if statistic == "median":
@@ -225,7 +242,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
                         threads: int | None = None, block_shapes: Mapping[str, BlockShape] | None = None,
                         grid: Sequence[float] = (0, .25, .5, .75, .9), cache_dir: str | os.PathLike | None = None,
                         seed: int = 0, progress: bool = True, warmup: int = 3, repeats: int = 15,
-                        statistic: str = "median") -> LatencyModel:
+                        statistic: str = "median", min_seconds: float = SPREAD_SECONDS) -> LatencyModel:
     """Measure (or load from the cache) the per-layer latency table of ``model`` on this machine.
 
     For every feasible grid point ``(p, u)``, ``(0, 0)`` included, the whole model is compiled with each
@@ -235,7 +252,8 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     inference: its weights warm in the caches). ``fixed_ms`` (activations, adds, pooling, Python between
     the layers) is a compiled pass's time minus its layers' times. The plain dense model (BatchNorm
     folded), timed whole in the same rounds, is the baseline every ratio divides by. Points with
-    prune + unify > 1 hold the value at the largest feasible unify of their row.
+    prune + unify > 1 hold the value at the largest feasible unify of their row. Rounds go on past
+    ``repeats`` until ``min_seconds`` have passed (:data:`SPREAD_SECONDS`).
 
     ``input_shape``: one sample's shape (C, H, W); ``batch_size`` >= 1; ``threads`` >= 1 (default: torch's
     now); ``grid``: ascending fractions from 0, used for both prune and unify. Cached under ``cache_dir``
@@ -246,8 +264,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     g = np.asarray(grid, dtype=np.float64)
     if g.ndim != 1 or len(g) < 1 or g[0] != 0 or np.any(np.diff(g) <= 0) or g[-1] > 1:
         raise ConfigError(f"grid must ascend from 0 to at most 1, got {list(grid)}")
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    _check_counts(warmup, repeats, min_seconds)
     reduce = _reducer(statistic)
     shapes = dict(DEFAULT_BLOCK_SHAPES)
     shapes.update(block_shapes or {})
@@ -259,7 +276,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         "input_shape": list(input_shape), "batch": batch_size, "threads": n,
         "block_shapes": {k: [v.out, v.inp] for k, v in sorted(shapes.items())}, "grid": g.tolist(),
         "machine": machine_key(), "warmup": warmup, "repeats": repeats, "method": "compiled in context (wrapped), warm passes, fixed from compiled passes",
-        "statistic": statistic,
+        "statistic": statistic, "min_seconds": min_seconds,
     }
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
@@ -289,7 +306,9 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
             for m in [*models.values(), dense]:
                 for _ in range(max(warmup, 1)):  # the first call also picks each compiled layer's implementation
                     m(x)
-            for r in tqdm(range(repeats), desc="latency table", disable=not progress, file=sys.stderr):
+            bar = tqdm(total=repeats, desc="latency table", disable=not progress, file=sys.stderr)
+            start, r = time.perf_counter(), 0
+            while r < repeats or time.perf_counter() - start < min_seconds:
                 order = points[r % len(points):] + points[:r % len(points)]
                 for pt in order:
                     models[pt](x)
@@ -303,6 +322,9 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
                 t0 = time.perf_counter()
                 dense(x)
                 whole.append(time.perf_counter() - t0)
+                r += 1
+                bar.update(1 if r <= repeats else 0)
+            bar.close()
     finally:
         torch.set_num_threads(before)
     ms = {pt: {name: 1e3 * reduce(clocks[pt].times(name)) for name in names} for pt in points}
@@ -340,7 +362,8 @@ def random_policy_structures(model: nn.Module, generator: torch.Generator, *, ma
 def check_latency_model(model: nn.Module, lm: LatencyModel, input_shape: tuple[int, int, int], *,
                         batch_size: int = 1, threads: int | None = None, policies: int = 20, seed: int = 0,
                         block_shapes: Mapping[str, BlockShape] | None = None, repeats: int = 20,
-                        progress: bool = True, statistic: str = "median") -> dict[str, Any]:
+                        progress: bool = True, statistic: str = "median",
+                        min_seconds: float = SPREAD_SECONDS) -> dict[str, Any]:
     """Compare the table's whole-model prediction with real whole-model timings of random policies.
 
     Each policy's compiled model is timed interleaved with the dense model (:func:`measure_model_ms`; its
@@ -359,7 +382,7 @@ def check_latency_model(model: nn.Module, lm: LatencyModel, input_shape: tuple[i
     for _ in tqdm(range(policies), desc="check table", disable=not progress, file=sys.stderr):
         actions, structures = random_policy_structures(model, gen, block_shapes=block_shapes)
         timing = measure_model_ms(model, structures, input_shape, batch_size=batch_size, threads=threads, warmup=3,
-                                  repeats=repeats, seed=seed, statistic=statistic)
+                                  repeats=repeats, seed=seed, statistic=statistic, min_seconds=min_seconds)
         predicted = lm.predict(actions)
         predicted_ratio, measured_ratio = predicted / lm.dense_ms, 1.0 / timing["speedup"]
         rows.append({"predicted_ms": predicted, "measured_ms": timing["compressed_ms"], "dense_ms": timing["dense_ms"],

@@ -12,6 +12,7 @@ from uniprune.compressors.errors import ConfigError
 from uniprune.compressors.latency import (
     build_latency_model,
     check_latency_model,
+    interleaved_samples,
     measure_model_ms,
     random_structure,
     time_interleaved,
@@ -54,7 +55,7 @@ def test_latency_table_is_measured_then_cached(tmp_path):
     model = _small_cnn()
     grid = (0.0, 0.5, 0.9)
     lm = build_latency_model(model, (3, 16, 16), threads=1, grid=grid, cache_dir=tmp_path, progress=False,
-                             warmup=1, repeats=3)
+                             warmup=1, repeats=3, min_seconds=0)
     assert lm.layer_names == ["0", "3", "7"]
     for table in lm.tables.values():
         assert table.shape == (3, 3) and bool(np.all(table > 0))
@@ -64,11 +65,11 @@ def test_latency_table_is_measured_then_cached(tmp_path):
     assert len(files) == 1
     t0 = time.perf_counter()
     again = build_latency_model(model, (3, 16, 16), threads=1, grid=grid, cache_dir=tmp_path, progress=False,
-                                warmup=1, repeats=3)
+                                warmup=1, repeats=3, min_seconds=0)
     assert time.perf_counter() - t0 < 2.0
     assert all(np.array_equal(again.tables[k], lm.tables[k]) for k in lm.tables)
     other = build_latency_model(model, (3, 16, 16), batch_size=2, threads=1, grid=grid, cache_dir=tmp_path,
-                                progress=False, warmup=1, repeats=3)
+                                progress=False, warmup=1, repeats=3, min_seconds=0)
     assert len(list(tmp_path.glob("latency-*.json"))) == 2  # another batch size is another key
     dense = {k: LayerAction() for k in lm.layer_names}
     # nothing compressed: the compiled model's own time; ratios divide by the plain dense model's
@@ -77,6 +78,8 @@ def test_latency_table_is_measured_then_cached(tmp_path):
     assert other.dense_ms > 0
     with pytest.raises(ConfigError, match="grid"):
         build_latency_model(model, (3, 16, 16), grid=(0.5, 0.9), cache_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="min_seconds"):
+        build_latency_model(model, (3, 16, 16), cache_dir=tmp_path, progress=False, min_seconds=-1)
 
 
 def test_measure_and_check_whole_model(tmp_path):
@@ -87,13 +90,13 @@ def test_measure_and_check_whole_model(tmp_path):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             shape = BlockShape(8, 4) if isinstance(m, nn.Conv2d) else BlockShape(8, 8)
             structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
-    r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5)
+    r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5, min_seconds=0)
     assert set(r) == {"dense_ms", "compressed_ms", "speedup"}
     assert r["dense_ms"] > 0 and r["compressed_ms"] > 0
     assert 0 < r["speedup"] < 100  # a median of per-round ratios, so not exactly dense_ms / compressed_ms
     lm = build_latency_model(model, (3, 16, 16), threads=1, grid=(0.0, 0.5, 0.9), cache_dir=tmp_path,
-                             progress=False, warmup=1, repeats=3)
-    check = check_latency_model(model, lm, (3, 16, 16), threads=1, policies=3, repeats=3, progress=False)
+                             progress=False, warmup=1, repeats=3, min_seconds=0)
+    check = check_latency_model(model, lm, (3, 16, 16), threads=1, policies=3, repeats=3, progress=False, min_seconds=0)
     assert len(check["rows"]) == 3
     assert check["max_error"] >= check["median_error"] >= 0
     assert check["max_ms_error"] >= check["median_ms_error"] >= 0
@@ -103,3 +106,14 @@ def test_measure_and_check_whole_model(tmp_path):
         assert 0 < row["measured_ratio"] < 100 and row["ratio_error"] >= 0
     with pytest.raises(ConfigError, match="input shape"):
         measure_model_ms(model, structures, (3, 0, 16))
+
+
+def test_rounds_span_at_least_min_seconds():
+    """Rounds go on past ``repeats`` until ``min_seconds`` have passed, so a table sees more than one phase
+    of a drifting machine; without it, exactly ``repeats`` rounds."""
+    nap = lambda: time.sleep(0.01)  # noqa: E731
+    t0 = time.perf_counter()
+    spread = interleaved_samples({"a": nap, "b": nap}, warmup=0, repeats=2, warm=False, min_seconds=0.3)
+    assert time.perf_counter() - t0 >= 0.3
+    assert len(spread["a"]) == len(spread["b"]) >= 5  # 0.3 s of rounds of about 20 ms or more
+    assert len(interleaved_samples({"a": nap}, warmup=0, repeats=2, warm=False)["a"]) == 2
