@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.latency import build_latency_model, measure_model_ms
+from uniprune.compressors.latency import SPREAD_SECONDS, build_latency_model, measure_model_ms
 from uniprune.compressors.policy import LayerAction, Policy
 
 from .common import add_model_arguments
@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="C,H,W of one sample (default: the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn)")
     parser.add_argument("--num-classes", type=_positive, default=None, help="output classes (default: the checkpoint's, else 10)")
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch and the kernels (default: torch's)")
-    parser.add_argument("--repeats", type=_positive, default=50, help="timed rounds, median reported (default 50)")
+    parser.add_argument("--repeats", type=_positive, default=50, help=f"timed rounds, at least (default 50; they go on until at least {SPREAD_SECONDS:g} s have passed, "
+                        "so the timing sees more than one speed phase of a shared machine)")
     parser.add_argument("--statistic", choices=["median", "min"], default="median",
                         help="statistic of the timed rounds (default median; min suits a machine shared with other jobs)")
     parser.add_argument("--no-table", action="store_true", help="skip the latency table (predicted_ms is then null)")
