@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from search_resnet20 import rescore  # noqa: E402
+from search_resnet20 import add_scoring_arguments, rescore, scoring_argv  # noqa: E402
 from uniprune.compressors.policy import Policy  # noqa: E402
 from uniprune.search.cli import build_parser  # noqa: E402
 from uniprune.search.commands import env_options  # noqa: E402
@@ -39,22 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="ResNet-56 adapted to the JPEG training set")
     p.add_argument("--dense-accuracy", type=float, default=None, help="the dense checkpoint's test accuracy, if known (else measured)")
     p.add_argument("--data", default=DEFAULT_DATA, help="imagefolder sources (default: the shared CIFAR-10 JPEG train and test)")
-    p.add_argument("--latency-budget", type=float, default=0.5)
     p.add_argument("--episodes", type=int, default=300, help="episodes of the direct DDPG search on ResNet-56 (default 300)")
     p.add_argument("--warmup", type=int, default=100, help="its warm-up episodes (default 100)")
-    p.add_argument("--val-samples", type=int, default=500)
-    p.add_argument("--bn-recalibrate", type=int, default=2)
-    p.add_argument("--eval-batch-size", type=int, default=128, help="scoring / BN batch size (default 128, as search_resnet20.py)")
-    p.add_argument("--threads", type=int, default=1, help="threads for the latency tables and timings (default 1)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size of the latency tables and timings (default 1)")
-    p.add_argument("--latency-statistic", choices=("median", "min"), default="median")
+    add_scoring_arguments(p)
     p.add_argument("--finetune-epochs", type=int, default=6, help="ADMM fine-tuning epochs per policy (default 6)")
     p.add_argument("--limit", type=int, default=None, help="training samples per fine-tuning epoch (default all)")
     p.add_argument("--finetune-option", action="append", default=[], metavar="OPT",
                    help="more options for 'uniprune finetune', e.g. --finetune-option=--rho=0.1 (repeatable)")
     p.add_argument("--reuse", action="store_true", help="keep --out and reuse the policies already there (finetune only)")
     p.add_argument("--policies", default="replay,direct,uniform", help="which of replay,direct,uniform to run")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-replay-resnet56", help="folder for the runs (replaced)")
     p.add_argument("--no-results", action="store_true", help="do not write docs/RESULTS.md")
     return p.parse_args(argv)
@@ -72,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     env_argv = ["--model", "cifar-resnet56", "--checkpoint", args.checkpoint, "--dataset", "imagefolder", "--data", args.data,
-                "--latency-budget", str(args.latency_budget), "--val-samples", str(args.val_samples),
-                "--bn-recalibrate", str(args.bn_recalibrate), "--eval-batch-size", str(args.eval_batch_size),
-                "--threads", str(args.threads), "--seed", str(args.seed),
-                "--batch-size", str(args.batch_size), "--latency-statistic", args.latency_statistic]
+                *scoring_argv(args)]
     policies: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     wanted = args.policies.split(",")

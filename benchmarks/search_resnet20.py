@@ -46,35 +46,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="imagefolder", help="dataset kind (default imagefolder)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="dataset path (default: the shared CIFAR-10 JPEG training tarball)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation carve of the training data (default 0.1)")
-    p.add_argument("--latency-budget", type=float, default=0.5, help="latency budget (default 0.5)")
     p.add_argument("--episodes", type=int, default=300, help="episodes per searcher (default 300)")
     p.add_argument("--warmup", type=int, default=100, help="DDPG warm-up episodes / Optuna startup trials (default 100)")
     p.add_argument("--searchers", default="ddpg,optuna,random,uniform", help="comma-separated searchers (default all four)")
     p.add_argument("--latency-model", choices=("measured", "macs"), default="measured", help="latency model (default measured)")
-    p.add_argument("--threads", type=int, default=1, help="threads the latency is measured with (default 1)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size the latency is measured at (default 1)")
-    p.add_argument("--latency-statistic", choices=("median", "min"), default="median", help="statistic of the latency timings")
-    p.add_argument("--val-samples", type=int, default=500, help="validation images per episode (default 500)")
-    p.add_argument("--bn-recalibrate", type=int, default=2, help="BN re-estimation batches during the search (default 2; 0: off)")
-    p.add_argument("--eval-batch-size", type=int, default=128, help="scoring / BN batch size (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    add_scoring_arguments(p)
     p.add_argument("--out", default="runs/bench-search-resnet20", help="folder for the run directories (replaced)")
     p.add_argument("--no-results", action="store_true", help="do not write docs/RESULTS.md")
     p.add_argument("--section", default="search_resnet20", help="docs/RESULTS.md section to write (default search_resnet20)")
     return p.parse_args(argv)
 
 
+def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
+    """The env options the ResNet benchmarks pass to every verb: the budget, how the latency table is
+    measured and how a policy is scored (:func:`scoring_argv` turns them back into verb arguments)."""
+    p.add_argument("--latency-budget", type=float, default=0.5, help="latency budget (default 0.5)")
+    p.add_argument("--threads", type=int, default=1, help="threads the latency tables and timings use (default 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the latency tables and timings (default 1)")
+    p.add_argument("--latency-statistic", choices=("median", "min"), default="median", help="statistic of the latency timings")
+    p.add_argument("--val-samples", type=int, default=500, help="validation images per episode (default 500)")
+    p.add_argument("--bn-recalibrate", type=int, default=2, help="BN re-estimation batches during the search (default 2; 0: off)")
+    p.add_argument("--eval-batch-size", type=int, default=128, help="scoring / BN batch size (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+
+
+def scoring_argv(args: argparse.Namespace) -> list[str]:
+    """The options of :func:`add_scoring_arguments` as arguments of a verb with env options."""
+    argv = ["--latency-budget", str(args.latency_budget), "--val-samples", str(args.val_samples),
+            "--bn-recalibrate", str(args.bn_recalibrate), "--eval-batch-size", str(args.eval_batch_size),
+            "--seed", str(args.seed), "--batch-size", str(args.batch_size), "--latency-statistic", args.latency_statistic]
+    return argv + (["--threads", str(args.threads)] if args.threads else [])
+
+
 def search_args(args: argparse.Namespace, searcher: str, run_dir: Path) -> argparse.Namespace:
     argv = [
         "search", "--model", "cifar-resnet20", "--checkpoint", args.checkpoint, "--dataset", args.dataset, "--data", args.data,
-        "--val-fraction", str(args.val_fraction), "--latency-budget", str(args.latency_budget), "--episodes", str(args.episodes),
-        "--warmup", str(args.warmup), "--searcher", searcher, "--run-dir", str(run_dir), "--latency-model", args.latency_model,
-        "--val-samples", str(args.val_samples), "--bn-recalibrate", str(args.bn_recalibrate),
-        "--eval-batch-size", str(args.eval_batch_size), "--seed", str(args.seed), "--batch-size", str(args.batch_size),
-        "--latency-statistic", args.latency_statistic,
+        "--val-fraction", str(args.val_fraction), "--episodes", str(args.episodes), "--warmup", str(args.warmup),
+        "--searcher", searcher, "--run-dir", str(run_dir), "--latency-model", args.latency_model, *scoring_argv(args),
     ]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
     return build_parser().parse_args(argv)
 
 

@@ -320,7 +320,8 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
                     clocks[pt].recording = False
                     gaps.append(total - sum(clocks[pt].times(name)[-1] for name in names))
                 r += 1
-                bar.update(1 if r <= repeats else 0)
+                if r <= repeats:  # rounds past repeats only fill the time span
+                    bar.update()
             bar.close()
         # The baseline is timed apart, against the nothing-compressed compiled model only, as `bench` times
         # it. Timed inside the rounds, where 15 other models run between two dense passes (evicting its
