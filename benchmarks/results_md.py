@@ -19,8 +19,10 @@ _HEADER = "# Results\n\nEvery figure here was measured by the command shown with
 
 
 def machine_line() -> str:
-    """One line naming the machine: CPU model, cores, torch version, date (UTC)."""
+    """One line naming the machine: CPU model, its vector unit, the ISA the kernels were built for, cores,
+    torch version, date (UTC). The same CPU name has come with AVX2 only and with AVX-512."""
     import torch
+    from uniprune.compressors.kernels import isa
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -31,7 +33,12 @@ def machine_line() -> str:
     except OSError:
         pass
     today = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {today}"
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    unit = "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else platform.machine()
+    return f"{cpu} ({unit}; kernels built for {isa()}), {os.cpu_count()} cores, torch {torch.__version__}, {today}"
 
 
 def command_line() -> str:

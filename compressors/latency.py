@@ -1,16 +1,18 @@
-"""Latency measurement with the real kernels, and the per-layer latency table the search reads.
+"""Whole-model latency with the real kernels against the dense engines, and the per-layer latency table the
+search reads.
 
-Measurement (DESIGN "Latency"): warm-up calls, then rounds in which every function runs once (the order
-rotating each round), median per function, a fixed torch thread count, all in one process, so dense and
-compressed see the same machine state.
+Every timing goes through :mod:`uniprune.compressors.timing` (one interleaved loop); every ratio and
+budget through :mod:`uniprune.compressors.budget`; the baseline of every ratio is the fastest dense engine
+(:mod:`uniprune.compressors.engines`).
 
 The table (:func:`build_latency_model`): every compressible layer is timed in its place inside whole-model
 forward passes, once per ``(prune, unify)`` grid point: the whole model compiled with every layer at that
 point (random block states of exactly those fractions) by :mod:`uniprune.compressors.runtime`, which
 picks each layer's fastest implementation. ``fixed_ms`` is a compiled pass's whole time minus its layers'
-times, measured in the same rounds; the plain dense model's time, the baseline of every ratio, is taken
+times, measured in the same rounds; the fastest dense engine's time, the baseline of every ratio, is taken
 apart (see :func:`build_latency_model`). Tables are cached as JSON under a key of architecture, input shape,
-batch, threads, block shapes, grid and machine (CPU model, torch version, kernel source hash).
+batch, threads, block shapes, grid and machine (CPU model and vector flags, kernel build and its ISA, the
+engines' versions), and checked against a quick timing before they are trusted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,96 +33,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import kernels
 from .blocks import DEFAULT_BLOCK_SHAPES, compressible_layers
+from .budget import latency_ratio, paired_ratio
+from .engines import dense_engines, engine_versions
 from .errors import ConfigError
 from .fileio import write_json_atomic
-from .kernels import source_hash
 from .latency_model import LatencyModel
 from .policy import LayerAction
 from .projection import block_counts
-from .runtime import compile_model, inference_copy
+from .runtime import compile_model
 from .structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
-
-
-def _check_threads(threads: int | None) -> int:
-    if threads is None:
-        return torch.get_num_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-    return threads
-
-
-STATISTICS = ("median", "min")
-
-#: Default least span, in seconds, of the timed rounds of a latency table and of a whole-model timing. On the
-#: shared VMs this was built on, speed drifts in phases lasting from a fraction of a second to minutes (the
-#: digits CNN's dense pass: 1.7 ms, then 2.9 ms a second later), and torch's dense passes drift more than the
-#: compiled ones. A table timed within one phase (well under a second for a small model) set the demo's
-#: latency ratio at 0.60 where `bench` then measured 0.79. Spreading the rounds over a few seconds lets the
-#: statistic see more than one phase.
-SPREAD_SECONDS = 3.0
-
-
-def interleaved_samples(fns: Mapping[str, Callable[[], object]], *, warmup: int = 10, repeats: int = 50,
-                        threads: int | None = None, warm: bool = True, min_seconds: float = 0.0) -> dict[str, list[float]]:
-    """Wall times in ms of each function over ``repeats`` interleaved rounds: ``out[name][r]`` is round ``r``.
-
-    ``warmup`` (>= 0) calls of each first, then ``repeats`` (>= 1) rounds each calling every function once
-    (the order rotating per round), so every function sees the same drift of a shared machine and samples
-    of one round are close in time. With ``warm`` (default) each timed call comes right after an untimed
-    call of the same function: it finds its own weights in the caches as it would running alone, not
-    the other functions'. torch runs on ``threads`` threads (default: as now) during the timing. Rounds go
-    on past ``repeats`` until ``min_seconds`` (>= 0) have passed: see :data:`SPREAD_SECONDS`.
-    """
-    _check_counts(warmup, repeats, min_seconds)
-    n = _check_threads(threads)
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    names = list(fns)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                for k in names:
-                    fns[k]()
-            start, r = time.perf_counter(), 0
-            while r < repeats or time.perf_counter() - start < min_seconds:
-                for i in range(len(names)):
-                    k = names[(i + r) % len(names)]
-                    if warm:
-                        fns[k]()
-                    t0 = time.perf_counter()
-                    fns[k]()
-                    times[k].append(1e3 * (time.perf_counter() - t0))
-                r += 1
-    finally:
-        torch.set_num_threads(before)
-    return times
-
-
-def _check_counts(warmup: int, repeats: int, min_seconds: float) -> None:
-    if repeats < 1 or warmup < 0 or not min_seconds >= 0:
-        raise ConfigError(f"need repeats >= 1, warmup >= 0 and min_seconds >= 0, got repeats={repeats}, warmup={warmup}, "
-                          f"min_seconds={min_seconds}")
-
-
-def _reducer(statistic: str) -> Callable[[Sequence[float]], float]:
-    if statistic not in STATISTICS:
-        raise ConfigError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-    return statistics.median if statistic == "median" else min
-
-
-def time_interleaved(fns: Mapping[str, Callable[[], object]], *, warmup: int = 10, repeats: int = 50,
-                     threads: int | None = None, statistic: str = "median", warm: bool = True,
-                     min_seconds: float = 0.0) -> dict[str, float]:
-    """Median (or ``statistic="min"``) wall time in ms of each function, from :func:`interleaved_samples`.
-
-    The minimum suits a machine shared with other jobs: a long call is preempted far more often than a
-    short one.
-    """
-    reduce = _reducer(statistic)
-    samples = interleaved_samples(fns, warmup=warmup, repeats=repeats, threads=threads, warm=warm, min_seconds=min_seconds)
-    return {k: reduce(v) for k, v in samples.items()}
+from .timing import SPREAD_SECONDS, check_counts, check_threads, interleaved_samples, reducer
 
 
 def random_structure(grid: BlockGrid, prune: float, unify: float, generator: torch.Generator) -> LayerStructure:
@@ -147,19 +71,23 @@ def _example_input(input_shape: Sequence[int], batch_size: int, seed: int) -> to
 
 def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure], input_shape: tuple[int, ...], *,
                      batch_size: int = 1, threads: int | None = None, warmup: int = 10, repeats: int = 50,
-                     seed: int = 0, statistic: str = "median", min_seconds: float = SPREAD_SECONDS) -> dict[str, float]:
-    """Whole-model ms of the dense model (BN folded) and the compiled model, interleaved in one process.
+                     seed: int = 0, statistic: str = "median", min_seconds: float = SPREAD_SECONDS,
+                     engines: Sequence[str] | None = None) -> dict[str, Any]:
+    """Whole-model ms of every dense engine and of the compiled model, interleaved in one process.
 
-    Returns ``{"dense_ms", "compressed_ms", "speedup"}``. With ``statistic="median"`` the speedup is the
-    median over rounds of each round's dense / compressed, not a ratio of the two medians: the speed of a
-    shared machine drifts in phases (on the dev VMs up to 1.6x within a second), and times taken a moment
-    apart share the phase. With ``"min"`` it is the ratio of the two fastest runs, each the machine at
-    its quietest: on such a machine the more repeatable figure. Rounds span at least ``min_seconds``.
+    The dense engines (:mod:`uniprune.compressors.engines`: torch eager, ONNX Runtime, OpenVINO, those
+    installed, or the ``engines`` named) run the model with BatchNorm folded; the compiled model runs the
+    real kernels. The baseline is the fastest engine by ``statistic``; ``latency_ratio`` is
+    :func:`~uniprune.compressors.budget.paired_ratio` of the compiled model's samples against that
+    engine's, taken in the same rounds, and ``speedup`` its inverse. Rounds span at least ``min_seconds``.
+
+    Returns ``{"engines": {engine: ms}, "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio",
+    "speedup", "notes"}`` (``notes``: why an installed engine was left out).
     """
-    reduce = _reducer(statistic)
-    n = _check_threads(threads)
+    reduce = reducer(statistic)
+    n = check_threads(threads)
     x = _example_input(input_shape, batch_size, seed)
-    dense = inference_copy(model)
+    dense = dense_engines(model, x, threads=n, engines=engines)
     compiled = compile_model(model, structures, threads=n)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -168,15 +96,14 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
             compiled(x)  # picks each layer's implementation at this shape and thread count
     finally:
         torch.set_num_threads(before)
-    t = interleaved_samples({"dense": lambda: dense(x), "compressed": lambda: compiled(x)}, warmup=warmup,
-                            repeats=repeats, threads=n, min_seconds=min_seconds)
-    dense_ms, compressed_ms = reduce(t["dense"]), reduce(t["compressed"])
-    # median: of the rounds' own ratios; min: the two fastest runs, each the machine at its quietest
-    if statistic == "median":
-        speedup = statistics.median(d / c for d, c in zip(t["dense"], t["compressed"]))
-    else:
-        speedup = dense_ms / compressed_ms
-    return {"dense_ms": dense_ms, "compressed_ms": compressed_ms, "speedup": speedup}
+    t = interleaved_samples({**dense.runners, "compressed": lambda: compiled(x)}, warmup=warmup, repeats=repeats,
+                            threads=n, min_seconds=min_seconds)
+    engine_ms = {e: reduce(t[e]) for e in dense.runners}
+    best = min(engine_ms, key=engine_ms.__getitem__)
+    ratio = paired_ratio(t["compressed"], t[best], statistic)
+    return {"engines": engine_ms, "best_engine": best, "best_dense_ms": engine_ms[best],
+            "compressed_ms": reduce(t["compressed"]), "latency_ratio": ratio, "speedup": 1.0 / ratio,
+            "notes": dense.notes}
 
 
 def _cpu_model() -> str:
@@ -189,9 +116,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_key() -> dict[str, str]:
-    """What makes timings from another machine or build invalid: CPU, core count, torch, kernel source."""
-    return {"cpu": _cpu_model(), "cores": str(os.cpu_count()), "torch": torch.__version__, "kernels": source_hash()}
+def machine_key() -> dict[str, Any]:
+    """What makes timings from another machine or build invalid: CPU, its vector unit, core count, the kernel
+    build (source and the ISA it was compiled for) and the dense engines' versions.
+
+    The CPU's name is not enough: the same "AMD EPYC" has come with AVX2 only and with AVX-512.
+    """
+    return {"cpu": _cpu_model(), "cpu_flags": _vector_flags(), "cores": str(os.cpu_count()),
+            "kernel_isa": kernels.isa(), "kernels": kernels.build_id(), "engines": engine_versions()}
+
+
+def _vector_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "fma", "amx")))
+    except OSError:
+        pass
+    return [platform.machine()]
 
 
 def _default_cache_dir() -> Path:
@@ -239,11 +181,54 @@ class _LayerClock:
         return self.layers[name].times
 
 
+#: A cached table is trusted only while a quick timing of the nothing-compressed compiled model against the
+#: fastest dense engine gives a ratio within this relative distance of the table's own; past it the machine,
+#: its load or its engines have changed since the table was measured, and the table is measured again.
+CACHE_CHECK_TOLERANCE = 0.15
+_CACHE_CHECK_SECONDS = 1.0
+
+
+def _baseline_rounds(runners: Mapping[str, Any], compiled: nn.Module, x: torch.Tensor, n: int, *, repeats: int,
+                     min_seconds: float, statistic: str) -> dict[str, Any]:
+    """The dense engines timed against the nothing-compressed compiled model alone, as ``bench`` times them.
+
+    Returns ``{"engines": {engine: ms}, "best_engine", "baseline_ms", "compiled_ms"}``.
+    """
+    reduce = reducer(statistic)
+    t = interleaved_samples({**runners, "compiled": lambda: compiled(x)}, warmup=1, repeats=repeats, threads=n,
+                            min_seconds=min_seconds)
+    engine_ms = {e: reduce(t[e]) for e in runners}
+    best = min(engine_ms, key=engine_ms.__getitem__)
+    return {"engines": engine_ms, "best_engine": best, "baseline_ms": engine_ms[best], "compiled_ms": reduce(t["compiled"])}
+
+
+def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any], x: torch.Tensor, n: int,
+                        statistic: str, progress: bool) -> bool:
+    """Whether a quick timing now still gives the cached table's ratio of the nothing-compressed compiled
+    model to the fastest dense engine (within :data:`CACHE_CHECK_TOLERANCE`)."""
+    gen = torch.Generator().manual_seed(0)
+    compiled = compile_model(model, {s.name: random_structure(s.grid, 0.0, 0.0, gen) for s in specs}, threads=n)
+    engines = dense_engines(model, x, threads=n, engines=list(lm.meta.get("engines", {})) or None)
+    with torch.no_grad():
+        compiled(x)
+    now = _baseline_rounds(engines.runners, compiled, x, n, repeats=5, min_seconds=_CACHE_CHECK_SECONDS,
+                           statistic=statistic)
+    then = latency_ratio(lm.predict({}), lm.dense_ms)
+    ratio = latency_ratio(now["compiled_ms"], now["baseline_ms"])
+    holds = abs(ratio / then - 1) <= CACHE_CHECK_TOLERANCE
+    if progress:
+        verdict = "holds" if holds else f"is off by more than {CACHE_CHECK_TOLERANCE:.0%}: measuring it again"
+        print(f"latency table: cached; quick check: nothing-compressed ratio {ratio:.3f} now against {then:.3f} in the "
+              f"table, {verdict}", file=sys.stderr)
+    return holds
+
+
 def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, batch_size: int = 1,
                         threads: int | None = None, block_shapes: Mapping[str, BlockShape] | None = None,
                         grid: Sequence[float] = (0, .25, .5, .75, .9), cache_dir: str | os.PathLike | None = None,
                         seed: int = 0, progress: bool = True, warmup: int = 3, repeats: int = 15,
-                        statistic: str = "median", min_seconds: float = SPREAD_SECONDS) -> LatencyModel:
+                        statistic: str = "median", min_seconds: float = SPREAD_SECONDS,
+                        engines: Sequence[str] | None = None, check_cache: bool = True) -> LatencyModel:
     """Measure (or load from the cache) the per-layer latency table of ``model`` on this machine.
 
     For every feasible grid point ``(p, u)``, ``(0, 0)`` included, the whole model is compiled with each
@@ -251,23 +236,25 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     layer is timed in its place in the pass (:class:`_LayerClock`), the grid points' models taking turns
     round by round, each timed pass right after an untimed one of the same model (as in steady
     inference: its weights warm in the caches). ``fixed_ms`` (activations, adds, pooling, Python between
-    the layers) is a compiled pass's time minus its layers' times. The plain dense model (BatchNorm
-    folded), timed whole after the rounds, interleaved with the nothing-compressed compiled model only (as
-    :func:`measure_model_ms` times it), is the baseline every ratio divides by. Points with
-    prune + unify > 1 hold the value at the largest feasible unify of their row. Rounds go on past
+    the layers) is a compiled pass's time minus its layers' times. The baseline every ratio divides by is
+    the fastest dense engine (:mod:`uniprune.compressors.engines`; all installed, or those named in
+    ``engines``), each timed whole after the rounds, interleaved with the nothing-compressed compiled model
+    only, as :func:`measure_model_ms` times them; every engine's ms is kept in ``meta["engines"]``. Points
+    with prune + unify > 1 hold the value at the largest feasible unify of their row. Rounds go on past
     ``repeats`` until ``min_seconds`` have passed (:data:`SPREAD_SECONDS`).
 
     ``input_shape``: one sample's shape (C, H, W); ``batch_size`` >= 1; ``threads`` >= 1 (default: torch's
     now); ``grid``: ascending fractions from 0, used for both prune and unify. Cached under ``cache_dir``
     (default ``$UNIPRUNE_CACHE/latency`` or ``~/.cache/uniprune/latency``) by model, input shape, batch,
-    threads, block shapes, grid and machine.
+    threads, block shapes, grid, engines and machine (CPU, vector ISA, kernel build); with ``check_cache``
+    (default) a cached table is first checked against a quick timing (:data:`CACHE_CHECK_TOLERANCE`).
     """
-    n = _check_threads(threads)
+    n = check_threads(threads)
     g = np.asarray(grid, dtype=np.float64)
     if g.ndim != 1 or len(g) < 1 or g[0] != 0 or np.any(np.diff(g) <= 0) or g[-1] > 1:
         raise ConfigError(f"grid must ascend from 0 to at most 1, got {list(grid)}")
-    _check_counts(warmup, repeats, min_seconds)
-    reduce = _reducer(statistic)
+    check_counts(warmup, repeats, min_seconds)
+    reduce = reducer(statistic)
     shapes = dict(DEFAULT_BLOCK_SHAPES)
     shapes.update(block_shapes or {})
     x = _example_input(input_shape, batch_size, seed)
@@ -277,7 +264,8 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         "arch": repr(model), "params": [[k, list(v.shape)] for k, v in model.state_dict().items()],
         "input_shape": list(input_shape), "batch": batch_size, "threads": n,
         "block_shapes": {k: [v.out, v.inp] for k, v in sorted(shapes.items())}, "grid": g.tolist(),
-        "machine": machine_key(), "warmup": warmup, "repeats": repeats, "method": "compiled in context (wrapped), warm passes, fixed from compiled passes, baseline apart",
+        "machine": machine_key(), "warmup": warmup, "repeats": repeats, "engines": sorted(engines or []),
+        "method": "compiled in context (wrapped), warm passes, fixed from compiled passes, fastest dense engine apart",
         "statistic": statistic, "min_seconds": min_seconds,
     }
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:20]
@@ -286,13 +274,18 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     if path.exists():
         try:
             lm = LatencyModel.from_dict(json.loads(path.read_text()))
-            if progress:
-                print(f"latency table: cached ({path})", file=sys.stderr)
-            return lm
-        except (ValueError, KeyError, json.JSONDecodeError):
-            pass  # a damaged cache file is measured again and overwritten
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            lm = None  # a damaged cache file is measured again and overwritten
+        if lm is not None:
+            if not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress):
+                if progress and not check_cache:
+                    print(f"latency table: cached ({path})", file=sys.stderr)
+                return lm
     points = [(i, j) for i, p in enumerate(g) for j, u in enumerate(g) if p + u <= 1 + 1e-9]
     gen = torch.Generator().manual_seed(seed)
+    dense = dense_engines(model, x, threads=n, engines=engines)
+    for note in dense.notes:
+        print(f"latency table: note: {note}", file=sys.stderr)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -300,11 +293,10 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         for i, j in points:
             structures = {s.name: random_structure(s.grid, float(g[i]), float(g[j]), gen) for s in specs}
             models[(i, j)] = compile_model(model, structures, threads=n)
-        dense = inference_copy(model)
         clocks = {pt: _LayerClock(m, names) for pt, m in models.items()}
         gaps: list[float] = []  # compiled passes minus their layers' times, s
         with torch.no_grad():
-            for m in [*models.values(), dense]:
+            for m in models.values():
                 for _ in range(max(warmup, 1)):  # the first call also picks each compiled layer's implementation
                     m(x)
             bar = tqdm(total=repeats, desc="latency table", disable=not progress, file=sys.stderr)
@@ -327,8 +319,8 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         # it. Timed inside the rounds, where 15 other models run between two dense passes (evicting its
         # weights from the shared caches, we think), ResNet-56's dense pass at batch 1 read 11.0 ms against
         # 8.7 ms in `bench`, and every predicted ratio came out about 20 % too low.
-        alone = interleaved_samples({"dense": lambda: dense(x), "compiled": lambda: models[(0, 0)](x)}, warmup=1,
-                                    repeats=repeats, threads=n, min_seconds=min_seconds)
+        base = _baseline_rounds(dense.runners, models[(0, 0)], x, n, repeats=repeats, min_seconds=min_seconds,
+                                statistic=statistic)
     finally:
         torch.set_num_threads(before)
     ms = {pt: {name: 1e3 * reduce(clocks[pt].times(name)) for name in names} for pt in points}
@@ -339,13 +331,13 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
             for j in range(len(g)):
                 table[i, j] = ms[(i, j)][name] if (i, j) in ms else table[i, j - 1]  # infeasible: row's last feasible
         tables[name] = table
-    dense_ms = reduce(alone["dense"])
     # Measured on the compiled passes, not the dense one: torch's dense layers leave some of their cost to
     # what runs after them (0.4 ms of 14 at batch 1 on ResNet-56), which a compiled model does not pay.
     fixed = max(0.0, 1e3 * reduce(gaps))
-    meta = {"kind": "measured", "key": key_obj | {"arch": type(model).__name__}, "dense_model_ms": dense_ms,
+    meta = {"kind": "measured", "key": key_obj | {"arch": type(model).__name__}, "engines": base["engines"],
+            "baseline_engine": base["best_engine"], "engine_notes": dense.notes,
             "fixed_ms_method": "compiled whole-model passes minus their layers timed in place"}
-    lm = LatencyModel(g, g, tables, fixed, meta, baseline_ms=dense_ms)
+    lm = LatencyModel(g, g, tables, fixed, meta, baseline_ms=base["baseline_ms"])
     write_json_atomic(path, lm.to_dict())
     return lm
 
@@ -388,8 +380,8 @@ def check_latency_model(model: nn.Module, lm: LatencyModel, input_shape: tuple[i
         timing = measure_model_ms(model, structures, input_shape, batch_size=batch_size, threads=threads, warmup=3,
                                   repeats=repeats, seed=seed, statistic=statistic, min_seconds=min_seconds)
         predicted = lm.predict(actions)
-        predicted_ratio, measured_ratio = predicted / lm.dense_ms, 1.0 / timing["speedup"]
-        rows.append({"predicted_ms": predicted, "measured_ms": timing["compressed_ms"], "dense_ms": timing["dense_ms"],
+        predicted_ratio, measured_ratio = latency_ratio(predicted, lm.dense_ms), timing["latency_ratio"]
+        rows.append({"predicted_ms": predicted, "measured_ms": timing["compressed_ms"], "dense_ms": timing["best_dense_ms"],
                      "predicted_ratio": predicted_ratio, "measured_ratio": measured_ratio,
                      "ratio_error": abs(predicted_ratio - measured_ratio) / measured_ratio,
                      "ms_error": abs(predicted - timing["compressed_ms"]) / timing["compressed_ms"]})

@@ -9,7 +9,8 @@ action ``(a_prune, a_unify)`` in [0, 1]^2, mapped to fractions of the layer's bl
 **The action wall** (AMC): the env then clips the action so that the budget stays reachable: the
 latency of the layers decided so far, plus this layer's, plus every later layer at its *extreme point*
 (the fastest feasible grid point within the caps, :meth:`LatencyModel.fastest_ms`) must not exceed
-``latency_budget * dense``. If the request breaks that, the applied action is moved along the segment
+``latency_budget`` times the baseline (the latency model's ``dense_ms``: for measured tables the fastest
+dense engine; see :mod:`uniprune.compressors.budget`). If the request breaks that, the applied action is moved along the segment
 from the request to this layer's extreme point, as little as needed (bisection). Since the budget was
 reachable before the layer, the extreme point itself always satisfies it, so every finished episode
 meets the budget by construction. With ``reward="size"`` a storage budget (``size_budget``, a fraction
@@ -45,6 +46,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 from uniprune.compressors.accounting import FLOAT_BITS, SIGN_BITS, layer_profile, model_size
 from uniprune.compressors.blocks import compressible_layers, resolve_block_shapes
+from uniprune.compressors.budget import LatencyBudget, latency_ratio
 from uniprune.compressors.errors import ConfigError
 from uniprune.compressors.latency_model import LatencyModel
 from uniprune.compressors.policy import LayerAction, Policy
@@ -93,7 +95,8 @@ class CompressionEnv(gym.Env):
     :param latency_model: per-layer latency tables naming every compressible layer.
     :param val_batches: the fixed validation subset, a sequence of ``(x, y)`` batches (reward source).
     :param input_shape: one sample's ``(C, H, W)`` (for the layer profile).
-    :param latency_budget: in (0, 1]: compressed / dense predicted latency must not exceed it.
+    :param latency_budget: in (0, 1]: predicted compressed latency over the latency model's baseline (the fastest
+        dense engine, for measured tables) must not exceed it.
     :param bn_batches: training batches for BatchNorm re-estimation before scoring (empty: none).
     :param max_prune: cap in [0, 1] on a layer's pruned fraction of blocks.
     :param max_unify: cap in [0, 1] on a layer's unified fraction (``prune + unify <= 1`` always).
@@ -126,8 +129,7 @@ class CompressionEnv(gym.Env):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
-        if not 0 < latency_budget <= 1:
-            raise ConfigError(f"latency budget must be in (0, 1] (a fraction of dense latency), got {latency_budget}")
+        budget = LatencyBudget(latency_budget)  # validated once, here
         for key, cap in (("max_prune", max_prune), ("max_unify", max_unify)):
             if not 0 <= cap <= 1:
                 raise ConfigError(f"{key} must be in [0, 1], got {cap}")
@@ -144,7 +146,8 @@ class CompressionEnv(gym.Env):
         self.val_batches = list(val_batches)
         self.bn_batches = list(bn_batches)
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.latency_budget = float(latency_budget)
+        self.budget = budget
+        self.latency_budget = budget.ratio
         self.size_budget = None if size_budget is None else float(size_budget)
         self.max_prune, self.max_unify = float(max_prune), float(max_unify)
         self.reward_kind = reward
@@ -185,10 +188,12 @@ class CompressionEnv(gym.Env):
         self._extreme = [self._extreme_point(n) for n in self.layer_names]
         self._extreme_ms = np.asarray([latency_model.layer_ms(n, *e) for n, e in zip(self.layer_names, self._extreme)])
         self._extreme_bits = np.asarray([self._layer_bits(i, *e) for i, e in enumerate(self._extreme)])
-        least = (self._fixed_ms + float(self._extreme_ms.sum())) / self.dense_ms
-        if least > self.latency_budget + _EPS:
+        least = latency_ratio(self._fixed_ms + float(self._extreme_ms.sum()), self.dense_ms)
+        if not budget.reachable(least):
+            baseline = (latency_model.meta or {}).get("baseline_engine", "dense")
             raise ConfigError(
-                f"latency budget {self.latency_budget:g} cannot be met: the least reachable ratio is {least:.4f} "
+                f"latency budget {self.latency_budget:g} cannot be met: the least reachable ratio is {least:.4f} of the "
+                f"fastest dense engine ({baseline}) "
                 f"(every layer at its fastest point with max_prune={self.max_prune:g}, max_unify={self.max_unify:g}); "
                 f"raise --latency-budget to at least {math.ceil(least * 1000) / 1000:g} or raise the caps"
             )
@@ -243,7 +248,7 @@ class CompressionEnv(gym.Env):
     def _fits(self, t: int, prune: float, unify: float) -> bool:
         name = self.layer_names[t]
         ms = self._fixed_ms + self._spent_ms + self.latency_model.layer_ms(name, prune, unify) + float(self._extreme_ms[t + 1 :].sum())
-        if ms > self.latency_budget * self.dense_ms * (1 + _EPS):
+        if not self.budget.met_by(ms, self.dense_ms):
             return False
         if self.size_budget is None:
             return True
@@ -330,7 +335,7 @@ class CompressionEnv(gym.Env):
         recalibrate_bn(self._scratch, self.bn_batches, device=self.device)
         accuracy = float(evaluate(self._scratch, self.val_batches, device=self.device))
         predicted = self.latency_model.predict({n: LayerAction(*a) for n, a in actions.items()})
-        latency_ratio = predicted / self.dense_ms
+        ratio = latency_ratio(predicted, self.dense_ms)
         size_ratio = float(model_size(self._scratch, structures)["total"]["size_ratio"])
         if self.reward_kind == "log-latency":
             reward = -(1.0 - accuracy) * math.log1p(1000.0 * predicted)
@@ -339,7 +344,7 @@ class CompressionEnv(gym.Env):
         return {
             "reward": float(reward),
             "val_accuracy": accuracy,
-            "latency_ratio": float(latency_ratio),
+            "latency_ratio": ratio,
             "predicted_latency": float(predicted),
             "size_ratio": size_ratio,
             "actions": {n: (float(p), float(u)) for n, (p, u) in actions.items()},

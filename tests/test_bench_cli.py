@@ -6,6 +6,7 @@ import json
 
 import pytest
 from uniprune.compressors.blocks import compressible_layers
+from uniprune.compressors.engines import available_engines
 from uniprune.compressors.policy import LayerAction, Policy
 from uniprune.search.cli import main
 from uniprune.search.models import build_model
@@ -23,12 +24,25 @@ def test_bench_json(policy_file, tmp_path, capsys):
                "--repeats", "5", "--cache-dir", str(tmp_path / "cache"), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("dense_ms", "compressed_ms", "speedup", "predicted_ms"):
+    for key in ("best_dense_ms", "compressed_ms", "speedup", "predicted_ms", "predicted_latency_ratio"):
         assert isinstance(out[key], float) and out[key] > 0
-    # the median of per-round ratios: close to, not equal to, the ratio of the medians
-    assert 0.5 < out["speedup"] / (out["dense_ms"] / out["compressed_ms"]) < 2
+    assert set(out["engines"]) == set(available_engines()) and out["best_engine"] in out["engines"]
+    assert out["best_dense_ms"] == min(out["engines"].values())
+    # the median of per-round ratios against the fastest engine: close to, not equal to, the ratio of the medians
+    assert 0.5 < out["speedup"] / (out["best_dense_ms"] / out["compressed_ms"]) < 2
     assert out["latency_ratio"] == pytest.approx(1 / out["speedup"])
     assert out["batch_size"] == 4 and out["input_shape"] == [1, 8, 8]
+
+
+def test_bench_named_engines(policy_file, capsys):
+    rc = main(["bench", "--model", "digits-cnn", "--policy", str(policy_file), "--threads", "1", "--repeats", "3",
+               "--engines", "torch", "--no-table", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(out["engines"]) == ["torch"] and out["best_engine"] == "torch"
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--model", "digits-cnn", "--policy", str(policy_file), "--engines", "tensorrt"])
+    assert exc.value.code == 2 and "onnxruntime" in capsys.readouterr().err
 
 
 def test_bench_no_table(policy_file, capsys):
@@ -70,4 +84,4 @@ def test_bench_compressed_checkpoint(tmp_path, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["model"] == "digits-cnn" and out["input_shape"] == [1, 8, 8]
-    assert out["dense_ms"] > 0 and out["compressed_ms"] > 0
+    assert out["best_dense_ms"] > 0 and out["compressed_ms"] > 0

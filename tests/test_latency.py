@@ -1,4 +1,5 @@
-"""Latency measurement: interleaved medians, the per-layer table and its cache, whole-model timing."""
+"""Latency measurement: interleaved medians, the per-layer table and its cache, whole-model timing against the
+dense engines."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from uniprune.compressors.engines import available_engines
 from uniprune.compressors.errors import ConfigError
 from uniprune.compressors.latency import (
     build_latency_model,
     check_latency_model,
-    interleaved_samples,
     measure_model_ms,
     random_structure,
-    time_interleaved,
 )
 from uniprune.compressors.policy import LayerAction
 from uniprune.compressors.structure import KEEP, PRUNE, UNIFY, BlockShape, block_grid
+from uniprune.compressors.timing import interleaved_samples, time_interleaved
 
 
 def _small_cnn() -> nn.Module:
@@ -60,7 +61,8 @@ def test_latency_table_is_measured_then_cached(tmp_path):
     for table in lm.tables.values():
         assert table.shape == (3, 3) and bool(np.all(table > 0))
         assert table[1, 2] == table[1, 1] and table[2, 1] == table[2, 0]  # infeasible points: row's last feasible
-    assert lm.fixed_ms >= 0 and lm.meta["dense_model_ms"] > 0
+    assert lm.fixed_ms >= 0 and set(lm.meta["engines"]) == set(available_engines())
+    assert lm.meta["baseline_engine"] in lm.meta["engines"] and all(ms > 0 for ms in lm.meta["engines"].values())
     files = list(tmp_path.glob("latency-*.json"))
     assert len(files) == 1
     t0 = time.perf_counter()
@@ -72,9 +74,9 @@ def test_latency_table_is_measured_then_cached(tmp_path):
                                 progress=False, warmup=1, repeats=3, min_seconds=0)
     assert len(list(tmp_path.glob("latency-*.json"))) == 2  # another batch size is another key
     dense = {k: LayerAction() for k in lm.layer_names}
-    # nothing compressed: the compiled model's own time; ratios divide by the plain dense model's
+    # nothing compressed: the compiled model's own time; ratios divide by the fastest dense engine's
     assert lm.predict(dense) == pytest.approx(lm.fixed_ms + sum(t[0, 0] for t in lm.tables.values()))
-    assert lm.dense_ms == lm.meta["dense_model_ms"] == lm.baseline_ms
+    assert lm.dense_ms == min(lm.meta["engines"].values()) == lm.baseline_ms
     assert other.dense_ms > 0
     with pytest.raises(ConfigError, match="grid"):
         build_latency_model(model, (3, 16, 16), grid=(0.5, 0.9), cache_dir=tmp_path, progress=False)
@@ -91,9 +93,12 @@ def test_measure_and_check_whole_model(tmp_path):
             shape = BlockShape(8, 4) if isinstance(m, nn.Conv2d) else BlockShape(8, 8)
             structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
     r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5, min_seconds=0)
-    assert set(r) == {"dense_ms", "compressed_ms", "speedup"}
-    assert r["dense_ms"] > 0 and r["compressed_ms"] > 0
-    assert 0 < r["speedup"] < 100  # a median of per-round ratios, so not exactly dense_ms / compressed_ms
+    assert set(r) == {"engines", "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio", "speedup", "notes"}
+    assert set(r["engines"]) == set(available_engines()) and r["notes"] == []
+    assert r["best_dense_ms"] == min(r["engines"].values()) == r["engines"][r["best_engine"]]
+    assert r["compressed_ms"] > 0 and r["latency_ratio"] == pytest.approx(1 / r["speedup"])
+    # a median of per-round ratios against the fastest engine: near, not equal to, the ratio of the medians
+    assert 0.5 < r["latency_ratio"] / (r["compressed_ms"] / r["best_dense_ms"]) < 2
     lm = build_latency_model(model, (3, 16, 16), threads=1, grid=(0.0, 0.5, 0.9), cache_dir=tmp_path,
                              progress=False, warmup=1, repeats=3, min_seconds=0)
     check = check_latency_model(model, lm, (3, 16, 16), threads=1, policies=3, repeats=3, progress=False, min_seconds=0)

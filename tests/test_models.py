@@ -29,12 +29,23 @@ def test_cifar_resnets_match_the_reference(name):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_cifar_vgg16_is_the_literature_s():
+    model = build_model("cifar-vgg16")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13 and [c.out_channels for c in convs][-3:] == [512] * 3
+    # 3x3 conv weights 14,710,464 + BatchNorm weight and bias 8,448 + linear 5,130
+    assert sum(p.numel() for p in model.parameters()) == 14_724_042
+    with pytest.raises(ModelError, match="32x32"):
+        build_model("cifar-vgg16", input_shape=(3, 16, 16))
+
+
 @pytest.mark.parametrize(
     ("name", "shape", "classes"),
     [
         ("digits-cnn", (3, 32, 32), 10),
         ("digits-cnn", (1, 28, 28), 10),
         ("cifar-resnet20", (1, 28, 28), 7),
+        ("cifar-vgg16", (3, 32, 32), 10),
         ("tv:resnet18", (3, 32, 32), 5),
         ("torchvision.models:squeezenet1_1", (3, 64, 64), 4),
     ],

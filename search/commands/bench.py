@@ -1,4 +1,8 @@
-"""`uniprune bench`: time the dense model against the compressed one on the real kernels."""
+"""`uniprune bench`: time the dense engines against the compressed model on the real kernels.
+
+Every installed dense engine (torch eager, ONNX Runtime, OpenVINO) runs the model with BatchNorm folded,
+interleaved with the compressed model in one process; ``speedup`` is over the fastest of them.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,17 @@ import sys
 from typing import Any
 
 import torch
+from uniprune.compressors.budget import latency_ratio
+from uniprune.compressors.engines import ENGINES
 from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.latency import SPREAD_SECONDS, build_latency_model, measure_model_ms
+from uniprune.compressors.latency import build_latency_model, measure_model_ms
 from uniprune.compressors.policy import LayerAction, Policy
+from uniprune.compressors.timing import SPREAD_SECONDS
 
 from .common import add_model_arguments
 
 NAME = "bench"
-HELP = "time dense against compressed with the real sparse kernels (median of interleaved runs)"
+HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO) against the compressed model on the real kernels"
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -38,6 +45,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _engines(text: str) -> list[str]:
+    names = [e.strip() for e in text.split(",") if e.strip()]
+    unknown = [e for e in names if e not in ENGINES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected engines from {','.join(ENGINES)} joined by commas, got {text!r}")
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -52,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "so the timing sees more than one speed phase of a shared machine)")
     parser.add_argument("--statistic", choices=["median", "min"], default="median",
                         help="statistic of the timed rounds (default median; min suits a machine shared with other jobs)")
+    parser.add_argument("--engines", type=_engines, default=None,
+                        help=f"dense engines to time, joined by commas, from {','.join(ENGINES)} (default: every one installed); "
+                        "the speedup is over the fastest")
     parser.add_argument("--no-table", action="store_true", help="skip the latency table (predicted_ms is then null)")
     parser.add_argument("--cache-dir", default=None, help="latency table cache (default $UNIPRUNE_CACHE/latency)")
 
@@ -86,21 +104,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or torch.get_num_threads()
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
     result = measure_model_ms(model, structures, shape, batch_size=args.batch_size, threads=threads,
-                              repeats=args.repeats, statistic=args.statistic)
-    predicted = None
+                              repeats=args.repeats, statistic=args.statistic, engines=args.engines)
+    for note in result.pop("notes"):
+        print(f"bench: note: {note}", file=sys.stderr)
+    predicted = predicted_ratio = None
     if not args.no_table:
         lm = build_latency_model(model, shape, batch_size=args.batch_size, threads=threads,
                                  block_shapes={k: s.grid.block_shape for k, s in _kinds(model, structures).items()},
-                                 cache_dir=args.cache_dir, statistic=args.statistic)
+                                 cache_dir=args.cache_dir, statistic=args.statistic, engines=args.engines)
         actions = {}
         for layer, s in structures.items():
             c = s.counts()
             total = max(1, s.grid.num_blocks)
             actions[layer] = LayerAction(prune=c["prune"] / total, unify=c["unify"] / total)
         predicted = lm.predict(actions)
-    # the ratio of rounds taken a moment apart (measure_model_ms), not of the two medians
-    return {**result, "latency_ratio": 1.0 / result["speedup"], "predicted_ms": predicted, "model": name, "batch_size": args.batch_size,
-            "input_shape": list(shape), "threads": threads}
+        predicted_ratio = latency_ratio(predicted, lm.dense_ms)
+    for engine, ms in result["engines"].items():
+        best = "  (fastest dense)" if engine == result["best_engine"] else ""
+        print(f"  {engine:<12} {ms:9.3f} ms{best}", file=sys.stderr)
+    print(f"  {'compressed':<12} {result['compressed_ms']:9.3f} ms  speedup {result['speedup']:.2f}x over "
+          f"{result['best_engine']}", file=sys.stderr)
+    return {**result, "predicted_ms": predicted, "predicted_latency_ratio": predicted_ratio, "model": name,
+            "batch_size": args.batch_size, "input_shape": list(shape), "threads": threads, "statistic": args.statistic}
 
 
 def _kinds(model: torch.nn.Module, structures: dict) -> dict:
