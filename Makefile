@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, by itself: on the dev machines this resolves to the wheels on local disk
 	$(BIN)/python -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,openvino]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -147,7 +147,6 @@ class CompressionEnv(gym.Env):
         self.bn_batches = list(bn_batches)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.budget = budget
-        self.latency_budget = budget.ratio
         self.size_budget = None if size_budget is None else float(size_budget)
         self.max_prune, self.max_unify = float(max_prune), float(max_unify)
         self.reward_kind = reward
@@ -214,6 +213,15 @@ class CompressionEnv(gym.Env):
         self._reset_episode()
 
     # -- sizes and latencies --------------------------------------------------------------------
+
+    @property
+    def latency_budget(self) -> float:
+        """The latency budget as a ratio in (0, 1] of the baseline (see :attr:`budget`)."""
+        return self.budget.ratio
+
+    @latency_budget.setter
+    def latency_budget(self, ratio: float) -> None:
+        self.budget = LatencyBudget(ratio)
 
     @property
     def num_layers(self) -> int:
