@@ -1,14 +1,19 @@
 """Build, load and call uniprune's native block-sparse CPU kernels (``csrc/uniprune_kernels.c``).
 
-The C source is compiled with the machine's own C compiler (``cc -O3 -march=native``) into a shared
-library that is loaded with :mod:`ctypes` (about a microsecond per call). The build runs at install time
-(``python -m uniprune.compressors.kernels --build``) and otherwise lazily on first use; the library is
-cached under ``$UNIPRUNE_CACHE/kernels`` (default ``~/.cache/uniprune/kernels``) in a file named by a
-hash of the source, the compiler and its flags, so an edited source or another machine's flags never
-load a stale build. No compiler -> :class:`KernelBuildError` with the fix.
+The C source is compiled with the machine's own C compiler into a shared library that is loaded with
+:mod:`ctypes` (about a microsecond per call). The vector ISA is selectable: ``UNIPRUNE_ISA`` (or the
+``isa=`` argument) in ``auto`` (default: the widest the CPU has), ``avx512`` (``-march=native`` on a CPU
+with avx512f), ``avx2`` (``-march=x86-64-v3``), ``generic`` (``-O3``, no ``-march``: SSE2 on x86), so an
+AVX-512 machine can run and time its AVX2 build; an ISA the CPU lacks is refused. The build runs at
+install time (``python -m uniprune.compressors.kernels --build [--isa ...]``) and otherwise lazily on
+first use; the library is cached under ``$UNIPRUNE_CACHE/kernels`` (default ``~/.cache/uniprune/kernels``)
+in a file named by the ISA and a hash of the source, the compiler and its flags, so an edited source or
+another machine's flags never load a stale build. :func:`build_id` names the build for cache keys of
+measured timings. No compiler -> :class:`KernelBuildError` with the fix.
 
-Weights are packed per panel of :data:`ROWS` = 8 output channels: each panel lists the input channels
-that hold any non-pruned weight in its rows. See docs/KERNELS.md.
+Conv weights are packed per panel of 1, 2, 4 or 8 output channels (the layer's block height, see
+:func:`panel_height`): each panel lists the input channels that hold any non-pruned weight in its rows.
+The GEMV's panels are always 8 rows. See docs/KERNELS.md.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -28,21 +34,71 @@ from pathlib import Path
 
 import torch
 
-from .errors import KernelBuildError
+from .errors import ConfigError, KernelBuildError
 
-ROWS = 8
+ROWS = 8  # the largest panel height; also the compact unified GEMV block height
+PANEL_HEIGHTS = (1, 2, 4, 8)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "uniprune_kernels.c"
-_NATIVE_FLAGS = ["-O3", "-march=native", "-mtune=native"]
+ISAS = ("auto", "avx512", "avx2", "generic")
 _COMMON_FLAGS = ["-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-ffp-contract=fast"]
+# Per forced ISA: flag sets tried in order (a compiler that rejects the first gets the next), the CPU flags
+# it needs, and what the build must report from up_isa() (so a flag set that silently compiled for another
+# target is caught, not measured under the wrong name).
+_ISA_FLAGS: dict[str, list[list[str]]] = {
+    "avx512": [["-O3", "-march=native", "-mtune=native"], ["-O3", "-march=x86-64-v4"]],
+    "avx2": [["-O3", "-march=x86-64-v3", "-mtune=native"], ["-O3", "-mavx2", "-mfma"]],
+    "generic": [["-O3"]],
+    "native": [["-O3", "-march=native", "-mtune=native"], ["-O3"]],  # auto on a CPU that is not x86
+}
+_ISA_NEEDS = {"avx512": ("avx512f", "fma"), "avx2": ("avx2", "fma"), "generic": (), "native": ()}
+_ISA_REPORTS = {"avx512": "avx512f", "avx2": "avx2", "generic": "generic"}
 
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
+_libs: dict[str, ctypes.CDLL] = {}
+_built: dict[str, tuple[Path, list[str]]] = {}
+_peaks: dict[tuple[str, int], float] = {}
 
 
 def cache_dir() -> Path:
     """Where built libraries live: ``$UNIPRUNE_CACHE/kernels`` or ``~/.cache/uniprune/kernels``."""
     root = os.environ.get("UNIPRUNE_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "uniprune") / "kernels"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); empty when unreadable."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_isa(isa: str | None = None) -> str:
+    """The build target for ``isa`` (default ``$UNIPRUNE_ISA``, else ``"auto"``): avx512, avx2, generic or native.
+
+    ``auto`` takes the widest the CPU has (avx512 when it has avx512f, avx2 with fma, else generic on x86;
+    ``native``, i.e. the compiler's ``-march=native``, elsewhere). A forced ISA the CPU lacks raises
+    :class:`KernelBuildError`; an unknown name :class:`ConfigError`.
+    """
+    name = (isa if isa is not None else os.environ.get("UNIPRUNE_ISA", "") or "auto").strip().lower()
+    if name not in ISAS:
+        src = "isa" if isa is not None else "UNIPRUNE_ISA"
+        raise ConfigError(f"{src} must be one of {', '.join(ISAS)}; got {name!r}")
+    flags = cpu_flags()
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if name == "auto":
+        if not x86:
+            return "native"
+        return next((t for t in ("avx512", "avx2") if all(f in flags for f in _ISA_NEEDS[t])), "generic")
+    missing = [f for f in _ISA_NEEDS[name] if f not in flags]
+    if missing:
+        raise KernelBuildError(f"UNIPRUNE_ISA/isa={name} needs CPU flags {', '.join(missing)}, which this CPU "
+                               f"({'none readable' if not flags else platform.machine()}) lacks; use auto, or "
+                               f"{'avx2 or ' if name == 'avx512' and 'avx2' in flags else ''}generic")
+    return name
 
 
 def _compiler() -> str:
@@ -55,32 +111,34 @@ def _compiler() -> str:
     )
 
 
-def _flag_sets() -> list[list[str]]:
-    # -march=native first; a compiler that does not know it still gets a portable -O3 build
-    return [_NATIVE_FLAGS + _COMMON_FLAGS, ["-O3"] + _COMMON_FLAGS]
-
-
 def source_hash() -> str:
     """sha256 (16 hex digits) of the kernel source; part of the library's cache key and the latency cache's."""
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
 
 
-def _library_path(cc: str, flags: list[str]) -> Path:
+def _flags_key(cc: str, flags: list[str]) -> str:
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[:1]
     except (OSError, subprocess.SubprocessError):
         version = []
-    key = hashlib.sha256("\n".join([source_hash(), cc, *version, *flags]).encode()).hexdigest()[:16]
-    return cache_dir() / f"uniprune_kernels-{key}.so"
+    return hashlib.sha256("\n".join([source_hash(), cc, *version, *flags]).encode()).hexdigest()[:16]
 
 
-def build(force: bool = False, verbose: bool = False) -> Path:
-    """Compile the kernels if no cached build fits this source, compiler and flags; returns the library path."""
+def _library_path(cc: str, target: str, flags: list[str]) -> Path:
+    return cache_dir() / f"uniprune_kernels-{target}-{_flags_key(cc, flags)}.so"
+
+
+def build(force: bool = False, verbose: bool = False, isa: str | None = None) -> Path:
+    """Compile the kernels for ``isa`` (see :func:`resolve_isa`) unless a cached build fits this source,
+    compiler, ISA and flags; returns the library path. The file name carries the ISA."""
+    target = resolve_isa(isa)
     cc = _compiler()
     errors = []
-    for flags in _flag_sets():
-        path = _library_path(cc, flags)
+    for flags in _ISA_FLAGS[target]:
+        flags = flags + _COMMON_FLAGS
+        path = _library_path(cc, target, flags)
         if path.exists() and not force:
+            _built[target] = (path, flags)
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=path.parent)
@@ -96,16 +154,18 @@ def build(force: bool = False, verbose: bool = False) -> Path:
             continue
         if proc.returncode == 0:
             os.replace(tmp, path)  # atomic: a concurrent build never loads a half-written file
+            _built[target] = (path, flags)
             return path
         Path(tmp).unlink(missing_ok=True)
         errors.append(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
-    raise KernelBuildError(f"compiling {SOURCE.name} with {cc} failed ({'; '.join(errors)}); check the compiler install")
+    raise KernelBuildError(f"compiling {SOURCE.name} for {target} with {cc} failed ({'; '.join(errors)}); "
+                           "check the compiler install or set UNIPRUNE_ISA=generic")
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i32p, f32p, c_int = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
     lib.up_conv_create.restype = p
-    lib.up_conv_create.argtypes = [i32p, c_int, i32p, i32p, f32p, f32p]
+    lib.up_conv_create.argtypes = [i32p, c_int, c_int, i32p, i32p, f32p, f32p]
     lib.up_conv_run.restype = c_int
     lib.up_conv_run.argtypes = [p, p, p, c_int, c_int, c_int, c_int]
     lib.up_conv_destroy.argtypes = [p]
@@ -120,29 +180,64 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.up_isa.restype = ctypes.c_char_p
     lib.up_set_spin_us.argtypes = [ctypes.c_long]
     lib.up_set_spin_us.restype = None
+    lib.up_fma_peak.argtypes = [ctypes.c_double, c_int]
+    lib.up_fma_peak.restype = ctypes.c_double
 
 
-def load() -> ctypes.CDLL:
-    """The loaded kernel library, building it first if needed (thread-safe, once per process)."""
-    global _lib
-    if _lib is not None:
-        return _lib
+def load(isa: str | None = None) -> ctypes.CDLL:
+    """The loaded kernel library for ``isa`` (default ``$UNIPRUNE_ISA`` or auto), building it first if needed.
+
+    Thread-safe; one library per ISA per process (each has its own thread pool and scratch), so an
+    AVX-512 machine can run its AVX2 and generic builds side by side.
+    """
+    target = resolve_isa(isa)
+    lib = _libs.get(target)
+    if lib is not None:
+        return lib
     with _lock:
-        if _lib is None:
-            path = build()
+        if target not in _libs:
+            path = build(isa=target if target != "native" else "auto")
             try:
                 lib = ctypes.CDLL(str(path))
             except OSError as exc:
                 raise KernelBuildError(f"cannot load {path} ({exc}); delete it and run "
                                        "'python -m uniprune.compressors.kernels --build --force'") from None
             _declare(lib)
-            _lib = lib
-    return _lib
+            got, want = lib.up_isa().decode(), _ISA_REPORTS.get(target)
+            if want is not None and got != want:
+                raise KernelBuildError(f"the {target} build of {SOURCE.name} compiled for {got}; the compiler "
+                                       f"ignored {' '.join(_built[target][1][:3])}; set UNIPRUNE_ISA to another ISA")
+            _libs[target] = lib
+    return _libs[target]
 
 
-def isa() -> str:
-    """The vector instruction set the loaded build uses: avx512f, avx2, neon or generic."""
-    return load().up_isa().decode()
+def isa(isa: str | None = None) -> str:
+    """The vector instruction set the build for ``isa`` (default: the process's) runs: avx512f, avx2, neon
+    or generic (16-byte or scalar vectors)."""
+    return load(isa).up_isa().decode()
+
+
+def build_id(isa: str | None = None) -> str:
+    """A short id of the build for ``isa`` (default: the process's): source hash, the ISA actually compiled
+    and a hash of compiler and flags, e.g. ``"3f9a1c2d0b7e-avx2-5c1e9a0f"``. Changes whenever timings may."""
+    target = resolve_isa(isa)
+    load(target)
+    path, flags = _built[target]
+    return f"{source_hash()[:12]}-{_libs[target].up_isa().decode()}-{path.stem.rsplit('-', 1)[-1][:8]}"
+
+
+def fma_peak_gflops(threads: int = 1, isa: str | None = None) -> float:
+    """The measured peak of the build's vector FMA on ``threads`` (>= 1) cores, in GFLOP/s (2 flops per lane).
+
+    Many independent FMA chains on the build's native vector type for about 0.1 s; measured once per
+    process, ISA and thread count. What a kernel's "share of the FMA peak" divides by.
+    """
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    key = (resolve_isa(isa), threads)
+    if key not in _peaks:
+        _peaks[key] = float(load(key[0]).up_fma_peak(0.1, threads))
+    return _peaks[key]
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -153,65 +248,83 @@ def _i32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int32).contiguous()
 
 
+def panel_height(block_out: int) -> int:
+    """The panel height the conv kernel uses for blocks of ``block_out`` (>= 1) output channels.
+
+    The block height itself when it is 1, 2, 4 or 8, so a panel never mixes blocks and a pruned block is
+    skipped exactly; 8 otherwise (any height runs correctly, with panels that mix blocks and skip less).
+    """
+    if not isinstance(block_out, int) or block_out < 1:
+        raise ConfigError(f"block height must be a positive integer, got {block_out!r}")
+    return block_out if block_out in PANEL_HEIGHTS else ROWS
+
+
 @dataclass
 class PackedPanels:
-    """Weights packed per panel of 8 output channels (see the module docstring).
+    """Weights packed per panel of ``rows`` output channels (see the module docstring).
 
-    ``panel_ptr`` int32 ``[P+1]``; ``ch`` int32 ``[nnz]``; ``w`` float32 ``[nnz, taps, 8]``.
+    ``panel_ptr`` int32 ``[P+1]``; ``ch`` int32 ``[nnz]``; ``w`` float32 ``[nnz, taps, rows]``.
     """
 
     panel_ptr: torch.Tensor
     ch: torch.Tensor
     w: torch.Tensor
+    rows: int = ROWS
 
     @property
     def nnz(self) -> int:
         return int(self.ch.numel())
 
 
-def pack_panels(weight: torch.Tensor, keep: torch.Tensor) -> PackedPanels:
-    """Pack ``weight`` ``[Co, Ci, *window]`` keeping, per panel of 8 rows, the input channels where ``keep``.
+def pack_panels(weight: torch.Tensor, keep: torch.Tensor, rows: int = ROWS) -> PackedPanels:
+    """Pack ``weight`` ``[Co, Ci, *window]`` keeping, per panel of ``rows`` (1, 2, 4 or 8) output channels,
+    the input channels where ``keep``.
 
     ``keep``: bool ``[Co, Ci]``, True where the (output, input) channel pair holds a weight to run; a panel
     keeps input channel c when any of its rows keeps it (rows that do not are packed as zeros).
     """
+    if rows not in PANEL_HEIGHTS:
+        raise ConfigError(f"panel height must be one of {PANEL_HEIGHTS}, got {rows!r}")
     co, ci = weight.shape[0], weight.shape[1]
     w = weight.detach().float().reshape(co, ci, -1)
     taps = w.shape[2]
-    panels = (co + ROWS - 1) // ROWS
-    pad = panels * ROWS - co
+    panels = (co + rows - 1) // rows
+    pad = panels * rows - co
     keep_rows = keep.bool()
     if pad:
         w = torch.cat([w, w.new_zeros(pad, ci, taps)])
         keep_rows = torch.cat([keep_rows, keep_rows.new_zeros(pad, ci)])
     w = w * keep_rows[:, :, None]
-    used = keep_rows.reshape(panels, ROWS, ci).any(1)  # [P, Ci]
+    used = keep_rows.reshape(panels, rows, ci).any(1)  # [P, Ci]
     pi, cidx = used.nonzero(as_tuple=True)  # sorted by panel, then channel
     counts = torch.bincount(pi, minlength=panels)
     panel_ptr = torch.zeros(panels + 1, dtype=torch.int64)
     panel_ptr[1:] = torch.cumsum(counts, 0)
-    packed = w.reshape(panels, ROWS, ci, taps)[pi, :, cidx, :]  # [nnz, 8, taps]
-    return PackedPanels(_i32(panel_ptr), _i32(cidx), packed.permute(0, 2, 1).contiguous())
+    packed = w.reshape(panels, rows, ci, taps)[pi, :, cidx, :]  # [nnz, rows, taps]
+    return PackedPanels(_i32(panel_ptr), _i32(cidx), packed.permute(0, 2, 1).contiguous(), rows)
 
 
 class SparseConv:
     """A block-sparse 2-D convolution (groups=1) on the native kernels; inference only, float32, CPU.
 
-    Owns its native plan (packed weights and scratch); freed when this object is collected.
+    Owns its native plan (packed weights and scratch); freed when this object is collected. ``rows``: the
+    panel height (1, 2, 4 or 8 output channels; :func:`panel_height` of the layer's block height), ``isa``:
+    which build runs it (default the process's, see :func:`resolve_isa`).
     """
 
     def __init__(self, weight: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None,
-                 stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> None:
-        lib = load()
+                 stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                 rows: int = ROWS, isa: str | None = None) -> None:
+        lib = load(isa)
         co, ci, kh, kw = (int(s) for s in weight.shape)
-        self.out_channels, self.kernel_size = co, (kh, kw)
+        self.out_channels, self.kernel_size, self.rows = co, (kh, kw), rows
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
-        packed = pack_panels(weight, keep)
+        packed = pack_panels(weight, keep, rows)
         self.nnz = packed.nnz
         geom = torch.tensor([co, ci, kh, kw, *self.stride, *self.padding, *self.dilation], dtype=torch.int32)
         b = None if bias is None else bias.detach().float().contiguous()
-        plan = lib.up_conv_create(_ptr(geom), (co + ROWS - 1) // ROWS, _ptr(packed.panel_ptr), _ptr(packed.ch),
-                                  _ptr(packed.w), _ptr(b))
+        plan = lib.up_conv_create(_ptr(geom), rows, (co + rows - 1) // rows, _ptr(packed.panel_ptr),
+                                  _ptr(packed.ch), _ptr(packed.w), _ptr(b))
         if not plan:
             raise KernelBuildError(f"the native conv plan could not be created for weight {tuple(weight.shape)} "
                                    "(out of memory or an unsupported geometry)")
@@ -253,10 +366,11 @@ class SparseGemv:
     """
 
     def __init__(self, weight: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None,
-                 unified: list[tuple[int, int, int, float]] | None = None) -> None:
-        """``unified``: ``(panel, first input channel, input channels, magnitude)`` per compact block,
-        in panel order; their weights must be absent from ``keep``."""
-        lib = load()
+                 unified: list[tuple[int, int, int, float]] | None = None, isa: str | None = None) -> None:
+        """``unified``: ``(panel, first input channel, input channels, magnitude)`` per compact block of 8
+        rows, in panel order; their weights must be absent from ``keep``. Panels are always 8 rows here,
+        whatever the block height (correct for any; a GEMV row is one vector of 8 outputs)."""
+        lib = load(isa)
         co, ci = int(weight.shape[0]), int(weight.shape[1])
         self.out_features = co
         packed = pack_panels(weight, keep)
@@ -311,15 +425,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m uniprune.compressors.kernels", description=main.__doc__)
     parser.add_argument("--build", action="store_true", help="compile (or find in the cache) the native kernels")
     parser.add_argument("--force", action="store_true", help="recompile even if a cached build exists")
+    parser.add_argument("--isa", choices=ISAS, default=None,
+                        help="vector ISA to build for (default $UNIPRUNE_ISA, else auto: the widest the CPU has)")
     args = parser.parse_args(argv)
     if not args.build:
         parser.error("nothing to do; pass --build")
     try:
-        path = build(force=args.force, verbose=True)
-        global _lib
-        _lib = None
-        print(f"uniprune kernels: {path} ({isa()})", file=sys.stderr)
-    except KernelBuildError as exc:
+        path = build(force=args.force, verbose=True, isa=args.isa)
+        _libs.clear()
+        print(f"uniprune kernels: {path} ({isa(args.isa)}, build {build_id(args.isa)})", file=sys.stderr)
+    except (KernelBuildError, ConfigError) as exc:
         print(f"uniprune kernels: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -5,23 +5,25 @@
 fastest for the input shape it sees:
 
 - ``sparse``: the native block-sparse kernel (pruned blocks skipped; unified blocks materialised as
-  ordinary kept blocks; an output-channel block that is gone costs only its bias);
+  ordinary kept blocks; an output-channel block that is gone costs only its bias), its weights packed in
+  panels as tall as the layer's blocks (1, 2, 4 or 8 rows);
+- ``sparse_p8`` (convs with blocks lower than 8 rows): the same kernel on 8-row panels, which runs a
+  pruned block's rows as zeros unless its whole panel skips the channel but reuses each input 8 times;
 - ``gemv`` / ``gemv_compact`` (linear, batch <= 4): the native GEMV, the second with unified blocks in
   compact form (one magnitude + sign bits), offered only when the layer has unified blocks; a linear's
   ``sparse`` (batch > 4) is the same GEMV kernel with unified blocks materialised;
 - ``shrunk``: torch dense on the smaller layer left when whole output/input channels are gone;
 - ``dense``: torch dense on the masked weight.
 
-Which one wins is decided by a quick interleaved measurement (warm-up 2, 7 rounds, least time) the first time
-a layer sees an input shape, at the thread count it runs with; ``choose="sparse"``/``"dense"`` forces one.
-BatchNorm that directly follows a conv is folded into it (:func:`fold_batchnorm`); the dense baseline of
-:mod:`uniprune.compressors.latency` folds it the same way, so both sides are compared like with like.
+Which one wins is decided by a quick interleaved measurement (:func:`~uniprune.compressors.timing.fastest`)
+the first time a layer sees an input shape, at the thread count it runs with; ``choose="sparse"``/``"dense"`` forces one.
+BatchNorm that directly follows a conv is folded into it (:func:`fold_batchnorm`); the dense engines of
+:mod:`uniprune.compressors.engines` fold it the same way, so both sides are compared like with like.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -29,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, ModelError
-from .kernels import ROWS, SparseConv, SparseGemv
+from .kernels import ROWS, SparseConv, SparseGemv, panel_height
 from .projection import structured_weight
 from .structure import KEEP, PRUNE, UNIFY, LayerStructure
+from .timing import fastest
 
 CHOICES = ("measure", "sparse", "dense")
 _GEMV_MAX_BATCH = 4
@@ -79,26 +82,6 @@ def inference_copy(model: nn.Module) -> nn.Module:
     return fold_batchnorm(copy.deepcopy(model).eval())
 
 
-def _quick_pick(candidates: Mapping[str, Callable[[], torch.Tensor]]) -> str:
-    """The fastest candidate by the least of 7 interleaved timings (after 2 warm-up rounds).
-
-    The least, not the median: a pick is made once and kept, and on a machine shared with other jobs a
-    few preempted calls must not send a layer to an implementation several times slower.
-    """
-    if len(candidates) == 1:
-        return next(iter(candidates))
-    best = dict.fromkeys(candidates, float("inf"))
-    for _ in range(2):
-        for fn in candidates.values():
-            fn()
-    for _ in range(7):
-        for name, fn in candidates.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return min(best, key=best.__getitem__)
-
-
 class _Compiled(nn.Module):
     """Shared machinery: candidates per input shape, chosen once per shape."""
 
@@ -128,7 +111,7 @@ class _Compiled(nn.Module):
                 name = next(k for k in cands if k != "dense" and k != "shrunk") if len(cands) > 1 else "dense"
             else:
                 with torch.no_grad():
-                    name = _quick_pick({k: (lambda f=f: f(x)) for k, f in cands.items()})
+                    name = fastest({k: (lambda f=f: f(x)) for k, f in cands.items()})
             self.chosen[key] = name
         return name
 
@@ -159,8 +142,15 @@ class CompiledConv2d(_Compiled):
         keep = structure.state_map()[:, :, 0, 0] != PRUNE
         self.counts = structure.counts()
         # grouped convs run on torch dense: one block grid per group would need a kernel per group
-        self.sparse = None if conv.groups != 1 else SparseConv(self.weight, keep, self.bias, self.stride,
-                                                               self.padding, self.dilation)
+        # panels as tall as the blocks, so a pruned 1x1 or 4x1 block is skipped rather than run as zeros; with
+        # blocks lower than 8 rows an 8-row plan is a second candidate: its tile reuses each input vector for 8
+        # rows, which wins where few blocks are pruned (1x1 blocks at s = 0: 0.9x dense against 0.4x)
+        rows_p = panel_height(structure.grid.block_shape.out)
+        self.sparse = self.sparse8 = None
+        if conv.groups == 1:
+            self.sparse = SparseConv(self.weight, keep, self.bias, self.stride, self.padding, self.dilation, rows=rows_p)
+            if rows_p != ROWS:
+                self.sparse8 = SparseConv(self.weight, keep, self.bias, self.stride, self.padding, self.dilation)
         rows, cols = keep.any(1), keep.any(0)
         saving = 1 - float(rows.float().mean() * cols.float().mean())
         self.shrink = None
@@ -185,6 +175,8 @@ class CompiledConv2d(_Compiled):
         threads = self._threads()  # part of the key the candidates are kept under
         if self.sparse is not None:
             cands["sparse"] = lambda t: self.sparse(t, threads)
+        if self.sparse8 is not None:
+            cands["sparse_p8"] = lambda t: self.sparse8(t, threads)
         if self.shrink is not None:
             cands["shrunk"] = self._shrunk
         cands["dense"] = self._dense

@@ -8,8 +8,20 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from uniprune.compressors import kernels
-from uniprune.compressors.errors import KernelBuildError
-from uniprune.compressors.kernels import ROWS, SparseConv, SparseGemv, pack_panels
+from uniprune.compressors.errors import ConfigError, KernelBuildError
+from uniprune.compressors.kernels import ROWS, SparseConv, SparseGemv, pack_panels, panel_height
+
+# the builds every CPU here can run; avx512 only where the CPU has it
+FORCED_ISAS = ["avx2", "generic"] if {"avx2", "fma"} <= kernels.cpu_flags() else ["generic"]
+if "avx512f" in kernels.cpu_flags():
+    FORCED_ISAS.insert(0, "avx512")
+
+
+def _block_keep(co: int, ci: int, bo: int, bi: int, density: float, g: torch.Generator) -> torch.Tensor:
+    """A random keep mask of whole bo x bi blocks, as the runtime gets it from a structure."""
+    nbo, nbi = -(-co // bo), -(-ci // bi)
+    blocks = torch.rand(nbo, nbi, generator=g) < density
+    return blocks.repeat_interleave(bo, 0)[:co].repeat_interleave(bi, 1)[:, :ci]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -35,6 +47,42 @@ def test_sparse_conv_matches_masked_dense(co, ci, k, stride, pad, dil, n, h, w, 
     out = conv(x, threads)
     assert out.shape == ref.shape
     assert _rel(out, ref) <= 1e-4
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bo=st.sampled_from([1, 2, 3, 4, 8, 16]), bi=st.sampled_from([1, 4]), co=st.integers(1, 37), ci=st.integers(1, 19),
+    k=st.sampled_from([1, 3]), stride=st.integers(1, 2), pad=st.integers(0, 1), dil=st.integers(1, 2),
+    n=st.sampled_from([1, 3, 5, 17]), hw=st.sampled_from([5, 8, 9, 16, 19]), density=st.sampled_from([0.1, 0.5, 1.0]),
+    isa=st.sampled_from(FORCED_ISAS), threads=st.sampled_from([1, 2]), seed=st.integers(0, 10_000),
+)
+def test_every_panel_height_and_isa_matches_masked_dense(bo, bi, co, ci, k, stride, pad, dil, n, hw, density, isa,
+                                                         threads, seed):
+    if hw + 2 * pad < dil * (k - 1) + 1:
+        return
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(co, ci, k, k, generator=g)
+    keep = _block_keep(co, ci, bo, bi, density, g)
+    bias = torch.randn(co, generator=g)
+    x = torch.randn(n, ci, hw, hw, generator=g)
+    rows = panel_height(bo)
+    assert rows == (bo if bo in (1, 2, 4, 8) else 8)
+    conv = SparseConv(weight, keep, bias, (stride, stride), (pad, pad), (dil, dil), rows=rows, isa=isa)
+    ref = F.conv2d(x, weight * keep[:, :, None, None], bias, stride, pad, dil)
+    out = conv(x, threads)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 8])
+def test_panels_of_every_height_skip_exactly_the_pruned_blocks(rows):
+    g = torch.Generator().manual_seed(rows)
+    keep = _block_keep(16, 12, rows, 1, 0.3, g)
+    packed = pack_panels(torch.randn(16, 12, 3, 3, generator=g), keep, rows)
+    # a panel is one block row: it lists exactly the input channels its block row keeps
+    assert packed.nnz == int(keep[::rows].sum())
+    assert packed.w.shape == (packed.nnz, 9, rows)
+    assert packed.panel_ptr.numel() == 16 // rows + 1
 
 
 def test_asymmetric_geometry_and_empty_output_block():
@@ -95,11 +143,48 @@ def test_build_is_cached_by_source_and_flags():
     assert kernels.isa() in {"avx512f", "avx2", "neon", "generic"}
 
 
+@pytest.mark.parametrize("isa", FORCED_ISAS)
+def test_forced_isa_builds_report_their_isa_and_id(isa):
+    path = kernels.build(isa=isa)
+    assert f"-{isa}-" in path.name  # the cache file name carries the ISA
+    reported = {"avx512": "avx512f", "avx2": "avx2", "generic": "generic"}[isa]
+    assert kernels.isa(isa) == reported
+    bid = kernels.build_id(isa)
+    assert bid.startswith(kernels.source_hash()[:12]) and f"-{reported}-" in bid
+    assert len({kernels.build_id(i) for i in FORCED_ISAS}) == len(FORCED_ISAS)
+
+
+def test_isa_from_the_environment_and_bad_names(monkeypatch):
+    monkeypatch.setenv("UNIPRUNE_ISA", "generic")
+    assert kernels.resolve_isa() == "generic" and kernels.isa() == "generic"
+    monkeypatch.setenv("UNIPRUNE_ISA", "sse9")
+    with pytest.raises(ConfigError, match="UNIPRUNE_ISA must be one of"):
+        kernels.resolve_isa()
+    monkeypatch.delenv("UNIPRUNE_ISA")
+    assert kernels.resolve_isa() in {"avx512", "avx2", "generic", "native"}
+
+
+def test_isa_the_cpu_lacks_is_refused(monkeypatch):
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2", "fma"}))
+    with pytest.raises(KernelBuildError, match="avx512f") as err:
+        kernels.build(isa="avx512")
+    assert "\n" not in str(err.value) and "use auto" in str(err.value)
+    assert kernels.resolve_isa("auto") in {"avx2", "native"}
+
+
+def test_fma_peak_is_measured_and_cached():
+    peak = kernels.fma_peak_gflops(1, isa="generic")
+    assert 0.5 < peak < 10_000  # GFLOP/s of one core: any real CPU lies in between
+    assert kernels.fma_peak_gflops(1, isa="generic") == peak  # measured once per process
+    with pytest.raises(ConfigError, match="threads"):
+        kernels.fma_peak_gflops(0)
+
+
 def test_missing_compiler_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler")
     monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
     with pytest.raises(KernelBuildError, match="no C compiler found"):
-        kernels.build(force=True)
+        kernels.build(force=True, isa="generic")
 
 
 def test_concurrent_calls_from_python_threads():

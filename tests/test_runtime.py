@@ -194,3 +194,32 @@ def test_compiled_model_can_be_deep_copied():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert _rel(twin(x), _masked(net, structures)(x)) <= 1e-4
+
+
+@settings(max_examples=16, deadline=None)
+@given(bo=st.sampled_from([1, 2, 3, 4, 8]), bi=st.sampled_from([1, 4]), stride=st.integers(1, 2),
+       pad=st.integers(0, 1), dil=st.integers(1, 2), batch=st.sampled_from([1, 5]), prune=st.sampled_from([0.0, 0.75]),
+       isa=st.sampled_from(["avx2", "generic"]), choose=st.sampled_from(["sparse", "measure"]),
+       seed=st.integers(0, 1000))
+def test_fine_blocks_every_panel_height_and_forced_isa(bo, bi, stride, pad, dil, batch, prune, isa, choose, seed):
+    from uniprune.compressors import kernels
+
+    if isa == "avx2" and not {"avx2", "fma"} <= kernels.cpu_flags():
+        isa = "generic"
+    net = _net(seed, c=12, k=3, stride=stride, pad=pad, dil=dil, groups=1)
+    structures = _structures(net, prune, 0.1, seed, shapes={"conv": BlockShape(bo, bi), "linear": BlockShape(bo, bi)})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNIPRUNE_ISA", isa)
+        compiled = compile_model(net, structures, threads=2, choose=choose)
+    conv2 = compiled.conv2
+    assert conv2.sparse.rows == kernels.panel_height(bo)
+    assert (conv2.sparse8 is None) == (kernels.panel_height(bo) == 8)
+    x = torch.randn(batch, 3, 9, 9, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = _masked(net, structures)(x)
+        out = compiled(x)
+        cands = conv2._candidates(torch.randn(batch, 12, 9, 9))
+        every = {name: fn(torch.ones(batch, 12, 9, 9)) for name, fn in cands.items()}
+    assert _rel(out, ref) <= 1e-4
+    for name, y in every.items():  # every candidate of a fine-block conv, not only the one picked
+        assert _rel(y, every["dense"]) <= 1e-4, name

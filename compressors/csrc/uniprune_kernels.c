@@ -31,22 +31,39 @@
 #define ROWS 8
 #define MAX_THREADS 64
 
-/* VL: floats per native vector. The conv's register tile is TR output rows x TV vectors of pixels:
- * TR*TV accumulators, TV input vectors and one broadcast weight must fit the register file, or the
- * accumulators spill on every FMA. */
+/* VL: floats per native vector. The conv's register tile for a panel of R rows is TR_R output rows x
+ * TV_R vectors of VL output pixels: TR_R*TV_R accumulators, the TV_R input vectors and a broadcast weight must
+ * fit the register file, or the accumulators spill on every FMA; and the tile needs at least (FMA latency x
+ * FMA ports) = 8 independent accumulators (4 are enough on Zen 4's AVX-512, whose zmm FMA issues once a
+ * cycle). Every tile vectorises over output pixels, never over the block's rows: a row's weight is a
+ * broadcast, so a panel of one row runs as fast per FMA as a panel of eight. MAXACC bounds the leftover
+ * tiles (fewer vectors, more rows). */
 #if defined(__AVX512F__)
-#define VL 16 /* 32 zmm: 8 x 2 = 16 accumulators */
-#define TR 8
-#define TV 2
+#define VL 16 /* 32 zmm */
+#define TR8 8
+#define TV8 2 /* 16 accumulators + 2 inputs, the whole panel at once */
+#define TV4 4 /* 16 + 4 */
+#define TV2 8 /* 16 + 8 */
+#define TV1 12 /* 12 accumulators, inputs straight from memory as the FMA's operand, 1 weight */
+#define MAXACC 24
 #elif defined(__AVX__)
-#define VL 8 /* 16 ymm: 4 x 3 = 12 accumulators + 3 inputs + 1 weight; a panel runs as two halves */
-#define TR 4
-#define TV 3
+#define VL 8 /* 16 ymm */
+#define TR8 4
+#define TV8 3 /* 12 accumulators + 3 inputs + 1 weight = 16; an 8-row panel runs as two halves */
+#define TV4 3
+#define TV2 5 /* 10 + 5 + 1 */
+#define TV1 12 /* 12 + 1 weight, inputs from memory */
+#define MAXACC 12
 #else
-#define VL 4 /* SSE2 and NEON: 16-byte vectors, at least 16 registers, so the AVX tile */
-#define TR 4
-#define TV 3
+#define VL 4 /* SSE2 and NEON: 16-byte vectors, 16 registers on SSE2 and no FMA, so each multiply needs a */
+#define TR8 4 /* temporary: 8 accumulators + 2 inputs + weight + product (4x3 spilled on SSE2) */
+#define TV8 2
+#define TV4 2
+#define TV2 4
+#define TV1 8
+#define MAXACC 8
 #endif
+#define TVMAX 12
 /* The GEMV works on the 8 rows of a panel as RV vectors of GW floats: one register wherever vectors hold 8
  * floats (AVX-512 uses ymm here too), two on 16-byte vectors. GS: samples per batched-GEMV tile, one
  * accumulator each, so 8 accumulator registers (FMA latency x FMA ports) plus the weights fit 16. */
@@ -159,10 +176,11 @@ static void parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) {
 
 typedef struct {
     int Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw, n_panels;
+    int R;              /* panel height: 1, 2, 4 or 8 output channels (the layer's block height, see kernels.py) */
     int32_t *panel_ptr; /* [n_panels + 1] into ch / w */
     int32_t *ch;        /* [nnz] kept input channel */
-    float *w;           /* [nnz][kh*kw][ROWS] */
-    float *bias;        /* [n_panels * ROWS], zeros when the layer has none */
+    float *w;           /* [nnz][kh*kw][R] */
+    float *bias;        /* [n_panels * R], zeros when the layer has none */
     int32_t *tap_off;   /* [kh*kw] offset of each tap in a prepared channel */
     int32_t *used;      /* [n_used] input channels some panel keeps: the only ones worth preparing */
     int n_used;
@@ -200,15 +218,17 @@ EXPORT void up_conv_destroy(conv_plan *p) {
     free(p);
 }
 
-/* geom: Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw. Copies all arrays; returns NULL on bad input. */
-EXPORT conv_plan *up_conv_create(const int32_t *geom, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
-                                 const float *w, const float *bias) {
+/* geom: Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw; R: panel height (1, 2, 4 or 8). Copies all arrays; returns
+ * NULL on bad input. */
+EXPORT conv_plan *up_conv_create(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr,
+                                 const int32_t *ch, const float *w, const float *bias) {
     conv_plan *p = calloc(1, sizeof(conv_plan));
     if (!p) return NULL;
     p->Co = geom[0]; p->Ci = geom[1]; p->kh = geom[2]; p->kw = geom[3];
     p->sh = geom[4]; p->sw = geom[5]; p->ph = geom[6]; p->pw = geom[7]; p->dh = geom[8]; p->dw = geom[9];
+    p->R = R;
     if (p->Co < 1 || p->Ci < 1 || p->kh < 1 || p->kw < 1 || p->sh < 1 || p->sw < 1 || p->ph < 0 || p->pw < 0 ||
-        p->dh < 1 || p->dw < 1 || n_panels != (p->Co + ROWS - 1) / ROWS) {
+        p->dh < 1 || p->dw < 1 || (R != 1 && R != 2 && R != 4 && R != 8) || n_panels != (p->Co + R - 1) / R) {
         free(p);
         return NULL;
     }
@@ -216,8 +236,8 @@ EXPORT conv_plan *up_conv_create(const int32_t *geom, int n_panels, const int32_
     int64_t nnz = panel_ptr[n_panels], taps = (int64_t)p->kh * p->kw;
     p->panel_ptr = xalloc(sizeof(int32_t) * (n_panels + 1));
     p->ch = xalloc(sizeof(int32_t) * (nnz + 1));
-    p->w = xalloc(sizeof(float) * (nnz * taps * ROWS + 1));
-    p->bias = xalloc(sizeof(float) * n_panels * ROWS);
+    p->w = xalloc(sizeof(float) * (nnz * taps * R + ROWS));
+    p->bias = xalloc(sizeof(float) * n_panels * R);
     p->tap_off = xalloc(sizeof(int32_t) * taps);
     p->used = xalloc(sizeof(int32_t) * p->Ci);
     if (!p->panel_ptr || !p->ch || !p->w || !p->bias || !p->tap_off || !p->used) {
@@ -236,76 +256,133 @@ EXPORT conv_plan *up_conv_create(const int32_t *geom, int n_panels, const int32_
     }
     for (int c = 0; c < p->Ci; c++)
         if (p->used[c]) p->used[p->n_used++] = c;
-    memcpy(p->w, w, sizeof(float) * nnz * taps * ROWS);
-    memset(p->bias, 0, sizeof(float) * n_panels * ROWS);
+    memcpy(p->w, w, sizeof(float) * nnz * taps * R);
+    memset(p->bias, 0, sizeof(float) * n_panels * R);
     if (bias) memcpy(p->bias, bias, sizeof(float) * p->Co);
     return p;
 }
 
 /* Pad and split one input channel into its stride phases, so every tap reads a contiguous run:
- * phase (py, px)[i][j] = xpad[i*sh + py][j*sw + px]. */
-static void conv_prep_task(void *ctx, int64_t item, int tid) {
+ * phase (py, px)[i][j] = xpad[i*sh + py][j*sw + px]. Each element is written once, zeros included, by
+ * phase row: the earlier version zeroed the channel and then scattered every input element with two
+ * divisions, which made the stride-2 conv's prepare pass cost as much as its compute. */
+/* Strided gather of a short row: scalar, since vectorised code for rows of 8 to 17 elements spent its time in
+ * prologue and epilogue; no-tree-loop-distribute-patterns keeps GCC from turning the zero and copy loops
+ * back into a libc call per row (a call per row of 8 to 34 floats cost more than the copy). */
+__attribute__((optimize("no-tree-vectorize", "no-tree-loop-distribute-patterns"))) static void
+gather_row(float *restrict d, const float *restrict s, int n, int stride) {
+    for (int j = 0; j < n; j++) d[j] = s[(int64_t)j * stride];
+}
+
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+#if VL == 16
+#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#elif VL == 8
+#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14}
+#else
+#define EVEN_LANES {0, 2, 4, 6}
+#endif
+
+/* d0[j] = s[2j], d1[j] = s[2j+1] for j < n: the stride-2 phase split of one padded row, two shuffles per VL
+ * outputs of each phase (a scalar split was a third of a stride-2 conv's time at 8x8 outputs). s must
+ * hold 2n + 2VL floats. */
+static void split2_row(float *restrict d0, float *restrict d1, const float *restrict s, int n) {
+    const vi even = EVEN_LANES, odd = even + 1;
+    int j = 0;
+    for (; j + VL <= n; j += VL) {
+        vf a = *(const vf *)(s + 2 * j), b = *(const vf *)(s + 2 * j + VL);
+        *(vf *)(d0 + j) = __builtin_shuffle(a, b, even);
+        *(vf *)(d1 + j) = __builtin_shuffle(a, b, odd);
+    }
+    for (; j < n; j++) {
+        d0[j] = s[2 * j];
+        d1[j] = s[2 * j + 1];
+    }
+}
+
+/* Pad and split one input channel into its stride phases, so every tap reads a contiguous run:
+ * phase (py, px)[i][j] = xpad[i*sh + py][j*sw + px]. Every element is written once, zeros included. The
+ * first version zeroed the channel and scattered each input element with two divisions: at stride 2 that
+ * prepare pass cost as much as the conv's compute. Stride 1 copies rows in place; wider strides pad
+ * each input row once into rowbuf and split it. */
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) static void conv_prep_task(void *ctx, int64_t item,
+                                                                                      int tid) {
     (void)tid;
     conv_plan *p = ctx;
     int64_t n = item / p->n_used;
     int c = p->used[item % p->n_used];
     const float *src = p->x + (n * p->Ci + c) * (int64_t)p->H * p->W;
     float *dst = p->xbuf + n * p->img_stride + c * p->chstride;
-    if (p->sh == 1 && p->sw == 1) { /* each padded row written once: at 8x8 a memset first cost as much again */
-        for (int i = 0; i < p->Hph; i++) {
-            float *d = dst + (int64_t)i * p->Wph;
-            int r = i - p->ph;
+    const int sh = p->sh, sw = p->sw, Wph = p->Wph, W = p->W, pw = p->pw;
+    if (sw == 1) {
+        for (int pr = 0; pr < p->Hph * sh; pr++) {
+            float *d = dst + (int64_t)(pr % sh) * p->plane + (int64_t)(pr / sh) * Wph;
+            int r = pr - p->ph, j = 0;
             if (r < 0 || r >= p->H) {
-                for (int j = 0; j < p->Wph; j++) d[j] = 0;
+                for (; j < Wph; j++) d[j] = 0;
                 continue;
             }
-            const float *s = src + (int64_t)r * p->W;
-            for (int j = 0; j < p->pw; j++) d[j] = 0;
-            for (int j = 0; j < p->W; j++) d[p->pw + j] = s[j];
-            for (int j = p->pw + p->W; j < p->Wph; j++) d[j] = 0;
+            const float *s = src + (int64_t)r * W;
+            int wn = W < Wph - pw ? W : Wph - pw;
+            for (; j < pw; j++) d[j] = 0;
+            for (j = 0; j < wn; j++) d[pw + j] = s[j];
+            for (j = pw + wn; j < Wph; j++) d[j] = 0;
         }
         return;
     }
-    memset(dst, 0, sizeof(float) * p->chstride);
-    for (int r = 0; r < p->H; r++) {
-        int pr = r + p->ph, py = pr % p->sh, i = pr / p->sh;
-        const float *s = src + (int64_t)r * p->W;
-        if (p->sw == 1) {
-            memcpy(dst + (int64_t)py * p->plane + (int64_t)i * p->Wph + p->pw, s, sizeof(float) * p->W);
+    int blen = Wph * sw + 2 * VL;
+    float rowbuf[blen] __attribute__((aligned(64)));
+    for (int j = 0; j < blen; j++) rowbuf[j] = 0;
+    for (int pr = 0; pr < p->Hph * sh; pr++) {
+        int r = pr - p->ph, py = pr % sh;
+        float *d = dst + (int64_t)py * sw * p->plane + (int64_t)(pr / sh) * Wph;
+        if (r < 0 || r >= p->H) {
+            for (int px = 0; px < sw; px++)
+                for (int j = 0; j < Wph; j++) d[px * p->plane + j] = 0;
+            continue;
+        }
+        const float *s = src + (int64_t)r * W;
+        int wn = W < blen - pw ? W : blen - pw;
+        for (int j = 0; j < wn; j++) rowbuf[pw + j] = s[j]; /* the pads around stay zero */
+        if (sw == 2) {
+            split2_row(d, d + p->plane, rowbuf, Wph);
         } else {
-            for (int col = 0; col < p->W; col++) {
-                int pc = col + p->pw, px = pc % p->sw, j = pc / p->sw;
-                dst[(int64_t)(py * p->sw + px) * p->plane + (int64_t)i * p->Wph + j] = s[col];
-            }
+            for (int px = 0; px < sw; px++) gather_row(d + px * p->plane, rowbuf + px, Wph, sw);
         }
     }
 }
 
-/* One register tile: rows r0..r0+NR-1 of the panel x output vectors g0..g0+NV-1, accumulated over the
- * panel's kept channels and stored to out (row r at out + r * ostride). NR and NV are constants at every
- * call site, so acc[][] lives in registers. */
+/* One register tile: rows r0..r0+NR-1 of a panel of R rows x output vectors g0..g0+NV-1, accumulated over
+ * the panel's kept channels and stored to out (row r at out + r * ostride). R, NR and NV are constants at
+ * every call site, so acc[][] lives in registers. */
 static inline __attribute__((always_inline)) void conv_tile(const conv_plan *p, const float *xb, int k0, int k1,
                                                             int r0, int rows, int64_t g0, const float *bias,
-                                                            float *out, int64_t ostride, int NR, int NV) {
-    int64_t xo[TV], yo[TV];
+                                                            float *out, int64_t ostride, const int R,
+                                                            const int NR, const int NV) {
+    int64_t xo[TVMAX], yo[TVMAX];
     for (int v = 0; v < NV; v++) {
         xo[v] = p->vx[g0 + v];
         yo[v] = p->vy[g0 + v];
     }
-    vf acc[ROWS][TV];
+    vf acc[ROWS][TVMAX];
     for (int r = 0; r < NR; r++)
         for (int v = 0; v < NV; v++) acc[r][v] = (vf){0} + bias[r0 + r];
     const int taps = p->kh * p->kw;
     for (int k = k0; k < k1; k++) {
         const float *xc = xb + (int64_t)p->ch[k] * p->chstride;
-        const float *wk = p->w + (int64_t)k * taps * ROWS + r0;
+        const float *wk = p->w + (int64_t)k * taps * R + r0;
         for (int t = 0; t < taps; t++) {
             const float *xp = xc + p->tap_off[t];
-            const float *wt = wk + t * ROWS;
-            vf xv[TV];
-            for (int v = 0; v < NV; v++) xv[v] = *(const vf *)(xp + xo[v]);
-            for (int r = 0; r < NR; r++)
-                for (int v = 0; v < NV; v++) acc[r][v] += xv[v] * wt[r];
+            const float *wt = wk + t * R;
+            if (NR == 1) { /* inputs straight from memory as the FMA's operand: no input registers needed */
+                vf wv = (vf){0} + wt[0];
+                for (int v = 0; v < NV; v++) acc[0][v] += *(const vf *)(xp + xo[v]) * wv;
+            } else {
+                vf xv[TVMAX];
+                for (int v = 0; v < NV; v++) xv[v] = *(const vf *)(xp + xo[v]);
+                for (int r = 0; r < NR; r++)
+                    for (int v = 0; v < NV; v++) acc[r][v] += xv[v] * wt[r];
+            }
         }
     }
     for (int r = 0; r < NR; r++)
@@ -313,15 +390,38 @@ static inline __attribute__((always_inline)) void conv_tile(const conv_plan *p, 
             for (int v = 0; v < NV; v++) *(vf *)(out + (r0 + r) * ostride + yo[v]) = acc[r][v];
 }
 
+/* The tiles of one panel of R rows: full TV-vector tiles of TR rows, then the leftover vectors in one tile
+ * of as many rows as MAXACC accumulators allow (for R = 8 on AVX2: 8 rows x 1 vector). */
+#define CONV_LEFT(NVL)                                                                                          \
+    case NVL: {                                                                                                 \
+        enum { NRL = (R * NVL <= MAXACC ? R : TR) };                                                            \
+        if (NVL < TV) /* constant: leftovers never reach TV, and the variants past it would spill */           \
+            for (int r0 = 0; r0 < rows; r0 += NRL) conv_tile(p, xb, k0, k1, r0, rows, g, bias, out, ostride, R, NRL, NVL); \
+        break;                                                                                                  \
+    }
+#define CONV_PANEL(RR, TRR, TVV)                                                                                \
+    do {                                                                                                        \
+        enum { R = RR, TR = TRR, TV = TVV };                                                                    \
+        int64_t g = 0;                                                                                          \
+        for (; g + TV <= p->nvec; g += TV)                                                                      \
+            for (int r0 = 0; r0 < rows; r0 += TR) conv_tile(p, xb, k0, k1, r0, rows, g, bias, out, ostride, R, TR, TV); \
+        switch (p->nvec - g) {                                                                                  \
+            CONV_LEFT(1) CONV_LEFT(2) CONV_LEFT(3) CONV_LEFT(4) CONV_LEFT(5) CONV_LEFT(6)                       \
+            CONV_LEFT(7) CONV_LEFT(8) CONV_LEFT(9) CONV_LEFT(10) CONV_LEFT(11)                                   \
+            default: break;                                                                                     \
+        }                                                                                                       \
+    } while (0)
+
 static void conv_compute_task(void *ctx, int64_t item, int tid) {
     conv_plan *p = ctx;
     int64_t n = item / p->n_panels;
     int pn = (int)(item % p->n_panels);
+    const int R = p->R;
     int k0 = p->panel_ptr[pn], k1 = p->panel_ptr[pn + 1];
-    int rows = p->Co - pn * ROWS < ROWS ? p->Co - pn * ROWS : ROWS;
-    const float *bias = p->bias + pn * ROWS;
+    int rows = p->Co - pn * R < R ? p->Co - pn * R : R;
+    const float *bias = p->bias + pn * R;
     int64_t out_plane = (int64_t)p->Ho * p->Wo;
-    float *y = p->y + (n * p->Co + (int64_t)pn * ROWS) * out_plane;
+    float *y = p->y + (n * p->Co + (int64_t)pn * R) * out_plane;
     if (k0 == k1) { /* the whole output-channel block is pruned */
         for (int r = 0; r < rows; r++)
             for (int64_t i = 0; i < out_plane; i++) y[r * out_plane + i] = bias[r];
@@ -330,22 +430,21 @@ static void conv_compute_task(void *ctx, int64_t item, int tid) {
     const float *xb = p->xbuf + n * p->img_stride;
     float *out = p->direct ? y : p->obuf + (int64_t)tid * ROWS * p->Qpad;
     int64_t ostride = p->direct ? out_plane : p->Qpad;
-    /* The last vectors go to tiles that still have >= 8 accumulators (the FMA latency x the FMA ports):
-     * 2-vector tiles of TR rows, then one 1-vector tile of the whole panel. */
-    int64_t g_full = p->nvec / TV * TV;
-    int64_t g_pairs = TV > 2 ? g_full + (p->nvec - g_full) / 2 * 2 : g_full;
-    for (int r0 = 0; r0 < rows; r0 += TR) {
-        for (int64_t g = 0; g < g_full; g += TV)
-            conv_tile(p, xb, k0, k1, r0, rows, g, bias, out, ostride, TR, TV);
-        for (int64_t g = g_full; g < g_pairs; g += 2)
-            conv_tile(p, xb, k0, k1, r0, rows, g, bias, out, ostride, TR, 2);
+    switch (R) {
+    case 8: CONV_PANEL(8, TR8, TV8); break;
+    case 4: CONV_PANEL(4, 4, TV4); break;
+    case 2: CONV_PANEL(2, 2, TV2); break;
+    default: CONV_PANEL(1, 1, TV1); break;
     }
-    if (g_pairs < p->nvec) conv_tile(p, xb, k0, k1, 0, rows, g_pairs, bias, out, ostride, ROWS, 1);
     if (p->direct) return;
+    const int Wo = p->Wo, Wph = p->Wph;
+#pragma GCC unroll 1
     for (int r = 0; r < rows; r++)
-        for (int oy = 0; oy < p->Ho; oy++)
-            memcpy(y + r * out_plane + (int64_t)oy * p->Wo, out + r * p->Qpad + (int64_t)oy * p->Wph,
-                   sizeof(float) * p->Wo);
+        for (int oy = 0; oy < p->Ho; oy++) { /* a loop, not memcpy: rows of 7 to 16 floats */
+            float *d = y + r * out_plane + (int64_t)oy * Wo;
+            const float *o = out + r * p->Qpad + (int64_t)oy * Wph;
+            for (int j = 0; j < Wo; j++) d[j] = o[j];
+        }
 }
 
 /* A whole image per work item: its prepared input is still in L1/L2 when its panels read it (7 to 12 %
@@ -653,6 +752,50 @@ EXPORT int up_gemv_run(gemv_plan *p, const float *x, float *y, int N, int nthrea
     parallel_for(items, nthreads, gemv_task, p);
     if (tiles) pthread_mutex_unlock(&g_scratch_mu);
     return 0;
+}
+
+/* ------------------------------------------------------------------ FMA peak probe ------------- */
+/* The core's FMA peak for this build's vector type: MAXACC independent chains (more than latency x ports on
+ * every target here), so the loop is bound by FMA throughput alone. What a kernel's "share of the FMA
+ * peak" divides by (kernels.fma_peak_gflops). */
+typedef struct {
+    double seconds;
+    double flops[MAX_THREADS];
+} fma_probe_ctx;
+
+static void fma_probe_task(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    fma_probe_ctx *c = ctx;
+    volatile float mv = 0.9999999f, av = 1e-7f; /* volatile: the chains must not be folded to constants */
+    vf m = (vf){0} + mv, a = (vf){0} + av, acc[MAXACC];
+    for (int i = 0; i < MAXACC; i++) acc[i] = (vf){0} + (float)i * 1e-3f;
+    int64_t reps = 0, t0 = now_ns(), limit = (int64_t)(c->seconds * 1e9);
+    do {
+        for (int rep = 0; rep < 4096; rep++) {
+#pragma GCC unroll 32
+            for (int i = 0; i < MAXACC; i++) acc[i] = acc[i] * m + a;
+        }
+        reps += 4096;
+    } while (now_ns() - t0 < limit);
+    vf sum = (vf){0};
+    for (int i = 0; i < MAXACC; i++) sum += acc[i];
+    volatile float sink = sum[0];
+    (void)sink;
+    c->flops[item] = (double)reps * MAXACC * VL * 2;
+}
+
+/* Measured GFLOP/s of vector FMAs on nthreads threads (each for about `seconds`), summed over threads. */
+EXPORT double up_fma_peak(double seconds, int nthreads) {
+    fma_probe_ctx c;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    c.seconds = seconds > 0 ? seconds : 0.1;
+    memset(c.flops, 0, sizeof(c.flops));
+    int64_t t0 = now_ns();
+    parallel_for(nthreads, nthreads, fma_probe_task, &c);
+    double total = 0, ns = (double)(now_ns() - t0);
+    for (int i = 0; i < nthreads; i++) total += c.flops[i];
+    return total / ns;
 }
 
 /* Which vector instructions this build was compiled for, so Python can report it. */
