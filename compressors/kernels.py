@@ -39,6 +39,8 @@ from .errors import ConfigError, KernelBuildError
 ROWS = 8  # the largest panel height; also the compact unified GEMV block height
 PANEL_HEIGHTS = (1, 2, 4, 8)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "uniprune_kernels.c"
+# compiled into the same library: the lean path's whole-model executor calls the kernels' plans directly
+SOURCES = (SOURCE, SOURCE.parent / "uniprune_plan.c")
 ISAS = ("auto", "avx512", "avx2", "generic")
 _COMMON_FLAGS = ["-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-ffp-contract=fast"]
 # Per forced ISA: flag sets tried in order (a compiler that rejects the first gets the next), the CPU flags
@@ -113,7 +115,7 @@ def _compiler() -> str:
 
 def source_hash() -> str:
     """sha256 (16 hex digits) of the kernel source; part of the library's cache key and the latency cache's."""
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES)).hexdigest()[:16]
 
 
 def _flags_key(cc: str, flags: list[str]) -> str:
@@ -143,7 +145,7 @@ def build(force: bool = False, verbose: bool = False, isa: str | None = None) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=path.parent)
         os.close(fd)
-        cmd = [cc, *flags, "-o", tmp, str(SOURCE)]
+        cmd = [cc, *flags, "-o", tmp, *map(str, SOURCES)]
         if verbose:
             print(" ".join(cmd), file=sys.stderr)
         try:

@@ -1,0 +1,522 @@
+/* uniprune's lean execution path: a whole network as one native plan, run in one call per forward pass.
+ *
+ * A plan is a list of ops over numbered float32 buffers, each holding one activation of N samples laid out
+ * C-contiguous (NCHW, or [N][F] after a flatten). Buffer 0 is the caller's input and buffer 1 the caller's
+ * output; the others are allocated by the plan, once per batch size it has not seen yet, and reused by
+ * values whose lifetimes do not overlap (the Python side, compressors/plan.py, assigns them). Per-sample
+ * shapes are fixed when the plan is built; the batch N is given per run.
+ *
+ * Convolutions and linears run on the kernel library's own block-sparse plans (uniprune_kernels.c, compiled
+ * into the same shared library) through its exported entry points; a layer left dense runs there with
+ * every block kept. This file never looks inside those plans, so their layout can change freely.
+ *
+ * Why: at batch 1 a ResNet-56 layer takes 20 to 100 us and the Python path around each native call cost
+ * about 5 us of it (110 calls). Here the only per-layer overhead is a function call and a switch.
+ *
+ * Epilogues (residual add, ReLU, clamp) run as one vector pass over the op's output right after it, while
+ * it is still in L1/L2; the conv kernel writes its output once and the pass reads and writes it again.
+ * Elementwise ops and the direct grouped conv run on the calling thread: the kernel library's thread pool
+ * is not exported, and a second pool would fight it for the cores (see docs/KERNELS.md, "Threads").
+ */
+#include <float.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* The kernel library's entry points (uniprune_kernels.c). Called from exactly one place each below
+ * (conv_call, gemv_call), so a change of their signatures is a change of two lines here. */
+int up_conv_run(void *plan, const float *x, float *y, int N, int H, int W, int nthreads);
+int up_gemv_run(void *plan, const float *x, float *y, int N, int nthreads);
+
+/* Op kinds; the numbers are part of the interface with compressors/plan.py. */
+enum {
+    OP_CONV = 1,    /* block-sparse conv plan (groups = 1) */
+    OP_GEMV = 2,    /* block-sparse linear plan: [N][C*H*W] -> [N][Co] */
+    OP_GCONV = 3,   /* grouped / depthwise conv, direct loops over dense weights */
+    OP_ADD = 4,     /* out = in0 + in1 (same shape) */
+    OP_ACT = 5,     /* out = act(in0) */
+    OP_AFFINE = 6,  /* out[c] = in0[c] * scale[c] + shift[c]: a BatchNorm that was not folded */
+    OP_GAP = 7,     /* global average pool: [N][C][H][W] -> [N][C][1][1] */
+    OP_POOL = 8,    /* max or average pool 2d */
+    OP_SLICEPAD = 9, /* out[c + clo][i + pt][j + pl] = in[c][i * sh][j * sw], zeros elsewhere */
+    OP_COPY = 10,   /* out = in0 */
+    OP_IM2COL = 11, /* conv (groups = 1) as im2col over the whole batch + a block-sparse kernel, see run_im2col */
+};
+
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_CLAMP = 2 };
+
+/* Integer header every op is given, in this order, followed by its own parameters. */
+enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
+/* OP_GCONV: kh kw sh sw ph pw dh dw groups has_bias; floats: lo hi, weight [Co][C/groups][kh][kw], bias [Co] */
+/* OP_POOL: kh kw sh sw ph pw is_max count_include_pad */
+/* OP_SLICEPAD: sh sw clo pt pl */
+/* OP_IM2COL: kh kw sh sw ph pw dh dw mode; kplan: mode 0 a linear plan of weight [Co][C*kh*kw], mode 1 a
+ * 1x1 conv plan of weight [Co][C*kh*kw][1][1] */
+#define MAX_INTS 32
+
+typedef struct {
+    int kind;
+    int in0, in1, out, act;
+    float lo, hi;
+    int C, H, W, Co, Ho, Wo;
+    int p[MAX_INTS - I_HEADER];
+    float *f; /* owned: per-channel parameters or weights */
+    void *kplan; /* borrowed: the kernel library's plan, kept alive by the Python side */
+} up_op;
+
+typedef struct {
+    int n_ops, cap_ops, n_bufs;
+    up_op *ops;
+    int64_t *size;  /* [n_bufs] floats per sample (0 for buffers 0 and 1: the caller's) */
+    float **buf;    /* [n_bufs] allocations for cap_n samples */
+    int cap_n;
+    /* scratch of the im2col ops, floats per sample: the patches and the linear's [pixel][Co] output */
+    int64_t col_size, rows_size;
+    float *col, *rows;
+} up_plan;
+
+static void *xalloc(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
+    return p;
+}
+
+EXPORT void up_plan_destroy(up_plan *p) {
+    if (!p) return;
+    for (int i = 0; i < p->n_ops; i++) free(p->ops[i].f);
+    for (int b = 0; b < p->n_bufs; b++) free(p->buf[b]);
+    free(p->ops);
+    free(p->col);
+    free(p->rows);
+    free(p->size);
+    free(p->buf);
+    free(p);
+}
+
+/* sizes: floats per sample of each buffer (entries 0 and 1 are ignored). NULL on bad input or no memory. */
+EXPORT up_plan *up_plan_create(int n_bufs, const int64_t *sizes) {
+    if (n_bufs < 2) return NULL;
+    up_plan *p = calloc(1, sizeof(up_plan));
+    if (!p) return NULL;
+    p->n_bufs = n_bufs;
+    p->size = calloc((size_t)n_bufs, sizeof(int64_t));
+    p->buf = calloc((size_t)n_bufs, sizeof(float *));
+    if (!p->size || !p->buf) {
+        up_plan_destroy(p);
+        return NULL;
+    }
+    for (int b = 2; b < n_bufs; b++) {
+        if (sizes[b] < 0) {
+            up_plan_destroy(p);
+            return NULL;
+        }
+        p->size[b] = sizes[b];
+    }
+    return p;
+}
+
+static int64_t plane_of(const up_op *o) { return (int64_t)o->C * o->H * o->W; }
+static int64_t oplane_of(const up_op *o) { return (int64_t)o->Co * o->Ho * o->Wo; }
+
+/* Append one op. ints: the I_HEADER header then the kind's parameters (n_ints in all); floats: lo, hi of
+ * the clamp, then the kind's float data (copied). Returns the op's index, or -1 on bad input, -2 without
+ * memory. */
+EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, const float *floats, int64_t n_floats,
+                       void *kplan) {
+    if (!p || n_ints < I_HEADER || n_ints > MAX_INTS || n_floats < 2) return -1;
+    if (p->n_ops == p->cap_ops) {
+        int cap = p->cap_ops ? 2 * p->cap_ops : 32;
+        up_op *ops = realloc(p->ops, sizeof(up_op) * (size_t)cap);
+        if (!ops) return -2;
+        p->ops = ops;
+        p->cap_ops = cap;
+    }
+    up_op o;
+    memset(&o, 0, sizeof(o));
+    o.kind = kind;
+    o.in0 = ints[I_IN0]; o.in1 = ints[I_IN1]; o.out = ints[I_OUT]; o.act = ints[I_ACT];
+    o.C = ints[I_C]; o.H = ints[I_H]; o.W = ints[I_W]; o.Co = ints[I_CO]; o.Ho = ints[I_HO]; o.Wo = ints[I_WO];
+    for (int i = I_HEADER; i < n_ints; i++) o.p[i - I_HEADER] = ints[i];
+    o.lo = floats[0];
+    o.hi = floats[1];
+    o.kplan = kplan;
+    int nb = p->n_bufs;
+    if (kind < OP_CONV || kind > OP_IM2COL || o.in0 < 0 || o.in0 >= nb || o.out < 1 || o.out >= nb ||
+        o.in1 < -1 || o.in1 >= nb || o.act < ACT_NONE || o.act > ACT_CLAMP || o.C < 1 || o.H < 1 || o.W < 1 ||
+        o.Co < 1 || o.Ho < 1 || o.Wo < 1 || (o.out == o.in1 && kind != OP_ADD) ||
+        ((kind == OP_CONV || kind == OP_GEMV || kind == OP_IM2COL) && !kplan) || (kind == OP_ADD && o.in1 < 0))
+        return -1;
+    /* ops that read a position after writing another must not run in place */
+    if (o.out == o.in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY) return -1;
+    int64_t nf = n_floats - 2;
+    if (kind == OP_GCONV) {
+        int g = o.p[8];
+        if (g < 1 || o.C % g || o.Co % g) return -1;
+        int64_t nw = (int64_t)o.Co * (o.C / g) * o.p[0] * o.p[1];
+        if (nf != nw + (o.p[9] ? o.Co : 0)) return -1;
+    } else if (kind == OP_AFFINE) {
+        if (nf != 2 * (int64_t)o.C) return -1;
+    } else if (nf != 0) {
+        return -1;
+    }
+    if (nf) {
+        o.f = xalloc(sizeof(float) * (size_t)nf);
+        if (!o.f) return -2;
+        memcpy(o.f, floats + 2, sizeof(float) * (size_t)nf);
+    }
+    if (kind == OP_IM2COL) {
+        int64_t pix = (int64_t)o.Ho * o.Wo, k = (int64_t)o.C * o.p[0] * o.p[1];
+        if (p->col_size < pix * k) p->col_size = pix * k;
+        if (p->rows_size < pix * o.Co) p->rows_size = pix * o.Co;
+    }
+    p->ops[p->n_ops] = o;
+    return p->n_ops++;
+}
+
+/* ---------------------------------------------------------------------------------- elementwise ---- */
+
+/* y = act(a (+ b)), n floats; b may be NULL; y may alias a or b. One pass, vectorised by the compiler. */
+static void ewise(float *y, const float *a, const float *b, int64_t n, int act, float lo, float hi) {
+    if (b) {
+        if (act == ACT_RELU)
+            for (int64_t i = 0; i < n; i++) { float v = a[i] + b[i]; y[i] = v > 0 ? v : 0; }
+        else if (act == ACT_CLAMP)
+            for (int64_t i = 0; i < n; i++) { float v = a[i] + b[i]; v = v < lo ? lo : v; y[i] = v > hi ? hi : v; }
+        else
+            for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    } else {
+        if (act == ACT_RELU)
+            for (int64_t i = 0; i < n; i++) y[i] = a[i] > 0 ? a[i] : 0;
+        else if (act == ACT_CLAMP)
+            for (int64_t i = 0; i < n; i++) { float v = a[i] < lo ? lo : a[i]; y[i] = v > hi ? hi : v; }
+        else if (y != a)
+            memcpy(y, a, sizeof(float) * (size_t)n);
+    }
+}
+
+/* --------------------------------------------------------------------------------- other kernels ---- */
+
+static int conv_call(void *kplan, const float *x, float *y, int N, int H, int W, int nthreads) {
+    return up_conv_run(kplan, x, y, N, H, W, nthreads);
+}
+
+static int gemv_call(void *kplan, const float *x, float *y, int N, int nthreads) {
+    return up_gemv_run(kplan, x, y, N, nthreads);
+}
+
+/* Grouped conv by direct loops: per (image, output channel), for every input channel of its group and tap,
+ * one axpy over each output row's valid columns. Written for depthwise convs (one input channel per
+ * group), where a GEMM-shaped kernel has nothing to reuse; stride-1 rows vectorise. */
+static void run_gconv(const up_op *o, const float *x, float *y, int N) {
+    const int kh = o->p[0], kw = o->p[1], sh = o->p[2], sw = o->p[3], ph = o->p[4], pw = o->p[5];
+    const int dh = o->p[6], dw = o->p[7], g = o->p[8], has_bias = o->p[9];
+    const int cig = o->C / g, cog = o->Co / g, H = o->H, W = o->W, Ho = o->Ho, Wo = o->Wo;
+    const float *wts = o->f, *bias = has_bias ? o->f + (int64_t)o->Co * cig * kh * kw : NULL;
+    const int64_t iplane = (int64_t)H * W, oplane = (int64_t)Ho * Wo;
+    for (int n = 0; n < N; n++)
+        for (int oc = 0; oc < o->Co; oc++) {
+            float *yo = y + ((int64_t)n * o->Co + oc) * oplane;
+            float b = bias ? bias[oc] : 0.0f;
+            for (int64_t i = 0; i < oplane; i++) yo[i] = b;
+            int ic0 = oc / cog * cig;
+            for (int ci = 0; ci < cig; ci++) {
+                const float *xi = x + ((int64_t)n * o->C + ic0 + ci) * iplane;
+                for (int ky = 0; ky < kh; ky++)
+                    for (int kx = 0; kx < kw; kx++) {
+                        float wv = wts[(((int64_t)oc * cig + ci) * kh + ky) * kw + kx];
+                        int xoff = kx * dw - pw;
+                        /* output columns whose input column ox*sw + xoff lies in [0, W) */
+                        int lo = xoff >= 0 ? 0 : (-xoff + sw - 1) / sw;
+                        int hi = W - 1 - xoff < 0 ? -1 : (W - 1 - xoff) / sw;
+                        if (hi > Wo - 1) hi = Wo - 1;
+                        if (lo > hi) continue;
+                        for (int oy = 0; oy < Ho; oy++) {
+                            int iy = oy * sh - ph + ky * dh;
+                            if (iy < 0 || iy >= H) continue;
+                            const float *xr = xi + (int64_t)iy * W + xoff;
+                            float *yr = yo + (int64_t)oy * Wo;
+                            if (sw == 1)
+                                for (int ox = lo; ox <= hi; ox++) yr[ox] += wv * xr[ox];
+                            else
+                                for (int ox = lo; ox <= hi; ox++) yr[ox] += wv * xr[(int64_t)ox * sw];
+                        }
+                    }
+            }
+        }
+}
+
+static void run_affine(const up_op *o, const float *x, float *y, int N) {
+    const int64_t plane = (int64_t)o->H * o->W;
+    const float *scale = o->f, *shift = o->f + o->C;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < o->C; c++) {
+            const float *xi = x + ((int64_t)n * o->C + c) * plane;
+            float *yi = y + ((int64_t)n * o->C + c) * plane;
+            const float s = scale[c], t = shift[c];
+            for (int64_t i = 0; i < plane; i++) yi[i] = xi[i] * s + t;
+        }
+}
+
+static void run_gap(const up_op *o, const float *x, float *y, int N) {
+    const int64_t plane = (int64_t)o->H * o->W;
+    const float inv = 1.0f / (float)plane;
+    for (int64_t nc = 0; nc < (int64_t)N * o->C; nc++) {
+        const float *xi = x + nc * plane;
+        float s = 0;
+        for (int64_t i = 0; i < plane; i++) s += xi[i];
+        y[nc] = s * inv;
+    }
+}
+
+/* Max or average pool without ceil mode (torch's default); average divides by the window inside the padded
+ * input when count_include_pad (torch's default), else by its part inside the input. */
+static void run_pool(const up_op *o, const float *x, float *y, int N) {
+    const int kh = o->p[0], kw = o->p[1], sh = o->p[2], sw = o->p[3], ph = o->p[4], pw = o->p[5];
+    const int is_max = o->p[6], include_pad = o->p[7];
+    const int H = o->H, W = o->W, Ho = o->Ho, Wo = o->Wo;
+    for (int64_t nc = 0; nc < (int64_t)N * o->C; nc++) {
+        const float *xi = x + nc * H * W;
+        float *yo = y + nc * Ho * Wo;
+        for (int oy = 0; oy < Ho; oy++) {
+            int y0 = oy * sh - ph, y1 = y0 + kh;
+            int ya = y0 < 0 ? 0 : y0, yb = y1 > H ? H : y1;
+            for (int ox = 0; ox < Wo; ox++) {
+                int x0 = ox * sw - pw, x1 = x0 + kw;
+                int xa = x0 < 0 ? 0 : x0, xb = x1 > W ? W : x1;
+                float acc = is_max ? -FLT_MAX : 0.0f;
+                for (int iy = ya; iy < yb; iy++)
+                    for (int ix = xa; ix < xb; ix++) {
+                        float v = xi[iy * W + ix];
+                        if (is_max) acc = v > acc ? v : acc;
+                        else acc += v;
+                    }
+                if (!is_max) {
+                    /* torch clips the padded window at H + ph, W + pw before counting */
+                    int cy1 = y1 > H + ph ? H + ph : y1, cx1 = x1 > W + pw ? W + pw : x1;
+                    int cnt = include_pad ? (cy1 - y0) * (cx1 - x0) : (yb - ya) * (xb - xa);
+                    acc = cnt > 0 ? acc / (float)cnt : 0.0f;
+                }
+                yo[oy * Wo + ox] = acc;
+            }
+        }
+    }
+}
+
+/* The CIFAR ResNets' option-A shortcut in one pass: subsample by (sh, sw), then zero-pad channels and
+ * borders; each output element is written once. */
+static void run_slicepad(const up_op *o, const float *x, float *y, int N) {
+    const int sh = o->p[0], sw = o->p[1], clo = o->p[2], pt = o->p[3], pl = o->p[4];
+    const int H = o->H, W = o->W, Ho = o->Ho, Wo = o->Wo;
+    const int Hs = (H + sh - 1) / sh, Ws = (W + sw - 1) / sw;
+    const int64_t oplane = (int64_t)Ho * Wo;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < o->Co; c++) {
+            float *yo = y + ((int64_t)n * o->Co + c) * oplane;
+            int ci = c - clo;
+            if (ci < 0 || ci >= o->C) {
+                memset(yo, 0, sizeof(float) * (size_t)oplane);
+                continue;
+            }
+            const float *xi = x + ((int64_t)n * o->C + ci) * H * W;
+            for (int oy = 0; oy < Ho; oy++) {
+                float *yr = yo + (int64_t)oy * Wo;
+                int iy = oy - pt;
+                if (iy < 0 || iy >= Hs) {
+                    for (int ox = 0; ox < Wo; ox++) yr[ox] = 0;
+                    continue;
+                }
+                const float *xr = xi + (int64_t)iy * sh * W;
+                for (int ox = 0; ox < Wo; ox++) {
+                    int ix = ox - pl;
+                    yr[ox] = ix >= 0 && ix < Ws ? xr[(int64_t)ix * sw] : 0.0f;
+                }
+            }
+        }
+}
+
+/* -------------------------------------------------------------------------------------------- run ---- */
+
+/* A conv whose output maps are small (Ho*Wo <= 64: the digits CNN's 2x2 and 1x1, ResNets' 8x8) leaves most
+ * lanes of the direct conv's pixel vectors empty. Here the patches of all N*Ho*Wo output pixels become one
+ * matrix (column k = ci*kh*kw + ky*kw + kx, the order of weight.reshape(Co, -1)) and one block-sparse kernel
+ * runs over the whole batch: mode 0, the linear kernel on rows = pixels (vectorised over output channels;
+ * batch 1 is memory-bound there); mode 1, the conv kernel as a 1x1 conv over one "image" of K channels x
+ * N*Ho*Wo pixels (vectorised over the pixels of every image at once). Zeros where a window leaves the input. */
+static void run_im2col(const up_op *o, const float *x, float *col, int N) {
+    const int kh = o->p[0], kw = o->p[1], sh = o->p[2], sw = o->p[3], ph = o->p[4], pw = o->p[5];
+    const int dh = o->p[6], dw = o->p[7], mode = o->p[8], H = o->H, W = o->W, Ho = o->Ho, Wo = o->Wo;
+    if (mode == 1) { /* colT[k][m], m = (n * Ho + oy) * Wo + ox */
+        const int64_t M = (int64_t)N * Ho * Wo;
+        for (int c = 0; c < o->C; c++)
+            for (int ky = 0; ky < kh; ky++)
+                for (int kx = 0; kx < kw; kx++) {
+                    float *row = col + (((int64_t)c * kh + ky) * kw + kx) * M;
+                    for (int n = 0; n < N; n++) {
+                        const float *xc = x + ((int64_t)n * o->C + c) * H * W;
+                        for (int oy = 0; oy < Ho; oy++) {
+                            int iy = oy * sh - ph + ky * dh;
+                            float *d = row + ((int64_t)n * Ho + oy) * Wo;
+                            for (int ox = 0; ox < Wo; ox++) {
+                                int ix = ox * sw - pw + kx * dw;
+                                d[ox] = iy >= 0 && iy < H && ix >= 0 && ix < W ? xc[iy * W + ix] : 0.0f;
+                            }
+                        }
+                    }
+                }
+        return;
+    }
+    for (int n = 0; n < N; n++)
+        for (int oy = 0; oy < o->Ho; oy++)
+            for (int ox = 0; ox < o->Wo; ox++) {
+                float *row = col + (((int64_t)n * o->Ho + oy) * o->Wo + ox) * o->C * kh * kw;
+                for (int c = 0; c < o->C; c++) {
+                    const float *xc = x + ((int64_t)n * o->C + c) * H * W;
+                    for (int ky = 0; ky < kh; ky++) {
+                        int iy = oy * sh - ph + ky * dh;
+                        for (int kx = 0; kx < kw; kx++) {
+                            int ix = ox * sw - pw + kx * dw;
+                            *row++ = iy >= 0 && iy < H && ix >= 0 && ix < W ? xc[iy * W + ix] : 0.0f;
+                        }
+                    }
+                }
+            }
+}
+
+/* The kernel's output (mode 0: [N*pix][Co]; mode 1: [Co][N*pix]) -> y [N][Co][pix], with the epilogue on
+ * the way: the reordering pass is needed anyway. */
+static void im2col_store(const up_op *o, const float *rows, const float *r, float *y, int N) {
+    const int64_t pix = (int64_t)o->Ho * o->Wo;
+    const int Co = o->Co, act = o->act;
+    const int64_t sm = o->p[8] ? 1 : Co, sc = o->p[8] ? (int64_t)N * pix : 1; /* strides of pixel, channel */
+    const float lo = o->lo, hi = o->hi;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < Co; c++) {
+            const float *src = rows + (int64_t)n * pix * sm + c * sc;
+            float *dst = y + ((int64_t)n * Co + c) * pix;
+            const float *res = r ? r + ((int64_t)n * Co + c) * pix : NULL;
+            for (int64_t i = 0; i < pix; i++) {
+                float v = src[i * sm] + (res ? res[i] : 0.0f);
+                if (act == ACT_RELU) v = v > 0 ? v : 0;
+                else if (act == ACT_CLAMP) v = v < lo ? lo : v > hi ? hi : v;
+                dst[i] = v;
+            }
+        }
+}
+
+static int reserve_buffers(up_plan *p, int N) {
+    if (N <= p->cap_n) return 0;
+    free(p->col);
+    free(p->rows);
+    p->col = xalloc(sizeof(float) * (size_t)(p->col_size * N + 64));
+    p->rows = xalloc(sizeof(float) * (size_t)(p->rows_size * N + 64));
+    if (!p->col || !p->rows) {
+        p->cap_n = 0;
+        return -1;
+    }
+    for (int b = 2; b < p->n_bufs; b++) {
+        free(p->buf[b]);
+        /* a vector's worth of slack: kernels may read a few lanes past an activation's end */
+        p->buf[b] = xalloc(sizeof(float) * (size_t)(p->size[b] * N + 64));
+        if (!p->buf[b]) {
+            p->cap_n = 0;
+            return -1;
+        }
+    }
+    p->cap_n = N;
+    return 0;
+}
+
+/* Run the whole plan on x [N][...] into y [N][...]. Returns 0; -1 out of memory; -3 bad arguments; or
+ * 100 * (op index + 1) + the failing kernel's own code (negated) when a kernel fails. Not reentrant: one
+ * call per plan at a time (the Python side holds a lock). */
+static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, int64_t *op_ns);
+
+EXPORT int up_plan_run(up_plan *p, const float *x, float *y, int N, int nthreads) {
+    return plan_run(p, x, y, N, nthreads, NULL);
+}
+
+/* As up_plan_run, also writing each op's wall time in ns to op_ns[n_ops]: what each op costs in its place
+ * in a real pass, caches as they are (a clock read per op, ~20 ns). */
+EXPORT int up_plan_run_timed(up_plan *p, const float *x, float *y, int N, int nthreads, int64_t *op_ns) {
+    return plan_run(p, x, y, N, nthreads, op_ns);
+}
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, int64_t *op_ns) {
+    if (!p || !x || !y || N < 1) return -3;
+    if (nthreads < 1) nthreads = 1;
+    if (reserve_buffers(p, N)) return -1;
+    float *bufs[p->n_bufs];
+    for (int b = 0; b < p->n_bufs; b++) bufs[b] = p->buf[b];
+    bufs[0] = (float *)x; /* never written: no op has buffer 0 as its output */
+    bufs[1] = y;
+    int64_t t0 = op_ns ? now_ns() : 0;
+    for (int i = 0; i < p->n_ops; i++) {
+        const up_op *o = &p->ops[i];
+        const float *in = bufs[o->in0], *r = o->in1 >= 0 ? bufs[o->in1] : NULL;
+        float *out = bufs[o->out];
+        int64_t nout = (int64_t)N * oplane_of(o);
+        int rc = 0;
+        switch (o->kind) {
+        case OP_CONV:
+            rc = conv_call(o->kplan, in, out, N, o->H, o->W, nthreads);
+            if (!rc && (r || o->act)) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+            break;
+        case OP_GEMV:
+            rc = gemv_call(o->kplan, in, out, N, nthreads);
+            if (!rc && (r || o->act)) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+            break;
+        case OP_IM2COL:
+            run_im2col(o, in, p->col, N);
+            if (o->p[8] == 1)
+                rc = conv_call(o->kplan, p->col, p->rows, 1, 1, N * o->Ho * o->Wo, nthreads);
+            else
+                rc = gemv_call(o->kplan, p->col, p->rows, N * o->Ho * o->Wo, nthreads);
+            if (!rc) im2col_store(o, p->rows, r, out, N);
+            break;
+        case OP_GCONV:
+            run_gconv(o, in, out, N);
+            if (r || o->act) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+            break;
+        case OP_ADD:
+        case OP_ACT:
+        case OP_COPY:
+            ewise(out, in, o->kind == OP_ADD ? r : NULL, (int64_t)N * plane_of(o), o->act, o->lo, o->hi);
+            break;
+        case OP_AFFINE:
+            run_affine(o, in, out, N);
+            if (o->act) ewise(out, out, NULL, nout, o->act, o->lo, o->hi);
+            break;
+        case OP_GAP:
+            run_gap(o, in, out, N);
+            if (o->act) ewise(out, out, NULL, nout, o->act, o->lo, o->hi);
+            break;
+        case OP_POOL:
+            run_pool(o, in, out, N);
+            if (o->act) ewise(out, out, NULL, nout, o->act, o->lo, o->hi);
+            break;
+        case OP_SLICEPAD:
+            run_slicepad(o, in, out, N);
+            break;
+        default:
+            return -3;
+        }
+        if (rc) return 100 * (i + 1) - rc;
+        if (op_ns) {
+            int64_t t1 = now_ns();
+            op_ns[i] = t1 - t0;
+            t0 = t1;
+        }
+    }
+    return 0;
+}
+
+EXPORT int up_plan_num_ops(const up_plan *p) { return p ? p->n_ops : 0; }

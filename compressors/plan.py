@@ -1,0 +1,716 @@
+"""The lean execution path: a compiled model lowered to one native plan, run in one C call per forward pass.
+
+:func:`~uniprune.compressors.runtime.compile_model` gives an ``nn.Module`` whose structured layers call the
+native kernels one by one from Python: about 5 µs of Python per layer, i.e. 0.5 ms of a batch-1 ResNet-56
+pass. :func:`lower` turns such a model (or a plain one) into a :class:`LeanModel`: the graph is traced with
+``torch.fx``, each node becomes an op of ``csrc/uniprune_plan.c`` (conv and linear on the block-sparse
+kernels, a layer left dense running there with every block kept; residual adds and activations fused into
+the op before them; pooling, flatten, the CIFAR ResNets' option-A shortcut), activations get numbered
+buffers that values with disjoint lifetimes share, and a forward pass is one native call.
+
+A graph with a node it cannot lower raises a one-line :class:`~uniprune.compressors.errors.ModelError`
+naming the node and its op; callers then keep the Python path (``compile_model``'s module).
+
+Supported: ``Conv2d`` (any kernel, stride, zero padding, dilation; groups > 1 as a direct dense loop),
+``Linear`` on ``[N, F]``, ``BatchNorm2d`` not folded (per-channel affine), ReLU / ReLU6 / Hardtanh / clamp,
+``+`` of two same-shaped tensors, adaptive / global average pool, average and max pool (no ceil mode),
+flatten / ``view(x.size(0), -1)``, Identity, Dropout (eval), strided slicing of H and W and zero ``F.pad``.
+Inference only, float32, CPU; one input tensor, one output tensor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import operator
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from . import kernels
+from .errors import ConfigError, KernelBuildError, ModelError
+from .runtime import CompiledConv2d, CompiledLinear, compile_model, inference_copy
+from .structure import LayerStructure
+from .timing import check_threads, fastest
+
+# Op kinds and activations: the numbers are csrc/uniprune_plan.c's enums.
+OP_CONV, OP_GEMV, OP_GCONV, OP_ADD, OP_ACT, OP_AFFINE, OP_GAP, OP_POOL, OP_SLICEPAD, OP_COPY, OP_IM2COL = range(1, 12)
+OP_NAMES = {OP_CONV: "conv", OP_GEMV: "linear", OP_GCONV: "grouped_conv", OP_ADD: "add", OP_ACT: "act",
+            OP_AFFINE: "affine", OP_GAP: "global_avg_pool", OP_POOL: "pool", OP_SLICEPAD: "slice_pad",
+            OP_COPY: "copy", OP_IM2COL: "im2col_conv"}
+#: How a groups=1 conv runs: the direct block-sparse conv, or im2col over the whole batch followed by the
+#: block-sparse linear kernel (vectorised over output channels) or by the conv kernel as a 1x1 conv
+#: (vectorised over the pixels of all images at once); see run_im2col in csrc/uniprune_plan.c.
+CONV_IMPLS = ("direct", "im2col_linear", "im2col_conv")
+CONV_CHOICES = ("measure", *CONV_IMPLS)
+#: Output pixels (Ho*Wo) up to which the im2col forms are tried. The direct conv vectorises over one image's
+#: output pixels, so a 1x1 or 2x2 output fills 1 or 4 of a vector's 16 lanes (digits CNN, batch 32:
+#: 5.6 GFLOP/s); beyond 8x8 its vectors are full and im2col's 9x copy of the input only costs.
+IM2COL_MAX_PIXELS = 64
+ACT_NONE, ACT_RELU, ACT_CLAMP = 0, 1, 2
+_ACT_NAMES = {ACT_NONE: "", ACT_RELU: "relu", ACT_CLAMP: "clamp"}
+_HAS_EPILOGUE = (OP_CONV, OP_GEMV, OP_GCONV, OP_ADD, OP_AFFINE, OP_GAP, OP_POOL, OP_IM2COL)  # take a fused activation
+_TAKES_RESIDUAL = (OP_CONV, OP_GEMV, OP_GCONV, OP_IM2COL)  # may take a fused residual add
+_IN_PLACE = (OP_ADD, OP_ACT, OP_AFFINE)  # may write over an input that dies with them
+
+_RELU_FNS = {F.relu, torch.relu, torch.relu_}
+_ADD_FNS = {operator.add, operator.iadd, torch.add}
+_FLATTEN_FNS = {torch.flatten}
+_MAX_POOL_FNS = {F.max_pool2d, torch.max_pool2d}
+_POOL_FNS = _MAX_POOL_FNS | {F.avg_pool2d}
+_INPLACE_TARGETS = {operator.iadd, torch.relu_, "relu_", "add_", "clamp_"}  # mutate their first argument
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    if not hasattr(lib, "up_plan_create"):
+        raise KernelBuildError("the kernel library has no plan executor (up_plan_create): compressors/kernels.py "
+                               "must compile csrc/uniprune_plan.c into it; rebuild with "
+                               "'python -m uniprune.compressors.kernels --build --force'")
+    p, c_int = ctypes.c_void_p, ctypes.c_int
+    lib.up_plan_create.restype = p
+    lib.up_plan_create.argtypes = [c_int, p]
+    lib.up_plan_add.restype = c_int
+    lib.up_plan_add.argtypes = [p, c_int, p, c_int, p, ctypes.c_int64, p]
+    lib.up_plan_run.restype = c_int
+    lib.up_plan_run.argtypes = [p, p, p, c_int, c_int]
+    lib.up_plan_run_timed.restype = c_int
+    lib.up_plan_run_timed.argtypes = [p, p, p, c_int, c_int, p]
+    lib.up_plan_destroy.restype = None
+    lib.up_plan_destroy.argtypes = [p]
+
+
+@dataclass
+class PlanOp:
+    """One op of a plan, as lowered (before buffers are assigned): value ids in, value id out.
+
+    ``shape_in``/``shape_out``: per-sample ``(C, H, W)`` (a flat ``[N, F]`` value is ``(F, 1, 1)``).
+    """
+
+    kind: int
+    node: str
+    ins: list[int]
+    out: int
+    shape_in: tuple[int, int, int]
+    shape_out: tuple[int, int, int]
+    act: int = ACT_NONE
+    lo: float = 0.0
+    hi: float = 0.0
+    params: list[int] = field(default_factory=list)
+    floats: torch.Tensor | None = None
+    kernel: Any = None  # a kernels.SparseConv / SparseGemv whose native plan the op runs
+    alt: Any = None  # for a conv: {implementation: zero-argument builder of (kernel, params)} of its im2col twins
+
+    def describe(self) -> str:
+        name = OP_NAMES[self.kind] if self.kind != OP_IM2COL else CONV_IMPLS[1 + self.params[8]]
+        name += ("+add" if len(self.ins) > 1 and self.kind in _TAKES_RESIDUAL else "")
+        act = _ACT_NAMES[self.act] if self.act != ACT_CLAMP else f"clamp({self.lo:g},{self.hi:g})"
+        return f"{name}{'+' + act if act else ''}"
+
+
+def _per_sample(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+    rest = tuple(int(s) for s in shape[1:])
+    if len(rest) == 3:
+        return rest  # type: ignore[return-value]
+    if len(rest) == 1:
+        return (rest[0], 1, 1)
+    raise ValueError(f"tensors of {len(shape)} dims")
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps compiled layers (and torch's own modules) whole, as call_module nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (CompiledConv2d, CompiledLinear)) or super().is_leaf_module(m, qualname)
+
+
+class _Lowering:
+    """Walks one traced graph and emits :class:`PlanOp` s; ``fail`` raises the one-line ModelError."""
+
+    def __init__(self, gm: torch.fx.GraphModule, example: torch.Tensor) -> None:
+        self.gm, self.example = gm, example
+        self.modules = dict(gm.named_modules())
+        self.value: dict[torch.fx.Node, int] = {}  # tensor node -> value id (aliases share one)
+        self.shape: dict[torch.fx.Node, tuple[int, ...]] = {}  # tensor node -> its own per-sample shape
+        self.vshape: dict[int, tuple[int, int, int]] = {}  # value id -> per-sample (C, H, W) of its storage
+        self.sizes: set[torch.fx.Node] = set()  # nodes holding x.size(0)
+        self.ops: list[PlanOp] = []
+        self.input_value = -1
+        self.output_value = -1
+
+    # ---------------------------------------------------------------------------------------- helpers
+    def fail(self, node: torch.fx.Node, why: str) -> ModelError:
+        what = node.target if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
+        if node.op == "call_module":
+            what = f"{what} ({type(self.modules[node.target]).__name__})"
+        return ModelError(f"cannot lower node {node.name!r} ({node.op} {what}) to a lean plan: {why}; "
+                          "run the compiled model's Python path instead")
+
+    def meta_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise self.fail(node, "it does not produce one tensor")
+        if meta.dtype != torch.float32:
+            raise self.fail(node, f"it produces {meta.dtype}, the plan runs float32")
+        shape = tuple(int(s) for s in meta.shape)
+        if len(shape) not in (2, 4) or shape[0] != self.example.shape[0]:
+            raise self.fail(node, f"its output {list(shape)} is not [N, C, H, W] or [N, F] with the input's batch")
+        return shape
+
+    def tensor_arg(self, node: torch.fx.Node, arg: Any) -> torch.fx.Node:
+        if not isinstance(arg, torch.fx.Node) or arg not in self.value:
+            raise self.fail(node, f"argument {arg!r} is not a tensor the plan computes")
+        return arg
+
+    def new_value(self, node: torch.fx.Node) -> int:
+        shape = self.meta_shape(node)
+        vid = len(self.vshape)
+        self.vshape[vid] = _per_sample(shape)
+        self.value[node], self.shape[node] = vid, shape[1:]
+        return vid
+
+    def alias(self, node: torch.fx.Node, src: torch.fx.Node) -> None:
+        shape = self.meta_shape(node)
+        if int(torch.tensor(shape[1:]).prod()) != int(torch.tensor(self.shape[src]).prod()):
+            raise self.fail(node, f"it reshapes {list(self.shape[src])} to {list(shape[1:])} per sample")
+        self.value[node], self.shape[node] = self.value[src], shape[1:]
+
+    def emit(self, node: torch.fx.Node, kind: int, ins: list[torch.fx.Node], **kw: Any) -> PlanOp:
+        op = PlanOp(kind, node.name, [self.value[s] for s in ins], -1, self.vshape[self.value[ins[0]]], (0, 0, 0), **kw)
+        op.out = self.new_value(node)
+        op.shape_out = self.vshape[op.out]
+        self.ops.append(op)
+        return op
+
+    def check_inplace(self, node: torch.fx.Node) -> None:
+        """An in-place op is its functional twin only when nothing reads its input afterwards."""
+        src = node.args[0]
+        if isinstance(src, torch.fx.Node) and len(src.users) > 1:
+            raise self.fail(node, f"it modifies {src.name!r} in place, which other nodes read too")
+
+    # ------------------------------------------------------------------------------------------ nodes
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if self.input_value >= 0:
+                    raise self.fail(node, "the plan takes one input tensor")
+                if self.example.dim() != 4 and self.example.dim() != 2:
+                    raise self.fail(node, f"the input must be [N, C, H, W] or [N, F], got {list(self.example.shape)}")
+                self.input_value = self.new_value(node)
+            elif node.op == "output":
+                out = node.args[0]
+                if not isinstance(out, torch.fx.Node) or out not in self.value:
+                    raise self.fail(node, "the plan returns one tensor")
+                self.output_value = self.value[out]
+                if self.output_value == self.input_value:  # the caller's x is never written: copy it
+                    op = PlanOp(OP_COPY, node.name, [self.input_value], len(self.vshape),
+                                self.vshape[self.input_value], self.vshape[self.input_value])
+                    self.vshape[op.out] = op.shape_out
+                    self.ops.append(op)
+                    self.output_value = op.out
+            elif node.op == "call_module":
+                self.module(node, self.modules[node.target])
+            elif node.op in ("call_function", "call_method"):
+                self.function(node)
+            else:
+                raise self.fail(node, "the plan has no op for it")
+
+    def activation(self, node: torch.fx.Node, src: Any, lo: float | None, hi: float | None) -> None:
+        x = self.tensor_arg(node, src)
+        if lo == 0.0 and hi is None:
+            self.emit(node, OP_ACT, [x], act=ACT_RELU)
+        else:
+            self.emit(node, OP_ACT, [x], act=ACT_CLAMP, lo=float("-inf") if lo is None else float(lo),
+                      hi=float("inf") if hi is None else float(hi))
+
+    def module(self, node: torch.fx.Node, m: nn.Module) -> None:
+        if len(node.args) != 1 or node.kwargs:
+            raise self.fail(node, "modules are called with one tensor")
+        x = self.tensor_arg(node, node.args[0])
+        if isinstance(m, (CompiledConv2d, nn.Conv2d)):
+            self.conv(node, x, m)
+        elif isinstance(m, (CompiledLinear, nn.Linear)):
+            self.linear(node, x, m)
+        elif isinstance(m, nn.ReLU):
+            if m.inplace:
+                self.check_inplace(node)
+            self.activation(node, x, 0.0, None)
+        elif isinstance(m, nn.Hardtanh):  # ReLU6 too
+            if m.inplace:
+                self.check_inplace(node)
+            self.activation(node, x, m.min_val, m.max_val)
+        elif isinstance(m, (nn.Identity, nn.Dropout)) or (isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1):
+            self.alias(node, x)
+        elif isinstance(m, nn.BatchNorm2d):
+            self.batchnorm(node, x, m)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            self.adaptive_pool(node, x, m.output_size)
+        elif isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+            is_max = isinstance(m, nn.MaxPool2d)
+            self.pool(node, x, is_max, m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                      getattr(m, "dilation", 1), getattr(m, "count_include_pad", True),
+                      getattr(m, "divisor_override", None), getattr(m, "return_indices", False))
+        else:
+            raise self.fail(node, "the plan has no op for this module")
+
+    def function(self, node: torch.fx.Node) -> None:
+        t, args, kw = node.target, node.args, node.kwargs
+        method = node.op == "call_method"
+        if t in _INPLACE_TARGETS or kw.get("inplace"):
+            self.check_inplace(node)
+        if method and t == "size":
+            if (args[1] if len(args) > 1 else kw.get("dim")) != 0:
+                raise self.fail(node, "only x.size(0) is supported")
+            self.sizes.add(node)
+        elif t in _RELU_FNS or (method and t in ("relu", "relu_")):
+            self.activation(node, args[0], 0.0, None)
+        elif t is F.relu6:
+            self.activation(node, args[0], 0.0, 6.0)
+        elif t is F.hardtanh:
+            self.activation(node, args[0], kw.get("min_val", args[1] if len(args) > 1 else -1.0),
+                            kw.get("max_val", args[2] if len(args) > 2 else 1.0))
+        elif t is torch.clamp or (method and t in ("clamp", "clamp_")):
+            lo, hi = kw.get("min", args[1] if len(args) > 1 else None), kw.get("max", args[2] if len(args) > 2 else None)
+            if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
+                raise self.fail(node, "clamp bounds must be numbers")
+            self.activation(node, args[0], lo, hi)
+        elif t in _ADD_FNS or (method and t in ("add", "add_")):
+            if len(args) != 2 or set(kw) - {"alpha"} or kw.get("alpha", 1) != 1:
+                raise self.fail(node, "only a + b of two tensors is supported")
+            a, b = self.tensor_arg(node, args[0]), self.tensor_arg(node, args[1])
+            if self.shape[a] != self.shape[b]:
+                raise self.fail(node, f"it broadcasts {list(self.shape[a])} with {list(self.shape[b])}")
+            self.emit(node, OP_ADD, [a, b])
+        elif t in _FLATTEN_FNS or (method and t == "flatten"):
+            start = kw.get("start_dim", args[1] if len(args) > 1 else 0)
+            end = kw.get("end_dim", args[2] if len(args) > 2 else -1)
+            if start != 1 or end != -1:
+                raise self.fail(node, "only flatten(x, 1) keeps the batch apart")
+            self.alias(node, self.tensor_arg(node, args[0]))
+        elif method and t in ("view", "reshape"):
+            x = self.tensor_arg(node, args[0])
+            shape = tuple(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list)) else tuple(args[1:])
+            flat = int(torch.tensor(self.shape[x]).prod())
+            # the batch must come from x itself (x.size(0) or -1), never a number fixed at tracing time
+            if len(shape) != 2 or not ((shape[0] in self.sizes and shape[1] in (-1, flat)) or
+                                       (shape[0] == -1 and shape[1] == flat)):
+                raise self.fail(node, "only view/reshape(x.size(0), -1) is supported")
+            self.alias(node, x)
+        elif method and t == "contiguous":
+            self.alias(node, self.tensor_arg(node, args[0]))
+        elif t is F.dropout:
+            if kw.get("training", args[2] if len(args) > 2 else True):
+                raise self.fail(node, "dropout in training mode")
+            self.alias(node, self.tensor_arg(node, args[0]))
+        elif t is F.adaptive_avg_pool2d:
+            self.adaptive_pool(node, self.tensor_arg(node, args[0]), kw.get("output_size", args[1] if len(args) > 1 else None))
+        elif t is torch.mean or (method and t == "mean"):
+            dims = kw.get("dim", args[1] if len(args) > 1 else None)
+            dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+            x = self.tensor_arg(node, args[0])
+            if len(self.shape[x]) != 3 or sorted(d % 4 for d in dims if isinstance(d, int)) != [2, 3] or kw.get("dtype"):
+                raise self.fail(node, "only a mean over H and W of [N, C, H, W] is supported")
+            self.emit(node, OP_GAP, [x])
+        elif t in _POOL_FNS:
+            self.functional_pool(node)
+        elif t is operator.getitem:
+            self.slice(node)
+        elif t is F.pad:
+            self.pad(node)
+        else:
+            raise self.fail(node, "the plan has no op for it")
+
+    # ------------------------------------------------------------------------------------ layer kinds
+    def conv(self, node: torch.fx.Node, x: torch.fx.Node, m: nn.Module) -> None:
+        if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            raise self.fail(node, f"padding {m.padding!r}/{m.padding_mode!r}; use numeric zero padding")
+        if len(self.shape[x]) != 3:
+            raise self.fail(node, "a conv needs an [N, C, H, W] input")
+        w = m.weight.detach().float().contiguous()
+        b = None if m.bias is None else m.bias.detach().float().contiguous()
+        co, cig, kh, kw = (int(s) for s in w.shape)
+        stride, padding, dilation = tuple(m.stride), tuple(m.padding), tuple(m.dilation)
+        if m.groups == 1:
+            rows = kernels.ROWS
+            if isinstance(m, CompiledConv2d) and m.sparse is not None:
+                rows = m.sparse.rows
+            # kept = any non-zero weight in the window: the structure's pruned blocks are zero in a
+            # compiled model, and a layer left dense keeps everything
+            keep = w.reshape(co, cig, -1).ne(0).any(-1)
+            kernel = kernels.SparseConv(w, keep, b, stride, padding, dilation, rows=rows)
+            op = self.emit(node, OP_CONV, [x], kernel=kernel)
+            geometry = [kh, kw, *stride, *padding, *dilation]
+            cols = keep.repeat_interleave(kh * kw, dim=1)  # column ci*taps + t is kept with (co, ci)
+            # twins are built only when tried: their packed weights are another copy of the layer's
+            op.alt = {"im2col_linear": lambda: (kernels.SparseGemv(w.reshape(co, -1), cols, b), [*geometry, 0]),
+                      "im2col_conv": lambda: (kernels.SparseConv(w.reshape(co, -1, 1, 1), cols, b, (1, 1), (0, 0),
+                                                                 (1, 1), rows=rows), [*geometry, 1])}
+            return
+        floats = w.reshape(-1) if b is None else torch.cat([w.reshape(-1), b])
+        self.emit(node, OP_GCONV, [x], params=[kh, kw, *stride, *padding, *dilation, int(m.groups), int(b is not None)],
+                  floats=floats)
+
+    def linear(self, node: torch.fx.Node, x: torch.fx.Node, m: nn.Module) -> None:
+        if len(self.shape[x]) != 1:
+            raise self.fail(node, f"a linear on a per-sample shape {list(self.shape[x])}; flatten to [N, F] first")
+        w = m.weight.detach().float().contiguous()
+        b = None if m.bias is None else m.bias.detach().float().contiguous()
+        # unified blocks run materialised here (the compact GEMV form needs the structure, which a lowered
+        # module no longer carries)
+        self.emit(node, OP_GEMV, [x], kernel=kernels.SparseGemv(w, w.ne(0), b))
+
+    def batchnorm(self, node: torch.fx.Node, x: torch.fx.Node, m: nn.BatchNorm2d) -> None:
+        if m.training or m.running_mean is None:
+            raise self.fail(node, "a BatchNorm2d in training mode or without running statistics")
+        inv = torch.rsqrt(m.running_var.float() + m.eps)
+        scale = inv * (m.weight.detach().float() if m.affine else 1.0)
+        shift = (m.bias.detach().float() if m.affine else 0.0) - m.running_mean.float() * scale
+        self.emit(node, OP_AFFINE, [x], floats=torch.cat([scale, shift]))
+
+    def adaptive_pool(self, node: torch.fx.Node, x: torch.fx.Node, size: Any) -> None:
+        if len(self.shape[x]) != 3:
+            raise self.fail(node, "pooling needs an [N, C, H, W] input")
+        _, h, w = self.shape[x]
+        oh, ow = (size, size) if not isinstance(size, (tuple, list)) else size
+        oh, ow = h if oh is None else oh, w if ow is None else ow
+        if (oh, ow) == (1, 1):
+            self.emit(node, OP_GAP, [x])
+        elif h % oh == 0 and w % ow == 0:  # equal windows: an ordinary average pool
+            self.emit(node, OP_POOL, [x], params=[h // oh, w // ow, h // oh, w // ow, 0, 0, 0, 1])
+        else:
+            raise self.fail(node, f"adaptive pooling of {h}x{w} to {oh}x{ow} has uneven windows")
+
+    def functional_pool(self, node: torch.fx.Node) -> None:
+        t, args, kw = node.target, node.args, node.kwargs
+        names = ["input", "kernel_size", "stride", "padding"]
+        names += ["dilation", "ceil_mode", "return_indices"] if t in _MAX_POOL_FNS else \
+            ["ceil_mode", "count_include_pad", "divisor_override"]
+        a = dict(zip(names, args)) | dict(kw)
+        is_max = t in _MAX_POOL_FNS
+        self.pool(node, self.tensor_arg(node, a["input"]), is_max, a["kernel_size"], a.get("stride"), a.get("padding", 0),
+                  a.get("ceil_mode", False), a.get("dilation", 1), a.get("count_include_pad", True),
+                  a.get("divisor_override"), a.get("return_indices", False))
+
+    def pool(self, node: torch.fx.Node, x: torch.fx.Node, is_max: bool, kernel: Any, stride: Any, padding: Any,
+             ceil_mode: bool, dilation: Any, include_pad: bool, divisor: Any, indices: bool) -> None:
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        if ceil_mode or indices or divisor is not None or pair(dilation) != (1, 1):
+            raise self.fail(node, "pooling with ceil_mode, indices, a divisor override or dilation")
+        if len(self.shape[x]) != 3:
+            raise self.fail(node, "pooling needs an [N, C, H, W] input")
+        k = pair(kernel)
+        s = pair(stride) if stride not in (None, [], ()) else k
+        p = pair(padding)
+        self.emit(node, OP_POOL, [x], params=[*k, *s, *p, int(is_max), int(bool(include_pad))])
+
+    def slice(self, node: torch.fx.Node) -> None:
+        x, index = node.args
+        x = self.tensor_arg(node, x)
+        index = index if isinstance(index, tuple) else (index,)
+        whole = slice(None, None, None)
+        if len(self.shape[x]) != 3 or not 2 <= len(index) <= 4 or index[:2] != (whole, whole) or \
+                not all(isinstance(i, slice) and i.start in (None, 0) and i.stop is None
+                        and (i.step is None or isinstance(i.step, int) and i.step >= 1) for i in index[2:]):
+            raise self.fail(node, "only x[:, :, ::sh, ::sw] slicing is supported")
+        steps = [i.step or 1 for i in index[2:]] + [1] * (4 - len(index))
+        self.emit(node, OP_SLICEPAD, [x], params=[steps[0], steps[1], 0, 0, 0])
+
+    def pad(self, node: torch.fx.Node) -> None:
+        a = dict(zip(["input", "pad", "mode", "value"], node.args)) | dict(node.kwargs)
+        x = self.tensor_arg(node, a["input"])
+        pads = list(a["pad"]) + [0] * (6 - len(a["pad"]))
+        if a.get("mode", "constant") != "constant" or (a.get("value") or 0) != 0 or len(a["pad"]) > 6 or \
+                len(self.shape[x]) != 3 or min(pads) < 0 or not all(isinstance(v, int) for v in pads):
+            raise self.fail(node, "only zero padding of C, H and W by non-negative amounts is supported")
+        left, right, top, bottom, front, back = pads
+        del right, bottom, back  # implied by the output shape
+        self.emit(node, OP_SLICEPAD, [x], params=[1, 1, front, top, left])
+
+
+def _fuse(ops: list[PlanOp], input_value: int, output_value: int) -> list[PlanOp]:
+    """Fold activations, residual adds and slice-then-pad pairs into the op before them, where that op's
+    output feeds nothing else: each fusion saves a pass over an activation and a buffer."""
+
+    def readers() -> Counter:
+        c = Counter(v for op in ops for v in op.ins)
+        c[output_value] += 1
+        return c
+
+    def merge(first: PlanOp, second: PlanOp) -> None:
+        first.out, first.shape_out, first.node = second.out, second.shape_out, f"{first.node}+{second.node}"
+        ops.remove(second)
+
+    changed = True
+    while changed:
+        changed = False
+        r = readers()
+        producer = {op.out: op for op in ops}
+        for op in list(ops):
+            src = producer.get(op.ins[0])
+            if op.kind == OP_ACT and src is not None and src.kind in _HAS_EPILOGUE and src.act == ACT_NONE \
+                    and r[op.ins[0]] == 1:
+                src.act, src.lo, src.hi = op.act, op.lo, op.hi
+                merge(src, op)
+                changed = True
+                break
+            if op.kind == OP_ADD:
+                order = {id(o): i for i, o in enumerate(ops)}
+                cands = [(order[id(producer[v])], k) for k, v in enumerate(op.ins)
+                         if v in producer and producer[v].kind in _TAKES_RESIDUAL and len(producer[v].ins) == 1
+                         and producer[v].act == ACT_NONE and r[v] == 1 and op.ins[0] != op.ins[1]]
+                if not cands:
+                    continue
+                k = max(cands)[1]
+                conv = producer[op.ins[k]]
+                conv.ins.append(op.ins[1 - k])
+                conv.act, conv.lo, conv.hi = op.act, op.lo, op.hi
+                # the fused op runs where the add ran: the residual exists by then (a downsampling block's
+                # shortcut is traced after its conv), and only the add read the conv's output
+                ops.remove(conv)
+                ops.insert(ops.index(op), conv)
+                merge(conv, op)
+                changed = True
+                break
+            if op.kind == OP_SLICEPAD and src is not None and src.kind == OP_SLICEPAD and r[op.ins[0]] == 1 \
+                    and src.params[2:] == [0, 0, 0] and op.params[:2] == [1, 1]:
+                src.params = src.params[:2] + op.params[2:]
+                merge(src, op)
+                changed = True
+                break
+    return ops
+
+
+def _assign_buffers(ops: list[PlanOp], vshape: Mapping[int, tuple[int, int, int]], input_value: int,
+                    output_value: int) -> tuple[dict[int, int], list[int]]:
+    """Buffer per value by a linear scan over lifetimes: 0 the input, 1 the output, others shared by values
+    that are never live together; elementwise ops write over an input that dies with them."""
+    last: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        for v in op.ins:
+            last[v] = i
+    numel = {v: s[0] * s[1] * s[2] for v, s in vshape.items()}
+    buf = {input_value: 0, output_value: 1}
+    sizes = [0, 0]
+    free: list[int] = []
+    for i, op in enumerate(ops):
+        if op.out not in buf:
+            chosen = next((buf[v] for v in op.ins if op.kind in _IN_PLACE and last[v] == i and buf[v] >= 2
+                           and numel[v] == numel[op.out]), None)
+            if chosen is None and free:
+                fits = [b for b in free if sizes[b] >= numel[op.out]]
+                chosen = min(fits, key=sizes.__getitem__) if fits else max(free, key=sizes.__getitem__)
+                free.remove(chosen)
+            if chosen is None:
+                chosen = len(sizes)
+                sizes.append(0)
+            buf[op.out] = chosen
+            sizes[chosen] = max(sizes[chosen], numel[op.out])
+        for v in set(op.ins):
+            if last[v] == i and buf[v] >= 2 and buf[v] != buf[op.out]:
+                free.append(buf[v])
+        if op.out not in last and buf[op.out] >= 2:  # nothing reads it
+            free.append(buf[op.out])
+    return buf, sizes
+
+
+def _native_plan(lib: ctypes.CDLL, ops: list[PlanOp], buffers: Mapping[int, int], sizes: list[int]) -> int:
+    """Create the C plan for ``ops`` (buffers assigned); returns its handle, to free with ``up_plan_destroy``."""
+    size_arr = torch.tensor(sizes, dtype=torch.int64)
+    plan = lib.up_plan_create(len(sizes), size_arr.data_ptr())
+    if not plan:
+        raise KernelBuildError(f"the native plan could not be created ({len(sizes)} buffers): out of memory?")
+    for op in ops:
+        ints = torch.tensor([buffers[op.ins[0]], buffers[op.ins[1]] if len(op.ins) > 1 else -1, buffers[op.out],
+                             op.act, *op.shape_in, *op.shape_out, *op.params], dtype=torch.int32)
+        head = torch.tensor([op.lo, op.hi], dtype=torch.float32)
+        floats = head if op.floats is None else torch.cat([head, op.floats.detach().float().reshape(-1)])
+        rc = lib.up_plan_add(plan, op.kind, ints.data_ptr(), ints.numel(), floats.data_ptr(), floats.numel(),
+                             None if op.kernel is None else op.kernel._plan)
+        if rc < 0:
+            lib.up_plan_destroy(plan)
+            raise ModelError(f"the native plan refused op {op.node!r} ({op.describe()}, {list(op.shape_in)} -> "
+                             f"{list(op.shape_out)}, code {rc}); run the compiled model's Python path instead")
+    return plan
+
+
+def _choose_convs(lib: ctypes.CDLL, ops: list[PlanOp], batch: int, threads: int, choose: str) -> None:
+    """Run each conv in the implementation of :data:`CONV_IMPLS` that
+    :func:`~uniprune.compressors.timing.fastest` finds fastest at ``batch`` samples (im2col forms only up to
+    :data:`IM2COL_MAX_PIXELS` output pixels), or as ``choose`` forces (the im2col forms then at any size).
+
+    Each candidate is timed as a one-op plan on random input, its activation included, its residual not."""
+    for op in ops:
+        if op.kind != OP_CONV or op.alt is None:
+            continue
+        builders, op.alt = op.alt, None
+        pixels = op.shape_out[1] * op.shape_out[2]
+        if choose == "direct" or (choose == "measure" and pixels > IM2COL_MAX_PIXELS):
+            continue
+        names = [choose] if choose != "measure" else list(builders)
+        cands: dict[str, PlanOp] = {} if choose != "measure" else {"direct": op}
+        for name in names:
+            kernel, params = builders[name]()
+            cands[name] = PlanOp(OP_IM2COL, op.node, list(op.ins), op.out, op.shape_in, op.shape_out, op.act,
+                                 op.lo, op.hi, params, None, kernel)
+        best = next(iter(cands))
+        if len(cands) > 1:
+            x = torch.randn(batch, *op.shape_in)
+            y = torch.empty(batch, *op.shape_out)
+            plans: dict[str, int] = {}
+            try:
+                for name, cand in cands.items():
+                    alone = PlanOp(cand.kind, cand.node, cand.ins[:1], cand.out, cand.shape_in, cand.shape_out,
+                                   cand.act, cand.lo, cand.hi, cand.params, None, cand.kernel)
+                    plans[name] = _native_plan(lib, [alone], {alone.ins[0]: 0, alone.out: 1}, [0, 0])
+                run = lib.up_plan_run
+                xp, yp = x.data_ptr(), y.data_ptr()
+                best = fastest({k: (lambda h=h, run=run, xp=xp, yp=yp: run(h, xp, yp, batch, threads))
+                                for k, h in plans.items()})
+            finally:
+                for h in plans.values():
+                    lib.up_plan_destroy(h)
+        if best != "direct":
+            op.kind, op.params, op.kernel = OP_IM2COL, cands[best].params, cands[best].kernel
+
+
+class LeanModel(nn.Module):
+    """A network as one native plan: ``lean(x)`` is one C call for the whole forward pass.
+
+    Made by :func:`lower` / :func:`compile_lean`. ``x``: float32 CPU ``[N, *input_shape]`` (any ``N >= 1``;
+    the per-sample shape is the one it was lowered for); returns a new float32 tensor ``[N, *output_shape]``.
+    Buffers for the activations are allocated once per larger batch size seen. Calls from several threads
+    take turns (one set of buffers). ``ops`` lists what runs, for inspection.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, ops: list[PlanOp], buffers: dict[int, int], sizes: list[int],
+                 input_shape: tuple[int, ...], output_shape: tuple[int, ...], threads: int | None) -> None:
+        super().__init__()
+        self.input_shape, self.output_shape, self.threads = tuple(input_shape), tuple(output_shape), threads
+        self.ops = ops
+        self.buffers = buffers
+        self.num_buffers = len(sizes)
+        self.buffer_floats = sum(sizes)  # per sample
+        plan = _native_plan(lib, ops, buffers, sizes)
+        self._finalizer = weakref.finalize(self, lib.up_plan_destroy, plan)
+        self._plan = plan
+        self._run, self._run_timed = lib.up_plan_run, lib.up_plan_run_timed
+        self._lock = threading.Lock()
+        self._out_shapes: dict[tuple, tuple[int, ...]] = {}
+
+    def __deepcopy__(self, memo: dict) -> LeanModel:
+        return self  # the native plan is guarded by its lock: share, never double-free
+
+    def _threads(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the plan on ``x`` float32 ``[N, *input_shape]`` on the CPU; returns ``[N, *output_shape]``."""
+        return self._call(x, None)
+
+    def profile(self, x: torch.Tensor) -> list[tuple[str, str, float]]:
+        """One pass on ``x`` with each op timed in its place: ``[(node(s), op, ms), ...]`` in run order.
+
+        The clock is read between ops inside the native call, so the figures carry no Python; their sum is
+        the pass less the call's own overhead (a few µs).
+        """
+        ns = torch.zeros(len(self.ops), dtype=torch.int64)
+        self._call(x, ns)
+        return [(op.node, op.describe(), float(t) / 1e6) for op, t in zip(self.ops, ns.tolist())]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # nn.Module.__call__'s hook machinery costs ~2 µs, a tenth of a batch-1 digits CNN pass; a plan has no hooks
+        return self._call(x, None)
+
+    def _call(self, x: torch.Tensor, op_ns: torch.Tensor | None) -> torch.Tensor:
+        key = (x.shape, x.dtype, x.is_cpu)  # the checks below cost microseconds; once per shape suffices
+        out_shape = self._out_shapes.get(key)
+        if out_shape is None:
+            if x.dtype != torch.float32 or not x.is_cpu or x.dim() < 1 or tuple(x.shape[1:]) != self.input_shape:
+                raise ModelError(f"the lean plan takes float32 CPU input [N, {', '.join(map(str, self.input_shape))}], "
+                                 f"got {x.dtype} {list(x.shape)} on {x.device}; lower the model again for other shapes")
+            out_shape = self._out_shapes[key] = (x.shape[0], *self.output_shape)
+        if not x.is_contiguous():
+            x = x.contiguous()
+        n = out_shape[0]
+        y = torch.empty(out_shape)
+        if n == 0:
+            return y
+        with self._lock:
+            if op_ns is None:
+                rc = self._run(self._plan, x.data_ptr(), y.data_ptr(), n, self._threads())
+            else:
+                rc = self._run_timed(self._plan, x.data_ptr(), y.data_ptr(), n, self._threads(), op_ns.data_ptr())
+        if rc:
+            if rc == -1:
+                raise MemoryError(f"the lean plan ran out of memory for a batch of {n}")
+            op = self.ops[rc // 100 - 1] if rc >= 100 and rc // 100 <= len(self.ops) else None
+            where = f" in op {op.node!r} ({op.describe()})" if op else ""
+            raise RuntimeError(f"the lean plan failed (code {rc}){where} on input {list(x.shape)}")
+        return y
+
+    def summary(self) -> list[str]:
+        """One line per op: node(s), op, buffers and per-sample shapes."""
+        return [f"{op.node}: {op.describe()} buf{[self.buffers[v] for v in op.ins]} -> buf{self.buffers[op.out]} "
+                f"{list(op.shape_in)} -> {list(op.shape_out)}" for op in self.ops]
+
+
+def lower(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
+          choose: str = "measure") -> LeanModel:
+    """Lower ``model`` (a :func:`~uniprune.compressors.runtime.compile_model` result, or any plain model) to a
+    :class:`LeanModel` for inputs shaped like ``example_input`` per sample (any batch size).
+
+    BatchNorm after a conv is folded (on a copy; ``model`` is not changed). ``threads`` (>= 1): threads of the
+    native kernels (default: ``torch.get_num_threads()`` at each call). ``choose``: how each groups=1 conv
+    runs: ``"measure"`` (default: the fastest of :data:`CONV_IMPLS`, timed once per layer at the example's
+    batch size; the im2col forms only up to :data:`IM2COL_MAX_PIXELS` output pixels) or one of
+    :data:`CONV_IMPLS` for every such conv. Raises a one-line ModelError naming the first node
+    it cannot lower; the caller then keeps the Python path.
+    """
+    if threads is not None:
+        check_threads(threads)
+    if choose not in CONV_CHOICES:
+        raise ConfigError(f"choose must be one of {CONV_CHOICES}, got {choose!r}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dtype != torch.float32 or example_input.numel() == 0:
+        raise ConfigError(f"example_input must be a non-empty float32 tensor, got "
+                          f"{getattr(example_input, 'dtype', type(example_input).__name__)}")
+    lib = kernels.load()
+    _declare(lib)
+    dense = inference_copy(model).float().cpu()
+    try:
+        graph = _Tracer().trace(dense)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "no plan", in one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot lower {type(model).__name__} to a lean plan: torch.fx cannot trace it ({first[:160]}); "
+                         "run the compiled model's Python path instead") from None
+    gm = torch.fx.GraphModule(dense, graph)
+    example = example_input.detach().cpu().contiguous()
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)
+    lowering = _Lowering(gm, example)
+    lowering.run()
+    ops = _fuse(lowering.ops, lowering.input_value, lowering.output_value)
+    _choose_convs(lib, ops, int(example.shape[0]), threads or torch.get_num_threads(), choose)
+    buffers, sizes = _assign_buffers(ops, lowering.vshape, lowering.input_value, lowering.output_value)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return LeanModel(lib, ops, buffers, sizes, tuple(example.shape[1:]), lowering.shape[out_node], threads)
+
+
+def compile_lean(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
+                 threads: int | None = None, choose: str = "measure") -> LeanModel:
+    """:func:`~uniprune.compressors.runtime.compile_model` then :func:`lower`: ``model`` with ``structures``
+    (``{module name: LayerStructure}``) imposed, as one native plan for inputs shaped like ``example_input``.
+
+    Outputs match the masked dense model to relative error <= 1e-4. ``threads`` and ``choose`` as in :func:`lower`.
+    """
+    compiled = compile_model(model, structures, threads=threads, choose="sparse")
+    return lower(compiled, example_input, threads=threads, choose=choose)
+
+
+__all__ = ["LeanModel", "PlanOp", "compile_lean", "lower", "OP_NAMES"]
