@@ -37,9 +37,10 @@ from . import kernels
 from .blocks import DEFAULT_BLOCK_SHAPES, compressible_layers
 from .budget import latency_ratio, paired_ratio
 from .engines import dense_engines, engine_versions
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .fileio import write_json_atomic
 from .latency_model import LatencyModel
+from .plan import compile_lean
 from .policy import LayerAction
 from .projection import block_counts
 from .runtime import compile_model
@@ -69,33 +70,59 @@ def _example_input(input_shape: Sequence[int], batch_size: int, seed: int) -> to
     return torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(seed))
 
 
-def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure], input_shape: tuple[int, ...], *,
-                     batch_size: int = 1, threads: int | None = None, warmup: int = 10, repeats: int = 50,
-                     seed: int = 0, statistic: str = "median", min_seconds: float = SPREAD_SECONDS,
-                     engines: Sequence[str] | None = None) -> dict[str, Any]:
-    """Whole-model ms of every dense engine and of the compiled model, interleaved in one process.
+#: How a compressed model runs when it is timed: ``"lean"`` (default), one native plan per forward pass
+#: (:mod:`uniprune.compressors.plan`), what ``uniprune export`` deploys; ``"python"``, the compiled nn.Module
+#: whose layers call the kernels one by one (about 5 µs of Python a layer).
+RUNTIMES = ("lean", "python")
 
-    The dense engines (:mod:`uniprune.compressors.engines`: torch eager, ONNX Runtime, OpenVINO, those
-    installed, or the ``engines`` named) run the model with BatchNorm folded; the compiled model runs the
-    real kernels. The baseline is the fastest engine by ``statistic``; ``latency_ratio`` is
-    :func:`~uniprune.compressors.budget.paired_ratio` of the compiled model's samples against that
-    engine's, taken in the same rounds, and ``speedup`` its inverse. Rounds span at least ``min_seconds``.
 
-    Returns ``{"engines": {engine: ms}, "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio",
-    "speedup", "notes"}`` (``notes``: why an installed engine was left out).
+def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int,
+                       runtime: str = "lean") -> tuple[Any, str, list[str]]:
+    """The compressed model as it will run, ready for inputs shaped like ``x``: ``(callable, runtime, notes)``.
+
+    ``runtime`` ``"lean"`` falls back to ``"python"`` (with a note saying why) for a model the plan cannot
+    lower. Each layer's implementation is picked here, at this shape and ``threads``.
     """
-    reduce = reducer(statistic)
-    n = check_threads(threads)
-    x = _example_input(input_shape, batch_size, seed)
-    dense = dense_engines(model, x, threads=n, engines=engines)
-    compiled = compile_model(model, structures, threads=n)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    notes = []
+    if runtime == "lean":
+        try:
+            return compile_lean(model, structures, example_input=x, threads=threads), "lean", notes
+        except ModelError as exc:
+            notes.append(f"{exc}; timed on the Python path")
+    compiled = compile_model(model, structures, threads=threads)
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
     try:
         with torch.no_grad():
             compiled(x)  # picks each layer's implementation at this shape and thread count
     finally:
         torch.set_num_threads(before)
+    return compiled, "python", notes
+
+
+def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure], input_shape: tuple[int, ...], *,
+                     batch_size: int = 1, threads: int | None = None, warmup: int = 10, repeats: int = 50,
+                     seed: int = 0, statistic: str = "median", min_seconds: float = SPREAD_SECONDS,
+                     engines: Sequence[str] | None = None, runtime: str = "lean") -> dict[str, Any]:
+    """Whole-model ms of every dense engine and of the compressed model, interleaved in one process.
+
+    The dense engines (:mod:`uniprune.compressors.engines`: torch eager, ONNX Runtime, OpenVINO, those
+    installed, or the ``engines`` named) run the model with BatchNorm folded; the compressed model runs the
+    real kernels on ``runtime`` (:data:`RUNTIMES`, :func:`compile_for_timing`). The baseline is the fastest engine by ``statistic``; ``latency_ratio`` is
+    :func:`~uniprune.compressors.budget.paired_ratio` of the compiled model's samples against that
+    engine's, taken in the same rounds, and ``speedup`` its inverse. Rounds span at least ``min_seconds``.
+
+    Returns ``{"engines": {engine: ms}, "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio",
+    "speedup", "runtime", "notes"}`` (``runtime``: the one timed; ``notes``: why an installed engine or the
+    lean path was left out).
+    """
+    reduce = reducer(statistic)
+    n = check_threads(threads)
+    x = _example_input(input_shape, batch_size, seed)
+    dense = dense_engines(model, x, threads=n, engines=engines)
+    compiled, used, notes = compile_for_timing(model, structures, x, n, runtime)
     t = interleaved_samples({**dense.runners, "compressed": lambda: compiled(x)}, warmup=warmup, repeats=repeats,
                             threads=n, min_seconds=min_seconds)
     engine_ms = {e: reduce(t[e]) for e in dense.runners}
@@ -103,7 +130,7 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
     ratio = paired_ratio(t["compressed"], t[best], statistic)
     return {"engines": engine_ms, "best_engine": best, "best_dense_ms": engine_ms[best],
             "compressed_ms": reduce(t["compressed"]), "latency_ratio": ratio, "speedup": 1.0 / ratio,
-            "notes": dense.notes}
+            "runtime": used, "notes": dense.notes + notes}
 
 
 def _cpu_model() -> str:
@@ -188,7 +215,7 @@ CACHE_CHECK_TOLERANCE = 0.15
 _CACHE_CHECK_SECONDS = 1.0
 
 
-def _baseline_rounds(runners: Mapping[str, Any], compiled: nn.Module, x: torch.Tensor, n: int, *, repeats: int,
+def _baseline_rounds(runners: Mapping[str, Any], compiled: Any, x: torch.Tensor, n: int, *, repeats: int,
                      min_seconds: float, statistic: str) -> dict[str, Any]:
     """The dense engines timed against the nothing-compressed compiled model alone, as ``bench`` times them.
 
@@ -203,14 +230,13 @@ def _baseline_rounds(runners: Mapping[str, Any], compiled: nn.Module, x: torch.T
 
 
 def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any], x: torch.Tensor, n: int,
-                        statistic: str, progress: bool) -> bool:
+                        statistic: str, progress: bool, runtime: str) -> bool:
     """Whether a quick timing now still gives the cached table's ratio of the nothing-compressed compiled
     model to the fastest dense engine (within :data:`CACHE_CHECK_TOLERANCE`)."""
     gen = torch.Generator().manual_seed(0)
-    compiled = compile_model(model, {s.name: random_structure(s.grid, 0.0, 0.0, gen) for s in specs}, threads=n)
+    compiled, _, _ = compile_for_timing(model, {s.name: random_structure(s.grid, 0.0, 0.0, gen) for s in specs}, x, n,
+                                        runtime)
     engines = dense_engines(model, x, threads=n, engines=list(lm.meta.get("engines", {})) or None)
-    with torch.no_grad():
-        compiled(x)
     now = _baseline_rounds(engines.runners, compiled, x, n, repeats=5, min_seconds=_CACHE_CHECK_SECONDS,
                            statistic=statistic)
     then = latency_ratio(lm.predict({}), lm.dense_ms)
@@ -228,15 +254,18 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
                         grid: Sequence[float] = (0, .25, .5, .75, .9), cache_dir: str | os.PathLike | None = None,
                         seed: int = 0, progress: bool = True, warmup: int = 3, repeats: int = 15,
                         statistic: str = "median", min_seconds: float = SPREAD_SECONDS,
-                        engines: Sequence[str] | None = None, check_cache: bool = True) -> LatencyModel:
+                        engines: Sequence[str] | None = None, check_cache: bool = True,
+                        runtime: str = "lean") -> LatencyModel:
     """Measure (or load from the cache) the per-layer latency table of ``model`` on this machine.
 
     For every feasible grid point ``(p, u)``, ``(0, 0)`` included, the whole model is compiled with each
-    compressible layer at that point (random block states of exactly those fractions) and run; each
-    layer is timed in its place in the pass (:class:`_LayerClock`), the grid points' models taking turns
-    round by round, each timed pass right after an untimed one of the same model (as in steady
-    inference: its weights warm in the caches). ``fixed_ms`` (activations, adds, pooling, Python between
-    the layers) is a compiled pass's time minus its layers' times. The baseline every ratio divides by is
+    compressible layer at that point (random block states of exactly those fractions) for ``runtime``
+    (:data:`RUNTIMES`: by default the lean plan, what a user deploys) and run; each layer is timed in its
+    place in the pass (the plan's own clock between ops, :meth:`~.plan.LeanModel.layer_ms`; on the Python
+    path a wrapper, :class:`_LayerClock`), the grid points' models taking turns round by round, each timed
+    pass right after an untimed one of the same model (as in steady inference: its weights warm in the
+    caches). ``fixed_ms`` (pooling, shortcuts, the call itself; on the Python path also the Python between
+    the layers) is a pass's time minus its layers' times. The baseline every ratio divides by is
     the fastest dense engine (:mod:`uniprune.compressors.engines`; all installed, or those named in
     ``engines``), each timed whole after the rounds, interleaved with the nothing-compressed compiled model
     only, as :func:`measure_model_ms` times them; every engine's ms is kept in ``meta["engines"]``. Points
@@ -265,7 +294,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         "input_shape": list(input_shape), "batch": batch_size, "threads": n,
         "block_shapes": {k: [v.out, v.inp] for k, v in sorted(shapes.items())}, "grid": g.tolist(),
         "machine": machine_key(), "warmup": warmup, "repeats": repeats, "engines": sorted(engines or []),
-        "method": "compiled in context (wrapped), warm passes, fixed from compiled passes, fastest dense engine apart",
+        "method": "layers in place, warm passes, fixed from whole passes, fastest dense engine apart", "runtime": runtime,
         "statistic": statistic, "min_seconds": min_seconds,
     }
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:20]
@@ -277,27 +306,47 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             lm = None  # a damaged cache file is measured again and overwritten
         if lm is not None:
-            if not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress):
+            if not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress, runtime):
                 if progress and not check_cache:
                     print(f"latency table: cached ({path})", file=sys.stderr)
                 return lm
     points = [(i, j) for i, p in enumerate(g) for j, u in enumerate(g) if p + u <= 1 + 1e-9]
     gen = torch.Generator().manual_seed(seed)
     dense = dense_engines(model, x, threads=n, engines=engines)
-    for note in dense.notes:
+    notes = list(dense.notes)
+    models: dict[tuple[int, int], Any] = {}
+    for i, j in points:
+        structures = {s.name: random_structure(s.grid, float(g[i]), float(g[j]), gen) for s in specs}
+        models[(i, j)], used, more = compile_for_timing(model, structures, x, n, runtime)
+        notes += more if (i, j) == (0, 0) else []
+    for note in notes:
         print(f"latency table: note: {note}", file=sys.stderr)
+    samples: dict[tuple[int, int], dict[str, list[float]]] = {pt: {name: [] for name in names} for pt in points}
+    gaps: list[float] = []  # whole passes minus their layers' times, ms
+    if used == "lean":
+        def timed_pass(pt: tuple[int, int]) -> None:
+            whole, layers = models[pt].layer_ms(x)
+            for name in names:
+                samples[pt][name].append(layers.get(name, 0.0))
+            gaps.append(whole - sum(layers.values()))
+    else:
+        clocks = {pt: _LayerClock(m, names) for pt, m in models.items()}
+
+        def timed_pass(pt: tuple[int, int]) -> None:
+            clocks[pt].recording = True
+            t0 = time.perf_counter()
+            models[pt](x)
+            whole = 1e3 * (time.perf_counter() - t0)
+            clocks[pt].recording = False
+            for name in names:
+                samples[pt][name].append(1e3 * clocks[pt].times(name)[-1])
+            gaps.append(whole - sum(samples[pt][name][-1] for name in names))
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        models: dict[tuple[int, int], nn.Module] = {}
-        for i, j in points:
-            structures = {s.name: random_structure(s.grid, float(g[i]), float(g[j]), gen) for s in specs}
-            models[(i, j)] = compile_model(model, structures, threads=n)
-        clocks = {pt: _LayerClock(m, names) for pt, m in models.items()}
-        gaps: list[float] = []  # compiled passes minus their layers' times, s
         with torch.no_grad():
             for m in models.values():
-                for _ in range(max(warmup, 1)):  # the first call also picks each compiled layer's implementation
+                for _ in range(max(warmup, 1)):
                     m(x)
             bar = tqdm(total=repeats, desc="latency table", disable=not progress, file=sys.stderr)
             start, r = time.perf_counter(), 0
@@ -305,12 +354,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
                 order = points[r % len(points):] + points[:r % len(points)]
                 for pt in order:
                     models[pt](x)
-                    clocks[pt].recording = True
-                    t0 = time.perf_counter()
-                    models[pt](x)
-                    total = time.perf_counter() - t0
-                    clocks[pt].recording = False
-                    gaps.append(total - sum(clocks[pt].times(name)[-1] for name in names))
+                    timed_pass(pt)
                 r += 1
                 if r <= repeats:  # rounds past repeats only fill the time span
                     bar.update()
@@ -323,7 +367,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
                                 statistic=statistic)
     finally:
         torch.set_num_threads(before)
-    ms = {pt: {name: 1e3 * reduce(clocks[pt].times(name)) for name in names} for pt in points}
+    ms = {pt: {name: reduce(samples[pt][name]) for name in names} for pt in points}
     tables = {}
     for name in names:
         table = np.zeros((len(g), len(g)))
@@ -333,9 +377,9 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         tables[name] = table
     # Measured on the compiled passes, not the dense one: torch's dense layers leave some of their cost to
     # what runs after them (0.4 ms of 14 at batch 1 on ResNet-56), which a compiled model does not pay.
-    fixed = max(0.0, 1e3 * reduce(gaps))
+    fixed = max(0.0, reduce(gaps))
     meta = {"kind": "measured", "key": key_obj | {"arch": type(model).__name__}, "engines": base["engines"],
-            "baseline_engine": base["best_engine"], "engine_notes": dense.notes,
+            "baseline_engine": base["best_engine"], "runtime": used, "notes": notes,
             "fixed_ms_method": "compiled whole-model passes minus their layers timed in place"}
     lm = LatencyModel(g, g, tables, fixed, meta, baseline_ms=base["baseline_ms"])
     write_json_atomic(path, lm.to_dict())
@@ -362,8 +406,8 @@ def check_latency_model(model: nn.Module, lm: LatencyModel, input_shape: tuple[i
                         min_seconds: float = SPREAD_SECONDS) -> dict[str, Any]:
     """Compare the table's whole-model prediction with real whole-model timings of random policies.
 
-    Each policy's compiled model is timed interleaved with the dense model (:func:`measure_model_ms`; its
-    measured ratio is 1 / speedup, the median of the rounds' ratios).
+    Each policy's compressed model, on the runtime the table was measured on, is timed interleaved with the
+    dense engines (:func:`measure_model_ms`; its measured ratio is against the fastest of them).
     Two errors per policy, relative to the measurement: of the latency *ratio* (predicted ms / the table's
     dense ms against compressed / dense measured side by side), which is what a budget constrains and what
     holds up on a machine whose speed drifts; and of the absolute ms, which also carries the drift between
@@ -378,7 +422,9 @@ def check_latency_model(model: nn.Module, lm: LatencyModel, input_shape: tuple[i
     for _ in tqdm(range(policies), desc="check table", disable=not progress, file=sys.stderr):
         actions, structures = random_policy_structures(model, gen, block_shapes=block_shapes)
         timing = measure_model_ms(model, structures, input_shape, batch_size=batch_size, threads=threads, warmup=3,
-                                  repeats=repeats, seed=seed, statistic=statistic, min_seconds=min_seconds)
+                                  repeats=repeats, seed=seed, statistic=statistic, min_seconds=min_seconds,
+                                  engines=list(lm.meta.get("engines", {})) or None,
+                                  runtime=lm.meta.get("runtime", "lean"))
         predicted = lm.predict(actions)
         predicted_ratio, measured_ratio = latency_ratio(predicted, lm.dense_ms), timing["latency_ratio"]
         rows.append({"predicted_ms": predicted, "measured_ms": timing["compressed_ms"], "dense_ms": timing["best_dense_ms"],

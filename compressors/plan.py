@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import operator
 import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Mapping
@@ -107,6 +108,7 @@ class PlanOp:
     floats: torch.Tensor | None = None
     kernel: Any = None  # a kernels.SparseConv / SparseGemv whose native plan the op runs
     alt: Any = None  # for a conv: {implementation: zero-argument builder of (kernel, params)} of its im2col twins
+    layer: str = ""  # the conv or linear module this op runs (its qualified name), "" for the glue between them
 
     def describe(self) -> str:
         name = OP_NAMES[self.kind] if self.kind != OP_IM2COL else CONV_IMPLS[1 + self.params[8]]
@@ -236,8 +238,10 @@ class _Lowering:
         x = self.tensor_arg(node, node.args[0])
         if isinstance(m, (CompiledConv2d, nn.Conv2d)):
             self.conv(node, x, m)
+            self.ops[-1].layer = str(node.target)
         elif isinstance(m, (CompiledLinear, nn.Linear)):
             self.linear(node, x, m)
+            self.ops[-1].layer = str(node.target)
         elif isinstance(m, nn.ReLU):
             if m.inplace:
                 self.check_inplace(node)
@@ -623,6 +627,20 @@ class LeanModel(nn.Module):
         ns = torch.zeros(len(self.ops), dtype=torch.int64)
         self._call(x, ns)
         return [(op.node, op.describe(), float(t) / 1e6) for op, t in zip(self.ops, ns.tolist())]
+
+    def layer_ms(self, x: torch.Tensor) -> tuple[float, dict[str, float]]:
+        """One pass on ``x`` timed whole (ms, the native call and its Python wrapper) and per compressible layer
+        in its place (``{module name: ms}``, a fused ReLU or residual add included): what the latency table
+        reads. The whole less the layers is the glue (pools, shortcuts, the call itself)."""
+        ns = torch.zeros(len(self.ops), dtype=torch.int64)
+        t0 = time.perf_counter()
+        self._call(x, ns)
+        whole = 1e3 * (time.perf_counter() - t0)
+        layers: dict[str, float] = {}
+        for op, t in zip(self.ops, ns.tolist()):
+            if op.layer:
+                layers[op.layer] = layers.get(op.layer, 0.0) + t / 1e6
+        return whole, layers
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Module.__call__'s hook machinery costs ~2 µs, a tenth of a batch-1 digits CNN pass; a plan has no hooks

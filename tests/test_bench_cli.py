@@ -31,7 +31,7 @@ def test_bench_json(policy_file, tmp_path, capsys):
     # the median of per-round ratios against the fastest engine: close to, not equal to, the ratio of the medians
     assert 0.5 < out["speedup"] / (out["best_dense_ms"] / out["compressed_ms"]) < 2
     assert out["latency_ratio"] == pytest.approx(1 / out["speedup"])
-    assert out["batch_size"] == 4 and out["input_shape"] == [1, 8, 8]
+    assert out["batch_size"] == 4 and out["input_shape"] == [1, 8, 8] and out["runtime"] == "lean"
 
 
 def test_bench_named_engines(policy_file, capsys):

@@ -61,7 +61,7 @@ def test_latency_table_is_measured_then_cached(tmp_path):
     for table in lm.tables.values():
         assert table.shape == (3, 3) and bool(np.all(table > 0))
         assert table[1, 2] == table[1, 1] and table[2, 1] == table[2, 0]  # infeasible points: row's last feasible
-    assert lm.fixed_ms >= 0 and set(lm.meta["engines"]) == set(available_engines())
+    assert lm.fixed_ms >= 0 and set(lm.meta["engines"]) == set(available_engines()) and lm.meta["runtime"] == "lean"
     assert lm.meta["baseline_engine"] in lm.meta["engines"] and all(ms > 0 for ms in lm.meta["engines"].values())
     files = list(tmp_path.glob("latency-*.json"))
     assert len(files) == 1
@@ -91,7 +91,9 @@ def test_measure_and_check_whole_model(tmp_path):
             shape = BlockShape(8, 4) if isinstance(m, nn.Conv2d) else BlockShape(8, 8)
             structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
     r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5, min_seconds=0)
-    assert set(r) == {"engines", "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio", "speedup", "notes"}
+    assert set(r) == {"engines", "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio", "speedup", "runtime",
+                      "notes"}
+    assert r["runtime"] == "lean"  # the small CNN lowers to one native plan
     assert set(r["engines"]) == set(available_engines()) and r["notes"] == []
     assert r["best_dense_ms"] == min(r["engines"].values()) == r["engines"][r["best_engine"]]
     assert r["compressed_ms"] > 0 and r["latency_ratio"] == pytest.approx(1 / r["speedup"])
@@ -140,3 +142,23 @@ def test_cached_table_is_checked_against_a_quick_timing(tmp_path, capsys):
     assert again.tables[first][0, 0] < 3 * lm.tables[first][0, 0]  # measured anew, not the tampered 5x
     unchecked = build_latency_model(model, (3, 16, 16), progress=False, check_cache=False, **kwargs)
     assert all(np.array_equal(unchecked.tables[k], again.tables[k]) for k in again.tables)  # the cache as written
+
+
+def test_python_runtime_and_the_fallback():
+    """The Python path is still there on request, and a model the plan cannot lower is timed on it, with a note."""
+    model = _small_cnn()
+    r = measure_model_ms(model, {}, (3, 16, 16), threads=1, warmup=1, repeats=2, min_seconds=0, runtime="python")
+    assert r["runtime"] == "python" and r["notes"] == []
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv(x)).mean((2, 3))  # the plan has no sigmoid
+
+    r = measure_model_ms(Gated().eval(), {}, (3, 8, 8), threads=1, warmup=1, repeats=2, min_seconds=0)
+    assert r["runtime"] == "python" and len(r["notes"]) == 1 and "Python path" in r["notes"][0]
+    with pytest.raises(ConfigError, match="runtime"):
+        measure_model_ms(model, {}, (3, 16, 16), runtime="jit")

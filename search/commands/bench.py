@@ -15,7 +15,7 @@ import torch
 from uniprune.compressors.budget import latency_ratio
 from uniprune.compressors.engines import ENGINES
 from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.latency import build_latency_model, measure_model_ms
+from uniprune.compressors.latency import RUNTIMES, build_latency_model, measure_model_ms
 from uniprune.compressors.policy import LayerAction, Policy
 from uniprune.compressors.timing import SPREAD_SECONDS
 
@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engines", type=_engines, default=None,
                         help=f"dense engines to time, joined by commas, from {','.join(ENGINES)} (default: every one installed); "
                         "the speedup is over the fastest")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="lean",
+                        help="how the compressed model runs: lean (default: one native plan per pass, what 'uniprune export' "
+                        "deploys; falls back to python for a model it cannot lower) or python (layer by layer)")
     parser.add_argument("--no-table", action="store_true", help="skip the latency table (predicted_ms is then null)")
     parser.add_argument("--cache-dir", default=None, help="latency table cache (default $UNIPRUNE_CACHE/latency)")
 
@@ -104,14 +107,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or torch.get_num_threads()
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
     result = measure_model_ms(model, structures, shape, batch_size=args.batch_size, threads=threads,
-                              repeats=args.repeats, statistic=args.statistic, engines=args.engines)
+                              repeats=args.repeats, statistic=args.statistic, engines=args.engines, runtime=args.runtime)
     for note in result.pop("notes"):
         print(f"bench: note: {note}", file=sys.stderr)
     predicted = predicted_ratio = None
     if not args.no_table:
         lm = build_latency_model(model, shape, batch_size=args.batch_size, threads=threads,
                                  block_shapes={k: s.grid.block_shape for k, s in _kinds(model, structures).items()},
-                                 cache_dir=args.cache_dir, statistic=args.statistic, engines=args.engines)
+                                 cache_dir=args.cache_dir, statistic=args.statistic, engines=args.engines,
+                                 runtime=args.runtime)
         actions = {}
         for layer, s in structures.items():
             c = s.counts()
@@ -122,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for engine, ms in result["engines"].items():
         best = "  (fastest dense)" if engine == result["best_engine"] else ""
         print(f"  {engine:<12} {ms:9.3f} ms{best}", file=sys.stderr)
-    print(f"  {'compressed':<12} {result['compressed_ms']:9.3f} ms  speedup {result['speedup']:.2f}x over "
+    print(f"  {'compressed':<12} {result['compressed_ms']:9.3f} ms ({result['runtime']})  speedup {result['speedup']:.2f}x over "
           f"{result['best_engine']}", file=sys.stderr)
     return {**result, "predicted_ms": predicted, "predicted_latency_ratio": predicted_ratio, "model": name,
             "batch_size": args.batch_size, "input_shape": list(shape), "threads": threads, "statistic": args.statistic}
