@@ -4,7 +4,7 @@
     python benchmarks/engines.py --models cifar-resnet56 --batches 1 --block-shape 4x1
 
 For each model and batch, every installed dense engine (torch eager, ONNX Runtime, OpenVINO; BatchNorm
-folded) and uniprune's compiled model at 0 / 50 / 75 / 90 % of the blocks pruned (random block states of
+folded) and uniprune's compressed model (the lean plan unless --runtime python) at 0 / 50 / 75 / 90 % of the blocks pruned (random block states of
 exactly that fraction in every compressible layer, the search's default block shapes unless
 ``--block-shape`` says otherwise) run interleaved in the same rounds (uniprune.compressors.timing); each
 figure is the statistic over the rounds. Speedups are over the fastest dense engine. ResNets use the
@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.blocks import compressible_layers  # noqa: E402
 from uniprune.compressors.engines import dense_engines  # noqa: E402
-from uniprune.compressors.latency import random_structure  # noqa: E402
-from uniprune.compressors.runtime import compile_model  # noqa: E402
+from uniprune.compressors.latency import RUNTIMES, compile_for_timing, random_structure  # noqa: E402
 from uniprune.compressors.structure import BlockShape  # noqa: E402
 from uniprune.compressors.timing import interleaved_samples, reducer  # noqa: E402
 from uniprune.search.models import build_model, load_weights  # noqa: E402
@@ -61,12 +60,12 @@ def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
     engines = dense_engines(model, x, threads=args.threads)
     specs = compressible_layers(model, _block_shapes(args.block_shape))
     gen = torch.Generator().manual_seed(0)
-    compiled = {}
+    compiled, notes, used = {}, list(engines.notes), set()
     for f in FRACTIONS:
-        c = compile_model(model, {s.name: random_structure(s.grid, f, 0.0, gen) for s in specs}, threads=args.threads)
-        with torch.no_grad():
-            c(x)  # picks each layer's implementation at this shape
-        compiled[f] = c
+        structures = {s.name: random_structure(s.grid, f, 0.0, gen) for s in specs}
+        compiled[f], runtime, more = compile_for_timing(model, structures, x, args.threads, args.runtime)
+        used.add(runtime)
+        notes += more
     fns = {**engines.runners, **{f"{f:g}": (lambda c=c: c(x)) for f, c in compiled.items()}}
     t = interleaved_samples(fns, warmup=2, repeats=args.repeats, threads=args.threads, min_seconds=args.min_seconds)
     reduce = reducer(args.statistic)
@@ -74,7 +73,7 @@ def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
     dense = {e: ms[e] for e in engines.runners}
     best = min(dense, key=dense.__getitem__)
     return {"model": name, "weights": weights, "batch": batch, "engines": dense, "best": best,
-            "compressed": {f: ms[f"{f:g}"] for f in FRACTIONS}, "notes": engines.notes}
+            "compressed": {f: ms[f"{f:g}"] for f in FRACTIONS}, "runtime": "/".join(sorted(used)), "notes": notes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds at least (default 10)")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="least span of the rounds, s (default 3)")
     parser.add_argument("--statistic", choices=["median", "min"], default="min", help="statistic over rounds (default min)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="lean", help="how the compressed model runs (default lean)")
     parser.add_argument("--block-shape", default=None, help="conv block shape OUTxIN, e.g. 4x1 (default: the search's, 8x4)")
     args = parser.parse_args(argv)
     rows = []
@@ -96,28 +96,30 @@ def main(argv: list[str] | None = None) -> int:
             comp = " ".join(f"{f:.0%} {ms:.2f}" for f, ms in r["compressed"].items())
             print(f"{name} batch {batch}: {engines} | uniprune {comp}", file=sys.stderr, flush=True)
     engine_names = list(rows[0]["engines"])
-    head = ["model", "weights", "batch", *[f"{e} ms" for e in engine_names],
+    head = ["model", "weights", "batch", *[f"{e} ms" for e in engine_names], "uniprune runtime",
             *[f"uniprune {f:.0%} pruned ms (speedup)" for f in FRACTIONS]]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         best_ms = r["engines"][r["best"]]
         cells = [r["model"], r["weights"], str(r["batch"])]
         cells += [f"**{ms:.2f}**" if e == r["best"] else f"{ms:.2f}" for e, ms in r["engines"].items()]
+        cells.append(r["runtime"])
         cells += [f"{ms:.2f} ({best_ms / ms:.2f}x)" for ms in r["compressed"].values()]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = sorted({n for r in rows for n in r["notes"]})
+    notes = sorted({n.splitlines()[0][:300] for r in rows for n in r["notes"]})
     shape = args.block_shape or "8x4"
     md = [
         f"Machine: {machine_line()}; {args.threads} thread(s); statistic {args.statistic} over at least {args.repeats} "
         f"interleaved rounds spanning at least {args.min_seconds:g} s.", f"Command: `{command_line()}`", "",
         "Every dense engine (BatchNorm folded; ONNX Runtime and OpenVINO on the same exported ONNX file, float32) "
-        f"and uniprune's compiled model with the given share of every compressible layer's {shape} conv blocks "
+        f"and uniprune's compressed model (runtime lean: one native plan per pass; python: layer by layer) with the given share of every compressible layer's {shape} conv blocks "
         "pruned (random placement, linear 8x8), timed in the same rounds. Bold: the fastest dense engine, "
         "the baseline; speedups are over it.", "",
         *lines,
         *([""] + [f"Note: {n}" for n in notes] if notes else []),
     ]
     section = "engines" if args.block_shape is None else f"engines_{shape}"
+    section += "" if args.runtime == "lean" else f"_{args.runtime}"
     write_section(section, f"## Dense engines against uniprune, whole models ({shape} blocks)\n\n" + "\n".join(md))
     return 0
 

@@ -17,13 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors.blocks import DEFAULT_BLOCK_SHAPES  # noqa: E402
 from uniprune.compressors import kernels  # noqa: E402
 from uniprune.compressors.latency import (  # noqa: E402
     build_latency_model,
