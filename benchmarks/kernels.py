@@ -163,7 +163,8 @@ def latency(args: argparse.Namespace) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *lines,
     ]
-    write_section("latency_table" + ("" if args.statistic == "median" else f"_{args.statistic}"), "## Latency table: prediction vs measurement\n\n" + "\n".join(md))
+    section = "latency_table" + ("" if args.statistic == "median" else f"_{args.statistic}") + f"_{kernels.isa()}"
+    write_section(section, f"## Latency table: prediction vs measurement ({kernels.isa()} kernels)\n\n" + "\n".join(md))
 
 
 THREADS = 1
