@@ -18,16 +18,12 @@ One SB3 "episode" is one pass over the network's compressible layers, so ``learn
 
 from __future__ import annotations
 
-import io
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from stable_baselines3 import DDPG
 from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.fileio import write_bytes_atomic
 
 from .buffer import EpisodeRewardBuffer
 from .noise import TruncatedNormalSchedule
@@ -85,6 +81,11 @@ class AMCDDPG(DDPG):
             episode_length = _episode_length(env)
         if episode_length < 1:
             raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
+        #: what rebuilds this agent (agent/storage.py writes it as JSON; never a pickle)
+        self.settings = {"warmup_episodes": int(warmup_episodes), "actor_lr": float(actor_lr), "critic_lr": float(critic_lr),
+                         "sigma0": float(sigma0), "sigma_decay": float(sigma_decay), "baseline_alpha": float(baseline_alpha),
+                         "hidden": [int(h) for h in hidden], "tau": float(tau), "gamma": float(gamma),
+                         "batch_size": int(batch_size), "buffer_size": int(buffer_size), "seed": seed}
         self.actor_lr = float(actor_lr)
         self.critic_lr = float(critic_lr)
         self.episode_length = int(episode_length)
@@ -155,28 +156,6 @@ class AMCDDPG(DDPG):
             action = low + noisy * (high - low)
         action = np.asarray(action, dtype=np.float32)
         return action, self.policy.scale_action(action)
-
-    def save_state(self, directory: str | os.PathLike) -> tuple[Path, Path]:
-        """Write ``agent.zip`` and ``replay_buffer.pkl`` into ``directory`` atomically; returns both paths."""
-        directory = Path(directory)
-        buf = io.BytesIO()
-        self.save(buf)
-        agent_path = write_bytes_atomic(directory / "agent.zip", buf.getvalue())
-        buf = io.BytesIO()
-        self.save_replay_buffer(buf)
-        buffer_path = write_bytes_atomic(directory / "replay_buffer.pkl", buf.getvalue())
-        return agent_path, buffer_path
-
-    @classmethod
-    def load_state(cls, directory: str | os.PathLike, env: Any, *, device: str = "cpu") -> AMCDDPG:
-        """Load ``agent.zip`` (and ``replay_buffer.pkl`` when present) from ``directory`` to go on searching."""
-        directory = Path(directory)
-        agent = cls.load(directory / "agent.zip", env=env, device=device)
-        if (directory / "replay_buffer.pkl").is_file():
-            agent.load_replay_buffer(directory / "replay_buffer.pkl")
-            if isinstance(agent.replay_buffer, EpisodeRewardBuffer):
-                agent.replay_buffer.discard_pending()
-        return agent
 
 
 def _episode_length(env: Any) -> int:

@@ -35,7 +35,7 @@ DEFAULT_DATA = f"{SHARED / 'cifar10-jpeg-train.tar.gz'},{SHARED / 'cifar10-jpeg-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--agent", required=True, help="the ResNet-20 DDPG run directory (agent.zip, config.json)")
+    p.add_argument("--agent", required=True, help="the ResNet-20 DDPG run directory (agent.json, agent.pt, config.json)")
     p.add_argument("--checkpoint", required=True, help="ResNet-56 adapted to the JPEG training set")
     p.add_argument("--dense-accuracy", type=float, default=None, help="the dense checkpoint's test accuracy, if known (else measured)")
     p.add_argument("--data", default=DEFAULT_DATA, help="imagefolder sources (default: the shared CIFAR-10 JPEG train and test)")

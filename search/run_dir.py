@@ -6,7 +6,8 @@ Files (every write atomic: temp file + rename, :mod:`uniprune.compressors.fileio
     state.json           progress: episodes done, best reward and episode, seconds spent (the resume point)
     episodes.csv         one row per episode (episode, reward, val_accuracy, latency_ratio, size_ratio, ...)
     policy.json          the best policy so far
-    agent.zip            the DDPG agent (stable-baselines3), with replay_buffer.pkl for --resume
+    agent.json, agent.pt the DDPG agent: settings as JSON, weights as tensors (weights_only), never a pickle;
+    replay_buffer.npz    its stored transitions, for --resume
     optuna.db            the Optuna study (searcher optuna, default storage)
     tb/                  TensorBoard events
 
@@ -32,7 +33,7 @@ from uniprune.compressors.fileio import write_json_atomic, write_text_atomic
 EPISODE_COLUMNS: tuple[str, ...] = (
     "episode", "reward", "val_accuracy", "latency_ratio", "size_ratio", "noise_sigma", "warmup", "best_reward", "seconds",
 )
-RUN_FILES = ("config.json", "state.json", "episodes.csv", "policy.json", "agent.zip", "replay_buffer.pkl", "optuna.db")
+RUN_FILES = ("config.json", "state.json", "episodes.csv", "policy.json", "agent.json", "agent.pt", "replay_buffer.npz", "optuna.db")
 # Options that may differ on --resume (they do not change what the search is).
 RESUMABLE_CHANGES = frozenset({"episodes", "resume", "force", "json", "score_threads", "storage"})
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from uniprune.agent import AMCDDPG
+from uniprune.agent import AMCDDPG, load_agent, save_agent
 from uniprune.compressors.errors import ConfigError, RunDirError
 from uniprune.compressors.policy import LayerAction
 from uniprune.envs import CompressionEnv
@@ -87,17 +87,17 @@ class Searcher(abc.ABC):
 
 
 class DDPGSearcher(Searcher):
-    """AMC's DDPG agent; saves ``agent.zip`` + ``replay_buffer.pkl`` in the run directory."""
+    """AMC's DDPG agent; saves ``agent.json``, ``agent.pt`` and ``replay_buffer.npz`` in the run directory (no pickle)."""
 
     name = "ddpg"
 
     def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int) -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
-        if resume and (self.run_dir / "agent.zip").is_file():
-            self.agent = AMCDDPG.load_state(self.run_dir, env=env)
+        if resume and (self.run_dir / "agent.json").is_file():
+            self.agent = load_agent(self.run_dir, env=env, replay_buffer=True)
             self.agent._last_obs = None  # start a fresh episode in this process
         elif resume and (self.run_dir / "state.json").is_file() and _episodes_done(self.run_dir) > 0:
-            raise RunDirError(f"{self.run_dir} has episodes but no agent.zip to resume the DDPG agent from; start over with --force")
+            raise RunDirError(f"{self.run_dir} has episodes but no agent.json to resume the DDPG agent from; start over with --force")
         else:
             buffer_size = max(episodes * env.num_layers, 1000)
             self.agent = AMCDDPG(env=env, warmup_episodes=warmup, seed=seed, buffer_size=buffer_size)
@@ -119,7 +119,7 @@ class DDPGSearcher(Searcher):
         return self.agent.schedule.in_warmup(episode)
 
     def save(self) -> None:
-        self.agent.save_state(self.run_dir)
+        save_agent(self.agent, self.run_dir)
 
 
 class RandomSearcher(Searcher):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from uniprune.agent import AMCDDPG, EpisodeRewardBuffer, TruncatedNormalSchedule
+from uniprune.agent import AMCDDPG, EpisodeRewardBuffer, TruncatedNormalSchedule, load_agent, save_agent
 from uniprune.compressors.errors import ConfigError
 from uniprune.envs import make_tiny_env
 
@@ -97,8 +97,9 @@ def test_warmup_then_noise_and_save_load_roundtrip(tmp_path):
     assert agent.episode == 4 and agent.replay_buffer.size() == 4 * env.num_layers
     # Training starts once the warm-up steps are in: 3 steps after episode 3, 3 after episode 4.
     assert agent._n_updates == 2 * env.num_layers
-    agent.save_state(tmp_path)
-    loaded = AMCDDPG.load_state(tmp_path, env=make_tiny_env())
+    files = save_agent(agent, tmp_path)
+    assert sorted(p.name for p in files) == ["agent.json", "agent.pt", "replay_buffer.npz"]
+    loaded = load_agent(tmp_path, env=make_tiny_env(), replay_buffer=True)
     assert loaded.episode == 4 and loaded.noise_sigma == pytest.approx(0.5 * 0.95**2)
     assert loaded.replay_buffer.size() == agent.replay_buffer.size()
     assert loaded.replay_buffer.baseline == pytest.approx(agent.replay_buffer.baseline)

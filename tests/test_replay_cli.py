@@ -40,7 +40,7 @@ def searched(tmp_path_factory):
 
 def test_agent_replays_on_another_architecture_within_budget(searched, tmp_path, capsys):
     out = tmp_path / "resnet20.json"
-    result = _json(capsys, ["replay", "--agent", str(searched / "agent.zip"), "--model", "cifar-resnet20", *FAST, "--out", str(out)])
+    result = _json(capsys, ["replay", "--agent", str(searched), "--model", "cifar-resnet20", *FAST, "--out", str(out)])
     policy = Policy.load(out)
     names = [s.name for s in compressible_layers(build_model("cifar-resnet20"))]
     assert list(policy.layers) == names[1:-1] and len(names) == 20  # the stem and the classifier stay dense
@@ -91,6 +91,8 @@ def test_replay_errors_are_one_line_and_touch_nothing(searched, tmp_path, capsys
 
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
     err = _error(capsys, ["replay", "--agent", str(tmp_path / "bad.zip"), *FAST, "--out", str(tmp_path / "z.json")])
+    assert "pickled code" in err and "--trust-pickle" in err  # an SB3 zip is refused before it is opened
+    err = _error(capsys, ["replay", "--agent", str(tmp_path / "bad.zip"), "--trust-pickle", *FAST, "--out", str(tmp_path / "z.json")])
     assert "cannot be read" in err
     err = _error(capsys, ["replay", "--agent", str(tmp_path / "nothing"), *FAST, "--out", str(tmp_path / "z.json")])
     assert "does not exist" in err

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from uniprune.agent import AMCDDPG
+from uniprune.agent import load_agent
 from uniprune.compressors.policy import Policy
 from uniprune.envs import make_tiny_env
 from uniprune.search.cli import main
@@ -40,7 +40,8 @@ def test_ddpg_search_writes_policy_csv_and_tensorboard_then_resumes(tmp_path, ca
     assert policy.block_shape == {"conv": (8, 4), "linear": (8, 8)}
     assert [r["episode"] for r in _rows(run)] == ["0", "1", "2"]
     assert [float(r["noise_sigma"]) for r in _rows(run)] == [0.0, 0.0, 0.5]
-    assert (run / "agent.zip").is_file() and (run / "config.json").is_file()
+    assert (run / "agent.json").is_file() and (run / "agent.pt").is_file() and (run / "config.json").is_file()
+    assert not list(run.glob("*.zip")) and not list(run.glob("*.pkl"))  # nothing pickled
 
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
@@ -62,7 +63,7 @@ def test_ddpg_search_writes_policy_csv_and_tensorboard_then_resumes(tmp_path, ca
     rows = _rows(run)
     assert [r["episode"] for r in rows] == ["0", "1", "2", "3", "4"]
     assert float(rows[4]["noise_sigma"]) == pytest.approx(0.5 * 0.95**2)
-    agent = AMCDDPG.load(run / "agent.zip")
+    agent = load_agent(run)
     assert agent.episode == 5
     # The agent trained on digits-cnn runs on another network (per-network observations), within its budget.
     replayed = agent_policy(agent, make_tiny_env(latency_budget=0.7))

@@ -1,11 +1,12 @@
 """`uniprune replay`: run a learned agent, or a saved policy, on another model and write the policy it gives.
 
-``--agent RUN/agent.zip`` walks the new model's environment with the agent's deterministic actions (no
+``--agent RUN`` (a search's run directory, or its ``agent.json``) walks the new model's environment with the agent's deterministic actions (no
 noise). The observation is normalised per network, so an agent searched on ResNet-20 reads ResNet-56's
 layers on the same scale. Budget clipping (the action wall) applies as in a search, so the written
 policy meets ``--latency-budget`` by the new model's latency table. Options the user leaves at their
-defaults are taken from the agent's run (``config.json`` next to ``agent.zip``), so the actions mean the
-same fractions they meant in the search (``--max-prune``/``--max-unify`` scale them).
+defaults are taken from the agent's run (``config.json`` next to ``agent.json``), so the actions mean the
+same fractions they meant in the search (``--max-prune``/``--max-unify`` scale them). An agent is read
+without pickle (:mod:`uniprune.agent.storage`); a stable-baselines3 ``agent.zip`` only with ``--trust-pickle``.
 
 ``--policy FILE`` instead applies a saved policy to another checkpoint of the same architecture: every
 layer must match by name, and the policy's fractions go through the same wall (they are unchanged
@@ -40,30 +41,34 @@ _FROM_RUN = ("latency_budget", "max_prune", "max_unify", "reward", "size_budget"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--agent", help="agent.zip a DDPG search wrote (or its run directory)")
+    source.add_argument("--agent", help="the run directory of a DDPG search (or its agent.json)")
     source.add_argument("--policy", help="policy.json to apply to another checkpoint of the same architecture")
     add_env_arguments(parser)
     parser.add_argument("--out", required=True, help="where to write the policy (policy.json); an existing file needs --force")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="also read a stable-baselines3 agent.zip (pickled code: it runs on load; only for files you made)")
 
 
 def _agent_path(given: str) -> Path:
     path = Path(given).expanduser()
     if path.is_dir():
-        path = path / "agent.zip"
+        path = path / "agent.json"
     if not path.is_file():
-        raise RunDirError(f"agent file {str(path)!r} does not exist; pass the agent.zip a 'uniprune search --searcher ddpg' wrote")
+        raise RunDirError(f"agent file {str(path)!r} does not exist; pass the run directory of a "
+                          "'uniprune search --searcher ddpg' (or its agent.json)")
     return path
 
 
-def _load_agent(path: Path, env: CompressionEnv) -> Any:
-    from uniprune.agent import AMCDDPG
+def _load_agent(path: Path, env: CompressionEnv, *, trust_pickle: bool) -> Any:
+    from uniprune.agent import load_agent, load_sb3_zip
 
-    try:
-        agent = AMCDDPG.load(path, env=None, device="cpu")
-    except Exception as exc:  # a corrupt zip fails anywhere in SB3's loader; the cause is the file either way
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise RunDirError(f"agent file {str(path)!r} cannot be read ({type(exc).__name__}: {first}); pass an agent.zip a search wrote") from None
+    if path.suffix == ".zip" and trust_pickle:
+        print(f"uniprune replay: warning: reading {path} with pickle (--trust-pickle): a crafted file runs code here",
+              file=sys.stderr)
+        agent = load_sb3_zip(path, device="cpu")
+    else:
+        agent = load_agent(path, device="cpu")  # refuses a .zip: pickled code never runs without --trust-pickle
     want, got = env.observation_space.shape, agent.observation_space.shape
     if got != want or agent.action_space.shape != env.action_space.shape:
         raise RunDirError(
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"uniprune replay: from the agent's run: {', '.join('--' + k.replace('_', '-') for k in taken)}", file=sys.stderr)
         validate_env_arguments(args)
         env = make_env(args, verb="replay")
-        agent = _load_agent(agent_path, env)
+        agent = _load_agent(agent_path, env, trust_pickle=args.trust_pickle)
         result = agent_policy(agent, env)
         source = {"agent": str(agent_path.resolve())}
     else:
