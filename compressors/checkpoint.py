@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .fileio import torch_save_atomic
+from .fileio import first_non_finite, torch_save_atomic
 from .policy import Policy
 from .structure import BlockShape, LayerStructure, block_grid
 
@@ -115,6 +115,9 @@ def load_compressed(path: str | os.PathLike) -> tuple[str, dict[str, torch.Tenso
     state_dict = data["state_dict"]
     if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{source}: field 'state_dict' holds non-tensor values; the file is damaged")
+    bad = first_non_finite(state_dict)
+    if bad:
+        raise CheckpointError(f"{source}: {bad} holds NaN or inf (written by a run that diverged); fine-tune again")
     structures = {name: _read_structure(name, rec, state_dict, source) for name, rec in data["structures"].items()}
     meta = dict(data.get("meta") or {})
     meta.update(num_classes=data["num_classes"], input_shape=list(data["input_shape"]), policy=data.get("policy"))

@@ -36,6 +36,10 @@ class RunDirError(UnipruneError, ValueError):
     """A run directory is missing, incomplete, or would be overwritten without ``--resume``/``--force``."""
 
 
+class NonFiniteError(UnipruneError, ValueError):
+    """A tensor holds NaN or inf: training diverged (a loss, weight or BatchNorm statistic), so nothing is written."""
+
+
 class KernelBuildError(UnipruneError, RuntimeError):
     """The native sparse kernels could not be compiled or loaded on this machine."""
 

@@ -10,6 +10,25 @@ from typing import Any
 
 import torch
 
+from .errors import NonFiniteError
+
+
+def first_non_finite(obj: Any, where: str = "") -> str | None:
+    """The key path of the first tensor in ``obj`` (nested dicts, lists, tuples) holding NaN or inf, else None."""
+    if isinstance(obj, torch.Tensor):
+        return where or "tensor" if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = first_non_finite(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
 
 def _atomic_replace(path: Path, write) -> Path:
     path = Path(path)
@@ -46,5 +65,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def torch_save_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save`` to ``path`` atomically; returns the path."""
+    """``torch.save`` to ``path`` atomically; returns the path. Refuses (:class:`NonFiniteError`, nothing
+    written) an ``obj`` holding a NaN or inf tensor: a diverged model must never replace a good one."""
+    bad = first_non_finite(obj)
+    if bad:
+        raise NonFiniteError(f"{bad} holds NaN or inf, so {Path(path).name} was not written (the run diverged)")
     return _atomic_replace(Path(path), lambda fh: torch.save(obj, fh))

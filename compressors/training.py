@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteError
+from .fileio import first_non_finite
 
 __all__ = ["train_epoch", "evaluate", "make_optimizer", "cosine_schedule"]
 
@@ -60,6 +61,9 @@ def train_epoch(
         ``{"loss": mean cross-entropy per sample (nats, >= 0), "accuracy": training top-1 in [0, 1],
         "penalty": mean penalty per batch (0 when none), "samples": number of samples seen}``.
         An empty ``batches`` gives loss and accuracy ``nan``.
+
+    Raises :class:`NonFiniteError` as soon as the loss is NaN or inf, or when the epoch leaves a weight or a
+    BatchNorm statistic non-finite (the step was too large); the caller decides what to keep.
     """
     model.train()
     device = torch.device(device)
@@ -79,6 +83,8 @@ def train_epoch(
             extra = penalty()
             loss = loss + extra
             penalty_sum += float(extra.detach())
+        if not bool(torch.isfinite(loss.detach())):
+            raise NonFiniteError(f"the training loss became {float(loss.detach())} at step {steps + 1} of the epoch")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -93,6 +99,10 @@ def train_epoch(
         steps += 1
         if desc is not None and steps % 10 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")  # type: ignore[union-attr]
+    # the loss can stay finite while a step leaves a weight or a BatchNorm statistic at inf
+    bad = first_non_finite(dict(model.state_dict()))
+    if bad:
+        raise NonFiniteError(f"{bad} became NaN or inf during the epoch")
     if seen == 0:
         return {"loss": math.nan, "accuracy": math.nan, "penalty": 0.0, "samples": 0.0}
     return {

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from uniprune.compressors.errors import CheckpointError, ModelError
-from uniprune.compressors.fileio import torch_save_atomic
+from uniprune.compressors.fileio import first_non_finite, torch_save_atomic
 
 __all__ = [
     "KNOWN_MODELS",
@@ -318,6 +318,9 @@ def split_checkpoint(obj: dict[str, Any], where: str) -> tuple[dict[str, Tensor]
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{where}: state dict entries must be tensors, {bad[0]!r} is {type(state[bad[0]]).__name__}")
+    non_finite = first_non_finite(dict(state))
+    if non_finite:
+        raise CheckpointError(f"{where}: {non_finite} holds NaN or inf (written by a run that diverged); train it again")
     # Checkpoints saved from nn.DataParallel / DDP carry a "module." prefix on every key.
     clean = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
     return clean, meta

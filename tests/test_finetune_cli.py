@@ -98,3 +98,47 @@ def test_policy_for_another_model_is_refused(tmp_path: Path, capsys: pytest.Capt
     path = policy.save(tmp_path / "p.json")
     assert main(["finetune", "--policy", str(path), "--model", "digits-cnn", "--out", str(tmp_path / "x.pt"), *FAST]) == 2
     assert "not compressible layers" in capsys.readouterr().err
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_good_model(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dense, policy_path, _ = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "policy.json").write_text(policy_path.read_text())
+    (run / "config.json").write_text(json.dumps({"model": "digits-cnn", "checkpoint": str(dense), "dataset": "digits", "data": None}))
+    assert main(["finetune", "--run-dir", str(run), "--method", "masked", "--epochs", "1", *FAST]) == 0
+    good = (run / "compressed.pt").read_bytes()
+    capsys.readouterr()
+    # a second run into the same place needs --force
+    assert main(["finetune", "--run-dir", str(run), "--method", "masked", "--epochs", "1", *FAST]) == 2
+    assert "--force" in capsys.readouterr().err
+    for extra in (["--method", "masked", "--lr", "1e9"], ["--method", "admm", "--epochs", "2", "--rho", "1e30", "--lr", "1e6"]):
+        assert main(["finetune", "--run-dir", str(run), "--force", *extra, *FAST]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # progress bars aside
+        assert len(errors) == 1 and "diverged" in errors[0] and "--lr" in errors[0] and "nothing was written" in errors[0]
+        assert (run / "compressed.pt").read_bytes() == good  # the earlier model is intact
+
+
+def test_non_finite_checkpoints_are_never_written_nor_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from uniprune.compressors.checkpoint import save_compressed
+    from uniprune.compressors.errors import CheckpointError, NonFiniteError
+    from uniprune.compressors.projection import project_model
+    from uniprune.search.models import build_model
+
+    model = build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8))
+    structures = project_model(model, Policy(layers={"conv2": LayerAction(0.5, 0.0)}, model="digits-cnn"))
+    with torch.no_grad():
+        model.bn2.running_var[0] = float("inf")
+    with pytest.raises(NonFiniteError, match="bn2.running_var"):
+        save_compressed(tmp_path / "c.pt", model, structures, model_name="digits-cnn", num_classes=10, input_shape=(1, 8, 8))
+    assert not (tmp_path / "c.pt").exists()
+    # a file written by something else with a NaN in it: eval refuses it in one line
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({"format": "uniprune.compressed/1", "model_name": "digits-cnn", "num_classes": 10, "input_shape": [1, 8, 8],
+                "state_dict": state, "structures": {}, "policy": None, "meta": {}}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        load_compressed(tmp_path / "nan.pt")
+    torch.save(state, tmp_path / "nan-dense.pt")
+    assert main(["eval", "--model", "digits-cnn", "--checkpoint", str(tmp_path / "nan-dense.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN or inf" in err[0]

@@ -23,7 +23,13 @@ from uniprune.compressors.accounting import model_size
 from uniprune.compressors.admm import AdmmConfig, admm_finetune, world
 from uniprune.compressors.blocks import compressible_layers, policy_block_shapes
 from uniprune.compressors.checkpoint import save_compressed
-from uniprune.compressors.errors import ConfigError, KernelBuildError, NotAvailableError, RunDirError
+from uniprune.compressors.errors import (
+    ConfigError,
+    KernelBuildError,
+    NonFiniteError,
+    NotAvailableError,
+    RunDirError,
+)
 from uniprune.compressors.fileio import write_json_atomic
 from uniprune.compressors.policy import Policy
 from uniprune.compressors.projection import check_policy_layers
@@ -62,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random crop + flip on training batches (default: on for cifar10/imagefolder)")
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
                         help="time dense against compressed with the real kernels for latency_ratio (default on)")
-    parser.add_argument("--out", default=None, help="where to write the compressed checkpoint (default RUN/compressed.pt)")
+    parser.add_argument("--out", default=None, help="where to write the compressed checkpoint (default RUN/compressed.pt); "
+                        "an existing file needs --force")
+    parser.add_argument("--force", action="store_true", help="replace --out (or RUN/compressed.pt) when it already exists")
     add_seed_argument(parser)
     add_device_argument(parser)
 
@@ -143,6 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("no output path: pass --out compressed.pt (or --run-dir RUN)")
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file path such as {out / 'compressed.pt'}")
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it or --out to write elsewhere")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     plan = _epoch_plan(args)
@@ -191,6 +201,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dense_val = validate(model) if rank == 0 else None
     try:
         result = admm_finetune(model, policy, train_batches, validate, plan, log=logger.log if logger else None)
+    except NonFiniteError as exc:
+        knobs = f"--lr (now {args.lr:g})" + (f" or --rho (now {args.rho:g})" if args.method == "admm" else "")
+        raise NonFiniteError(f"fine-tuning diverged ({exc}); nothing was written: lower {knobs}") from None
     finally:
         if logger is not None:
             logger.close()
@@ -216,6 +229,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_compressed(out, model.cpu(), structures, model_name=model_name, num_classes=bundle.num_classes,
                         input_shape=bundle.input_shape, policy=policy,
                         meta={k: v for k, v in summary.items() if k != "checkpoint"} | {"dataset": dataset})
-        if run_dir is not None:
+        if run_dir is not None and args.out is None:  # the run's record describes the run's own compressed.pt
             write_json_atomic(run_dir / "finetune.json", summary | {"admm_history": result["admm_history"], "retrain_history": result["retrain_history"]})
     return summary

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.errors import ConfigError, NonFiniteError
 from uniprune.compressors.training import cosine_schedule, evaluate, make_optimizer, train_epoch
 from uniprune.search.datasets import load_dataset
 from uniprune.search.models import (
@@ -107,10 +107,14 @@ def _train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
             "train", args.batch_size, shuffle=True, augment=not args.no_augment,
             seed=args.seed * 100_003 + epoch, device=device,
         )
-        stats = train_epoch(
-            model, batches, optimizer, scheduler=scheduler, device=device,
-            desc=f"epoch {epoch + 1}/{args.epochs}", total=steps,
-        )
+        try:
+            stats = train_epoch(
+                model, batches, optimizer, scheduler=scheduler, device=device,
+                desc=f"epoch {epoch + 1}/{args.epochs}", total=steps,
+            )
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"training diverged in epoch {epoch + 1} ({exc}); nothing was written: lower --lr "
+                                 f"(now {args.lr:g})") from None
         if has_val:
             val_acc = evaluate(model, data.batches("val", EVAL_BATCH, device=device), device=device)
         print(
