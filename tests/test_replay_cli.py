@@ -52,6 +52,10 @@ def test_agent_replays_on_another_architecture_within_budget(searched, tmp_path,
     # deterministic: the same replay gives the same policy
     again = _json(capsys, ["replay", "--agent", str(searched), "--model", "cifar-resnet20", *FAST, "--out", str(out), "--force"])
     assert Policy.load(out).layers == policy.layers and again["latency_ratio"] == result["latency_ratio"]
+    # a typed option wins over the run's, even when it equals the verb's default (0.5)
+    typed = _json(capsys, ["replay", "--agent", str(searched), "--model", "cifar-resnet20", *FAST, "--latency-budget", "0.5",
+                           "--out", str(out), "--force"])
+    assert typed["latency_budget"] == 0.5 and Policy.load(out).latency_budget == 0.5
 
 
 def test_policy_applies_to_another_checkpoint_of_the_same_architecture(searched, tmp_path, capsys):

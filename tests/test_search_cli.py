@@ -56,7 +56,11 @@ def test_ddpg_search_writes_policy_csv_and_tensorboard_then_resumes(tmp_path, ca
     assert main(["search", *FAST, "--episodes", "3", "--run-dir", str(run), "--json"]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
-    # Options left out on --resume come from the run's config.json (here --warmup 2 and the FAST options).
+    # Options left out on --resume come from the run's config.json (here --warmup 2 and the FAST options), the
+    # episode target too: without --episodes a resume stops at the run's own target, not the default 300.
+    assert main(["search", "--run-dir", str(run), "--resume", "--json"]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["episodes"] == 3 and resumed["episodes_this_run"] == 0
     assert main(["search", "--episodes", "5", "--run-dir", str(run), "--resume", "--json"]) == 0
     resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert resumed["episodes"] == 5 and resumed["episodes_this_run"] == 2

@@ -101,20 +101,35 @@ def take_stored_options(
     args: argparse.Namespace, stored: Mapping[str, Any], add_arguments: Callable[[argparse.ArgumentParser], None],
     *, keys: Collection[str],
 ) -> list[str]:
-    """Options in ``keys`` left at their defaults take ``stored`` values (a run's ``config.json``).
+    """Options in ``keys`` the user did not type take ``stored`` values (a run's ``config.json``).
 
-    ``add_arguments`` is the verb's own, so "default" means what the verb's parser would give. An option
-    the user set keeps the user's value. Returns the names of the options taken.
+    An option the user typed always keeps the user's value, even when it equals the default
+    (:func:`typed_options`). ``add_arguments`` is the verb's own. Returns the names of the options taken.
     """
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
+    typed = typed_options(args, add_arguments)
     taken = []
     for key in keys:
-        default = parser.get_default(key)
-        if key in stored and hasattr(args, key) and getattr(args, key) == default and stored[key] != default:
+        if key in stored and hasattr(args, key) and key not in typed and getattr(args, key) != stored[key]:
             setattr(args, key, stored[key])
             taken.append(key)
     return taken
+
+
+def typed_options(args: argparse.Namespace, add_arguments: Callable[[argparse.ArgumentParser], None]) -> set[str]:
+    """The destinations of the options the user typed on the verb's command line (``args._argv``, which the
+    CLI's parser records). For a namespace made without it, options that differ from their defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    argv = getattr(args, "_argv", None)
+    if argv is None:
+        return {k for k, v in vars(args).items() if parser.get_default(k) != v}
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # only what the command line names comes back
+        action.required = False
+    for group in parser._mutually_exclusive_groups:
+        group.required = False
+    seen, _ = parser.parse_known_args(argv)
+    return set(vars(seen))
 
 
 def dense_layers(spec: str, names: list[str]) -> list[str]:

@@ -73,12 +73,15 @@ def default_run_dir(args: argparse.Namespace) -> Path:
 
 
 def _take_stored_options(args: argparse.Namespace, run_path: Path) -> None:
-    """On --resume, options left at their defaults take the run's stored values (so they need not be repeated).
+    """On --resume, options the user did not type take the run's stored values (so they need not be repeated),
+    the episode target included: a resume without --episodes goes on to the run's own target.
 
-    An option given with a value other than the stored one stays, and RunDir refuses the resume naming it.
+    An option typed with a value other than the stored one stays, and RunDir refuses the resume naming it
+    (except those in RESUMABLE_CHANGES, such as a new --episodes target).
     """
     stored = read_json_object(run_path / "config.json", fix="start over with --force")
-    take_stored_options(args, stored, add_arguments, keys=[k for k in stored if k not in RESUMABLE_CHANGES])
+    keys = [k for k in stored if k not in RESUMABLE_CHANGES or k == "episodes"]
+    take_stored_options(args, stored, add_arguments, keys=keys)
 
 
 class _StopAfterEpisode:
