@@ -10,6 +10,7 @@ Files (every write atomic: temp file + rename, :mod:`uniprune.compressors.fileio
     replay_buffer.npz    its stored transitions, for --resume
     optuna.db            the Optuna study (searcher optuna, default storage)
     tb/                  TensorBoard events
+    run.lock             held (an OS lock) while a search writes the folder; a killed process leaves none
 
 ``state.json`` is written last after each episode, so it never claims an episode whose other files are
 missing. A directory that holds a run is never overwritten without ``--resume`` (go on) or ``--force``
@@ -53,6 +54,11 @@ def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
     return data
 
 
+#: Run-directory locks this process holds, by lock file: flock locks belong to an open file, so a second open
+#: in the same process would conflict with the first.
+_HELD: dict[Path, Any] = {}
+
+
 class RunDir:
     """One search's directory. Build it with :meth:`start`."""
 
@@ -60,6 +66,35 @@ class RunDir:
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}
+        self._config_update: dict[str, Any] | None = None  # a resume's new targets, written with the first episode
+        self._lock_file: Any = None
+
+    def _lock(self) -> None:
+        """Hold ``run.lock`` for as long as this process lives: a search from another process into the same
+        directory is refused. An OS lock (flock), so a process killed with -9 leaves no stale lock behind."""
+        try:
+            import fcntl
+        except ImportError:  # not on this platform: no lock, as before
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = (self.path / "run.lock").resolve()
+        if key in _HELD:  # this process holds it already (a resume after a stop, in one Python session)
+            self._lock_file = _HELD[key]
+            return
+        fh = open(key, "a+")  # noqa: SIM115 - held open for the process's lifetime
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise RunDirError(f"another process (pid {holder}) is writing {self.path}; wait for it to finish or stop it, "
+                              "then --resume") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_file = _HELD[key] = fh
 
     @property
     def config_path(self) -> Path:
@@ -89,10 +124,11 @@ class RunDir:
         p = run.path
         if p.exists() and not p.is_dir():
             raise RunDirError(f"--run-dir {p} is a file; give a folder path")
-        occupied = p.is_dir() and any(p.iterdir())
+        occupied = p.is_dir() and any(f.name != "run.lock" for f in p.iterdir())
         if resume:
             if not run.config_path.is_file():
                 raise RunDirError(f"nothing to resume in {p}: it has no config.json; start the search without --resume")
+            run._lock()
             run._load(config)
             return run
         if occupied:
@@ -100,10 +136,13 @@ class RunDir:
                 raise RunDirError(f"run directory {p} already holds a run; pass --resume to go on with it or --force to start over")
             if not run.config_path.is_file():
                 raise RunDirError(f"{p} is not empty and is not a uniprune run directory (no config.json); refusing to delete it with --force")
+            run._lock()
             for name in RUN_FILES:
                 (p / name).unlink(missing_ok=True)
             shutil.rmtree(run.tb_dir, ignore_errors=True)
         p.mkdir(parents=True, exist_ok=True)
+        if run._lock_file is None:
+            run._lock()
         write_json_atomic(run.config_path, dict(config))
         run.state = {"episodes": 0, "best_reward": None, "best_episode": None, "seconds": 0.0}
         write_json_atomic(p / "state.json", run.state)
@@ -120,10 +159,15 @@ class RunDir:
             shown = ", ".join(f"--{k.replace('_', '-')} {stored.get(k)!r} -> {config.get(k)!r}" for k in changed[:4])
             raise RunDirError(f"cannot resume {self.path} with different options ({shown}); use the run's options or a new --run-dir")
         self.state.setdefault("episodes", 0)
-        self.rows = self._read_rows()[: self.episodes_done]
+        rows = self._read_rows()
+        if len(rows) < self.episodes_done:
+            raise RunDirError(f"{self.path / 'episodes.csv'} holds {len(rows)} episode rows but state.json records "
+                              f"{self.episodes_done}: the file was cut short; restore it, or start over with --force")
+        self.rows = rows[: self.episodes_done]  # a row written just before a kill, after the last state: played again
         merged = dict(stored)
         merged.update({k: v for k, v in config.items() if k in RESUMABLE_CHANGES})
-        write_json_atomic(self.config_path, merged)
+        # written with the first episode of this run, so a resume that fails before it leaves config.json as it was
+        self._config_update = merged if merged != stored else None
 
     def _read_rows(self) -> list[dict[str, Any]]:
         path = self.path / "episodes.csv"
@@ -144,6 +188,9 @@ class RunDir:
     def save_state(self, **updates: Any) -> None:
         """Update and write ``state.json`` (the resume point; write it after the episode's other files)."""
         self.state.update(updates)
+        if self._config_update is not None:
+            write_json_atomic(self.config_path, self._config_update)
+            self._config_update = None
         write_json_atomic(self.path / "state.json", self.state)
 
     def column(self, key: str) -> Sequence[float]:

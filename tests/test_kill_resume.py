@@ -1,0 +1,94 @@
+"""Fault injection: a search killed with SIGKILL at random moments, then resumed, loses at most the episode in
+progress and never corrupts its run directory; a second search into a folder in use is refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+FAST = ["--latency-model", "macs", "--val-samples", "48", "--eval-batch-size", "48", "--seed", "1", "--warmup", "3"]
+TARGET = 12
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "uniprune.search", "search", *FAST, *args]
+
+
+def _locked_by(run, pid: int) -> bool:
+    try:
+        return (run / "run.lock").read_text().strip() == str(pid)
+    except OSError:
+        return False
+
+
+def _state(run) -> tuple[int, list[str]]:
+    done = json.loads((run / "state.json").read_text())["episodes"] if (run / "state.json").is_file() else 0
+    rows = list(csv.DictReader((run / "episodes.csv").open())) if (run / "episodes.csv").is_file() else []
+    return done, [r["episode"] for r in rows]
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_then_resume(tmp_path):
+    run = tmp_path / "run"
+    rng = random.Random(7)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for attempt in range(3):
+        proc = subprocess.Popen(_cli("--episodes", str(TARGET), "--run-dir", str(run), *(["--resume"] if attempt else [])),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 120
+        while not _locked_by(run, proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until this process holds the run (start-up takes seconds on a busy machine)
+        time.sleep(rng.uniform(0.0, 2.5))  # then anywhere in its episodes and writes
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done, rows = _state(run)
+        # what the resume point says was played is all on disk; at most one row beyond it
+        assert rows[:done] == [str(i) for i in range(done)] and len(rows) <= done + 1
+    # the lock died with the process: a resume goes on and reaches the target
+    out = subprocess.run(_cli("--run-dir", str(run), "--resume", "--json"), capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-500:]
+    done, rows = _state(run)
+    assert done == TARGET and rows == [str(i) for i in range(TARGET)]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["episodes"] == TARGET
+
+
+def test_second_search_into_a_folder_in_use_is_refused(tmp_path):
+    from uniprune.search.run_dir import RunDir
+
+    config = {"model": "digits-cnn"}
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from uniprune.search.run_dir import RunDir; "
+        f"RunDir.start({str(tmp_path / 'run')!r}, {config!r}); print('ready', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        from uniprune.compressors.errors import RunDirError
+
+        with pytest.raises(RunDirError, match=f"pid {holder.pid}"):
+            RunDir.start(tmp_path / "run", config, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDir.start(tmp_path / "run", config, resume=True)  # the holder is gone, and so is its lock
+
+
+def test_truncated_episode_log_is_an_error_not_a_silent_loss(tmp_path):
+    from uniprune.compressors.errors import RunDirError
+    from uniprune.search.run_dir import RunDir
+
+    run = RunDir.start(tmp_path / "run", {"model": "digits-cnn"})
+    for i in range(3):
+        run.record_episode({"episode": i, "reward": 0.5})
+        run.save_state(episodes=i + 1)
+    lines = (tmp_path / "run" / "episodes.csv").read_text().splitlines()
+    (tmp_path / "run" / "episodes.csv").write_text("\n".join(lines[:2]) + "\n")  # header + one row
+    with pytest.raises(RunDirError, match="holds 1 episode rows but state.json records 3"):
+        RunDir.start(tmp_path / "run", {"model": "digits-cnn"}, resume=True)
