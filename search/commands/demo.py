@@ -21,6 +21,8 @@ from typing import Any
 from uniprune.compressors.errors import ConfigError
 from uniprune.compressors.fileio import write_json_atomic
 
+from .common import check_writable
+
 #: The demo's latency budget unless the machine cannot reach it. Measured on the digits CNN at batch 1, one
 #: thread, against ONNX Runtime (the fastest dense engine there): the least reachable ratio was 0.74 with
 #: the AVX-512 kernel build and 0.60 with the AVX2 build on an AMD EPYC (docs/RESULTS.md, section demo).
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} already exists and is not an empty folder; give a new folder")
+    check_writable(out, "--out", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     dense, run_dir = out / "dense.pt", out / "run"
     started = time.perf_counter()

@@ -36,7 +36,14 @@ from uniprune.compressors.projection import check_policy_layers
 from uniprune.compressors.training import evaluate
 from uniprune.search.run_dir import read_json_object
 
-from .common import add_data_arguments, add_device_argument, add_seed_argument, resolve_device, show_notes
+from .common import (
+    add_data_arguments,
+    add_device_argument,
+    add_seed_argument,
+    check_writable,
+    resolve_device,
+    show_notes,
+)
 
 NAME = "finetune"
 HELP = "fine-tune a model into a policy's structure by ADMM (or masked retraining) and save the compressed model"
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--out {out} is a folder; give a file path such as {out / 'compressed.pt'}")
     if out.exists() and not args.force:
         raise ConfigError(f"{out} already exists; pass --force to replace it or --out to write elsewhere")
+    check_writable(out, "--out")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     plan = _epoch_plan(args)

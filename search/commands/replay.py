@@ -28,6 +28,7 @@ from uniprune.envs import CompressionEnv
 from uniprune.search.run_dir import read_json_object
 from uniprune.search.searchers import agent_policy, play
 
+from .common import check_writable
 from .env_options import add_env_arguments, make_env, take_stored_options, validate_env_arguments
 
 NAME = "replay"
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--out {out} is a folder; give a file path such as {out / 'policy.json'}")
     if out.exists() and not args.force:
         raise ConfigError(f"--out {out} already exists; pass --force to overwrite it or choose another path")
+    check_writable(out, "--out")
     if args.agent:
         agent_path = _agent_path(args.agent)
         taken = take_stored_options(args, read_json_object(agent_path.parent / "config.json", fix="pass the options yourself or fix the file"), add_arguments, keys=_FROM_RUN)

@@ -25,6 +25,7 @@ from uniprune.search.run_dir import RESUMABLE_CHANGES, RunDir, read_json_object
 from uniprune.search.searchers import SEARCHERS, make_searcher
 from uniprune.search.tensorboard import TensorBoardLogger
 
+from .common import check_writable
 from .env_options import ENV_KEYS, add_env_arguments, make_env, take_stored_options, validate_env_arguments
 
 NAME = "search"
@@ -122,7 +123,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _search(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     run_path = Path(args.run_dir).expanduser() if args.run_dir else default_run_dir(args)
-    # Refuse an occupied run directory before minutes of loading and latency measurement.
+    # Refuse an occupied or unwritable run directory before minutes of loading and latency measurement.
+    check_writable(run_path, "--run-dir", folder=True)
     if not args.resume and not args.force and run_path.is_dir() and any(run_path.iterdir()):
         raise RunDirError(f"run directory {run_path} already holds a run; pass --resume to go on with it or --force to start over")
     if args.resume and not (run_path / "config.json").is_file():

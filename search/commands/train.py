@@ -28,6 +28,7 @@ from .common import (
     add_model_arguments,
     add_seed_argument,
     add_threads_argument,
+    check_writable,
     model_name,
     resolve_device,
     show_notes,
@@ -84,6 +85,7 @@ def _train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
         raise ConfigError(f"{out} already exists; pass --force to replace it or --out to write elsewhere")
     if out.exists() and out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file path such as {out / 'model.pt'}")
+    check_writable(out, "--out")
     device = resolve_device(args.device)
     started = time.perf_counter()
 
