@@ -17,6 +17,7 @@ The file is a ``torch.save`` of plain containers, tensors and numbers only, so i
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,32 @@ def save_compressed(
     return torch_save_atomic(path, payload)
 
 
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear line for every way a file can be wrong.
+
+    Raises :class:`CheckpointError`: missing, empty, cut short, not written by ``torch.save``, or holding
+    pickled code (which ``weights_only`` refuses to run).
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CheckpointError(f"{what} {file} does not exist (expected a file written by torch.save)")
+    if file.stat().st_size == 0:
+        raise CheckpointError(f"{what} {file} is empty; it was not written completely: write it again")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; each is one line here
+        text = str(exc)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            reason = (f"it holds a pickled {found.group(1)}, which cannot be loaded safely (weights_only=True); save only "
+                      "tensors and plain values, e.g. torch.save(model.state_dict(), path)")
+        elif "central directory" in text or isinstance(exc, EOFError):
+            reason = "it is cut short or damaged (not a complete torch.save file); write or copy it again"
+        else:
+            reason = "it is not a file written by torch.save (or it is damaged)"
+        raise CheckpointError(f"cannot read {what} {file}: {reason}") from None
+
+
 def _read_structure(name: str, record: Any, state_dict: Mapping[str, torch.Tensor], source: str) -> LayerStructure:
     try:
         shape = tuple(int(s) for s in record["weight_shape"])
@@ -101,11 +128,7 @@ def load_compressed(path: str | os.PathLike) -> tuple[str, dict[str, torch.Tenso
     source = str(path)
     if not path.is_file():
         raise CheckpointError(f"compressed checkpoint {source!r} does not exist; pass the file 'uniprune finetune --out' wrote")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (pickle, zip, weights-only unpickler) for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{source}: not a readable torch checkpoint ({first[:200]})") from None
+    data = read_torch_file(path, "compressed checkpoint")
     if not isinstance(data, dict) or data.get("format") != COMPRESSED_FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{source}: not a uniprune compressed checkpoint (format {got!r}, expected {COMPRESSED_FORMAT!r})")

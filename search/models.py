@@ -21,8 +21,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from uniprune.compressors.checkpoint import read_torch_file
 from uniprune.compressors.errors import CheckpointError, ModelError
 from uniprune.compressors.fileio import first_non_finite, torch_save_atomic
 
@@ -285,21 +284,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     pickled code (not loadable safely).
     """
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint not found: {file} (expected a file written by torch.save)")
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:
-            raise CheckpointError(
-                f"{file} holds a pickled {found.group(1)}, which cannot be loaded safely (weights_only=True); "
-                "save only tensors and plain values, e.g. torch.save(model.state_dict(), path)"
-            ) from None
-        raise CheckpointError(f"cannot read checkpoint {file}: not a file written by torch.save (or damaged)") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {file}: {first}") from None
+    obj = read_torch_file(file)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{file} holds a {type(obj).__name__}, expected a state dict or a dict with 'state_dict'")
     return obj

@@ -55,7 +55,7 @@ def test_bad_files_raise_checkpoint_error(tmp_path: Path) -> None:
         load_compressed(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a file written by torch.save"):
         load_compressed(junk)
     foreign = tmp_path / "plain.pt"
     torch.save(_model().state_dict(), foreign)

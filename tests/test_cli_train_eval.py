@@ -103,7 +103,7 @@ def test_eval_reads_compressed_checkpoints(trained, tmp_path, capsys):
     [
         (["train", "--model", "resnet9000", "--epochs", "1"], "known models: cifar-resnet20"),
         (["train", "--dataset", "mnist", "--epochs", "1"], "known datasets: digits, fashion-mnist"),
-        (["eval", "--checkpoint", "x.pt", "--dataset", "npz", "--data", "/no/such/file.npz"], "checkpoint not found: x.pt"),
+        (["eval", "--checkpoint", "x.pt", "--dataset", "npz", "--data", "/no/such/file.npz"], "checkpoint x.pt does not exist"),
         (["train", "--dataset", "npz", "--data", "/no/such/file.npz", "--epochs", "1"], "path not found: /no/such/file.npz"),
         (["train", "--dataset", "cifar10", "--epochs", "1"], "needs --data"),
         (["train", "--epochs", "0"], "--epochs must be >= 1"),

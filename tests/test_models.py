@@ -140,7 +140,7 @@ def test_unsafe_or_missing_checkpoints_are_refused(tmp_path):
     torch.save({"state_dict": {}, "opt": torch.optim.SGD}, tmp_path / "code.pt")
     with pytest.raises(CheckpointError, match=r"pickled torch\.optim\.sgd\.SGD, which cannot be loaded safely"):
         load_weights(build_model("digits-cnn"), tmp_path / "code.pt")
-    with pytest.raises(CheckpointError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(build_model("digits-cnn"), tmp_path / "none.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
