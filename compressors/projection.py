@@ -126,6 +126,15 @@ def project_layer(weight: Tensor, grid: BlockGrid, prune: float, unify: float) -
     return structure, structured_weight(weight.detach(), structure)
 
 
+def check_policy_model(policy: Policy, model: str) -> None:
+    """PolicyError when the policy names another model than ``model`` (a policy without a model name fits any)."""
+    if policy.model and policy.model != model:
+        raise PolicyError(
+            f"the policy was made for {policy.model!r}, not {model!r}; a policy applies to checkpoints of the same "
+            "architecture (to transfer to another one, replay the search's agent with 'uniprune replay --agent')"
+        )
+
+
 def check_policy_layers(policy: Policy, names: list[str]) -> None:
     """PolicyError when the policy names a layer that is not a compressible layer of the model."""
     unknown = [n for n in policy.layers if n not in names]

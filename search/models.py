@@ -329,6 +329,15 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], *, where: str = "c
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
+    if not missing and not unexpected and mismatched:
+        # only the classifier differs, in its output count: the data has other classes, not the model another name
+        head = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+        if last and all(k.rsplit(".", 1)[0] == last[0] for k in head) and all(
+                state[k].shape[1:] == own[k].shape[1:] for k in head):
+            raise CheckpointError(
+                f"{where} has {state[head[0]].shape[0]} output classes, the data {own[head[0]].shape[0]}: "
+                "use the dataset the checkpoint was trained on (its labels must run below its class count)")
     if missing or unexpected or mismatched:
         parts = []
         if missing:

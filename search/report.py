@@ -150,6 +150,8 @@ def write_report(run_dir: str | Path) -> list[Path]:
     """Write the plots and ``report.md`` for ``run_dir``; returns the files written (report.md last)."""
     run = Path(run_dir)
     episodes_csv, policy_json = run / "episodes.csv", run / "policy.json"
+    if run.exists() and not run.is_dir():
+        raise RunDirError(f"--run-dir {run} is a file; pass the folder a search wrote")
     if not run.is_dir():
         raise RunDirError(f"run directory {str(run)!r} does not exist: pass the --run-dir of a search")
     if not episodes_csv.is_file() or not policy_json.is_file():

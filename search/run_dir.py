@@ -154,6 +154,9 @@ class RunDir:
             self.state = json.loads((self.path / "state.json").read_text()) if (self.path / "state.json").is_file() else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RunDirError(f"{self.path} holds an unreadable config.json/state.json ({exc}); start over with --force") from None
+        if not isinstance(stored, dict) or not isinstance(self.state, dict) or not isinstance(self.state.get("episodes", 0), int):
+            raise RunDirError(f"{self.path}: config.json and state.json must hold JSON objects (state.json with an integer "
+                              "'episodes'); the run directory is damaged: start over with --force")
         changed = sorted(k for k in set(stored) | set(config) if k not in RESUMABLE_CHANGES and stored.get(k) != config.get(k))
         if changed:
             shown = ", ".join(f"--{k.replace('_', '-')} {stored.get(k)!r} -> {config.get(k)!r}" for k in changed[:4])

@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("episodes", "train_epochs", "batch_size", "threads"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0 episodes, got {args.warmup}")
     if args.finetune_epochs < 2:
         raise ConfigError(f"--finetune-epochs must be >= 2 (ADMM, then retraining), got {args.finetune_epochs}")
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")

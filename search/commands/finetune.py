@@ -32,7 +32,7 @@ from uniprune.compressors.errors import (
 )
 from uniprune.compressors.fileio import write_json_atomic
 from uniprune.compressors.policy import Policy
-from uniprune.compressors.projection import check_policy_layers
+from uniprune.compressors.projection import check_policy_layers, check_policy_model
 from uniprune.compressors.training import evaluate
 from uniprune.search.run_dir import read_json_object
 
@@ -83,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--run-dir {run_dir} is a file; pass the folder a search wrote")
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {str(run_dir)!r} does not exist; pass the --run-dir a search wrote")
     path = run_dir / "config.json"
@@ -178,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print("uniprune: note: no --checkpoint: fine-tuning a randomly initialised model", file=sys.stderr)
     # a policy made for another model fails here, before any data is touched for training
+    check_policy_model(policy, model_name)
     check_policy_layers(policy, [s.name for s in compressible_layers(model, policy_block_shapes(policy.block_shape, None))])
     model.to(device)
     augment = args.augment if args.augment is not None else dataset.lower() in _AUGMENTED

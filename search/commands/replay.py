@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from uniprune.compressors.errors import ConfigError, PolicyError, RunDirError
 from uniprune.compressors.policy import Policy
+from uniprune.compressors.projection import check_policy_model
 from uniprune.envs import CompressionEnv
 from uniprune.search.run_dir import read_json_object
 from uniprune.search.searchers import agent_policy, play
@@ -79,14 +80,6 @@ def _load_agent(path: Path, env: CompressionEnv, *, trust_pickle: bool) -> Any:
     return agent
 
 
-def _check_same_model(policy: Policy, model: str) -> None:
-    if policy.model and policy.model != model:
-        raise PolicyError(
-            f"the policy was made for {policy.model!r}, not {model!r}; --policy applies to checkpoints of the same "
-            "architecture (to transfer to another one, replay the search's agent with --agent)"
-        )
-
-
 def _check_same_layers(policy: Policy, env: CompressionEnv) -> None:
     """PolicyError naming the layers of the policy the model lacks; a note naming the ones it leaves dense."""
     extra = [n for n in policy.layers if n not in env.layer_names]
@@ -119,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         source = {"agent": str(agent_path.resolve())}
     else:
         saved = Policy.load(args.policy)
-        _check_same_model(saved, args.model)
+        check_policy_model(saved, args.model)
         if saved.latency_budget is not None:
             take_stored_options(args, {"latency_budget": saved.latency_budget}, add_arguments, keys=("latency_budget",))
         # The policy's fractions are the actions: no caps, so raw action = fraction; every layer is walked and

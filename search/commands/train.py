@@ -81,10 +81,10 @@ def _train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     name = model_name(args.model, previous)
     out = Path(args.out).expanduser() if args.out else default_out(name, args.dataset)
     # Checked before training, so a refused overwrite never throws away minutes of work.
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file path such as {out / 'model.pt'}")
     if out.exists() and not args.force:
         raise ConfigError(f"{out} already exists; pass --force to replace it or --out to write elsewhere")
-    if out.exists() and out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file path such as {out / 'model.pt'}")
     check_writable(out, "--out")
     device = resolve_device(args.device)
     started = time.perf_counter()
