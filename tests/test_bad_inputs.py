@@ -288,6 +288,8 @@ def _cases() -> list[tuple[str, list[str], str]]:
         ("finetune-out-exists", ["finetune", "--policy", "{policy}", "--model", "digits-cnn", "--out", "{dense}"], "--force"),
         ("finetune-no-policy", ["finetune", "--out", "{dir}/f.pt"], "--policy"),
         ("search-run-dir-file", ["search", *FAST_ENV, "--run-dir", "{dense}"], "is a file"),
+        ("bench-cache-dir-file", ["bench", "--model", "digits-cnn", "--policy", "{policy}", "--cache-dir", "{dense}"],
+         "is a file"),
         ("search-run-dir-under-file", ["search", *FAST_ENV, "--run-dir", "{dense}/run"], "is a file"),
     ]
     # usage errors argparse reports (one line too)
