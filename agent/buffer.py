@@ -1,10 +1,13 @@
-"""A replay buffer that gives every transition of an episode that episode's final reward, minus a baseline.
+"""A replay buffer that gives every transition of an episode that episode's final reward, minus a baseline
+taken when the transition is used.
 
 AMC only knows how good a policy is at the end of an episode (the compressed network's accuracy), so
-each transition of the episode is stored with the final reward ``R``. To reduce the variance of the
-critic's targets, AMC subtracts an exponential moving average ``b`` of past final rewards. Here
-``b`` starts at the first episode's reward; every episode stores ``R - b`` (``b`` as it was before the
-episode) and then moves ``b <- b + alpha * (R - b)``.
+each transition of the episode is stored with the raw final reward ``R``. To reduce the variance of the
+critic's targets, AMC subtracts a moving average ``b`` at *update* time (mit-han-lab/amc, ``DDPG.update_policy``):
+for each sampled batch, ``b <- mean(batch R)`` the first time, then ``b <- b + alpha * (mean(batch R) - b)``,
+and the batch's rewards become ``R - b``. A baseline frozen into the buffer when an episode is stored
+(as an earlier version did) gives the same reward different targets depending on when it was played,
+so the critic learns the episode's date rather than its actions' worth.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from uniprune.compressors.errors import ConfigError
 
 
 class EpisodeRewardBuffer(ReplayBuffer):
     """:class:`ReplayBuffer` that holds an episode's transitions until it ends (one env only).
 
-    ``baseline_alpha`` in (0, 1]: the moving-average step (AMC uses 0.5). All other arguments are
+    ``baseline_alpha`` in (0, 1]: the moving-average step of the reward baseline, per sampled batch (AMC: 0.5).
+    ``rewards`` holds raw final rewards; :meth:`sample` subtracts the baseline. All other arguments are
     :class:`ReplayBuffer`'s.
     """
 
@@ -43,24 +48,22 @@ class EpisodeRewardBuffer(ReplayBuffer):
         done: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        """Hold the transition; when ``done``, store the whole episode with ``final reward - baseline``."""
+        """Hold the transition; when ``done``, store the whole episode with its raw final reward."""
         self._pending.append((np.array(obs), np.array(next_obs), np.array(action), np.array(done), infos))
         if not bool(np.asarray(done).reshape(-1)[0]):
             return
-        final = float(np.asarray(reward).reshape(-1)[0])
-        shaped = self.shaped_reward(final)
+        final = np.array([float(np.asarray(reward).reshape(-1)[0])], dtype=np.float32)
         for o, no, a, d, inf in self._pending:
-            super().add(o, no, a, np.array([shaped], dtype=np.float32), d, inf)
+            super().add(o, no, a, final, d, inf)
         self._pending.clear()
         self.episodes_stored += 1
 
-    def shaped_reward(self, final: float) -> float:
-        """Return ``final - baseline`` and move the baseline (the first episode sets it, giving 0)."""
-        if self.baseline is None:
-            self.baseline = final
-        shaped = final - self.baseline
-        self.baseline += self.baseline_alpha * (final - self.baseline)
-        return float(shaped)
+    def sample(self, batch_size: int, env: Any = None) -> ReplayBufferSamples:
+        """A batch whose rewards are ``R - b``, with ``b`` moved towards this batch's mean raw reward first."""
+        batch = super().sample(batch_size, env=env)
+        mean = float(batch.rewards.mean())
+        self.baseline = mean if self.baseline is None else self.baseline + self.baseline_alpha * (mean - self.baseline)
+        return batch._replace(rewards=batch.rewards - self.baseline)
 
     def discard_pending(self) -> int:
         """Drop the transitions of an unfinished episode (after an interrupt); returns how many."""

@@ -10,7 +10,8 @@ exactly that fraction in every compressible layer, the search's default block sh
 figure is the statistic over the rounds. Speedups are over the fastest dense engine. ResNets use the
 shared pretrained weights when present (timing does not depend on them); MobileNetV2 (torchvision, 32x32
 input, 10 classes) and VGG-16 (CIFAR) are randomly initialised. Writes section ``engines`` of
-docs/RESULTS.md (``engines_<block shape>`` for other block shapes).
+docs/RESULTS.md, named by the kernel build's ISA (``engines_avx512f``; ``engines_<block shape>_<isa>`` for other
+block shapes); ``UNIPRUNE_ISA=avx2`` measures the AVX2 build on an AVX-512 machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
+from uniprune.compressors import kernels  # noqa: E402
 from uniprune.compressors.blocks import compressible_layers  # noqa: E402
 from uniprune.compressors.engines import dense_engines  # noqa: E402
 from uniprune.compressors.latency import RUNTIMES, compile_for_timing, random_structure  # noqa: E402
@@ -119,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         *([""] + [f"Note: {n}" for n in notes] if notes else []),
     ]
     section = "engines" if args.block_shape is None else f"engines_{shape}"
-    section += "" if args.runtime == "lean" else f"_{args.runtime}"
-    write_section(section, f"## Dense engines against uniprune, whole models ({shape} blocks)\n\n" + "\n".join(md))
+    section += ("" if args.runtime == "lean" else f"_{args.runtime}") + f"_{kernels.isa()}"
+    write_section(section, f"## Dense engines against uniprune, whole models ({shape} blocks, {kernels.isa()} kernels)\n\n"
+                  + "\n".join(md))
     return 0
 
 

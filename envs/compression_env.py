@@ -28,8 +28,9 @@ validation subset:
 * ``"size"``: validation top-1, with the storage budget walled as well.
 
 Latency and size here are *predictions*: the latency table's (additive per layer) and storage counted
-as :mod:`~uniprune.compressors.accounting` does, with fractional block counts; ``info`` at the end
-reports the actual storage ratio of the projected model too.
+as :mod:`~uniprune.compressors.accounting` does, both at the whole block counts the projection applies
+(:meth:`CompressionEnv.applied_fractions`), so a policy the wall lets through is within budget as
+applied; ``info`` at the end reports the actual storage ratio of the projected model too.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from uniprune.compressors.budget import LatencyBudget, latency_ratio
 from uniprune.compressors.errors import ConfigError
 from uniprune.compressors.latency_model import LatencyModel
 from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import project_model
+from uniprune.compressors.projection import block_counts, project_model
 from uniprune.compressors.structure import BlockShape
 from uniprune.compressors.training import evaluate
 
@@ -185,7 +186,7 @@ class CompressionEnv(gym.Env):
         self._fixed_bits = self.dense_bits - float(self._params.sum()) * FLOAT_BITS
 
         self._extreme = [self._extreme_point(n) for n in self.layer_names]
-        self._extreme_ms = np.asarray([latency_model.layer_ms(n, *e) for n, e in zip(self.layer_names, self._extreme)])
+        self._extreme_ms = np.asarray([self._layer_ms(i, *e) for i, e in enumerate(self._extreme)])
         self._extreme_bits = np.asarray([self._layer_bits(i, *e) for i, e in enumerate(self._extreme)])
         least = latency_ratio(self._fixed_ms + float(self._extreme_ms.sum()), self.dense_ms)
         if not budget.reachable(least):
@@ -239,8 +240,22 @@ class CompressionEnv(gym.Env):
         i, j = np.unravel_index(int(np.argmin(table)), table.shape)
         return float(lm.prune_grid[i]), float(lm.unify_grid[j])
 
+    def applied_fractions(self, i: int, prune: float, unify: float) -> tuple[float, float]:
+        """The fractions of layer ``i``'s blocks the projection will really prune and unify for a requested
+        (prune, unify): whole blocks, rounded as :func:`~uniprune.compressors.projection.block_counts` rounds.
+        The wall and the reported ratios use these, not the fractional request."""
+        blocks = int(self._blocks[i])
+        n_p, n_u = block_counts(blocks, prune, unify)
+        return n_p / blocks, n_u / blocks
+
+    def _layer_ms(self, i: int, prune: float, unify: float) -> float:
+        """Predicted ms of layer ``i`` at the block counts a (prune, unify) request applies."""
+        return self.latency_model.layer_ms(self.layer_names[i], *self.applied_fractions(i, prune, unify))
+
     def _layer_bits(self, i: int, prune: float, unify: float) -> float:
-        """Predicted storage bits of layer ``i`` at the given fractions (2 index bits per block once compressed)."""
+        """Predicted storage bits of layer ``i`` at the block counts the fractions apply (2 index bits per block
+        once compressed)."""
+        prune, unify = self.applied_fractions(i, prune, unify)
         params, blocks = self._params[i], self._blocks[i]
         index = 0.0 if prune + unify <= _EPS else 2.0 * blocks
         keep = max(1.0 - prune - unify, 0.0)
@@ -255,7 +270,7 @@ class CompressionEnv(gym.Env):
 
     def _fits(self, t: int, prune: float, unify: float) -> bool:
         name = self.layer_names[t]
-        ms = self._fixed_ms + self._spent_ms + self.latency_model.layer_ms(name, prune, unify) + float(self._extreme_ms[t + 1 :].sum())
+        ms = self._fixed_ms + self._spent_ms + self._layer_ms(t, prune, unify) + float(self._extreme_ms[t + 1 :].sum())
         if not self.budget.met_by(ms, self.dense_ms):
             return False
         if self.size_budget is None:
@@ -290,8 +305,7 @@ class CompressionEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         t = min(self._t, self.num_layers - 1)
-        reduced = float(sum(self._dense_layer[i] - self.latency_model.layer_ms(n, *a)
-                            for i, (n, a) in enumerate(zip(self.layer_names, self._applied))))
+        reduced = float(sum(self._dense_layer[i] - self._layer_ms(i, *a) for i, a in enumerate(self._applied)))
         rest = float(self._dense_layer[t + 1 :].sum()) if self._t < self.num_layers else 0.0
         total = self._dense_layers_ms if self._dense_layers_ms > 0 else 1.0
         prev = self._applied[-1] if self._applied else (0.0, 0.0)
@@ -310,7 +324,7 @@ class CompressionEnv(gym.Env):
         applied = self.clip_action(t, *requested)
         self._requested.append(requested)
         self._applied.append(applied)
-        self._spent_ms += self.latency_model.layer_ms(name, *applied)
+        self._spent_ms += self._layer_ms(t, *applied)
         self._spent_bits += self._layer_bits(t, *applied)
         self._t += 1
         info: dict[str, Any] = {"layer": name, "requested": requested, "applied": applied, "clipped": requested != applied}
@@ -342,7 +356,9 @@ class CompressionEnv(gym.Env):
         structures = project_model(self._scratch, self.policy(actions), self.block_shapes, apply=True)
         recalibrate_bn(self._scratch, self.bn_batches, device=self.device)
         accuracy = float(evaluate(self._scratch, self.val_batches, device=self.device))
-        predicted = self.latency_model.predict({n: LayerAction(*a) for n, a in actions.items()})
+        # at the block counts the projection applies, as the wall checked them
+        predicted = self.latency_model.predict({n: LayerAction(*self.applied_fractions(self.layer_names.index(n), *a))
+                                                for n, a in actions.items()})
         ratio = latency_ratio(predicted, self.dense_ms)
         size_ratio = float(model_size(self._scratch, structures)["total"]["size_ratio"])
         if self.reward_kind == "log-latency":

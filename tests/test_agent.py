@@ -50,22 +50,29 @@ def _play(buf: EpisodeRewardBuffer, final: float, length: int = 3) -> None:
         )
 
 
-def test_final_reward_minus_moving_baseline_for_every_transition():
+def test_raw_final_reward_stored_baseline_subtracted_at_update_time():
     buf = _buffer(alpha=0.5)
-    _play(buf, 0.6)
-    assert buf.size() == 3 and buf.pending == 0
-    np.testing.assert_allclose(buf.rewards[:3, 0], [0.0] * 3)  # the first episode sets the baseline
-    assert buf.baseline == pytest.approx(0.6)
-    _play(buf, 0.8)
-    np.testing.assert_allclose(buf.rewards[3:6, 0], [0.2] * 3, atol=1e-6)
-    assert buf.baseline == pytest.approx(0.7)
-    _play(buf, 0.5)
-    np.testing.assert_allclose(buf.rewards[6:9, 0], [-0.2] * 3, atol=1e-6)
-    assert buf.baseline == pytest.approx(0.6)
+    for final in (0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.6):  # the sequence
+        _play(buf, final)
+    assert buf.size() == 21 and buf.pending == 0
+    # every transition keeps its episode's raw reward: the same 0.9 is the same target, whenever it was played
+    np.testing.assert_allclose(buf.rewards[:21, 0], np.repeat([0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.6], 3), atol=1e-6)
+    assert buf.baseline is None  # nothing sampled yet
+    # the baseline moves per sampled batch, towards the batch's mean raw reward (AMC's update_policy)
+    first = buf.sample(64)
+    b1 = float(first.rewards.mean()) + buf.baseline  # the first batch sets it to its own mean
+    assert abs(float(first.rewards.mean())) < 1e-6 and 0.5 <= buf.baseline <= 0.9
+    second = buf.sample(64)
+    raw_mean = float((second.rewards + buf.baseline).mean())
+    assert buf.baseline == pytest.approx(b1 + 0.5 * (raw_mean - b1), abs=1e-6)
+    # within a batch, a better episode always has the higher target
+    raw = (second.rewards + buf.baseline).numpy().ravel()
+    order = np.argsort(raw)
+    assert np.all(np.diff(second.rewards.numpy().ravel()[order]) >= -1e-6)
     # Only the last transition of an episode is terminal; held transitions are not stored yet.
-    np.testing.assert_array_equal(buf.dones[:9, 0], [0, 0, 1] * 3)
+    np.testing.assert_array_equal(buf.dones[:6, 0], [0, 0, 1] * 2)
     buf.add(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2)), np.array([0.0]), np.array([False]), [{}])
-    assert buf.size() == 9 and buf.pending == 1 and buf.discard_pending() == 1
+    assert buf.size() == 21 and buf.pending == 1 and buf.discard_pending() == 1
 
 
 def test_learning_rates_net_sizes_and_settings():

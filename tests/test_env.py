@@ -58,10 +58,40 @@ def test_clipped_policy_never_exceeds_budget(budget, actions):
     _, _, info = _episode(env, actions)
     assert info["latency_ratio"] <= budget + 1e-6
     lm = env.latency_model
-    assert lm.predict({n: _la(a) for n, a in info["actions"].items()}) / lm.dense_ms <= budget + 1e-6
+    # independently of the env: the blocks the projection really prunes and unifies, priced by the table
+    assert lm.predict(_applied(env, info["actions"])) / lm.dense_ms <= budget + 1e-6
     for prune, unify in info["actions"].values():
         assert 0 <= prune <= env.max_prune + 1e-9 and 0 <= unify <= env.max_unify + 1e-9
         assert prune + unify <= 1 + 1e-9
+
+
+def _applied(env, actions):
+    """``{layer: LayerAction}`` of the fractions of blocks a projection of ``actions`` really prunes/unifies."""
+    import copy
+
+    from uniprune.compressors.policy import LayerAction
+    from uniprune.compressors.projection import project_model
+
+    structures = project_model(copy.deepcopy(env.model), env.policy(actions), env.block_shapes)
+    out = {}
+    for name, s in structures.items():
+        counts, total = s.counts(), s.grid.num_blocks
+        out[name] = LayerAction(counts["prune"] / total, counts["unify"] / total)
+    return out
+
+
+def test_no_episode_is_over_budget_at_the_applied_block_counts():
+    """The issue's finding: walled on fractional counts, 90 of 300 episodes of the tiny env at 0.40 went over
+    budget once the projection rounded them to whole blocks."""
+    env = make_tiny_env(latency_budget=0.4)
+    rng = np.random.default_rng(0)
+    lm, over = env.latency_model, 0
+    for _ in range(300):
+        _, _, info = _episode(env, [tuple(rng.uniform(0, 1, 2)) for _ in range(env.num_layers)])
+        ratio = lm.predict(_applied(env, info["actions"])) / lm.dense_ms
+        over += ratio > 0.4 + 1e-6
+        assert info["latency_ratio"] == pytest.approx(ratio, abs=1e-9)  # what the env reports is the applied ratio
+    assert over == 0
 
 
 def _la(a):
