@@ -269,7 +269,6 @@ class CompressionEnv(gym.Env):
         return prune, max(unify, 0.0)
 
     def _fits(self, t: int, prune: float, unify: float) -> bool:
-        name = self.layer_names[t]
         ms = self._fixed_ms + self._spent_ms + self._layer_ms(t, prune, unify) + float(self._extreme_ms[t + 1 :].sum())
         if not self.budget.met_by(ms, self.dense_ms):
             return False
