@@ -69,6 +69,7 @@ def test_run_dir_mode(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert result["checkpoint"] == str(run / "compressed.pt") and (run / "compressed.pt").is_file()
     saved = json.loads((run / "finetune.json").read_text())
     assert saved["method"] == "masked" and len(saved["retrain_history"]) == 1 and saved["admm_history"] == []
+    assert saved["collapsed_blocks"] == 0 and result["collapsed_blocks"] == 0
     assert list((run / "tb").rglob("events.out.tfevents.*"))
 
 
@@ -97,6 +98,10 @@ def test_policy_for_another_model_is_refused(tmp_path: Path, capsys: pytest.Capt
     policy = Policy(layers={"layer1.0.conv1": LayerAction(0.5, 0.0)}, model="cifar-resnet20")
     path = policy.save(tmp_path / "p.json")
     assert main(["finetune", "--policy", str(path), "--model", "digits-cnn", "--out", str(tmp_path / "x.pt"), *FAST]) == 2
+    assert "made for 'cifar-resnet20', not 'digits-cnn'" in capsys.readouterr().err
+    unnamed = Policy(layers={"layer1.0.conv1": LayerAction(0.5, 0.0)})  # a policy naming no model: its layers decide
+    assert main(["finetune", "--policy", str(unnamed.save(tmp_path / "q.json")), "--model", "digits-cnn", "--out",
+                 str(tmp_path / "y.pt"), *FAST]) == 2
     assert "not compressible layers" in capsys.readouterr().err
 
 

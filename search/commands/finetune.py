@@ -23,6 +23,7 @@ from uniprune.compressors.accounting import model_size
 from uniprune.compressors.admm import AdmmConfig, admm_finetune, world
 from uniprune.compressors.blocks import compressible_layers, policy_block_shapes
 from uniprune.compressors.checkpoint import save_compressed
+from uniprune.compressors.constraints import collapsed_blocks
 from uniprune.compressors.errors import (
     ConfigError,
     KernelBuildError,
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_name = args.model or config.get("model") or policy.model
     if not model_name:
         raise ConfigError("no model given: pass --model (the policy and run config do not name one)")
+    check_policy_model(policy, model_name)
     checkpoint = args.checkpoint or config.get("checkpoint")
     dataset = args.dataset or config.get("dataset") or "digits"
     data = args.data if args.data is not None else config.get("data")
@@ -180,7 +182,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print("uniprune: note: no --checkpoint: fine-tuning a randomly initialised model", file=sys.stderr)
     # a policy made for another model fails here, before any data is touched for training
-    check_policy_model(policy, model_name)
     check_policy_layers(policy, [s.name for s in compressible_layers(model, policy_block_shapes(policy.block_shape, None))])
     model.to(device)
     augment = args.augment if args.augment is not None else dataset.lower() in _AUGMENTED
@@ -219,6 +220,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if logger is not None:
             logger.close()
     structures = result["structures"]
+    collapsed = collapsed_blocks(structures)
+    if collapsed and rank == 0:
+        print(f"uniprune finetune: note: {sum(collapsed.values())} unified block(s) trained down to magnitude 0 and are "
+              f"pruned in effect ({', '.join(f'{k}: {v}' for k, v in list(collapsed.items())[:4])}); a lower --lr keeps them",
+              file=sys.stderr)
     test_acc = evaluate(model, bundle.batches("test", 256, device=device), device=device) if len(bundle.test) else None
     size = model_size(model, structures, input_shape=bundle.input_shape)["total"]
     summary: dict[str, Any] = {
@@ -229,6 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "size_ratio": size["size_ratio"],
         "mac_ratio": size["mac_ratio"],
         "mult_ratio": size["mults"] / size["dense_macs"] if size["dense_macs"] else None,
+        "collapsed_blocks": sum(collapsed.values()),
         "method": args.method,
         "epochs": plan.total_epochs,
         "checkpoint": str(out),
