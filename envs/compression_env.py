@@ -253,12 +253,13 @@ class CompressionEnv(gym.Env):
         return self.latency_model.layer_ms(self.layer_names[i], *self.applied_fractions(i, prune, unify))
 
     def _layer_bits(self, i: int, prune: float, unify: float) -> float:
-        """Predicted storage bits of layer ``i`` at the block counts the fractions apply (2 index bits per block
-        once compressed)."""
+        """Predicted storage bits of layer ``i`` at the block counts the fractions apply, the index counted as
+        accounting counts it: ``ceil(log2(states used))`` bits per block."""
         prune, unify = self.applied_fractions(i, prune, unify)
         params, blocks = self._params[i], self._blocks[i]
-        index = 0.0 if prune + unify <= _EPS else 2.0 * blocks
         keep = max(1.0 - prune - unify, 0.0)
+        used = sum(f > _EPS for f in (keep, prune, unify))
+        index = math.ceil(math.log2(used)) * blocks if used > 1 else 0.0
         return float(params * (keep * FLOAT_BITS + unify * SIGN_BITS) + blocks * unify * FLOAT_BITS + index)
 
     def map_action(self, action: np.ndarray) -> tuple[float, float]:
