@@ -193,3 +193,23 @@ def test_latency_model_must_cover_every_layer():
     partial = LatencyModel.proportional({"0": 1.0})
     with pytest.raises(ConfigError, match="no table for layer"):
         CompressionEnv(env.model, partial, env.val_batches, input_shape=(3, 8, 8))
+
+
+def test_extreme_point_prefers_no_unification_within_noise():
+    """Unify buys a conv no time; a grid point 1 % faster only by noise must not make the wall assume it."""
+    from uniprune.compressors.latency_model import LatencyModel
+
+    env = make_tiny_env()
+    lm = env.latency_model
+    name = env.layer_names[0]
+    tables = {k: v.copy() for k, v in lm.tables.items()}
+    g = lm.prune_grid
+    i = int(np.searchsorted(g, env.max_prune, side="right") - 1)  # the largest prune within the cap
+    j = 1  # some unification at that prune, if feasible
+    tables[name][i, :] = tables[name][i, 0]
+    if g[i] + lm.unify_grid[j] <= 1:
+        tables[name][i, j] = tables[name][i, 0] * 0.99  # faster by 1 %: noise
+    noisy = LatencyModel(lm.prune_grid, lm.unify_grid, tables, lm.fixed_ms, lm.meta, lm.baseline_ms)
+    env2 = CompressionEnv(env.model, noisy, env.val_batches, input_shape=env.input_shape, latency_budget=0.9,
+                          model_name="tiny-cnn")
+    assert env2._extreme[0] == (float(g[i]), 0.0)
