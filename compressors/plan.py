@@ -11,6 +11,11 @@ buffers that values with disjoint lifetimes share, and a forward pass is one nat
 A graph with a node it cannot lower raises a one-line :class:`~uniprune.compressors.errors.ModelError`
 naming the node and its op; callers then keep the Python path (``compile_model``'s module).
 
+Serialisable: :func:`lower_spec` gives the plan as a :class:`LeanSpec`, a JSON header plus plain numpy arrays
+(the kernels' packed weights among them), and a :class:`LeanModel` is always built from one, by
+:mod:`uniprune.compressors.uniprune_lean`, the numpy-and-ctypes runtime that ``uniprune export`` copies
+into an artifact. So what runs in-process, what is timed and what is deployed come from one code path.
+
 Supported: ``Conv2d`` (any kernel, stride, zero padding, dilation; groups > 1 as a direct dense loop),
 ``Linear`` on ``[N, F]``, ``BatchNorm2d`` not folded (per-channel affine), ReLU / ReLU6 / Hardtanh / clamp,
 ``+`` of two same-shaped tensors, adaptive / global average pool, average and max pool (no ceil mode),
@@ -20,16 +25,16 @@ Inference only, float32, CPU; one input tensor, one output tensor.
 
 from __future__ import annotations
 
-import ctypes
 import operator
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -37,7 +42,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from . import kernels
-from .errors import ConfigError, KernelBuildError, ModelError
+from . import uniprune_lean as lean_rt
+from .errors import CheckpointError, ConfigError, KernelBuildError, ModelError
 from .runtime import CompiledConv2d, CompiledLinear, compile_model, inference_copy
 from .structure import LayerStructure
 from .timing import check_threads, fastest
@@ -70,27 +76,10 @@ _POOL_FNS = _MAX_POOL_FNS | {F.avg_pool2d}
 _INPLACE_TARGETS = {operator.iadd, torch.relu_, "relu_", "add_", "clamp_"}  # mutate their first argument
 
 
-def _declare(lib: ctypes.CDLL) -> None:
-    if not hasattr(lib, "up_plan_create"):
-        raise KernelBuildError("the kernel library has no plan executor (up_plan_create): compressors/kernels.py "
-                               "must compile csrc/uniprune_plan.c into it; rebuild with "
-                               "'python -m uniprune.compressors.kernels --build --force'")
-    p, c_int = ctypes.c_void_p, ctypes.c_int
-    lib.up_plan_create.restype = p
-    lib.up_plan_create.argtypes = [c_int, p]
-    lib.up_plan_add.restype = c_int
-    lib.up_plan_add.argtypes = [p, c_int, p, c_int, p, ctypes.c_int64, p]
-    lib.up_plan_run.restype = c_int
-    lib.up_plan_run.argtypes = [p, p, p, c_int, c_int]
-    lib.up_plan_run_timed.restype = c_int
-    lib.up_plan_run_timed.argtypes = [p, p, p, c_int, c_int, p]
-    lib.up_plan_destroy.restype = None
-    lib.up_plan_destroy.argtypes = [p]
-
-
 @dataclass
 class PlanOp:
-    """One op of a plan, as lowered (before buffers are assigned): value ids in, value id out.
+    """One op of a plan: value ids in and out while lowering; buffer numbers once buffers are assigned (the
+    ops of a :class:`LeanModel`).
 
     ``shape_in``/``shape_out``: per-sample ``(C, H, W)`` (a flat ``[N, F]`` value is ``(F, 1, 1)``).
     """
@@ -105,8 +94,8 @@ class PlanOp:
     lo: float = 0.0
     hi: float = 0.0
     params: list[int] = field(default_factory=list)
-    floats: torch.Tensor | None = None
-    kernel: Any = None  # a kernels.SparseConv / SparseGemv whose native plan the op runs
+    floats: np.ndarray | None = None  # float32: the op's own data (weights of a grouped conv, an affine's scale/shift)
+    kernel: dict[str, Any] | None = None  # the kernel the op runs: :func:`_conv_kernel` / :func:`_gemv_kernel`
     alt: Any = None  # for a conv: {implementation: zero-argument builder of (kernel, params)} of its im2col twins
     layer: str = ""  # the conv or linear module this op runs (its qualified name), "" for the glue between them
 
@@ -115,6 +104,28 @@ class PlanOp:
         name += ("+add" if len(self.ins) > 1 and self.kind in _TAKES_RESIDUAL else "")
         act = _ACT_NAMES[self.act] if self.act != ACT_CLAMP else f"clamp({self.lo:g},{self.hi:g})"
         return f"{name}{'+' + act if act else ''}"
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().float().contiguous().numpy()
+
+
+def _conv_kernel(w: torch.Tensor, keep: torch.Tensor, b: torch.Tensor | None, stride: tuple[int, int],
+                 padding: tuple[int, int], dilation: tuple[int, int], rows: int) -> dict[str, Any]:
+    """The arrays of the kernels' block-sparse conv (``up_conv_create``) for weight ``w`` ``[Co, Ci, kh, kw]``
+    with the (output, input) channel pairs where ``keep`` packed in panels of ``rows`` (1, 2, 4, 8) outputs."""
+    co, ci, kh, kw = (int(s) for s in w.shape)
+    packed = kernels.pack_panels(w, keep, rows)
+    return {"type": "conv", "geom": [co, ci, kh, kw, *map(int, stride), *map(int, padding), *map(int, dilation)],
+            "rows": int(rows), "panel_ptr": packed.panel_ptr.numpy(), "ch": packed.ch.numpy(), "w": _np(packed.w),
+            "bias": _np(b)}
+
+
+def _gemv_kernel(w: torch.Tensor, keep: torch.Tensor, b: torch.Tensor | None) -> dict[str, Any]:
+    """The arrays of the kernels' block-sparse linear (``up_gemv_create``) for ``w`` ``[Co, Ci]`` where ``keep``."""
+    packed = kernels.pack_panels(w, keep)  # the GEMV's panels are always kernels.ROWS tall
+    return {"type": "gemv", "out": int(w.shape[0]), "in": int(w.shape[1]), "panel_ptr": packed.panel_ptr.numpy(),
+            "ch": packed.ch.numpy(), "w": _np(packed.w), "bias": _np(b)}
 
 
 def _per_sample(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
@@ -348,16 +359,15 @@ class _Lowering:
             # kept = any non-zero weight in the window: the structure's pruned blocks are zero in a
             # compiled model, and a layer left dense keeps everything
             keep = w.reshape(co, cig, -1).ne(0).any(-1)
-            kernel = kernels.SparseConv(w, keep, b, stride, padding, dilation, rows=rows)
-            op = self.emit(node, OP_CONV, [x], kernel=kernel)
+            op = self.emit(node, OP_CONV, [x], kernel=_conv_kernel(w, keep, b, stride, padding, dilation, rows))
             geometry = [kh, kw, *stride, *padding, *dilation]
             cols = keep.repeat_interleave(kh * kw, dim=1)  # column ci*taps + t is kept with (co, ci)
             # twins are built only when tried: their packed weights are another copy of the layer's
-            op.alt = {"im2col_linear": lambda: (kernels.SparseGemv(w.reshape(co, -1), cols, b), [*geometry, 0]),
-                      "im2col_conv": lambda: (kernels.SparseConv(w.reshape(co, -1, 1, 1), cols, b, (1, 1), (0, 0),
-                                                                 (1, 1), rows=rows), [*geometry, 1])}
+            op.alt = {"im2col_linear": lambda: (_gemv_kernel(w.reshape(co, -1), cols, b), [*geometry, 0]),
+                      "im2col_conv": lambda: (_conv_kernel(w.reshape(co, -1, 1, 1), cols, b, (1, 1), (0, 0), (1, 1),
+                                                           rows), [*geometry, 1])}
             return
-        floats = w.reshape(-1) if b is None else torch.cat([w.reshape(-1), b])
+        floats = (w.reshape(-1) if b is None else torch.cat([w.reshape(-1), b])).numpy()
         self.emit(node, OP_GCONV, [x], params=[kh, kw, *stride, *padding, *dilation, int(m.groups), int(b is not None)],
                   floats=floats)
 
@@ -368,7 +378,7 @@ class _Lowering:
         b = None if m.bias is None else m.bias.detach().float().contiguous()
         # unified blocks run materialised here (the compact GEMV form needs the structure, which a lowered
         # module no longer carries)
-        self.emit(node, OP_GEMV, [x], kernel=kernels.SparseGemv(w, w.ne(0), b))
+        self.emit(node, OP_GEMV, [x], kernel=_gemv_kernel(w, w.ne(0), b))
 
     def batchnorm(self, node: torch.fx.Node, x: torch.fx.Node, m: nn.BatchNorm2d) -> None:
         if m.training or m.running_mean is None:
@@ -376,7 +386,7 @@ class _Lowering:
         inv = torch.rsqrt(m.running_var.float() + m.eps)
         scale = inv * (m.weight.detach().float() if m.affine else 1.0)
         shift = (m.bias.detach().float() if m.affine else 0.0) - m.running_mean.float() * scale
-        self.emit(node, OP_AFFINE, [x], floats=torch.cat([scale, shift]))
+        self.emit(node, OP_AFFINE, [x], floats=torch.cat([scale, shift]).detach().float().numpy())
 
     def adaptive_pool(self, node: torch.fx.Node, x: torch.fx.Node, size: Any) -> None:
         if len(self.shape[x]) != 3:
@@ -524,27 +534,49 @@ def _assign_buffers(ops: list[PlanOp], vshape: Mapping[int, tuple[int, int, int]
     return buf, sizes
 
 
-def _native_plan(lib: ctypes.CDLL, ops: list[PlanOp], buffers: Mapping[int, int], sizes: list[int]) -> int:
-    """Create the C plan for ``ops`` (buffers assigned); returns its handle, to free with ``up_plan_destroy``."""
-    size_arr = torch.tensor(sizes, dtype=torch.int64)
-    plan = lib.up_plan_create(len(sizes), size_arr.data_ptr())
-    if not plan:
-        raise KernelBuildError(f"the native plan could not be created ({len(sizes)} buffers): out of memory?")
-    for op in ops:
-        ints = torch.tensor([buffers[op.ins[0]], buffers[op.ins[1]] if len(op.ins) > 1 else -1, buffers[op.out],
-                             op.act, *op.shape_in, *op.shape_out, *op.params], dtype=torch.int32)
-        head = torch.tensor([op.lo, op.hi], dtype=torch.float32)
-        floats = head if op.floats is None else torch.cat([head, op.floats.detach().float().reshape(-1)])
-        rc = lib.up_plan_add(plan, op.kind, ints.data_ptr(), ints.numel(), floats.data_ptr(), floats.numel(),
-                             None if op.kernel is None else op.kernel._plan)
-        if rc < 0:
-            lib.up_plan_destroy(plan)
-            raise ModelError(f"the native plan refused op {op.node!r} ({op.describe()}, {list(op.shape_in)} -> "
-                             f"{list(op.shape_out)}, code {rc}); run the compiled model's Python path instead")
-    return plan
+def _records(ops: list[PlanOp]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """``ops`` (buffers assigned) as the plan header's op records and their arrays (see uniprune_lean)."""
+    records, arrays = [], {}
+    for i, op in enumerate(ops):
+        head = np.array([op.lo, op.hi], dtype=np.float32)
+        arrays[f"op{i}.floats"] = head if op.floats is None else np.concatenate([head, op.floats.reshape(-1)])
+        kernel = None
+        if op.kernel is not None:
+            kernel = {}
+            for key, value in op.kernel.items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"op{i}.{key}"] = value
+                    value = f"op{i}.{key}"
+                kernel[key] = value
+        ints = [op.ins[0], op.ins[1] if len(op.ins) > 1 else -1, op.out, op.act, *op.shape_in, *op.shape_out, *op.params]
+        records.append({"kind": op.kind, "node": op.node, "layer": op.layer, "ints": [int(v) for v in ints],
+                        "floats": f"op{i}.floats", "kernel": kernel})
+    return records, arrays
 
 
-def _choose_convs(lib: ctypes.CDLL, ops: list[PlanOp], batch: int, threads: int, choose: str) -> None:
+def _op_from_record(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> PlanOp:
+    ints = [int(v) for v in rec["ints"]]
+    floats = arrays[rec["floats"]]
+    return PlanOp(int(rec["kind"]), str(rec.get("node", "")), [ints[0]] + ([ints[1]] if ints[1] >= 0 else []), ints[2],
+                  tuple(ints[4:7]), tuple(ints[7:10]), ints[3], float(floats[0]), float(floats[1]), ints[10:],
+                  layer=str(rec.get("layer", "")))
+
+
+def _native(lib: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> lean_rt.NativePlan:
+    """The native plan of ``header`` and ``arrays`` on ``lib``, with the runtime's errors as the project's."""
+    try:
+        return lean_rt.NativePlan(lib, header, arrays)
+    except lean_rt.PlanRefused as exc:
+        op = _op_from_record(header["ops"][exc.index], arrays)
+        raise ModelError(f"the native plan refused op {op.node!r} ({op.describe()}, {list(op.shape_in)} -> "
+                         f"{list(op.shape_out)}, code {exc.code}); run the compiled model's Python path instead") from None
+    except lean_rt.BuildError as exc:
+        raise KernelBuildError(f"{exc}; rebuild with 'python -m uniprune.compressors.kernels --build --force'") from None
+    except lean_rt.LeanError as exc:
+        raise ModelError(f"the lean plan cannot be built: {exc}") from None
+
+
+def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose: str) -> None:
     """Run each conv in the implementation of :data:`CONV_IMPLS` that
     :func:`~uniprune.compressors.timing.fastest` finds fastest at ``batch`` samples (im2col forms only up to
     :data:`IM2COL_MAX_PIXELS` output pixels), or as ``choose`` forces (the im2col forms then at any size).
@@ -567,44 +599,72 @@ def _choose_convs(lib: ctypes.CDLL, ops: list[PlanOp], batch: int, threads: int,
         if len(cands) > 1:
             x = torch.randn(batch, *op.shape_in)
             y = torch.empty(batch, *op.shape_out)
-            plans: dict[str, int] = {}
-            try:
-                for name, cand in cands.items():
-                    alone = PlanOp(cand.kind, cand.node, cand.ins[:1], cand.out, cand.shape_in, cand.shape_out,
-                                   cand.act, cand.lo, cand.hi, cand.params, None, cand.kernel)
-                    plans[name] = _native_plan(lib, [alone], {alone.ins[0]: 0, alone.out: 1}, [0, 0])
-                run = lib.up_plan_run
-                xp, yp = x.data_ptr(), y.data_ptr()
-                best = fastest({k: (lambda h=h, run=run, xp=xp, yp=yp: run(h, xp, yp, batch, threads))
-                                for k, h in plans.items()})
-            finally:
-                for h in plans.values():
-                    lib.up_plan_destroy(h)
+            plans = {}
+            for name, cand in cands.items():
+                alone = PlanOp(cand.kind, cand.node, [0], 1, cand.shape_in, cand.shape_out, cand.act, cand.lo, cand.hi,
+                               cand.params, None, cand.kernel)
+                records, arrays = _records([alone])
+                plans[name] = _native(lib, {"buffers": [0, 0], "ops": records}, arrays)
+            xp, yp = x.data_ptr(), y.data_ptr()
+            best = fastest({k: (lambda p=p, xp=xp, yp=yp: p.run(xp, yp, batch, threads)) for k, p in plans.items()})
+            for p in plans.values():
+                p.close()
         if best != "direct":
             op.kind, op.params, op.kernel = OP_IM2COL, cands[best].params, cands[best].kernel
+
+
+@dataclass
+class LeanSpec:
+    """A lowered plan in plain form: ``header`` (JSON-able: shapes, buffers, op records naming their arrays;
+    the format is :mod:`uniprune.compressors.uniprune_lean`'s) and ``arrays`` (``{name: numpy array}``,
+    float32 / int32 / uint8). What :class:`LeanModel` is built from and what ``uniprune export`` writes."""
+
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    def save(self, directory: str | Path, **extra: Any) -> list[Path]:
+        """Write ``plan.json`` and ``weights.bin`` into ``directory`` (each atomically; see
+        :func:`~uniprune.compressors.uniprune_lean.write_plan`); ``extra`` JSON-able fields join the header.
+        Returns the files written."""
+        return lean_rt.write_plan(directory, {**self.header, **extra}, self.arrays)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LeanSpec:
+        """The plan :meth:`save` wrote in ``directory``; a one-line CheckpointError for a missing or damaged one."""
+        try:
+            header, arrays = lean_rt.read_plan(directory)
+        except lean_rt.LeanError as exc:
+            raise CheckpointError(str(exc)) from None
+        return cls(header, arrays)
 
 
 class LeanModel(nn.Module):
     """A network as one native plan: ``lean(x)`` is one C call for the whole forward pass.
 
-    Made by :func:`lower` / :func:`compile_lean`. ``x``: float32 CPU ``[N, *input_shape]`` (any ``N >= 1``;
-    the per-sample shape is the one it was lowered for); returns a new float32 tensor ``[N, *output_shape]``.
-    Buffers for the activations are allocated once per larger batch size seen. Calls from several threads
-    take turns (one set of buffers). ``ops`` lists what runs, for inspection.
+    Built from a :class:`LeanSpec` (:func:`lower`, :func:`compile_lean`, or one loaded from an artifact).
+    ``x``: float32 CPU ``[N, *input_shape]`` (any ``N >= 0``; the per-sample shape is the one it was lowered
+    for); returns a new float32 tensor ``[N, *output_shape]``. Buffers for the activations are allocated once
+    per larger batch size seen. Calls from several threads take turns (one set of buffers). ``threads``
+    (>= 1): threads of the native kernels (default: ``torch.get_num_threads()`` at each call). ``ops`` lists
+    what runs (buffer numbers in and out), for inspection; ``header`` is the spec's header. The arrays are
+    copied into native memory, so the spec may be dropped afterwards.
     """
 
-    def __init__(self, lib: ctypes.CDLL, ops: list[PlanOp], buffers: dict[int, int], sizes: list[int],
-                 input_shape: tuple[int, ...], output_shape: tuple[int, ...], threads: int | None) -> None:
+    def __init__(self, spec: LeanSpec, threads: int | None = None) -> None:
         super().__init__()
-        self.input_shape, self.output_shape, self.threads = tuple(input_shape), tuple(output_shape), threads
-        self.ops = ops
-        self.buffers = buffers
-        self.num_buffers = len(sizes)
-        self.buffer_floats = sum(sizes)  # per sample
-        plan = _native_plan(lib, ops, buffers, sizes)
-        self._finalizer = weakref.finalize(self, lib.up_plan_destroy, plan)
-        self._plan = plan
-        self._run, self._run_timed = lib.up_plan_run, lib.up_plan_run_timed
+        if threads is not None:
+            check_threads(threads)
+        header = spec.header
+        self.header = {k: v for k, v in header.items() if k != "arrays"}
+        self.input_shape = tuple(int(s) for s in header["input_shape"])
+        self.output_shape = tuple(int(s) for s in header["output_shape"])
+        self.threads = threads
+        self.ops = [_op_from_record(rec, spec.arrays) for rec in header["ops"]]
+        self.num_buffers = len(header["buffers"])
+        self.buffer_floats = int(sum(header["buffers"]))  # per sample
+        self._native = _native(kernels.load(), header, spec.arrays)
+        # the executor's own ctypes function and handle: NativePlan.run's Python frame costs ~0.2 µs a call
+        self._run, self._handle = self._native.fns.plan_run, self._native.handle
         self._lock = threading.Lock()
         self._out_shapes: dict[tuple, tuple[int, ...]] = {}
 
@@ -662,9 +722,9 @@ class LeanModel(nn.Module):
             return y
         with self._lock:
             if op_ns is None:
-                rc = self._run(self._plan, x.data_ptr(), y.data_ptr(), n, self._threads())
+                rc = self._run(self._handle, x.data_ptr(), y.data_ptr(), n, self._threads())
             else:
-                rc = self._run_timed(self._plan, x.data_ptr(), y.data_ptr(), n, self._threads(), op_ns.data_ptr())
+                rc = self._native.run(x.data_ptr(), y.data_ptr(), n, self._threads(), op_ns.data_ptr())
         if rc:
             if rc == -1:
                 raise MemoryError(f"the lean plan ran out of memory for a batch of {n}")
@@ -675,21 +735,21 @@ class LeanModel(nn.Module):
 
     def summary(self) -> list[str]:
         """One line per op: node(s), op, buffers and per-sample shapes."""
-        return [f"{op.node}: {op.describe()} buf{[self.buffers[v] for v in op.ins]} -> buf{self.buffers[op.out]} "
-                f"{list(op.shape_in)} -> {list(op.shape_out)}" for op in self.ops]
+        return [f"{op.node}: {op.describe()} buf{op.ins} -> buf{op.out} {list(op.shape_in)} -> {list(op.shape_out)}"
+                for op in self.ops]
 
 
-def lower(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
-          choose: str = "measure") -> LeanModel:
+def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
+               choose: str = "measure") -> LeanSpec:
     """Lower ``model`` (a :func:`~uniprune.compressors.runtime.compile_model` result, or any plain model) to a
-    :class:`LeanModel` for inputs shaped like ``example_input`` per sample (any batch size).
+    :class:`LeanSpec` for inputs shaped like ``example_input`` per sample (any batch size).
 
-    BatchNorm after a conv is folded (on a copy; ``model`` is not changed). ``threads`` (>= 1): threads of the
-    native kernels (default: ``torch.get_num_threads()`` at each call). ``choose``: how each groups=1 conv
-    runs: ``"measure"`` (default: the fastest of :data:`CONV_IMPLS`, timed once per layer at the example's
-    batch size; the im2col forms only up to :data:`IM2COL_MAX_PIXELS` output pixels) or one of
-    :data:`CONV_IMPLS` for every such conv. Raises a one-line ModelError naming the first node
-    it cannot lower; the caller then keeps the Python path.
+    BatchNorm after a conv is folded (on a copy; ``model`` is not changed). ``threads`` (>= 1; default
+    ``torch.get_num_threads()``): the threads the conv choices are timed on, recorded in the header.
+    ``choose``: how each groups=1 conv runs: ``"measure"`` (default: the fastest of :data:`CONV_IMPLS`,
+    timed once per layer at the example's batch size; the im2col forms only up to :data:`IM2COL_MAX_PIXELS`
+    output pixels) or one of :data:`CONV_IMPLS` for every such conv. Raises a one-line ModelError naming the
+    first node it cannot lower; the caller then keeps the Python path.
     """
     if threads is not None:
         check_threads(threads)
@@ -699,7 +759,6 @@ def lower(model: nn.Module, example_input: torch.Tensor, *, threads: int | None 
         raise ConfigError(f"example_input must be a non-empty float32 tensor, got "
                           f"{getattr(example_input, 'dtype', type(example_input).__name__)}")
     lib = kernels.load()
-    _declare(lib)
     dense = inference_copy(model).float().cpu()
     try:
         graph = _Tracer().trace(dense)
@@ -714,21 +773,45 @@ def lower(model: nn.Module, example_input: torch.Tensor, *, threads: int | None 
     lowering = _Lowering(gm, example)
     lowering.run()
     ops = _fuse(lowering.ops, lowering.input_value, lowering.output_value)
-    _choose_convs(lib, ops, int(example.shape[0]), threads or torch.get_num_threads(), choose)
+    n_threads = threads or torch.get_num_threads()
+    _choose_convs(lib, ops, int(example.shape[0]), n_threads, choose)
     buffers, sizes = _assign_buffers(ops, lowering.vshape, lowering.input_value, lowering.output_value)
+    for op in ops:  # from here on an op names buffers, as the native plan does
+        op.ins, op.out = [buffers[v] for v in op.ins], buffers[op.out]
+    records, arrays = _records(ops)
     out_node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    return LeanModel(lib, ops, buffers, sizes, tuple(example.shape[1:]), lowering.shape[out_node], threads)
+    header = {"format": lean_rt.FORMAT, "input_shape": list(example.shape[1:]),
+              "output_shape": list(lowering.shape[out_node]), "buffers": [int(v) for v in sizes],
+              "threads": int(n_threads), "batch_size": int(example.shape[0]), "ops": records}
+    return LeanSpec(header, arrays)
+
+
+def lower(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
+          choose: str = "measure") -> LeanModel:
+    """:func:`lower_spec`, built: a :class:`LeanModel` for inputs shaped like ``example_input`` per sample.
+
+    ``threads`` (>= 1): threads of the native kernels (default: ``torch.get_num_threads()`` at each call);
+    ``choose`` as in :func:`lower_spec`. Raises a one-line ModelError naming the first node it cannot lower.
+    """
+    return LeanModel(lower_spec(model, example_input, threads=threads, choose=choose), threads=threads)
+
+
+def compile_lean_spec(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
+                      threads: int | None = None, choose: str = "measure") -> LeanSpec:
+    """:func:`~uniprune.compressors.runtime.compile_model` then :func:`lower_spec`: ``model`` with ``structures``
+    (``{module name: LayerStructure}``) imposed, as a plan for inputs shaped like ``example_input``."""
+    compiled = compile_model(model, structures, threads=threads, choose="sparse")
+    return lower_spec(compiled, example_input, threads=threads, choose=choose)
 
 
 def compile_lean(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
                  threads: int | None = None, choose: str = "measure") -> LeanModel:
-    """:func:`~uniprune.compressors.runtime.compile_model` then :func:`lower`: ``model`` with ``structures``
-    (``{module name: LayerStructure}``) imposed, as one native plan for inputs shaped like ``example_input``.
+    """:func:`compile_lean_spec`, built: ``model`` with ``structures`` imposed as one native plan.
 
     Outputs match the masked dense model to relative error <= 1e-4. ``threads`` and ``choose`` as in :func:`lower`.
     """
-    compiled = compile_model(model, structures, threads=threads, choose="sparse")
-    return lower(compiled, example_input, threads=threads, choose=choose)
+    spec = compile_lean_spec(model, structures, example_input=example_input, threads=threads, choose=choose)
+    return LeanModel(spec, threads=threads)
 
 
-__all__ = ["LeanModel", "PlanOp", "compile_lean", "lower", "OP_NAMES"]
+__all__ = ["LeanModel", "LeanSpec", "PlanOp", "compile_lean", "compile_lean_spec", "lower", "lower_spec", "OP_NAMES"]

@@ -19,7 +19,7 @@ from uniprune.compressors.latency import RUNTIMES, build_latency_model, measure_
 from uniprune.compressors.policy import LayerAction, Policy
 from uniprune.compressors.timing import SPREAD_SECONDS
 
-from .common import add_model_arguments
+from .common import add_model_arguments, check_writable
 
 NAME = "bench"
 HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO) against the compressed model on the real kernels"
@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--policy", help="policy.json to project the model onto (structure chosen from the weights)")
-    source.add_argument("--compressed", help="a compressed checkpoint ('uniprune finetune --out'); needs no policy")
+    source.add_argument("--compressed", help="a compressed checkpoint ('uniprune finetune --out'; needs no policy), or an "
+                        "artifact directory ('uniprune export --out'), timed through its own loader; the dense engines then "
+                        "run the checkpoint it was exported from (recorded in it, or --checkpoint)")
     parser.add_argument("--batch-size", type=_positive, default=1, help="samples per forward pass (default 1)")
     parser.add_argument("--input-shape", type=_input_shape, default=None,
                         help="C,H,W of one sample (default: the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn)")
@@ -78,23 +80,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[int, int, int], str]:
-    from uniprune.compressors.projection import project_model
-    from uniprune.search.models import build_model, load_state, load_weights
+    from uniprune.compressors.projection import check_policy_model, project_model
+    from uniprune.search.models import (
+        build_model,
+        load_state,
+        load_weights,
+        read_checkpoint,
+        split_checkpoint,
+    )
 
     if args.compressed:
         from uniprune.compressors.checkpoint import load_compressed
 
-        name, state, structures, meta = load_compressed(args.compressed)
+        path = args.compressed
+        if os.path.isdir(path):  # an exported artifact: its dense model is the checkpoint it came from
+            from uniprune.compressors.artifact import source_checkpoint
+
+            path = str(source_checkpoint(args.compressed, args.checkpoint))
+        name, state, structures, meta = load_compressed(path)
         shape = args.input_shape or tuple(meta["input_shape"])
+        if os.path.isdir(args.compressed) and tuple(shape) != tuple(meta["input_shape"]):
+            raise ConfigError(f"the artifact {args.compressed!r} takes inputs {tuple(meta['input_shape'])}, not "
+                              f"--input-shape {tuple(shape)}; export it again for other shapes")
         model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
-        load_state(model, state, where=args.compressed)
+        load_state(model, state, where=path)
         return model, structures, shape, name
     if not os.path.isfile(args.policy):
         raise ConfigError(f"policy file {args.policy!r} does not exist; pass the policy.json a search wrote")
     policy = Policy.load(args.policy)
+    check_policy_model(policy, args.model)
+    # the checkpoint knows its input shape and classes; without one, the defaults
+    meta = split_checkpoint(read_checkpoint(args.checkpoint), args.checkpoint)[1] if args.checkpoint else {}
     default_shape = (1, 8, 8) if args.model == "digits-cnn" else (3, 32, 32)
-    shape = args.input_shape or default_shape
-    model = build_model(args.model, num_classes=args.num_classes or 10, input_shape=shape)
+    shape = args.input_shape or tuple(int(s) for s in meta.get("input_shape") or default_shape)
+    model = build_model(args.model, num_classes=args.num_classes or int(meta.get("num_classes") or 10), input_shape=shape)
     if args.checkpoint:
         load_weights(model, args.checkpoint)
     structures = project_model(model, policy, apply=True)
@@ -102,12 +121,21 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.cache_dir is not None and not args.no_table:
+        check_writable(args.cache_dir, "--cache-dir", folder=True)
     model, structures, shape, name = _model_and_structures(args)
     model.eval()
     threads = args.threads or torch.get_num_threads()
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
-    result = measure_model_ms(model, structures, shape, batch_size=args.batch_size, threads=threads,
-                              repeats=args.repeats, statistic=args.statistic, engines=args.engines, runtime=args.runtime)
+    if args.compressed and os.path.isdir(args.compressed):
+        from uniprune.compressors.artifact import measure_artifact_ms
+
+        result = measure_artifact_ms(args.compressed, model, batch_size=args.batch_size, threads=threads,
+                                     repeats=args.repeats, statistic=args.statistic, engines=args.engines)
+    else:
+        result = measure_model_ms(model, structures, shape, batch_size=args.batch_size, threads=threads,
+                                  repeats=args.repeats, statistic=args.statistic, engines=args.engines,
+                                  runtime=args.runtime)
     for note in result.pop("notes"):
         print(f"bench: note: {note}", file=sys.stderr)
     predicted = predicted_ratio = None

@@ -1,0 +1,260 @@
+"""The deployable artifact of a compressed model (``uniprune export``): one directory that runs without uniprune
+or torch, only numpy, ctypes and a C compiler.
+
+Layout (every file written into a temporary directory beside ``out`` that is then renamed into place, so an
+artifact appears whole or not at all)::
+
+    plan.json            the lean plan's header: ops, shapes, buffers, the array index, the source model
+    weights.bin          its arrays (packed weights, per-op data), raw little-endian, 64-byte aligned
+    uniprune_kernels.c   the block-sparse kernels
+    uniprune_plan.c      the plan executor
+    uniprune_lean.py     the loader (compressors/uniprune_lean.py, the module every in-process plan is built with)
+    README.md            how to run it
+
+``plan.json``'s ``"source"`` names the model (zoo name, classes, per-sample input shape) and the compressed
+checkpoint it came from (path and sha256): ``uniprune bench --compressed DIR`` needs that checkpoint to
+build the dense model its engines run, and checks by the hash that it is the same file. An artifact carries
+no dense weights: it is what a user deploys, and the dense model is only the benchmark's baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import kernels
+from . import uniprune_lean as lean_rt
+from .budget import paired_ratio
+from .engines import dense_engines
+from .errors import CheckpointError, ConfigError, KernelBuildError, ModelError
+from .plan import LeanSpec
+from .timing import SPREAD_SECONDS, check_threads, interleaved_samples, reducer
+
+LOADER = "uniprune_lean.py"
+README = "README.md"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_artifact(path: Path) -> bool:
+    try:
+        return json.loads((path / lean_rt.PLAN_FILE).read_text()).get("format") == lean_rt.FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
+    """``out`` as a path where an artifact may be written: absent, or (with ``force``) an empty directory or an
+    earlier artifact. Anything else raises a one-line ConfigError; nothing is touched here."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ConfigError(f"--out {str(out)!r} already exists; pass --force to replace it or choose another directory")
+        if not out.is_dir() or out.is_symlink():
+            raise ConfigError(f"--out {str(out)!r} is not a directory; refusing to replace it even with --force")
+        if any(out.iterdir()) and not _is_artifact(out):
+            raise ConfigError(f"--out {str(out)!r} holds files that are not a uniprune artifact; refusing to replace it "
+                              "even with --force: choose another directory")
+    if not out.parent.is_dir():
+        raise ConfigError(f"the parent of --out {str(out)!r} does not exist; create it first")
+    return out
+
+
+def _readme(header: Mapping[str, Any], source: Mapping[str, Any]) -> str:
+    shape = list(header["input_shape"])
+    example = f"np.zeros((8, {', '.join(map(str, shape))}), np.float32)"
+    return f"""# {source.get('model_name', 'model')}: a uniprune lean plan
+
+A compressed network as one native plan: one C call per forward pass over block-sparse kernels. It needs
+Python 3 with numpy, and a C compiler (gcc or clang); not torch, not uniprune.
+
+- input: float32 `[N, {', '.join(map(str, shape))}]` (NCHW, any batch N)
+- output: float32 `[N, {', '.join(map(str, header['output_shape']))}]`
+- exported from `{source.get('checkpoint', '?')}` ({source.get('model_name', '?')}, {source.get('num_classes', '?')} classes),
+  {len(header['ops'])} ops, conv implementations chosen at batch {header.get('batch_size')} on {header.get('threads')} thread(s)
+  on a CPU with {source.get('isa', '?')} kernels
+
+## Run it
+
+```python
+import sys
+import numpy as np
+sys.path.insert(0, "path/to/this/directory")
+import uniprune_lean
+
+model = uniprune_lean.Model("path/to/this/directory")  # threads=T to change the kernels' threads
+y = model.run({example})
+```
+
+or, to check it builds and see its speed here: `python uniprune_lean.py --batch-size 8`.
+
+The first `Model(...)` compiles `uniprune_kernels.c` and `uniprune_plan.c` (a few seconds) with `$CC` (else
+cc, gcc, clang), `-O3` and the widest vector ISA the CPU has, or the one `UNIPRUNE_ISA` names (avx512, avx2,
+generic); the library is cached in `$UNIPRUNE_LEAN_CACHE` (default `~/.cache/uniprune-lean`) under a hash of
+the sources, compiler and flags.
+
+## Files
+
+- `plan.json`: the ops, shapes and buffers; `"arrays"` indexes `weights.bin` (dtype, shape, byte offset);
+  `"weights"` holds its sha256, checked on load.
+- `weights.bin`: the packed weights and per-op data, raw little-endian arrays.
+- `uniprune_kernels.c`, `uniprune_plan.c`: the kernels and the plan executor.
+- `uniprune_lean.py`: this loader.
+"""
+
+
+def write_artifact(out: str | os.PathLike, spec: LeanSpec, *, source: Mapping[str, Any], force: bool = False) -> list[Path]:
+    """Write ``spec`` as an artifact directory ``out`` (see the module docstring); returns its files.
+
+    ``source``: JSON-able facts about the model (``model_name``, ``num_classes``, ``input_shape``,
+    ``checkpoint``, ``checkpoint_sha256``, ...) recorded in ``plan.json``. ``out`` must not exist unless
+    ``force`` (then an earlier artifact or an empty directory is replaced; anything else is refused). Written
+    into a temporary directory beside ``out`` and renamed: ``out`` is never seen half written, and on failure
+    the old one is left as it was.
+    """
+    out = check_out_dir(out, force)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = None
+    try:
+        spec.save(tmp, source=dict(source))
+        for src in kernels.SOURCES:
+            shutil.copyfile(src, tmp / src.name)
+        shutil.copyfile(lean_rt.__file__, tmp / LOADER)
+        (tmp / README).write_text(_readme(spec.header, source))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "artifact")
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and (old / "artifact").exists() and not out.exists():
+            os.replace(old / "artifact", out)  # put the earlier artifact back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    names = [lean_rt.PLAN_FILE, lean_rt.WEIGHTS_FILE, *(s.name for s in kernels.SOURCES), LOADER, README]
+    return [out / n for n in names]
+
+
+def read_header(directory: str | os.PathLike) -> dict[str, Any]:
+    """``plan.json`` of the artifact in ``directory``; a one-line CheckpointError when it is not one."""
+    path = Path(directory) / lean_rt.PLAN_FILE
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"artifact directory {str(directory)!r} does not exist; pass the --out of 'uniprune export'")
+    try:
+        header = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is missing or unreadable ({type(exc).__name__}); pass a directory 'uniprune export' "
+                              "wrote") from None
+    if not isinstance(header, dict) or header.get("format") != lean_rt.FORMAT:
+        raise CheckpointError(f"{path} is not a uniprune lean plan (format {header.get('format') if isinstance(header, dict) else None!r}, "
+                              f"expected {lean_rt.FORMAT!r}); export the model again")
+    return header
+
+
+def source_checkpoint(directory: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:
+    """The compressed checkpoint the artifact in ``directory`` was exported from: ``given``, else the path
+    ``plan.json`` records; either must have the recorded sha256. One-line CheckpointError otherwise."""
+    header = read_header(directory)
+    src = header.get("source") if isinstance(header.get("source"), dict) else {}
+    path = given or src.get("checkpoint")
+    if not path or not Path(path).is_file():
+        where = f"{str(path)!r}, which does not exist" if path else "a checkpoint it does not name"
+        raise CheckpointError(f"the artifact {str(directory)!r} was exported from {where}; pass --checkpoint with the "
+                              "compressed checkpoint it was exported from")
+    if src.get("checkpoint_sha256") and file_sha256(path) != src["checkpoint_sha256"]:
+        raise CheckpointError(f"{str(path)!r} is not the checkpoint the artifact {str(directory)!r} was exported from "
+                              "(sha256 differs); pass that one with --checkpoint, or export this one")
+    return Path(path)
+
+
+def import_loader(directory: str | os.PathLike) -> ModuleType:
+    """The artifact's own ``uniprune_lean.py``, imported by file path (not the installed module), so what is
+    timed is what was shipped."""
+    path = Path(directory) / LOADER
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the artifact is incomplete, export it again")
+    name = f"_uniprune_lean_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001 - a broken loader file is the artifact's fault, in one line
+        del sys.modules[name]
+        raise CheckpointError(f"{path} cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    return module
+
+
+def open_artifact(directory: str | os.PathLike, *, threads: int | None = None) -> Any:
+    """The artifact's ``Model``, built by its own loader; loader errors as one-line uniprune errors."""
+    loader = import_loader(directory)
+    try:
+        return loader.Model(directory, threads=threads)
+    except loader.LeanError as exc:
+        raise CheckpointError(str(exc)) from None
+    except loader.BuildError as exc:
+        raise KernelBuildError(str(exc)) from None
+
+
+def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch_size: int = 1, threads: int | None = None,
+                        warmup: int = 10, repeats: int = 50, seed: int = 0, statistic: str = "median",
+                        min_seconds: float = SPREAD_SECONDS, engines: Sequence[str] | None = None) -> dict[str, Any]:
+    """Whole-model ms of every dense engine running ``model`` and of the artifact in ``directory`` (through its
+    own loader), interleaved in one process, as :func:`~uniprune.compressors.latency.measure_model_ms` reports
+    them (``runtime`` ``"artifact"``).
+
+    ``model``: the dense model with the compressed weights (its structures already in the weights), whose
+    output the artifact's must match (relative error <= 1e-4 of the output's scale, else a ModelError:
+    the artifact is not this model). ``batch_size`` >= 1; ``threads`` >= 1 (default: the artifact's).
+    """
+    reduce = reducer(statistic)
+    header = read_header(directory)
+    shape = tuple(int(s) for s in header["input_shape"])
+    n = check_threads(threads if threads is not None else int(header.get("threads") or 1))
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    art = open_artifact(directory, threads=n)
+    x = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed))
+    xn = np.ascontiguousarray(x.numpy())
+    dense = dense_engines(model, x, threads=n, engines=engines)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    err = float((torch.from_numpy(art.run(xn)) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    if not err <= 1e-4:
+        raise ModelError(f"the artifact's output differs from the checkpoint's model (relative error {err:.2g}); "
+                         "it was exported from another checkpoint: export it again or pass the right --checkpoint")
+    t = interleaved_samples({**dense.runners, "compressed": lambda: art.run(xn)}, warmup=warmup, repeats=repeats,
+                            threads=n, min_seconds=min_seconds)
+    engine_ms = {e: reduce(t[e]) for e in dense.runners}
+    best = min(engine_ms, key=engine_ms.__getitem__)
+    ratio = paired_ratio(t["compressed"], t[best], statistic)
+    return {"engines": engine_ms, "best_engine": best, "best_dense_ms": engine_ms[best],
+            "compressed_ms": reduce(t["compressed"]), "latency_ratio": ratio, "speedup": 1.0 / ratio,
+            "runtime": "artifact", "max_rel_error": err, "notes": list(dense.notes)}
+
+
+__all__ = ["LOADER", "README", "check_out_dir", "file_sha256", "import_loader", "measure_artifact_ms", "open_artifact",
+           "read_header", "source_checkpoint", "write_artifact"]

@@ -1,0 +1,238 @@
+"""`uniprune export` and the artifact it writes (compressors/artifact.py, compressors/uniprune_lean.py).
+
+Every model is exported from a compressed checkpoint with random pruned and unified blocks, and the artifact,
+run by its own loader (imported from the artifact directory), must match the masked dense model run by torch
+(relative error <= 1e-4 of the output's scale). No test asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from uniprune.compressors import kernels, uniprune_lean
+from uniprune.compressors.artifact import import_loader
+from uniprune.compressors.blocks import compressible_layers
+from uniprune.compressors.checkpoint import save_compressed
+from uniprune.compressors.latency import random_structure
+from uniprune.compressors.plan import LeanModel, LeanSpec, lower_spec
+from uniprune.compressors.projection import structured_weight
+from uniprune.search.cli import main
+from uniprune.search.models import build_model
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def lean_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One private build cache for the loader: the C sources compile once for the whole module (~4 s)."""
+    return tmp_path_factory.mktemp("lean-cache")
+
+
+def _compressed(path: Path, name: str, shape: tuple[int, int, int], seed: int) -> torch.nn.Module:
+    """A compressed checkpoint of ``name`` (random init and BatchNorm statistics, random 50 % pruned and 25 %
+    unified blocks in every compressible layer); returns the masked dense model, the reference."""
+    torch.manual_seed(seed)
+    model = build_model(name, num_classes=10, input_shape=shape).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    structures = {s.name: random_structure(s.grid, 0.5, 0.25, g) for s in compressible_layers(model)}
+    with torch.no_grad():
+        for layer, st in structures.items():
+            m = model.get_submodule(layer)
+            m.weight.copy_(structured_weight(m.weight.detach(), st))
+    save_compressed(path, model, structures, model_name=name, num_classes=10, input_shape=shape)
+    return model
+
+
+def _export(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict | None, str]:
+    code = main(["export", *args, "--json"])
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if code == 0 and lines else None), err
+
+
+def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:
+    return float((torch.from_numpy(got) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("name,shape", [("digits-cnn", (1, 8, 8)), ("cifar-resnet20", (3, 32, 32)),
+                                        ("cifar-vgg16", (3, 32, 32)), ("tv:mobilenet_v2", (3, 32, 32))])
+def test_artifact_matches_masked_dense(name, shape, tmp_path, capsys, lean_cache, single_thread):
+    ckpt = tmp_path / "model.pt"
+    reference = _compressed(ckpt, name, shape, seed=len(name))
+    code, result, err = _export(capsys, "--compressed", str(ckpt), "--out", str(tmp_path / "art"))
+    assert code == 0, err
+    files = {Path(f).name for f in result["files"]}
+    assert files == {"plan.json", "weights.bin", "uniprune_kernels.c", "uniprune_plan.c", "uniprune_lean.py", "README.md"}
+    assert all(Path(f).is_file() for f in result["files"])
+    assert result["max_rel_error"] <= TOL and result["input_shape"] == list(shape) and result["output_shape"] == [10]
+    header = json.loads((tmp_path / "art" / "plan.json").read_text())
+    assert header["source"]["model_name"] == name and header["source"]["input_shape"] == list(shape)
+    assert not list(tmp_path.glob(".art.*"))  # the temporary directory was renamed, nothing left over
+    loader = import_loader(tmp_path / "art")
+    assert loader is not uniprune_lean  # the artifact's own copy, imported by file path
+    model = loader.Model(tmp_path / "art", cache_dir=lean_cache)
+    for batch in (1, 3):
+        x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            ref = reference(x)
+        got = model.run(x.numpy())
+        assert got.shape == (batch, 10) and got.dtype == np.float32
+        assert _rel_err(got, ref) <= TOL
+
+
+def test_artifact_runs_without_torch_or_uniprune(tmp_path, capsys, lean_cache):
+    ckpt = tmp_path / "digits.pt"
+    reference = _compressed(ckpt, "digits-cnn", (1, 8, 8), seed=3)
+    assert _export(capsys, "--compressed", str(ckpt), "--out", str(tmp_path / "art"))[0] == 0
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = (
+        "import sys, numpy as np\n"
+        "sys.modules['torch'] = None  # any import of torch now fails\n"
+        "sys.path.insert(0, '.')  # -I leaves the working directory off the path; a user adds the artifact's\n"
+        "import uniprune_lean\n"
+        f"m = uniprune_lean.Model('.', cache_dir={str(lean_cache)!r})\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, m.run(np.load({str(tmp_path / 'x.npy')!r})))\n"
+        "assert not any(k == 'uniprune' or k.startswith('uniprune.') for k in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path / "art", env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with torch.no_grad():
+        assert _rel_err(np.load(tmp_path / "y.npy"), reference(x)) <= TOL
+
+
+def test_in_process_plan_round_trips_through_files(tmp_path, single_thread):
+    """A LeanModel is built from its serialised form: saving and loading it changes nothing it computes."""
+    model = build_model("cifar-resnet20", input_shape=(3, 16, 16)).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    spec = lower_spec(model, x, threads=1)
+    spec.save(tmp_path / "plan")
+    again = LeanSpec.load(tmp_path / "plan")
+    assert again.header["ops"] == spec.header["ops"]
+    assert all(np.array_equal(again.arrays[k], v) for k, v in spec.arrays.items())
+    assert torch.equal(LeanModel(again, threads=1)(x), LeanModel(spec, threads=1)(x))
+
+
+@pytest.mark.parametrize("impl", ["im2col_linear", "im2col_conv"])
+def test_saved_im2col_plans_run_in_the_loader(impl, tmp_path, lean_cache, single_thread):
+    """The conv forms the plan may pick on small maps survive the files too (export picks them by timing)."""
+    model = build_model("digits-cnn", input_shape=(1, 8, 8)).eval()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(12))
+    spec = lower_spec(model, x, threads=1, choose=impl)
+    assert any(op["kind"] == 11 for op in spec.header["ops"])  # OP_IM2COL
+    spec.save(tmp_path)
+    loaded = uniprune_lean.Model(tmp_path, source_dir=Path(kernels.SOURCE).parent, cache_dir=lean_cache, threads=1)
+    with torch.no_grad():
+        assert _rel_err(loaded.run(x.numpy()), model(x)) <= TOL
+
+
+def test_damaged_weights_are_refused(tmp_path):
+    spec = lower_spec(build_model("digits-cnn", input_shape=(1, 8, 8)).eval(), torch.randn(1, 1, 8, 8), threads=1)
+    spec.save(tmp_path)
+    blob = bytearray((tmp_path / "weights.bin").read_bytes())
+    blob[100] ^= 1
+    (tmp_path / "weights.bin").write_bytes(bytes(blob))
+    with pytest.raises(uniprune_lean.LeanError, match="sha256"):
+        uniprune_lean.read_plan(tmp_path)
+
+
+def test_loader_refuses_bad_input(tmp_path, capsys, lean_cache):
+    ckpt = tmp_path / "digits.pt"
+    _compressed(ckpt, "digits-cnn", (1, 8, 8), seed=6)
+    assert _export(capsys, "--compressed", str(ckpt), "--out", str(tmp_path / "art"))[0] == 0
+    model = import_loader(tmp_path / "art").Model(tmp_path / "art", cache_dir=lean_cache)
+    with pytest.raises(ValueError, match=r"float32 array \[N, 1, 8, 8\]"):
+        model.run(np.zeros((1, 1, 8, 9), np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        model.run(np.zeros((1, 1, 8, 8), np.float64))
+    assert model.run(np.zeros((0, 1, 8, 8), np.float32)).shape == (0, 10)
+
+
+def _one_line_error(code: int, err: str, needle: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("uniprune export: error:") and needle in lines[0]
+
+
+def test_bad_inputs_are_one_line_errors_and_nothing_is_overwritten(tmp_path, capsys):
+    ckpt = tmp_path / "digits.pt"
+    _compressed(ckpt, "digits-cnn", (1, 8, 8), seed=7)
+    out = tmp_path / "art"
+    # a missing checkpoint: nothing written, no temporary directory left
+    code, _, err = _export(capsys, "--compressed", str(tmp_path / "missing.pt"), "--out", str(out))
+    _one_line_error(code, err, "does not exist")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["digits.pt"]
+    # a checkpoint that is not a compressed one
+    plain = tmp_path / "plain.pt"
+    torch.save(build_model("digits-cnn", input_shape=(1, 8, 8)).state_dict(), plain)
+    code, _, err = _export(capsys, "--compressed", str(plain), "--out", str(out))
+    _one_line_error(code, err, "not a uniprune compressed checkpoint")
+    assert not out.exists()
+    # an existing --out without --force, and a non-artifact one even with --force: left as they were
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    for extra, needle in (([], "--force"), (["--force"], "not a uniprune artifact")):
+        code, _, err = _export(capsys, "--compressed", str(ckpt), "--out", str(out), *extra)
+        _one_line_error(code, err, needle)
+        assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_force_replaces_an_earlier_artifact(tmp_path, capsys):
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    _compressed(first, "digits-cnn", (1, 8, 8), seed=8)
+    _compressed(second, "digits-cnn", (1, 8, 8), seed=9)
+    out = tmp_path / "art"
+    assert _export(capsys, "--compressed", str(first), "--out", str(out))[0] == 0
+    before = (out / "weights.bin").read_bytes()
+    code, _, err = _export(capsys, "--compressed", str(second), "--out", str(out))
+    _one_line_error(code, err, "already exists")
+    assert (out / "weights.bin").read_bytes() == before
+    assert _export(capsys, "--compressed", str(second), "--out", str(out), "--force")[0] == 0
+    header = json.loads((out / "plan.json").read_text())
+    assert header["source"]["checkpoint"] == str(second.resolve())
+    assert (out / "weights.bin").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "art", "b.pt"]
+
+
+def test_bench_times_the_artifact(tmp_path, capsys, lean_cache, monkeypatch):
+    monkeypatch.setenv("UNIPRUNE_LEAN_CACHE", str(lean_cache))
+    ckpt = tmp_path / "digits.pt"
+    _compressed(ckpt, "digits-cnn", (1, 8, 8), seed=10)
+    out = tmp_path / "art"
+    assert _export(capsys, "--compressed", str(ckpt), "--out", str(out))[0] == 0
+    code = main(["bench", "--compressed", str(out), "--engines", "torch", "--threads", "1", "--repeats", "3",
+                 "--no-table", "--batch-size", "2", "--json"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["runtime"] == "artifact" and result["max_rel_error"] <= TOL
+    assert set(result["engines"]) == {"torch"} and result["compressed_ms"] > 0 and result["batch_size"] == 2
+    assert result["speedup"] == pytest.approx(1 / result["latency_ratio"])
+    # the dense model must be the checkpoint it was exported from
+    other = tmp_path / "other.pt"
+    _compressed(other, "digits-cnn", (1, 8, 8), seed=11)
+    code = main(["bench", "--compressed", str(out), "--checkpoint", str(other), "--engines", "torch", "--no-table"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sha256 differs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--compressed", "--out", "--batch-size", "--threads", "--force", "--json"):
+        assert option in text
