@@ -37,11 +37,10 @@ from torch import nn
 
 from . import kernels
 from . import uniprune_lean as lean_rt
-from .budget import paired_ratio
-from .engines import dense_engines
+from .engines import dense_engines, race
 from .errors import CheckpointError, ConfigError, KernelBuildError, ModelError
 from .plan import LeanSpec
-from .timing import SPREAD_SECONDS, check_threads, interleaved_samples, reducer
+from .timing import SPREAD_SECONDS, check_threads
 
 LOADER = "uniprune_lean.py"
 README = "README.md"
@@ -230,7 +229,6 @@ def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch
     output the artifact's must match (relative error <= 1e-4 of the output's scale, else a ModelError:
     the artifact is not this model). ``batch_size`` >= 1; ``threads`` >= 1 (default: the artifact's).
     """
-    reduce = reducer(statistic)
     header = read_header(directory)
     shape = tuple(int(s) for s in header["input_shape"])
     n = check_threads(threads if threads is not None else int(header.get("threads") or 1))
@@ -246,14 +244,9 @@ def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch
     if not err <= 1e-4:
         raise ModelError(f"the artifact's output differs from the checkpoint's model (relative error {err:.2g}); "
                          "it was exported from another checkpoint: export it again or pass the right --checkpoint")
-    t = interleaved_samples({**dense.runners, "compressed": lambda: art.run(xn)}, warmup=warmup, repeats=repeats,
-                            threads=n, min_seconds=min_seconds)
-    engine_ms = {e: reduce(t[e]) for e in dense.runners}
-    best = min(engine_ms, key=engine_ms.__getitem__)
-    ratio = paired_ratio(t["compressed"], t[best], statistic)
-    return {"engines": engine_ms, "best_engine": best, "best_dense_ms": engine_ms[best],
-            "compressed_ms": reduce(t["compressed"]), "latency_ratio": ratio, "speedup": 1.0 / ratio,
-            "runtime": "artifact", "max_rel_error": err, "notes": list(dense.notes)}
+    result = race(dense, lambda: art.run(xn), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
+                  statistic=statistic)
+    return {**result, "runtime": "artifact", "max_rel_error": err}
 
 
 __all__ = ["LOADER", "README", "check_out_dir", "file_sha256", "import_loader", "measure_artifact_ms", "open_artifact",

@@ -24,13 +24,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .budget import paired_ratio
 from .errors import ConfigError
 from .runtime import inference_copy
-from .timing import check_threads
+from .timing import check_threads, interleaved_samples, reducer
 
 #: Every engine uniprune knows, in the order they are reported.
 ENGINES = ("torch", "onnxruntime", "openvino")
@@ -156,4 +158,24 @@ def dense_engines(model: nn.Module, x: torch.Tensor, *, threads: int | None = No
     return DenseEngines(runners, notes)
 
 
-__all__ = ["ENGINES", "DenseEngines", "available_engines", "dense_engines", "engine_versions"]
+def race(dense: DenseEngines, compressed: Callable[[], object], *, threads: int, warmup: int = 10, repeats: int = 50,
+         min_seconds: float = 0.0, statistic: str = "median") -> dict[str, Any]:
+    """Every dense engine and ``compressed`` timed in the same interleaved rounds (:mod:`.timing`).
+
+    The baseline is the fastest engine by ``statistic``; the ratio is
+    :func:`~uniprune.compressors.budget.paired_ratio` of ``compressed``'s samples against that engine's.
+    Returns ``{"engines": {engine: ms}, "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio",
+    "speedup", "notes"}``.
+    """
+    reduce = reducer(statistic)
+    t = interleaved_samples({**dense.runners, "compressed": compressed}, warmup=warmup, repeats=repeats, threads=threads,
+                            min_seconds=min_seconds)
+    engine_ms = {e: reduce(t[e]) for e in dense.runners}
+    best = min(engine_ms, key=engine_ms.__getitem__)
+    ratio = paired_ratio(t["compressed"], t[best], statistic)
+    return {"engines": engine_ms, "best_engine": best, "best_dense_ms": engine_ms[best],
+            "compressed_ms": reduce(t["compressed"]), "latency_ratio": ratio, "speedup": 1.0 / ratio,
+            "notes": list(dense.notes)}
+
+
+__all__ = ["ENGINES", "DenseEngines", "available_engines", "dense_engines", "engine_versions", "race"]

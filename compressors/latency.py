@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from . import kernels
 from .blocks import DEFAULT_BLOCK_SHAPES, compressible_layers
-from .budget import latency_ratio, paired_ratio
-from .engines import dense_engines, engine_versions
+from .budget import latency_ratio
+from .engines import DenseEngines, dense_engines, engine_versions, race
 from .errors import ConfigError, ModelError
 from .fileio import write_json_atomic
 from .latency_model import LatencyModel
@@ -45,7 +45,7 @@ from .policy import LayerAction
 from .projection import block_counts
 from .runtime import compile_model
 from .structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
-from .timing import SPREAD_SECONDS, check_counts, check_threads, interleaved_samples, reducer
+from .timing import SPREAD_SECONDS, check_counts, check_threads, reducer
 
 
 def random_structure(grid: BlockGrid, prune: float, unify: float, generator: torch.Generator) -> LayerStructure:
@@ -118,19 +118,13 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
     "speedup", "runtime", "notes"}`` (``runtime``: the one timed; ``notes``: why an installed engine or the
     lean path was left out).
     """
-    reduce = reducer(statistic)
     n = check_threads(threads)
     x = _example_input(input_shape, batch_size, seed)
     dense = dense_engines(model, x, threads=n, engines=engines)
     compiled, used, notes = compile_for_timing(model, structures, x, n, runtime)
-    t = interleaved_samples({**dense.runners, "compressed": lambda: compiled(x)}, warmup=warmup, repeats=repeats,
-                            threads=n, min_seconds=min_seconds)
-    engine_ms = {e: reduce(t[e]) for e in dense.runners}
-    best = min(engine_ms, key=engine_ms.__getitem__)
-    ratio = paired_ratio(t["compressed"], t[best], statistic)
-    return {"engines": engine_ms, "best_engine": best, "best_dense_ms": engine_ms[best],
-            "compressed_ms": reduce(t["compressed"]), "latency_ratio": ratio, "speedup": 1.0 / ratio,
-            "runtime": used, "notes": dense.notes + notes}
+    result = race(dense, lambda: compiled(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
+                  statistic=statistic)
+    return {**result, "runtime": used, "notes": result["notes"] + notes}
 
 
 def _cpu_model() -> str:
@@ -215,18 +209,12 @@ CACHE_CHECK_TOLERANCE = 0.15
 _CACHE_CHECK_SECONDS = 1.0
 
 
-def _baseline_rounds(runners: Mapping[str, Any], compiled: Any, x: torch.Tensor, n: int, *, repeats: int,
+def _baseline_rounds(dense: DenseEngines, compiled: Any, x: torch.Tensor, n: int, *, repeats: int,
                      min_seconds: float, statistic: str) -> dict[str, Any]:
-    """The dense engines timed against the nothing-compressed compiled model alone, as ``bench`` times them.
-
-    Returns ``{"engines": {engine: ms}, "best_engine", "baseline_ms", "compiled_ms"}``.
-    """
-    reduce = reducer(statistic)
-    t = interleaved_samples({**runners, "compiled": lambda: compiled(x)}, warmup=1, repeats=repeats, threads=n,
-                            min_seconds=min_seconds)
-    engine_ms = {e: reduce(t[e]) for e in runners}
-    best = min(engine_ms, key=engine_ms.__getitem__)
-    return {"engines": engine_ms, "best_engine": best, "baseline_ms": engine_ms[best], "compiled_ms": reduce(t["compiled"])}
+    """The dense engines timed against the nothing-compressed compiled model alone, as ``bench`` times them
+    (:func:`~uniprune.compressors.engines.race`)."""
+    return race(dense, lambda: compiled(x), threads=n, warmup=1, repeats=repeats, min_seconds=min_seconds,
+                statistic=statistic)
 
 
 def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any], x: torch.Tensor, n: int,
@@ -237,10 +225,9 @@ def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any]
     compiled, _, _ = compile_for_timing(model, {s.name: random_structure(s.grid, 0.0, 0.0, gen) for s in specs}, x, n,
                                         runtime)
     engines = dense_engines(model, x, threads=n, engines=list(lm.meta.get("engines", {})) or None)
-    now = _baseline_rounds(engines.runners, compiled, x, n, repeats=5, min_seconds=_CACHE_CHECK_SECONDS,
-                           statistic=statistic)
+    now = _baseline_rounds(engines, compiled, x, n, repeats=5, min_seconds=_CACHE_CHECK_SECONDS, statistic=statistic)
     then = latency_ratio(lm.predict({}), lm.dense_ms)
-    ratio = latency_ratio(now["compiled_ms"], now["baseline_ms"])
+    ratio = latency_ratio(now["compressed_ms"], now["best_dense_ms"])
     holds = abs(ratio / then - 1) <= CACHE_CHECK_TOLERANCE
     if progress:
         verdict = "holds" if holds else f"is off by more than {CACHE_CHECK_TOLERANCE:.0%}: measuring it again"
@@ -363,7 +350,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         # it. Timed inside the rounds, where 15 other models run between two dense passes (evicting its
         # weights from the shared caches, we think), ResNet-56's dense pass at batch 1 read 11.0 ms against
         # 8.7 ms in `bench`, and every predicted ratio came out about 20 % too low.
-        base = _baseline_rounds(dense.runners, models[(0, 0)], x, n, repeats=repeats, min_seconds=min_seconds,
+        base = _baseline_rounds(dense, models[(0, 0)], x, n, repeats=repeats, min_seconds=min_seconds,
                                 statistic=statistic)
     finally:
         torch.set_num_threads(before)
@@ -381,7 +368,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     meta = {"kind": "measured", "key": key_obj | {"arch": type(model).__name__}, "engines": base["engines"],
             "baseline_engine": base["best_engine"], "runtime": used, "notes": notes,
             "fixed_ms_method": "compiled whole-model passes minus their layers timed in place"}
-    lm = LatencyModel(g, g, tables, fixed, meta, baseline_ms=base["baseline_ms"])
+    lm = LatencyModel(g, g, tables, fixed, meta, baseline_ms=base["best_dense_ms"])
     write_json_atomic(path, lm.to_dict())
     return lm
 
