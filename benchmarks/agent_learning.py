@@ -1,0 +1,152 @@
+"""Does the DDPG agent learn, or only explore? (issue 13)
+
+For each seed, on ResNet-20 and the CIFAR-10 JPEG training set (a validation split carved from it) at a
+latency budget against the fastest dense engine:
+
+- ``ddpg``: AMC's DDPG as uniprune runs it (raw rewards stored, the baseline subtracted per sampled batch);
+- ``ddpg-store``: the same agent with the earlier buffer, which froze ``R - b`` into each stored transition;
+- ``random``: uniform random actions for as many episodes.
+
+Reported per run: the best reward among the warm-up episodes, the best of all episodes, the mean reward
+of the last 50 episodes (the noisy actor after warm-up), the deterministic actor's own policy at the end
+(no noise; scored as the search scores), and random search's best of its first ``--warmup`` and of all
+episodes. Target of the issue: the trained actor beats the best of 100 random episodes in every seed.
+
+    python benchmarks/agent_learning.py --seeds 0 1 2 --episodes 300 --warmup 100
+
+Writes section ``agent_learning`` of docs/RESULTS.md and one run directory per run under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import command_line, machine_line, write_section  # noqa: E402
+from uniprune.agent import buffer as buffer_module  # noqa: E402
+from uniprune.agent import ddpg as ddpg_module  # noqa: E402
+from uniprune.agent import load_agent  # noqa: E402
+from uniprune.search.cli import build_parser, main  # noqa: E402
+from uniprune.search.commands.env_options import make_env  # noqa: E402
+from uniprune.search.searchers import agent_policy  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class StoreTimeBaselineBuffer(buffer_module.EpisodeRewardBuffer):
+    """The earlier buffer, for comparison only: ``R - b`` frozen into the stored transitions when an episode
+    ends (``b`` then moves per episode), the batch returned as stored."""
+
+    def add(self, obs, next_obs, action, reward, done, infos):  # noqa: D102
+        if bool(np.asarray(done).reshape(-1)[0]):
+            final = float(np.asarray(reward).reshape(-1)[0])
+            if self.baseline is None:
+                self.baseline = final
+            shaped = final - self.baseline
+            self.baseline += self.baseline_alpha * (final - self.baseline)
+            reward = np.array([shaped], dtype=np.float32)
+        super().add(obs, next_obs, action, reward, done, infos)
+
+    def sample(self, batch_size, env=None):  # noqa: D102
+        return super(buffer_module.EpisodeRewardBuffer, self).sample(batch_size, env=env)
+
+
+def _rows(run: Path) -> list[dict[str, float]]:
+    with (run / "episodes.csv").open() as fh:
+        return [{k: float(v) for k, v in r.items() if v not in ("", None) and k != "warmup"} for r in csv.DictReader(fh)]
+
+
+def _search(run: Path, searcher: str, seed: int, args: argparse.Namespace) -> list[str]:
+    return ["search", "--searcher", searcher, "--model", "cifar-resnet20", "--checkpoint", args.checkpoint,
+            "--dataset", "imagefolder", "--data", args.data, "--latency-budget", str(args.budget),
+            "--episodes", str(args.episodes), "--warmup", str(args.warmup), "--val-samples", str(args.val_samples),
+            "--latency-statistic", "min", "--threads", "1", "--batch-size", "1", "--seed", str(seed),
+            "--bn-recalibrate", str(args.bn_recalibrate),
+            "--run-dir", str(run), "--force"]
+
+
+def run_one(kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    run = Path(args.out) / f"{kind}-seed{seed}"
+    searcher = "random" if kind == "random" else "ddpg"
+    original = ddpg_module.EpisodeRewardBuffer
+    if kind == "ddpg-store":
+        ddpg_module.EpisodeRewardBuffer = StoreTimeBaselineBuffer  # what AMCDDPG hands SB3 as its buffer class
+    started = time.perf_counter()
+    try:
+        assert main(_search(run, searcher, seed, args)) == 0
+    finally:
+        ddpg_module.EpisodeRewardBuffer = original
+    rows = _rows(run)
+    rewards = [r["reward"] for r in rows]
+    out: dict[str, Any] = {"kind": kind, "seed": seed, "seconds": time.perf_counter() - started,
+                           "best_warmup": max(rewards[: args.warmup]), "best": max(rewards),
+                           "best_first_warmup": max(rewards[: args.warmup]), "last50": statistics.mean(rewards[-50:]),
+                           "curve": rewards}
+    if searcher == "ddpg":
+        env = make_env(build_parser().parse_args(_search(run, searcher, seed, args)))
+        actor = agent_policy(load_agent(run), env)
+        out["actor"] = float(actor["reward"])
+        out["actor_latency_ratio"] = float(actor["latency_ratio"])
+    return out
+
+
+def main_(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--budget", type=float, default=0.5, help="latency budget against the fastest dense engine")
+    p.add_argument("--val-samples", type=int, default=500)
+    p.add_argument("--bn-recalibrate", type=int, default=0, help="BatchNorm re-estimation batches per episode (default 0)")
+    p.add_argument("--checkpoint", default=str(SHARED / "pretrained" / "resnet20-12fca82f.th"))
+    p.add_argument("--data", default=str(SHARED / "cifar10-jpeg" / "cifar10-jpeg-train.tar.gz"))
+    p.add_argument("--kinds", nargs="+", default=["ddpg", "ddpg-store", "random"])
+    p.add_argument("--out", default="runs/bench-agent-learning")
+    args = p.parse_args(argv)
+    shutil.rmtree(args.out, ignore_errors=True)
+    results = []
+    for seed in args.seeds:
+        for kind in args.kinds:
+            r = run_one(kind, seed, args)
+            results.append(r)
+            print(f"{kind} seed {seed}: best warm-up {r['best_warmup']:.4f} best {r['best']:.4f} last-50 mean "
+                  f"{r['last50']:.4f} actor {r.get('actor', float('nan')):.4f} ({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    by = {(r["kind"], r["seed"]): r for r in results}
+    lines = [f"| seed | searcher | best of warm-up (first {args.warmup}) | best of all {args.episodes} | mean of last 50 "
+             f"| deterministic actor at the end | actor beats random's best of first {args.warmup}? |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        rnd = by.get(("random", r["seed"]))
+        beats = "" if "actor" not in r or rnd is None else ("yes" if r["actor"] > rnd["best_first_warmup"] else "no")
+        actor = f"{r['actor']:.4f} (ratio {r['actor_latency_ratio']:.3f})" if "actor" in r else "-"
+        lines.append(f"| {r['seed']} | {r['kind']} | {r['best_warmup']:.4f} | {r['best']:.4f} | {r['last50']:.4f} | {actor} | {beats} |")
+    curves = []
+    for kind in args.kinds:
+        runs = [r["curve"] for r in results if r["kind"] == kind]
+        n = min(len(c) for c in runs)
+        mean = np.mean([c[:n] for c in runs], axis=0)
+        bins = [f"{float(np.mean(mean[i:i + 25])):.3f}" for i in range(0, n, 25)]
+        curves.append(f"| {kind} | " + " | ".join(bins) + " |")
+    head = "| searcher | " + " | ".join(f"ep {i}-{i + 24}" for i in range(0, args.episodes, 25)) + " |"
+    md = [f"Machine: {machine_line()}; 1 thread.", f"Command: `{command_line()}`", "",
+          f"ResNet-20 (shared pretrained weights), CIFAR-10 JPEG training set with a seeded validation carve "
+          f"({args.val_samples} images score an episode), latency budget {args.budget} of the fastest dense engine "
+          "(measured table, batch 1), reward = validation accuracy of the projected network (no fine-tuning). "
+          "ddpg-store is the earlier buffer (baseline frozen at store time).", "", *lines, "",
+          "Mean reward per 25 episodes, averaged over seeds:", "", head,
+          "|" + " --- |" * (1 + len(range(0, args.episodes, 25))), *curves]
+    write_section("agent_learning", "## Does the agent learn? ResNet-20 (issue 13)\n\n" + "\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_())
