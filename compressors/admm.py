@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from .blocks import LayerSpec, compressible_layers, policy_block_shapes
+from .checkpoint import structure_from_record, structure_record
 from .constraints import bake, constrain, constrain_masks
 from .errors import ConfigError
 from .policy import Policy
@@ -197,8 +198,13 @@ def retrain(
     prefix: str = "admm",
     masks: Mapping[str, Tensor] | None = None,
     schedule: str = "cosine",
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, LayerStructure], list[dict[str, float]]]:
     """Train ``model`` for ``epochs`` with every layer held to its structure, then bake the weights.
+
+    ``checkpoint(state)``, when given, is called after every epoch with what :func:`retrain` needs to go on
+    from there (``resume=state``: the constrained model's and the optimizer's state, epochs done, history).
 
     ``masks`` (0/1 per weight, for unstructured baselines) are held as well, for layers without a
     structure. ``train_batches(epoch)`` is called with ``first_epoch + i``; the learning rate follows
@@ -210,15 +216,21 @@ def retrain(
     logger = _Logger(log)
     rank = world()[0]
     constrain(model, structures)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, float]] = list(resume["history"]) if resume else []
     try:
         if masks:
             constrain_masks(model, masks)
         if epochs > 0:
-            net = _wrap(model, device)
             optimizer = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
             scheduler = _epoch_schedule(optimizer, epochs, schedule)
-            for i in range(epochs):
+            done = 0
+            if resume:
+                model.load_state_dict(resume["model"])
+                optimizer.load_state_dict(resume["optimizer"])
+                done = int(resume["done"])
+                scheduler.last_epoch = done  # the optimizer's state holds the lr of that epoch already
+            net = _wrap(model, device)
+            for i in range(done, epochs):
                 epoch = first_epoch + i
                 batches, total = _epoch(train_batches, epoch)
                 stats = train_epoch(net, batches, optimizer, device=device, total=total,
@@ -228,6 +240,9 @@ def retrain(
                 history.append({"epoch": epoch, "loss": stats["loss"], "val_accuracy": acc})
                 logger(f"{prefix}/loss", stats["loss"], epoch)
                 logger(f"{prefix}/val_accuracy", acc, epoch)
+                if checkpoint is not None:
+                    checkpoint({"done": i + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "history": history})
             del net
     finally:
         trained = bake(model)
@@ -245,8 +260,13 @@ def _admm_phase(
     config: AdmmConfig,
     device: torch.device,
     logger: _Logger,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> list[dict[str, float]]:
-    """The ADMM iterations (W, Z, U updates) on ``model`` in place; returns one record per iteration."""
+    """The ADMM iterations (W, Z, U updates) on ``model`` in place; returns one record per iteration.
+
+    ``checkpoint(state)`` is called after every epoch (after the Z and U updates when the epoch ends an
+    iteration) with what ``resume=state`` needs to go on from there."""
     rank = world()[0]
     layers = [(s, policy.action(s.name)) for s in specs if not policy.action(s.name).is_dense]
     if not layers:
@@ -263,18 +283,42 @@ def _admm_phase(
     def penalty() -> Tensor:
         return 0.5 * rho * sum(((w - zi + ui) ** 2).sum() for w, zi, ui in zip(weights, z, u))
 
-    net = _wrap(model, device)
     optimizer = make_optimizer(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     history: list[dict[str, float]] = []
+    done = 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        with torch.no_grad():
+            for zi, ui, z_saved, u_saved in zip(z, u, resume["z"], resume["u"]):
+                zi.copy_(z_saved)
+                ui.copy_(u_saved)
+        rho, done, history = float(resume["rho"]), int(resume["done"]), list(resume["history"])
+    net = _wrap(model, device)
+
+    def save(epochs_done: int) -> None:
+        if checkpoint is not None:
+            checkpoint({"done": epochs_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "z": [zi.detach().clone() for zi in z], "u": [ui.detach().clone() for ui in u], "rho": rho,
+                        "history": history})
+
     epoch = 0
     for it in range(config.iterations):
+        if epoch + config.epochs_per_iteration <= done:  # this iteration, Z and U updates included, is in the state
+            epoch += config.epochs_per_iteration
+            continue
         for _ in range(config.epochs_per_iteration):
+            if epoch < done:
+                epoch += 1
+                continue
             batches, total = _epoch(train_batches, epoch)
             stats = train_epoch(net, batches, optimizer, penalty=penalty, device=device, total=total,
                                 desc=f"admm {it + 1}/{config.iterations} rho={rho:.3g}" if config.progress and rank == 0 else None)
             logger("admm/loss", stats["loss"], epoch)
             logger("admm/rho", rho, epoch)
             epoch += 1
+            if epoch % config.epochs_per_iteration:
+                save(epoch)
         with torch.no_grad():
             w_now = [w.detach() for w in weights]
             z = [z_of(w + ui, s, a.prune, a.unify) for w, ui, (s, a) in zip(w_now, u, layers)]
@@ -291,6 +335,7 @@ def _admm_phase(
         # U is the scaled dual (y / rho): rescale it with rho so the dual y itself is unchanged
         rho *= config.rho_growth
         u = [ui / config.rho_growth for ui in u]
+        save(epoch)
     del net  # drop DDP's hooks before retraining wraps the model again
     return history
 
@@ -304,6 +349,8 @@ def admm_finetune(
     *,
     block_shapes: Mapping[str, BlockShape] | None = None,
     log: LogFn | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` (in place) into ``policy``'s structure by ADMM (or masked retraining).
 
@@ -317,6 +364,9 @@ def admm_finetune(
         config: see :class:`AdmmConfig`.
         log: ``log(key, value, step)`` for the scalars ``admm/loss``, ``admm/val_accuracy``,
             ``admm/residual``, ``admm/rho``, ``admm/projected_accuracy`` (step = epoch index).
+        checkpoint: called after every epoch with a state (tensors, numbers, lists and dicts only) from
+            which ``resume=state`` goes on, losing nothing of the epochs done.
+        resume: a state ``checkpoint`` was given, with ``model`` as it was built for the first run.
 
     Returns:
         ``{"structures": {layer: LayerStructure}, "method", "accuracy" (final validation accuracy),
@@ -329,17 +379,32 @@ def admm_finetune(
     specs = compressible_layers(model, shapes)
     check_policy_layers(policy, [s.name for s in specs])
     logger = _Logger(log)
-    admm_history = []
-    if config.method == "admm":
-        admm_history = _admm_phase(model, specs, policy, train_batches, evaluate, config, device, logger)
-    structures = project_model(model, policy, shapes, apply=True)
-    projected = _evaluate(evaluate, model)
-    logger("admm/projected_accuracy", projected, config.admm_epochs)
+    admm_history: list[dict[str, float]] = []
+    phase = resume.get("phase") if resume else None
+    if phase not in (None, "admm", "retrain"):
+        raise ConfigError(f"a fine-tuning state of unknown phase {phase!r}; start over without it")
+    if config.method == "admm" and phase != "retrain":
+        admm_history = _admm_phase(model, specs, policy, train_batches, evaluate, config, device, logger,
+                                   checkpoint=None if checkpoint is None else (lambda s: checkpoint({"phase": "admm", **s})),
+                                   resume=resume if phase == "admm" else None)
+    if phase == "retrain":  # the hard projection was made before the state was saved: take it from there
+        admm_history, projected = list(resume["admm_history"]), float(resume["projected"])
+        structures = {name: structure_from_record(rec) for name, rec in resume["structures"].items()}
+    else:
+        structures = project_model(model, policy, shapes, apply=True)
+        projected = _evaluate(evaluate, model)
+        logger("admm/projected_accuracy", projected, config.admm_epochs)
+    records = {name: structure_record(s) for name, s in structures.items()}
+
+    def retrain_checkpoint(state: dict[str, Any]) -> None:
+        checkpoint({"phase": "retrain", "structures": records, "projected": projected, "admm_history": admm_history, **state})
+
     structures, retrain_history = retrain(
         model, structures, train_batches, evaluate,
         epochs=config.retrain_epochs, lr=config.retrain_lr or config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, device=device, log=log, first_epoch=config.admm_epochs,
         progress=config.progress, schedule=config.schedule,
+        checkpoint=None if checkpoint is None else retrain_checkpoint, resume=resume if phase == "retrain" else None,
     )
     final = retrain_history[-1]["val_accuracy"] if retrain_history else projected
     return {

@@ -33,7 +33,8 @@ from .structure import BlockShape, LayerStructure, block_grid
 COMPRESSED_FORMAT = "uniprune.compressed/1"
 
 
-def _structure_record(structure: LayerStructure) -> dict[str, Any]:
+def structure_record(structure: LayerStructure) -> dict[str, Any]:
+    """A layer's structure as plain tensors, numbers and lists (what ``weights_only`` loading reads back)."""
     grid = structure.grid
     return {
         "weight_shape": list(grid.weight_shape),
@@ -69,7 +70,7 @@ def save_compressed(
         "num_classes": int(num_classes),
         "input_shape": [int(s) for s in input_shape],
         "state_dict": state,
-        "structures": {name: _structure_record(s) for name, s in structures.items()},
+        "structures": {name: structure_record(s) for name, s in structures.items()},
         "policy": policy_dict,
         "meta": dict(meta or {}),
     }
@@ -102,16 +103,23 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"cannot read {what} {file}: {reason}") from None
 
 
+def structure_from_record(record: Any) -> LayerStructure:
+    """The inverse of :func:`structure_record`; ValueError (or KeyError, TypeError) for a malformed record."""
+    shape = tuple(int(s) for s in record["weight_shape"])
+    bo, bi = (int(s) for s in record["block_shape"])
+    grid = block_grid(shape, BlockShape(bo, bi), int(record["groups"]))
+    structure = LayerStructure(grid=grid, states=record["states"], magnitudes=record["magnitudes"])
+    if tuple(structure.magnitudes.shape) != (grid.n_out, grid.n_in) or not bool(((structure.states >= 0) & (structure.states <= 2)).all()):
+        raise ValueError("bad states or magnitudes")
+    return structure
+
+
 def _read_structure(name: str, record: Any, state_dict: Mapping[str, torch.Tensor], source: str) -> LayerStructure:
     try:
-        shape = tuple(int(s) for s in record["weight_shape"])
-        bo, bi = (int(s) for s in record["block_shape"])
-        grid = block_grid(shape, BlockShape(bo, bi), int(record["groups"]))
-        structure = LayerStructure(grid=grid, states=record["states"], magnitudes=record["magnitudes"])
+        structure = structure_from_record(record)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: structure of layer {name!r} is malformed ({exc}); the file is damaged") from None
-    if tuple(structure.magnitudes.shape) != (grid.n_out, grid.n_in) or not bool(((structure.states >= 0) & (structure.states <= 2)).all()):
-        raise CheckpointError(f"{source}: structure of layer {name!r} has bad states or magnitudes; the file is damaged")
+    shape = structure.grid.weight_shape
     weight = state_dict.get(f"{name}.weight")
     if weight is None or tuple(weight.shape) != shape:
         raise CheckpointError(f"{source}: state dict has no weight of shape {shape} for structured layer {name!r}")

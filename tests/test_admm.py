@@ -99,3 +99,28 @@ def test_shard_batches_split_evenly() -> None:
     shards = [list(shard_batches(batches, r, 3)) for r in range(3)]
     assert shards == [[0, 3], [1, 4], [2, 5]]  # the incomplete last round (6) is dropped
     assert list(shard_batches(batches, 0, 1)) == batches
+
+
+@pytest.mark.parametrize("stop", [1, 3, 5])  # inside an ADMM iteration, at an iteration's end, in the retraining
+def test_resuming_from_any_epoch_ends_where_an_unbroken_run_ends(dense: nn.Module, stop: int) -> None:
+    import io
+
+    config = AdmmConfig(iterations=2, epochs_per_iteration=2, rho=1.0, retrain_epochs=2, progress=False)
+    states: list[dict] = []
+
+    def keep(state: dict) -> None:  # as finetune keeps it: through torch.save and a weights-only load
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        buf.seek(0)
+        states.append(torch.load(buf, weights_only=True))
+
+    unbroken = copy.deepcopy(dense)
+    full = admm_finetune(unbroken, POLICY, train_batches, val_accuracy, config, checkpoint=keep)
+    assert len(states) == 6 and [s["phase"] for s in states] == ["admm"] * 4 + ["retrain"] * 2
+    resumed = copy.deepcopy(dense)  # a new process starts from the dense model again
+    again = admm_finetune(resumed, POLICY, train_batches, val_accuracy, config, resume=states[stop - 1])
+    for (name, a), b in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    assert [h["residual"] for h in again["admm_history"]] == pytest.approx([h["residual"] for h in full["admm_history"]])
+    assert [h["val_accuracy"] for h in again["retrain_history"]] == pytest.approx(
+        [h["val_accuracy"] for h in full["retrain_history"]])

@@ -92,3 +92,50 @@ def test_truncated_episode_log_is_an_error_not_a_silent_loss(tmp_path):
     (tmp_path / "run" / "episodes.csv").write_text("\n".join(lines[:2]) + "\n")  # header + one row
     with pytest.raises(RunDirError, match="holds 1 episode rows but state.json records 3"):
         RunDir.start(tmp_path / "run", {"model": "digits-cnn"}, resume=True)
+
+
+def _finetune(run, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "uniprune.search", "finetune", "--run-dir", str(run), "--method", "admm", "--epochs", "6",
+            "--iterations", "3", "--retrain-epochs", "3", "--limit", "256", "--batch-size", "32", "--no-latency", *extra]
+
+
+@pytest.mark.slow
+def test_kill_9_in_a_finetune_then_resume(tmp_path):
+    """Killed anywhere, a fine-tune resumed with --resume loses at most the epoch in progress and ends with the
+    same files an uninterrupted one writes."""
+    from uniprune.compressors.checkpoint import load_compressed
+    from uniprune.search.cli import main
+
+    run = tmp_path / "run"
+    assert main(["search", *FAST, "--episodes", "2", "--warmup", "1", "--run-dir", str(run)]) == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    partial = run / "compressed.pt.partial"
+    rng = random.Random(3)
+    seen = []
+    for attempt in range(3):
+        proc = subprocess.Popen(_finetune(run, *(["--resume"] if partial.is_file() else [])),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 120
+        before = partial.stat().st_mtime_ns if partial.is_file() else 0
+        while proc.poll() is None and time.monotonic() < deadline and (
+                not partial.is_file() or partial.stat().st_mtime_ns == before):
+            time.sleep(0.05)  # until this process has finished an epoch of its own
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if partial.is_file():
+            import torch
+
+            state = torch.load(partial, weights_only=True)
+            seen.append((state["phase"], int(state["done"])))
+    # each kill came after an epoch was kept, and the state only moves forward
+    assert len(seen) == 3 and seen == sorted(seen, key=lambda s: (s[0] == "retrain", s[1]))
+    out = subprocess.run(_finetune(run, "--resume", "--json"), capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-800:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["epochs"] == 6 and not partial.exists()
+    name, _, structures, _ = load_compressed(run / "compressed.pt")
+    assert name == "digits-cnn" and structures
+    # resuming a finished run, or with other options, is refused in one line
+    again = subprocess.run(_finetune(run, "--resume", "--force"), capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 2 and "nothing to resume" in again.stderr

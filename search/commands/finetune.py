@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from uniprune.compressors.accounting import model_size
 from uniprune.compressors.admm import AdmmConfig, admm_finetune, world
 from uniprune.compressors.blocks import compressible_layers, policy_block_shapes
-from uniprune.compressors.checkpoint import save_compressed
+from uniprune.compressors.checkpoint import read_torch_file, save_compressed
 from uniprune.compressors.constraints import collapsed_blocks
 from uniprune.compressors.errors import (
     ConfigError,
@@ -31,7 +32,7 @@ from uniprune.compressors.errors import (
     NotAvailableError,
     RunDirError,
 )
-from uniprune.compressors.fileio import write_json_atomic
+from uniprune.compressors.fileio import torch_save_atomic, write_json_atomic
 from uniprune.compressors.policy import Policy
 from uniprune.compressors.projection import check_policy_layers, check_policy_model
 from uniprune.compressors.training import evaluate
@@ -79,8 +80,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="where to write the compressed checkpoint (default RUN/compressed.pt); "
                         "an existing file needs --force")
     parser.add_argument("--force", action="store_true", help="replace --out (or RUN/compressed.pt) when it already exists")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from the last finished epoch of an interrupted fine-tune into the same --out (its state "
+                        "is kept next to it as <out>.partial after every epoch), with the same options")
     add_seed_argument(parser)
     add_device_argument(parser)
+
+
+#: Options that must match for --resume to go on with a run (besides the policy, model, checkpoint and data).
+_RESUME_KEYS = ("method", "epochs", "retrain_epochs", "iterations", "rho", "rho_growth", "lr", "schedule", "batch_size",
+                "limit", "val_fraction", "augment", "seed")
+
+
+def _resume_state(partial: Path, fingerprint: str) -> dict[str, Any]:
+    """The state an interrupted fine-tune left in ``partial``, if it was made with the same options."""
+    if not partial.is_file():
+        raise RunDirError(f"nothing to resume: {partial} does not exist (the fine-tune finished, or never ran an epoch); "
+                          "start without --resume")
+    state = read_torch_file(partial, "fine-tuning state")
+    if not isinstance(state, dict) or "phase" not in state:
+        raise RunDirError(f"{partial} is not a fine-tuning state; delete it and start without --resume")
+    if state.get("fingerprint") != fingerprint:
+        raise RunDirError(f"{partial} was made with other options (policy, model, data, epochs, lr, ...); resume with the "
+                          "options of that run, or start over without --resume")
+    print(f"uniprune finetune: resuming the {state['phase']} phase after {state['done']} epoch(s) of it", file=sys.stderr)
+    return state
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
@@ -165,6 +189,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if out.exists() and not args.force:
         raise ConfigError(f"{out} already exists; pass --force to replace it or --out to write elsewhere")
     check_writable(out, "--out")
+    partial = out.with_name(out.name + ".partial")
+    fingerprint = json.dumps({"policy": policy.to_dict(), "model": model_name, "checkpoint": checkpoint, "dataset": dataset,
+                              "data": data, **{k: getattr(args, k) for k in _RESUME_KEYS}}, sort_keys=True, default=str)
+    resume = _resume_state(partial, fingerprint) if args.resume else None
+    if not args.resume and partial.is_file():
+        print(f"uniprune finetune: note: {partial} holds an interrupted fine-tune; starting over (--resume goes on from it)",
+              file=sys.stderr)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     plan = _epoch_plan(args)
@@ -212,7 +243,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logger = TensorBoardLogger(run_dir / "tb")  # next to the search's curves; keys are admm/*
     dense_val = validate(model) if rank == 0 else None
     try:
-        result = admm_finetune(model, policy, train_batches, validate, plan, log=logger.log if logger else None)
+        def keep_state(state: dict[str, Any]) -> None:
+            if rank == 0:
+                torch_save_atomic(partial, {**state, "fingerprint": fingerprint})
+
+        result = admm_finetune(model, policy, train_batches, validate, plan, log=logger.log if logger else None,
+                               checkpoint=keep_state, resume=resume)
     except NonFiniteError as exc:
         knobs = f"--lr (now {args.lr:g})" + (f" or --rho (now {args.rho:g})" if args.method == "admm" else "")
         raise NonFiniteError(f"fine-tuning diverged ({exc}); nothing was written: lower {knobs}") from None
@@ -247,6 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_compressed(out, model.cpu(), structures, model_name=model_name, num_classes=bundle.num_classes,
                         input_shape=bundle.input_shape, policy=policy,
                         meta={k: v for k, v in summary.items() if k != "checkpoint"} | {"dataset": dataset})
+        partial.unlink(missing_ok=True)  # done: nothing to resume
         if run_dir is not None and args.out is None:  # the run's record describes the run's own compressed.pt
             write_json_atomic(run_dir / "finetune.json", summary | {"admm_history": result["admm_history"], "retrain_history": result["retrain_history"]})
     return summary
