@@ -184,6 +184,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.up_set_spin_us.restype = None
     lib.up_fma_peak.argtypes = [ctypes.c_double, c_int]
     lib.up_fma_peak.restype = ctypes.c_double
+    lib.up_conv_force_layout.argtypes = [c_int]
+    lib.up_conv_force_layout.restype = None
+    lib.up_dwconv_run.argtypes = [p, p, f32p, f32p, i32p, c_int, c_int, ctypes.c_float, ctypes.c_float, c_int]
+    lib.up_dwconv_run.restype = c_int
 
 
 def load(isa: str | None = None) -> ctypes.CDLL:
@@ -231,15 +235,66 @@ def build_id(isa: str | None = None) -> str:
 def fma_peak_gflops(threads: int = 1, isa: str | None = None) -> float:
     """The measured peak of the build's vector FMA on ``threads`` (>= 1) cores, in GFLOP/s (2 flops per lane).
 
-    Many independent FMA chains on the build's native vector type for about 0.1 s; measured once per
-    process, ISA and thread count. What a kernel's "share of the FMA peak" divides by.
+    Many independent FMA chains on the build's native vector type for about 0.2 s, the best of 8 windows (a
+    neighbour's burst on a shared machine lowers one window, not the peak); measured once per process, ISA
+    and thread count. What a kernel's "share of the FMA peak" divides by. On Zen 4 it reads 32 flops a cycle
+    for the avx512 and the avx2 build alike (see docs/KERNELS.md).
     """
     if not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
     key = (resolve_isa(isa), threads)
     if key not in _peaks:
-        _peaks[key] = float(load(key[0]).up_fma_peak(0.1, threads))
+        _peaks[key] = float(load(key[0]).up_fma_peak(0.2, threads))
     return _peaks[key]
+
+
+#: Input layouts of the direct conv (``up_conv_run``): which one a call uses is the kernel's choice; forcing one
+#: (:func:`force_conv_layout`) is for tests and benchmarks. See docs/KERNELS.md.
+CONV_LAYOUTS = {"auto": -1, "direct": 0, "flat": 1, "shifted": 2, "masked": 3}
+
+
+def force_conv_layout(layout: str = "auto", isa: str | None = None) -> None:
+    """Make every later conv call of the ``isa`` build (default: the process's) use ``layout``, one of
+    :data:`CONV_LAYOUTS`; ``"auto"`` restores the kernel's own choice. A layout that cannot run a call
+    (``direct`` with output rows shorter than a vector; ``masked`` off stride 1, on builds without masked
+    loads, or where neither Wo == W nor Wo >= the vector width) falls back to the automatic choice for it.
+    Process-wide for that build: for tests and benchmarks, not for production code."""
+    if layout not in CONV_LAYOUTS:
+        raise ConfigError(f"conv layout must be one of {list(CONV_LAYOUTS)}, got {layout!r}")
+    load(isa).up_conv_force_layout(CONV_LAYOUTS[layout])
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+                     dilation: tuple[int, int] = (1, 1), clamp: tuple[float, float] | None = None,
+                     threads: int = 1, isa: str | None = None) -> torch.Tensor:
+    """A depthwise conv (groups = channels) on the native vectorised kernel, float32, CPU.
+
+    ``x`` ``[N, C, H, W]``; ``weight`` ``[C, 1, kh, kw]`` (at most 64 taps); ``bias`` ``[C]`` or None; stride,
+    padding (zeros) and dilation per axis (>= 1, >= 0, >= 1); ``clamp`` ``(lo, hi)`` applies
+    ``min(max(y, lo), hi)`` to the output in the same pass (ReLU6: ``(0, 6)``); ``threads`` >= 1. Returns
+    ``[N, C, Ho, Wo]`` as torch computes them. What the lean plan's grouped-conv op runs for depthwise convs.
+    """
+    lib = load(isa)
+    n, c, h, w = (int(v) for v in x.shape)
+    if weight.dim() != 4 or weight.shape[0] != c or weight.shape[1] != 1:
+        raise ConfigError(f"depthwise weight must be [C, 1, kh, kw] with C = {c}, got {tuple(weight.shape)}")
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ConfigError(f"input {tuple(x.shape)} is smaller than the dilated {kh}x{kw} kernel")
+    x = x.detach().float().contiguous()
+    wt = weight.detach().float().contiguous()
+    b = None if bias is None else bias.detach().float().contiguous()
+    geom = torch.tensor([c, h, w, kh, kw, sh, sw, ph, pw, dh, dw], dtype=torch.int32)
+    y = torch.empty(n, c, ho, wo, dtype=torch.float32)
+    lo, hi = clamp if clamp is not None else (0.0, 0.0)
+    rc = lib.up_dwconv_run(x.data_ptr(), y.data_ptr(), wt.data_ptr(), _ptr(b), geom.data_ptr(), n,
+                           int(clamp is not None), float(lo), float(hi), int(threads))
+    if rc:
+        raise ConfigError(f"depthwise conv failed (code {rc}) on input {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    return y
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

@@ -203,3 +203,87 @@ def test_concurrent_calls_from_python_threads():
         outs = list(pool.map(lambda i: [convs[i](inputs[i], 2) for _ in range(20)][-1], range(3)))
     for out, ref in zip(outs, refs):
         assert _rel(out, ref) <= 1e-4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    layout=st.sampled_from(list(kernels.CONV_LAYOUTS)), isa=st.sampled_from(FORCED_ISAS), rows=st.sampled_from([1, 4, 8]),
+    co=st.integers(1, 19), ci=st.integers(1, 11), kh=st.integers(1, 3), kw=st.integers(1, 3), stride=st.integers(1, 3),
+    pad=st.integers(0, 2), dil=st.integers(1, 2), n=st.sampled_from([1, 2, 5]), h=st.integers(1, 21),
+    w=st.integers(1, 21), density=st.sampled_from([0.2, 0.6, 1.0]), threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 10_000),
+)
+def test_every_conv_layout_matches_masked_dense(layout, isa, rows, co, ci, kh, kw, stride, pad, dil, n, h, w, density,
+                                                threads, seed):
+    """Each input layout of the direct conv (forced; a layout that cannot run a call falls back to the automatic
+    choice), every build, odd sizes, strides, padding wider than the kernel, odd batches."""
+    if h + 2 * pad < dil * (kh - 1) + 1 or w + 2 * pad < dil * (kw - 1) + 1:
+        return
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(co, ci, kh, kw, generator=g)
+    keep = _block_keep(co, ci, rows, 1, density, g)
+    bias = torch.randn(co, generator=g)
+    x = torch.randn(n, ci, h, w, generator=g)
+    conv = SparseConv(weight, keep, bias, (stride, stride), (pad, pad), (dil, dil), rows=rows, isa=isa)
+    ref = F.conv2d(x, weight * keep[:, :, None, None], bias, stride, pad, dil)
+    kernels.force_conv_layout(layout, isa)
+    try:
+        out = conv(x, threads)
+    finally:
+        kernels.force_conv_layout("auto", isa)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("isa", FORCED_ISAS)
+def test_one_plan_alternating_input_sizes_and_layouts(isa):
+    """The masked layout caches its lane masks per input size: a plan called with other sizes in between, and
+    with layouts switched under it, must recompute them rather than reuse stale ones."""
+    g = torch.Generator().manual_seed(11)
+    weight = torch.randn(16, 16, 3, 3, generator=g)
+    keep = _block_keep(16, 16, 8, 4, 0.4, g)  # sparse enough for the automatic masked layout at small inputs
+    conv = SparseConv(weight, keep, None, (1, 1), (1, 1), (1, 1), rows=8, isa=isa)
+    try:
+        for layout, hw in [("auto", 8), ("auto", 16), ("direct", 16), ("auto", 16), ("masked", 9), ("auto", 8),
+                           ("shifted", 8), ("masked", 8), ("auto", 20)]:
+            kernels.force_conv_layout(layout, isa)
+            x = torch.randn(3, 16, hw, hw, generator=g)
+            ref = F.conv2d(x, weight * keep[:, :, None, None], None, 1, 1)
+            assert _rel(conv(x, 1), ref) <= 1e-4, (layout, hw)
+    finally:
+        kernels.force_conv_layout("auto", isa)
+
+
+def test_force_conv_layout_rejects_unknown_names():
+    with pytest.raises(ConfigError, match="conv layout"):
+        kernels.force_conv_layout("tiled")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    isa=st.sampled_from(FORCED_ISAS), c=st.integers(1, 13), kh=st.integers(1, 5), kw=st.integers(1, 5),
+    sh=st.integers(1, 3), sw=st.integers(1, 3), pad=st.integers(0, 2), dil=st.integers(1, 2),
+    n=st.sampled_from([1, 2, 3]), h=st.integers(1, 23), w=st.integers(1, 23), has_bias=st.booleans(),
+    clamp=st.sampled_from([None, (0.0, 6.0), (-0.5, 0.25)]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 10_000),
+)
+def test_depthwise_conv_matches_torch(isa, c, kh, kw, sh, sw, pad, dil, n, h, w, has_bias, clamp, threads, seed):
+    if h + 2 * pad < dil * (kh - 1) + 1 or w + 2 * pad < dil * (kw - 1) + 1:
+        return
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(c, 1, kh, kw, generator=g)
+    bias = torch.randn(c, generator=g) if has_bias else None
+    x = torch.randn(n, c, h, w, generator=g)
+    ref = F.conv2d(x, weight, bias, (sh, sw), pad, dil, groups=c)
+    if clamp is not None:
+        ref = ref.clamp(*clamp)
+    out = kernels.depthwise_conv2d(x, weight, bias, (sh, sw), (pad, pad), (dil, dil), clamp, threads, isa)
+    assert out.shape == ref.shape
+    scale = max(float(ref.abs().max()), 1.0)  # clamped outputs can be all zeros
+    assert float((out - ref).abs().max()) <= 1e-4 * scale
+
+
+def test_depthwise_conv_rejects_bad_weights_and_small_inputs():
+    with pytest.raises(ConfigError, match="depthwise weight"):
+        kernels.depthwise_conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 2, 3, 3))
+    with pytest.raises(ConfigError, match="smaller than"):
+        kernels.depthwise_conv2d(torch.randn(1, 4, 2, 2), torch.randn(4, 1, 5, 5))

@@ -30,6 +30,9 @@
  * (conv_call, gemv_call), so a change of their signatures is a change of two lines here. */
 int up_conv_run(void *plan, const float *x, float *y, int N, int H, int W, int nthreads);
 int up_gemv_run(void *plan, const float *x, float *y, int N, int nthreads);
+/* depthwise convs (groups = C = Co), called from the OP_GCONV case only; runs on the kernels' pool */
+int up_dwconv_run(const float *x, float *y, const float *w, const float *bias, const int32_t *geom, int N, int act,
+                  float lo, float hi, int nthreads);
 
 /* Op kinds; the numbers are part of the interface with compressors/plan.py. */
 enum {
@@ -483,8 +486,17 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
             if (!rc) im2col_store(o, p->rows, r, out, N);
             break;
         case OP_GCONV:
-            run_gconv(o, in, out, N);
-            if (r || o->act) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+            if (o->p[8] == o->C && o->Co == o->C) { /* depthwise: the kernels' vectorised loop, clamp fused */
+                const int32_t geom[11] = {o->C, o->H, o->W, o->p[0], o->p[1], o->p[2], o->p[3], o->p[4], o->p[5], o->p[6], o->p[7]};
+                const int fuse = !r && o->act;
+                const float lo = o->act == ACT_RELU ? 0.0f : o->lo, hi = o->act == ACT_RELU ? FLT_MAX : o->hi;
+                rc = up_dwconv_run(in, out, o->f, o->p[9] ? o->f + (int64_t)o->C * o->p[0] * o->p[1] : NULL, geom, N,
+                                   fuse, lo, hi, nthreads);
+                if (!rc && r) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+            } else {
+                run_gconv(o, in, out, N);
+                if (r || o->act) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+            }
             break;
         case OP_ADD:
         case OP_ACT:
