@@ -112,7 +112,7 @@ def test_kill_9_in_a_finetune_then_resume(tmp_path):
     partial = run / "compressed.pt.partial"
     rng = random.Random(3)
     seen = []
-    for attempt in range(3):
+    for _ in range(3):
         proc = subprocess.Popen(_finetune(run, *(["--resume"] if partial.is_file() else [])),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 120
