@@ -96,7 +96,7 @@ def test_truncated_episode_log_is_an_error_not_a_silent_loss(tmp_path):
 
 def _finetune(run, *extra: str) -> list[str]:
     return [sys.executable, "-m", "uniprune.search", "finetune", "--run-dir", str(run), "--method", "admm", "--epochs", "6",
-            "--iterations", "3", "--retrain-epochs", "3", "--limit", "256", "--batch-size", "32", "--no-latency", *extra]
+            "--iterations", "3", "--retrain-epochs", "3", "--limit", "1536", "--batch-size", "32", "--no-latency", *extra]
 
 
 @pytest.mark.slow
