@@ -40,7 +40,7 @@ from .engines import DenseEngines, dense_engines, engine_versions, race
 from .errors import ConfigError, ModelError
 from .fileio import write_json_atomic
 from .latency_model import LatencyModel
-from .plan import compile_lean
+from .plan import compile_lean, compile_lean_spec
 from .policy import LayerAction
 from .projection import block_counts
 from .runtime import compile_model
@@ -71,9 +71,11 @@ def _example_input(input_shape: Sequence[int], batch_size: int, seed: int) -> to
 
 
 #: How a compressed model runs when it is timed: ``"lean"`` (default), one native plan per forward pass
-#: (:mod:`uniprune.compressors.plan`), what ``uniprune export`` deploys; ``"python"``, the compiled nn.Module
-#: whose layers call the kernels one by one (about 5 µs of Python a layer).
-RUNTIMES = ("lean", "python")
+#: (:mod:`uniprune.compressors.plan`), built from the same spec ``uniprune export`` writes; ``"artifact"``, that
+#: spec exported to a temporary folder and run through the artifact's own loader (numpy + ctypes, its own
+#: build of the C sources), exactly what a user deploys; ``"python"``, the compiled nn.Module whose layers
+#: call the kernels one by one (about 5 µs of Python a layer).
+RUNTIMES = ("lean", "artifact", "python")
 
 
 def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int,
@@ -86,6 +88,8 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     notes = []
+    if runtime == "artifact":
+        return _exported(model, structures, x, threads), "artifact", notes
     if runtime == "lean":
         try:
             return compile_lean(model, structures, example_input=x, threads=threads), "lean", notes
@@ -100,6 +104,24 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
     finally:
         torch.set_num_threads(before)
     return compiled, "python", notes
+
+
+def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int) -> Any:
+    """The compressed model exported to a temporary artifact and opened through its own loader; the folder
+    lives as long as the returned callable (``torch [N, C, H, W] -> torch``)."""
+    import tempfile
+
+    from .artifact import open_artifact, write_artifact
+
+    spec = compile_lean_spec(model, structures, example_input=x, threads=threads)
+    folder = tempfile.TemporaryDirectory(prefix="uniprune-artifact-")
+    write_artifact(Path(folder.name) / "artifact", spec, source={"model_name": type(model).__name__})
+    art = open_artifact(Path(folder.name) / "artifact", threads=threads)
+
+    def run(inputs: torch.Tensor, _keep: Any = folder) -> torch.Tensor:
+        return torch.from_numpy(art.run(inputs.numpy()))
+
+    return run
 
 
 def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure], input_shape: tuple[int, ...], *,

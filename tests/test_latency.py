@@ -149,6 +149,8 @@ def test_python_runtime_and_the_fallback():
     model = _small_cnn()
     r = measure_model_ms(model, {}, (3, 16, 16), threads=1, warmup=1, repeats=2, min_seconds=0, runtime="python")
     assert r["runtime"] == "python" and r["notes"] == []
+    r = measure_model_ms(model, {}, (3, 16, 16), threads=1, warmup=1, repeats=2, min_seconds=0, runtime="artifact")
+    assert r["runtime"] == "artifact" and r["compressed_ms"] > 0  # exported, run through the artifact's own loader
 
     class Gated(nn.Module):
         def __init__(self):
