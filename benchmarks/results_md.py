@@ -42,8 +42,10 @@ def machine_line() -> str:
 
 
 def command_line() -> str:
-    """The command that is running, as a person would type it from the repository root."""
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    """The command that is running, as a person would type it from the repository root (with the kernel ISA
+    it forced, when ``UNIPRUNE_ISA`` is set)."""
+    forced = f"UNIPRUNE_ISA={os.environ['UNIPRUNE_ISA']} " if os.environ.get("UNIPRUNE_ISA") else ""
+    return forced + "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def write_section(name: str, markdown: str, path: Path = RESULTS) -> Path:

@@ -63,6 +63,18 @@ def test_eval_reproduces_the_trained_accuracy(trained, capsys):
     assert torch.get_num_threads() == 1  # the verb restores the caller's thread setting
 
 
+def test_eval_warns_when_the_data_is_normalised_otherwise(trained, tmp_path, capsys):
+    path, _ = trained
+    raw = torch.load(path, weights_only=True)
+    assert main(["eval", "--checkpoint", str(path)]) == 0
+    assert "normalised" not in capsys.readouterr().err  # the same data: no warning
+    raw["mean"] = [0.485, 0.456, 0.406]  # say, a checkpoint trained on ImageNet-normalised inputs
+    torch.save(raw, tmp_path / "other-norm.pt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "other-norm.pt")]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "normalised with mean [0.485, 0.456, 0.406]" in err
+
+
 def test_train_continues_a_checkpoint_and_never_overwrites_silently(trained, tmp_path, capsys, monkeypatch):
     path, _ = trained
     out = tmp_path / "more.pt"

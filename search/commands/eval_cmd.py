@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -92,6 +93,13 @@ def _evaluate(args: argparse.Namespace, threads: int) -> dict[str, Any]:
             f"{args.checkpoint} was trained on inputs {tuple(saved_shape)}, dataset {args.dataset!r} gives "
             f"{tuple(data.input_shape)}; evaluate it on the data it was trained for"
         )
+    saved_norm = [meta.get("mean"), meta.get("std")]
+    if all(isinstance(v, (list, tuple)) for v in saved_norm) and any(
+            len(a) != len(b) or any(abs(float(x) - float(y)) > 1e-3 for x, y in zip(a, b))
+            for a, b in zip(saved_norm, (data.mean, data.std))):
+        print(f"uniprune eval: warning: {args.checkpoint} was trained on inputs normalised with mean {list(saved_norm[0])} "
+              f"and std {list(saved_norm[1])}; dataset {args.dataset!r} normalises with {list(data.mean)} and "
+              f"{list(data.std)}, so the accuracy is of other inputs than it learnt", file=sys.stderr)
     num_classes = int(meta.get("num_classes") or data.num_classes)
     labels = data.split(args.split).labels
     if len(labels) and int(labels.max()) >= num_classes:
