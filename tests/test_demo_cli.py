@@ -22,6 +22,8 @@ def test_short_demo_runs_the_whole_job(tmp_path, capsys, cache_dir):
                  "report.md", "reward.png", "accuracy_vs_latency.png", "policy_layers.png", "admm.png"):
         assert (run / name).is_file(), name
     assert (out / "dense.pt").is_file() and result["episodes"] == 4
+    # the latency the demo reports is the exported artifact's, run through its own loader
+    assert (out / "deploy" / "plan.json").is_file() and result["runtime"] == "artifact"
     policy = Policy.load(run / "policy.json")
     assert policy.latency_budget == 0.9 and result["predicted_latency_ratio"] <= 0.9 + 1e-6
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["dense_accuracy"] <= 1.0

@@ -1,11 +1,12 @@
 """`uniprune demo`: the whole job on the embedded digits data, in a few minutes on a laptop.
 
 train the small default CNN -> search a policy under a latency budget (DDPG, measured latency table) ->
-ADMM fine-tune into it -> time dense against compressed on the real kernels -> write the report; then a
-small table of dense against compressed. Each step is the verb a user would run, called with the
-options shown in the log, so the demo doubles as a worked example. Files go to a new folder
-(``runs/demo-<time>`` unless ``--out`` names one): ``dense.pt``, and the run directory ``run/`` with the
-search's files, ``compressed.pt``, ``finetune.json``, ``bench.json``, ``report.md`` and its plots.
+ADMM fine-tune into it -> export it as a deployable artifact -> time the artifact against every dense
+engine -> write the report; then a small table of dense against compressed. Each step is the verb a user
+would run, called with the options shown in the log, so the demo doubles as a worked example. Files go to
+a new folder (``runs/demo-<time>`` unless ``--out`` names one): ``dense.pt``, ``deploy/`` (the artifact),
+and the run directory ``run/`` with the search's files, ``compressed.pt``, ``finetune.json``,
+``bench.json``, ``report.md`` and its plots.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ DEFAULT_BUDGET = 0.9
 REACHABLE_MARGIN = 0.08
 
 NAME = "demo"
-HELP = "the whole job on the embedded digits data: train, search, ADMM fine-tune, bench, report (a few minutes)"
+STEPS = 6
+HELP = "the whole job on the embedded digits data: train, search, ADMM fine-tune, export, bench, report (a few minutes)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +59,7 @@ def _step(number: int, title: str, argv: list[str]) -> dict[str, Any]:
     """Run one verb as the CLI would, logging the command line; returns its result."""
     from uniprune.search.cli import build_parser
 
-    print(f"\n[{number}/5] {title}\n      $ uniprune {shlex.join(argv)}", file=sys.stderr, flush=True)
+    print(f"\n[{number}/{STEPS}] {title}\n      $ uniprune {shlex.join(argv)}", file=sys.stderr, flush=True)
     args = build_parser().parse_args(argv)
     return args._run(args)
 
@@ -116,12 +118,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tuned = _step(3, "ADMM fine-tune into the policy", [
         "finetune", "--run-dir", str(run_dir), "--epochs", str(args.finetune_epochs), "--no-latency", *seed,
     ])
-    bench = _step(4, "time dense against compressed on the real kernels", [
-        "bench", "--compressed", tuned["checkpoint"], "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+    deploy = out / "deploy"
+    exported = _step(4, "export the compressed model: one native plan, its C sources and a numpy-only loader", [
+        "export", "--compressed", tuned["checkpoint"], "--out", str(deploy), "--batch-size", str(args.batch_size),
+        "--threads", str(args.threads),
+    ])
+    bench = _step(5, "time the exported artifact against every dense engine", [
+        "bench", "--compressed", str(deploy), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
         "--statistic", args.latency_statistic,
     ])
     write_json_atomic(run_dir / "bench.json", bench)
-    report = _step(5, "write the report", ["report", "--run-dir", str(run_dir)])
+    report = _step(6, "write the report", ["report", "--run-dir", str(run_dir)])
 
     seconds = time.perf_counter() - started
     rows = [
@@ -150,6 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "size_ratio": tuned["size_ratio"],
         "episodes": searched["episodes"],
         "checkpoint": tuned["checkpoint"],
+        "artifact": exported["out"],
+        "runtime": bench["runtime"],
         "report": report["report"],
         "out": str(out),
         "seconds": seconds,
