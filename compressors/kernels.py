@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, KernelBuildError
+from .uniprune_lean import cpu_flags
 
 ROWS = 8  # the largest panel height; also the compact unified GEMV block height
 PANEL_HEIGHTS = (1, 2, 4, 8)
@@ -65,17 +66,6 @@ def cache_dir() -> Path:
     """Where built libraries live: ``$UNIPRUNE_CACHE/kernels`` or ``~/.cache/uniprune/kernels``."""
     root = os.environ.get("UNIPRUNE_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "uniprune") / "kernels"
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); empty when unreadable."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def resolve_isa(isa: str | None = None) -> str:

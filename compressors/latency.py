@@ -170,13 +170,7 @@ def machine_key() -> dict[str, Any]:
 
 
 def _vector_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "fma", "amx")))
-    except OSError:
-        pass
-    return [platform.machine()]
+    return sorted(f for f in kernels.cpu_flags() if f.startswith(("avx", "fma", "amx", "sve", "asimd"))) or [platform.machine()]
 
 
 def _default_cache_dir() -> Path:

@@ -321,7 +321,9 @@ _ISA_NEEDS = {"avx512": ("avx512f", "fma"), "avx2": ("avx2", "fma"), "generic": 
 _ISA_REPORTS = {"avx512": "avx512f", "avx2": "avx2", "generic": "generic"}
 
 
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); empty when unreadable.
+    (Also what :mod:`uniprune.compressors.kernels` reads: this file must stand alone in an artifact.)"""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -337,7 +339,7 @@ def resolve_isa(isa: str | None = None) -> str:
     name = (isa if isa is not None else os.environ.get("UNIPRUNE_ISA", "") or "auto").strip().lower()
     if name not in _ISAS:
         raise BuildError(f"UNIPRUNE_ISA/isa must be one of {', '.join(_ISAS)}, got {name!r}")
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if name == "auto":
         if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
             return "native"

@@ -19,7 +19,7 @@ from uniprune.compressors.latency import RUNTIMES, build_latency_model, measure_
 from uniprune.compressors.policy import LayerAction, Policy
 from uniprune.compressors.timing import SPREAD_SECONDS
 
-from .common import add_model_arguments, check_writable
+from .common import add_model_arguments, check_writable, positive_int
 
 NAME = "bench"
 HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO) against the compressed model on the real kernels"
@@ -33,16 +33,6 @@ def _input_shape(text: str) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers like 3,32,32, got {text!r}")
     return shape  # type: ignore[return-value]
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _engines(text: str) -> list[str]:
@@ -60,12 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--compressed", help="a compressed checkpoint ('uniprune finetune --out'; needs no policy), or an "
                         "artifact directory ('uniprune export --out'), timed through its own loader; the dense engines then "
                         "run the checkpoint it was exported from (recorded in it, or --checkpoint)")
-    parser.add_argument("--batch-size", type=_positive, default=1, help="samples per forward pass (default 1)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per forward pass (default 1)")
     parser.add_argument("--input-shape", type=_input_shape, default=None,
                         help="C,H,W of one sample (default: the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn)")
-    parser.add_argument("--num-classes", type=_positive, default=None, help="output classes (default: the checkpoint's, else 10)")
-    parser.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch and the kernels (default: torch's)")
-    parser.add_argument("--repeats", type=_positive, default=50, help=f"timed rounds, at least (default 50; they go on until at least {SPREAD_SECONDS:g} s have passed, "
+    parser.add_argument("--num-classes", type=positive_int, default=None, help="output classes (default: the checkpoint's, else 10)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch and the kernels (default: torch's)")
+    parser.add_argument("--repeats", type=positive_int, default=50, help=f"timed rounds, at least (default 50; they go on until at least {SPREAD_SECONDS:g} s have passed, "
                         "so the timing sees more than one speed phase of a shared machine)")
     parser.add_argument("--statistic", choices=["median", "min"], default="median",
                         help="statistic of the timed rounds (default median; min suits a machine shared with other jobs)")

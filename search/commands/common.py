@@ -29,6 +29,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Fal
     parser.add_argument("--checkpoint", default=None, help="checkpoint to load (a state dict, {'state_dict': ...}, or a uniprune checkpoint)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, or a usage error naming what came."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def model_name(given: str | None, checkpoint_meta: dict) -> str:
     """The model to build: ``--model`` when given, else the one a uniprune checkpoint names, else the default."""
     if given:

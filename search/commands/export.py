@@ -18,6 +18,8 @@ from uniprune.compressors.errors import ModelError
 from uniprune.compressors.plan import LeanModel, compile_lean_spec
 from uniprune.compressors.projection import structured_weight
 
+from .common import positive_int
+
 NAME = "export"
 HELP = "write a compressed checkpoint as a deployable artifact: one native plan, its C sources and a numpy-only loader"
 
@@ -25,22 +27,12 @@ HELP = "write a compressed checkpoint as a deployable artifact: one native plan,
 TOLERANCE = 1e-4
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compressed", required=True, help="the compressed checkpoint ('uniprune finetune --out')")
     parser.add_argument("--out", required=True, help="artifact directory to write (must not exist unless --force)")
-    parser.add_argument("--batch-size", type=_positive, default=1,
+    parser.add_argument("--batch-size", type=positive_int, default=1,
                         help="batch the conv implementations are timed and chosen at (default 1); any batch runs")
-    parser.add_argument("--threads", type=_positive, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="kernel threads the choices are timed on and the loader's default (default 1)")
     parser.add_argument("--force", action="store_true", help="replace --out if it is an earlier artifact (or empty)")
 
