@@ -36,6 +36,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -364,6 +365,21 @@ def _load_fashion_mnist(path: str | None, val_fraction: float, seed: int) -> Dat
 # --------------------------------------------------------------------------------------------- cifar10
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler for the CIFAR-10 python batches that rebuilds plain containers and numpy arrays only:
+    any other global a file names (a function to call, a class to build) is refused, so a crafted batch
+    file cannot run code (``pickle.load`` would run it)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never holds (refused: pickled code)")
+
+
 def _load_cifar10(path: str | None, val_fraction: float, seed: int) -> DataBundle:
     if not path:
         raise DataError("dataset cifar10 needs --data FOLDER: torchvision's 'cifar-10-batches-py' folder (it is never downloaded)")
@@ -377,9 +393,9 @@ def _load_cifar10(path: str | None, val_fraction: float, seed: int) -> DataBundl
             raise DataError(f"{folder} has no {name}: expected torchvision's 'cifar-10-batches-py' folder (data_batch_1..5, test_batch)")
         try:
             with open(file, "rb") as fh:
-                # The official CIFAR-10 python format is a pickle of plain arrays and lists; this is
-                # the reader torchvision uses for the same files.
-                entry = pickle.load(fh, encoding="latin1")
+                # The official CIFAR-10 python format is a pickle of plain arrays and lists: read with an
+                # unpickler that builds nothing else.
+                entry = _ArraysOnly(fh, encoding="latin1").load()
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
         except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as exc:

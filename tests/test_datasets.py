@@ -120,7 +120,7 @@ def test_fashion_mnist_reads_plain_and_gzipped_idx(tmp_path):
         load_dataset("fashion-mnist", str(tmp_path / "nowhere"))
 
 
-def test_cifar10_python_batches(tmp_path):
+def test_cifar10_python_batches(tmp_path, capsys):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -131,6 +131,18 @@ def test_cifar10_python_batches(tmp_path):
     b = load_dataset("cifar10", str(tmp_path))  # the parent folder is accepted too
     assert (len(b.train) + len(b.val), len(b.test)) == (50, 10)
     assert b.input_shape == (3, 32, 32) and b.mean == IMAGENET_MEAN and b.std == IMAGENET_STD
+    # a batch file whose pickle would run code is refused, and the code never runs
+    class Payload:
+        def __reduce__(self):
+            return (print, ("uniprune-cifar-payload-ran",))
+
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": Payload(), "labels": [0]}, fh)
+    with pytest.raises(DataError, match="pickled code"):
+        load_dataset("cifar10", str(folder))
+    assert "uniprune-cifar-payload-ran" not in capsys.readouterr().out
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))}, fh)
     (folder / "test_batch").unlink()
     with pytest.raises(DataError, match="test_batch"):
         load_dataset("cifar10", str(folder))
