@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engines import add_timing_arguments  # noqa: E402
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.accounting import layer_profile, model_size  # noqa: E402
 from uniprune.compressors.baselines import filter_chains, l1_filter_prune  # noqa: E402
@@ -136,10 +137,7 @@ def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS, help="CIFAR ResNets (default: ResNet-20 and ResNet-56)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
-    parser.add_argument("--threads", type=int, default=1, help="threads of every engine and the kernels (default 1)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed rounds at least (default 10)")
-    parser.add_argument("--min-seconds", type=float, default=3.0, help="least span of the rounds, s (default 3)")
+    add_timing_arguments(parser)
     args = parser.parse_args(argv)
     results = []
     for name in args.models:

@@ -78,13 +78,18 @@ def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
             "compressed": {f: ms[f"{f:g}"] for f in FRACTIONS}, "runtime": "/".join(sorted(used)), "notes": notes}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=MODELS, help="zoo names (default: ResNet-20, ResNet-56, MobileNetV2, VGG-16)")
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """Batches, threads and the span of the interleaved rounds: what every whole-model benchmark takes."""
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
     parser.add_argument("--threads", type=int, default=1, help="threads of every engine and the kernels (default 1)")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds at least (default 10)")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="least span of the rounds, s (default 3)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=MODELS, help="zoo names (default: ResNet-20, ResNet-56, MobileNetV2, VGG-16)")
+    add_timing_arguments(parser)
     parser.add_argument("--statistic", choices=["median", "min"], default="min", help="statistic over rounds (default min)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="lean", help="how the compressed model runs (default lean)")
     parser.add_argument("--block-shape", default=None, help="conv block shape OUTxIN, e.g. 4x1 (default: the search's, 8x4)")

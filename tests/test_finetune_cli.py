@@ -58,12 +58,18 @@ def test_admm_finetune_writes_a_valid_compressed_model(setup, tmp_path: Path, ca
     assert result["mac_ratio"] == pytest.approx(total["mac_ratio"]) and 0.4 < result["mac_ratio"] < 0.8
 
 
-def test_run_dir_mode(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    dense, policy_path, _ = setup
+def _run_dir(tmp_path: Path, dense: Path, policy_path: Path) -> Path:
+    """A run directory as a search leaves it, as far as finetune reads it: its policy and config."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "policy.json").write_text(policy_path.read_text())
     (run / "config.json").write_text(json.dumps({"model": "digits-cnn", "checkpoint": str(dense), "dataset": "digits", "data": None}))
+    return run
+
+
+def test_run_dir_mode(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dense, policy_path, _ = setup
+    run = _run_dir(tmp_path, dense, policy_path)
     assert main(["finetune", "--run-dir", str(run), "--method", "masked", "--epochs", "1", "--json", *FAST]) == 0
     result = _json(capsys)
     assert result["checkpoint"] == str(run / "compressed.pt") and (run / "compressed.pt").is_file()
@@ -107,10 +113,7 @@ def test_policy_for_another_model_is_refused(tmp_path: Path, capsys: pytest.Capt
 
 def test_divergence_stops_with_one_line_and_keeps_the_good_model(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dense, policy_path, _ = setup
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "policy.json").write_text(policy_path.read_text())
-    (run / "config.json").write_text(json.dumps({"model": "digits-cnn", "checkpoint": str(dense), "dataset": "digits", "data": None}))
+    run = _run_dir(tmp_path, dense, policy_path)
     assert main(["finetune", "--run-dir", str(run), "--method", "masked", "--epochs", "1", *FAST]) == 0
     good = (run / "compressed.pt").read_bytes()
     capsys.readouterr()

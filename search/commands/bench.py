@@ -74,7 +74,7 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
     from uniprune.search.models import (
         build_model,
         load_state,
-        load_weights,
+        model_hint,
         read_checkpoint,
         split_checkpoint,
     )
@@ -99,13 +99,13 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
         raise ConfigError(f"policy file {args.policy!r} does not exist; pass the policy.json a search wrote")
     policy = Policy.load(args.policy)
     check_policy_model(policy, args.model)
-    # the checkpoint knows its input shape and classes; without one, the defaults
-    meta = split_checkpoint(read_checkpoint(args.checkpoint), args.checkpoint)[1] if args.checkpoint else {}
+    # the checkpoint knows its input shape and classes; without one, the defaults (read once, loaded below)
+    state, meta = split_checkpoint(read_checkpoint(args.checkpoint), args.checkpoint) if args.checkpoint else ({}, {})
     default_shape = (1, 8, 8) if args.model == "digits-cnn" else (3, 32, 32)
     shape = args.input_shape or tuple(int(s) for s in meta.get("input_shape") or default_shape)
     model = build_model(args.model, num_classes=args.num_classes or int(meta.get("num_classes") or 10), input_shape=shape)
     if args.checkpoint:
-        load_weights(model, args.checkpoint)
+        load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
     structures = project_model(model, policy, apply=True)
     return model, structures, shape, args.model
 
