@@ -1,4 +1,4 @@
-"""The policy: per-layer fractions of blocks to prune and to unify, and its file ``policy.json``.
+"""The policy: per-layer fractions of weights to prune and to unify, and its file ``policy.json``.
 
 File format (``uniprune.policy/1``)::
 
@@ -8,7 +8,8 @@ File format (``uniprune.policy/1``)::
      "layers": {"layer1.0.conv1": {"prune": 0.5, "unify": 0.25}, ...},
      "predicted": {...}, "search": {...}}
 
-``prune`` and ``unify`` are fractions of the layer's blocks, each in [0, 1], with ``prune + unify <= 1``.
+``prune`` and ``unify`` are fractions of the layer's weights (taken in whole blocks, the same fraction of every block
+size: :class:`~uniprune.compressors.projection.BlockClasses`), each in [0, 1], with ``prune + unify <= 1``.
 Layers not named in ``layers`` stay dense. Loading validates every field and raises
 :class:`~uniprune.compressors.errors.PolicyError` naming the bad one.
 """

@@ -1,15 +1,23 @@
 """Projection of a layer's weight onto a policy: which blocks to prune, which to unify, exactly.
 
-For a layer of ``B`` blocks and an action ``(p, u)`` the projection prunes ``n_p = round(p*B)`` blocks and
-unifies ``n_u = round(u*B)`` (``n_u`` is cut so that ``n_p + n_u <= B``; ``round`` is half-up). Per block:
+A policy's ``(p, u)`` are fractions of the layer's *weights* (so of its MACs: a conv or linear weight is
+used as often as any other of its layer). A layer whose shape is not a multiple of its block shape has
+smaller edge blocks; the projection therefore takes the same fraction of every block size (a *size
+class*: full blocks, right-edge, bottom-edge, corner): in a class of ``B`` blocks it prunes
+``n_p = round(p*B)`` and unifies ``n_u = round(u*B)`` (``n_u`` cut so that ``n_p + n_u <= B``; ``round``
+is half-up). Taking fractions of blocks regardless of size let the small edge blocks, cheap to prune,
+go first: a 10x64 linear with 8x8 blocks at p = 0.5 lost its eight 2-row edge blocks, 20 % of its
+weights. :class:`BlockClasses` holds the classes and gives the applied counts and weight fractions,
+which the search's budget walls, the latency table and the reports all use. Per block:
 
 - pruning costs ``P = ||w||^2`` (every weight set to 0);
 - unifying costs ``U = sum_i (|w_i| - mean|w|)^2`` (every magnitude set to ``mean|w|``, signs kept: the
   Euclidean projection onto "one magnitude, own signs"); ``U <= P`` always;
 - keeping costs 0.
 
-**The choice is exact** (the minimum total cost over all assignments with exactly ``n_p`` pruned and
-``n_u`` unified blocks), by this argument. Order the blocks by ``d = P - U``. If in some optimal
+**The choice is exact** within each class (the minimum total cost over all assignments with exactly
+``n_p`` pruned and ``n_u`` unified blocks of that class; classes are independent, so the layer's total is
+the minimum given every class's counts), by this argument. Order the class's blocks by ``d = P - U``. If in some optimal
 assignment a pruned block ``i`` came after a unified block ``j`` (``d_i >= d_j``), swapping their roles
 changes the cost by ``d_j - d_i <= 0``; so some optimal assignment prunes only blocks before a split
 point ``k`` of that order and unifies only blocks from ``k`` on. For a fixed ``k`` the two sides are
@@ -23,6 +31,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,6 +48,49 @@ def block_counts(num_blocks: int, prune: float, unify: float) -> tuple[int, int]
     n_p = min(num_blocks, int(math.floor(prune * num_blocks + 0.5)))
     n_u = min(num_blocks - n_p, int(math.floor(unify * num_blocks + 0.5)))
     return n_p, n_u
+
+
+@dataclass(frozen=True)
+class BlockClasses:
+    """A layer's blocks grouped by size (see the module docstring), largest blocks first.
+
+    ``indices[c]``: flat indices (row-major over ``[n_out, n_in]``) of class ``c``'s blocks;
+    ``sizes[c]``: weights per block of class ``c``; ``total``: the layer's weights.
+    """
+
+    indices: tuple[np.ndarray, ...]
+    sizes: tuple[int, ...]
+    total: int
+
+    @classmethod
+    def of(cls, grid: BlockGrid) -> BlockClasses:
+        """The size classes of ``grid``'s blocks."""
+        sizes = grid.block_sizes().flatten().round().to(torch.int64).numpy()
+        values = sorted({int(v) for v in sizes.tolist()}, reverse=True)
+        return cls(tuple(np.flatnonzero(sizes == v) for v in values), tuple(values), int(sizes.sum()))
+
+    def counts(self, prune: float, unify: float) -> list[tuple[int, int]]:
+        """``(n_prune, n_unify)`` of each class for ``prune``, ``unify`` fractions (each in [0, 1])."""
+        return [block_counts(len(idx), prune, unify) for idx in self.indices]
+
+    def applied(self, prune: float, unify: float) -> tuple[float, float]:
+        """The fractions of the layer's weights the projection really prunes and unifies (whole blocks)."""
+        counts = self.counts(prune, unify)
+        pruned = sum(n_p * size for (n_p, _), size in zip(counts, self.sizes))
+        unified = sum(n_u * size for (_, n_u), size in zip(counts, self.sizes))
+        return pruned / self.total, unified / self.total
+
+    def blocks(self, prune: float, unify: float) -> tuple[int, int]:
+        """Total ``(n_prune, n_unify)`` blocks over all classes."""
+        counts = self.counts(prune, unify)
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
+def structure_fractions(structure: LayerStructure) -> tuple[float, float]:
+    """The fractions of its layer's weights ``structure`` prunes and unifies (blocks counted by their size), each in [0, 1]."""
+    sizes = structure.grid.block_sizes()
+    total = float(sizes.sum())
+    return float(sizes[structure.states == PRUNE].sum()) / total, float(sizes[structure.states == UNIFY].sum()) / total
 
 
 def block_costs(weight: Tensor, grid: BlockGrid) -> tuple[Tensor, Tensor, Tensor]:
@@ -110,7 +162,8 @@ def structured_weight(weight: Tensor, structure: LayerStructure) -> Tensor:
 
 
 def project_layer(weight: Tensor, grid: BlockGrid, prune: float, unify: float) -> tuple[LayerStructure, Tensor]:
-    """Project one weight onto ``prune``/``unify`` fractions (each in [0, 1]) of its blocks.
+    """Project one weight onto ``prune``/``unify`` fractions (each in [0, 1]) of its weights, the same fraction
+    of each block size (:class:`BlockClasses`).
 
     Returns the chosen structure (unified blocks' magnitude = their mean ``|w|``) and the projected
     weight (same shape, dtype and device as ``weight``; ``weight`` itself is not changed).
@@ -118,8 +171,11 @@ def project_layer(weight: Tensor, grid: BlockGrid, prune: float, unify: float) -
     if tuple(weight.shape) != grid.weight_shape:
         raise ValueError(f"weight shape {tuple(weight.shape)} does not match the grid's {grid.weight_shape}")
     prune_cost, unify_cost, mean_abs = block_costs(weight, grid)
-    n_p, n_u = block_counts(grid.num_blocks, prune, unify)
-    states = assign_blocks(prune_cost.flatten().cpu().numpy(), unify_cost.flatten().cpu().numpy(), n_p, n_u)
+    prune_flat, unify_flat = prune_cost.flatten().cpu().numpy(), unify_cost.flatten().cpu().numpy()
+    classes = BlockClasses.of(grid)
+    states = np.full(grid.num_blocks, KEEP, dtype=np.int8)
+    for idx, (n_p, n_u) in zip(classes.indices, classes.counts(prune, unify)):
+        states[idx] = assign_blocks(prune_flat[idx], unify_flat[idx], n_p, n_u)
     states_t = torch.from_numpy(states).reshape(grid.n_out, grid.n_in)
     mags = torch.where(states_t == UNIFY, mean_abs.cpu(), torch.zeros_like(mean_abs.cpu())).float()
     structure = LayerStructure(grid=grid, states=states_t, magnitudes=mags)

@@ -2,7 +2,8 @@
 
 One episode walks the compressible layers in order (:func:`~uniprune.compressors.blocks.compressible_layers`).
 At layer ``t`` the agent sees the layer's embedding (:mod:`uniprune.envs.embedding`) and answers with an
-action ``(a_prune, a_unify)`` in [0, 1]^2, mapped to fractions of the layer's blocks::
+action ``(a_prune, a_unify)`` in [0, 1]^2, mapped to fractions of the layer's weights (taken in whole
+blocks, the same fraction of every block size: :class:`~uniprune.compressors.projection.BlockClasses`)::
 
     prune = a_prune * max_prune,    unify = min(a_unify * max_unify, 1 - prune)
 
@@ -51,7 +52,7 @@ from uniprune.compressors.budget import LatencyBudget, latency_ratio
 from uniprune.compressors.errors import ConfigError
 from uniprune.compressors.latency_model import LatencyModel
 from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import block_counts, project_model
+from uniprune.compressors.projection import BlockClasses, project_model
 from uniprune.compressors.structure import BlockShape
 from uniprune.compressors.training import evaluate
 
@@ -101,8 +102,8 @@ class CompressionEnv(gym.Env):
     :param latency_budget: in (0, 1]: predicted compressed latency over the latency model's baseline (the fastest
         dense engine, for measured tables) must not exceed it.
     :param bn_batches: training batches for BatchNorm re-estimation before scoring (empty: none).
-    :param max_prune: cap in [0, 1] on a layer's pruned fraction of blocks.
-    :param max_unify: cap in [0, 1] on a layer's unified fraction (``prune + unify <= 1`` always).
+    :param max_prune: cap in [0, 1] on a layer's pruned fraction of weights (whole blocks).
+    :param max_unify: cap in [0, 1] on a layer's unified fraction of weights (``prune + unify <= 1`` always).
     :param reward: one of :data:`REWARDS`.
     :param size_budget: in (0, 1], storage budget (fraction of dense bits); needed by ``reward="size"``.
     :param block_shapes: per layer type block shapes (default :data:`DEFAULT_BLOCK_SHAPES`).
@@ -184,6 +185,7 @@ class CompressionEnv(gym.Env):
         # Storage per layer (bits), as accounting counts it, for the size wall.
         self._params = np.asarray([int(s.module.weight.numel()) for s in specs], dtype=np.float64)
         self._blocks = np.asarray([s.grid.num_blocks for s in specs], dtype=np.float64)
+        self._classes = [BlockClasses.of(s.grid) for s in specs]
         self.dense_bits = float(model_size(model)["total"]["dense_storage_bits"])
         self._fixed_bits = self.dense_bits - float(self._params.sum()) * FLOAT_BITS
 
@@ -236,23 +238,21 @@ class CompressionEnv(gym.Env):
         if self.size_budget is not None:
             return self.max_prune, min(self.max_unify, 1.0 - self.max_prune)
         lm = self.latency_model
-        p, u = lm.prune_grid[:, None], lm.unify_grid[None, :]
-        ok = (p <= self.max_prune + _EPS) & (u <= self.max_unify + _EPS) & (p + u <= 1 + _EPS)
+        p, u = lm.points()
+        ok = (p <= self.max_prune + _EPS) & (u <= self.max_unify + _EPS)
         table = np.where(ok, lm.tables[name], np.inf)
         # Among the points within timing noise of the fastest, the least unification, then the least pruning:
         # a plain argmin over noisy points picked unification for convs, where it buys no time, and so
         # assumed the later layers unified for nothing.
         near = np.argwhere(table <= float(table.min()) * (1 + _EXTREME_NOISE))
-        i, j = min(near.tolist(), key=lambda ij: (lm.unify_grid[ij[1]], lm.prune_grid[ij[0]]))
-        return float(lm.prune_grid[i]), float(lm.unify_grid[j])
+        i, j = min(near.tolist(), key=lambda ij: (u[ij[0], ij[1]], p[ij[0], ij[1]]))
+        return float(p[i, j]), float(u[i, j])
 
     def applied_fractions(self, i: int, prune: float, unify: float) -> tuple[float, float]:
-        """The fractions of layer ``i``'s blocks the projection will really prune and unify for a requested
-        (prune, unify): whole blocks, rounded as :func:`~uniprune.compressors.projection.block_counts` rounds.
-        The wall and the reported ratios use these, not the fractional request."""
-        blocks = int(self._blocks[i])
-        n_p, n_u = block_counts(blocks, prune, unify)
-        return n_p / blocks, n_u / blocks
+        """The fractions of layer ``i``'s weights the projection will really prune and unify for a requested
+        (prune, unify): whole blocks of each size, rounded as :class:`~uniprune.compressors.projection.BlockClasses`
+        rounds. The wall and the reported ratios use these, not the fractional request."""
+        return self._classes[i].applied(prune, unify)
 
     def _layer_ms(self, i: int, prune: float, unify: float) -> float:
         """Predicted ms of layer ``i`` at the block counts a (prune, unify) request applies."""
@@ -261,12 +261,14 @@ class CompressionEnv(gym.Env):
     def _layer_bits(self, i: int, prune: float, unify: float) -> float:
         """Predicted storage bits of layer ``i`` at the block counts the fractions apply, the index counted as
         accounting counts it: ``ceil(log2(states used))`` bits per block."""
-        prune, unify = self.applied_fractions(i, prune, unify)
+        classes = self._classes[i]
+        pruned, unified = classes.applied(prune, unify)
+        n_pruned, n_unified = classes.blocks(prune, unify)
         params, blocks = self._params[i], self._blocks[i]
-        keep = max(1.0 - prune - unify, 0.0)
-        used = sum(f > _EPS for f in (keep, prune, unify))
+        keep = max(1.0 - pruned - unified, 0.0)
+        used = sum(f > _EPS for f in (keep, pruned, unified))
         index = math.ceil(math.log2(used)) * blocks if used > 1 else 0.0
-        return float(params * (keep * FLOAT_BITS + unify * SIGN_BITS) + blocks * unify * FLOAT_BITS + index)
+        return float(params * (keep * FLOAT_BITS + unified * SIGN_BITS) + n_unified * FLOAT_BITS + index)
 
     def map_action(self, action: np.ndarray) -> tuple[float, float]:
         """The requested (prune, unify) fractions for a raw action in [0, 1]^2 (caps applied)."""

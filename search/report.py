@@ -107,7 +107,7 @@ def plot_policy(policy: Policy, path: Path) -> Path:
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=75, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of the layer's blocks")
+    ax.set_ylabel("fraction of the layer's weights")
     ax.set_title("Best policy, per layer")
     ax.legend(loc="upper left")
     return _save(fig, path)

@@ -10,7 +10,7 @@ from torch import nn
 from uniprune.compressors.admm import AdmmConfig, admm_finetune, shard_batches
 from uniprune.compressors.errors import ConfigError, PolicyError
 from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import block_counts, project_model, structure_error
+from uniprune.compressors.projection import BlockClasses, project_model, structure_error
 from uniprune.compressors.training import evaluate, make_optimizer, train_epoch
 
 CLASSES = 4
@@ -51,7 +51,7 @@ def dense() -> nn.Module:
 def _check_structures(model: nn.Module, structures: dict) -> None:
     for name, structure in structures.items():
         action = POLICY.action(name)
-        n_p, n_u = block_counts(structure.grid.num_blocks, action.prune, action.unify)
+        n_p, n_u = BlockClasses.of(structure.grid).blocks(action.prune, action.unify)
         assert structure.counts()["prune"] == n_p and structure.counts()["unify"] == n_u
         err = structure_error(model.get_submodule(name).weight, structure)
         assert err["pruned_max_abs"] == 0.0 and err["unified_spread"] <= 1e-6

@@ -17,7 +17,7 @@ from torch import nn
 from uniprune.compressors.admm import AdmmConfig, admm_finetune, world
 from uniprune.compressors.checkpoint import load_compressed, save_compressed
 from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import block_counts, structure_error
+from uniprune.compressors.projection import BlockClasses, structure_error
 from uniprune.compressors.training import evaluate
 
 POLICY = Policy(layers={"0": LayerAction(0.25, 0.25), "3": LayerAction(0.5, 0.25), "7": LayerAction(0.5, 0.5)}, model="toy")
@@ -68,7 +68,7 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert name == "toy" and meta["world_size"] == 2 and set(structures) == {"0", "3", "7"}
     for layer, structure in structures.items():
         action = POLICY.action(layer)
-        n_p, n_u = block_counts(structure.grid.num_blocks, action.prune, action.unify)
+        n_p, n_u = BlockClasses.of(structure.grid).blocks(action.prune, action.unify)
         assert structure.counts()["prune"] == n_p and structure.counts()["unify"] == n_u
         err = structure_error(state[f"{layer}.weight"], structure)
         assert err["pruned_max_abs"] == 0.0 and err["unified_spread"] <= 1e-6

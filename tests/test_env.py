@@ -66,18 +66,15 @@ def test_clipped_policy_never_exceeds_budget(budget, actions):
 
 
 def _applied(env, actions):
-    """``{layer: LayerAction}`` of the fractions of blocks a projection of ``actions`` really prunes/unifies."""
+    """``{layer: LayerAction}`` of the fractions of weights a projection of ``actions`` really prunes/unifies,
+    counted on the projected structures' blocks by their sizes."""
     import copy
 
     from uniprune.compressors.policy import LayerAction
-    from uniprune.compressors.projection import project_model
+    from uniprune.compressors.projection import project_model, structure_fractions
 
     structures = project_model(copy.deepcopy(env.model), env.policy(actions), env.block_shapes)
-    out = {}
-    for name, s in structures.items():
-        counts, total = s.counts(), s.grid.num_blocks
-        out[name] = LayerAction(counts["prune"] / total, counts["unify"] / total)
-    return out
+    return {name: LayerAction(*structure_fractions(s)) for name, s in structures.items()}
 
 
 def test_no_episode_is_over_budget_at_the_applied_block_counts():
@@ -205,10 +202,8 @@ def test_extreme_point_prefers_no_unification_within_noise():
     tables = {k: v.copy() for k, v in lm.tables.items()}
     g = lm.prune_grid
     i = int(np.searchsorted(g, env.max_prune, side="right") - 1)  # the largest prune within the cap
-    j = 1  # some unification at that prune, if feasible
     tables[name][i, :] = tables[name][i, 0]
-    if g[i] + lm.unify_grid[j] <= 1:
-        tables[name][i, j] = tables[name][i, 0] * 0.99  # faster by 1 %: noise
+    tables[name][i, 1] = tables[name][i, 0] * 0.99  # some unification at that prune, faster by 1 %: noise
     noisy = LatencyModel(lm.prune_grid, lm.unify_grid, tables, lm.fixed_ms, lm.meta, lm.baseline_ms)
     env2 = CompressionEnv(env.model, noisy, env.val_batches, input_shape=env.input_shape, latency_budget=0.9,
                           model_name="tiny-cnn")

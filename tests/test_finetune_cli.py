@@ -11,7 +11,7 @@ from uniprune.compressors.accounting import model_size
 from uniprune.compressors.baselines import uniform_policy
 from uniprune.compressors.checkpoint import load_compressed
 from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import block_counts, structure_error
+from uniprune.compressors.projection import BlockClasses, structure_error
 from uniprune.search.cli import main
 from uniprune.search.models import build_model
 
@@ -47,7 +47,7 @@ def test_admm_finetune_writes_a_valid_compressed_model(setup, tmp_path: Path, ca
     assert name == "digits-cnn" and meta["input_shape"] == [3, 32, 32] and meta["policy"]["model"] == "digits-cnn"
     for layer, structure in structures.items():
         action = policy.action(layer)
-        n_p, n_u = block_counts(structure.grid.num_blocks, action.prune, action.unify)
+        n_p, n_u = BlockClasses.of(structure.grid).blocks(action.prune, action.unify)
         assert structure.counts()["prune"] == n_p and structure.counts()["unify"] == n_u
         err = structure_error(state[f"{layer}.weight"], structure)
         assert err["pruned_max_abs"] == 0.0 and err["unified_spread"] <= 1e-6

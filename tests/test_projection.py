@@ -14,6 +14,7 @@ from uniprune.compressors.blocks import compressible_layers
 from uniprune.compressors.errors import PolicyError
 from uniprune.compressors.policy import LayerAction, Policy
 from uniprune.compressors.projection import (
+    BlockClasses,
     apply_structures,
     assign_blocks,
     block_costs,
@@ -21,6 +22,7 @@ from uniprune.compressors.projection import (
     project_layer,
     project_model,
     structure_error,
+    structure_fractions,
 )
 from uniprune.compressors.structure import KEEP, PRUNE, UNIFY, BlockShape, block_grid
 
@@ -57,11 +59,39 @@ def test_project_layer_minimises_distance_on_real_weights(seed: int, prune: floa
     weight = torch.randn(6, 5, 2, 2, generator=torch.Generator().manual_seed(seed))
     grid = block_grid(weight.shape, BlockShape(2, 2))  # 3 x 3 = 9 blocks, with edge blocks
     structure, projected = project_layer(weight, grid, prune, unify)
-    n_p, n_u = block_counts(grid.num_blocks, prune, unify)
+    classes = BlockClasses.of(grid)
+    assert classes.sizes == (16, 8)  # full blocks and the right-edge column (5 input channels in blocks of 2)
+    n_p, n_u = classes.blocks(prune, unify)
     assert structure.counts() == {"keep": grid.num_blocks - n_p - n_u, "unify": n_u, "prune": n_p}
     p, u, _ = block_costs(weight, grid)
+    p, u = p.flatten().numpy(), u.flatten().numpy()
+    states = structure.states.flatten().numpy()
+    best = 0.0
+    for idx, (cp, cu) in zip(classes.indices, classes.counts(prune, unify)):
+        # each size class gets its own counts, and within it the choice is the brute-force optimum
+        assert int((states[idx] == PRUNE).sum()) == cp and int((states[idx] == UNIFY).sum()) == cu
+        best += _brute_force(p[idx], u[idx], cp, cu)
     distance = float(((weight.double() - projected.double()) ** 2).sum())
-    assert distance == pytest.approx(_brute_force(p.flatten().numpy(), u.flatten().numpy(), n_p, n_u), rel=1e-6, abs=1e-9)
+    assert distance == pytest.approx(best, rel=1e-6, abs=1e-9)
+
+
+def test_fractions_are_of_weights_not_of_blocks() -> None:
+    """The issue's case: a 10x64 linear with 8x8 blocks at prune 0.5 lost its eight 2-row edge blocks (cheap to
+    prune, being small), 20 % of its weights. Each block size now gives the same fraction."""
+    torch.manual_seed(0)
+    weight = torch.randn(10, 64)
+    grid = block_grid(weight.shape, BlockShape(8, 8))
+    structure, _ = project_layer(weight, grid, 0.5, 0.0)
+    sizes = grid.block_sizes()
+    assert float(sizes[structure.states == PRUNE].sum()) / weight.numel() == pytest.approx(0.5)
+    assert structure_fractions(structure) == pytest.approx((0.5, 0.0))
+    assert int((structure.states[1] == PRUNE).sum()) == 4  # half of the eight 2-row edge blocks
+    assert BlockClasses.of(grid).applied(0.5, 0.0) == (0.5, 0.0)
+    # unify 0.25: two of eight full blocks and two of eight edge blocks
+    assert BlockClasses.of(grid).applied(0.5, 0.25) == (0.5, 0.25)
+    # a layer of equal blocks: weight fractions are block fractions, rounded half-up
+    even = BlockClasses.of(block_grid((16, 8, 3, 3), BlockShape(8, 4)))
+    assert even.sizes == (288,) and even.blocks(0.5, 0.3) == (2, 1) and even.applied(0.5, 0.3) == (0.5, 0.25)
 
 
 def test_projected_values_and_structure() -> None:

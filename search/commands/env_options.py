@@ -65,8 +65,8 @@ def add_env_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=256, help="batch size for scoring and BN re-estimation (default 256)")
     parser.add_argument("--reward", choices=REWARDS, default="accuracy", help="accuracy (default), log-latency (AMC's -error*log(latency)), size (accuracy under --size-budget too)")
     parser.add_argument("--size-budget", type=float, default=None, help="storage budget as a fraction of dense storage, in (0, 1] (needed by --reward size)")
-    parser.add_argument("--max-prune", type=float, default=0.8, help="cap on a layer's pruned fraction of blocks, in [0, 1] (default 0.8)")
-    parser.add_argument("--max-unify", type=float, default=1.0, help="cap on a layer's unified fraction of blocks, in [0, 1] (default 1)")
+    parser.add_argument("--max-prune", type=float, default=0.8, help="cap on a layer's pruned fraction of weights (in whole blocks), in [0, 1] (default 0.8)")
+    parser.add_argument("--max-unify", type=float, default=1.0, help="cap on a layer's unified fraction of weights, in [0, 1] (default 1)")
     parser.add_argument(
         "--keep-dense", default="ends", metavar="LAYERS",
         help="layers left out of the search, dense: 'ends' (default: the first and the last compressible layer, i.e. "
