@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors import kernels  # noqa: E402
 from uniprune.compressors.latency import (  # noqa: E402
+    RUNTIMES,
     build_latency_model,
     check_latency_model,
     random_structure,
@@ -138,7 +139,8 @@ def latency(args: argparse.Namespace) -> None:
     lines = []
     for batch in args.batches:
         model = _resnet56(pretrained=False)
-        lm = build_latency_model(model, (3, 32, 32), batch_size=batch, threads=THREADS, statistic=args.statistic)
+        lm = build_latency_model(model, (3, 32, 32), batch_size=batch, threads=THREADS, statistic=args.statistic,
+                                 runtime=args.runtime)
         check = check_latency_model(model, lm, (3, 32, 32), batch_size=batch, threads=THREADS,
                                     policies=args.policies, repeats=args.repeats, statistic=args.statistic)
         rows = check["rows"]
@@ -149,7 +151,8 @@ def latency(args: argparse.Namespace) -> None:
             f"| {len(rows)} | {min(ratios):.2f} to {max(ratios):.2f} | {100 * check['median_error']:.1f} % | {100 * check['max_error']:.1f} % "
             f"| {within}/{len(rows)} | {100 * check['median_ms_error']:.1f} % | {100 * check['max_ms_error']:.1f} % |")
     md = [
-        f"Machine: {machine_line()}; {THREADS} thread(s); statistic {args.statistic}.", f"Command: `{command_line()}`", "",
+        f"Machine: {machine_line()}; {THREADS} thread(s); statistic {args.statistic}; runtime {args.runtime}.",
+        f"Command: `{command_line()}`", "",
         "ResNet-56; random policies (per layer prune in [0, 0.9], unify in [0, (1 - prune)/2]) with random block "
         "states. Predicted: the latency table (every layer timed in place in whole-model passes at each grid "
         "point; fixed_ms + per-layer bilinear interpolation). Measured: the compiled whole model timed "
@@ -163,7 +166,8 @@ def latency(args: argparse.Namespace) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *lines,
     ]
-    section = "latency_table" + ("" if args.statistic == "median" else f"_{args.statistic}") + f"_{kernels.isa()}"
+    section = ("latency_table" + ("" if args.statistic == "median" else f"_{args.statistic}") + f"_{kernels.isa()}"
+               + ("" if args.runtime == "lean" else f"_{args.runtime}"))
     write_section(section, f"## Latency table: prediction vs measurement ({kernels.isa()} kernels)\n\n" + "\n".join(md))
 
 
@@ -181,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds per measurement (default 30)")
     parser.add_argument("--policies", type=int, default=20, help="random policies for 'latency' (default 20)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1], help="batch sizes for 'latency' (default 1)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="lean",
+                        help="how the compressed model runs in 'latency' (default lean; python: the compiled nn.Module)")
     parser.add_argument("--statistic", choices=["median", "min"], default="median",
                         help="per-function statistic of the timed rounds (default median; min on a shared machine)")
     args = parser.parse_args(argv)

@@ -6,10 +6,11 @@ budget through :mod:`uniprune.compressors.budget`; the baseline of every ratio i
 (:mod:`uniprune.compressors.engines`).
 
 The table (:func:`build_latency_model`): every compressible layer is timed in its place inside whole-model
-forward passes, once per ``(prune, unify)`` grid point: the whole model compiled with every layer at that
-point (random block states of exactly those fractions) by :mod:`uniprune.compressors.runtime`, which
-picks each layer's fastest implementation. ``fixed_ms`` is a compiled pass's whole time minus its layers'
-times, measured in the same rounds; the fastest dense engine's time, the baseline of every ratio, is taken
+forward passes, once per grid point (prune ``p`` of the weights, unify ``q`` of the rest: every point a
+feasible policy): the whole model compiled with every layer at that point (random block states of exactly
+those fractions) for the runtime it will run on, which picks each layer's fastest implementation.
+``fixed_ms`` is a bare compiled pass's whole time minus its layers' times in a clocked pass right after it,
+measured in the same rounds; the fastest dense engine's time, the baseline of every ratio, is taken
 apart (see :func:`build_latency_model`). Tables are cached as JSON under a key of architecture, input shape,
 batch, threads, block shapes, grid and machine (CPU model and vector flags, kernel build and its ISA, the
 engines' versions), and checked against a quick timing before they are trusted.
@@ -42,22 +43,24 @@ from .fileio import write_json_atomic
 from .latency_model import LatencyModel
 from .plan import compile_lean, compile_lean_spec
 from .policy import LayerAction
-from .projection import block_counts
+from .projection import BlockClasses
 from .runtime import compile_model
 from .structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
 from .timing import SPREAD_SECONDS, check_counts, check_threads, reducer
 
 
 def random_structure(grid: BlockGrid, prune: float, unify: float, generator: torch.Generator) -> LayerStructure:
-    """Block states with exactly ``block_counts(prune, unify)`` pruned/unified blocks, placed at random.
+    """Block states as the projection would count them for ``prune``, ``unify`` (fractions of the weights, in
+    [0, 1]): exactly :meth:`BlockClasses.counts` pruned/unified blocks of each block size, placed at random.
 
-    Magnitudes of unified blocks are drawn in [0.5, 1). ``prune``, ``unify`` in [0, 1].
+    Magnitudes of unified blocks are drawn in [0.5, 1).
     """
-    n_p, n_u = block_counts(grid.num_blocks, prune, unify)
-    order = torch.randperm(grid.num_blocks, generator=generator)
     states = torch.full((grid.num_blocks,), KEEP, dtype=torch.int8)
-    states[order[:n_p]] = PRUNE
-    states[order[n_p:n_p + n_u]] = UNIFY
+    classes = BlockClasses.of(grid)
+    for idx, (n_p, n_u) in zip(classes.indices, classes.counts(prune, unify)):
+        chosen = torch.from_numpy(idx)[torch.randperm(len(idx), generator=generator)]
+        states[chosen[:n_p]] = PRUNE
+        states[chosen[n_p:n_p + n_u]] = UNIFY
     mags = torch.where(states == UNIFY, 0.5 + 0.5 * torch.rand(grid.num_blocks, generator=generator), 0.0)
     return LayerStructure(grid, states.reshape(grid.n_out, grid.n_in), mags.reshape(grid.n_out, grid.n_in))
 
@@ -196,23 +199,31 @@ class _Timed(nn.Module):
 
 
 class _LayerClock:
-    """Per-layer wall times inside whole-model forward passes: each named layer of ``model`` is replaced, in
-    place, by a :class:`_Timed` wrapper (``model`` is a throwaway copy).
+    """Per-layer wall times inside whole-model forward passes: while :meth:`installed`, each named layer of
+    ``model`` is replaced, in place, by a :class:`_Timed` wrapper (``model`` is a throwaway copy).
 
     Timing a layer in its place, right after the layer before it wrote its input, sees the caches as
     inference does; timed in isolation, the per-layer sums missed the whole-model timings by 25 to 60 %.
     A wrapper, not forward hooks: hooks send every call through torch's slow path, about 10 µs a layer
-    that a short sparse layer at batch 1 does not pay in a real pass.
+    that a short sparse layer at batch 1 does not pay in a real pass. The wrapper still costs a few µs a
+    layer, so whole passes (the fixed part) are timed with it removed.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
         self.recording = False
         self.layers: dict[str, _Timed] = {}
+        self._slots: list[tuple[nn.Module, str, nn.Module, _Timed]] = []
         for name in names:
             parent, _, child = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            self.layers[name] = _Timed(getattr(owner, child), self)
-            setattr(owner, child, self.layers[name])
+            inner = getattr(owner, child)
+            self.layers[name] = _Timed(inner, self)
+            self._slots.append((owner, child, inner, self.layers[name]))
+
+    def installed(self, on: bool) -> None:
+        """Put the wrappers in (``on``) or take them out, leaving the model as it was."""
+        for owner, child, inner, timed in self._slots:
+            setattr(owner, child, timed if on else inner)
 
     def times(self, name: str) -> list[float]:
         return self.layers[name].times
@@ -254,37 +265,40 @@ def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any]
 
 def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, batch_size: int = 1,
                         threads: int | None = None, block_shapes: Mapping[str, BlockShape] | None = None,
-                        grid: Sequence[float] = (0, .25, .5, .75, .9), cache_dir: str | os.PathLike | None = None,
+                        grid: Sequence[float] = (0, .25, .5, .75, .9), unify_grid: Sequence[float] = (0, .5, 1),
+                        cache_dir: str | os.PathLike | None = None,
                         seed: int = 0, progress: bool = True, warmup: int = 3, repeats: int = 15,
                         statistic: str = "median", min_seconds: float = SPREAD_SECONDS,
                         engines: Sequence[str] | None = None, check_cache: bool = True,
                         runtime: str = "lean") -> LatencyModel:
     """Measure (or load from the cache) the per-layer latency table of ``model`` on this machine.
 
-    For every feasible grid point ``(p, u)``, ``(0, 0)`` included, the whole model is compiled with each
+    For every grid point ``(p, q)``, ``(0, 0)`` included (prune ``p`` of the weights, unify ``q`` of what is left:
+    see :class:`~.latency_model.LatencyModel`), the whole model is compiled with each
     compressible layer at that point (random block states of exactly those fractions) for ``runtime``
     (:data:`RUNTIMES`: by default the lean plan, what a user deploys) and run; each layer is timed in its
     place in the pass (the plan's own clock between ops, :meth:`~.plan.LeanModel.layer_ms`; on the Python
     path a wrapper, :class:`_LayerClock`), the grid points' models taking turns round by round, each timed
     pass right after an untimed one of the same model (as in steady inference: its weights warm in the
     caches). ``fixed_ms`` (pooling, shortcuts, the call itself; on the Python path also the Python between
-    the layers) is a pass's time minus its layers' times. The baseline every ratio divides by is
+    the layers) is a bare pass's time (no clock in it) minus the layers' times of the clocked pass after it. The baseline every ratio divides by is
     the fastest dense engine (:mod:`uniprune.compressors.engines`; all installed, or those named in
     ``engines``), each timed whole after the rounds, interleaved with the nothing-compressed compiled model
-    only, as :func:`measure_model_ms` times them; every engine's ms is kept in ``meta["engines"]``. Points
-    with prune + unify > 1 hold the value at the largest feasible unify of their row. Rounds go on past
+    only, as :func:`measure_model_ms` times them; every engine's ms is kept in ``meta["engines"]``. Rounds go on past
     ``repeats`` until ``min_seconds`` have passed (:data:`SPREAD_SECONDS`).
 
     ``input_shape``: one sample's shape (C, H, W); ``batch_size`` >= 1; ``threads`` >= 1 (default: torch's
-    now); ``grid``: ascending fractions from 0, used for both prune and unify. Cached under ``cache_dir``
+    now); ``grid``: ascending prune fractions from 0; ``unify_grid``: ascending fractions of the rest from 0
+    (unify buys a conv little time, so three points by default). Cached under ``cache_dir``
     (default ``$UNIPRUNE_CACHE/latency`` or ``~/.cache/uniprune/latency``) by model, input shape, batch,
     threads, block shapes, grid, engines and machine (CPU, vector ISA, kernel build); with ``check_cache``
     (default) a cached table is first checked against a quick timing (:data:`CACHE_CHECK_TOLERANCE`).
     """
     n = check_threads(threads)
-    g = np.asarray(grid, dtype=np.float64)
-    if g.ndim != 1 or len(g) < 1 or g[0] != 0 or np.any(np.diff(g) <= 0) or g[-1] > 1:
-        raise ConfigError(f"grid must ascend from 0 to at most 1, got {list(grid)}")
+    g, q = np.asarray(grid, dtype=np.float64), np.asarray(unify_grid, dtype=np.float64)
+    for axis, given in ((g, grid), (q, unify_grid)):
+        if axis.ndim != 1 or len(axis) < 1 or axis[0] != 0 or np.any(np.diff(axis) <= 0) or axis[-1] > 1:
+            raise ConfigError(f"grids must ascend from 0 to at most 1, got {list(given)}")
     check_counts(warmup, repeats, min_seconds)
     reduce = reducer(statistic)
     shapes = dict(DEFAULT_BLOCK_SHAPES)
@@ -295,9 +309,10 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     key_obj = {
         "arch": repr(model), "params": [[k, list(v.shape)] for k, v in model.state_dict().items()],
         "input_shape": list(input_shape), "batch": batch_size, "threads": n,
-        "block_shapes": {k: [v.out, v.inp] for k, v in sorted(shapes.items())}, "grid": g.tolist(),
+        "block_shapes": {k: [v.out, v.inp] for k, v in sorted(shapes.items())}, "grid": g.tolist(), "unify_grid": q.tolist(),
         "machine": machine_key(), "warmup": warmup, "repeats": repeats, "engines": sorted(engines or []),
-        "method": "layers in place, warm passes, fixed from whole passes, fastest dense engine apart", "runtime": runtime,
+        "method": "layers in place, warm passes, fixed from bare whole passes, fastest dense engine apart, unify of the rest",
+        "runtime": runtime,
         "statistic": statistic, "min_seconds": min_seconds,
     }
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:20]
@@ -313,37 +328,47 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
                 if progress and not check_cache:
                     print(f"latency table: cached ({path})", file=sys.stderr)
                 return lm
-    points = [(i, j) for i, p in enumerate(g) for j, u in enumerate(g) if p + u <= 1 + 1e-9]
+    points = [(i, j) for i in range(len(g)) for j in range(len(q))]
     gen = torch.Generator().manual_seed(seed)
     dense = dense_engines(model, x, threads=n, engines=engines)
     notes = list(dense.notes)
     models: dict[tuple[int, int], Any] = {}
     for i, j in points:
-        structures = {s.name: random_structure(s.grid, float(g[i]), float(g[j]), gen) for s in specs}
+        structures = {s.name: random_structure(s.grid, float(g[i]), float(q[j] * (1 - g[i])), gen) for s in specs}
         models[(i, j)], used, more = compile_for_timing(model, structures, x, n, runtime)
         notes += more if (i, j) == (0, 0) else []
     for note in notes:
         print(f"latency table: note: {note}", file=sys.stderr)
     samples: dict[tuple[int, int], dict[str, list[float]]] = {pt: {name: [] for name in names} for pt in points}
-    gaps: list[float] = []  # whole passes minus their layers' times, ms
+    wholes: dict[tuple[int, int], list[float]] = {pt: [] for pt in points}  # bare whole passes, ms
     if used == "lean":
-        def timed_pass(pt: tuple[int, int]) -> None:
-            whole, layers = models[pt].layer_ms(x)
-            for name in names:
-                samples[pt][name].append(layers.get(name, 0.0))
-            gaps.append(whole - sum(layers.values()))
+        def layer_pass(pt: tuple[int, int]) -> dict[str, float]:
+            _, layers = models[pt].layer_ms(x)
+            return {name: layers.get(name, 0.0) for name in names}
     else:
         clocks = {pt: _LayerClock(m, names) for pt, m in models.items()}
 
-        def timed_pass(pt: tuple[int, int]) -> None:
+        def layer_pass(pt: tuple[int, int]) -> dict[str, float]:
+            clocks[pt].installed(True)
             clocks[pt].recording = True
-            t0 = time.perf_counter()
-            models[pt](x)
-            whole = 1e3 * (time.perf_counter() - t0)
-            clocks[pt].recording = False
-            for name in names:
-                samples[pt][name].append(1e3 * clocks[pt].times(name)[-1])
-            gaps.append(whole - sum(samples[pt][name][-1] for name in names))
+            try:
+                models[pt](x)
+            finally:
+                clocks[pt].recording = False
+                clocks[pt].installed(False)
+            return {name: 1e3 * clocks[pt].times(name)[-1] for name in names}
+
+    def timed_pass(pt: tuple[int, int]) -> None:
+        # The whole pass is timed bare, as it runs for a user; the layers in a clocked pass right after it. A
+        # whole pass timed with the clock in it carried the clock's cost into the fixed part (the Python
+        # path's wrappers: about 3.4 µs a layer, 0.2 ms on ResNet-56 at batch 1).
+        t0 = time.perf_counter()
+        models[pt](x)
+        whole = 1e3 * (time.perf_counter() - t0)
+        layers = layer_pass(pt)
+        for name in names:
+            samples[pt][name].append(layers[name])
+        wholes[pt].append(whole)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -371,20 +396,17 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     finally:
         torch.set_num_threads(before)
     ms = {pt: {name: reduce(samples[pt][name]) for name in names} for pt in points}
-    tables = {}
-    for name in names:
-        table = np.zeros((len(g), len(g)))
-        for i in range(len(g)):
-            for j in range(len(g)):
-                table[i, j] = ms[(i, j)][name] if (i, j) in ms else table[i, j - 1]  # infeasible: row's last feasible
-        tables[name] = table
+    tables = {name: np.array([[ms[(i, j)][name] for j in range(len(q))] for i in range(len(g))]) for name in names}
     # Measured on the compiled passes, not the dense one: torch's dense layers leave some of their cost to
     # what runs after them (0.4 ms of 14 at batch 1 on ResNet-56), which a compiled model does not pay.
-    fixed = max(0.0, reduce(gaps))
+    # Per grid point, the fixed part that makes the table's sum give that point's bare pass; the median over
+    # the points. The bare and the clocked passes are separate, so the statistic of their per-round
+    # differences (the min, on a shared machine) would pick one round's noise: it read 0 on ResNet-56.
+    fixed = max(0.0, float(np.median([reduce(wholes[pt]) - sum(ms[pt].values()) for pt in points])))
     meta = {"kind": "measured", "key": key_obj | {"arch": type(model).__name__}, "engines": base["engines"],
             "baseline_engine": base["best_engine"], "runtime": used, "notes": notes,
-            "fixed_ms_method": "compiled whole-model passes minus their layers timed in place"}
-    lm = LatencyModel(g, g, tables, fixed, meta, baseline_ms=base["best_dense_ms"])
+            "fixed_ms_method": "bare compiled whole-model passes minus their layers timed in place"}
+    lm = LatencyModel(g, q, tables, fixed, meta, baseline_ms=base["best_dense_ms"])
     write_json_atomic(path, lm.to_dict())
     return lm
 

@@ -1,6 +1,11 @@
 """An additive latency model: whole-model time = fixed part + sum of each compressible layer's time.
 
-Each layer's time is a table over a (prune, unify) grid, bilinearly interpolated between grid points.
+Each layer's time is a table over a grid of (prune, unify-of-the-rest) points, bilinearly interpolated
+between them: row ``i`` prunes ``prune_grid[i]`` of the layer's weights, column ``j`` unifies
+``unify_grid[j]`` of what is left, ``u = unify_grid[j] * (1 - prune_grid[i])``. On that grid every point is
+a feasible policy (``p + u <= 1``) and the last column unifies everything left; a grid of absolute
+``(p, u)`` had an infeasible triangle whose points only copied their row's last feasible one, so unify
+above 0.9 read 0.9's time and the ``p = 0.9`` row ignored unification altogether.
 :mod:`uniprune.compressors.latency` fills the tables by measuring the real kernels; the
 :meth:`LatencyModel.proportional` stand-in (time proportional to the kept fraction) serves tests and
 FLOPs-style baselines. The search environment only sees this interface.
@@ -16,15 +21,19 @@ import numpy as np
 
 from .policy import LayerAction
 
+#: Written into every serialised table; tables of another format are measured again.
+LATENCY_FORMAT = "uniprune.latency/2"
+
 
 @dataclass
 class LatencyModel:
     """Per-layer latency tables in milliseconds.
 
-    ``prune_grid``/``unify_grid``: ascending fractions in [0, 1], both starting at 0.
-    ``tables[name][i, j]``: ms of layer ``name`` at ``prune_grid[i]``, ``unify_grid[j]``. Grid points
-    with ``prune + unify > 1`` hold the time at the nearest feasible point (builders fill them so), which
-    keeps interpolation well defined. ``fixed_ms``: everything outside the compressible layers.
+    ``prune_grid``: ascending fractions of the weights pruned, in [0, 1], from 0. ``unify_grid``: ascending
+    fractions *of the weights left after pruning* that are unified, in [0, 1], from 0.
+    ``tables[name][i, j]``: ms of layer ``name`` at prune ``prune_grid[i]`` and unify
+    ``unify_grid[j] * (1 - prune_grid[i])`` (:meth:`points` gives those fractions). ``fixed_ms``: everything
+    outside the compressible layers.
     ``baseline_ms``: the uncompressed model's whole time, the denominator of every latency ratio; ``None``:
     ``fixed_ms`` plus every table's ``(0, 0)`` entry. Measured tables set it: their ``(0, 0)`` entries are
     layers run by the compressed model's runtime with nothing pruned, which need not take what the plain
@@ -64,11 +73,19 @@ class LatencyModel:
         t = (x - grid[i]) / (grid[i + 1] - grid[i])
         return i, float(np.clip(t, 0.0, 1.0))
 
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(prune, unify)``: the fractions of the weights each table entry stands for, arrays shaped like a table."""
+        p = np.repeat(self.prune_grid[:, None], len(self.unify_grid), axis=1)
+        return p, self.unify_grid[None, :] * (1.0 - p)
+
     def layer_ms(self, name: str, prune: float, unify: float) -> float:
-        """Interpolated time of layer ``name`` in ms at the given fractions (each in [0, 1])."""
+        """Interpolated time of layer ``name`` in ms at the given fractions of its weights (each in [0, 1],
+        ``prune + unify <= 1``)."""
         table = self.tables[name]
+        prune = float(np.clip(prune, 0.0, 1.0))
+        rest = 1.0 - prune
         i, ti = self._locate(self.prune_grid, prune)
-        j, tj = self._locate(self.unify_grid, unify)
+        j, tj = self._locate(self.unify_grid, float(unify) / rest if rest > 1e-12 else 0.0)
         i1 = min(i + 1, table.shape[0] - 1)
         j1 = min(j + 1, table.shape[1] - 1)
         top = table[i, j] * (1 - tj) + table[i, j1] * tj
@@ -92,13 +109,13 @@ class LatencyModel:
 
     def fastest_ms(self, name: str, max_prune: float = 1.0, max_unify: float = 1.0) -> float:
         """The least time of layer ``name`` over feasible grid points within the caps."""
-        p = self.prune_grid[:, None]
-        u = self.unify_grid[None, :]
-        ok = (p <= max_prune + 1e-9) & (u <= max_unify + 1e-9) & (p + u <= 1 + 1e-9)
+        p, u = self.points()
+        ok = (p <= max_prune + 1e-9) & (u <= max_unify + 1e-9)
         return float(self.tables[name][ok].min())
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "format": LATENCY_FORMAT,
             "prune_grid": self.prune_grid.tolist(),
             "unify_grid": self.unify_grid.tolist(),
             "tables": {k: v.tolist() for k, v in self.tables.items()},
@@ -109,6 +126,10 @@ class LatencyModel:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatencyModel:
+        """The model :meth:`to_dict` wrote; ValueError for another format (an older table's columns meant
+        absolute unify fractions)."""
+        if data.get("format") != LATENCY_FORMAT:
+            raise ValueError(f"not a {LATENCY_FORMAT} latency table (format {data.get('format')!r})")
         return cls(
             prune_grid=np.asarray(data["prune_grid"]),
             unify_grid=np.asarray(data["unify_grid"]),
@@ -133,7 +154,6 @@ class LatencyModel:
         ``unify_saving`` in [0, 1]: the share of a unified block's time saved (0: unify saves nothing).
         """
         g = np.asarray(grid, dtype=np.float64)
-        p, u = np.meshgrid(g, g, indexing="ij")
-        u_feasible = np.minimum(u, 1.0 - p)
-        scale = np.clip(1.0 - p - unify_saving * u_feasible, 0.0, 1.0)
+        p, q = np.meshgrid(g, g, indexing="ij")
+        scale = np.clip(1.0 - p - unify_saving * q * (1.0 - p), 0.0, 1.0)  # exactly bilinear in (p, q)
         return cls(g, g, {n: ms * scale for n, ms in dense_layer_ms.items()}, float(fixed_ms), {"kind": "proportional"})

@@ -52,6 +52,23 @@ def test_random_structure_has_exact_counts():
     assert set(s.states.unique().tolist()) <= {KEEP, UNIFY, PRUNE}
 
 
+def test_table_columns_unify_a_fraction_of_the_rest():
+    """On an absolute (p, u) grid stopping at 0.9, unify above 0.9 read 0.9's time and the p = 0.9 row ignored
+    unification. Columns now unify a fraction of what pruning left: a time linear in the kept fraction is
+    exact everywhere, the corner p + u = 1 included."""
+    from uniprune.compressors.latency_model import LatencyModel
+
+    lm = LatencyModel.proportional({"a": 1.0}, unify_saving=1.0, grid=(0.0, 0.5, 0.9, 1.0))
+    for prune, unify in [(0.0, 0.95), (0.0, 1.0), (0.9, 0.1), (0.9, 0.05), (0.3, 0.6), (0.7, 0.0), (0.2, 0.0)]:
+        assert lm.layer_ms("a", prune, unify) == pytest.approx(1.0 - prune - unify)
+    assert lm.fastest_ms("a", max_prune=0.5, max_unify=0.25) == pytest.approx(0.25)
+    again = LatencyModel.from_dict(lm.to_dict())
+    assert np.array_equal(again.tables["a"], lm.tables["a"])
+    old = {k: v for k, v in lm.to_dict().items() if k != "format"}  # a table of the absolute-unify format
+    with pytest.raises(ValueError, match="format"):
+        LatencyModel.from_dict(old)
+
+
 def test_latency_table_is_measured_then_cached(tmp_path):
     model = _small_cnn()
     grid = (0.0, 0.5, 0.9)
@@ -60,7 +77,8 @@ def test_latency_table_is_measured_then_cached(tmp_path):
     assert lm.layer_names == ["0", "3", "7"]
     for table in lm.tables.values():
         assert table.shape == (3, 3) and bool(np.all(table > 0))
-        assert table[1, 2] == table[1, 1] and table[2, 1] == table[2, 0]  # infeasible points: row's last feasible
+    p, u = lm.points()  # every grid point a feasible policy; the last column unifies all that is left
+    assert p[2, 2] == 0.9 and u[2, 2] == pytest.approx(0.1) and u[0, 2] == 1.0 and bool(np.all(p + u <= 1 + 1e-12))
     assert lm.fixed_ms >= 0 and set(lm.meta["engines"]) == set(available_engines()) and lm.meta["runtime"] == "lean"
     assert lm.meta["baseline_engine"] in lm.meta["engines"] and all(ms > 0 for ms in lm.meta["engines"].values())
     files = list(tmp_path.glob("latency-*.json"))
