@@ -22,7 +22,9 @@
 Because the constraint lives in the forward pass, it holds under DDP as well (every rank computes the
 same weight from the same all-reduced parameters). Create the optimizer **after** :func:`constrain`, and
 call :func:`bake` after training to turn the layers back into plain weights (and read the trained
-magnitudes back into the structures).
+magnitudes back into the structures). To change the structure in the middle of training without losing
+the optimizer's momentum (gradual pruning): :func:`weight_velocities`, :func:`bake`, re-project,
+:func:`constrain`, then :func:`rebind_optimizer`.
 """
 
 from __future__ import annotations
@@ -83,6 +85,32 @@ class TiedWeight(nn.Module):
         weight = free * self.keep
         return weight + self.shared() if self.tied else weight
 
+    def weight_velocity(self, free_velocity: Tensor, magnitude_velocity: Tensor | None) -> Tensor:
+        """The weight's velocity (shaped like it) given the ``free`` and ``magnitude`` parameters' (e.g. SGD
+        momentum buffers; ``None``: 0): ``free_velocity * keep + signs * expand(scale * magnitude_velocity)``."""
+        velocity = free_velocity * self.keep
+        if self.tied and magnitude_velocity is not None:
+            per_pair = (self.scale * magnitude_velocity)[self.out_index][:, self.in_index]
+            velocity = velocity + self.signs * per_pair.reshape(per_pair.shape + (1,) * (self.signs.dim() - 2))
+        return velocity
+
+    def parameter_velocities(self, velocity: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(free, magnitude)`` velocities that move the weight as close to ``velocity`` as the constraint allows.
+
+        The free part is ``velocity * keep`` (0 outside KEEP, so those raw entries stay 0); each unified
+        block's magnitude moves by the mean of ``signs * velocity`` over its weights (the Euclidean projection
+        onto "one magnitude, own signs"), i.e. the stored magnitude by ``scale * sum(signs * velocity)``.
+        :meth:`weight_velocity` of the result gives ``velocity`` back wherever it already obeys the
+        constraint (KEEP weights, and unified blocks whose weights have equal ``signs * velocity``).
+        """
+        free = velocity * self.keep
+        if not self.tied:
+            return free, None
+        per_pair = (self.signs * velocity).flatten(2).sum(2) if velocity.dim() > 2 else self.signs * velocity
+        rows = per_pair.new_zeros(self.magnitude.shape[0], per_pair.shape[1]).index_add_(0, self.out_index, per_pair)
+        sums = rows.new_zeros(self.magnitude.shape).index_add_(1, self.in_index, rows)
+        return free, self.scale * sums
+
 
 def _module(model: nn.Module, name: str) -> nn.Module:
     try:
@@ -135,6 +163,75 @@ def constrain_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
 def constrained_layers(model: nn.Module) -> list[str]:
     """Names of the layers that currently carry a constraint."""
     return [n for n, m in model.named_modules() if parametrize.is_parametrized(m, "weight")]
+
+
+def _tie(module: nn.Module) -> TiedWeight:
+    return module.parametrizations.weight[0]
+
+
+def weight_velocities(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """The SGD momentum of each constrained layer as a velocity of its (constrained) weight.
+
+    Read it before :func:`bake` and hand it to :func:`rebind_optimizer` after the next :func:`constrain`,
+    so that momentum survives a change of structure. Layers whose weight has no ``momentum_buffer`` yet
+    (no step taken, or momentum 0) are left out.
+    """
+    out = {}
+    for name in constrained_layers(model):
+        module = model.get_submodule(name)
+        tie = _tie(module)
+        free = optimizer.state.get(module.parametrizations.weight.original, {}).get("momentum_buffer")
+        if free is None:
+            continue
+        magnitude = optimizer.state.get(tie.magnitude, {}).get("momentum_buffer") if tie.tied else None
+        with torch.no_grad():
+            out[name] = tie.weight_velocity(free, magnitude)
+    return out
+
+
+def rebind_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, velocities: Mapping[str, Tensor]) -> None:
+    """Make ``optimizer`` train ``model``'s current parameters after :func:`bake` and :func:`constrain`.
+
+    A weight is the same tensor through both (its raw ``original``), so its place and state in the optimizer
+    stay; the magnitudes of baked-away ties leave the optimizer with their state, and each new magnitude
+    joins its layer weight's param group. Momentum: each constrained layer's buffers become
+    :meth:`TiedWeight.parameter_velocities` of its entry in ``velocities`` (from :func:`weight_velocities`
+    before the bake), or of its weight's own buffer when the layer was not constrained before; a layer
+    that is no longer constrained gets its velocity as its weight's buffer.
+
+    Raises :class:`ModelError` when a constrained layer's weight is not one of the optimizer's parameters.
+    """
+    live = {id(p) for p in model.parameters()}
+    group_of: dict[int, dict] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in live:
+                optimizer.state.pop(p, None)
+        group["params"] = [p for p in group["params"] if id(p) in live]
+        group_of.update((id(p), group) for p in group["params"])
+    constrained = constrained_layers(model)
+    with torch.no_grad():
+        for name in constrained:
+            module = model.get_submodule(name)
+            free = module.parametrizations.weight.original
+            tie = _tie(module)
+            if id(free) not in group_of:
+                raise ModelError(f"the optimizer does not train layer {name!r}'s weight; build it with make_optimizer(model) after constrain()")
+            if tie.tied and id(tie.magnitude) not in group_of:
+                group_of[id(free)]["params"].append(tie.magnitude)
+                group_of[id(tie.magnitude)] = group_of[id(free)]
+            velocity = velocities.get(name, optimizer.state.get(free, {}).get("momentum_buffer"))
+            if velocity is None:
+                continue
+            free_velocity, magnitude_velocity = tie.parameter_velocities(velocity)
+            optimizer.state[free]["momentum_buffer"] = free_velocity
+            if magnitude_velocity is not None:
+                optimizer.state[tie.magnitude]["momentum_buffer"] = magnitude_velocity
+        for name, velocity in velocities.items():
+            if name not in constrained:
+                weight = model.get_submodule(name).weight
+                if id(weight) in group_of:
+                    optimizer.state[weight]["momentum_buffer"] = velocity.clone()
 
 
 def collapsed_blocks(structures: Mapping[str, LayerStructure]) -> dict[str, int]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from uniprune.compressors import baselines
 from uniprune.compressors.admm import retrain
 from uniprune.compressors.baselines import (
     AgpConfig,
@@ -19,7 +20,7 @@ from uniprune.compressors.baselines import (
 )
 from uniprune.compressors.errors import ConfigError, ModelError
 from uniprune.compressors.policy import LayerAction
-from uniprune.compressors.projection import block_counts, structure_error
+from uniprune.compressors.projection import BlockClasses, structure_error
 from uniprune.compressors.training import evaluate
 
 
@@ -134,14 +135,87 @@ def test_agp_finetune_reaches_the_policy() -> None:
     result = agp_finetune(model, policy, lambda e: data, lambda m: evaluate(m, data[:1]),
                           AgpConfig(ramp_epochs=3, retrain_epochs=1, progress=False), log=lambda k, v, s: logged.append((k, v, s)))
     fractions = [v for k, v, _ in logged if k == "agp/fraction"]
-    assert fractions == pytest.approx([1 - (2 / 3) ** 3, 1 - (1 / 3) ** 3, 1.0])
+    # 3 batches an epoch: 3 pruning steps an epoch (at most one per batch), 9 over the ramp
+    assert fractions == pytest.approx([agp_fraction(k, 9) for k in range(1, 10)])
     assert result["epochs"] == 4 and len(result["retrain_history"]) == 4
     for name, structure in result["structures"].items():
         action = policy.action(name)
-        n_p, n_u = block_counts(structure.grid.num_blocks, action.prune, action.unify)
+        n_p, n_u = BlockClasses.of(structure.grid).blocks(action.prune, action.unify)
         assert structure.counts()["prune"] == n_p and structure.counts()["unify"] == n_u
         err = structure_error(model.get_submodule(name).weight, structure)
         assert err["pruned_max_abs"] == 0.0 and err["unified_spread"] <= 1e-6
+
+
+def _agp_data(batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 10, (4,), generator=gen)) for _ in range(batches)]
+
+
+def test_agp_default_ramp_is_gradual() -> None:
+    torch.manual_seed(0)
+    model = _ResNet()
+    data = _agp_data(20)
+    policy = uniform_policy(model, 0.5, 0.25)
+    logged: list[tuple[str, float, int]] = []
+    # a generator has no len(): agp_finetune counts the batches by an extra pass
+    result = agp_finetune(model, policy, lambda e: iter(data), lambda m: evaluate(m, data[:1]),
+                          AgpConfig(retrain_epochs=0, progress=False), log=lambda k, v, s: logged.append((k, v, s)))
+    steps = [(s, v) for k, v, s in logged if k == "agp/fraction"]
+    fractions = [v for _, v in steps]
+    defaults = AgpConfig()
+    n = defaults.ramp_epochs * defaults.prune_steps
+    assert defaults.prune_steps >= 10 and len(fractions) == n
+    assert [s for s, _ in steps] == list(range(1, n + 1))
+    assert fractions == pytest.approx([agp_fraction(k, n) for k in range(1, n + 1)])
+    assert fractions[0] < 0.3 and fractions[-1] == 1.0
+    assert all(b >= a for a, b in zip(fractions, fractions[1:])) and len(set(fractions)) == n
+    assert [k for k, _, _ in logged].count("agp/loss") == defaults.ramp_epochs == len(result["retrain_history"])
+
+
+def test_agp_keeps_one_optimizer_and_its_momentum(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = _ResNet()
+    data = _agp_data(4)
+    made: list[torch.optim.Optimizer] = []
+    rebinds: list[dict[str, object]] = []
+    make_optimizer = baselines.make_optimizer
+    rebind_optimizer = baselines.rebind_optimizer
+
+    def counting_make_optimizer(*args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(make_optimizer(*args, **kwargs))
+        return made[-1]
+
+    def checked_rebind(model_, optimizer, velocities):  # type: ignore[no-untyped-def]
+        live = {id(p) for p in model_.parameters()}
+        moving = [p for g in optimizer.param_groups for p in g["params"] if id(p) in live and "momentum_buffer" in optimizer.state[p]]
+        rebind_optimizer(model_, optimizer, velocities)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        rebinds.append({
+            "optimizer": optimizer,
+            "covers_model": {id(p) for p in params} == live and len(params) == len(live),
+            "kept": bool(moving) and all("momentum_buffer" in optimizer.state[p] for p in moving),
+            "all_have_momentum": all("momentum_buffer" in optimizer.state[p] for p in params),
+            "magnitudes": sum(1 for n, _ in model_.named_parameters() if n.endswith("magnitude")),
+        })
+
+    monkeypatch.setattr(baselines, "make_optimizer", counting_make_optimizer)
+    monkeypatch.setattr(baselines, "rebind_optimizer", checked_rebind)
+    agp_finetune(model, uniform_policy(model, 0.5, 0.25), lambda e: data, lambda m: evaluate(m, data[:1]),
+                 AgpConfig(ramp_epochs=2, retrain_epochs=1, prune_steps=2, progress=False))
+    assert len(made) == 1
+    # 2 x 2 pruning steps, the first before the optimizer exists, then the final projection
+    assert len(rebinds) == 4 and all(r["optimizer"] is made[0] for r in rebinds)
+    assert all(r["covers_model"] and r["kept"] and r["all_have_momentum"] for r in rebinds)
+    assert rebinds[-1]["magnitudes"] > 0  # unified blocks brought new parameters, and the optimizer took them in
+
+
+@pytest.mark.parametrize("options", [{"prune_steps": 0}, {"prune_steps": 2.5}, {"prune_steps": True}, {"ramp_epochs": 0},
+                                     {"retrain_epochs": -1}, {"lr": 0.0}, {"momentum": 1.0}, {"weight_decay": -1e-4}])
+def test_agp_config_refuses_bad_values(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        AgpConfig(**options)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "\n" not in message and next(iter(options)) in message
 
 
 def test_untraceable_model_is_a_model_error() -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.constraints import bake, constrain, constrain_masks, constrained_layers
+from uniprune.compressors.constraints import (
+    bake,
+    constrain,
+    constrain_masks,
+    constrained_layers,
+    rebind_optimizer,
+    weight_velocities,
+)
 from uniprune.compressors.errors import ModelError
 from uniprune.compressors.policy import LayerAction, Policy
 from uniprune.compressors.projection import project_model, signs_of, structure_error
@@ -66,6 +73,63 @@ def test_pruned_zero_unified_tied_signs_fixed_after_sgd() -> None:
         mags = structure.grid.expand(structure.magnitudes)[structure.state_map() == UNIFY]
         assert torch.allclose(w[structure.state_map() == UNIFY].abs(), mags, atol=1e-7)
         assert bool((w[structure.state_map() == PRUNE] == 0).all())
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, n: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        loss = nn.functional.cross_entropy(model(torch.randn(16, 3, 8, 8, generator=gen)), torch.randint(0, 10, (16,), generator=gen))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _buffers(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    return {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters() if "momentum_buffer" in optimizer.state[p]}
+
+
+def test_momentum_survives_a_change_of_structure() -> None:
+    model = _model()
+    constrain(model, project_model(model, Policy(layers={n: LayerAction(0.25, 0.25) for n in ("0", "3", "7")})))
+    optimizer = make_optimizer(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    _train(model, optimizer, 3, seed=1)
+    params = len(list(model.parameters()))
+
+    # the same structure again: every parameter is trained, each with the momentum it had
+    before = _buffers(model, optimizer)
+    velocities = weight_velocities(model, optimizer)
+    constrain(model, bake(model))
+    rebind_optimizer(model, optimizer, velocities)
+    after = _buffers(model, optimizer)
+    assert len(before) == params and after.keys() == before.keys()
+    assert all(torch.allclose(after[n], before[n], atol=1e-7) for n in before)
+    held = [p for g in optimizer.param_groups for p in g["params"]]
+    assert len(held) == params and {id(p) for p in held} == {id(p) for p in model.parameters()}
+
+    # more pruned and unified blocks: KEEP weights keep their velocity, a unified block moves by the mean signed
+    # velocity of its weights, and raw weights outside KEEP stay exactly 0 through further steps
+    velocities = weight_velocities(model, optimizer)
+    bake(model)
+    structures = project_model(model, Policy(layers={n: LayerAction(0.5, 0.25) for n in ("0", "3", "7")}))
+    constrain(model, structures)
+    rebind_optimizer(model, optimizer, velocities)
+    assert len(_buffers(model, optimizer)) == params
+    for name, structure in structures.items():
+        module = model.get_submodule(name)
+        free, tie = module.parametrizations.weight.original, module.parametrizations.weight[0]
+        keep = structure.state_map() == KEEP
+        v = velocities[name]
+        free_buffer = optimizer.state[free]["momentum_buffer"]
+        assert torch.equal(free_buffer[keep], v[keep]) and bool((free_buffer[~keep] == 0).all())
+        unified = structure.states == UNIFY
+        mean_signed = structure.grid.block_sum(tie.signs * v) / structure.grid.block_sizes()
+        moved = tie.scale * optimizer.state[tie.magnitude]["momentum_buffer"]
+        assert bool(unified.any()) and torch.allclose(moved[unified], mean_signed[unified], atol=1e-6)
+    _train(model, optimizer, 3, seed=2)
+    for name, structure in structures.items():
+        raw = model.get_submodule(name).parametrizations.weight.original.detach()
+        assert bool((raw[structure.state_map() != KEEP] == 0).all())
+        assert structure_error(model.get_submodule(name).weight.detach(), structure)["pruned_max_abs"] == 0.0
 
 
 def test_masks_hold_and_double_constraint_is_refused() -> None:
