@@ -12,7 +12,7 @@ of the last 50 episodes (the noisy actor after warm-up), the deterministic actor
 (no noise; scored as the search scores), and random search's best of its first ``--warmup`` and of all
 episodes. Target of the issue: the trained actor beats the best of 100 random episodes in every seed.
 
-    python benchmarks/agent_learning.py --seeds 0 1 2 --episodes 300 --warmup 100
+    python benchmarks/agent_learning.py --seeds 0 1 2 --episodes 300 --warmup 100 --bn-recalibrate 2
 
 Writes section ``agent_learning`` of docs/RESULTS.md and one run directory per run under ``--out``.
 """
@@ -106,7 +106,9 @@ def main_(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--budget", type=float, default=0.5, help="latency budget against the fastest dense engine")
     p.add_argument("--val-samples", type=int, default=500)
-    p.add_argument("--bn-recalibrate", type=int, default=0, help="BatchNorm re-estimation batches per episode (default 0)")
+    p.add_argument("--bn-recalibrate", type=int, default=2,
+                   help="BatchNorm re-estimation batches (of 256) per episode (default 2: at budget 0.5, without it "
+                        "random policies scored 0.084 to 0.128 on 500 images, chance level, with it 0.082 to 0.186)")
     p.add_argument("--checkpoint", default=str(SHARED / "pretrained" / "resnet20-12fca82f.th"))
     p.add_argument("--data", default=str(SHARED / "cifar10-jpeg" / "cifar10-jpeg-train.tar.gz"))
     p.add_argument("--kinds", nargs="+", default=["ddpg", "ddpg-store", "random"])
@@ -122,13 +124,16 @@ def main_(argv: list[str] | None = None) -> int:
                   f"{r['last50']:.4f} actor {r.get('actor', float('nan')):.4f} ({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
     by = {(r["kind"], r["seed"]): r for r in results}
     lines = [f"| seed | searcher | best of warm-up (first {args.warmup}) | best of all {args.episodes} | mean of last 50 "
-             f"| deterministic actor at the end | actor beats random's best of first {args.warmup}? |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"| deterministic actor at the end | actor beats random's best of first {args.warmup}? "
+             f"| actor beats random's best of all {args.episodes}? |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         rnd = by.get(("random", r["seed"]))
-        beats = "" if "actor" not in r or rnd is None else ("yes" if r["actor"] > rnd["best_first_warmup"] else "no")
+        beats = ["" if "actor" not in r or rnd is None else ("yes" if r["actor"] > rnd[key] else "no")
+                 for key in ("best_first_warmup", "best")]
         actor = f"{r['actor']:.4f} (ratio {r['actor_latency_ratio']:.3f})" if "actor" in r else "-"
-        lines.append(f"| {r['seed']} | {r['kind']} | {r['best_warmup']:.4f} | {r['best']:.4f} | {r['last50']:.4f} | {actor} | {beats} |")
+        lines.append(f"| {r['seed']} | {r['kind']} | {r['best_warmup']:.4f} | {r['best']:.4f} | {r['last50']:.4f} | {actor} "
+                     f"| {beats[0]} | {beats[1]} |")
     curves = []
     for kind in args.kinds:
         runs = [r["curve"] for r in results if r["kind"] == kind]
@@ -140,7 +145,8 @@ def main_(argv: list[str] | None = None) -> int:
     md = [f"Machine: {machine_line()}; 1 thread.", f"Command: `{command_line()}`", "",
           f"ResNet-20 (shared pretrained weights), CIFAR-10 JPEG training set with a seeded validation carve "
           f"({args.val_samples} images score an episode), latency budget {args.budget} of the fastest dense engine "
-          "(measured table, batch 1), reward = validation accuracy of the projected network (no fine-tuning). "
+          "(measured table, batch 1), reward = validation accuracy of the projected network (no fine-tuning; "
+          f"BatchNorm statistics re-estimated on {args.bn_recalibrate} batches of 256). "
           "ddpg-store is the earlier buffer (baseline frozen at store time).", "", *lines, "",
           "Mean reward per 25 episodes, averaged over seeds:", "", head,
           "|" + " --- |" * (1 + len(range(0, args.episodes, 25))), *curves]
