@@ -14,14 +14,16 @@ episodes. Target of the issue: the trained actor beats the best of 100 random ep
 
     python benchmarks/agent_learning.py --seeds 0 1 2 --episodes 300 --warmup 100 --bn-recalibrate 2
 
-Writes section ``agent_learning`` of docs/RESULTS.md and one run directory per run under ``--out``.
+Writes section ``agent_learning`` of docs/RESULTS.md and one run directory per run under ``--out`` (with its
+``summary.json``). Seeds can run in several processes with the same ``--out`` (``--seeds 3``, ``--seeds 4``), then
+``--report-only --seeds 0 1 2 3 4`` reports them all.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import shutil
+import json
 import statistics
 import sys
 import time
@@ -74,6 +76,27 @@ def _search(run: Path, searcher: str, seed: int, args: argparse.Namespace) -> li
             "--run-dir", str(run), "--force"]
 
 
+def summarize(kind: str, seed: int, args: argparse.Namespace, seconds: float | None = None) -> dict[str, Any]:
+    """One run's figures from its run directory (``summary.json`` once written); the deterministic actor is
+    scored from the saved agent, as the search scores a policy."""
+    run = Path(args.out) / f"{kind}-seed{seed}"
+    saved = run / "summary.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    rewards = [r["reward"] for r in _rows(run)]
+    out: dict[str, Any] = {"kind": kind, "seed": seed, "seconds": seconds,
+                           "best_warmup": max(rewards[: args.warmup]), "best": max(rewards),
+                           "best_first_warmup": max(rewards[: args.warmup]), "last50": statistics.mean(rewards[-50:]),
+                           "curve": rewards}
+    if kind != "random":
+        env = make_env(build_parser().parse_args(_search(run, "ddpg", seed, args)))
+        actor = agent_policy(load_agent(run), env)
+        out["actor"] = float(actor["reward"])
+        out["actor_latency_ratio"] = float(actor["latency_ratio"])
+    saved.write_text(json.dumps(out))
+    return out
+
+
 def run_one(kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.out) / f"{kind}-seed{seed}"
     searcher = "random" if kind == "random" else "ddpg"
@@ -85,18 +108,8 @@ def run_one(kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         assert main(_search(run, searcher, seed, args)) == 0
     finally:
         ddpg_module.EpisodeRewardBuffer = original
-    rows = _rows(run)
-    rewards = [r["reward"] for r in rows]
-    out: dict[str, Any] = {"kind": kind, "seed": seed, "seconds": time.perf_counter() - started,
-                           "best_warmup": max(rewards[: args.warmup]), "best": max(rewards),
-                           "best_first_warmup": max(rewards[: args.warmup]), "last50": statistics.mean(rewards[-50:]),
-                           "curve": rewards}
-    if searcher == "ddpg":
-        env = make_env(build_parser().parse_args(_search(run, searcher, seed, args)))
-        actor = agent_policy(load_agent(run), env)
-        out["actor"] = float(actor["reward"])
-        out["actor_latency_ratio"] = float(actor["latency_ratio"])
-    return out
+    (run / "summary.json").unlink(missing_ok=True)
+    return summarize(kind, seed, args, seconds=time.perf_counter() - started)
 
 
 def main_(argv: list[str] | None = None) -> int:
@@ -112,16 +125,19 @@ def main_(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=str(SHARED / "pretrained" / "resnet20-12fca82f.th"))
     p.add_argument("--data", default=str(SHARED / "cifar10-jpeg" / "cifar10-jpeg-train.tar.gz"))
     p.add_argument("--kinds", nargs="+", default=["ddpg", "ddpg-store", "random"])
-    p.add_argument("--out", default="runs/bench-agent-learning")
+    p.add_argument("--out", default="runs/bench-agent-learning",
+                   help="folder of the runs, one per searcher and seed (a run already there is run again)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: report the runs already under --out (e.g. seeds run by several processes)")
     args = p.parse_args(argv)
-    shutil.rmtree(args.out, ignore_errors=True)
     results = []
     for seed in args.seeds:
         for kind in args.kinds:
-            r = run_one(kind, seed, args)
+            r = summarize(kind, seed, args) if args.report_only else run_one(kind, seed, args)
             results.append(r)
+            took = "" if r["seconds"] is None else f" ({r['seconds']:.0f} s)"
             print(f"{kind} seed {seed}: best warm-up {r['best_warmup']:.4f} best {r['best']:.4f} last-50 mean "
-                  f"{r['last50']:.4f} actor {r.get('actor', float('nan')):.4f} ({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
+                  f"{r['last50']:.4f} actor {r.get('actor', float('nan')):.4f}{took}", file=sys.stderr, flush=True)
     by = {(r["kind"], r["seed"]): r for r in results}
     lines = [f"| seed | searcher | best of warm-up (first {args.warmup}) | best of all {args.episodes} | mean of last 50 "
              f"| deterministic actor at the end | actor beats random's best of first {args.warmup}? "
