@@ -13,7 +13,7 @@ No accuracy is scored, so no data is needed: the val batch is a placeholder the 
 
     python benchmarks/budget_wall.py --episodes 1000
 
-Writes section ``budget_wall`` of docs/RESULTS.md.
+Writes section ``budget_wall_<isa>`` of docs/RESULTS.md (``UNIPRUNE_ISA=avx2`` forces the AVX2 build).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
+from uniprune.compressors import kernels  # noqa: E402
 from uniprune.compressors.blocks import compressible_layers  # noqa: E402
 from uniprune.compressors.budget import latency_ratio  # noqa: E402
 from uniprune.compressors.policy import LayerAction  # noqa: E402
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
           "", "| model | latency | searched layers | least reachable ratio | over budget, applied blocks | worst applied ratio "
           "| over budget, fractional | worst fractional ratio | steps the wall clipped |",
           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |", *lines]
-    write_section("budget_wall", "## The budget wall at the blocks actually applied (issue 13)\n\n" + "\n".join(md))
+    isa = kernels.isa()  # the measured tables depend on the kernels' build
+    write_section(f"budget_wall_{isa}", f"## The budget wall at the blocks actually applied ({isa} kernels; issue 13)\n\n"
+                  + "\n".join(md))
     return 0
 
 

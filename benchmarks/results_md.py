@@ -25,11 +25,14 @@ def machine_line() -> str:
     from uniprune.compressors.kernels import isa
 
     cpu = platform.processor() or platform.machine()
+    family = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu in (platform.processor(), platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("cpu family") and not family:
+                # "AMD EPYC" has been Zen 4 (family 25: AVX-512 on 256-bit units) and Zen 5 (26: full width)
+                family = f" family {line.split(':', 1)[1].strip()}"
     except OSError:
         pass
     today = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
@@ -38,7 +41,7 @@ def machine_line() -> str:
     except OSError:
         flags = []
     unit = "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else platform.machine()
-    return f"{cpu} ({unit}; kernels built for {isa()}), {os.cpu_count()} cores, torch {torch.__version__}, {today}"
+    return f"{cpu}{family} ({unit}; kernels built for {isa()}), {os.cpu_count()} cores, torch {torch.__version__}, {today}"
 
 
 def command_line() -> str:
