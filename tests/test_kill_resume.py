@@ -95,8 +95,10 @@ def test_truncated_episode_log_is_an_error_not_a_silent_loss(tmp_path):
 
 
 def _finetune(run, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "uniprune.search", "finetune", "--run-dir", str(run), "--method", "admm", "--epochs", "6",
-            "--iterations", "3", "--retrain-epochs", "3", "--limit", "1536", "--batch-size", "32", "--no-latency", *extra]
+    # 18 epochs: three kills, each up to a second after an epoch was kept, must land before the run ends; on a Zen 5
+    # core an epoch of this run takes about 0.35 s, and with 9 epochs the third process could finish first
+    return [sys.executable, "-m", "uniprune.search", "finetune", "--run-dir", str(run), "--method", "admm", "--epochs", "12",
+            "--iterations", "3", "--retrain-epochs", "6", "--limit", "1536", "--batch-size", "32", "--no-latency", *extra]
 
 
 @pytest.mark.slow
@@ -133,7 +135,7 @@ def test_kill_9_in_a_finetune_then_resume(tmp_path):
     out = subprocess.run(_finetune(run, "--resume", "--json"), capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-800:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["epochs"] == 6 and not partial.exists()
+    assert result["epochs"] == 12 and not partial.exists()
     name, _, structures, _ = load_compressed(run / "compressed.pt")
     assert name == "digits-cnn" and structures
     # resuming a finished run, or with other options, is refused in one line
