@@ -182,19 +182,17 @@ def _default_cache_dir() -> Path:
 
 
 class _Timed(nn.Module):
-    """Wraps a layer and records its wall time (s) per call while ``clock.recording`` is set."""
+    """Wraps a layer and records its wall time (s) per call (it is in the model only for clocked passes)."""
 
-    def __init__(self, inner: nn.Module, clock: _LayerClock) -> None:
+    def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
-        self.clock = clock
         self.times: list[float] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
         y = self.inner(x)
-        if self.clock.recording:
-            self.times.append(time.perf_counter() - t0)
+        self.times.append(time.perf_counter() - t0)
         return y
 
 
@@ -210,14 +208,13 @@ class _LayerClock:
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
-        self.recording = False
         self.layers: dict[str, _Timed] = {}
         self._slots: list[tuple[nn.Module, str, nn.Module, _Timed]] = []
         for name in names:
             parent, _, child = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
             inner = getattr(owner, child)
-            self.layers[name] = _Timed(inner, self)
+            self.layers[name] = _Timed(inner)
             self._slots.append((owner, child, inner, self.layers[name]))
 
     def installed(self, on: bool) -> None:
@@ -350,11 +347,9 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
 
         def layer_pass(pt: tuple[int, int]) -> dict[str, float]:
             clocks[pt].installed(True)
-            clocks[pt].recording = True
             try:
                 models[pt](x)
             finally:
-                clocks[pt].recording = False
                 clocks[pt].installed(False)
             return {name: 1e3 * clocks[pt].times(name)[-1] for name in names}
 
