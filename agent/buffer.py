@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.core.errors import ConfigError
 
 
 class EpisodeRewardBuffer(ReplayBuffer):

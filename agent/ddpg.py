@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3 import DDPG
-from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.core.errors import ConfigError
 
 from .buffer import EpisodeRewardBuffer
 from .noise import TruncatedNormalSchedule

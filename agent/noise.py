@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import truncnorm
-from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from uniprune.compressors.errors import RunDirError
-from uniprune.compressors.fileio import write_bytes_atomic, write_json_atomic
+from uniprune.compressors.core.errors import RunDirError
+from uniprune.compressors.formats.fileio import write_bytes_atomic, write_json_atomic
 
 from .buffer import EpisodeRewardBuffer
 from .ddpg import AMCDDPG

@@ -33,12 +33,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors.accounting import model_size  # noqa: E402
-from uniprune.compressors.admm import AdmmConfig, admm_finetune  # noqa: E402
-from uniprune.compressors.baselines import AgpConfig, agp_finetune, uniform_policy  # noqa: E402
-from uniprune.compressors.blocks import compressible_layers  # noqa: E402
-from uniprune.compressors.projection import project_model  # noqa: E402
-from uniprune.compressors.training import cosine_schedule, evaluate, make_optimizer, train_epoch  # noqa: E402
+from uniprune.compressors.core.accounting import model_size  # noqa: E402
+from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
+from uniprune.compressors.core.projection import project_model  # noqa: E402
+from uniprune.compressors.train.admm import AdmmConfig, admm_finetune  # noqa: E402
+from uniprune.compressors.train.baselines import AgpConfig, agp_finetune, uniform_policy  # noqa: E402
+from uniprune.compressors.train.training import cosine_schedule, evaluate, make_optimizer, train_epoch  # noqa: E402
 from uniprune.search.commands.env_options import dense_layers  # noqa: E402
 from uniprune.search.datasets import load_dataset  # noqa: E402
 from uniprune.search.models import build_model, load_weights  # noqa: E402
@@ -214,7 +214,7 @@ def render(figures: dict[str, Any], args: argparse.Namespace, n_train: int, n_te
         lines.append("")
     seconds = ", ".join(f"{row['policy']} " + "/".join(f"{m} {row[f'{m}_seconds']:.0f} s" for m in methods) for row in figures["rows"])
     lines.append(f"Wall time: {figures['seconds']:.0f} s in all ({seconds}). Storage: kept weights 32 bits, unified "
-                 "blocks one 32-bit magnitude + 1 sign bit per weight, 1-2 index bits per block (compressors/accounting.py).")
+                 "blocks one 32-bit magnitude + 1 sign bit per weight, 1-2 index bits per block (compressors/core/accounting.py).")
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.agent import buffer as buffer_module  # noqa: E402
 from uniprune.agent import ddpg as ddpg_module  # noqa: E402
 from uniprune.agent import load_agent  # noqa: E402
-from uniprune.compressors.policy import Policy  # noqa: E402
+from uniprune.compressors.core.policy import Policy  # noqa: E402
 from uniprune.search.cli import build_parser, main  # noqa: E402
 from uniprune.search.commands.env_options import make_env  # noqa: E402
 from uniprune.search.searchers import agent_policy  # noqa: E402

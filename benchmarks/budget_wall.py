@@ -2,10 +2,10 @@
 
 Random episodes of the search env (uniform random actions in [0, 1]^2 per layer, the wall clipping them as in
 a search) on CIFAR ResNets. For each finished episode the policy is projected onto the model
-(:func:`~uniprune.compressors.projection.project_model`) and the latency table prices the blocks the
+(:func:`~uniprune.compressors.core.projection.project_model`) and the latency table prices the blocks the
 projected structures really prune and unify, counted by their sizes, independently of the env's own
 bookkeeping. A policy is over budget when that ratio exceeds the budget
-(:meth:`~uniprune.compressors.budget.LatencyBudget.met_by`). Also shown: the ratio of the fractional
+(:meth:`~uniprune.compressors.latency.budget.LatencyBudget.met_by`). Also shown: the ratio of the fractional
 requests the wall once checked (the applied actions read as exact fractions), which the issue found 40 of
 150 episodes over budget with.
 
@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors import kernels  # noqa: E402
-from uniprune.compressors.blocks import compressible_layers  # noqa: E402
-from uniprune.compressors.budget import latency_ratio  # noqa: E402
-from uniprune.compressors.policy import LayerAction  # noqa: E402
-from uniprune.compressors.projection import project_model, structure_fractions  # noqa: E402
+from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
+from uniprune.compressors.core.policy import LayerAction  # noqa: E402
+from uniprune.compressors.core.projection import project_model, structure_fractions  # noqa: E402
+from uniprune.compressors.latency.budget import latency_ratio  # noqa: E402
+from uniprune.compressors.native import kernels  # noqa: E402
 from uniprune.envs import CompressionEnv  # noqa: E402
 from uniprune.search.commands.env_options import build_latency_model, dense_layers  # noqa: E402
 from uniprune.search.models import build_model  # noqa: E402

@@ -15,9 +15,9 @@ Block pruning at the same MACs, random 8x4 conv blocks run on the lean plan, two
 - "all layers": one share for every compressible layer (stem conv, block convs, classifier with 8x8 blocks)
   giving the same total MACs.
 
-MACs are those of the convs and linears (compressors/accounting.py: ``layer_profile`` for the smaller dense
+MACs are those of the convs and linears (compressors/core/accounting.py: ``layer_profile`` for the smaller dense
 model, ``model_size`` for the block structures). Everything of one model and batch, the unpruned model on
-every dense engine included, is timed interleaved in the same rounds (uniprune.compressors.timing), one
+every dense engine included, is timed interleaved in the same rounds (uniprune.compressors.latency.timing), one
 thread, statistic min. Pretrained CIFAR weights from ../shared/data when present (timing does not depend on
 them). Writes section ``channel_vs_block`` of docs/RESULTS.md.
 """
@@ -34,14 +34,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import add_timing_arguments  # noqa: E402
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors.accounting import layer_profile, model_size  # noqa: E402
-from uniprune.compressors.baselines import filter_chains, l1_filter_prune  # noqa: E402
-from uniprune.compressors.blocks import compressible_layers  # noqa: E402
-from uniprune.compressors.engines import dense_engines  # noqa: E402
-from uniprune.compressors.kernels import build_id  # noqa: E402
-from uniprune.compressors.latency import random_structure  # noqa: E402
-from uniprune.compressors.plan import compile_lean, lower  # noqa: E402
-from uniprune.compressors.timing import interleaved_samples, reducer  # noqa: E402
+from uniprune.compressors.core.accounting import layer_profile, model_size  # noqa: E402
+from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
+from uniprune.compressors.latency.engines import dense_engines  # noqa: E402
+from uniprune.compressors.latency.table import random_structure  # noqa: E402
+from uniprune.compressors.latency.timing import interleaved_samples, reducer  # noqa: E402
+from uniprune.compressors.native.kernels import build_id  # noqa: E402
+from uniprune.compressors.native.plan import compile_lean, lower  # noqa: E402
+from uniprune.compressors.train.baselines import filter_chains, l1_filter_prune  # noqa: E402
 from uniprune.search.models import build_model, load_weights  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrained"

@@ -6,7 +6,7 @@
 For each model and batch, every installed dense engine (torch eager, ONNX Runtime, OpenVINO; BatchNorm
 folded) and uniprune's compressed model (the lean plan unless --runtime python) at 0 / 50 / 75 / 90 % of the blocks pruned (random block states of
 exactly that fraction in every compressible layer, the search's default block shapes unless
-``--block-shape`` says otherwise) run interleaved in the same rounds (uniprune.compressors.timing); each
+``--block-shape`` says otherwise) run interleaved in the same rounds (uniprune.compressors.latency.timing); each
 figure is the statistic over the rounds. Speedups are over the fastest dense engine. ResNets use the
 shared pretrained weights when present (timing does not depend on them); MobileNetV2 (torchvision, 32x32
 input, 10 classes) and VGG-16 (CIFAR) are randomly initialised. Writes section ``engines`` of
@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors import kernels  # noqa: E402
-from uniprune.compressors.blocks import compressible_layers  # noqa: E402
-from uniprune.compressors.engines import dense_engines  # noqa: E402
-from uniprune.compressors.latency import RUNTIMES, compile_for_timing, random_structure  # noqa: E402
-from uniprune.compressors.structure import BlockShape  # noqa: E402
-from uniprune.compressors.timing import interleaved_samples, reducer  # noqa: E402
+from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
+from uniprune.compressors.core.structure import BlockShape  # noqa: E402
+from uniprune.compressors.latency.engines import dense_engines  # noqa: E402
+from uniprune.compressors.latency.table import RUNTIMES, compile_for_timing, random_structure  # noqa: E402
+from uniprune.compressors.latency.timing import interleaved_samples, reducer  # noqa: E402
+from uniprune.compressors.native import kernels  # noqa: E402
 from uniprune.search.models import build_model, load_weights  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrained"

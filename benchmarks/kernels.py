@@ -4,7 +4,7 @@
     python benchmarks/kernels.py latency   # latency-table prediction vs measurement on random policies
     python benchmarks/kernels.py all
 
-Every timing is a median of interleaved rounds in one process (uniprune.compressors.timing). Whole models
+Every timing is a median of interleaved rounds in one process (uniprune.compressors.latency.timing). Whole models
 against every dense engine: benchmarks/engines.py.
 """
 
@@ -22,17 +22,17 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors import kernels  # noqa: E402
-from uniprune.compressors.latency import (  # noqa: E402
+from uniprune.compressors.core.projection import structured_weight  # noqa: E402
+from uniprune.compressors.core.structure import BlockShape, block_grid  # noqa: E402
+from uniprune.compressors.latency.table import (  # noqa: E402
     RUNTIMES,
     build_latency_model,
     check_latency_model,
     random_structure,
 )
-from uniprune.compressors.projection import structured_weight  # noqa: E402
-from uniprune.compressors.runtime import CompiledConv2d, CompiledLinear  # noqa: E402
-from uniprune.compressors.structure import BlockShape, block_grid  # noqa: E402
-from uniprune.compressors.timing import time_interleaved  # noqa: E402
+from uniprune.compressors.latency.timing import time_interleaved  # noqa: E402
+from uniprune.compressors.native import kernels  # noqa: E402
+from uniprune.compressors.native.runtime import CompiledConv2d, CompiledLinear  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONVS = [(16, 32), (32, 16), (64, 8)]  # channels, feature map (ResNet-56 stages)

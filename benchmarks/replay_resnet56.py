@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from search_resnet20 import add_scoring_arguments, rescore, scoring_argv  # noqa: E402
-from uniprune.compressors.policy import Policy  # noqa: E402
+from uniprune.compressors.core.policy import Policy  # noqa: E402
 from uniprune.search.cli import build_parser  # noqa: E402
 from uniprune.search.commands import env_options  # noqa: E402
 

@@ -22,7 +22,7 @@ def machine_line() -> str:
     """One line naming the machine: CPU model, its vector unit, the ISA the kernels were built for, cores,
     torch version, date (UTC). The same CPU name has come with AVX2 only and with AVX-512."""
     import torch
-    from uniprune.compressors.kernels import isa
+    from uniprune.compressors.native.kernels import isa
 
     cpu = platform.processor() or platform.machine()
     family = ""

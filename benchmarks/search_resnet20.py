@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors.policy import Policy  # noqa: E402
-from uniprune.compressors.projection import project_model  # noqa: E402
+from uniprune.compressors.core.policy import Policy  # noqa: E402
+from uniprune.compressors.core.projection import project_model  # noqa: E402
 from uniprune.envs import recalibrate_bn  # noqa: E402
 from uniprune.search.cli import build_parser  # noqa: E402
 from uniprune.search.commands import env_options, search_cmd  # noqa: E402
@@ -101,7 +101,7 @@ def rescore(env: Any, policy: Policy, bn_batches: int, *, threads: int | None = 
     env.bn_batches = saved
     out["predicted_ratio"] = env.score(actions)["latency_ratio"]
     try:
-        from uniprune.compressors.latency import measure_model_ms
+        from uniprune.compressors.latency.table import measure_model_ms
     except ImportError:
         out["measured_ratio"] = float("nan")
         return out

@@ -4,7 +4,7 @@ A 16->16 3x3 conv whose every 8x4 block (288 weights) is unified learns a teache
 (right signs, magnitudes in [0.02, 0.08) against a start of 0.01) by plain MSE regression, SGD at lr 0.1
 with momentum 0.9, 300 steps; the free conv of the same shape learns the same teacher's weights as plain
 weights at the same settings. ``scaled``: magnitudes stored over 1/sqrt(block size), as
-:mod:`uniprune.compressors.constraints` stores them; ``plain``: stored as they are (the earlier code; the
+:mod:`uniprune.compressors.core.constraints` stores them; ``plain``: stored as they are (the earlier code; the
 step of a magnitude is then the *sum* of its 288 weights' gradients). Reported: the final loss, the
 largest error of a trained magnitude and the blocks that collapsed (magnitude <= 0: pruned in effect).
 
@@ -24,8 +24,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors.constraints import bake, collapsed_blocks, constrain  # noqa: E402
-from uniprune.compressors.structure import UNIFY, BlockShape, LayerStructure, block_grid  # noqa: E402
+from uniprune.compressors.core.constraints import bake, collapsed_blocks, constrain  # noqa: E402
+from uniprune.compressors.core.structure import UNIFY, BlockShape, LayerStructure, block_grid  # noqa: E402
 
 
 def run(storage: str, lr: float, steps: int, seed: int) -> dict[str, float]:

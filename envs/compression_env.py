@@ -1,9 +1,9 @@
 """AMC's environment: a network seen as a sequence of layers, one (prune, unify) decision per layer.
 
-One episode walks the compressible layers in order (:func:`~uniprune.compressors.blocks.compressible_layers`).
+One episode walks the compressible layers in order (:func:`~uniprune.compressors.core.blocks.compressible_layers`).
 At layer ``t`` the agent sees the layer's embedding (:mod:`uniprune.envs.embedding`) and answers with an
 action ``(a_prune, a_unify)`` in [0, 1]^2, mapped to fractions of the layer's weights (taken in whole
-blocks, the same fraction of every block size: :class:`~uniprune.compressors.projection.BlockClasses`)::
+blocks, the same fraction of every block size: :class:`~uniprune.compressors.core.projection.BlockClasses`)::
 
     prune = a_prune * max_prune,    unify = min(a_unify * max_unify, 1 - prune)
 
@@ -11,7 +11,7 @@ blocks, the same fraction of every block size: :class:`~uniprune.compressors.pro
 latency of the layers decided so far, plus this layer's, plus every later layer at its *extreme point*
 (the fastest feasible grid point within the caps, :meth:`LatencyModel.fastest_ms`) must not exceed
 ``latency_budget`` times the baseline (the latency model's ``dense_ms``: for measured tables the fastest
-dense engine; see :mod:`uniprune.compressors.budget`). If the request breaks that, the applied action is moved along the segment
+dense engine; see :mod:`uniprune.compressors.latency.budget`). If the request breaks that, the applied action is moved along the segment
 from the request to this layer's extreme point, as little as needed (bisection). Since the budget was
 reachable before the layer, the extreme point itself always satisfies it, so every finished episode
 meets the budget by construction. With ``reward="size"`` a storage budget (``size_budget``, a fraction
@@ -29,7 +29,7 @@ validation subset:
 * ``"size"``: validation top-1, with the storage budget walled as well.
 
 Latency and size here are *predictions*: the latency table's (additive per layer) and storage counted
-as :mod:`~uniprune.compressors.accounting` does, both at the whole block counts the projection applies
+as :mod:`~uniprune.compressors.core.accounting` does, both at the whole block counts the projection applies
 (:meth:`CompressionEnv.applied_fractions`), so a policy the wall lets through is within budget as
 applied; ``info`` at the end reports the actual storage ratio of the projected model too.
 """
@@ -46,15 +46,15 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from torch import Tensor, nn
-from uniprune.compressors.accounting import FLOAT_BITS, SIGN_BITS, layer_profile, model_size
-from uniprune.compressors.blocks import compressible_layers, resolve_block_shapes
-from uniprune.compressors.budget import LatencyBudget, latency_ratio
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.latency_model import LatencyModel
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import BlockClasses, project_model
-from uniprune.compressors.structure import BlockShape
-from uniprune.compressors.training import evaluate
+from uniprune.compressors.core.accounting import FLOAT_BITS, SIGN_BITS, layer_profile, model_size
+from uniprune.compressors.core.blocks import compressible_layers, resolve_block_shapes
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.projection import BlockClasses, project_model
+from uniprune.compressors.core.structure import BlockShape
+from uniprune.compressors.latency.budget import LatencyBudget, latency_ratio
+from uniprune.compressors.latency.model import LatencyModel
+from uniprune.compressors.train.training import evaluate
 
 from .embedding import NUM_FEATURES, observation, static_features
 
@@ -250,7 +250,7 @@ class CompressionEnv(gym.Env):
 
     def applied_fractions(self, i: int, prune: float, unify: float) -> tuple[float, float]:
         """The fractions of layer ``i``'s weights the projection will really prune and unify for a requested
-        (prune, unify): whole blocks of each size, rounded as :class:`~uniprune.compressors.projection.BlockClasses`
+        (prune, unify): whole blocks of each size, rounded as :class:`~uniprune.compressors.core.projection.BlockClasses`
         rounds. The wall and the reported ratios use these, not the fractional request."""
         return self._classes[i].applied(prune, unify)
 

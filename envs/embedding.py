@@ -45,7 +45,7 @@ def static_features(
 ) -> np.ndarray:
     """``[L, 10]`` per-network-normalised static features of the layers ``names`` (in episode order).
 
-    ``profile``: :func:`uniprune.compressors.accounting.layer_profile` of the model. ``dense_layer_ms``:
+    ``profile``: :func:`uniprune.compressors.core.accounting.layer_profile` of the model. ``dense_layer_ms``:
     each layer's dense latency (ms, or any unit shared by all layers).
     """
     n = len(names)

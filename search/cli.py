@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from uniprune.compressors.errors import UnipruneError
+from uniprune.compressors.core.errors import UnipruneError
 
 from .commands import COMMANDS
 

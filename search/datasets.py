@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
-from uniprune.compressors.errors import DataError
+from uniprune.compressors.core.errors import DataError
 
 __all__ = ["Split", "DataBundle", "KNOWN_DATASETS", "SPLITS", "IMAGENET_MEAN", "IMAGENET_STD", "load_dataset", "cache_root"]
 

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from uniprune.compressors.checkpoint import read_torch_file
-from uniprune.compressors.errors import CheckpointError, ModelError
-from uniprune.compressors.fileio import first_non_finite, torch_save_atomic
+from uniprune.compressors.core.errors import CheckpointError, ModelError
+from uniprune.compressors.formats.checkpoint import read_torch_file
+from uniprune.compressors.formats.fileio import first_non_finite, torch_save_atomic
 
 __all__ = [
     "KNOWN_MODELS",

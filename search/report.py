@@ -23,9 +23,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
-from uniprune.compressors.errors import RunDirError  # noqa: E402
-from uniprune.compressors.fileio import write_text_atomic  # noqa: E402
-from uniprune.compressors.policy import Policy  # noqa: E402
+from uniprune.compressors.core.errors import RunDirError  # noqa: E402
+from uniprune.compressors.core.policy import Policy  # noqa: E402
+from uniprune.compressors.formats.fileio import write_text_atomic  # noqa: E402
 from uniprune.search.run_dir import read_json_object  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """A search's run directory: what it holds, and how a search starts, stops and resumes in it.
 
-Files (every write atomic: temp file + rename, :mod:`uniprune.compressors.fileio`)::
+Files (every write atomic: temp file + rename, :mod:`uniprune.compressors.formats.fileio`)::
 
     config.json          the options the search was started with
     state.json           progress: episodes done, best reward and episode, seconds spent (the resume point)
@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from uniprune.compressors.errors import RunDirError
-from uniprune.compressors.fileio import write_json_atomic, write_text_atomic
+from uniprune.compressors.core.errors import RunDirError
+from uniprune.compressors.formats.fileio import write_json_atomic, write_text_atomic
 
 EPISODE_COLUMNS: tuple[str, ...] = (
     "episode", "reward", "val_accuracy", "latency_ratio", "size_ratio", "noise_sigma", "warmup", "best_reward", "seconds",

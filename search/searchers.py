@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 from uniprune.agent import AMCDDPG, load_agent, save_agent
-from uniprune.compressors.errors import ConfigError, RunDirError
-from uniprune.compressors.policy import LayerAction
+from uniprune.compressors.core.errors import ConfigError, RunDirError
+from uniprune.compressors.core.policy import LayerAction
 from uniprune.envs import CompressionEnv
 
 SEARCHERS = ("ddpg", "optuna", "random", "uniform")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.accounting import layer_profile, model_size
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.structure import KEEP, PRUNE, UNIFY, BlockShape, LayerStructure, block_grid
+from uniprune.compressors.core.accounting import layer_profile, model_size
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.structure import KEEP, PRUNE, UNIFY, BlockShape, LayerStructure, block_grid
 
 
 def _cnn() -> nn.Sequential:

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.admm import AdmmConfig, admm_finetune, shard_batches
-from uniprune.compressors.errors import ConfigError, PolicyError
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import BlockClasses, project_model, structure_error
-from uniprune.compressors.training import evaluate, make_optimizer, train_epoch
+from uniprune.compressors.core.errors import ConfigError, PolicyError
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.projection import BlockClasses, project_model, structure_error
+from uniprune.compressors.train.admm import AdmmConfig, admm_finetune, shard_batches
+from uniprune.compressors.train.training import evaluate, make_optimizer, train_epoch
 
 CLASSES = 4
 POLICY = Policy(layers={"3": LayerAction(0.6, 0.3), "8": LayerAction(0.5, 0.25)})

@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 from uniprune.agent import AMCDDPG, EpisodeRewardBuffer, TruncatedNormalSchedule, load_agent, save_agent
-from uniprune.compressors.errors import ConfigError
+from uniprune.compressors.core.errors import ConfigError
 from uniprune.envs import make_tiny_env
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from uniprune.agent import AMCDDPG, load_agent, save_agent
-from uniprune.compressors.errors import RunDirError
+from uniprune.compressors.core.errors import RunDirError
 from uniprune.envs import make_tiny_env
 
 MARK = "uniprune-test-payload-ran"

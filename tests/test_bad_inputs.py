@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from uniprune.compressors.blocks import compressible_layers
-from uniprune.compressors.checkpoint import save_compressed
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import project_model
+from uniprune.compressors.core.blocks import compressible_layers
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.projection import project_model
+from uniprune.compressors.formats.checkpoint import save_compressed
 from uniprune.search.cli import main
 from uniprune.search.models import build_model, save_checkpoint
 

@@ -6,9 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from uniprune.compressors import baselines
-from uniprune.compressors.admm import retrain
-from uniprune.compressors.baselines import (
+from uniprune.compressors.core.errors import ConfigError, ModelError
+from uniprune.compressors.core.policy import LayerAction
+from uniprune.compressors.core.projection import BlockClasses, structure_error
+from uniprune.compressors.train import baselines
+from uniprune.compressors.train.admm import retrain
+from uniprune.compressors.train.baselines import (
     AgpConfig,
     agp_finetune,
     agp_fraction,
@@ -18,10 +21,7 @@ from uniprune.compressors.baselines import (
     magnitude_prune,
     uniform_policy,
 )
-from uniprune.compressors.errors import ConfigError, ModelError
-from uniprune.compressors.policy import LayerAction
-from uniprune.compressors.projection import BlockClasses, structure_error
-from uniprune.compressors.training import evaluate
+from uniprune.compressors.train.training import evaluate
 
 
 class _Block(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from uniprune.compressors.blocks import compressible_layers
-from uniprune.compressors.engines import available_engines
-from uniprune.compressors.policy import LayerAction, Policy
+from uniprune.compressors.core.blocks import compressible_layers
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.latency.engines import available_engines
 from uniprune.search.cli import main
 from uniprune.search.models import build_model
 
@@ -72,8 +72,8 @@ def test_bench_bad_shape_is_usage_error(policy_file, capsys):
 
 
 def test_bench_compressed_checkpoint(tmp_path, capsys):
-    from uniprune.compressors.checkpoint import save_compressed
-    from uniprune.compressors.projection import project_model
+    from uniprune.compressors.core.projection import project_model
+    from uniprune.compressors.formats.checkpoint import save_compressed
 
     model = build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8))
     policy = Policy(layers={s.name: LayerAction(0.5, 0.25) for s in compressible_layers(model)}, model="digits-cnn")

@@ -1,18 +1,18 @@
-"""Which layers are compressible and how they are tiled (compressors/blocks.py)."""
+"""Which layers are compressible and how they are tiled (compressors/core/blocks.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.blocks import (
+from uniprune.compressors.core.blocks import (
     DEFAULT_BLOCK_SHAPES,
     compressible_layers,
     layer_kind,
     resolve_block_shapes,
 )
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.structure import BlockShape
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.structure import BlockShape
 
 
 def _net() -> nn.Sequential:

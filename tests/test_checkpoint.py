@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.checkpoint import COMPRESSED_FORMAT, load_compressed, save_compressed
-from uniprune.compressors.constraints import constrain
-from uniprune.compressors.errors import CheckpointError
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import project_model, structure_error
+from uniprune.compressors.core.constraints import constrain
+from uniprune.compressors.core.errors import CheckpointError
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.projection import project_model, structure_error
+from uniprune.compressors.formats.checkpoint import COMPRESSED_FORMAT, load_compressed, save_compressed
 
 
 def _model() -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.constraints import (
+from uniprune.compressors.core.constraints import (
     bake,
     constrain,
     constrain_masks,
@@ -13,11 +13,11 @@ from uniprune.compressors.constraints import (
     rebind_optimizer,
     weight_velocities,
 )
-from uniprune.compressors.errors import ModelError
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import project_model, signs_of, structure_error
-from uniprune.compressors.structure import KEEP, PRUNE, UNIFY
-from uniprune.compressors.training import make_optimizer
+from uniprune.compressors.core.errors import ModelError
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.projection import project_model, signs_of, structure_error
+from uniprune.compressors.core.structure import KEEP, PRUNE, UNIFY
+from uniprune.compressors.train.training import make_optimizer
 
 
 def _model() -> nn.Module:
@@ -149,8 +149,8 @@ def test_masks_hold_and_double_constraint_is_refused() -> None:
 def test_tied_magnitudes_converge_at_a_free_weights_learning_rate():
     """One magnitude stands for 288 weights (8x4 blocks of a 3x3 conv); stored plainly it took steps 288 times too
     large at lr 0.1 with momentum (the loss stayed at 0.31 here). Its step is now scaled to its block."""
-    from uniprune.compressors.constraints import collapsed_blocks
-    from uniprune.compressors.structure import BlockShape, LayerStructure, block_grid
+    from uniprune.compressors.core.constraints import collapsed_blocks
+    from uniprune.compressors.core.structure import BlockShape, LayerStructure, block_grid
 
     torch.manual_seed(0)
     grid = block_grid((16, 16, 3, 3), BlockShape(8, 4))

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from uniprune.compressors.errors import DataError
+from uniprune.compressors.core.errors import DataError
 from uniprune.search import datasets
 from uniprune.search.datasets import IMAGENET_MEAN, IMAGENET_STD, KNOWN_DATASETS, load_dataset
 

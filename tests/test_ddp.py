@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
-from uniprune.compressors.admm import AdmmConfig, admm_finetune, world
-from uniprune.compressors.checkpoint import load_compressed, save_compressed
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import BlockClasses, structure_error
-from uniprune.compressors.training import evaluate
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.projection import BlockClasses, structure_error
+from uniprune.compressors.formats.checkpoint import load_compressed, save_compressed
+from uniprune.compressors.train.admm import AdmmConfig, admm_finetune, world
+from uniprune.compressors.train.training import evaluate
 
 POLICY = Policy(layers={"0": LayerAction(0.25, 0.25), "3": LayerAction(0.5, 0.25), "7": LayerAction(0.5, 0.5)}, model="toy")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from uniprune.compressors.checkpoint import load_compressed
-from uniprune.compressors.policy import Policy
+from uniprune.compressors.core.policy import Policy
+from uniprune.compressors.formats.checkpoint import load_compressed
 from uniprune.search.cli import main
 
 

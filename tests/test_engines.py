@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.budget import TOLERANCE, LatencyBudget, latency_ratio, paired_ratio
-from uniprune.compressors.engines import ENGINES, available_engines, dense_engines, engine_versions
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.timing import fastest
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.latency.budget import TOLERANCE, LatencyBudget, latency_ratio, paired_ratio
+from uniprune.compressors.latency.engines import ENGINES, available_engines, dense_engines, engine_versions
+from uniprune.compressors.latency.timing import fastest
 
 
 def _net() -> nn.Module:

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.latency_model import LatencyModel
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.latency.model import LatencyModel
 from uniprune.envs import ENV_ID, NUM_FEATURES, CompressionEnv, make_tiny_env, recalibrate_bn
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
@@ -70,8 +70,8 @@ def _applied(env, actions):
     counted on the projected structures' blocks by their sizes."""
     import copy
 
-    from uniprune.compressors.policy import LayerAction
-    from uniprune.compressors.projection import project_model, structure_fractions
+    from uniprune.compressors.core.policy import LayerAction
+    from uniprune.compressors.core.projection import project_model, structure_fractions
 
     structures = project_model(copy.deepcopy(env.model), env.policy(actions), env.block_shapes)
     return {name: LayerAction(*structure_fractions(s)) for name, s in structures.items()}
@@ -92,7 +92,7 @@ def test_no_episode_is_over_budget_at_the_applied_block_counts():
 
 
 def _la(a):
-    from uniprune.compressors.policy import LayerAction
+    from uniprune.compressors.core.policy import LayerAction
 
     return LayerAction(*a)
 
@@ -194,7 +194,7 @@ def test_latency_model_must_cover_every_layer():
 
 def test_extreme_point_prefers_no_unification_within_noise():
     """Unify buys a conv no time; a grid point 1 % faster only by noise must not make the wall assume it."""
-    from uniprune.compressors.latency_model import LatencyModel
+    from uniprune.compressors.latency.model import LatencyModel
 
     env = make_tiny_env()
     lm = env.latency_model

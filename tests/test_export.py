@@ -1,4 +1,4 @@
-"""`uniprune export` and the artifact it writes (compressors/artifact.py, compressors/uniprune_lean.py).
+"""`uniprune export` and the artifact it writes (compressors/formats/artifact.py, compressors/native/uniprune_lean.py).
 
 Every model is exported from a compressed checkpoint with random pruned and unified blocks, and the artifact,
 run by its own loader (imported from the artifact directory), must match the masked dense model run by torch
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from uniprune.compressors import kernels, uniprune_lean
-from uniprune.compressors.artifact import import_loader
-from uniprune.compressors.blocks import compressible_layers
-from uniprune.compressors.checkpoint import save_compressed
-from uniprune.compressors.latency import random_structure
-from uniprune.compressors.plan import LeanModel, LeanSpec, lower_spec
-from uniprune.compressors.projection import structured_weight
+from uniprune.compressors.core.blocks import compressible_layers
+from uniprune.compressors.core.projection import structured_weight
+from uniprune.compressors.formats.artifact import import_loader
+from uniprune.compressors.formats.checkpoint import save_compressed
+from uniprune.compressors.latency.table import random_structure
+from uniprune.compressors.native import kernels, uniprune_lean
+from uniprune.compressors.native.plan import LeanModel, LeanSpec, lower_spec
 from uniprune.search.cli import main
 from uniprune.search.models import build_model
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from uniprune.compressors.accounting import model_size
-from uniprune.compressors.baselines import uniform_policy
-from uniprune.compressors.checkpoint import load_compressed
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import BlockClasses, structure_error
+from uniprune.compressors.core.accounting import model_size
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.projection import BlockClasses, structure_error
+from uniprune.compressors.formats.checkpoint import load_compressed
+from uniprune.compressors.train.baselines import uniform_policy
 from uniprune.search.cli import main
 from uniprune.search.models import build_model
 
@@ -128,9 +128,9 @@ def test_divergence_stops_with_one_line_and_keeps_the_good_model(setup, tmp_path
 
 
 def test_non_finite_checkpoints_are_never_written_nor_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from uniprune.compressors.checkpoint import save_compressed
-    from uniprune.compressors.errors import CheckpointError, NonFiniteError
-    from uniprune.compressors.projection import project_model
+    from uniprune.compressors.core.errors import CheckpointError, NonFiniteError
+    from uniprune.compressors.core.projection import project_model
+    from uniprune.compressors.formats.checkpoint import save_compressed
     from uniprune.search.models import build_model
 
     model = build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8))

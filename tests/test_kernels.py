@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from uniprune.compressors import kernels
-from uniprune.compressors.errors import ConfigError, KernelBuildError
-from uniprune.compressors.kernels import ROWS, SparseConv, SparseGemv, pack_panels, panel_height
+from uniprune.compressors.core.errors import ConfigError, KernelBuildError
+from uniprune.compressors.native import kernels
+from uniprune.compressors.native.kernels import ROWS, SparseConv, SparseGemv, pack_panels, panel_height
 
 # the builds every CPU here can run; avx512 only where the CPU has it
 FORCED_ISAS = ["avx2", "generic"] if {"avx2", "fma"} <= kernels.cpu_flags() else ["generic"]

@@ -70,7 +70,7 @@ def test_second_search_into_a_folder_in_use_is_refused(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        from uniprune.compressors.errors import RunDirError
+        from uniprune.compressors.core.errors import RunDirError
 
         with pytest.raises(RunDirError, match=f"pid {holder.pid}"):
             RunDir.start(tmp_path / "run", config, resume=True)
@@ -81,7 +81,7 @@ def test_second_search_into_a_folder_in_use_is_refused(tmp_path):
 
 
 def test_truncated_episode_log_is_an_error_not_a_silent_loss(tmp_path):
-    from uniprune.compressors.errors import RunDirError
+    from uniprune.compressors.core.errors import RunDirError
     from uniprune.search.run_dir import RunDir
 
     run = RunDir.start(tmp_path / "run", {"model": "digits-cnn"})
@@ -105,7 +105,7 @@ def _finetune(run, *extra: str) -> list[str]:
 def test_kill_9_in_a_finetune_then_resume(tmp_path):
     """Killed anywhere, a fine-tune resumed with --resume loses at most the epoch in progress and ends with the
     same files an uninterrupted one writes."""
-    from uniprune.compressors.checkpoint import load_compressed
+    from uniprune.compressors.formats.checkpoint import load_compressed
     from uniprune.search.cli import main
 
     run = tmp_path / "run"

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.engines import available_engines
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.latency import (
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.policy import LayerAction
+from uniprune.compressors.core.structure import KEEP, PRUNE, UNIFY, BlockShape, block_grid
+from uniprune.compressors.latency.engines import available_engines
+from uniprune.compressors.latency.table import (
     build_latency_model,
     check_latency_model,
     measure_model_ms,
     random_structure,
 )
-from uniprune.compressors.policy import LayerAction
-from uniprune.compressors.structure import KEEP, PRUNE, UNIFY, BlockShape, block_grid
-from uniprune.compressors.timing import interleaved_samples, time_interleaved
+from uniprune.compressors.latency.timing import interleaved_samples, time_interleaved
 
 
 def _small_cnn() -> nn.Module:
@@ -56,7 +56,7 @@ def test_table_columns_unify_a_fraction_of_the_rest():
     """On an absolute (p, u) grid stopping at 0.9, unify above 0.9 read 0.9's time and the p = 0.9 row ignored
     unification. Columns now unify a fraction of what pruning left: a time linear in the kept fraction is
     exact everywhere, the corner p + u = 1 included."""
-    from uniprune.compressors.latency_model import LatencyModel
+    from uniprune.compressors.latency.model import LatencyModel
 
     lm = LatencyModel.proportional({"a": 1.0}, unify_saving=1.0, grid=(0.0, 0.5, 0.9, 1.0))
     for prune, unify in [(0.0, 0.95), (0.0, 1.0), (0.9, 0.1), (0.9, 0.05), (0.3, 0.6), (0.7, 0.0), (0.2, 0.0)]:

@@ -7,8 +7,8 @@ import textwrap
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.errors import CheckpointError, ModelError
-from uniprune.compressors.training import evaluate
+from uniprune.compressors.core.errors import CheckpointError, ModelError
+from uniprune.compressors.train.training import evaluate
 from uniprune.search.datasets import load_dataset
 from uniprune.search.models import CHECKPOINT_FORMAT, KNOWN_MODELS, build_model, load_weights, save_checkpoint
 

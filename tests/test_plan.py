@@ -1,4 +1,4 @@
-"""The lean execution path (compressors/plan.py + csrc/uniprune_plan.c): one native call per forward pass.
+"""The lean execution path (compressors/native/plan.py + csrc/uniprune_plan.c): one native call per forward pass.
 
 Every test compares the plan's output with the masked dense model run by torch (relative error <= 1e-4 of
 the output's scale); none asserts a timing.
@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from uniprune.compressors import plan
-from uniprune.compressors.blocks import compressible_layers
-from uniprune.compressors.errors import ConfigError, ModelError
-from uniprune.compressors.latency import random_structure
-from uniprune.compressors.projection import structured_weight
+from uniprune.compressors.core.blocks import compressible_layers
+from uniprune.compressors.core.errors import ConfigError, ModelError
+from uniprune.compressors.core.projection import structured_weight
+from uniprune.compressors.latency.table import random_structure
+from uniprune.compressors.native import plan
 from uniprune.search.models import build_model
 
 TOL = 1e-4

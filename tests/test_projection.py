@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from uniprune.compressors.blocks import compressible_layers
-from uniprune.compressors.errors import PolicyError
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.projection import (
+from uniprune.compressors.core.blocks import compressible_layers
+from uniprune.compressors.core.errors import PolicyError
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.projection import (
     BlockClasses,
     apply_structures,
     assign_blocks,
@@ -24,7 +24,7 @@ from uniprune.compressors.projection import (
     structure_error,
     structure_fractions,
 )
-from uniprune.compressors.structure import KEEP, PRUNE, UNIFY, BlockShape, block_grid
+from uniprune.compressors.core.structure import KEEP, PRUNE, UNIFY, BlockShape, block_grid
 
 
 def _brute_force(prune_cost: np.ndarray, unify_cost: np.ndarray, n_p: int, n_u: int) -> float:

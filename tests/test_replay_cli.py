@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from uniprune.compressors.blocks import compressible_layers
-from uniprune.compressors.policy import Policy
+from uniprune.compressors.core.blocks import compressible_layers
+from uniprune.compressors.core.policy import Policy
 from uniprune.search.cli import main
 from uniprune.search.models import build_model, save_checkpoint
 

@@ -7,8 +7,8 @@ import json
 
 import matplotlib.image as mpimg
 import pytest
-from uniprune.compressors.errors import RunDirError
-from uniprune.compressors.policy import LayerAction, Policy
+from uniprune.compressors.core.errors import RunDirError
+from uniprune.compressors.core.policy import LayerAction, Policy
 from uniprune.search.cli import main
 from uniprune.search.report import write_report
 

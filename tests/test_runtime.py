@@ -9,17 +9,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from uniprune.compressors.errors import ConfigError, ModelError
-from uniprune.compressors.latency import random_structure
-from uniprune.compressors.projection import structured_weight
-from uniprune.compressors.runtime import (
+from uniprune.compressors.core.errors import ConfigError, ModelError
+from uniprune.compressors.core.projection import structured_weight
+from uniprune.compressors.core.structure import BlockShape, block_grid
+from uniprune.compressors.latency.table import random_structure
+from uniprune.compressors.native.runtime import (
     CompiledConv2d,
     CompiledLinear,
     compile_model,
     fold_batchnorm,
     implementations,
 )
-from uniprune.compressors.structure import BlockShape, block_grid
 
 
 class Net(nn.Module):
@@ -165,7 +165,7 @@ def test_compile_errors_are_project_errors():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path needs a CUDA GPU; none here")
 def test_cuda_path_matches_masked_dense():
-    from uniprune.compressors.cuda_path import compile_model_cuda
+    from uniprune.compressors.native.cuda_path import compile_model_cuda
 
     net = _net(5, c=16, k=3, stride=2, pad=1, dil=1, groups=1, classes=8)
     structures = _structures(net, 0.5, 0.25, 5)
@@ -177,8 +177,8 @@ def test_cuda_path_matches_masked_dense():
 
 
 def test_cuda_path_says_when_unavailable(monkeypatch):
-    from uniprune.compressors import cuda_path
-    from uniprune.compressors.errors import NotAvailableError
+    from uniprune.compressors.core.errors import NotAvailableError
+    from uniprune.compressors.native import cuda_path
 
     monkeypatch.setattr(cuda_path.torch.cuda, "is_available", lambda: False)
     with pytest.raises(NotAvailableError, match="CUDA GPU"):
@@ -202,7 +202,7 @@ def test_compiled_model_can_be_deep_copied():
        isa=st.sampled_from(["avx2", "generic"]), choose=st.sampled_from(["sparse", "measure"]),
        seed=st.integers(0, 1000))
 def test_fine_blocks_every_panel_height_and_forced_isa(bo, bi, stride, pad, dil, batch, prune, isa, choose, seed):
-    from uniprune.compressors import kernels
+    from uniprune.compressors.native import kernels
 
     if isa == "avx2" and not {"avx2", "fma"} <= kernels.cpu_flags():
         isa = "generic"

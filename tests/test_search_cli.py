@@ -8,7 +8,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from uniprune.agent import load_agent
-from uniprune.compressors.policy import Policy
+from uniprune.compressors.core.policy import Policy
 from uniprune.envs import make_tiny_env
 from uniprune.search.cli import main
 from uniprune.search.searchers import agent_policy, uniform_candidates
@@ -142,7 +142,7 @@ def test_ctrl_c_stops_after_the_episode_and_resume_goes_on(tmp_path, capsys, mon
 
 
 def test_keep_dense_picks_the_ends_or_named_layers(tmp_path, capsys):
-    from uniprune.compressors.errors import ConfigError, ModelError
+    from uniprune.compressors.core.errors import ConfigError, ModelError
     from uniprune.search.commands.env_options import dense_layers
 
     names = ["conv1", "conv2", "conv3", "fc"]

@@ -1,4 +1,4 @@
-"""The generic training and evaluation loops (compressors.training)."""
+"""The generic training and evaluation loops (compressors.train.training)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 from torch import nn
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.training import cosine_schedule, evaluate, make_optimizer, train_epoch
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.train.training import cosine_schedule, evaluate, make_optimizer, train_epoch
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -12,12 +12,12 @@ import sys
 from typing import Any
 
 import torch
-from uniprune.compressors.budget import latency_ratio
-from uniprune.compressors.engines import ENGINES
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.latency import RUNTIMES, build_latency_model, measure_model_ms
-from uniprune.compressors.policy import LayerAction, Policy
-from uniprune.compressors.timing import SPREAD_SECONDS
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.latency.budget import latency_ratio
+from uniprune.compressors.latency.engines import ENGINES
+from uniprune.compressors.latency.table import RUNTIMES, build_latency_model, measure_model_ms
+from uniprune.compressors.latency.timing import SPREAD_SECONDS
 
 from .common import add_model_arguments, check_writable, positive_int
 
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[int, int, int], str]:
-    from uniprune.compressors.projection import check_policy_model, project_model
+    from uniprune.compressors.core.projection import check_policy_model, project_model
     from uniprune.search.models import (
         build_model,
         load_state,
@@ -80,11 +80,11 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
     )
 
     if args.compressed:
-        from uniprune.compressors.checkpoint import load_compressed
+        from uniprune.compressors.formats.checkpoint import load_compressed
 
         path = args.compressed
         if os.path.isdir(path):  # an exported artifact: its dense model is the checkpoint it came from
-            from uniprune.compressors.artifact import source_checkpoint
+            from uniprune.compressors.formats.artifact import source_checkpoint
 
             path = str(source_checkpoint(args.compressed, args.checkpoint))
         name, state, structures, meta = load_compressed(path)
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or torch.get_num_threads()
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
     if args.compressed and os.path.isdir(args.compressed):
-        from uniprune.compressors.artifact import measure_artifact_ms
+        from uniprune.compressors.formats.artifact import measure_artifact_ms
 
         result = measure_artifact_ms(args.compressed, model, batch_size=args.batch_size, threads=threads,
                                      repeats=args.repeats, statistic=args.statistic, engines=args.engines)

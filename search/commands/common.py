@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from uniprune.compressors.errors import ConfigError, NotAvailableError
+from uniprune.compressors.core.errors import ConfigError, NotAvailableError
 from uniprune.search.datasets import DataBundle
 
 DEFAULT_MODEL = "digits-cnn"

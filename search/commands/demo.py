@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uniprune.compressors.errors import ConfigError
-from uniprune.compressors.fileio import write_json_atomic
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.formats.fileio import write_json_atomic
 
 from .common import check_writable
 

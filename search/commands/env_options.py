@@ -14,10 +14,10 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
-from uniprune.compressors.accounting import layer_profile
-from uniprune.compressors.blocks import compressible_layers
-from uniprune.compressors.errors import ConfigError, ModelError
-from uniprune.compressors.latency_model import LatencyModel
+from uniprune.compressors.core.accounting import layer_profile
+from uniprune.compressors.core.blocks import compressible_layers
+from uniprune.compressors.core.errors import ConfigError, ModelError
+from uniprune.compressors.latency.model import LatencyModel
 from uniprune.envs import REWARDS, CompressionEnv
 from uniprune.search.datasets import load_dataset
 from uniprune.search.models import build_model, load_weights
@@ -155,7 +155,7 @@ def build_latency_model(args: argparse.Namespace, model: torch.nn.Module, input_
     if args.latency_model == "macs":
         profile = layer_profile(model, input_shape)
         return LatencyModel.proportional({n: float(r["macs"]) for n, r in profile.items()}, unify_saving=MACS_UNIFY_SAVING)
-    from uniprune.compressors.latency import build_latency_model as measure
+    from uniprune.compressors.latency.table import build_latency_model as measure
 
     return measure(model, input_shape, batch_size=args.batch_size, threads=args.threads, seed=args.seed, progress=True,
                    statistic=args.latency_statistic)

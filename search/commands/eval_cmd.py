@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any
 
-from uniprune.compressors.errors import ConfigError, DataError, NotAvailableError
-from uniprune.compressors.training import evaluate
+from uniprune.compressors.core.errors import ConfigError, DataError, NotAvailableError
+from uniprune.compressors.train.training import evaluate
 from uniprune.search.datasets import SPLITS, load_dataset
 from uniprune.search.models import (
     COMPRESSED_FORMAT,
@@ -54,10 +54,10 @@ def _load_compressed(path: str) -> tuple[str, dict, dict, dict]:
     (pruned blocks zero, unified blocks at one magnitude), so the ordinary model scores it exactly.
     """
     try:
-        from uniprune.compressors.checkpoint import load_compressed
+        from uniprune.compressors.formats.checkpoint import load_compressed
     except ImportError:
         raise NotAvailableError(
-            f"{path} is a compressed checkpoint, but this installation has no uniprune.compressors.checkpoint to read it"
+            f"{path} is a compressed checkpoint, but this installation has no uniprune.compressors.formats.checkpoint to read it"
         ) from None
     return load_compressed(path)
 

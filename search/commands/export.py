@@ -1,5 +1,5 @@
 """`uniprune export`: a compressed checkpoint as a deployable artifact (one native plan, its C sources and a
-numpy-only loader; see :mod:`uniprune.compressors.artifact`)."""
+numpy-only loader; see :mod:`uniprune.compressors.formats.artifact`)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from uniprune.compressors import kernels
-from uniprune.compressors.artifact import check_out_dir, file_sha256, write_artifact
-from uniprune.compressors.errors import ModelError
-from uniprune.compressors.plan import LeanModel, compile_lean_spec
-from uniprune.compressors.projection import structured_weight
+from uniprune.compressors.core.errors import ModelError
+from uniprune.compressors.core.projection import structured_weight
+from uniprune.compressors.formats.artifact import check_out_dir, file_sha256, write_artifact
+from uniprune.compressors.native import kernels
+from uniprune.compressors.native.plan import LeanModel, compile_lean_spec
 
 from .common import positive_int
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from uniprune.compressors.checkpoint import load_compressed
+    from uniprune.compressors.formats.checkpoint import load_compressed
     from uniprune.search.models import build_model, load_state
 
     started = time.perf_counter()

@@ -20,22 +20,22 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from uniprune.compressors.accounting import model_size
-from uniprune.compressors.admm import AdmmConfig, admm_finetune, world
-from uniprune.compressors.blocks import compressible_layers, policy_block_shapes
-from uniprune.compressors.checkpoint import read_torch_file, save_compressed
-from uniprune.compressors.constraints import collapsed_blocks
-from uniprune.compressors.errors import (
+from uniprune.compressors.core.accounting import model_size
+from uniprune.compressors.core.blocks import compressible_layers, policy_block_shapes
+from uniprune.compressors.core.constraints import collapsed_blocks
+from uniprune.compressors.core.errors import (
     ConfigError,
     KernelBuildError,
     NonFiniteError,
     NotAvailableError,
     RunDirError,
 )
-from uniprune.compressors.fileio import torch_save_atomic, write_json_atomic
-from uniprune.compressors.policy import Policy
-from uniprune.compressors.projection import check_policy_layers, check_policy_model
-from uniprune.compressors.training import evaluate
+from uniprune.compressors.core.policy import Policy
+from uniprune.compressors.core.projection import check_policy_layers, check_policy_model
+from uniprune.compressors.formats.checkpoint import read_torch_file, save_compressed
+from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_atomic
+from uniprune.compressors.train.admm import AdmmConfig, admm_finetune, world
+from uniprune.compressors.train.training import evaluate
 from uniprune.search.run_dir import read_json_object
 
 from .common import (
@@ -152,7 +152,7 @@ def _latency_ratio(model: torch.nn.Module, structures: dict, input_shape: tuple[
     """Compressed latency (batch 1, CPU, the real kernels) over the fastest dense engine's; None when the kernels
     cannot run here."""
     try:
-        from uniprune.compressors.latency import measure_model_ms
+        from uniprune.compressors.latency.table import measure_model_ms
     except ImportError:
         return None
     try:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from uniprune.compressors.errors import ConfigError, PolicyError, RunDirError
-from uniprune.compressors.policy import Policy
-from uniprune.compressors.projection import check_policy_model
+from uniprune.compressors.core.errors import ConfigError, PolicyError, RunDirError
+from uniprune.compressors.core.policy import Policy
+from uniprune.compressors.core.projection import check_policy_model
 from uniprune.envs import CompressionEnv
 from uniprune.search.run_dir import read_json_object
 from uniprune.search.searchers import agent_policy, play

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
-from uniprune.compressors.errors import ConfigError, RunDirError
-from uniprune.compressors.policy import Policy
+from uniprune.compressors.core.errors import ConfigError, RunDirError
+from uniprune.compressors.core.policy import Policy
 from uniprune.search.run_dir import RESUMABLE_CHANGES, RunDir, read_json_object
 from uniprune.search.searchers import SEARCHERS, make_searcher
 from uniprune.search.tensorboard import TensorBoardLogger

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from uniprune.compressors.errors import ConfigError, NonFiniteError
-from uniprune.compressors.training import cosine_schedule, evaluate, make_optimizer, train_epoch
+from uniprune.compressors.core.errors import ConfigError, NonFiniteError
+from uniprune.compressors.train.training import cosine_schedule, evaluate, make_optimizer, train_epoch
 from uniprune.search.datasets import load_dataset
 from uniprune.search.models import (
     build_model,

@@ -2,7 +2,7 @@
 
 The **latency ratio** is the compressed model's time over the *baseline*: the fastest dense engine a user
 could run without uniprune (torch eager, ONNX Runtime, OpenVINO when installed; see
-:mod:`uniprune.compressors.engines`) for the same model, batch and threads, timed the same way and side by
+:mod:`uniprune.compressors.latency.engines`) for the same model, batch and threads, timed the same way and side by
 side. A ratio of 0.5 is twice as fast as the best the user had.
 
 A :class:`LatencyBudget` is a bound on that ratio, validated once, turned into milliseconds once against
@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 from .timing import reducer
 
 #: Relative slack when a predicted time is compared with the budget: interpolation and sums of floats must

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..core.errors import CheckpointError
+from ..core.policy import Policy
+from ..core.structure import BlockShape, LayerStructure, block_grid
 from .fileio import first_non_finite, torch_save_atomic
-from .policy import Policy
-from .structure import BlockShape, LayerStructure, block_grid
 
 COMPRESSED_FORMAT = "uniprune.compressed/1"
 

@@ -6,7 +6,7 @@ Supported layers:
 - ``nn.Conv2d`` with ``groups == 1``: weight ``[Co, Ci, kh, kw]``, tiled with the ``"conv"`` block shape;
   a block spans the whole ``kh x kw`` window (one tile of the im2col GEMM).
 - grouped ``nn.Conv2d`` (``1 < groups < Ci``): tiled group by group (see
-  :func:`~uniprune.compressors.structure.block_grid`), so no block straddles two groups.
+  :func:`~uniprune.compressors.core.structure.block_grid`), so no block straddles two groups.
 - depthwise ``nn.Conv2d`` (``groups == Ci``, one input channel per output channel) is **skipped**: each of
   its output channels sees a single input channel, so a block could only span output channels of one
   ``kh x kw`` window each, and these layers hold a negligible share of weights and MACs. They stay dense.

@@ -9,9 +9,9 @@ File format (``uniprune.policy/1``)::
      "predicted": {...}, "search": {...}}
 
 ``prune`` and ``unify`` are fractions of the layer's weights (taken in whole blocks, the same fraction of every block
-size: :class:`~uniprune.compressors.projection.BlockClasses`), each in [0, 1], with ``prune + unify <= 1``.
+size: :class:`~uniprune.compressors.core.projection.BlockClasses`), each in [0, 1], with ``prune + unify <= 1``.
 Layers not named in ``layers`` stay dense. Loading validates every field and raises
-:class:`~uniprune.compressors.errors.PolicyError` naming the bad one.
+:class:`~uniprune.compressors.core.errors.PolicyError` naming the bad one.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..formats.fileio import write_json_atomic
 from .errors import PolicyError
-from .fileio import write_json_atomic
 
 POLICY_FORMAT = "uniprune.policy/1"
 _TOLERANCE = 1e-6

@@ -6,7 +6,7 @@ between them: row ``i`` prunes ``prune_grid[i]`` of the layer's weights, column 
 a feasible policy (``p + u <= 1``) and the last column unifies everything left; a grid of absolute
 ``(p, u)`` had an infeasible triangle whose points only copied their row's last feasible one, so unify
 above 0.9 read 0.9's time and the ``p = 0.9`` row ignored unification altogether.
-:mod:`uniprune.compressors.latency` fills the tables by measuring the real kernels; the
+:mod:`uniprune.compressors.latency.table` fills the tables by measuring the real kernels; the
 :meth:`LatencyModel.proportional` stand-in (time proportional to the kept fraction) serves tests and
 FLOPs-style baselines. The search environment only sees this interface.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .policy import LayerAction
+from ..core.policy import LayerAction
 
 #: Written into every serialised table; tables of another format are measured again.
 LATENCY_FORMAT = "uniprune.latency/2"

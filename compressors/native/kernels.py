@@ -5,7 +5,7 @@ The C source is compiled with the machine's own C compiler into a shared library
 ``isa=`` argument) in ``auto`` (default: the widest the CPU has), ``avx512`` (``-march=native`` on a CPU
 with avx512f), ``avx2`` (``-march=x86-64-v3``), ``generic`` (``-O3``, no ``-march``: SSE2 on x86), so an
 AVX-512 machine can run and time its AVX2 build; an ISA the CPU lacks is refused. The build runs at
-install time (``python -m uniprune.compressors.kernels --build [--isa ...]``) and otherwise lazily on
+install time (``python -m uniprune.compressors.native.kernels --build [--isa ...]``) and otherwise lazily on
 first use; the library is cached under ``$UNIPRUNE_CACHE/kernels`` (default ``~/.cache/uniprune/kernels``)
 in a file named by the ISA and a hash of the source, the compiler and its flags, so an edited source or
 another machine's flags never load a stale build. :func:`build_id` names the build for cache keys of
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, KernelBuildError
+from ..core.errors import ConfigError, KernelBuildError
 from .uniprune_lean import cpu_flags
 
 ROWS = 8  # the largest panel height; also the compact unified GEMV block height
@@ -99,7 +99,7 @@ def _compiler() -> str:
             return name
     raise KernelBuildError(
         "no C compiler found (tried $CC, cc, gcc, clang); install one (e.g. 'apt-get install gcc') "
-        "and run 'python -m uniprune.compressors.kernels --build'"
+        "and run 'python -m uniprune.compressors.native.kernels --build'"
     )
 
 
@@ -197,7 +197,7 @@ def load(isa: str | None = None) -> ctypes.CDLL:
                 lib = ctypes.CDLL(str(path))
             except OSError as exc:
                 raise KernelBuildError(f"cannot load {path} ({exc}); delete it and run "
-                                       "'python -m uniprune.compressors.kernels --build --force'") from None
+                                       "'python -m uniprune.compressors.native.kernels --build --force'") from None
             _declare(lib)
             got, want = lib.up_isa().decode(), _ISA_REPORTS.get(target)
             if want is not None and got != want:
@@ -468,8 +468,8 @@ class SparseGemv:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m uniprune.compressors.kernels --build [--force]``: compile the kernels now."""
-    parser = argparse.ArgumentParser(prog="python -m uniprune.compressors.kernels", description=main.__doc__)
+    """``python -m uniprune.compressors.native.kernels --build [--force]``: compile the kernels now."""
+    parser = argparse.ArgumentParser(prog="python -m uniprune.compressors.native.kernels", description=main.__doc__)
     parser.add_argument("--build", action="store_true", help="compile (or find in the cache) the native kernels")
     parser.add_argument("--force", action="store_true", help="recompile even if a cached build exists")
     parser.add_argument("--isa", choices=ISAS, default=None,

@@ -1,6 +1,6 @@
 """The lean execution path: a compiled model lowered to one native plan, run in one C call per forward pass.
 
-:func:`~uniprune.compressors.runtime.compile_model` gives an ``nn.Module`` whose structured layers call the
+:func:`~uniprune.compressors.native.runtime.compile_model` gives an ``nn.Module`` whose structured layers call the
 native kernels one by one from Python: about 5 µs of Python per layer, i.e. 0.5 ms of a batch-1 ResNet-56
 pass. :func:`lower` turns such a model (or a plain one) into a :class:`LeanModel`: the graph is traced with
 ``torch.fx``, each node becomes an op of ``csrc/uniprune_plan.c`` (conv and linear on the block-sparse
@@ -8,12 +8,12 @@ kernels, a layer left dense running there with every block kept; residual adds a
 the op before them; pooling, flatten, the CIFAR ResNets' option-A shortcut), activations get numbered
 buffers that values with disjoint lifetimes share, and a forward pass is one native call.
 
-A graph with a node it cannot lower raises a one-line :class:`~uniprune.compressors.errors.ModelError`
+A graph with a node it cannot lower raises a one-line :class:`~uniprune.compressors.core.errors.ModelError`
 naming the node and its op; callers then keep the Python path (``compile_model``'s module).
 
 Serialisable: :func:`lower_spec` gives the plan as a :class:`LeanSpec`, a JSON header plus plain numpy arrays
 (the kernels' packed weights among them), and a :class:`LeanModel` is always built from one, by
-:mod:`uniprune.compressors.uniprune_lean`, the numpy-and-ctypes runtime that ``uniprune export`` copies
+:mod:`uniprune.compressors.native.uniprune_lean`, the numpy-and-ctypes runtime that ``uniprune export`` copies
 into an artifact. So what runs in-process, what is timed and what is deployed come from one code path.
 
 Supported: ``Conv2d`` (any kernel, stride, zero padding, dilation; groups > 1 as a direct dense loop),
@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..core.errors import CheckpointError, ConfigError, KernelBuildError, ModelError
+from ..core.structure import LayerStructure
+from ..latency.timing import check_threads, fastest
 from . import kernels
 from . import uniprune_lean as lean_rt
-from .errors import CheckpointError, ConfigError, KernelBuildError, ModelError
 from .runtime import CompiledConv2d, CompiledLinear, compile_model, inference_copy
-from .structure import LayerStructure
-from .timing import check_threads, fastest
 
 # Op kinds and activations: the numbers are csrc/uniprune_plan.c's enums.
 OP_CONV, OP_GEMV, OP_GCONV, OP_ADD, OP_ACT, OP_AFFINE, OP_GAP, OP_POOL, OP_SLICEPAD, OP_COPY, OP_IM2COL = range(1, 12)
@@ -571,14 +571,14 @@ def _native(lib: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray
         raise ModelError(f"the native plan refused op {op.node!r} ({op.describe()}, {list(op.shape_in)} -> "
                          f"{list(op.shape_out)}, code {exc.code}); run the compiled model's Python path instead") from None
     except lean_rt.BuildError as exc:
-        raise KernelBuildError(f"{exc}; rebuild with 'python -m uniprune.compressors.kernels --build --force'") from None
+        raise KernelBuildError(f"{exc}; rebuild with 'python -m uniprune.compressors.native.kernels --build --force'") from None
     except lean_rt.LeanError as exc:
         raise ModelError(f"the lean plan cannot be built: {exc}") from None
 
 
 def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose: str) -> None:
     """Run each conv in the implementation of :data:`CONV_IMPLS` that
-    :func:`~uniprune.compressors.timing.fastest` finds fastest at ``batch`` samples (im2col forms only up to
+    :func:`~uniprune.compressors.latency.timing.fastest` finds fastest at ``batch`` samples (im2col forms only up to
     :data:`IM2COL_MAX_PIXELS` output pixels), or as ``choose`` forces (the im2col forms then at any size).
 
     Each candidate is timed as a one-op plan on random input, its activation included, its residual not."""
@@ -616,7 +616,7 @@ def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose:
 @dataclass
 class LeanSpec:
     """A lowered plan in plain form: ``header`` (JSON-able: shapes, buffers, op records naming their arrays;
-    the format is :mod:`uniprune.compressors.uniprune_lean`'s) and ``arrays`` (``{name: numpy array}``,
+    the format is :mod:`uniprune.compressors.native.uniprune_lean`'s) and ``arrays`` (``{name: numpy array}``,
     float32 / int32 / uint8). What :class:`LeanModel` is built from and what ``uniprune export`` writes."""
 
     header: dict[str, Any]
@@ -624,7 +624,7 @@ class LeanSpec:
 
     def save(self, directory: str | Path, **extra: Any) -> list[Path]:
         """Write ``plan.json`` and ``weights.bin`` into ``directory`` (each atomically; see
-        :func:`~uniprune.compressors.uniprune_lean.write_plan`); ``extra`` JSON-able fields join the header.
+        :func:`~uniprune.compressors.native.uniprune_lean.write_plan`); ``extra`` JSON-able fields join the header.
         Returns the files written."""
         return lean_rt.write_plan(directory, {**self.header, **extra}, self.arrays)
 
@@ -741,7 +741,7 @@ class LeanModel(nn.Module):
 
 def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
                choose: str = "measure") -> LeanSpec:
-    """Lower ``model`` (a :func:`~uniprune.compressors.runtime.compile_model` result, or any plain model) to a
+    """Lower ``model`` (a :func:`~uniprune.compressors.native.runtime.compile_model` result, or any plain model) to a
     :class:`LeanSpec` for inputs shaped like ``example_input`` per sample (any batch size).
 
     BatchNorm after a conv is folded (on a copy; ``model`` is not changed). ``threads`` (>= 1; default
@@ -798,7 +798,7 @@ def lower(model: nn.Module, example_input: torch.Tensor, *, threads: int | None 
 
 def compile_lean_spec(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
                       threads: int | None = None, choose: str = "measure") -> LeanSpec:
-    """:func:`~uniprune.compressors.runtime.compile_model` then :func:`lower_spec`: ``model`` with ``structures``
+    """:func:`~uniprune.compressors.native.runtime.compile_model` then :func:`lower_spec`: ``model`` with ``structures``
     (``{module name: LayerStructure}``) imposed, as a plan for inputs shaped like ``example_input``."""
     compiled = compile_model(model, structures, threads=threads, choose="sparse")
     return lower_spec(compiled, example_input, threads=threads, choose=choose)

@@ -1,9 +1,9 @@
 """Whole-model latency with the real kernels against the dense engines, and the per-layer latency table the
 search reads.
 
-Every timing goes through :mod:`uniprune.compressors.timing` (one interleaved loop); every ratio and
-budget through :mod:`uniprune.compressors.budget`; the baseline of every ratio is the fastest dense engine
-(:mod:`uniprune.compressors.engines`).
+Every timing goes through :mod:`uniprune.compressors.latency.timing` (one interleaved loop); every ratio and
+budget through :mod:`uniprune.compressors.latency.budget`; the baseline of every ratio is the fastest dense engine
+(:mod:`uniprune.compressors.latency.engines`).
 
 The table (:func:`build_latency_model`): every compressible layer is timed in its place inside whole-model
 forward passes, once per grid point (prune ``p`` of the weights, unify ``q`` of the rest: every point a
@@ -34,18 +34,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import kernels
-from .blocks import DEFAULT_BLOCK_SHAPES, compressible_layers
+from ..core.blocks import DEFAULT_BLOCK_SHAPES, compressible_layers
+from ..core.errors import ConfigError, ModelError
+from ..core.policy import LayerAction
+from ..core.projection import BlockClasses
+from ..core.structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
+from ..formats.fileio import write_json_atomic
+from ..native import kernels
+from ..native.plan import compile_lean, compile_lean_spec
+from ..native.runtime import compile_model
 from .budget import latency_ratio
 from .engines import DenseEngines, dense_engines, engine_versions, race
-from .errors import ConfigError, ModelError
-from .fileio import write_json_atomic
-from .latency_model import LatencyModel
-from .plan import compile_lean, compile_lean_spec
-from .policy import LayerAction
-from .projection import BlockClasses
-from .runtime import compile_model
-from .structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
+from .model import LatencyModel
 from .timing import SPREAD_SECONDS, check_counts, check_threads, reducer
 
 
@@ -74,7 +74,7 @@ def _example_input(input_shape: Sequence[int], batch_size: int, seed: int) -> to
 
 
 #: How a compressed model runs when it is timed: ``"lean"`` (default), one native plan per forward pass
-#: (:mod:`uniprune.compressors.plan`), built from the same spec ``uniprune export`` writes; ``"artifact"``, that
+#: (:mod:`uniprune.compressors.native.plan`), built from the same spec ``uniprune export`` writes; ``"artifact"``, that
 #: spec exported to a temporary folder and run through the artifact's own loader (numpy + ctypes, its own
 #: build of the C sources), exactly what a user deploys; ``"python"``, the compiled nn.Module whose layers
 #: call the kernels one by one (about 5 µs of Python a layer).
@@ -114,7 +114,7 @@ def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: tor
     lives as long as the returned callable (``torch [N, C, H, W] -> torch``)."""
     import tempfile
 
-    from .artifact import open_artifact, write_artifact
+    from ..formats.artifact import open_artifact, write_artifact
 
     spec = compile_lean_spec(model, structures, example_input=x, threads=threads)
     folder = tempfile.TemporaryDirectory(prefix="uniprune-artifact-")
@@ -133,10 +133,10 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
                      engines: Sequence[str] | None = None, runtime: str = "lean") -> dict[str, Any]:
     """Whole-model ms of every dense engine and of the compressed model, interleaved in one process.
 
-    The dense engines (:mod:`uniprune.compressors.engines`: torch eager, ONNX Runtime, OpenVINO, those
+    The dense engines (:mod:`uniprune.compressors.latency.engines`: torch eager, ONNX Runtime, OpenVINO, those
     installed, or the ``engines`` named) run the model with BatchNorm folded; the compressed model runs the
     real kernels on ``runtime`` (:data:`RUNTIMES`, :func:`compile_for_timing`). The baseline is the fastest engine by ``statistic``; ``latency_ratio`` is
-    :func:`~uniprune.compressors.budget.paired_ratio` of the compiled model's samples against that
+    :func:`~uniprune.compressors.latency.budget.paired_ratio` of the compiled model's samples against that
     engine's, taken in the same rounds, and ``speedup`` its inverse. Rounds span at least ``min_seconds``.
 
     Returns ``{"engines": {engine: ms}, "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio",
@@ -236,7 +236,7 @@ _CACHE_CHECK_SECONDS = 1.0
 def _baseline_rounds(dense: DenseEngines, compiled: Any, x: torch.Tensor, n: int, *, repeats: int,
                      min_seconds: float, statistic: str) -> dict[str, Any]:
     """The dense engines timed against the nothing-compressed compiled model alone, as ``bench`` times them
-    (:func:`~uniprune.compressors.engines.race`)."""
+    (:func:`~uniprune.compressors.latency.engines.race`)."""
     return race(dense, lambda: compiled(x), threads=n, warmup=1, repeats=repeats, min_seconds=min_seconds,
                 statistic=statistic)
 
@@ -279,7 +279,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     pass right after an untimed one of the same model (as in steady inference: its weights warm in the
     caches). ``fixed_ms`` (pooling, shortcuts, the call itself; on the Python path also the Python between
     the layers) is a bare pass's time (no clock in it) minus the layers' times of the clocked pass after it. The baseline every ratio divides by is
-    the fastest dense engine (:mod:`uniprune.compressors.engines`; all installed, or those named in
+    the fastest dense engine (:mod:`uniprune.compressors.latency.engines`; all installed, or those named in
     ``engines``), each timed whole after the rounds, interleaved with the nothing-compressed compiled model
     only, as :func:`measure_model_ms` times them; every engine's ms is kept in ``meta["engines"]``. Rounds go on past
     ``repeats`` until ``min_seconds`` have passed (:data:`SPREAD_SECONDS`).

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 STATISTICS = ("median", "min")
 

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import kernels
-from . import uniprune_lean as lean_rt
-from .engines import dense_engines, race
-from .errors import CheckpointError, ConfigError, KernelBuildError, ModelError
-from .plan import LeanSpec
-from .timing import SPREAD_SECONDS, check_threads
+from ..core.errors import CheckpointError, ConfigError, KernelBuildError, ModelError
+from ..latency.engines import dense_engines, race
+from ..latency.timing import SPREAD_SECONDS, check_threads
+from ..native import kernels
+from ..native import uniprune_lean as lean_rt
+from ..native.plan import LeanSpec
 
 LOADER = "uniprune_lean.py"
 README = "README.md"
@@ -222,7 +222,7 @@ def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch
                         warmup: int = 10, repeats: int = 50, seed: int = 0, statistic: str = "median",
                         min_seconds: float = SPREAD_SECONDS, engines: Sequence[str] | None = None) -> dict[str, Any]:
     """Whole-model ms of every dense engine running ``model`` and of the artifact in ``directory`` (through its
-    own loader), interleaved in one process, as :func:`~uniprune.compressors.latency.measure_model_ms` reports
+    own loader), interleaved in one process, as :func:`~uniprune.compressors.latency.table.measure_model_ms` reports
     them (``runtime`` ``"artifact"``).
 
     ``model``: the dense model with the compressed weights (its structures already in the weights), whose

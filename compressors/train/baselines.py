@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.blocks import DEFAULT_BLOCK_SHAPES, compressible_layers, policy_block_shapes
+from ..core.constraints import bake, constrain, rebind_optimizer, weight_velocities
+from ..core.errors import ConfigError, ModelError
+from ..core.policy import LayerAction, Policy
+from ..core.projection import project_model
+from ..core.structure import BlockShape, LayerStructure
 from .admm import LogFn, _epoch, _evaluate, _Logger, _wrap, world
-from .blocks import DEFAULT_BLOCK_SHAPES, compressible_layers, policy_block_shapes
-from .constraints import bake, constrain, rebind_optimizer, weight_velocities
-from .errors import ConfigError, ModelError
-from .policy import LayerAction, Policy
-from .projection import project_model
-from .structure import BlockShape, LayerStructure
 from .training import make_optimizer, train_epoch
 
 
@@ -378,7 +378,7 @@ def agp_finetune(
     log: LogFn | None = None,
 ) -> dict[str, Any]:
     """Reach ``policy``'s structure gradually (AGP) instead of by ADMM; same arguments and result keys
-    as :func:`~uniprune.compressors.admm.admm_finetune` (``method`` is ``"agp"``).
+    as :func:`~uniprune.compressors.train.admm.admm_finetune` (``method`` is ``"agp"``).
 
     Each ramp epoch is cut into ``min(prune_steps, its batches)`` runs of batches; before run ``k`` of the
     ``n`` in the ramp the weights are projected onto the policy scaled by ``agp_fraction(k, n)`` and held

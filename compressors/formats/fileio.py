@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import NonFiniteError
+from ..core.errors import NonFiniteError
 
 
 def first_non_finite(obj: Any, where: str = "") -> str | None:

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import NotAvailableError
-from .projection import structured_weight
+from ..core.errors import NotAvailableError
+from ..core.projection import structured_weight
+from ..core.structure import LayerStructure
 from .runtime import fold_batchnorm
-from .structure import LayerStructure
 
 
 def cuda_available() -> bool:

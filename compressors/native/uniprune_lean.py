@@ -1,6 +1,6 @@
 """uniprune's lean runtime: a compressed network as one native plan, with nothing but numpy, ctypes and a C compiler.
 
-This one file is both the module :mod:`uniprune.compressors.plan` builds every in-process ``LeanModel``
+This one file is both the module :mod:`uniprune.compressors.native.plan` builds every in-process ``LeanModel``
 with and the loader ``uniprune export`` copies into each artifact (as ``uniprune_lean.py``): the plan a
 user deploys is built by the same code that was tested and timed. It must therefore never import uniprune
 or torch.
@@ -20,7 +20,7 @@ A plan is a JSON header plus named arrays (float32, int32 or uint8)::
                                 "bias": ... | null}}, ...]}
 
 (op kinds, header fields and parameters: ``csrc/uniprune_plan.c``; kernel arrays: ``csrc/uniprune_kernels.c``'s
-``up_conv_create`` / ``up_gemv_create``, packed as ``uniprune.compressors.kernels.pack_panels`` packs them).
+``up_conv_create`` / ``up_gemv_create``, packed as ``uniprune.compressors.native.kernels.pack_panels`` packs them).
 On disk (:func:`write_plan` / :func:`read_plan`) the header is ``plan.json`` with an ``"arrays"`` index
 (dtype, shape, byte offset) into one ``weights.bin`` of raw little-endian arrays, each 64-byte aligned, and
 the file's sha256; never a pickle.
@@ -311,7 +311,7 @@ class NativePlan:
 # ---------------------------------------------------------------------------------------- building
 _ISAS = ("auto", "avx512", "avx2", "generic")
 _COMMON_FLAGS = ["-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-ffp-contract=fast"]
-_ISA_FLAGS = {  # flag sets tried in order, as uniprune.compressors.kernels builds them
+_ISA_FLAGS = {  # flag sets tried in order, as uniprune.compressors.native.kernels builds them
     "avx512": [["-O3", "-march=native", "-mtune=native"], ["-O3", "-march=x86-64-v4"]],
     "avx2": [["-O3", "-march=x86-64-v3", "-mtune=native"], ["-O3", "-mavx2", "-mfma"]],
     "generic": [["-O3"]],
@@ -323,7 +323,7 @@ _ISA_REPORTS = {"avx512": "avx512f", "avx2": "avx2", "generic": "generic"}
 
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); empty when unreadable.
-    (Also what :mod:`uniprune.compressors.kernels` reads: this file must stand alone in an artifact.)"""
+    (Also what :mod:`uniprune.compressors.native.kernels` reads: this file must stand alone in an artifact.)"""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):

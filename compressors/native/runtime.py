@@ -15,10 +15,10 @@ fastest for the input shape it sees:
 - ``shrunk``: torch dense on the smaller layer left when whole output/input channels are gone;
 - ``dense``: torch dense on the masked weight.
 
-Which one wins is decided by a quick interleaved measurement (:func:`~uniprune.compressors.timing.fastest`)
+Which one wins is decided by a quick interleaved measurement (:func:`~uniprune.compressors.latency.timing.fastest`)
 the first time a layer sees an input shape, at the thread count it runs with; ``choose="sparse"``/``"dense"`` forces one.
 BatchNorm that directly follows a conv is folded into it (:func:`fold_batchnorm`); the dense engines of
-:mod:`uniprune.compressors.engines` fold it the same way, so both sides are compared like with like.
+:mod:`uniprune.compressors.latency.engines` fold it the same way, so both sides are compared like with like.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, ModelError
+from ..core.errors import ConfigError, ModelError
+from ..core.projection import structured_weight
+from ..core.structure import KEEP, PRUNE, UNIFY, LayerStructure
+from ..latency.timing import fastest
 from .kernels import ROWS, SparseConv, SparseGemv, panel_height
-from .projection import structured_weight
-from .structure import KEEP, PRUNE, UNIFY, LayerStructure
-from .timing import fastest
 
 CHOICES = ("measure", "sparse", "dense")
 _GEMV_MAX_BATCH = 4

@@ -33,13 +33,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .blocks import LayerSpec, compressible_layers, policy_block_shapes
-from .checkpoint import structure_from_record, structure_record
-from .constraints import bake, constrain, constrain_masks
-from .errors import ConfigError
-from .policy import Policy
-from .projection import check_policy_layers, project_layer, project_model
-from .structure import BlockShape, LayerStructure
+from ..core.blocks import LayerSpec, compressible_layers, policy_block_shapes
+from ..core.constraints import bake, constrain, constrain_masks
+from ..core.errors import ConfigError
+from ..core.policy import Policy
+from ..core.projection import check_policy_layers, project_layer, project_model
+from ..core.structure import BlockShape, LayerStructure
+from ..formats.checkpoint import structure_from_record, structure_record
 from .training import make_optimizer, train_epoch
 
 LogFn = Callable[[str, float, int], None]

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm import tqdm
 
-from .errors import ConfigError, NonFiniteError
-from .fileio import first_non_finite
+from ..core.errors import ConfigError, NonFiniteError
+from ..formats.fileio import first_non_finite
 
 __all__ = ["train_epoch", "evaluate", "make_optimizer", "cosine_schedule"]
 

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import ConfigError
+from ..native.runtime import inference_copy
 from .budget import paired_ratio
-from .errors import ConfigError
-from .runtime import inference_copy
 from .timing import check_threads, interleaved_samples, reducer
 
 #: Every engine uniprune knows, in the order they are reported.
@@ -163,7 +163,7 @@ def race(dense: DenseEngines, compressed: Callable[[], object], *, threads: int,
     """Every dense engine and ``compressed`` timed in the same interleaved rounds (:mod:`.timing`).
 
     The baseline is the fastest engine by ``statistic``; the ratio is
-    :func:`~uniprune.compressors.budget.paired_ratio` of ``compressed``'s samples against that engine's.
+    :func:`~uniprune.compressors.latency.budget.paired_ratio` of ``compressed``'s samples against that engine's.
     Returns ``{"engines": {engine: ms}, "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio",
     "speedup", "notes"}``.
     """
