@@ -8,15 +8,23 @@ import pytest
 import torch
 from torch import nn
 from uniprune.compressors.core.errors import ConfigError
-from uniprune.compressors.latency.budget import TOLERANCE, LatencyBudget, latency_ratio, paired_ratio
+from uniprune.compressors.latency.budget import (
+    TOLERANCE,
+    LatencyBudget,
+    budget_verdict,
+    latency_ratio,
+    paired_ratio,
+)
 from uniprune.compressors.latency.engines import (
     ENGINES,
     OUTPUT_TOLERANCE,
+    SIGNAL_STACK_BYTES,
     available_engines,
     default_modes,
     dense_engines,
     engine_versions,
     race,
+    signal_stack_bytes,
     top1,
 )
 from uniprune.compressors.latency.timing import fastest
@@ -48,6 +56,8 @@ def test_every_installed_engine_computes_what_torch_computes():
     if "openvino" in engines.runners:
         assert engines.precisions["openvino:f32"] == "f32"
     assert set(engine_versions()) == set(available_engines())
+    # no engine leaves this thread a signal stack too small for a signal frame with AMX state (Ctrl-C: SIGSEGV)
+    assert signal_stack_bytes() in (None, 0) or signal_stack_bytes() >= SIGNAL_STACK_BYTES
 
 
 def test_int8_modes_quantize_statically_and_score():
@@ -103,6 +113,13 @@ def test_budget_is_validated_once_and_turned_into_ms_once():
             LatencyBudget(bad)
     with pytest.raises(ConfigError, match="baseline"):
         budget.limit_ms(0.0)
+
+
+def test_the_budget_verdict_says_met_or_missed_by_how_much():
+    assert LatencyBudget(0.5).verdict(0.5) == "meets the budget 0.5"
+    assert LatencyBudget(0.5).verdict(0.522) == "misses the budget 0.5 by 4.4 %"
+    assert budget_verdict(0.3, None) == "no budget" and budget_verdict(None, 0.5) == "not measured"
+    assert budget_verdict(0.49, 0.5) == "meets the budget 0.5"
 
 
 def test_latency_ratio_is_one_definition():

@@ -165,6 +165,51 @@ def _openvino(path: Path, threads: int, asks: str) -> tuple[Callable[[np.ndarray
     return (lambda data: request.infer({0: data})[0]), ("int8" if asks == "int8" else precision)
 
 
+#: Least size of the calling thread's alternate signal stack once an engine has run (bytes); see :func:`_roomy_signal_stack`.
+SIGNAL_STACK_BYTES = 256 * 1024
+_SIGNAL_STACKS: list[Any] = []  # stacks installed below: they must outlive every signal
+
+
+def signal_stack_bytes() -> int | None:
+    """Size in bytes of the calling thread's alternate signal stack; 0 when it has none; None off Linux."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    now = StackT()
+    if libc.sigaltstack(None, ctypes.byref(now)) != 0 or now.ss_flags & 2:  # SS_DISABLE
+        return 0
+    return int(now.ss_size)
+
+
+def _roomy_signal_stack() -> None:
+    """Give the calling thread an alternate signal stack of :data:`SIGNAL_STACK_BYTES` if it has a smaller one.
+
+    OpenVINO leaves the thread that compiled a model with a 20 KiB alternate stack; once its bf16 convolutions
+    have used AMX tiles, a signal frame carries 8 KiB of tile data more and at times no longer fits, so a
+    Ctrl-C (SIGINT) killed the process with SIGSEGV instead of raising KeyboardInterrupt. Linux only.
+    """
+    import ctypes
+
+    size = signal_stack_bytes()
+    if not size or size >= SIGNAL_STACK_BYTES:
+        return
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    buf = ctypes.create_string_buffer(SIGNAL_STACK_BYTES)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.sigaltstack(ctypes.byref(StackT(ctypes.cast(buf, ctypes.c_void_p), 0, SIGNAL_STACK_BYTES)), None) == 0:
+        _SIGNAL_STACKS.append(buf)
+
+
 def dense_engines(model: nn.Module, x: torch.Tensor, *, threads: int | None = None,
                   engines: Sequence[str] | None = None, int8_calibration: np.ndarray | None = None,
                   progress: bool = False) -> DenseEngines:
@@ -232,6 +277,7 @@ def dense_engines(model: nn.Module, x: torch.Tensor, *, threads: int | None = No
                 continue
             out.runners[mode] = lambda infer=infer: infer(data)
             out.infer[mode], out.precisions[mode] = infer, precision
+    _roomy_signal_stack()
     return out
 
 
@@ -288,4 +334,4 @@ def race(dense: DenseEngines, compressed: Callable[[], object], *, threads: int,
 
 
 __all__ = ["BASELINES", "ENGINES", "MODE_PRECISIONS", "OUTPUT_TOLERANCE", "DenseEngines", "available_engines", "check_modes",
-           "default_modes", "dense_engines", "engine_versions", "mode_asks", "mode_engine", "race", "top1"]
+           "default_modes", "dense_engines", "engine_versions", "mode_asks", "mode_engine", "race", "signal_stack_bytes", "top1"]

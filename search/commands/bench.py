@@ -10,6 +10,7 @@ one process; ``speedup`` is over the fastest engine at its default precision (wh
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from typing import Any
@@ -109,7 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="latency table cache (default $UNIPRUNE_CACHE/latency)")
 
 
-def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[int, int, int], str]:
+def _model_and_structures(args: argparse.Namespace) -> tuple[Any, Any, dict, tuple[int, int, int], str]:
+    """``(model, dense, structures, shape, name)``: the compressed model (structured weights), the dense model the
+    engines run (the checkpoint before the policy's projection; for --compressed the compressed weights
+    themselves, all a compressed checkpoint holds), the structures, one sample's shape and the model's name."""
     from uniprune.compressors.core.projection import check_policy_model, project_model
     from uniprune.search.models import (
         build_model,
@@ -134,7 +138,7 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
                               f"--input-shape {tuple(shape)}; export it again for other shapes")
         model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
         load_state(model, state, where=path)
-        return model, structures, shape, name
+        return model, model, structures, shape, name
     if not os.path.isfile(args.policy):
         raise ConfigError(f"policy file {args.policy!r} does not exist; pass the policy.json a search wrote")
     policy = Policy.load(args.policy)
@@ -146,8 +150,9 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
     model = build_model(args.model, num_classes=args.num_classes or int(meta.get("num_classes") or 10), input_shape=shape)
     if args.checkpoint:
         load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
+    dense = copy.deepcopy(model).eval()
     structures = project_model(model, policy, apply=True)
-    return model, structures, shape, args.model
+    return model, dense, structures, shape, args.model
 
 
 def _data(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
@@ -217,7 +222,7 @@ def _budget(args: argparse.Namespace) -> float | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.cache_dir is not None and not args.no_table:
         check_writable(args.cache_dir, "--cache-dir", folder=True)
-    model, structures, shape, name = _model_and_structures(args)
+    model, dense_model, structures, shape, name = _model_and_structures(args)
     model.eval()
     threads = args.threads or torch.get_num_threads()
     modes = check_modes(args.engines, int8=args.int8)
@@ -226,7 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bundle, calibration, held_out = _data(args, shape)
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
     x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(0))
-    dense = dense_engines(model, x, threads=threads, engines=modes, int8_calibration=calibration, progress=True)
+    dense = dense_engines(dense_model, x, threads=threads, engines=modes, int8_calibration=calibration, progress=True)
     if args.compressed and os.path.isdir(args.compressed):
         from uniprune.compressors.formats.artifact import measure_artifact_ms
 
