@@ -1,0 +1,103 @@
+"""Training inside a fixed structure: pruned blocks frozen at 0, each unified block tied to one magnitude.
+
+The last phase of every fine-tuning method (after ADMM's hard projection, or alone for ``masked``), and
+how unstructured baselines are retrained (``masks``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from ..core.constraints import bake, constrain, constrain_masks
+from ..core.errors import ConfigError
+from ..core.structure import LayerStructure
+from .distributed import LogFn, RankLogger, epoch_batches, evaluate_on_rank0, world, wrap
+from .training import Distillation, make_optimizer, train_epoch
+
+SCHEDULES = ("cosine", "constant")
+
+
+def epoch_schedule(optimizer: torch.optim.Optimizer, epochs: int, schedule: str) -> LambdaLR:
+    """Stepped once per epoch: cosine from the base lr towards 0 (the last epoch keeps a little), or constant."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if schedule == "constant":
+        return LambdaLR(optimizer, lambda e: 1.0)
+    return LambdaLR(optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / max(1, epochs))))
+
+
+def retrain(
+    model: nn.Module,
+    structures: Mapping[str, LayerStructure],
+    train_batches: Callable[[int], Iterable],
+    evaluate: Callable[[nn.Module], float],
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    device: str | torch.device = "cpu",
+    log: LogFn | None = None,
+    first_epoch: int = 0,
+    progress: bool = True,
+    prefix: str = "admm",
+    masks: Mapping[str, Tensor] | None = None,
+    schedule: str = "cosine",
+    distill: Distillation | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, LayerStructure], list[dict[str, float]]]:
+    """Train ``model`` for ``epochs`` with every layer held to its structure, then bake the weights.
+
+    ``checkpoint(state)``, when given, is called after every epoch with what :func:`retrain` needs to go on
+    from there (``resume=state``: the constrained model's and the optimizer's state, epochs done, history).
+
+    ``masks`` (0/1 per weight, for unstructured baselines) are held as well, for layers without a
+    structure. ``train_batches(epoch)`` is called with ``first_epoch + i``; the learning rate follows
+    ``schedule`` (``"cosine"`` per epoch from ``lr``, or ``"constant"``). Scalars are logged as ``<prefix>/loss`` and
+    ``<prefix>/val_accuracy``. Returns the structures with trained magnitudes and one
+    ``{"epoch", "loss", "val_accuracy"}`` record per epoch (accuracy of the constrained model).
+    """
+    device = torch.device(device)
+    logger = RankLogger(log)
+    rank = world()[0]
+    constrain(model, structures)
+    history: list[dict[str, float]] = list(resume["history"]) if resume else []
+    try:
+        if masks:
+            constrain_masks(model, masks)
+        if epochs > 0:
+            optimizer = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
+            scheduler = epoch_schedule(optimizer, epochs, schedule)
+            done = 0
+            if resume:
+                model.load_state_dict(resume["model"])
+                optimizer.load_state_dict(resume["optimizer"])
+                done = int(resume["done"])
+                scheduler.last_epoch = done  # the optimizer's state holds the lr of that epoch already
+            net = wrap(model, device)
+            for i in range(done, epochs):
+                epoch = first_epoch + i
+                batches, total = epoch_batches(train_batches, epoch)
+                stats = train_epoch(net, batches, optimizer, device=device, total=total, distill=distill,
+                                    desc=f"{prefix} retrain {i + 1}/{epochs}" if progress and rank == 0 else None)
+                scheduler.step()
+                acc = evaluate_on_rank0(evaluate, model)
+                history.append({"epoch": epoch, "loss": stats["loss"], "val_accuracy": acc})
+                logger(f"{prefix}/loss", stats["loss"], epoch)
+                logger(f"{prefix}/val_accuracy", acc, epoch)
+                if checkpoint is not None:
+                    checkpoint({"done": i + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "history": history})
+            del net
+    finally:
+        trained = bake(model)
+    out = dict(structures)
+    out.update(trained)
+    return out, history
