@@ -125,3 +125,22 @@ def test_resuming_from_any_epoch_ends_where_an_unbroken_run_ends(dense: nn.Modul
     assert [h["residual"] for h in again["admm_history"]] == pytest.approx([h["residual"] for h in full["admm_history"]])
     assert [h["val_accuracy"] for h in again["retrain_history"]] == pytest.approx(
         [h["val_accuracy"] for h in full["retrain_history"]])
+
+
+def test_retraining_ends_with_its_best_epoch(dense: nn.Module) -> None:
+    scores = iter([0.5, 0.2, 0.9, 0.7])  # right after the projection, then after each retraining epoch
+    states: list[dict] = []
+    model = copy.deepcopy(dense)
+    result = finetune(model, POLICY, train_batches, lambda m: next(scores), AdmmConfig(method="masked", retrain_epochs=3, progress=False),
+                      checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    assert result["accuracy"] == 0.9 and result["projected_accuracy"] == 0.5
+    assert [r.get("best", False) for r in result["retrain_history"]] == [False, True, False]
+    # the weights are those saved after the second epoch, not the third's
+    assert states[1]["best"]["index"] == 1
+    second, third = states[1]["model"], states[2]["model"]
+    moved = [k for k in second if not torch.equal(second[k], third[k]) and k.endswith("weight")]
+    assert moved  # the third epoch did change the weights
+    _check_structures(model, result["structures"])
+    kept = dict(model.named_parameters())
+    for name in ("0.bias", "4.weight"):  # parameters outside the projected layers are saved as they are
+        assert torch.equal(kept[name].detach(), second[name]), name

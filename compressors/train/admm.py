@@ -56,6 +56,7 @@ class AdmmConfig:
         momentum: SGD momentum in [0, 1).
         weight_decay: L2 on weights (and shared magnitudes), >= 0.
         retrain_epochs: epochs of masked/tied retraining after the hard projection, >= 0.
+        keep_best: end with the retraining epoch of best validation accuracy, not the last one.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         evaluate_every_iteration: evaluate after each ADMM iteration (for ``admm/val_accuracy``).
         progress: show tqdm bars on stderr (rank 0 only).
@@ -72,6 +73,7 @@ class AdmmConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     retrain_epochs: int = 2
+    keep_best: bool = True
     device: str = "cpu"
     evaluate_every_iteration: bool = True
     progress: bool = True
@@ -220,8 +222,9 @@ def _run(job: FinetuneJob, config: AdmmConfig) -> Outcome:
         job.model, structures, job.train_batches, job.evaluate,
         epochs=config.retrain_epochs, lr=config.retrain_lr or config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, device=job.device, log=job.log, first_epoch=config.admm_epochs,
-        progress=config.progress, schedule=config.schedule, distill=job.distill,
+        progress=config.progress, schedule=config.schedule, distill=job.distill, keep_best=config.keep_best,
         checkpoint=None if checkpoint is None else retrain_checkpoint, resume=resume if phase == "retrain" else None,
     )
-    final = retrain_history[-1]["val_accuracy"] if retrain_history else projected
+    final = max((r["val_accuracy"] for r in retrain_history), default=projected) if config.keep_best else \
+        (retrain_history[-1]["val_accuracy"] if retrain_history else projected)
     return Outcome(structures, final, projected, admm_history, retrain_history)

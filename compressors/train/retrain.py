@@ -50,6 +50,7 @@ def retrain(
     masks: Mapping[str, Tensor] | None = None,
     schedule: str = "cosine",
     distill: Distillation | None = None,
+    keep_best: bool = True,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, LayerStructure], list[dict[str, float]]]:
@@ -61,14 +62,18 @@ def retrain(
     ``masks`` (0/1 per weight, for unstructured baselines) are held as well, for layers without a
     structure. ``train_batches(epoch)`` is called with ``first_epoch + i``; the learning rate follows
     ``schedule`` (``"cosine"`` per epoch from ``lr``, or ``"constant"``). Scalars are logged as ``<prefix>/loss`` and
-    ``<prefix>/val_accuracy``. Returns the structures with trained magnitudes and one
-    ``{"epoch", "loss", "val_accuracy"}`` record per epoch (accuracy of the constrained model).
+    ``<prefix>/val_accuracy``. With ``keep_best``, the model ends with the weights of its best epoch by
+    validation accuracy (the structure is the same in every epoch, so any of them is a valid result; the
+    first of equals wins, so a flat accuracy keeps the earliest) and that epoch's record has ``"best": True``.
+    Returns the structures with trained magnitudes and one ``{"epoch", "loss", "val_accuracy"}`` record per
+    epoch (accuracy of the constrained model).
     """
     device = torch.device(device)
     logger = RankLogger(log)
     rank = world()[0]
     constrain(model, structures)
     history: list[dict[str, float]] = list(resume["history"]) if resume else []
+    best: dict[str, Any] | None = resume.get("best") if resume else None
     try:
         if masks:
             constrain_masks(model, masks)
@@ -92,10 +97,17 @@ def retrain(
                 history.append({"epoch": epoch, "loss": stats["loss"], "val_accuracy": acc})
                 logger(f"{prefix}/loss", stats["loss"], epoch)
                 logger(f"{prefix}/val_accuracy", acc, epoch)
+                if keep_best and (best is None or acc > best["val_accuracy"]):
+                    best = {"val_accuracy": acc, "index": len(history) - 1,
+                            "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
                 if checkpoint is not None:
                     checkpoint({"done": i + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "history": history})
+                                "history": history, **({"best": best} if best is not None else {})})
             del net
+            if best is not None and best["index"] != len(history) - 1:
+                model.load_state_dict(best["model"])
+            if best is not None:
+                history[int(best["index"])] = history[int(best["index"])] | {"best": True}
     finally:
         trained = bake(model)
     out = dict(structures)
