@@ -144,3 +144,20 @@ def test_retraining_ends_with_its_best_epoch(dense: nn.Module) -> None:
     kept = dict(model.named_parameters())
     for name in ("0.bias", "4.weight"):  # parameters outside the projected layers are saved as they are
         assert torch.equal(kept[name].detach(), second[name]), name
+
+
+def test_run_schedule_is_one_cosine_over_admm_and_retraining(dense: nn.Module) -> None:
+    import math
+
+    states: list[dict] = []
+    config = AdmmConfig(iterations=2, rho=0.5, retrain_epochs=2, lr=0.02, schedule="run", progress=False)
+    finetune(copy.deepcopy(dense), POLICY, train_batches, val_accuracy, config, checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    lrs = [s["optimizer"]["param_groups"][0]["lr"] for s in states]
+
+    def cosine(e: int) -> float:
+        return 0.02 * 0.5 * (1 + math.cos(math.pi * e / 4))
+
+    # an ADMM epoch trains at the curve's value of its own epoch; a retraining state holds the next epoch's lr
+    assert lrs == pytest.approx([cosine(0), cosine(1), cosine(3), cosine(4)])
+    with pytest.raises(ConfigError, match="retrain_lr unset"):
+        AdmmConfig(schedule="run", retrain_lr=0.1)
