@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from uniprune.compressors.core.errors import ConfigError
 from uniprune.envs import make_tiny_env
-from uniprune.search.knapsack import LayerOptions, env_options, knapsack_plans, pareto_options, score_options, solve
+from uniprune.search.knapsack import (
+    LayerOptions,
+    env_options,
+    knapsack_plans,
+    pareto_options,
+    score_options,
+    solve,
+)
 
 
 def test_pareto_options_drop_compression_that_buys_no_time() -> None:
