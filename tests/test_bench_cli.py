@@ -68,6 +68,19 @@ def test_bench_scores_every_mode_and_int8_on_held_out_images(policy_file, capsys
 def test_bench_int8_needs_data(policy_file, capsys):
     assert main(["bench", "--model", "digits-cnn", "--policy", str(policy_file), "--int8", "--no-table"]) == 2
     assert "--dataset" in capsys.readouterr().err
+    assert main(["bench", "--model", "digits-cnn", "--policy", str(policy_file), "--baseline", "int8", "--no-table"]) == 2
+    assert "--int8" in capsys.readouterr().err
+
+
+def test_bench_f32_baseline_on_request(policy_file, capsys):
+    rc = main(["bench", "--model", "digits-cnn", "--policy", str(policy_file), "--threads", "1", "--repeats", "3",
+               "--no-table", "--baseline", "f32", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    f32 = [m for m, p in out["precisions"].items() if p == "f32"]
+    assert out["baseline"] == "f32" and out["best_engine"] in f32
+    assert out["best_dense_ms"] == min(out["engines"][m] for m in f32) == out["rivals"]["f32"]["ms"]
+    assert out["rivals"]["default"]["engine"] in available_engines()
 
 
 def test_bench_no_table(policy_file, capsys):
