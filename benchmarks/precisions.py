@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs the shared data ({CHECKPOINT}, {TEST})", file=sys.stderr)
         return 2
     calibration, *held = _images()
+    load_before = os.getloadavg()[0]
     results = []
     for i, batch in enumerate(args.batches):
         r = measure(batch, args, calibration, tuple(held), score=i == 0)
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = sorted({n.splitlines()[0][:300] for r in results for n in r["notes"]})
     md = [
         f"Machine: {machine_line()}; {args.threads} thread(s); least of at least {args.repeats} interleaved rounds "
-        f"spanning at least {args.min_seconds:g} s.", f"Command: `{command_line()}`", "",
+        f"spanning at least {args.min_seconds:g} s; 1-minute load average {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end.", f"Command: `{command_line()}`", "",
         "ResNet-56 (pretrained, BatchNorm folded). Engine modes: `torch`, `onnxruntime`, `openvino` at their default "
         "precision (the precision column is what each engine reports; OpenVINO's default is bf16 on CPUs with "
         "avx512_bf16 or AMX), `openvino:f32` pinned to f32, `*:int8` on ONNX Runtime's static QDQ quantization "
