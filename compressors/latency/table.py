@@ -75,8 +75,8 @@ def _example_input(input_shape: Sequence[int], batch_size: int, seed: int) -> to
 
 #: How a compressed model runs when it is timed: ``"lean"`` (default), one native plan per forward pass
 #: (:mod:`uniprune.compressors.native.plan`), built from the same spec ``uniprune export`` writes; ``"artifact"``, that
-#: spec exported to a temporary folder and run through the artifact's own loader (numpy + ctypes, its own
-#: build of the C sources), exactly what a user deploys; ``"python"``, the compiled nn.Module whose layers
+#: spec exported to a temporary folder and read back as ``uniprune bench --compressed DIR`` reads an artifact
+#: (plan and weights verified, on uniprune's own kernels), exactly the files a user deploys; ``"python"``, the compiled nn.Module whose layers
 #: call the kernels one by one (about 5 µs of Python a layer).
 RUNTIMES = ("lean", "artifact", "python")
 
@@ -110,8 +110,9 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
 
 
 def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int) -> Any:
-    """The compressed model exported to a temporary artifact and opened through its own loader; the folder
-    lives as long as the returned callable (``torch [N, C, H, W] -> torch``)."""
+    """The compressed model exported to a temporary artifact and read back (plan and weights, verified, on
+    uniprune's own kernels: :func:`~uniprune.compressors.formats.artifact.open_artifact`); the folder lives as
+    long as the returned callable (``torch [N, C, H, W] -> torch``)."""
     import tempfile
 
     from ..formats.artifact import open_artifact, write_artifact
@@ -122,7 +123,7 @@ def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: tor
     art = open_artifact(Path(folder.name) / "artifact", threads=threads)
 
     def run(inputs: torch.Tensor, _keep: Any = folder) -> torch.Tensor:
-        return torch.from_numpy(art.run(inputs.numpy()))
+        return art(inputs)
 
     return run
 

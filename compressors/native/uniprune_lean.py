@@ -42,6 +42,7 @@ import argparse
 import ctypes
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -51,9 +52,9 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -107,20 +108,27 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, dict
 
 
 def unpack_arrays(blob: bytes | memoryview | np.ndarray, index: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """The arrays :func:`pack_arrays` packed, as read-only views of ``blob``; LeanError for an index that
-    does not fit it."""
+    """The arrays :func:`pack_arrays` packed, as read-only views of ``blob``; LeanError for an index entry
+    that is malformed (dtype, shape, offset) or does not fit inside ``blob``."""
     buf = memoryview(blob).cast("B") if not isinstance(blob, np.ndarray) else blob.reshape(-1).view(np.uint8)
+    if not isinstance(index, Mapping):
+        raise LeanError(f"plan field 'arrays' must be a JSON object, got {type(index).__name__}")
     out = {}
     for name, rec in index.items():
-        try:
-            dtype = np.dtype(_DTYPES[rec["dtype"]]).newbyteorder("<")
-            shape = tuple(int(s) for s in rec["shape"])
-            count, offset = int(np.prod(shape, dtype=np.int64)), int(rec["offset"])
-        except (KeyError, TypeError, ValueError):
-            raise LeanError(f"array {name!r} has a malformed index entry {dict(rec)!r}") from None
-        if offset < 0 or offset % _ALIGN or offset + count * dtype.itemsize > len(buf):
+        where = f"plan field 'arrays'[{_show(name)}]"
+        if not isinstance(rec, Mapping) or rec.get("dtype") not in _DTYPES or type(rec.get("dtype")) is not str:
+            raise LeanError(f"{where} must be an object with a dtype of {', '.join(_DTYPES)}, got {_show(rec)}")
+        dtype = np.dtype(_DTYPES[rec["dtype"]]).newbyteorder("<")
+        shape = rec.get("shape")
+        if type(shape) is not list or len(shape) > 8:
+            raise LeanError(f"{where} field 'shape' must be a list of at most 8 integers, got {_show(shape)}")
+        shape = tuple(_int(s, 0, MAX_ELEMENTS, f"{where} field 'shape'") for s in shape)
+        count = _prod(shape)
+        offset = _int(rec.get("offset"), 0, len(buf), f"{where} field 'offset'")
+        if offset % _ALIGN or count > MAX_ELEMENTS or offset + count * dtype.itemsize > len(buf):
             raise LeanError(f"array {name!r} ({count} x {dtype.name} at byte {offset}) lies outside the "
-                            f"{len(buf)}-byte weights; the plan and weights files do not belong together")
+                            f"{len(buf)}-byte weights or off a {_ALIGN}-byte boundary; the plan and weights files do not "
+                            "belong together")
         out[name] = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
     return out
 
@@ -163,9 +171,11 @@ def read_plan(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
     if not path.is_file():
         raise LeanError(f"{path} does not exist; pass the directory 'uniprune export --out' wrote")
     try:
-        header = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LeanError(f"{path} is not readable JSON ({str(exc).splitlines()[0][:160]})") from None
+        header = loads_json(path.read_bytes())
+    except OSError as exc:
+        raise LeanError(f"{path} is not readable ({exc.strerror or exc})") from None
+    except LeanError as exc:
+        raise LeanError(f"{path}: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         got = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise LeanError(f"{path} has format {got!r}, expected {FORMAT!r}; export the model again with this version")
@@ -173,7 +183,9 @@ def read_plan(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
                       ("arrays", dict), ("weights", dict)):
         if not isinstance(header.get(key), kind):
             raise LeanError(f"{path}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
-    wpath = directory / str(header["weights"].get("file", WEIGHTS_FILE))
+    if header["weights"].get("file", WEIGHTS_FILE) != WEIGHTS_FILE:  # never a path to elsewhere
+        raise LeanError(f"{path}: field 'weights' names file {_show(header['weights'].get('file'))}, expected {WEIGHTS_FILE!r}")
+    wpath = directory / WEIGHTS_FILE
     try:
         blob = wpath.read_bytes()
     except OSError as exc:
@@ -181,6 +193,331 @@ def read_plan(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
     if hashlib.sha256(blob).hexdigest() != header["weights"].get("sha256"):
         raise LeanError(f"{wpath} does not match the sha256 in {path}; the weights are damaged or from another export")
     return header, unpack_arrays(blob, header["arrays"])
+
+
+# --------------------------------------------------------------------------------------------- verifier
+# A plan file is data from anywhere, so every number in it is checked here before any native call: a plan
+# verify_plan accepts reads and writes only inside the buffers and arrays it names (csrc/uniprune_plan.c
+# checks the indices it is handed too; this is the check that can name the op and the field). Table-driven:
+# an op kind is one entry of _OPS, a kernel type one of _KERNELS, a weight precision one of PRECISIONS.
+
+MAX_DIM = 1 << 24             # one extent of a shape: channels, height, width or features
+MAX_SAMPLE_FLOATS = 1 << 34   # floats per sample of one buffer (64 GiB; csrc/uniprune_plan.c MAX_FLOATS)
+MAX_BUFFERS = 1 << 16         # csrc/uniprune_plan.c MAX_BUFS
+MAX_OPS = 1 << 20
+MAX_THREADS = 1024
+MAX_BATCH = 1 << 24
+MAX_PARAM = 1 << 16           # a window, stride, padding, dilation or shift (csrc/uniprune_plan.c MAX_PARAM)
+MAX_ELEMENTS = 1 << 40        # elements of one array of weights.bin
+#: A plan's ``"precision"`` (default float32) -> the dtype of its kernels' packed weights ``w``.
+PRECISIONS: dict[str, str] = {"float32": "float32"}
+_INT32 = (1 << 31) - 1
+_HEADER_NAMES = ("in0", "in1", "out", "act", "C", "H", "W", "Co", "Ho", "Wo")
+#: Each op parameter's range; a name shared by several kinds means the same thing in each.
+_PARAM_RANGES: dict[str, tuple[int, int]] = {
+    "kh": (1, MAX_PARAM), "kw": (1, MAX_PARAM), "sh": (1, MAX_PARAM), "sw": (1, MAX_PARAM), "ph": (0, MAX_PARAM),
+    "pw": (0, MAX_PARAM), "dh": (1, MAX_PARAM), "dw": (1, MAX_PARAM), "groups": (1, MAX_DIM), "has_bias": (0, 1),
+    "is_max": (0, 1), "count_include_pad": (0, 1), "clo": (-MAX_DIM, MAX_DIM), "pt": (-MAX_PARAM, MAX_PARAM),
+    "pl": (-MAX_PARAM, MAX_PARAM), "mode": (0, 1)}
+_WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+def _int(value: Any, lo: int, hi: int, where: str) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise LeanError(f"{where} must be an integer in [{lo}, {hi}], got {_show(value)}")
+    return value
+
+
+def _extent(n: int, k: int, s: int, p: int, d: int) -> int:
+    """Output extent of a conv or pool window along one axis, as torch computes it (< 1: the window does not fit)."""
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _window_out(g: dict[str, int], dilated: bool = True) -> str | None:
+    dh, dw = (g["dh"], g["dw"]) if dilated else (1, 1)
+    ho, wo = _extent(g["H"], g["kh"], g["sh"], g["ph"], dh), _extent(g["W"], g["kw"], g["sw"], g["pw"], dw)
+    if (ho, wo) != (g["Ho"], g["Wo"]):
+        return f"Ho/Wo: the op says {g['Ho']}x{g['Wo']}, its {g['kh']}x{g['kw']} window on {g['H']}x{g['W']} gives {ho}x{wo}"
+    return None
+
+
+def _same_shape(g: dict[str, int]) -> str | None:
+    if (g["C"], g["H"], g["W"]) != (g["Co"], g["Ho"], g["Wo"]):
+        return f"Co/Ho/Wo: an elementwise op keeps its shape, got {[g['C'], g['H'], g['W']]} -> {[g['Co'], g['Ho'], g['Wo']]}"
+    return None
+
+
+def _geom_conv(g: dict[str, int], k: tuple[int, ...]) -> str | None:
+    co, ci, *window = k
+    if (co, ci) != (g["Co"], g["C"]):
+        return f"kernel.geom: the kernel maps {ci} -> {co} channels, the op {g['C']} -> {g['Co']}"
+    return _window_out({**g, **dict(zip(_WINDOW, window))})
+
+
+def _geom_gemv(g: dict[str, int], k: tuple[int, ...]) -> str | None:
+    if (k[0], k[1]) != (g["Co"] * g["Ho"] * g["Wo"], g["C"] * g["H"] * g["W"]):
+        return f"kernel out/in: the kernel maps {k[1]} -> {k[0]} features, the op {g['C'] * g['H'] * g['W']} -> " \
+               f"{g['Co'] * g['Ho'] * g['Wo']}"
+    return None
+
+
+def _geom_gconv(g: dict[str, int], k: None) -> str | None:
+    if g["C"] % g["groups"] or g["Co"] % g["groups"]:
+        return f"groups: {g['groups']} does not divide {g['C']} input and {g['Co']} output channels"
+    return _window_out(g)
+
+
+def _geom_pool(g: dict[str, int], k: None) -> str | None:
+    if g["Co"] != g["C"]:
+        return f"Co: a pool keeps its {g['C']} channels, got {g['Co']}"
+    return _window_out(g, dilated=False)
+
+
+def _geom_gap(g: dict[str, int], k: None) -> str | None:
+    if (g["Co"], g["Ho"], g["Wo"]) != (g["C"], 1, 1):
+        return f"Co/Ho/Wo: a global pool gives [{g['C']}, 1, 1], got {[g['Co'], g['Ho'], g['Wo']]}"
+    return None
+
+
+def _geom_im2col(g: dict[str, int], k: tuple[int, ...]) -> str | None:
+    patch = g["C"] * g["kh"] * g["kw"]
+    want = (g["Co"], patch) if g["mode"] == 0 else (g["Co"], patch, 1, 1, 1, 1, 0, 0, 1, 1)
+    if tuple(k) != want:
+        return f"kernel: an im2col conv in mode {g['mode']} needs a kernel {list(want)}, got {list(k)}"
+    return _window_out(g)
+
+
+class _Kind(NamedTuple):
+    """One op kind of csrc/uniprune_plan.c: its parameters (after the header ints), the kernel it runs
+    (``"conv"``, ``"gemv"``, ``"mode"``: by its ``mode`` parameter, or None), whether it may read a fused
+    residual (in1) or write over its input, its floats after lo and hi, and its geometry check."""
+    name: str
+    params: tuple[str, ...]
+    kernel: str | None
+    residual: bool
+    in_place: bool
+    floats: Callable[[dict[str, int]], int]
+    geometry: Callable[[dict[str, int], Any], str | None]
+
+
+def _none(g: dict[str, int]) -> int:
+    return 0
+
+
+_OPS: dict[int, _Kind] = {  # the numbers are csrc/uniprune_plan.c's op kinds
+    1: _Kind("conv", (), "conv", True, False, _none, _geom_conv),
+    2: _Kind("linear", (), "gemv", True, False, _none, _geom_gemv),
+    3: _Kind("grouped_conv", (*_WINDOW, "groups", "has_bias"), None, True, False,
+             lambda g: g["Co"] * (g["C"] // g["groups"]) * g["kh"] * g["kw"] + g["Co"] * g["has_bias"], _geom_gconv),
+    4: _Kind("add", (), None, True, True, _none, lambda g, k: _same_shape(g)),
+    5: _Kind("act", (), None, False, True, _none, lambda g, k: _same_shape(g)),
+    6: _Kind("affine", (), None, False, True, lambda g: 2 * g["C"], lambda g, k: _same_shape(g)),
+    7: _Kind("global_avg_pool", (), None, False, False, _none, _geom_gap),
+    8: _Kind("pool", ("kh", "kw", "sh", "sw", "ph", "pw", "is_max", "count_include_pad"), None, False, False, _none,
+             _geom_pool),
+    9: _Kind("slice_pad", ("sh", "sw", "clo", "pt", "pl"), None, False, False, _none, lambda g, k: None),
+    10: _Kind("copy", (), None, False, True, _none, lambda g, k: _same_shape(g)),
+    11: _Kind("im2col_conv", (*_WINDOW, "mode"), "mode", True, False, _none, _geom_im2col),
+}
+
+
+def _array(arrays: Mapping[str, np.ndarray], name: Any, dtype: str, size: int | None, where: str) -> np.ndarray:
+    a = arrays.get(name) if type(name) is str else None
+    if a is None:
+        raise LeanError(f"{where} names array {_show(name)}, which the plan's arrays do not hold")
+    if a.dtype.name != dtype:
+        raise LeanError(f"{where}: array {name!r} is {a.dtype.name}, expected {dtype}")
+    if size is not None and a.size != size:
+        raise LeanError(f"{where}: array {name!r} has {a.size} elements, expected {size}")
+    return a
+
+
+def _panels(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], panels: int, rows: int, taps: int, ci: int,
+            co: int, precision: str, where: str) -> None:
+    """The packed arrays of a kernel of ``panels`` panels of ``rows`` outputs: sizes against each other and
+    the kernel's geometry (their contents, the panel pointers and channel indices, csrc/uniprune_kernels.c checks)."""
+    ptr = _array(arrays, k.get("panel_ptr"), "int32", panels + 1, f"{where} kernel.panel_ptr")
+    first, nnz = int(ptr[0]), int(ptr[-1])
+    if first != 0 or not 0 <= nnz <= panels * ci:
+        raise LeanError(f"{where} kernel.panel_ptr: runs from {first} to {nnz}, expected 0 to at most {panels * ci}")
+    _array(arrays, k.get("ch"), "int32", nnz, f"{where} kernel.ch")
+    _array(arrays, k.get("w"), PRECISIONS[precision], nnz * taps * rows, f"{where} kernel.w")
+    if k.get("bias") is not None:
+        _array(arrays, k.get("bias"), "float32", co, f"{where} kernel.bias")
+
+
+def _kernel_conv(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], precision: str, where: str) -> tuple[int, ...]:
+    geom = k.get("geom")
+    if type(geom) is not list or len(geom) != 10:
+        raise LeanError(f"{where} kernel.geom must be a list of 10 integers, got {_show(geom)}")
+    lows = (1, 1, 1, 1, 1, 1, 0, 0, 1, 1)
+    geom = tuple(_int(v, lo, MAX_DIM if j < 2 else MAX_PARAM, f"{where} kernel.geom[{j}]") for j, (v, lo) in
+                 enumerate(zip(geom, lows)))
+    rows = k.get("rows")
+    if rows not in (1, 2, 4, 8) or type(rows) is not int:
+        raise LeanError(f"{where} kernel.rows must be 1, 2, 4 or 8, got {_show(rows)}")
+    _panels(k, arrays, -(-geom[0] // rows), rows, geom[2] * geom[3], geom[1], geom[0], precision, where)
+    return geom
+
+
+def _kernel_gemv(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], precision: str, where: str) -> tuple[int, ...]:
+    co = _int(k.get("out"), 1, MAX_SAMPLE_FLOATS, f"{where} kernel.out")
+    ci = _int(k.get("in"), 1, MAX_SAMPLE_FLOATS, f"{where} kernel.in")
+    _panels(k, arrays, -(-co // _KERNEL_ROWS), _KERNEL_ROWS, 1, ci, co, precision, where)
+    return co, ci
+
+
+_KERNELS: dict[str, Callable[..., tuple[int, ...]]] = {"conv": _kernel_conv, "gemv": _kernel_gemv}
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    if type(value) is not list or not 1 <= len(value) <= 4:
+        raise LeanError(f"{where} must be a list of 1 to 4 integers, got {_show(value)}")
+    return tuple(_int(v, 1, MAX_DIM, f"{where}[{j}]") for j, v in enumerate(value))
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Check a plan before anything native sees it; a LeanError of one line naming the op and the field
+    otherwise. Checked: header integers in range; ``ops`` non-empty; each op's kind, integers and geometry
+    (output extents from its window, channels against its kernel's); every buffer's size against what each
+    op reads and writes there (buffer 0 holds exactly ``input_shape``, buffer 1 ``output_shape``) and its
+    lifetime (no op reads a buffer before one writes it; the output is written); each array an op or kernel
+    names against the op (dtype, element count). The arrays' offsets in weights.bin: :func:`unpack_arrays`.
+    """
+    if not isinstance(header, Mapping):
+        raise LeanError(f"the plan header must be a JSON object, got {type(header).__name__}")
+    for key in ("threads", "batch_size"):
+        if header.get(key) is not None:
+            _int(header[key], 1, MAX_THREADS if key == "threads" else MAX_BATCH, f"plan field {key!r}")
+    precision = header.get("precision", "float32")
+    if precision not in PRECISIONS or type(precision) is not str:
+        raise LeanError(f"plan field 'precision' must be one of {', '.join(PRECISIONS)}, got {_show(precision)}")
+    size_in = _prod(_shape(header.get("input_shape"), "plan field 'input_shape'"))
+    size_out = _prod(_shape(header.get("output_shape"), "plan field 'output_shape'"))
+    buffers, ops = header.get("buffers"), header.get("ops")
+    if type(buffers) is not list or not 2 <= len(buffers) <= MAX_BUFFERS:
+        raise LeanError(f"plan field 'buffers' must be a list of 2 to {MAX_BUFFERS} integers, got {_show(buffers)}")
+    sizes = [size_in, size_out] + [_int(v, 0, MAX_SAMPLE_FLOATS, f"plan field 'buffers'[{b}]")
+                                   for b, v in enumerate(buffers[2:], 2)]
+    if max(size_in, size_out) > MAX_SAMPLE_FLOATS:
+        raise LeanError(f"plan fields 'input_shape'/'output_shape' hold more than {MAX_SAMPLE_FLOATS} floats per sample")
+    if type(ops) is not list or not 1 <= len(ops) <= MAX_OPS:
+        raise LeanError(f"plan field 'ops' must be a list of 1 to {MAX_OPS} ops, got {_show(ops)}")
+    nb = len(sizes)
+    written = bytearray(nb)
+    written[0] = 1
+    for i, op in enumerate(ops):
+        where = f"op {i}"
+        if not isinstance(op, dict):
+            raise LeanError(f"{where} must be a JSON object, got {_show(op)}")
+        kind = _OPS.get(op.get("kind")) if type(op.get("kind")) is int else None
+        if kind is None:
+            raise LeanError(f"{where} field 'kind' must be an op kind {min(_OPS)} to {max(_OPS)}, got {_show(op.get('kind'))}")
+        where = f"op {i} ({kind.name})"
+        ints = op.get("ints")
+        names = _HEADER_NAMES + kind.params
+        if type(ints) is not list or len(ints) != len(names):
+            raise LeanError(f"{where} field 'ints' must be a list of {len(names)} integers "
+                            f"({' '.join(names)}), got {_show(ints)}")
+        g = dict(zip(names, ints))
+        _int(g["in0"], 0, nb - 1, f"{where} ints in0")
+        _int(g["in1"], -1 if not kind.name == "add" else 0, nb - 1 if kind.residual else -1, f"{where} ints in1")
+        _int(g["out"], 1, nb - 1, f"{where} ints out")
+        _int(g["act"], 0, 2, f"{where} ints act")
+        for name in ("C", "H", "W", "Co", "Ho", "Wo"):
+            _int(g[name], 1, MAX_DIM, f"{where} ints {name}")
+        for name in kind.params:
+            _int(g[name], *_PARAM_RANGES[name], f"{where} ints {name}")
+        k = op.get("kernel")
+        ktype = kind.kernel if kind.kernel != "mode" else ("gemv", "conv")[g["mode"]]
+        if ktype is None:
+            if k is not None:
+                raise LeanError(f"{where} field 'kernel' must be null for this kind, got {_show(k)}")
+            kgeom = None
+        else:
+            if not isinstance(k, dict) or k.get("type") != ktype:
+                got = k.get("type") if isinstance(k, dict) else k
+                raise LeanError(f"{where} field 'kernel' must be a {ktype} kernel, got {_show(got)}")
+            kgeom = _KERNELS[ktype](k, arrays, precision, where)
+        problem = kind.geometry(g, kgeom)
+        if problem:
+            raise LeanError(f"{where} {problem}")
+        floats = _array(arrays, op.get("floats"), "float32", 2 + kind.floats(g), f"{where} field 'floats'")
+        if not (math.isfinite(floats.flat[0]) and math.isfinite(floats.flat[1])):
+            raise LeanError(f"{where} field 'floats': the clamp bounds must be finite, got {floats.flat[0]}, {floats.flat[1]}")
+        # buffers: what the op reads must have been written and fit; what it writes must fit
+        in0, in1, out = g["in0"], g["in1"], g["out"]
+        plane, oplane = g["C"] * g["H"] * g["W"], g["Co"] * g["Ho"] * g["Wo"]
+        for field, b, need in (("in0", in0, plane), ("in1", in1, oplane)):
+            if b < 0:
+                continue
+            if not written[b]:
+                raise LeanError(f"{where} ints {field}: reads buffer {b} before any op writes it")
+            if need > sizes[b] or (b == 0 and need != size_in):
+                raise LeanError(f"{where} ints {field}: reads {need} floats per sample from buffer {b}, which holds {sizes[b]}")
+        if oplane > sizes[out] or (out == 1 and oplane != size_out):
+            raise LeanError(f"{where} ints out: writes {oplane} floats per sample to buffer {out}, which holds {sizes[out]}")
+        if (out == in0 and not kind.in_place) or (out == in1 and kind.name != "add"):
+            raise LeanError(f"{where} ints out: buffer {out} is also an input, which this kind cannot run in place")
+        written[out] = 1
+    if not written[1]:
+        raise LeanError("plan field 'ops': no op writes the output (buffer 1)")
+
+
+# ------------------------------------------------------------------------------------------- JSON
+MAX_JSON_DEPTH = 64  # nesting of objects and lists a plan (or a policy) may have: far past any real one
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise LeanError(f"key {_show(dup)} appears twice in one object; a JSON file we read must not repeat keys")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise LeanError(f"{name} is not a JSON number; write finite numbers only")
+
+
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            break
+        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
+    return depth - 1 if not level else depth
+
+
+def loads_json(data: str | bytes) -> Any:
+    """``data`` parsed as strict JSON: no repeated key in an object, no NaN or Infinity, at most
+    :data:`MAX_JSON_DEPTH` levels of nesting, integers of at most 4300 digits; a one-line LeanError otherwise
+    (never a RecursionError or an OverflowError)."""
+    try:
+        value = json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise LeanError(f"nested deeper than Python can parse; at most {MAX_JSON_DEPTH} levels are allowed") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an integer of too many digits
+        if isinstance(exc, LeanError):
+            raise
+        raise LeanError(f"not valid JSON ({str(exc).splitlines()[0][:160]})") from None
+    if isinstance(value, (dict, list)) and _depth(value) > MAX_JSON_DEPTH:
+        raise LeanError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
 
 
 # ----------------------------------------------------------------------------------- native plan
@@ -231,10 +568,13 @@ class NativePlan:
     """
 
     def __init__(self, lib: ctypes.CDLL, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        verify_plan(header, arrays)
         self.fns = fns = _Functions(lib)
         self.n_ops = len(header["ops"])
         kernels: list[tuple[Any, int]] = []  # filled below; the finalizer frees what is in it by then
-        sizes = np.asarray(header["buffers"], dtype=np.int64)
+        # the executor checks each op against every buffer's size, the caller's input and output included
+        sizes = np.asarray([_prod(tuple(header["input_shape"])), _prod(tuple(header["output_shape"])),
+                            *header["buffers"][2:]], dtype=np.int64)
         plan = fns.plan_create(len(sizes), _ptr(sizes))
         if not plan:
             raise LeanError(f"the native plan could not be created ({len(sizes)} buffers): bad sizes or out of memory")
@@ -435,12 +775,17 @@ class Model:
         self.plan = NativePlan(self.lib, self.header, arrays)
         self._lock = threading.Lock()
 
-    def run(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """``x`` float32 ``[N, *input_shape]`` (any ``N >= 0``) -> a new float32 ``[N, *output_shape]``."""
+    def run(self, x: np.ndarray, threads: int | None = None, *, check_finite: bool = True) -> np.ndarray:
+        """``x`` float32 ``[N, *input_shape]`` (any ``N >= 0``) -> a new float32 ``[N, *output_shape]``.
+
+        LeanError for another shape or dtype, and (unless ``check_finite=False``, which saves one pass over
+        ``x``) for NaN or inf in ``x``: the kernels would turn them into finite-looking garbage."""
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 1 or tuple(x.shape[1:]) != self.input_shape:
             got = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
             raise LeanError(f"the model takes a float32 array [N, {', '.join(map(str, self.input_shape))}], got {got}; "
                             "convert with x.astype(np.float32) and reshape")
+        if check_finite and not np.isfinite(x).all():
+            raise LeanError("the input holds NaN or inf; pass finite values (or check_finite=False to skip this check)")
         n = int(x.shape[0])
         y = np.empty((n, *self.output_shape), dtype=np.float32)
         if n == 0:

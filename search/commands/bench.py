@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--policy", help="policy.json to project the model onto (structure chosen from the weights)")
     source.add_argument("--compressed", help="a compressed checkpoint ('uniprune finetune --out'; needs no policy), or an "
-                        "artifact directory ('uniprune export --out'), timed through its own loader; the dense engines then "
+                        "artifact directory ('uniprune export --out'), whose plan.json and weights.bin are verified and run on uniprune's "
+                        "own kernels (its Python and C files are never run); the dense engines then "
                         "run the checkpoint it was exported from (recorded in it, or --checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per forward pass (default 1)")
     parser.add_argument("--input-shape", type=_input_shape, default=None,
