@@ -122,9 +122,9 @@ def unpack_arrays(blob: bytes | memoryview | np.ndarray, index: Mapping[str, Map
         shape = rec.get("shape")
         if type(shape) is not list or len(shape) > 8:
             raise LeanError(f"{where} field 'shape' must be a list of at most 8 integers, got {_show(shape)}")
-        shape = tuple(_int(s, 0, MAX_ELEMENTS, f"{where} field 'shape'") for s in shape)
+        shape = tuple(_int(s, 0, MAX_ELEMENTS, where, " field 'shape'") for s in shape)
         count = _prod(shape)
-        offset = _int(rec.get("offset"), 0, len(buf), f"{where} field 'offset'")
+        offset = _int(rec.get("offset"), 0, len(buf), where, " field 'offset'")
         if offset % _ALIGN or count > MAX_ELEMENTS or offset + count * dtype.itemsize > len(buf):
             raise LeanError(f"array {name!r} ({count} x {dtype.name} at byte {offset}) lies outside the "
                             f"{len(buf)}-byte weights or off a {_ALIGN}-byte boundary; the plan and weights files do not "
@@ -211,8 +211,8 @@ MAX_PARAM = 1 << 16           # a window, stride, padding, dilation or shift (cs
 MAX_ELEMENTS = 1 << 40        # elements of one array of weights.bin
 #: A plan's ``"precision"`` (default float32) -> the dtype of its kernels' packed weights ``w``.
 PRECISIONS: dict[str, str] = {"float32": "float32"}
-_INT32 = (1 << 31) - 1
 _HEADER_NAMES = ("in0", "in1", "out", "act", "C", "H", "W", "Co", "Ho", "Wo")
+_IN0, _IN1, _OUT, _ACT, _C, _H, _W, _CO, _HO, _WO = range(10)  # positions in an op's "ints"
 #: Each op parameter's range; a name shared by several kinds means the same thing in each.
 _PARAM_RANGES: dict[str, tuple[int, int]] = {
     "kh": (1, MAX_PARAM), "kw": (1, MAX_PARAM), "sh": (1, MAX_PARAM), "sw": (1, MAX_PARAM), "ph": (0, MAX_PARAM),
@@ -220,6 +220,8 @@ _PARAM_RANGES: dict[str, tuple[int, int]] = {
     "is_max": (0, 1), "count_include_pad": (0, 1), "clo": (-MAX_DIM, MAX_DIM), "pt": (-MAX_PARAM, MAX_PARAM),
     "pl": (-MAX_PARAM, MAX_PARAM), "mode": (0, 1)}
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw")
+_GEOM_RANGES = tuple(zip(("Co", "Ci", *_WINDOW), (1, 1, 1, 1, 1, 1, 0, 0, 1, 1), (MAX_DIM, MAX_DIM, *[MAX_PARAM] * 8)))
+_DTYPE_CHARS = {name: np.dtype(t).char for name, t in _DTYPES.items()}
 
 
 def _show(value: Any) -> str:
@@ -227,9 +229,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 48 else text[:45] + "..."
 
 
-def _int(value: Any, lo: int, hi: int, where: str) -> int:
+def _int(value: Any, lo: int, hi: int, where: str, field: str = "") -> int:
     if type(value) is not int or not lo <= value <= hi:
-        raise LeanError(f"{where} must be an integer in [{lo}, {hi}], got {_show(value)}")
+        raise LeanError(f"{where}{field} must be an integer in [{lo}, {hi}], got {_show(value)}")
     return value
 
 
@@ -238,58 +240,65 @@ def _extent(n: int, k: int, s: int, p: int, d: int) -> int:
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _window_out(g: dict[str, int], dilated: bool = True) -> str | None:
-    dh, dw = (g["dh"], g["dw"]) if dilated else (1, 1)
-    ho, wo = _extent(g["H"], g["kh"], g["sh"], g["ph"], dh), _extent(g["W"], g["kw"], g["sw"], g["pw"], dw)
-    if (ho, wo) != (g["Ho"], g["Wo"]):
-        return f"Ho/Wo: the op says {g['Ho']}x{g['Wo']}, its {g['kh']}x{g['kw']} window on {g['H']}x{g['W']} gives {ho}x{wo}"
+def _window_out(v: list[int], kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int) -> str | None:
+    ho, wo = _extent(v[_H], kh, sh, ph, dh), _extent(v[_W], kw, sw, pw, dw)
+    if ho != v[_HO] or wo != v[_WO]:
+        return f"ints Ho/Wo: the op says {v[_HO]}x{v[_WO]}, its {kh}x{kw} window on {v[_H]}x{v[_W]} gives {ho}x{wo}"
     return None
 
 
-def _same_shape(g: dict[str, int]) -> str | None:
-    if (g["C"], g["H"], g["W"]) != (g["Co"], g["Ho"], g["Wo"]):
-        return f"Co/Ho/Wo: an elementwise op keeps its shape, got {[g['C'], g['H'], g['W']]} -> {[g['Co'], g['Ho'], g['Wo']]}"
+def _same_shape(v: list[int], k: Any) -> str | None:
+    if v[_C] != v[_CO] or v[_H] != v[_HO] or v[_W] != v[_WO]:
+        return f"ints Co/Ho/Wo: an elementwise op keeps its shape, got {v[_C:_W + 1]} -> {v[_CO:_WO + 1]}"
     return None
 
 
-def _geom_conv(g: dict[str, int], k: tuple[int, ...]) -> str | None:
-    co, ci, *window = k
-    if (co, ci) != (g["Co"], g["C"]):
-        return f"kernel.geom: the kernel maps {ci} -> {co} channels, the op {g['C']} -> {g['Co']}"
-    return _window_out({**g, **dict(zip(_WINDOW, window))})
+def _geom_conv(v: list[int], k: tuple[int, ...]) -> str | None:
+    if k[0] != v[_CO] or k[1] != v[_C]:
+        return f"kernel.geom: the kernel maps {k[1]} -> {k[0]} channels, the op {v[_C]} -> {v[_CO]}"
+    return _window_out(v, *k[2:])
 
 
-def _geom_gemv(g: dict[str, int], k: tuple[int, ...]) -> str | None:
-    if (k[0], k[1]) != (g["Co"] * g["Ho"] * g["Wo"], g["C"] * g["H"] * g["W"]):
-        return f"kernel out/in: the kernel maps {k[1]} -> {k[0]} features, the op {g['C'] * g['H'] * g['W']} -> " \
-               f"{g['Co'] * g['Ho'] * g['Wo']}"
+def _geom_gemv(v: list[int], k: tuple[int, ...]) -> str | None:
+    if k[0] != v[_CO] * v[_HO] * v[_WO] or k[1] != v[_C] * v[_H] * v[_W]:
+        return f"kernel out/in: the kernel maps {k[1]} -> {k[0]} features, the op {v[_C] * v[_H] * v[_W]} -> " \
+               f"{v[_CO] * v[_HO] * v[_WO]}"
     return None
 
 
-def _geom_gconv(g: dict[str, int], k: None) -> str | None:
-    if g["C"] % g["groups"] or g["Co"] % g["groups"]:
-        return f"groups: {g['groups']} does not divide {g['C']} input and {g['Co']} output channels"
-    return _window_out(g)
+def _geom_gconv(v: list[int], k: None) -> str | None:
+    groups = v[18]
+    if v[_C] % groups or v[_CO] % groups:
+        return f"ints groups: {groups} does not divide {v[_C]} input and {v[_CO]} output channels"
+    return _window_out(v, *v[10:18])
 
 
-def _geom_pool(g: dict[str, int], k: None) -> str | None:
-    if g["Co"] != g["C"]:
-        return f"Co: a pool keeps its {g['C']} channels, got {g['Co']}"
-    return _window_out(g, dilated=False)
+def _geom_pool(v: list[int], k: None) -> str | None:
+    if v[_CO] != v[_C]:
+        return f"ints Co: a pool keeps its {v[_C]} channels, got {v[_CO]}"
+    return _window_out(v, *v[10:16], 1, 1)
 
 
-def _geom_gap(g: dict[str, int], k: None) -> str | None:
-    if (g["Co"], g["Ho"], g["Wo"]) != (g["C"], 1, 1):
-        return f"Co/Ho/Wo: a global pool gives [{g['C']}, 1, 1], got {[g['Co'], g['Ho'], g['Wo']]}"
+def _geom_gap(v: list[int], k: None) -> str | None:
+    if v[_CO] != v[_C] or v[_HO] != 1 or v[_WO] != 1:
+        return f"ints Co/Ho/Wo: a global pool gives [{v[_C]}, 1, 1], got {v[_CO:_WO + 1]}"
     return None
 
 
-def _geom_im2col(g: dict[str, int], k: tuple[int, ...]) -> str | None:
-    patch = g["C"] * g["kh"] * g["kw"]
-    want = (g["Co"], patch) if g["mode"] == 0 else (g["Co"], patch, 1, 1, 1, 1, 0, 0, 1, 1)
+def _geom_im2col(v: list[int], k: tuple[int, ...]) -> str | None:
+    patch, mode = v[_C] * v[10] * v[11], v[18]
+    want = (v[_CO], patch) if mode == 0 else (v[_CO], patch, 1, 1, 1, 1, 0, 0, 1, 1)
     if tuple(k) != want:
-        return f"kernel: an im2col conv in mode {g['mode']} needs a kernel {list(want)}, got {list(k)}"
-    return _window_out(g)
+        return f"kernel: an im2col conv in mode {mode} needs a kernel {list(want)}, got {list(k)}"
+    return _window_out(v, *v[10:18])
+
+
+def _geom_none(v: list[int], k: Any) -> str | None:
+    return None
+
+
+def _floats_none(v: list[int]) -> int:
+    return 0
 
 
 class _Kind(NamedTuple):
@@ -301,39 +310,39 @@ class _Kind(NamedTuple):
     kernel: str | None
     residual: bool
     in_place: bool
-    floats: Callable[[dict[str, int]], int]
-    geometry: Callable[[dict[str, int], Any], str | None]
-
-
-def _none(g: dict[str, int]) -> int:
-    return 0
+    floats: Callable[[list[int]], int]
+    geometry: Callable[[list[int], Any], str | None]
 
 
 _OPS: dict[int, _Kind] = {  # the numbers are csrc/uniprune_plan.c's op kinds
-    1: _Kind("conv", (), "conv", True, False, _none, _geom_conv),
-    2: _Kind("linear", (), "gemv", True, False, _none, _geom_gemv),
+    1: _Kind("conv", (), "conv", True, False, _floats_none, _geom_conv),
+    2: _Kind("linear", (), "gemv", True, False, _floats_none, _geom_gemv),
     3: _Kind("grouped_conv", (*_WINDOW, "groups", "has_bias"), None, True, False,
-             lambda g: g["Co"] * (g["C"] // g["groups"]) * g["kh"] * g["kw"] + g["Co"] * g["has_bias"], _geom_gconv),
-    4: _Kind("add", (), None, True, True, _none, lambda g, k: _same_shape(g)),
-    5: _Kind("act", (), None, False, True, _none, lambda g, k: _same_shape(g)),
-    6: _Kind("affine", (), None, False, True, lambda g: 2 * g["C"], lambda g, k: _same_shape(g)),
-    7: _Kind("global_avg_pool", (), None, False, False, _none, _geom_gap),
-    8: _Kind("pool", ("kh", "kw", "sh", "sw", "ph", "pw", "is_max", "count_include_pad"), None, False, False, _none,
-             _geom_pool),
-    9: _Kind("slice_pad", ("sh", "sw", "clo", "pt", "pl"), None, False, False, _none, lambda g, k: None),
-    10: _Kind("copy", (), None, False, True, _none, lambda g, k: _same_shape(g)),
-    11: _Kind("im2col_conv", (*_WINDOW, "mode"), "mode", True, False, _none, _geom_im2col),
+             lambda v: v[_CO] * (v[_C] // v[18]) * v[10] * v[11] + v[_CO] * v[19], _geom_gconv),
+    4: _Kind("add", (), None, True, True, _floats_none, _same_shape),
+    5: _Kind("act", (), None, False, True, _floats_none, _same_shape),
+    6: _Kind("affine", (), None, False, True, lambda v: 2 * v[_C], _same_shape),
+    7: _Kind("global_avg_pool", (), None, False, False, _floats_none, _geom_gap),
+    8: _Kind("pool", ("kh", "kw", "sh", "sw", "ph", "pw", "is_max", "count_include_pad"), None, False, False,
+             _floats_none, _geom_pool),
+    9: _Kind("slice_pad", ("sh", "sw", "clo", "pt", "pl"), None, False, False, _floats_none, _geom_none),
+    10: _Kind("copy", (), None, False, True, _floats_none, _same_shape),
+    11: _Kind("im2col_conv", (*_WINDOW, "mode"), "mode", True, False, _floats_none, _geom_im2col),
 }
+#: per kind: (name, lo, hi) of each integer after act (C H W Co Ho Wo and the parameters), and the ints' count
+_RANGES = {kind: (tuple(zip(_HEADER_NAMES[_C:] + k.params, [1] * 6 + [_PARAM_RANGES[n][0] for n in k.params],
+                            [MAX_DIM] * 6 + [_PARAM_RANGES[n][1] for n in k.params])), 10 + len(k.params))
+           for kind, k in _OPS.items()}
 
 
-def _array(arrays: Mapping[str, np.ndarray], name: Any, dtype: str, size: int | None, where: str) -> np.ndarray:
+def _array(arrays: Mapping[str, np.ndarray], name: Any, dtype: str, size: int | None, where: str, field: str) -> np.ndarray:
     a = arrays.get(name) if type(name) is str else None
     if a is None:
-        raise LeanError(f"{where} names array {_show(name)}, which the plan's arrays do not hold")
-    if a.dtype.name != dtype:
-        raise LeanError(f"{where}: array {name!r} is {a.dtype.name}, expected {dtype}")
+        raise LeanError(f"{where}{field} names array {_show(name)}, which the plan's arrays do not hold")
+    if a.dtype.char != _DTYPE_CHARS[dtype]:
+        raise LeanError(f"{where}{field}: array {name!r} is {a.dtype.name}, expected {dtype}")
     if size is not None and a.size != size:
-        raise LeanError(f"{where}: array {name!r} has {a.size} elements, expected {size}")
+        raise LeanError(f"{where}{field}: array {name!r} has {a.size} elements, expected {size}")
     return a
 
 
@@ -341,33 +350,33 @@ def _panels(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], panels: int,
             co: int, precision: str, where: str) -> None:
     """The packed arrays of a kernel of ``panels`` panels of ``rows`` outputs: sizes against each other and
     the kernel's geometry (their contents, the panel pointers and channel indices, csrc/uniprune_kernels.c checks)."""
-    ptr = _array(arrays, k.get("panel_ptr"), "int32", panels + 1, f"{where} kernel.panel_ptr")
-    first, nnz = int(ptr[0]), int(ptr[-1])
+    ptr = _array(arrays, k.get("panel_ptr"), "int32", panels + 1, where, " kernel.panel_ptr")
+    first, nnz = ptr[0].item(), ptr[-1].item()
     if first != 0 or not 0 <= nnz <= panels * ci:
         raise LeanError(f"{where} kernel.panel_ptr: runs from {first} to {nnz}, expected 0 to at most {panels * ci}")
-    _array(arrays, k.get("ch"), "int32", nnz, f"{where} kernel.ch")
-    _array(arrays, k.get("w"), PRECISIONS[precision], nnz * taps * rows, f"{where} kernel.w")
+    _array(arrays, k.get("ch"), "int32", nnz, where, " kernel.ch")
+    _array(arrays, k.get("w"), PRECISIONS[precision], nnz * taps * rows, where, " kernel.w")
     if k.get("bias") is not None:
-        _array(arrays, k.get("bias"), "float32", co, f"{where} kernel.bias")
+        _array(arrays, k["bias"], "float32", co, where, " kernel.bias")
 
 
 def _kernel_conv(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], precision: str, where: str) -> tuple[int, ...]:
     geom = k.get("geom")
     if type(geom) is not list or len(geom) != 10:
         raise LeanError(f"{where} kernel.geom must be a list of 10 integers, got {_show(geom)}")
-    lows = (1, 1, 1, 1, 1, 1, 0, 0, 1, 1)
-    geom = tuple(_int(v, lo, MAX_DIM if j < 2 else MAX_PARAM, f"{where} kernel.geom[{j}]") for j, (v, lo) in
-                 enumerate(zip(geom, lows)))
+    for v, (name, lo, hi) in zip(geom, _GEOM_RANGES):
+        if type(v) is not int or not lo <= v <= hi:
+            _int(v, lo, hi, where, f" kernel.geom {name}")
     rows = k.get("rows")
-    if rows not in (1, 2, 4, 8) or type(rows) is not int:
+    if type(rows) is not int or rows not in (1, 2, 4, 8):
         raise LeanError(f"{where} kernel.rows must be 1, 2, 4 or 8, got {_show(rows)}")
     _panels(k, arrays, -(-geom[0] // rows), rows, geom[2] * geom[3], geom[1], geom[0], precision, where)
-    return geom
+    return tuple(geom)
 
 
 def _kernel_gemv(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], precision: str, where: str) -> tuple[int, ...]:
-    co = _int(k.get("out"), 1, MAX_SAMPLE_FLOATS, f"{where} kernel.out")
-    ci = _int(k.get("in"), 1, MAX_SAMPLE_FLOATS, f"{where} kernel.in")
+    co = _int(k.get("out"), 1, MAX_SAMPLE_FLOATS, where, " kernel.out")
+    ci = _int(k.get("in"), 1, MAX_SAMPLE_FLOATS, where, " kernel.in")
     _panels(k, arrays, -(-co // _KERNEL_ROWS), _KERNEL_ROWS, 1, ci, co, precision, where)
     return co, ci
 
@@ -378,7 +387,7 @@ _KERNELS: dict[str, Callable[..., tuple[int, ...]]] = {"conv": _kernel_conv, "ge
 def _shape(value: Any, where: str) -> tuple[int, ...]:
     if type(value) is not list or not 1 <= len(value) <= 4:
         raise LeanError(f"{where} must be a list of 1 to 4 integers, got {_show(value)}")
-    return tuple(_int(v, 1, MAX_DIM, f"{where}[{j}]") for j, v in enumerate(value))
+    return tuple(_int(v, 1, MAX_DIM, where, f"[{j}]") for j, v in enumerate(value))
 
 
 def _prod(shape: tuple[int, ...]) -> int:
@@ -398,78 +407,79 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
     """
     if not isinstance(header, Mapping):
         raise LeanError(f"the plan header must be a JSON object, got {type(header).__name__}")
-    for key in ("threads", "batch_size"):
+    for key, hi in (("threads", MAX_THREADS), ("batch_size", MAX_BATCH)):
         if header.get(key) is not None:
-            _int(header[key], 1, MAX_THREADS if key == "threads" else MAX_BATCH, f"plan field {key!r}")
+            _int(header[key], 1, hi, "plan field ", repr(key))
     precision = header.get("precision", "float32")
-    if precision not in PRECISIONS or type(precision) is not str:
+    if type(precision) is not str or precision not in PRECISIONS:
         raise LeanError(f"plan field 'precision' must be one of {', '.join(PRECISIONS)}, got {_show(precision)}")
     size_in = _prod(_shape(header.get("input_shape"), "plan field 'input_shape'"))
     size_out = _prod(_shape(header.get("output_shape"), "plan field 'output_shape'"))
+    if max(size_in, size_out) > MAX_SAMPLE_FLOATS:
+        raise LeanError(f"plan fields 'input_shape'/'output_shape' hold more than {MAX_SAMPLE_FLOATS} floats per sample")
     buffers, ops = header.get("buffers"), header.get("ops")
     if type(buffers) is not list or not 2 <= len(buffers) <= MAX_BUFFERS:
         raise LeanError(f"plan field 'buffers' must be a list of 2 to {MAX_BUFFERS} integers, got {_show(buffers)}")
-    sizes = [size_in, size_out] + [_int(v, 0, MAX_SAMPLE_FLOATS, f"plan field 'buffers'[{b}]")
+    sizes = [size_in, size_out] + [_int(v, 0, MAX_SAMPLE_FLOATS, "plan field 'buffers'", f"[{b}]")
                                    for b, v in enumerate(buffers[2:], 2)]
-    if max(size_in, size_out) > MAX_SAMPLE_FLOATS:
-        raise LeanError(f"plan fields 'input_shape'/'output_shape' hold more than {MAX_SAMPLE_FLOATS} floats per sample")
     if type(ops) is not list or not 1 <= len(ops) <= MAX_OPS:
         raise LeanError(f"plan field 'ops' must be a list of 1 to {MAX_OPS} ops, got {_show(ops)}")
-    nb = len(sizes)
-    written = bytearray(nb)
+    last = len(sizes) - 1
+    written = bytearray(len(sizes))
     written[0] = 1
     for i, op in enumerate(ops):
-        where = f"op {i}"
         if not isinstance(op, dict):
-            raise LeanError(f"{where} must be a JSON object, got {_show(op)}")
-        kind = _OPS.get(op.get("kind")) if type(op.get("kind")) is int else None
+            raise LeanError(f"op {i} must be a JSON object, got {_show(op)}")
+        code = op.get("kind")
+        kind = _OPS.get(code) if type(code) is int else None
         if kind is None:
-            raise LeanError(f"{where} field 'kind' must be an op kind {min(_OPS)} to {max(_OPS)}, got {_show(op.get('kind'))}")
+            raise LeanError(f"op {i} field 'kind' must be an op kind {min(_OPS)} to {max(_OPS)}, got {_show(code)}")
         where = f"op {i} ({kind.name})"
-        ints = op.get("ints")
-        names = _HEADER_NAMES + kind.params
-        if type(ints) is not list or len(ints) != len(names):
-            raise LeanError(f"{where} field 'ints' must be a list of {len(names)} integers "
-                            f"({' '.join(names)}), got {_show(ints)}")
-        g = dict(zip(names, ints))
-        _int(g["in0"], 0, nb - 1, f"{where} ints in0")
-        _int(g["in1"], -1 if not kind.name == "add" else 0, nb - 1 if kind.residual else -1, f"{where} ints in1")
-        _int(g["out"], 1, nb - 1, f"{where} ints out")
-        _int(g["act"], 0, 2, f"{where} ints act")
-        for name in ("C", "H", "W", "Co", "Ho", "Wo"):
-            _int(g[name], 1, MAX_DIM, f"{where} ints {name}")
-        for name in kind.params:
-            _int(g[name], *_PARAM_RANGES[name], f"{where} ints {name}")
+        v = op.get("ints")
+        ranges, count = _RANGES[code]
+        if type(v) is not list or len(v) != count:
+            raise LeanError(f"{where} field 'ints' must be a list of {count} integers "
+                            f"({' '.join(_HEADER_NAMES + kind.params)}), got {_show(v)}")
+        in0, in1, out, act = v[0], v[1], v[2], v[3]
+        _int(in0, 0, last, where, " ints in0")
+        _int(in1, -1 if code != 4 else 0, last if kind.residual else -1, where, " ints in1")
+        _int(out, 1, last, where, " ints out")
+        _int(act, 0, 2, where, " ints act")
+        for x, (name, lo, hi) in zip(v[4:], ranges):
+            if type(x) is not int or not lo <= x <= hi:
+                _int(x, lo, hi, where, " ints " + name)
         k = op.get("kernel")
-        ktype = kind.kernel if kind.kernel != "mode" else ("gemv", "conv")[g["mode"]]
+        ktype = kind.kernel if kind.kernel != "mode" else ("gemv", "conv")[v[18]]
         if ktype is None:
             if k is not None:
                 raise LeanError(f"{where} field 'kernel' must be null for this kind, got {_show(k)}")
             kgeom = None
         else:
             if not isinstance(k, dict) or k.get("type") != ktype:
-                got = k.get("type") if isinstance(k, dict) else k
-                raise LeanError(f"{where} field 'kernel' must be a {ktype} kernel, got {_show(got)}")
+                raise LeanError(f"{where} field 'kernel' must be a {ktype} kernel, got "
+                                f"{_show(k.get('type') if isinstance(k, dict) else k)}")
             kgeom = _KERNELS[ktype](k, arrays, precision, where)
-        problem = kind.geometry(g, kgeom)
+        problem = kind.geometry(v, kgeom)
         if problem:
             raise LeanError(f"{where} {problem}")
-        floats = _array(arrays, op.get("floats"), "float32", 2 + kind.floats(g), f"{where} field 'floats'")
-        if not (math.isfinite(floats.flat[0]) and math.isfinite(floats.flat[1])):
-            raise LeanError(f"{where} field 'floats': the clamp bounds must be finite, got {floats.flat[0]}, {floats.flat[1]}")
+        lo, hi = _array(arrays, op.get("floats"), "float32", 2 + kind.floats(v), where, " field 'floats'")[:2].tolist()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise LeanError(f"{where} field 'floats': the clamp bounds must be finite, got {lo}, {hi}")
         # buffers: what the op reads must have been written and fit; what it writes must fit
-        in0, in1, out = g["in0"], g["in1"], g["out"]
-        plane, oplane = g["C"] * g["H"] * g["W"], g["Co"] * g["Ho"] * g["Wo"]
-        for field, b, need in (("in0", in0, plane), ("in1", in1, oplane)):
-            if b < 0:
-                continue
-            if not written[b]:
-                raise LeanError(f"{where} ints {field}: reads buffer {b} before any op writes it")
-            if need > sizes[b] or (b == 0 and need != size_in):
-                raise LeanError(f"{where} ints {field}: reads {need} floats per sample from buffer {b}, which holds {sizes[b]}")
+        plane, oplane = v[_C] * v[_H] * v[_W], v[_CO] * v[_HO] * v[_WO]
+        if not written[in0]:
+            raise LeanError(f"{where} ints in0: reads buffer {in0} before any op writes it")
+        if plane > sizes[in0] or (in0 == 0 and plane != size_in):
+            raise LeanError(f"{where} ints in0: reads {plane} floats per sample from buffer {in0}, which holds {sizes[in0]}")
+        if in1 >= 0:
+            if not written[in1]:
+                raise LeanError(f"{where} ints in1: reads buffer {in1} before any op writes it")
+            if oplane > sizes[in1] or (in1 == 0 and oplane != size_in):
+                raise LeanError(f"{where} ints in1: reads {oplane} floats per sample from buffer {in1}, which holds "
+                                f"{sizes[in1]}")
         if oplane > sizes[out] or (out == 1 and oplane != size_out):
             raise LeanError(f"{where} ints out: writes {oplane} floats per sample to buffer {out}, which holds {sizes[out]}")
-        if (out == in0 and not kind.in_place) or (out == in1 and kind.name != "add"):
+        if (out == in0 and not kind.in_place) or (out == in1 and code != 4):
             raise LeanError(f"{where} ints out: buffer {out} is also an input, which this kind cannot run in place")
         written[out] = 1
     if not written[1]:
