@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from uniprune.compressors.core.errors import RunDirError
-from uniprune.compressors.formats.fileio import write_json_atomic, write_text_atomic
+from uniprune.compressors.formats.fileio import read_json, write_json_atomic, write_text_atomic
 
 EPISODE_COLUMNS: tuple[str, ...] = (
     "episode", "reward", "val_accuracy", "latency_ratio", "size_ratio", "noise_sigma", "warmup", "best_reward", "seconds",
@@ -45,10 +44,7 @@ def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path} is unreadable ({exc}); {fix}") from None
+    data = read_json(path, RunDirError, fix)
     if not isinstance(data, dict):
         raise RunDirError(f"{path} must hold a JSON object; {fix}")
     return data
@@ -149,11 +145,9 @@ class RunDir:
         return run
 
     def _load(self, config: Mapping[str, Any]) -> None:
-        try:
-            stored = json.loads(self.config_path.read_text())
-            self.state = json.loads((self.path / "state.json").read_text()) if (self.path / "state.json").is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunDirError(f"{self.path} holds an unreadable config.json/state.json ({exc}); start over with --force") from None
+        fix = "the run directory is damaged: start over with --force"
+        stored = read_json(self.config_path, RunDirError, fix)
+        self.state = read_json(self.path / "state.json", RunDirError, fix) if (self.path / "state.json").is_file() else {}
         if not isinstance(stored, dict) or not isinstance(self.state, dict) or not isinstance(self.state.get("episodes", 0), int):
             raise RunDirError(f"{self.path}: config.json and state.json must hold JSON objects (state.json with an integer "
                               "'episodes'); the run directory is damaged: start over with --force")

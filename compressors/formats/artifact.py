@@ -43,6 +43,7 @@ from ..latency.timing import SPREAD_SECONDS, check_threads
 from ..native import kernels
 from ..native import uniprune_lean as lean_rt
 from ..native.plan import LeanModel, LeanSpec
+from .fileio import read_json
 
 LOADER = "uniprune_lean.py"
 README = "README.md"
@@ -169,11 +170,7 @@ def read_header(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / lean_rt.PLAN_FILE
     if not Path(directory).is_dir():
         raise CheckpointError(f"artifact directory {str(directory)!r} does not exist; pass the --out of 'uniprune export'")
-    try:
-        header = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is missing or unreadable ({type(exc).__name__}); pass a directory 'uniprune export' "
-                              "wrote") from None
+    header = read_json(path, CheckpointError, "pass a directory 'uniprune export' wrote")
     if not isinstance(header, dict) or header.get("format") != lean_rt.FORMAT:
         raise CheckpointError(f"{path} is not a uniprune lean plan (format {header.get('format') if isinstance(header, dict) else None!r}, "
                               f"expected {lean_rt.FORMAT!r}); export the model again")

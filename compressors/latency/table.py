@@ -35,11 +35,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.blocks import DEFAULT_BLOCK_SHAPES, compressible_layers
-from ..core.errors import ConfigError, ModelError
+from ..core.errors import CheckpointError, ConfigError, ModelError
 from ..core.policy import LayerAction
 from ..core.projection import BlockClasses
 from ..core.structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
-from ..formats.fileio import write_json_atomic
+from ..formats.fileio import read_json, write_json_atomic
 from ..native import kernels
 from ..native.plan import compile_lean, compile_lean_spec
 from ..native.runtime import compile_model
@@ -318,8 +318,8 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     path = folder / f"latency-{key}.json"
     if path.exists():
         try:
-            lm = LatencyModel.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            lm = LatencyModel.from_dict(read_json(path, CheckpointError, "it is measured again"))
+        except (ValueError, KeyError, TypeError, OverflowError, CheckpointError):
             lm = None  # a damaged cache file is measured again and overwritten
         if lm is not None:
             if not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress, runtime):

@@ -165,33 +165,42 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def read_plan(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(header, arrays)`` of the plan in ``directory``; LeanError naming the file for anything missing,
-    foreign or damaged (the weights' sha256 is checked)."""
+    foreign or damaged (see :func:`parse_plan`)."""
     directory = Path(directory)
-    path = directory / PLAN_FILE
+    path, wpath = directory / PLAN_FILE, directory / WEIGHTS_FILE
     if not path.is_file():
         raise LeanError(f"{path} does not exist; pass the directory 'uniprune export --out' wrote")
     try:
-        header = loads_json(path.read_bytes())
+        text = path.read_bytes()
     except OSError as exc:
         raise LeanError(f"{path} is not readable ({exc.strerror or exc})") from None
-    except LeanError as exc:
-        raise LeanError(f"{path}: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        got = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise LeanError(f"{path} has format {got!r}, expected {FORMAT!r}; export the model again with this version")
-    for key, kind in (("ops", list), ("buffers", list), ("input_shape", list), ("output_shape", list),
-                      ("arrays", dict), ("weights", dict)):
-        if not isinstance(header.get(key), kind):
-            raise LeanError(f"{path}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
-    if header["weights"].get("file", WEIGHTS_FILE) != WEIGHTS_FILE:  # never a path to elsewhere
-        raise LeanError(f"{path}: field 'weights' names file {_show(header['weights'].get('file'))}, expected {WEIGHTS_FILE!r}")
-    wpath = directory / WEIGHTS_FILE
     try:
         blob = wpath.read_bytes()
     except OSError as exc:
         raise LeanError(f"cannot read {wpath} ({exc.strerror or exc}); the artifact is incomplete") from None
+    return parse_plan(text, blob, str(path))
+
+
+def parse_plan(text: bytes | str, blob: bytes, where: str = PLAN_FILE) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(header, arrays)`` of a plan from the bytes of its ``plan.json`` (``text``, strict JSON:
+    :func:`loads_json`) and ``weights.bin`` (``blob``): the header's fields, the weights' sha256 and every
+    array's index entry checked (:func:`unpack_arrays`); LeanError starting with ``where`` otherwise. The ops
+    are checked by :func:`verify_plan`, which every native plan runs first."""
+    try:
+        header = loads_json(text)
+    except LeanError as exc:
+        raise LeanError(f"{where}: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise LeanError(f"{where} has format {_show(got)}, expected {FORMAT!r}; export the model again with this version")
+    for key, kind in (("ops", list), ("buffers", list), ("input_shape", list), ("output_shape", list),
+                      ("arrays", dict), ("weights", dict)):
+        if not isinstance(header.get(key), kind):
+            raise LeanError(f"{where}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
+    if header["weights"].get("file", WEIGHTS_FILE) != WEIGHTS_FILE:  # never a path to elsewhere
+        raise LeanError(f"{where}: field 'weights' names file {_show(header['weights'].get('file'))}, expected {WEIGHTS_FILE!r}")
     if hashlib.sha256(blob).hexdigest() != header["weights"].get("sha256"):
-        raise LeanError(f"{wpath} does not match the sha256 in {path}; the weights are damaged or from another export")
+        raise LeanError(f"{WEIGHTS_FILE} does not match the sha256 in {where}; the weights are damaged or from another export")
     return header, unpack_arrays(blob, header["arrays"])
 
 
