@@ -101,6 +101,8 @@ class Policy:
             except PolicyError as exc:
                 raise PolicyError(f"{source}: field 'layers.{name}': {exc}") from None
         block_shape: dict[str, tuple[int, int]] = {}
+        if not isinstance(data.get("block_shape") or {}, Mapping):
+            raise PolicyError(f"{source}: field 'block_shape' must be an object of layer kind -> [out, in]")
         for kind, shape in (data.get("block_shape") or {}).items():
             if (
                 not isinstance(shape, (list, tuple))

@@ -116,7 +116,7 @@ def unpack_arrays(blob: bytes | memoryview | np.ndarray, index: Mapping[str, Map
     out = {}
     for name, rec in index.items():
         where = f"plan field 'arrays'[{_show(name)}]"
-        if not isinstance(rec, Mapping) or rec.get("dtype") not in _DTYPES or type(rec.get("dtype")) is not str:
+        if not isinstance(rec, Mapping) or type(rec.get("dtype")) is not str or rec["dtype"] not in _DTYPES:
             raise LeanError(f"{where} must be an object with a dtype of {', '.join(_DTYPES)}, got {_show(rec)}")
         dtype = np.dtype(_DTYPES[rec["dtype"]]).newbyteorder("<")
         shape = rec.get("shape")
@@ -471,7 +471,7 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
         problem = kind.geometry(v, kgeom)
         if problem:
             raise LeanError(f"{where} {problem}")
-        lo, hi = _array(arrays, op.get("floats"), "float32", 2 + kind.floats(v), where, " field 'floats'")[:2].tolist()
+        lo, hi = _array(arrays, op.get("floats"), "float32", 2 + kind.floats(v), where, " field 'floats'").ravel()[:2].tolist()
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise LeanError(f"{where} field 'floats': the clamp bounds must be finite, got {lo}, {hi}")
         # buffers: what the op reads must have been written and fit; what it writes must fit
