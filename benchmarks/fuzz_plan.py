@@ -366,12 +366,13 @@ def check_policy(text: bytes, folder: Path) -> bool:
 
 
 def fuzz(seconds: float, cases: int, library: Path, *, asan: bool = False, seed: int = 0,
-         findings_dir: Path | None = None, progress: Callable[[Counter], None] | None = None) -> Counter:
+         findings_dir: Path | None = None, progress: Callable[[Counter], None] | None = None,
+         seeds: list[tuple[dict[str, Any], bytes]] | None = None) -> Counter:
     """Mutate and check cases until ``cases`` are tried or ``seconds`` pass; returns the counts: ``tried``,
     ``rejected`` (by the reader or verifier), ``run`` (natively; ``refused`` of them by the native checks,
     ``failed`` with a nonzero code), ``policies``, ``findings``."""
     rng = random.Random(seed)
-    mutators = [Mutator(h, b) for h, b in seed_plans()]
+    mutators = [Mutator(h, b) for h, b in (seeds or seed_plans())]
     policy = Mutator(seed_policy(), None)
     counts: Counter = Counter()
     worker = Worker(library, asan)
