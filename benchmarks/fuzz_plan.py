@@ -370,7 +370,8 @@ def fuzz(seconds: float, cases: int, library: Path, *, asan: bool = False, seed:
          seeds: list[tuple[dict[str, Any], bytes]] | None = None) -> Counter:
     """Mutate and check cases until ``cases`` are tried or ``seconds`` pass; returns the counts: ``tried``,
     ``rejected`` (by the reader or verifier), ``run`` (natively; ``refused`` of them by the native checks,
-    ``failed`` with a nonzero code), ``policies``, ``findings``."""
+    ``failed`` with a nonzero code), ``policies``, ``findings``. ``seeds``: the plans to mutate (default
+    :func:`seed_plans`)."""
     rng = random.Random(seed)
     mutators = [Mutator(h, b) for h, b in (seeds or seed_plans())]
     policy = Mutator(seed_policy(), None)

@@ -21,16 +21,20 @@ def library() -> Path:
     return fuzz_plan.build_library(asan=False)
 
 
-def test_mutated_plans_and_policies_give_one_line_errors_or_run(library):
-    counts = fuzz_plan.fuzz(6.0, 10**9, library, seed=21)  # findings_dir None: the first finding raises
+@pytest.fixture(scope="module")
+def seeds() -> list:
+    return fuzz_plan.seed_plans()
+
+
+def test_mutated_plans_and_policies_give_one_line_errors_or_run(library, seeds):
+    counts = fuzz_plan.fuzz(6.0, 10**9, library, seed=21, seeds=seeds)  # findings_dir None: the first finding raises
     assert counts["findings"] == 0
     assert counts["tried"] >= 300, dict(counts)
     assert counts["policies"] >= 20 and counts["rejected"] >= 100, dict(counts)
     assert counts["run"] >= 10 and counts["ran_ok"] >= 1, dict(counts)  # the native path was exercised
 
 
-def test_every_seed_plan_verifies_and_every_op_kind_is_seeded():
-    seeds = fuzz_plan.seed_plans()
+def test_every_seed_plan_verifies_and_every_op_kind_is_seeded(seeds):
     kinds = set()
     for header, blob in seeds:
         text = uniprune_lean.json.dumps(header).encode()
