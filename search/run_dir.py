@@ -55,6 +55,38 @@ def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
 _HELD: dict[Path, Any] = {}
 
 
+def lock_run_dir(path: str | os.PathLike, then: str = "then run this again") -> Any:
+    """Hold ``run.lock`` in the existing directory ``path`` for as long as this process lives: any verb that
+    writes a run directory (search, finetune, report) from another process into the same one is refused
+    with one line ending with ``then``. An OS lock (flock), so a process killed with -9 leaves no stale lock
+    behind. Returns the held file (None where the platform has no flock)."""
+    try:
+        import fcntl
+    except ImportError:  # not on this platform: no lock, as before
+        return None
+    key = (Path(path) / "run.lock").resolve()
+    if key in _HELD:  # this process holds it already (a resume after a stop, in one Python session)
+        return _HELD[key]
+    try:
+        fh = open(key, "a+")  # noqa: SIM115 - held open for the process's lifetime
+    except OSError as exc:
+        raise RunDirError(f"cannot lock the run directory {str(path)!r} ({exc.strerror or exc}); it must be writable") from None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise RunDirError(f"another process (pid {holder}) is writing {path}; wait for it to finish or stop it, "
+                          f"{then}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _HELD[key] = fh
+    return fh
+
+
 class RunDir:
     """One search's directory. Build it with :meth:`start`."""
 
@@ -66,31 +98,8 @@ class RunDir:
         self._lock_file: Any = None
 
     def _lock(self) -> None:
-        """Hold ``run.lock`` for as long as this process lives: a search from another process into the same
-        directory is refused. An OS lock (flock), so a process killed with -9 leaves no stale lock behind."""
-        try:
-            import fcntl
-        except ImportError:  # not on this platform: no lock, as before
-            return
         self.path.mkdir(parents=True, exist_ok=True)
-        key = (self.path / "run.lock").resolve()
-        if key in _HELD:  # this process holds it already (a resume after a stop, in one Python session)
-            self._lock_file = _HELD[key]
-            return
-        fh = open(key, "a+")  # noqa: SIM115 - held open for the process's lifetime
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            fh.close()
-            raise RunDirError(f"another process (pid {holder}) is writing {self.path}; wait for it to finish or stop it, "
-                              "then --resume") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._lock_file = _HELD[key] = fh
+        self._lock_file = lock_run_dir(self.path, "then --resume")
 
     @property
     def config_path(self) -> Path:

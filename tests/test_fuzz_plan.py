@@ -12,7 +12,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fuzz_plan  # noqa: E402
-
 from uniprune.compressors.native import uniprune_lean  # noqa: E402
 
 

@@ -7,6 +7,7 @@ interleaved with the compressed model in one process; ``speedup`` is over the fa
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any
@@ -19,7 +20,7 @@ from uniprune.compressors.latency.engines import ENGINES
 from uniprune.compressors.latency.table import RUNTIMES, build_latency_model, measure_model_ms
 from uniprune.compressors.latency.timing import SPREAD_SECONDS
 
-from .common import add_model_arguments, check_writable, positive_int
+from .common import add_model_arguments, check_batch_memory, check_writable, positive_int
 
 NAME = "bench"
 HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO) against the compressed model on the real kernels"
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.cache_dir is not None and not args.no_table:
         check_writable(args.cache_dir, "--cache-dir", folder=True)
     model, structures, shape, name = _model_and_structures(args)
+    check_batch_memory(args.batch_size, math.prod(shape))
     model.eval()
     threads = args.threads or torch.get_num_threads()
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
