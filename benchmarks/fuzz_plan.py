@@ -382,6 +382,8 @@ def fuzz(seconds: float, cases: int, library: Path, *, asan: bool = False, seed:
         try:
             while counts["tried"] < cases and time.monotonic() < deadline:
                 counts["tried"] += 1
+                if progress and counts["tried"] % 20000 == 0:
+                    progress(counts)
                 if counts["tried"] % 10 == 0:  # one case in ten is a policy file
                     text, _, what = policy.case(rng)
                     counts["policies"] += 1
@@ -405,8 +407,7 @@ def fuzz(seconds: float, cases: int, library: Path, *, asan: bool = False, seed:
                 if status in ("crash", "hang"):
                     _finding(counts, findings_dir, status, what, text, blob, detail)
                 counts[{"ok": "ran_ok", "refused": "refused", "error": "failed"}.get(status, "run_findings")] += 1
-                if progress and counts["tried"] % 20000 == 0:
-                    progress(counts)
+
         finally:
             worker.close()
     return counts

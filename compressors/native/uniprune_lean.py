@@ -436,6 +436,7 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
     last = len(sizes) - 1
     written = bytearray(len(sizes))
     written[0] = 1
+    most = [0] * len(sizes)  # the most any op writes to each buffer, floats per sample
     for i, op in enumerate(ops):
         if not isinstance(op, dict):
             raise LeanError(f"op {i} must be a JSON object, got {_show(op)}")
@@ -491,8 +492,14 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
         if (out == in0 and not kind.in_place) or (out == in1 and code != 4):
             raise LeanError(f"{where} ints out: buffer {out} is also an input, which this kind cannot run in place")
         written[out] = 1
+        if oplane > most[out]:
+            most[out] = oplane
     if not written[1]:
         raise LeanError("plan field 'ops': no op writes the output (buffer 1)")
+    for b in range(2, len(sizes)):  # a buffer larger than anything written to it would only waste memory
+        if sizes[b] > most[b]:
+            raise LeanError(f"plan field 'buffers'[{b}]: holds {sizes[b]} floats per sample, but no op writes more than "
+                            f"{most[b]} there")
 
 
 # ------------------------------------------------------------------------------------------- JSON
@@ -588,6 +595,8 @@ class NativePlan:
 
     def __init__(self, lib: ctypes.CDLL, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         verify_plan(header, arrays)
+        #: bytes of the plan's own buffers per sample of a batch (what a run of N samples allocates, times N)
+        self.bytes_per_sample = 4 * sum(header["buffers"][2:])
         self.fns = fns = _Functions(lib)
         self.n_ops = len(header["ops"])
         kernels: list[tuple[Any, int]] = []  # filled below; the finalizer frees what is in it by then
@@ -806,6 +815,9 @@ class Model:
         if check_finite and not np.isfinite(x).all():
             raise LeanError("the input holds NaN or inf; pass finite values (or check_finite=False to skip this check)")
         n = int(x.shape[0])
+        need = n * self.plan.bytes_per_sample
+        if need > _memory_bytes():
+            raise MemoryError(f"a batch of {n} needs {need / 2**30:.1f} GiB of activations, more than this machine's memory")
         y = np.empty((n, *self.output_shape), dtype=np.float32)
         if n == 0:
             return y
@@ -820,6 +832,14 @@ class Model:
         return y
 
     __call__ = run
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (a very large number where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
 def _check_threads(threads: int) -> int:
