@@ -12,10 +12,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import pickle
+import shutil
+import struct
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +29,7 @@ from uniprune.compressors.core.blocks import compressible_layers
 from uniprune.compressors.core.policy import LayerAction, Policy
 from uniprune.compressors.core.projection import project_model
 from uniprune.compressors.formats.checkpoint import save_compressed
+from uniprune.compressors.native import uniprune_lean
 from uniprune.search.cli import main
 from uniprune.search.models import build_model, save_checkpoint
 
@@ -341,3 +347,216 @@ def test_bad_input(case_id, argv, fragment, files, capsys, monkeypatch):
     after = _snapshot(files["dir"])
     assert {k: v for k, v in after.items() if k in before} == before
     assert not [k for k in after if k not in before and not k.startswith(("r-", "s-", "m-"))], sorted(set(after) - set(before))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Issue 21: an exported artifact is data (an edited plan.json or weights.bin is refused in one line, by bench and
+# by the artifact's own loader, before any native call), every option has an upper bound, JSON is strict, a
+# second writer of an --out or a run directory is refused, and a file system that refuses a write is one line.
+# The artifact (digits CNN, 3x32x32: four convs, a global pool, a linear) is exported once per module; each
+# case edits a fresh copy, which must be unchanged afterwards.
+
+def _set(path: tuple, value: Any) -> Callable[[dict, bytearray], None]:
+    def edit(h: dict, blob: bytearray) -> None:
+        target = h
+        for key in path[:-1]:
+            target = target[key]
+        if value is _DEL:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value(target[path[-1]]) if callable(value) else value
+    return edit
+
+
+_DEL = object()
+
+
+def _blob_int32(array: str, index: int, value: int) -> Callable[[dict, bytearray], None]:
+    def edit(h: dict, blob: bytearray) -> None:
+        rec = h["arrays"][array]
+        struct.pack_into("<i", blob, rec["offset"] + 4 * (index if index >= 0 else math.prod(rec["shape"]) + index), value)
+    return edit
+
+
+def _blob_float(array: str, index: int, value: float) -> Callable[[dict, bytearray], None]:
+    def edit(h: dict, blob: bytearray) -> None:
+        struct.pack_into("<f", blob, h["arrays"][array]["offset"] + 4 * index, value)
+    return edit
+
+
+def _blob_replace(make: Callable[[bytearray], bytes]) -> Callable[[dict, bytearray], None]:
+    def edit(h: dict, blob: bytearray) -> None:
+        blob[:] = make(blob)
+    return edit
+
+
+def _plan_edits() -> list[tuple[str, Callable[[dict, bytearray], None] | str, bool, str]]:
+    """(id, edit of (header, weights) or a replacement text for plan.json, whether the sha256 is updated to match,
+    a fragment the error line must hold)."""
+    e: list[tuple[str, Any, bool, str]] = []
+    # buffers: shrunk, inflated, wrong types
+    for b in (2, 3):
+        e += [(f"buffer{b}-halved", _set(("buffers", b), lambda v: v // 2), True, f"buffer {b}"),
+              (f"buffer{b}-2e62", _set(("buffers", b), 2**62), True, "buffers"),
+              (f"buffer{b}-doubled", _set(("buffers", b), lambda v: 2 * v), True, f"buffers'[{b}]"),
+              (f"buffer{b}-negative", _set(("buffers", b), -1), True, "buffers"),
+              (f"buffer{b}-float", _set(("buffers", b), lambda v: v + 0.5), True, "buffers"),
+              (f"buffer{b}-string", _set(("buffers", b), "8192"), True, "buffers"),
+              (f"buffer{b}-null", _set(("buffers", b), None), True, "buffers"),
+              (f"buffer{b}-huge-int", _set(("buffers", b), 10**400), True, "buffers")]
+    e += [("buffers-empty", _set(("buffers",), []), True, "buffers"), ("buffers-one", _set(("buffers",), [0]), True, "buffers"),
+          ("buffers-missing", _set(("buffers",), _DEL), True, "buffers"),
+          ("buffers-dropped-last", _set(("buffers",), lambda v: v[:-1]), True, "op")]
+    # op geometry: each extent of each op off by one way or another
+    names = {4: "C", 5: "H", 6: "W", 7: "Co", 8: "Ho", 9: "Wo"}
+    for op in range(6):
+        for pos, name in names.items():
+            if op in (0, 3, 5) or name in ("H", "Co"):
+                e.append((f"op{op}-{name}-inflated", _set(("ops", op, "ints", pos), lambda v: 2 * v + 1), True, f"op {op}"))
+        e.append((f"op{op}-reads-unwritten", _set(("ops", op, "ints", 0), 3 if op == 0 else 0 if op == 4 else 1), True,
+                  f"op {op}"))
+        e.append((f"op{op}-writes-input", _set(("ops", op, "ints", 2), 0), True, f"op {op}"))
+    for kind in ("conv", 0, 12, 99, -1, None, 1.5, True, [1]):
+        e.append((f"op0-kind-{kind}", _set(("ops", 0, "kind"), kind), True, "kind"))
+    e += [("op0-ints-float", _set(("ops", 0, "ints", 4), 3.0), True, "op 0"),
+          ("op0-ints-string", _set(("ops", 0, "ints", 5), "32"), True, "op 0"),
+          ("op0-ints-2e40", _set(("ops", 0, "ints", 7), 2**40), True, "op 0"),
+          ("op0-ints-negative", _set(("ops", 0, "ints", 6), -32), True, "op 0"),
+          ("op0-ints-short", _set(("ops", 0, "ints"), lambda v: v[:9]), True, "op 0"),
+          ("op0-ints-long", _set(("ops", 0, "ints"), lambda v: [*v, 1]), True, "op 0"),
+          ("op0-ints-missing", _set(("ops", 0, "ints"), _DEL), True, "op 0"),
+          ("op0-act-9", _set(("ops", 0, "ints", 3), 9), True, "op 0"),
+          ("op1-in1-residual-unwritten", _set(("ops", 1, "ints", 1), 3), True, "op 1"),
+          ("op4-in1-on-a-pool", _set(("ops", 4, "ints", 1), 2), True, "op 4"),
+          ("op5-output-shape-0", _set(("ops", 5, "ints", 7), 0), True, "op 5"),
+          ("op0-kernel-type-gemv", _set(("ops", 0, "kernel", "type"), "gemv"), True, "op 0"),
+          ("op5-kernel-type-conv", _set(("ops", 5, "kernel", "type"), "conv"), True, "op 5"),
+          ("op0-kernel-null", _set(("ops", 0, "kernel"), None), True, "op 0"),
+          ("op4-kernel-added", _set(("ops", 4, "kernel"), {"type": "conv"}), True, "op 4"),
+          ("op0-kernel-geom-co", _set(("ops", 0, "kernel", "geom", 0), 64), True, "op 0"),
+          ("op0-kernel-geom-stride", _set(("ops", 0, "kernel", "geom", 4), 1), True, "op 0"),
+          ("op0-kernel-geom-short", _set(("ops", 0, "kernel", "geom"), lambda v: v[:5]), True, "op 0"),
+          ("op0-kernel-rows-3", _set(("ops", 0, "kernel", "rows"), 3), True, "op 0"),
+          ("op0-kernel-w-missing", _set(("ops", 0, "kernel", "w"), _DEL), True, "op 0"),
+          ("op0-kernel-w-is-ch", _set(("ops", 0, "kernel", "w"), "op0.ch"), True, "op 0"),
+          ("op0-kernel-ch-is-w", _set(("ops", 0, "kernel", "ch"), "op0.w"), True, "op 0"),
+          ("op0-kernel-bias-other", _set(("ops", 0, "kernel", "bias"), "op2.bias"), True, "op 0"),
+          ("op5-kernel-in", _set(("ops", 5, "kernel", "in"), 65), True, "op 5"),
+          ("op5-kernel-out", _set(("ops", 5, "kernel", "out"), 11), True, "op 5"),
+          ("op0-floats-missing", _set(("ops", 0, "floats"), "op9.floats"), True, "op 0"),
+          ("op0-floats-is-w", _set(("ops", 0, "floats"), "op0.w"), True, "op 0"),
+          ("op-not-object", _set(("ops", 2), [1, 2]), True, "op 2"),
+          ("ops-empty", _set(("ops",), []), True, "ops"),
+          ("ops-missing", _set(("ops",), _DEL), True, "ops"),
+          ("ops-reversed", _set(("ops",), lambda v: v[::-1]), True, "op 0"),
+          ("ops-first-dropped", _set(("ops",), lambda v: v[1:]), True, "op 0"),
+          ("ops-last-dropped", _set(("ops",), lambda v: v[:-1]), True, "output"),
+          ("ops-pool-first", _set(("ops",), lambda v: [v[4], *v]), True, "op 0")]
+    # shapes
+    for name, value in (("zero", [0]), ("empty", []), ("ten-zero", [10, 0]), ("negative", [-10]), ("string", "10"),
+                        ("float", [10.0]), ("bigger", [20]), ("nested", [[10]])):
+        e.append((f"output-shape-{name}", _set(("output_shape",), value), True, "output"))
+    for name, value in (("smaller", [3, 16, 16]), ("larger", [3, 64, 64]), ("empty", []),
+                        ("zero", [0, 32, 32]), ("five-dims", [1, 1, 3, 32, 32])):
+        e.append((f"input-shape-{name}", _set(("input_shape",), value), True, "input"))
+    # the header's own integers
+    for key, value in (("threads", 0), ("threads", 10**6), ("threads", -1), ("threads", "1"), ("batch_size", 0),
+                       ("batch_size", 2**40), ("precision", "float64"), ("precision", 16)):
+        e.append((f"header-{key}-{value}", _set((key,), value), True, key))
+    # the arrays' index
+    e += [("array-offset-past-end", _set(("arrays", "op0.w", "offset"), 1 << 30), True, "op0.w"),
+          ("array-offset-negative", _set(("arrays", "op0.w", "offset"), -64), True, "op0.w"),
+          ("array-offset-unaligned", _set(("arrays", "op0.w", "offset"), 196), True, "op0.w"),
+          ("array-offset-float", _set(("arrays", "op0.w", "offset"), 192.0), True, "op0.w"),
+          ("array-shape-bigger", _set(("arrays", "op0.w", "shape", 0), 6000), True, "op0.w"),
+          ("array-shape-huge", _set(("arrays", "op0.w", "shape", 0), 2**62), True, "op0.w"),
+          ("array-shape-negative", _set(("arrays", "op0.w", "shape", 0), -6), True, "op0.w"),
+          ("array-shape-smaller", _set(("arrays", "op0.w", "shape", 0), 5), True, "op 0"),
+          ("array-dtype-float64", _set(("arrays", "op0.w", "dtype"), "float64"), True, "op0.w"),
+          ("array-dtype-int32", _set(("arrays", "op0.w", "dtype"), "int32"), True, "op 0"),
+          ("array-dtype-list", _set(("arrays", "op0.w", "dtype"), ["float32"]), True, "op0.w"),
+          ("array-missing", _set(("arrays", "op3.ch"), _DEL), True, "op 3"),
+          ("arrays-not-object", _set(("arrays",), [1]), True, "arrays"),
+          ("weights-file-elsewhere", _set(("weights", "file"), "../plan.json"), True, "weights"),
+          ("weights-sha-wrong", _set(("weights", "sha256"), "0" * 64), False, "sha256"),
+          ("format-other", _set(("format",), "uniprune.lean/9"), True, "format")]
+    # weights.bin's bytes, the sha256 updated to match (so only the deeper checks can refuse them)
+    for op in (0, 1, 3):
+        e += [(f"op{op}-panel-ptr-negative", _blob_int32(f"op{op}.panel_ptr", 1, -5), True, f"op {op}"),
+              (f"op{op}-panel-ptr-decreasing", _blob_int32(f"op{op}.panel_ptr", 2, 0), True, f"op {op}"),
+              (f"op{op}-panel-ptr-last-huge", _blob_int32(f"op{op}.panel_ptr", -1, 2**31 - 1), True, f"op {op}"),
+              (f"op{op}-panel-ptr-first", _blob_int32(f"op{op}.panel_ptr", 0, 1), True, f"op {op}"),
+              (f"op{op}-ch-out-of-range", _blob_int32(f"op{op}.ch", 0, 4096), True, f"op {op}"),
+              (f"op{op}-ch-negative", _blob_int32(f"op{op}.ch", 0, -1), True, f"op {op}")]
+    e += [("op5-panel-ptr-negative", _blob_int32("op5.panel_ptr", 1, -1), True, "op 5"),
+          ("op5-ch-out-of-range", _blob_int32("op5.ch", 0, 64), True, "op 5"),
+          ("op0-clamp-nan", _blob_float("op0.floats", 0, float("nan")), True, "op 0"),
+          ("op2-clamp-inf", _blob_float("op2.floats", 1, float("inf")), True, "op 2"),
+          ("weights-random", _blob_replace(lambda b: np.random.default_rng(0).integers(0, 256, len(b), np.uint8).tobytes()),
+           True, "op 0"),
+          ("weights-truncated", _blob_replace(lambda b: bytes(b[: len(b) // 2])), True, "outside"),
+          ("weights-truncated-stale-sha", _blob_replace(lambda b: bytes(b[: len(b) // 2])), False, "sha256"),
+          ("weights-empty", _blob_replace(lambda b: b""), True, "outside")]
+    # plan.json's text: strict JSON
+    e += [("plan-nested-100000", "[" * 100000 + "]" * 100000, False, "nested"),
+          ("plan-not-json", "{oops", False, "json"),
+          ("plan-empty", "", False, "json"),
+          ("plan-list", "[1, 2]", False, "format"),
+          ("plan-nan", '{"format": "uniprune.lean/1", "threads": NaN}', False, "nan"),
+          ("plan-huge-int", '{"format": "uniprune.lean/1", "threads": 1' + "0" * 5000 + "}", False, "json")]
+    return e
+
+
+PLAN_EDITS = _plan_edits()
+
+
+@pytest.fixture(scope="module")
+def artifact(files) -> Path:
+    out = files["dir"] / "art"
+    if not out.exists():
+        assert main(["export", "--compressed", str(files["compressed"]), "--out", str(out)]) == 0
+    return out
+
+
+def _edited_copy(artifact: Path, folder: Path, edit: Any, update_sha: bool) -> Path:
+    copy = folder / "edited"
+    shutil.copytree(artifact, copy)
+    if isinstance(edit, str):
+        (copy / "plan.json").write_text(edit)
+        return copy
+    header = json.loads((copy / "plan.json").read_text())
+    blob = bytearray((copy / "weights.bin").read_bytes())
+    edit(header, blob)
+    if update_sha:
+        header["weights"]["sha256"] = hashlib.sha256(bytes(blob)).hexdigest()
+    (copy / "weights.bin").write_bytes(bytes(blob))
+    (copy / "plan.json").write_text(json.dumps(header, allow_nan=True))
+    return copy
+
+
+def _one_error_line(err: str, prefix: str, fragment: str) -> None:
+    assert "Traceback" not in err, err[-800:]
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err[-800:]
+    assert errors[0].startswith(prefix) and fragment.lower() in errors[0].lower(), errors[0]
+
+
+@pytest.mark.parametrize("reader", ["bench", "loader"])
+@pytest.mark.parametrize(("case_id", "edit", "update_sha", "fragment"), PLAN_EDITS, ids=[c[0] for c in PLAN_EDITS])
+def test_edited_artifact(reader, case_id, edit, update_sha, fragment, artifact, files, tmp_path, capsys, monkeypatch):
+    """bench (uniprune's own reader and kernels) and the artifact's own loader (its main, compiling the C it
+    ships) refuse the edited plan in one line, before any native call runs it, and change no file."""
+    copy = _edited_copy(artifact, tmp_path, edit, update_sha)
+    before, before_dir = _snapshot(copy), _snapshot(files["dir"])
+    if reader == "bench":
+        code = main(["bench", "--compressed", str(copy), "--no-table", "--engines", "torch", "--repeats", "1",
+                     "--threads", "1"])
+        prefix = "uniprune bench: error:"
+    else:
+        monkeypatch.setenv("UNIPRUNE_LEAN_CACHE", str(files["dir"].parent / "lean-cache"))
+        code = uniprune_lean.main([str(copy), "--threads", "1"])
+        prefix = "uniprune_lean: error:"
+    captured = capsys.readouterr()
+    assert code == 2, (code, captured.err[-800:])
+    _one_error_line(captured.err, prefix, fragment)
+    assert _snapshot(copy) == before and _snapshot(files["dir"]) == before_dir

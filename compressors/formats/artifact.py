@@ -215,12 +215,14 @@ def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch
     output the artifact's must match (relative error <= 1e-4 of the output's scale, else a ModelError:
     the artifact is not this model). ``batch_size`` >= 1; ``threads`` >= 1 (default: the artifact's).
     """
-    header = read_header(directory)
-    shape = tuple(int(s) for s in header["input_shape"])
-    n = check_threads(threads if threads is not None else int(header.get("threads") or 1))
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    art = open_artifact(directory, threads=n)
+    if threads is not None:
+        check_threads(threads)
+    art = open_artifact(directory, threads=threads)  # the plan verified before any field of it is used
+    shape = art.input_shape
+    n = threads if threads is not None else int(art.header.get("threads") or 1)
+    art.threads = n
     x = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed))
     dense = dense_engines(model, x, threads=n, engines=engines)
     with torch.no_grad():

@@ -656,6 +656,10 @@ class LeanModel(nn.Module):
         if threads is not None:
             check_threads(threads)
         header = spec.header
+        try:  # every field is checked before one is used (the native plan checks again, cheaply)
+            lean_rt.verify_plan(header, spec.arrays)
+        except lean_rt.LeanError as exc:
+            raise ModelError(f"the lean plan cannot be built: {exc}") from None
         self.header = {k: v for k, v in header.items() if k != "arrays"}
         self.input_shape = tuple(int(s) for s in header["input_shape"])
         self.output_shape = tuple(int(s) for s in header["output_shape"])

@@ -124,7 +124,7 @@ def unpack_arrays(blob: bytes | memoryview | np.ndarray, index: Mapping[str, Map
             raise LeanError(f"{where} field 'shape' must be a list of at most 8 integers, got {_show(shape)}")
         shape = tuple(_int(s, 0, MAX_ELEMENTS, where, " field 'shape'") for s in shape)
         count = _prod(shape)
-        offset = _int(rec.get("offset"), 0, len(buf), where, " field 'offset'")
+        offset = _int(rec.get("offset"), 0, 1 << 62, where, " field 'offset'")
         if offset % _ALIGN or count > MAX_ELEMENTS or offset + count * dtype.itemsize > len(buf):
             raise LeanError(f"array {name!r} ({count} x {dtype.name} at byte {offset}) lies outside the "
                             f"{len(buf)}-byte weights or off a {_ALIGN}-byte boundary; the plan and weights files do not "
@@ -480,7 +480,8 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
         if not written[in0]:
             raise LeanError(f"{where} ints in0: reads buffer {in0} before any op writes it")
         if plane > sizes[in0] or (in0 == 0 and plane != size_in):
-            raise LeanError(f"{where} ints in0: reads {plane} floats per sample from buffer {in0}, which holds {sizes[in0]}")
+            raise LeanError(f"{where} ints in0: reads {plane} floats per sample from buffer {in0}"
+                            f"{' (the input)' if in0 == 0 else ''}, which holds {sizes[in0]}")
         if in1 >= 0:
             if not written[in1]:
                 raise LeanError(f"{where} ints in1: reads buffer {in1} before any op writes it")
@@ -488,7 +489,8 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
                 raise LeanError(f"{where} ints in1: reads {oplane} floats per sample from buffer {in1}, which holds "
                                 f"{sizes[in1]}")
         if oplane > sizes[out] or (out == 1 and oplane != size_out):
-            raise LeanError(f"{where} ints out: writes {oplane} floats per sample to buffer {out}, which holds {sizes[out]}")
+            raise LeanError(f"{where} ints out: writes {oplane} floats per sample to buffer {out}"
+                            f"{' (the output)' if out == 1 else ''}, which holds {sizes[out]}")
         if (out == in0 and not kind.in_place) or (out == in1 and code != 4):
             raise LeanError(f"{where} ints out: buffer {out} is also an input, which this kind cannot run in place")
         written[out] = 1
@@ -794,6 +796,7 @@ class Model:
                  cache_dir: str | os.PathLike | None = None, source_dir: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
         self.header, arrays = read_plan(self.path)
+        verify_plan(self.header, arrays)  # before any field is used, and before the C is even compiled
         self.input_shape = tuple(int(s) for s in self.header["input_shape"])
         self.output_shape = tuple(int(s) for s in self.header["output_shape"])
         self.threads = _check_threads(threads if threads is not None else int(self.header.get("threads") or 1))

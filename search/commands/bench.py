@@ -94,6 +94,14 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
         if os.path.isdir(args.compressed) and tuple(shape) != tuple(meta["input_shape"]):
             raise ConfigError(f"the artifact {args.compressed!r} takes inputs {tuple(meta['input_shape'])}, not "
                               f"--input-shape {tuple(shape)}; export it again for other shapes")
+        if os.path.isdir(args.compressed):
+            from uniprune.compressors.formats.artifact import read_header
+
+            planned = read_header(args.compressed).get("input_shape")
+            if planned != list(meta["input_shape"]):
+                raise ConfigError(f"the artifact {args.compressed!r} says its input is {str(planned)[:40]}, but the checkpoint "
+                                  f"it was exported from takes {list(meta['input_shape'])}: its plan.json was edited or "
+                                  "belongs to another export; export it again")
         model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
         load_state(model, state, where=path)
         return model, structures, shape, name
