@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import pickle
 import shutil
 import struct
@@ -39,6 +40,13 @@ FAST_ENV = ["--latency-model", "macs", "--val-samples", "32", "--eval-batch-size
 class _Payload:
     def __reduce__(self):
         return (print, ("uniprune-bad-input-payload-ran",))
+
+
+def _deep(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
 
 
 def _write(path: Path, data: bytes | str) -> Path:
@@ -86,6 +94,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["policy_model"] = _write(d / "p-model.json", json.dumps(raw | {"model": "cifar-resnet56"}))
     f["policy_block"] = _write(d / "p-block.json", json.dumps(raw | {"block_shape": {"conv": [0, 4]}}))
     f["policy_budget"] = _write(d / "p-budget.json", json.dumps(raw | {"latency_budget": 7}))
+    # strict JSON (issue 21): a repeated key (the first, invalid value would lose), deep nesting, numbers past range
+    text = json.dumps(raw)
+    f["policy_dupkey"] = _write(d / "p-dupkey.json", text.replace('"layers":', '"layers": {"conv2": {"prune": 1.5}}, "layers":', 1))
+    f["policy_deep"] = _write(d / "p-deep.json", "[" * 100000 + "]" * 100000)
+    f["policy_deep_field"] = _write(d / "p-deep-field.json", json.dumps(raw | {"search": _deep(70)}))
+    f["policy_huge"] = _write(d / "p-huge.json", text.replace('"prune": 0.5', '"prune": 1' + "0" * 400, 1))
+    f["policy_nan"] = _write(d / "p-nan.json", text.replace('"prune": 0.5', '"prune": NaN', 1))
+    f["policy_inf"] = _write(d / "p-inf.json", text.replace('"unify": 0.25', '"unify": -Infinity', 1))
 
     structures = project_model(model, policy)
     f["compressed"] = save_compressed(d / "compressed.pt", model, structures, model_name="digits-cnn", num_classes=10,
@@ -121,6 +137,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
         info.size = 5
         tar.addfile(info, io.BytesIO(b"hello"))
     f["tar_flat"] = tar_path
+    with tarfile.open(d / "empty.tar.gz", "w:gz"):
+        pass
+    f["tar_empty"] = d / "empty.tar.gz"
+    f["tar_zero"] = _write(d / "zero.tar.gz", b"")
     f["zip"] = d / "agent.zip"
     with zipfile.ZipFile(f["zip"], "w") as z:
         z.writestr("data", pickle.dumps(_Payload()))
@@ -178,7 +198,9 @@ def _cases() -> list[tuple[str, list[str], str]]:
         c.append((f"bench-compressed-{kind}", ["bench", "--compressed", path, "--no-table"], msg))
         if kind not in ("dense", "c_format"):  # eval takes a plain checkpoint (a state dict) too
             c.append((f"eval-compressed-{kind}", ["eval", "--checkpoint", path], msg))
-    pol = {"policy_text": "not valid JSON", "policy_list": "object", "policy_format": "format", "policy_prune": "prune",
+    pol = {"policy_dupkey": "appears twice", "policy_deep": "nested", "policy_deep_field": "nested",
+           "policy_huge": "finite", "policy_nan": "NaN", "policy_inf": "Infinity",
+           "policy_text": "not valid JSON", "policy_list": "object", "policy_format": "format", "policy_prune": "prune",
            "policy_neg": "prune", "policy_sum": "prune + unify", "policy_str": "prune", "policy_layer": "layer9.conv",
            "policy_model": "cifar-resnet56", "policy_block": "block", "policy_budget": "latency_budget"}
     for kind, msg in pol.items():
@@ -235,6 +257,18 @@ def _cases() -> list[tuple[str, list[str], str]]:
          "cut.tar.gz"),
         ("train-imagefolder-tar-flat", ["train", "--dataset", "imagefolder", "--data", "{tar_flat}", "--out", "{dir}/t.pt"],
          "flat.tar.gz"),
+        ("train-imagefolder-tar-empty", ["train", "--dataset", "imagefolder", "--data", "{tar_empty}", "--out", "{dir}/t.pt"],
+         "empty.tar.gz"),
+        ("train-imagefolder-tar-zero", ["train", "--dataset", "imagefolder", "--data", "{tar_zero}", "--out", "{dir}/t.pt"],
+         "zero.tar.gz"),
+        ("eval-imagefolder-tar-empty", ["eval", "--checkpoint", "{dense}", "--dataset", "imagefolder", "--data", "{tar_empty}"],
+         "empty.tar.gz"),
+        ("eval-imagefolder-tar-zero", ["eval", "--checkpoint", "{dense}", "--dataset", "imagefolder", "--data", "{tar_zero}"],
+         "zero.tar.gz"),
+        ("search-imagefolder-tar-empty", ["search", *FAST_ENV, "--checkpoint", "{dense}", "--dataset", "imagefolder", "--data",
+                                          "{tar_empty}", "--run-dir", "{dir}/s-{n}"], "empty.tar.gz"),
+        ("search-imagefolder-tar-zero", ["search", *FAST_ENV, "--checkpoint", "{dense}", "--dataset", "imagefolder", "--data",
+                                         "{tar_zero}", "--run-dir", "{dir}/s-{n}"], "zero.tar.gz"),
         ("train-cifar10-missing", ["train", "--dataset", "cifar10", "--data", "{dir}/no-cifar", "--out", "{dir}/t.pt"],
          "no-cifar"),
         ("train-cifar10-no-path", ["train", "--dataset", "cifar10", "--out", "{dir}/t.pt"], "--data"),
@@ -270,6 +304,24 @@ def _cases() -> list[tuple[str, list[str], str]]:
         ("bench", ["--input-shape", "3,x,2"], "C,H,W"), ("bench", ["--engines", "tensorrt"], "engines"),
         ("bench", ["--repeats", "0"], "positive"),
         ("replay", ["--latency-budget", "3"], "--latency-budget"),
+        # upper bounds (issue 21): what cannot finish or cannot be allocated is refused at once
+        ("bench", ["--threads", "10000"], "--threads"), ("bench", ["--threads", str(4 * (os.cpu_count() or 1) + 1)], "--threads"),
+        ("search", ["--threads", "100000"], "--threads"), ("search", ["--score-threads", "5000"], "--score-threads"),
+        ("demo", ["--threads", "2000"], "--threads"), ("export", ["--threads", "5000"], "--threads"),
+        ("train", ["--batch-size", "1000000000"], "--batch-size"), ("finetune", ["--batch-size", "1000000000"], "--batch-size"),
+        ("search", ["--batch-size", "1000000000"], "--batch-size"), ("search", ["--eval-batch-size", "1000000000"], "--eval-batch-size"),
+        ("bench", ["--batch-size", "1000000000"], "--batch-size"), ("export", ["--batch-size", "1000000000"], "--batch-size"),
+        ("eval", ["--batch-size", "1000000000"], "--batch-size"), ("bench", ["--input-shape", "3,200000,200000"], "GiB"),
+        ("bench", ["--batch-size", "1000000", "--input-shape", "3,1000,1000"], "GiB"),
+        ("bench", ["--repeats", "1000000000000"], "--repeats"),
+        ("search", ["--episodes", "1000000000000000000000"], "--episodes"), ("search", ["--episodes", "1e21"], "1e21"),
+        ("search", ["--warmup", "99999999999"], "--warmup"), ("demo", ["--episodes", "100000000"], "--episodes"),
+        ("train", ["--epochs", "1000000000"], "--epochs"), ("finetune", ["--epochs", "1000000000"], "--epochs"),
+        ("finetune", ["--iterations", "10000000000", "--epochs", "100"], "--iterations"),
+        ("search", ["--val-samples", "1000000000000"], "--val-samples"),
+        ("train", ["--seed", "-1"], "--seed"), ("train", ["--seed", "4294967296"], "--seed"), ("search", ["--seed", "-5"], "--seed"),
+        ("finetune", ["--seed", "99999999999999"], "--seed"), ("demo", ["--seed", "-1"], "--seed"),
+        ("replay", ["--seed", "-2"], "--seed"),
     ]
     for verb, extra, msg in ranges:
         base = {"train": ["train", "--out", "{dir}/t-{n}.pt"],
@@ -279,6 +331,8 @@ def _cases() -> list[tuple[str, list[str], str]]:
                 "demo": ["demo", "--out", "{dir}/d-{n}"],
                 "bench": ["bench", "--model", "digits-cnn", "--policy", "{policy}", "--no-table"],
                 "replay": ["replay", "--policy", "{policy}", *FAST_ENV, "--checkpoint", "{dense}", "--out", "{dir}/rp-{n}.json"],
+                "export": ["export", "--compressed", "{compressed}", "--out", "{dir}/e-{n}"],
+                "eval": ["eval", "--checkpoint", "{dense}"],
                 }[verb]
         c.append((f"{verb}-{'-'.join(extra)}", [*base, *extra], msg))
     # outputs
@@ -297,6 +351,17 @@ def _cases() -> list[tuple[str, list[str], str]]:
         ("bench-cache-dir-file", ["bench", "--model", "digits-cnn", "--policy", "{policy}", "--cache-dir", "{dense}"],
          "is a file"),
         ("search-run-dir-under-file", ["search", *FAST_ENV, "--run-dir", "{dense}/run"], "is a file"),
+        # the file system refuses (issue 21): one line, before any long work
+        ("export-out-proc", ["export", "--compressed", "{compressed}", "--out", "/proc/uniprune-art"], "/proc"),
+        ("export-out-name-too-long", ["export", "--compressed", "{compressed}", "--out", "{dir}/" + "a" * 300], "name"),
+        ("export-out-parent-missing", ["export", "--compressed", "{compressed}", "--out", "{dir}/no/such/art"], "no/such"),
+        ("export-out-is-file", ["export", "--compressed", "{compressed}", "--out", "{dense}"], "--out"),
+        ("train-out-proc", ["train", "--epochs", "1", "--out", "/proc/uniprune.pt"], "/proc"),
+        ("train-out-name-too-long", ["train", "--epochs", "1", "--out", "{dir}/" + "a" * 300 + ".pt"], "long"),
+        ("replay-out-proc", ["replay", "--policy", "{policy}", "--out", "/proc/uniprune.json"], "/proc"),
+        ("finetune-out-proc", ["finetune", "--policy", "{policy}", "--model", "digits-cnn", "--out", "/proc/f.pt"], "/proc"),
+        ("demo-out-proc", ["demo", "--out", "/proc/uniprune-demo"], "/proc"),
+        ("search-run-dir-proc", ["search", *FAST_ENV, "--run-dir", "/proc/uniprune-run"], "/proc"),
     ]
     # usage errors argparse reports (one line too)
     c += [
@@ -319,6 +384,10 @@ CASES = _cases()
 
 def test_the_suite_is_big_enough():
     assert len(CASES) >= 150 and len({case_id for case_id, _, _ in CASES}) == len(CASES)
+    # issue 21: at least 400 in all, with the edited artifacts and the held or immutable outputs
+    total = len(CASES) + len(ARTIFACT_CASES) + len(HELD_CASES)
+    assert total >= 400, total
+    assert len({(c[0], c[1]) for c in ARTIFACT_CASES}) == len(ARTIFACT_CASES)
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -508,6 +577,11 @@ def _plan_edits() -> list[tuple[str, Callable[[dict, bytearray], None] | str, bo
 
 
 PLAN_EDITS = _plan_edits()
+# the artifact's own loader reads every edit; bench (whose reader is the same module, behind the CLI) every second
+# edit of the header's text, shapes, arrays and weights, and every fourth of the ops' (each bench case builds the
+# checkpoint's model, ~0.3 s, and the added cases must stay within about a minute)
+ARTIFACT_CASES = [("loader", *edit) for edit in PLAN_EDITS] + [
+    ("bench", *edit) for i, edit in enumerate(PLAN_EDITS) if i % (4 if edit[0].startswith("op") else 2) == 0]
 
 
 @pytest.fixture(scope="module")
@@ -541,8 +615,8 @@ def _one_error_line(err: str, prefix: str, fragment: str) -> None:
     assert errors[0].startswith(prefix) and fragment.lower() in errors[0].lower(), errors[0]
 
 
-@pytest.mark.parametrize("reader", ["bench", "loader"])
-@pytest.mark.parametrize(("case_id", "edit", "update_sha", "fragment"), PLAN_EDITS, ids=[c[0] for c in PLAN_EDITS])
+@pytest.mark.parametrize(("reader", "case_id", "edit", "update_sha", "fragment"), ARTIFACT_CASES,
+                         ids=[f"{c[1]}-{c[0]}" for c in ARTIFACT_CASES])
 def test_edited_artifact(reader, case_id, edit, update_sha, fragment, artifact, files, tmp_path, capsys, monkeypatch):
     """bench (uniprune's own reader and kernels) and the artifact's own loader (its main, compiling the C it
     ships) refuse the edited plan in one line, before any native call runs it, and change no file."""
@@ -560,3 +634,94 @@ def test_edited_artifact(reader, case_id, edit, update_sha, fragment, artifact, 
     assert code == 2, (code, captured.err[-800:])
     _one_error_line(captured.err, prefix, fragment)
     assert _snapshot(copy) == before and _snapshot(files["dir"]) == before_dir
+
+
+def _chattr(path: Path, flag: str) -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _hold_flock(path: Path) -> Any:
+    """Open and flock ``path`` as another process would (flock locks belong to an open file, so a second
+    open in this process conflicts just as another process's does)."""
+    import fcntl
+
+    fh = open(path, "a+")  # noqa: SIM115 - closed by the test
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fh
+
+
+# (id, argv, what is held or made immutable: "immutable-file:X", "immutable-dir:X", "out-lock:X", "run-lock", fragment)
+HELD_CASES = [
+    ("train-force-over-immutable", ["train", "--epochs", "1", "--force", "--out", "{dir}/held/imm.pt"], "immutable-file:imm.pt",
+     "cannot be replaced"),
+    ("finetune-force-over-immutable", ["finetune", "--policy", "{policy}", "--model", "digits-cnn", "--checkpoint", "{dense}",
+                                       "--force", "--out", "{dir}/held/imm.pt", "--no-latency"], "immutable-file:imm.pt",
+     "cannot be replaced"),
+    ("replay-force-over-immutable", ["replay", "--policy", "{policy}", "--force", "--out", "{dir}/held/imm.json"],
+     "immutable-file:imm.json", "cannot be replaced"),
+    ("export-into-immutable-folder", ["export", "--compressed", "{compressed}", "--out", "{dir}/held/ro/art"],
+     "immutable-dir:ro", "cannot write"),
+    ("train-into-immutable-folder", ["train", "--epochs", "1", "--out", "{dir}/held/ro/t.pt"], "immutable-dir:ro", "cannot write"),
+    ("demo-into-immutable-folder", ["demo", "--out", "{dir}/held/ro/demo"], "immutable-dir:ro", "cannot write"),
+    ("train-out-locked", ["train", "--epochs", "1", "--out", "{dir}/held/t.pt"], "out-lock:t.pt", "another uniprune process"),
+    ("finetune-out-locked", ["finetune", "--policy", "{policy}", "--model", "digits-cnn", "--checkpoint", "{dense}", "--out",
+                             "{dir}/held/f.pt", "--no-latency"], "out-lock:f.pt", "another uniprune process"),
+    ("replay-out-locked", ["replay", "--policy", "{policy}", "--out", "{dir}/held/p.json"], "out-lock:p.json",
+     "another uniprune process"),
+    ("export-out-locked", ["export", "--compressed", "{compressed}", "--out", "{dir}/held/art"], "out-lock:art",
+     "another uniprune process"),
+    ("demo-out-locked", ["demo", "--out", "{dir}/held/demo"], "out-lock:demo", "another uniprune process"),
+    ("finetune-run-dir-locked", ["finetune", "--run-dir", "{dir}/held/run", "--out", "{dir}/held/f2.pt", "--no-latency",
+                                 "--epochs", "2"], "run-lock", "another process"),
+    ("report-run-dir-locked", ["report", "--run-dir", "{dir}/held/run"], "run-lock", "another process"),
+    ("search-resume-run-dir-locked", ["search", "--run-dir", "{dir}/held/run", "--resume", "--episodes", "3"], "run-lock",
+     "another process"),
+]
+
+
+@pytest.mark.parametrize(("case_id", "argv", "held", "fragment"), HELD_CASES, ids=[c[0] for c in HELD_CASES])
+def test_held_or_immutable_output(case_id, argv, held, fragment, files, capsys, monkeypatch):
+    """A file or folder the file system will not let us replace, or an --out / run directory another process is
+    writing: one line, before any training, and nothing changed."""
+    base = files["dir"] / "held"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir()
+    kind, _, name = held.partition(":")
+    undo: list[Callable[[], None]] = []
+    try:
+        if kind == "immutable-file":
+            (base / name).write_bytes(b"the user's file")
+            if not _chattr(base / name, "+i"):
+                pytest.skip("chattr +i is not available here (needs root on a file system that supports it)")
+            undo.append(lambda: _chattr(base / name, "-i"))
+        elif kind == "immutable-dir":
+            (base / name).mkdir()
+            if not _chattr(base / name, "+i"):
+                pytest.skip("chattr +i is not available here (needs root on a file system that supports it)")
+            undo.append(lambda: _chattr(base / name, "-i"))
+        elif kind == "out-lock":
+            fh = _hold_flock(base / f".{name}.lock")
+            undo.append(fh.close)
+        else:
+            shutil.copytree(files["run"], base / "run", ignore=shutil.ignore_patterns("run.lock"))
+            fh = _hold_flock(base / "run" / "run.lock")
+            undo.append(fh.close)
+        monkeypatch.chdir(files["dir"])
+        before = _snapshot(files["dir"])
+        args = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
+        code = main(args)
+        captured = capsys.readouterr()
+        assert code == 2, (code, captured.err[-600:])
+        _one_error_line(captured.err, f"uniprune {args[0]}: error:", fragment)
+        after = _snapshot(files["dir"])
+        assert {k: v for k, v in after.items() if k in before} == before
+        assert not [k for k in after if k not in before], sorted(set(after) - set(before))
+    finally:
+        for step in undo:
+            step()
+        shutil.rmtree(base, ignore_errors=True)
