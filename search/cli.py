@@ -22,6 +22,7 @@ from uniprune.compressors.formats.locks import output_lock
 
 from .commands import COMMANDS
 from .commands.common import check_limits
+from .run_dir import run_dir_locks
 
 #: errors of the file system that are the user's to fix, shown as one line (anything else is a bug: a traceback)
 _FILE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_limits(args)
         # rank 0 alone writes --out in a multi-process fine-tune (torchrun sets RANK)
         out = getattr(args, "out", None) if os.environ.get("RANK", "0") in ("", "0") else None
-        with output_lock(out):
+        with output_lock(out), run_dir_locks():
             result = args._run(args)
     except UnipruneError as exc:
         print(f"uniprune {args.verb}: error: {exc}", file=sys.stderr)

@@ -23,7 +23,8 @@ import csv
 import io
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,21 @@ def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
 _HELD: dict[Path, Any] = {}
 
 
+@contextmanager
+def run_dir_locks() -> Iterator[None]:
+    """Run-directory locks taken inside the block are released at its end: a verb's lock lasts as long as the
+    verb, so a caller that runs verbs in one process (``uniprune demo``, a notebook, the tests) can run the next
+    from another process on the same directory."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for key in [k for k in _HELD if k not in before]:
+            _HELD.pop(key).close()
+
+
 def lock_run_dir(path: str | os.PathLike, then: str = "then run this again") -> Any:
-    """Hold ``run.lock`` in the existing directory ``path`` for as long as this process lives: any verb that
+    """Hold ``run.lock`` in the existing directory ``path`` for as long as this process lives (the CLI releases it when the verb ends: :func:`run_dir_locks`): any verb that
     writes a run directory (search, finetune, report) from another process into the same one is refused
     with one line ending with ``then``. An OS lock (flock), so a process killed with -9 leaves no stale lock
     behind. Returns the held file (None where the platform has no flock)."""

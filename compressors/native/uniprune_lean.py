@@ -661,7 +661,8 @@ class NativePlan:
         else:
             raise LeanError(f"{where}: unknown kernel type {k.get('type')!r}")
         if not handle:
-            raise LeanError(f"{where}: the native {k['type']} kernel refused its arrays (bad geometry or out of memory)")
+            raise LeanError(f"{where}: the native {k['type']} kernel refused its arrays (kernel.panel_ptr not from 0 upwards, "
+                            "kernel.ch out of range, or out of memory)")
         kernels.append((destroy, handle))
         return handle
 
