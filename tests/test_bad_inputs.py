@@ -249,26 +249,17 @@ def _cases() -> list[tuple[str, list[str], str]]:
         if kind != "npz_labels":  # training from scratch on 100 classes is not wrong
             c.append((f"train-npz-{kind}", ["train", "--epochs", "1", "--dataset", "npz", "--data", path, "--out",
                                             "{dir}/t-{n}.pt"], msg))
+    for name in ("cut", "flat", "empty", "zero"):  # archives: cut short, without class folders, empty, zero bytes
+        data = ["--dataset", "imagefolder", "--data", f"{{tar_{name}}}"]
+        c.append((f"train-imagefolder-tar-{name}", ["train", *data, "--out", "{dir}/t.pt"], f"{name}.tar.gz"))
+        if name in ("empty", "zero"):
+            c.append((f"eval-imagefolder-tar-{name}", ["eval", "--checkpoint", "{dense}", *data], f"{name}.tar.gz"))
+            c.append((f"search-imagefolder-tar-{name}", ["search", *FAST_ENV, "--checkpoint", "{dense}", *data,
+                                                         "--run-dir", "{dir}/s-{n}"], f"{name}.tar.gz"))
     c += [
         ("train-dataset-unknown", ["train", "--dataset", "mnist-c", "--out", "{dir}/t.pt"], "mnist-c"),
         ("train-imagefolder-empty", ["train", "--dataset", "imagefolder", "--data", "{folder_empty}", "--out", "{dir}/t.pt"],
          "emptyfolder"),
-        ("train-imagefolder-tar-cut", ["train", "--dataset", "imagefolder", "--data", "{tar_cut}", "--out", "{dir}/t.pt"],
-         "cut.tar.gz"),
-        ("train-imagefolder-tar-flat", ["train", "--dataset", "imagefolder", "--data", "{tar_flat}", "--out", "{dir}/t.pt"],
-         "flat.tar.gz"),
-        ("train-imagefolder-tar-empty", ["train", "--dataset", "imagefolder", "--data", "{tar_empty}", "--out", "{dir}/t.pt"],
-         "empty.tar.gz"),
-        ("train-imagefolder-tar-zero", ["train", "--dataset", "imagefolder", "--data", "{tar_zero}", "--out", "{dir}/t.pt"],
-         "zero.tar.gz"),
-        ("eval-imagefolder-tar-empty", ["eval", "--checkpoint", "{dense}", "--dataset", "imagefolder", "--data", "{tar_empty}"],
-         "empty.tar.gz"),
-        ("eval-imagefolder-tar-zero", ["eval", "--checkpoint", "{dense}", "--dataset", "imagefolder", "--data", "{tar_zero}"],
-         "zero.tar.gz"),
-        ("search-imagefolder-tar-empty", ["search", *FAST_ENV, "--checkpoint", "{dense}", "--dataset", "imagefolder", "--data",
-                                          "{tar_empty}", "--run-dir", "{dir}/s-{n}"], "empty.tar.gz"),
-        ("search-imagefolder-tar-zero", ["search", *FAST_ENV, "--checkpoint", "{dense}", "--dataset", "imagefolder", "--data",
-                                         "{tar_zero}", "--run-dir", "{dir}/s-{n}"], "zero.tar.gz"),
         ("train-cifar10-missing", ["train", "--dataset", "cifar10", "--data", "{dir}/no-cifar", "--out", "{dir}/t.pt"],
          "no-cifar"),
         ("train-cifar10-no-path", ["train", "--dataset", "cifar10", "--out", "{dir}/t.pt"], "--data"),
