@@ -40,3 +40,12 @@ def test_every_seed_plan_verifies_and_every_op_kind_is_seeded(seeds):
         assert fuzz_plan.check_plan(text, blob)
         kinds |= {op["kind"] for op in header["ops"]}
     assert kinds == set(range(1, 12)) - {10}  # every kind the lowering emits (copy only for an identity model)
+
+
+def test_an_arrays_shape_is_only_its_element_count(seeds):
+    """The long fuzz run's one finding (a traceback): a kernel's panel_ptr indexed as [1, P + 1] instead of
+    [P + 1]. Its elements are what counts, so the plan is accepted, and runs."""
+    header, blob = seeds[2]  # ResNet-20: direct convs
+    rec = header["arrays"]["op0.panel_ptr"]
+    edited = {**header, "arrays": {**header["arrays"], "op0.panel_ptr": {**rec, "shape": [1, *rec["shape"]]}}}
+    assert fuzz_plan.check_plan(uniprune_lean.json.dumps(edited).encode(), blob)

@@ -359,7 +359,7 @@ def _panels(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], panels: int,
             co: int, precision: str, where: str) -> None:
     """The packed arrays of a kernel of ``panels`` panels of ``rows`` outputs: sizes against each other and
     the kernel's geometry (their contents, the panel pointers and channel indices, csrc/uniprune_kernels.c checks)."""
-    ptr = _array(arrays, k.get("panel_ptr"), "int32", panels + 1, where, " kernel.panel_ptr")
+    ptr = _array(arrays, k.get("panel_ptr"), "int32", panels + 1, where, " kernel.panel_ptr").reshape(-1)  # any shape
     first, nnz = ptr[0].item(), ptr[-1].item()
     if first != 0 or not 0 <= nnz <= panels * ci:
         raise LeanError(f"{where} kernel.panel_ptr: runs from {first} to {nnz}, expected 0 to at most {panels * ci}")
