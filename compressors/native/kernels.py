@@ -41,7 +41,7 @@ ROWS = 8  # the largest panel height; also the compact unified GEMV block height
 PANEL_HEIGHTS = (1, 2, 4, 8)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "uniprune_kernels.c"
 # compiled into the same library: the lean path's whole-model executor calls the kernels' plans directly
-SOURCES = (SOURCE, SOURCE.parent / "uniprune_plan.c")
+SOURCES = (SOURCE, SOURCE.parent / "uniprune_plan.c", SOURCE.parent / "uniprune_bf16.c")
 ISAS = ("auto", "avx512", "avx2", "generic")
 _COMMON_FLAGS = ["-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-ffp-contract=fast"]
 # Per forced ISA: flag sets tried in order (a compiler that rejects the first gets the next), the CPU flags
@@ -174,6 +174,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.up_set_spin_us.restype = None
     lib.up_fma_peak.argtypes = [ctypes.c_double, c_int]
     lib.up_fma_peak.restype = ctypes.c_double
+    lib.up_bf16_peak.argtypes = [c_int, ctypes.c_double, c_int]
+    lib.up_bf16_peak.restype = ctypes.c_double
+    lib.up_bf16_caps.argtypes = []
+    lib.up_bf16_caps.restype = c_int
     lib.up_conv_force_layout.argtypes = [c_int]
     lib.up_conv_force_layout.restype = None
     lib.up_dwconv_run.argtypes = [p, p, f32p, f32p, i32p, c_int, c_int, ctypes.c_float, ctypes.c_float, c_int]
@@ -236,6 +240,36 @@ def fma_peak_gflops(threads: int = 1, isa: str | None = None) -> float:
     if key not in _peaks:
         _peaks[key] = float(load(key[0]).up_fma_peak(0.2, threads))
     return _peaks[key]
+
+
+#: The compute units :func:`peak_gflops` probes: the build's float32 vector FMA, the bf16 dot product
+#: (VDPBF16PS, avx512_bf16) and AMX bf16 tiles (TDPBF16PS).
+PEAK_UNITS = ("fma", "bf16_dot", "amx_bf16")
+_UNIT_CODES = {"bf16_dot": 1, "amx_bf16": 2}
+
+
+def peak_gflops(unit: str = "fma", threads: int = 1, isa: str | None = None) -> float | None:
+    """The measured peak of ``unit`` (one of :data:`PEAK_UNITS`) on ``threads`` (>= 1) cores, in GFLOP/s (a
+    multiply and an add count 2), or None where this build or CPU lacks the unit (no avx512_bf16, no AMX,
+    or Linux refused the AMX tile permission). Probed like :func:`fma_peak_gflops` (independent chains or
+    tiles, the best of 8 windows over 0.2 s), once per process, ISA, unit and thread count: what a kernel's
+    "share of peak" divides by in its precision."""
+    if unit not in PEAK_UNITS:
+        raise ConfigError(f"unit must be one of {PEAK_UNITS}, got {unit!r}")
+    if unit == "fma":
+        return fma_peak_gflops(threads, isa)
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    key = (f"{resolve_isa(isa)}:{unit}", threads)
+    if key not in _peaks:
+        _peaks[key] = float(load(isa).up_bf16_peak(_UNIT_CODES[unit], 0.2, threads))
+    return _peaks[key] or None
+
+
+def bf16_units(isa: str | None = None) -> tuple[str, ...]:
+    """The bf16 units the build for ``isa`` can run on this CPU: a subset of ``("bf16_dot", "amx_bf16")``."""
+    caps = int(load(isa).up_bf16_caps())
+    return tuple(u for u, bit in _UNIT_CODES.items() if caps & bit)
 
 
 #: Input layouts of the direct conv (``up_conv_run``): which one a call uses is the kernel's choice; forcing one

@@ -61,7 +61,7 @@ FORMAT = "uniprune.lean/1"
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "weights.bin"
 #: The C sources a plan needs, compiled into one library: the kernels and the plan executor.
-SOURCES = ("uniprune_kernels.c", "uniprune_plan.c")
+SOURCES = ("uniprune_kernels.c", "uniprune_plan.c", "uniprune_bf16.c")
 _ALIGN = 64  # bytes: every array starts on a cache line, so a memory-mapped read is as good as a copy
 _DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
 _KERNEL_ROWS = 8  # the GEMV's panel height (csrc/uniprune_kernels.c ROWS)

@@ -194,6 +194,11 @@ static void parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) {
     pthread_mutex_unlock(&g_job_mu);
 }
 
+/* The pool and the clock for the other translation units of the library (uniprune_bf16.c); hidden by
+ * -fvisibility=hidden, so not part of the exported interface. */
+void up_parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) { parallel_for(n_items, nthreads, fn, ctx); }
+int64_t up_now_ns(void) { return now_ns(); }
+
 /* ------------------------------------------------------------------ block-sparse conv ---------- */
 
 typedef struct {
