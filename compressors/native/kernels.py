@@ -158,6 +158,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i32p, f32p, c_int = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
     lib.up_conv_create.restype = p
     lib.up_conv_create.argtypes = [i32p, c_int, c_int, i32p, i32p, f32p, f32p]
+    lib.up_conv_create_bf16.restype = p
+    lib.up_conv_create_bf16.argtypes = [i32p, c_int, c_int, i32p, i32p, p, f32p]
+    lib.up_conv_engine.restype = c_int
+    lib.up_conv_engine.argtypes = [p]
+    lib.up_bf16_mask_caps.restype = None
+    lib.up_bf16_mask_caps.argtypes = [c_int]
     lib.up_conv_run.restype = c_int
     lib.up_conv_run.argtypes = [p, p, p, c_int, c_int, c_int, c_int]
     lib.up_conv_destroy.argtypes = [p]
@@ -385,17 +391,31 @@ def pack_panels(weight: torch.Tensor, keep: torch.Tensor, rows: int = ROWS) -> P
     return PackedPanels(_i32(panel_ptr), _i32(cidx), packed.permute(0, 2, 1).contiguous(), rows)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded to bfloat16 (nearest even), as int16 bit patterns in a tensor of ``t``'s shape: how bf16
+    weights are handed to the kernels and stored in a plan."""
+    return t.detach().float().to(torch.bfloat16).contiguous().view(torch.int16)
+
+
 class SparseConv:
-    """A block-sparse 2-D convolution (groups=1) on the native kernels; inference only, float32, CPU.
+    """A block-sparse 2-D convolution (groups=1) on the native kernels; inference only, float32 in and out, CPU.
 
     Owns its native plan (packed weights and scratch); freed when this object is collected. ``rows``: the
     panel height (1, 2, 4 or 8 output channels; :func:`panel_height` of the layer's block height), ``isa``:
-    which build runs it (default the process's, see :func:`resolve_isa`).
+    which build runs it (default the process's, see :func:`resolve_isa`). ``precision``: ``"fp32"``, or
+    ``"bf16"`` (weights rounded to bfloat16; on AMX tiles, where the build and CPU have them, activations
+    rounded too and products accumulated in float32; elsewhere the float32 kernels with the bf16 weights:
+    :attr:`engine` says which, ``"amx_bf16"`` or ``"fp32"``).
     """
 
     def __init__(self, weight: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None,
                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                 rows: int = ROWS, isa: str | None = None) -> None:
+                 rows: int = ROWS, isa: str | None = None, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         lib = load(isa)
         co, ci, kh, kw = (int(s) for s in weight.shape)
         self.out_channels, self.kernel_size, self.rows = co, (kh, kw), rows
@@ -404,12 +424,16 @@ class SparseConv:
         self.nnz = packed.nnz
         geom = torch.tensor([co, ci, kh, kw, *self.stride, *self.padding, *self.dilation], dtype=torch.int32)
         b = None if bias is None else bias.detach().float().contiguous()
-        plan = lib.up_conv_create(_ptr(geom), rows, (co + rows - 1) // rows, _ptr(packed.panel_ptr),
-                                  _ptr(packed.ch), _ptr(packed.w), _ptr(b))
+        create = lib.up_conv_create_bf16 if precision == "bf16" else lib.up_conv_create
+        w = bf16_bits(packed.w) if precision == "bf16" else packed.w
+        plan = create(_ptr(geom), rows, (co + rows - 1) // rows, _ptr(packed.panel_ptr), _ptr(packed.ch), _ptr(w),
+                      _ptr(b))
         if not plan:
             raise KernelBuildError(f"the native conv plan could not be created for weight {tuple(weight.shape)} "
                                    "(out of memory or an unsupported geometry)")
         self._plan = plan
+        self.precision = precision
+        self.engine = "amx_bf16" if lib.up_conv_engine(plan) else "fp32"
         self._finalizer = weakref.finalize(self, lib.up_conv_destroy, plan)
         self._run = lib.up_conv_run
         self._lock = threading.Lock()  # the plan's scratch buffers serve one call at a time

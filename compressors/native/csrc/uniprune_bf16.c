@@ -206,3 +206,395 @@ EXPORT double up_bf16_peak(int unit, double seconds, int nthreads) {
     for (int i = 0; i < nthreads; i++) total += c.rate[i];
     return total;
 }
+
+/* ------------------------------------------------------------------ AMX block-sparse conv -------- */
+/* A conv (groups = 1, any kh x kw, stride, padding, dilation) as C[16 output channels][16 output pixels] +=
+ * A[16 output channels][16 units] . B[16 units][16 pixels], one TDPBF16PS per (panel of 16 output channels,
+ * chunk of 16 units, block of 16 output pixels). A unit is one tap of one channel pair (2c, 2c+1): the pair
+ * dimension of the bf16 dot product runs over two input channels, so an activation is prepared once per
+ * image as bf16 pairs, two channels interleaved, in the padded stride-phase layout of the float32 conv's
+ * "direct"/"flat" layouts: every tap of a block of 16 output pixels is then 64 contiguous bytes.
+ *
+ * Sparsity: each 16-row panel lists the channel pairs any of its rows keeps (so a pruned block costs nothing
+ * only when all 16 rows of the panel drop its pair: 8x4 blocks at 75 % pruned keep 44 % of the pairs, 1x1
+ * blocks almost all), and its units (taps x kept pairs) are cut into chunks of 16, the last one padded with
+ * zero weights. A chunk whose units are 16 consecutive pairs at one tap is one strided tile load straight
+ * from the prepared input; any other is first gathered, 16 rows of 64 bytes, into a per-thread tile of L1:
+ * that copy is what lets any block shape run on the tiles.
+ *
+ * Output: with rows of at least 16 pixels ("direct") the blocks run along each output row (the last one
+ * shifted left to end at the row's end) and the accumulators are stored straight to y, output channel by
+ * output channel at the plane's stride; else the pixels are flattened over the padded row width (the
+ * wrap-around columns computed and dropped) through a per-thread scratch. The bias is the accumulators'
+ * start value. */
+typedef struct {
+    int Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw, taps, ncp, npan, nchunk;
+    int32_t *cptr;   /* [npan + 1] first chunk of each panel */
+    int32_t *ucp;    /* [nchunk * 16] channel pair of each unit (padding units repeat the chunk's first) */
+    int32_t *utap;   /* [nchunk * 16] tap of each unit */
+    uint8_t *contig; /* [nchunk] 1: 16 consecutive pairs at one tap (one strided tile load, no gather) */
+    uint16_t *wa;    /* [nchunk][16 rows][16 units][2] bf16: the A tiles */
+    float *btile;    /* [npan][16][16]: each row's bias, 16 times */
+    int32_t *used;   /* [n_used] channel pairs some panel keeps: the only ones prepared */
+    int n_used;
+    /* geometry of the last call */
+    int H, W, Ho, Wo, Hph, Wph, nph, direct;
+    int64_t plane, cstride, img_stride, Q, Qpad, nblk;
+    int32_t *tap_off; /* [taps] */
+    int32_t *uoff;    /* [nchunk * 16] offset of each unit's pixel 0 in an image's prepared input */
+    int32_t *bpoff;   /* [nblk] offset of each block's first pixel in a prepared phase plane */
+    int32_t *byoff;   /* [nblk] ... in the output plane (direct) */
+    int64_t bcap;
+    /* one call */
+    uint32_t *xbuf;
+    float *obuf;
+    uint32_t *gbuf;
+    const float *x;
+    float *y;
+} amx_conv;
+
+void up_amxconv_destroy(amx_conv *p) {
+    if (!p) return;
+    free(p->cptr);
+    free(p->ucp);
+    free(p->utap);
+    free(p->contig);
+    free(p->wa);
+    free(p->btile);
+    free(p->used);
+    free(p->tap_off);
+    free(p->uoff);
+    free(p->bpoff);
+    free(p->byoff);
+    free(p);
+}
+
+static void *aalloc(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
+    return p;
+}
+
+static inline uint32_t bf16_bits(float f) { /* round to nearest even; inputs are finite */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+/* NULL where this build or CPU has no AMX (the caller then runs the float32 kernels), on bad input or
+ * without memory. Arguments as up_conv_create's (uniprune_kernels.c), with w holding bf16 values. */
+amx_conv *up_amxconv_create(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
+                            const float *w, const float *bias) {
+    if (!(up_bf16_caps() & CAP_AMX)) return NULL;
+    amx_conv *p = calloc(1, sizeof(amx_conv));
+    if (!p) return NULL;
+    p->Co = geom[0]; p->Ci = geom[1]; p->kh = geom[2]; p->kw = geom[3];
+    p->sh = geom[4]; p->sw = geom[5]; p->ph = geom[6]; p->pw = geom[7]; p->dh = geom[8]; p->dw = geom[9];
+    const int Co = p->Co, Ci = p->Ci, taps = p->kh * p->kw;
+    p->taps = taps;
+    p->ncp = (Ci + 1) / 2;
+    p->npan = (Co + 15) / 16;
+    const int ncp = p->ncp, npan = p->npan;
+    /* dense weights [Co][Ci][taps] and which (output, input) pairs the packing keeps */
+    float *wd = calloc((size_t)Co * Ci * taps, sizeof(float));
+    uint8_t *keep = calloc((size_t)npan * ncp, 1); /* [panel][pair] */
+    p->cptr = aalloc(sizeof(int32_t) * (npan + 1));
+    p->btile = aalloc(sizeof(float) * npan * 256);
+    p->used = aalloc(sizeof(int32_t) * ncp);
+    p->tap_off = aalloc(sizeof(int32_t) * taps);
+    if (!wd || !keep || !p->cptr || !p->btile || !p->used || !p->tap_off) goto fail;
+    for (int pn = 0; pn < n_panels; pn++)
+        for (int32_t k = panel_ptr[pn]; k < panel_ptr[pn + 1]; k++) {
+            int c = ch[k];
+            if (c < 0 || c >= Ci) goto fail;
+            for (int r = 0; r < R && pn * R + r < Co; r++) {
+                int co = pn * R + r;
+                keep[(co / 16) * ncp + c / 2] = 1;
+                for (int t = 0; t < taps; t++) wd[((int64_t)co * Ci + c) * taps + t] = w[((int64_t)k * taps + t) * R + r];
+            }
+        }
+    int64_t nunits = 0;
+    p->cptr[0] = 0;
+    for (int P = 0; P < npan; P++) {
+        int kept = 0;
+        for (int c = 0; c < ncp; c++) kept += keep[P * ncp + c];
+        p->cptr[P + 1] = p->cptr[P] + (int32_t)(((int64_t)kept * taps + 15) / 16);
+    }
+    p->nchunk = p->cptr[npan];
+    nunits = (int64_t)p->nchunk * 16;
+    p->ucp = aalloc(sizeof(int32_t) * (nunits + 1));
+    p->utap = aalloc(sizeof(int32_t) * (nunits + 1));
+    p->contig = aalloc(p->nchunk + 1);
+    p->wa = aalloc(sizeof(uint16_t) * (nunits * 32 + 1));
+    if (!p->ucp || !p->utap || !p->contig || !p->wa) goto fail;
+    memset(p->wa, 0, sizeof(uint16_t) * nunits * 32);
+    for (int P = 0; P < npan; P++) {
+        int64_t u = (int64_t)p->cptr[P] * 16, u_end = (int64_t)p->cptr[P + 1] * 16;
+        for (int t = 0; t < taps; t++)
+            for (int c = 0; c < ncp; c++) {
+                if (!keep[P * ncp + c]) continue;
+                p->ucp[u] = c;
+                p->utap[u] = t;
+                int64_t chunk = u / 16, j = u % 16;
+                for (int r = 0; r < 16 && P * 16 + r < Co; r++)
+                    for (int h = 0; h < 2 && 2 * c + h < Ci; h++)
+                        p->wa[chunk * 512 + r * 32 + j * 2 + h] =
+                            (uint16_t)bf16_bits(wd[((int64_t)(P * 16 + r) * Ci + 2 * c + h) * taps + t]);
+                u++;
+            }
+        for (; u < u_end; u++) { /* padding units: zero weights, any finite input */
+            p->ucp[u] = p->ucp[u / 16 * 16];
+            p->utap[u] = p->utap[u / 16 * 16];
+        }
+        for (int64_t k = p->cptr[P]; k < p->cptr[P + 1]; k++) {
+            int ok = 1;
+            for (int j = 1; j < 16 && ok; j++)
+                ok = p->utap[k * 16 + j] == p->utap[k * 16] && p->ucp[k * 16 + j] == p->ucp[k * 16] + j;
+            p->contig[k] = (uint8_t)ok;
+        }
+        for (int r = 0; r < 16; r++)
+            for (int l = 0; l < 16; l++) p->btile[P * 256 + r * 16 + l] = bias && P * 16 + r < Co ? bias[P * 16 + r] : 0.f;
+    }
+    for (int c = 0; c < ncp; c++) {
+        int any = 0;
+        for (int P = 0; P < npan; P++) any |= keep[P * ncp + c];
+        if (any) p->used[p->n_used++] = c;
+    }
+    free(wd);
+    free(keep);
+    return p;
+fail:
+    free(wd);
+    free(keep);
+    up_amxconv_destroy(p);
+    return NULL;
+}
+
+#if HAVE_AMX
+/* Pad one channel pair of image n into its stride phases as bf16 pairs: phase(py, px)[i][j] = (x[2c], x[2c+1])
+ * at padded position (i*sh + py, j*sw + px), zeros in the padding (and for the missing odd channel). */
+static void amx_prep(amx_conv *p, int64_t n, int c) {
+    const int H = p->H, W = p->W, Wph = p->Wph;
+    const float *x0 = p->x + (n * p->Ci + 2 * c) * (int64_t)H * W;
+    const float *x1 = 2 * c + 1 < p->Ci ? x0 + (int64_t)H * W : NULL;
+    uint32_t *d = p->xbuf + n * p->img_stride + (int64_t)c * p->cstride;
+    for (int py = 0; py < p->sh; py++)
+        for (int px = 0; px < p->sw; px++) {
+            uint32_t *ph = d + (int64_t)(py * p->sw + px) * p->plane;
+            /* output columns j whose input column j*sw + px - pw lies in [0, W) */
+            int jlo = (p->pw - px + p->sw - 1) / p->sw;
+            if (jlo < 0) jlo = 0;
+            int jhi = (W - 1 + p->pw - px) / p->sw + 1;
+            if (jhi > Wph) jhi = Wph;
+            if (jhi < jlo) jhi = jlo;
+            for (int i = 0; i < p->Hph; i++) {
+                uint32_t *o = ph + (int64_t)i * Wph;
+                int r = i * p->sh + py - p->ph;
+                if (r < 0 || r >= H) {
+                    memset(o, 0, sizeof(uint32_t) * Wph);
+                    continue;
+                }
+                const float *s0 = x0 + (int64_t)r * W + (jlo * p->sw + px - p->pw);
+                const float *s1 = x1 ? x1 + (int64_t)r * W + (jlo * p->sw + px - p->pw) : NULL;
+                for (int j = 0; j < jlo; j++) o[j] = 0;
+                const int n_in = jhi - jlo, sw = p->sw;
+                if (s1 && sw == 1)
+                    for (int j = 0; j < n_in; j++) o[jlo + j] = bf16_bits(s0[j]) | bf16_bits(s1[j]) << 16;
+                else if (s1)
+                    for (int j = 0; j < n_in; j++) o[jlo + j] = bf16_bits(s0[j * sw]) | bf16_bits(s1[j * sw]) << 16;
+                else
+                    for (int j = 0; j < n_in; j++) o[jlo + j] = bf16_bits(s0[j * sw]);
+                for (int j = jhi; j < Wph; j++) o[j] = 0;
+            }
+        }
+}
+
+static void amx_prep_task(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    amx_conv *p = ctx;
+    amx_prep(p, item / p->n_used, p->used[item % p->n_used]);
+}
+
+static inline void gather16(uint32_t *restrict d, const uint32_t *xb, const int32_t *uo, int64_t poff) {
+    for (int r = 0; r < 16; r++) _mm512_store_si512((void *)(d + 16 * r), _mm512_loadu_si512((const void *)(xb + uo[r] + poff)));
+}
+
+/* B tile `tb` for block b of chunk k, into accumulator `tc`: a strided load where the chunk is contiguous,
+ * else a gather into this thread's scratch first. Tile numbers must be immediates: a macro. */
+#define AMX_BLOCK(tc, tb, i)                                                                              \
+    do {                                                                                                  \
+        int64_t poff = p->bpoff[g + (i)];                                                                 \
+        if (p->contig[k]) {                                                                               \
+            _tile_loadd(tb, xb + uo[0] + poff, (long)(p->cstride * 4));                                   \
+        } else {                                                                                          \
+            gather16(gb + (i) * 256, xb, uo, poff);                                                       \
+            _tile_loadd(tb, gb + (i) * 256, 64);                                                          \
+        }                                                                                                 \
+        _tile_dpbf16ps(tc, 4, tb);                                                                        \
+    } while (0)
+
+static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
+    const int64_t Q = p->Q, nblk = p->nblk;
+    const int rows = p->Co - P * 16 < 16 ? p->Co - P * 16 : 16;
+    const int straight = p->direct && rows == 16;
+    const uint32_t *xb = p->xbuf + n * p->img_stride;
+    float *yP = p->y + (n * p->Co + (int64_t)P * 16) * Q;
+    float *ob = p->obuf + (int64_t)tid * 16 * p->Qpad;
+    uint32_t *gb = p->gbuf + (int64_t)tid * 4 * 256;
+    const float *bt = p->btile + (int64_t)P * 256;
+    const int k0 = p->cptr[P], k1 = p->cptr[P + 1];
+    amx_configure();
+    for (int64_t g = 0; g < nblk; g += 4) {
+        const int64_t cnt = nblk - g < 4 ? nblk - g : 4;
+        _tile_loadd(0, bt, 64);
+        if (cnt > 1) _tile_loadd(1, bt, 64);
+        if (cnt > 2) _tile_loadd(2, bt, 64);
+        if (cnt > 3) _tile_loadd(3, bt, 64);
+        for (int k = k0; k < k1; k++) {
+            const int32_t *uo = p->uoff + (int64_t)k * 16;
+            _tile_loadd(4, p->wa + (int64_t)k * 512, 64);
+            AMX_BLOCK(0, 5, 0);
+            if (cnt > 1) AMX_BLOCK(1, 6, 1);
+            if (cnt > 2) AMX_BLOCK(2, 7, 2);
+            if (cnt > 3) AMX_BLOCK(3, 5, 3);
+        }
+        if (straight) {
+            const long st = (long)(Q * 4);
+            _tile_stored(0, yP + p->byoff[g], st);
+            if (cnt > 1) _tile_stored(1, yP + p->byoff[g + 1], st);
+            if (cnt > 2) _tile_stored(2, yP + p->byoff[g + 2], st);
+            if (cnt > 3) _tile_stored(3, yP + p->byoff[g + 3], st);
+        } else {
+            const long st = (long)(p->Qpad * 4);
+            _tile_stored(0, ob + g * 16, st);
+            if (cnt > 1) _tile_stored(1, ob + (g + 1) * 16, st);
+            if (cnt > 2) _tile_stored(2, ob + (g + 2) * 16, st);
+            if (cnt > 3) _tile_stored(3, ob + (g + 3) * 16, st);
+        }
+    }
+    _tile_release();
+    if (straight) return;
+    for (int r = 0; r < rows; r++) {
+        const float *o = ob + (int64_t)r * p->Qpad;
+        float *d = yP + (int64_t)r * Q;
+        if (p->direct) {
+            for (int64_t b = 0; b < nblk; b++)
+                for (int l = 0; l < 16; l++) d[p->byoff[b] + l] = o[b * 16 + l];
+        } else {
+            for (int oy = 0; oy < p->Ho; oy++)
+                for (int ox = 0; ox < p->Wo; ox++) d[(int64_t)oy * p->Wo + ox] = o[(int64_t)oy * p->Wph + ox];
+        }
+    }
+}
+
+static void amx_panel_task(void *ctx, int64_t item, int tid) {
+    amx_conv *p = ctx;
+    amx_panel(p, item / p->npan, (int)(item % p->npan), tid);
+}
+
+static void amx_image_task(void *ctx, int64_t n, int tid) {
+    amx_conv *p = ctx;
+    for (int j = 0; j < p->n_used; j++) amx_prep(p, n, p->used[j]);
+    for (int P = 0; P < p->npan; P++) amx_panel(p, n, P, tid);
+}
+#endif
+
+static pthread_mutex_t g_amx_mu = PTHREAD_MUTEX_INITIALIZER; /* one scratch for every AMX conv, as the f32 kernels */
+static void *g_amx_scratch;
+static size_t g_amx_cap;
+
+/* x: [N][Ci][H][W] float32, y: [N][Co][Ho][Wo] float32. 0, or -1 out of memory, -2 input smaller than the
+ * dilated kernel, -3 no AMX in this build. */
+int up_amxconv_run(amx_conv *p, const float *x, float *y, int N, int H, int W, int nthreads) {
+#if HAVE_AMX
+    const int Hp = H + 2 * p->ph, Wp = W + 2 * p->pw;
+    const int eh = p->dh * (p->kh - 1) + 1, ew = p->dw * (p->kw - 1) + 1;
+    if (Hp < eh || Wp < ew || N < 1) return -2;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 64) nthreads = 64;
+    if (p->H != H || p->W != W) { /* offsets depend on the input size only */
+        p->H = H;
+        p->W = W;
+        p->Ho = (Hp - eh) / p->sh + 1;
+        p->Wo = (Wp - ew) / p->sw + 1;
+        p->Hph = (Hp + p->sh - 1) / p->sh;
+        p->Wph = (Wp + p->sw - 1) / p->sw;
+        p->nph = p->sh * p->sw;
+        p->plane = (int64_t)p->Hph * p->Wph;
+        p->cstride = (p->nph * p->plane + 15) / 16 * 16;
+        p->img_stride = (int64_t)p->ncp * p->cstride;
+        p->Q = (int64_t)p->Ho * p->Wo;
+        p->direct = p->Wo >= 16;
+        int64_t nbr = (p->Wo + 15) / 16;
+        p->nblk = p->direct ? p->Ho * nbr : ((int64_t)p->Ho * p->Wph + 15) / 16;
+        p->Qpad = p->nblk * 16;
+        if ((int64_t)p->ncp * p->cstride + p->plane > INT32_MAX / 2) return -1;
+        for (int ky = 0; ky < p->kh; ky++)
+            for (int kx = 0; kx < p->kw; kx++) {
+                int py = (ky * p->dh) % p->sh, ry = (ky * p->dh) / p->sh;
+                int px = (kx * p->dw) % p->sw, rx = (kx * p->dw) / p->sw;
+                p->tap_off[ky * p->kw + kx] = (int32_t)((py * p->sw + px) * p->plane + (int64_t)ry * p->Wph + rx);
+            }
+        free(p->uoff);
+        p->uoff = aalloc(sizeof(int32_t) * ((int64_t)p->nchunk * 16 + 1));
+        if (!p->uoff) {
+            p->H = 0;
+            return -1;
+        }
+        for (int64_t u = 0; u < (int64_t)p->nchunk * 16; u++)
+            p->uoff[u] = (int32_t)(p->ucp[u] * p->cstride + p->tap_off[p->utap[u]]);
+        if (p->nblk > p->bcap) {
+            free(p->bpoff);
+            free(p->byoff);
+            p->bpoff = aalloc(sizeof(int32_t) * p->nblk);
+            p->byoff = aalloc(sizeof(int32_t) * p->nblk);
+            p->bcap = p->bpoff && p->byoff ? p->nblk : 0;
+            if (!p->bcap) {
+                p->H = 0;
+                return -1;
+            }
+        }
+        for (int64_t b = 0; b < p->nblk; b++) {
+            if (p->direct) {
+                int64_t oy = b / nbr, ox = b % nbr * 16;
+                if (ox > p->Wo - 16) ox = p->Wo - 16;
+                p->bpoff[b] = (int32_t)(oy * p->Wph + ox);
+                p->byoff[b] = (int32_t)(oy * p->Wo + ox);
+            } else {
+                p->bpoff[b] = p->byoff[b] = (int32_t)(b * 16);
+            }
+        }
+    }
+    /* the blocks of the flat layout read up to a plane past a pair's phases: slack after the last image */
+    size_t xneed = (size_t)N * p->img_stride + p->plane + p->Qpad + 64;
+    size_t oneed = (size_t)nthreads * 16 * p->Qpad, gneed = (size_t)nthreads * 4 * 256;
+    size_t bytes = (xneed + gneed) * 4 + oneed * 4;
+    pthread_mutex_lock(&g_amx_mu);
+    if (bytes > g_amx_cap) {
+        free(g_amx_scratch);
+        g_amx_scratch = aalloc(bytes);
+        g_amx_cap = g_amx_scratch ? bytes : 0;
+        if (!g_amx_scratch) {
+            pthread_mutex_unlock(&g_amx_mu);
+            return -1;
+        }
+        memset(g_amx_scratch, 0, bytes); /* the slack and unprepared pairs feed dropped lanes only: keep them finite */
+    }
+    p->gbuf = g_amx_scratch;
+    p->obuf = (float *)((uint32_t *)g_amx_scratch + gneed);
+    p->xbuf = (uint32_t *)g_amx_scratch + gneed + oneed;
+    p->x = x;
+    p->y = y;
+    if (nthreads == 1 || N >= 4 * nthreads) {
+        up_parallel_for(N, nthreads, amx_image_task, p);
+    } else {
+        up_parallel_for((int64_t)N * p->n_used, nthreads, amx_prep_task, p);
+        up_parallel_for((int64_t)N * p->npan, nthreads, amx_panel_task, p);
+    }
+    pthread_mutex_unlock(&g_amx_mu);
+    return 0;
+#else
+    (void)p; (void)x; (void)y; (void)N; (void)H; (void)W; (void)nthreads;
+    return -3;
+#endif
+}
