@@ -159,7 +159,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.up_conv_create.restype = p
     lib.up_conv_create.argtypes = [i32p, c_int, c_int, i32p, i32p, f32p, f32p]
     lib.up_conv_create_bf16.restype = p
-    lib.up_conv_create_bf16.argtypes = [i32p, c_int, c_int, i32p, i32p, p, f32p]
+    lib.up_conv_create_bf16.argtypes = [i32p, c_int, c_int, i32p, i32p, p, f32p, c_int]
     lib.up_conv_engine.restype = c_int
     lib.up_conv_engine.argtypes = [p]
     lib.up_bf16_mask_caps.restype = None
@@ -408,12 +408,12 @@ class SparseConv:
     which build runs it (default the process's, see :func:`resolve_isa`). ``precision``: ``"fp32"``, or
     ``"bf16"`` (weights rounded to bfloat16; on AMX tiles, where the build and CPU have them, activations
     rounded too and products accumulated in float32; elsewhere the float32 kernels with the bf16 weights:
-    :attr:`engine` says which, ``"amx_bf16"`` or ``"fp32"``).
+    :attr:`engine` says which, ``"amx_bf16"`` or ``"fp32"``; ``amx=False`` forces the latter).
     """
 
     def __init__(self, weight: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None,
                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                 rows: int = ROWS, isa: str | None = None, precision: str = "fp32") -> None:
+                 rows: int = ROWS, isa: str | None = None, precision: str = "fp32", amx: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         lib = load(isa)
@@ -424,10 +424,12 @@ class SparseConv:
         self.nnz = packed.nnz
         geom = torch.tensor([co, ci, kh, kw, *self.stride, *self.padding, *self.dilation], dtype=torch.int32)
         b = None if bias is None else bias.detach().float().contiguous()
-        create = lib.up_conv_create_bf16 if precision == "bf16" else lib.up_conv_create
-        w = bf16_bits(packed.w) if precision == "bf16" else packed.w
-        plan = create(_ptr(geom), rows, (co + rows - 1) // rows, _ptr(packed.panel_ptr), _ptr(packed.ch), _ptr(w),
-                      _ptr(b))
+        args = (_ptr(geom), rows, (co + rows - 1) // rows, _ptr(packed.panel_ptr), _ptr(packed.ch))
+        if precision == "bf16":
+            wb = bf16_bits(packed.w)  # held: a pointer into a temporary would dangle
+            plan = lib.up_conv_create_bf16(*args, _ptr(wb), _ptr(b), int(bool(amx)))
+        else:
+            plan = lib.up_conv_create(*args, _ptr(packed.w), _ptr(b))
         if not plan:
             raise KernelBuildError(f"the native conv plan could not be created for weight {tuple(weight.shape)} "
                                    "(out of memory or an unsupported geometry)")

@@ -419,18 +419,37 @@ static inline void gather16(uint32_t *restrict d, const uint32_t *xb, const int3
     for (int r = 0; r < 16; r++) _mm512_store_si512((void *)(d + 16 * r), _mm512_loadu_si512((const void *)(xb + uo[r] + poff)));
 }
 
-/* B tile `tb` for block b of chunk k, into accumulator `tc`: a strided load where the chunk is contiguous,
- * else a gather into this thread's scratch first. Tile numbers must be immediates: a macro. */
-#define AMX_BLOCK(tc, tb, i)                                                                              \
+/* Gather the B rows of chunk k for the `cnt` blocks from g on into gb (unless the chunk loads straight). */
+static inline void amx_gather(const amx_conv *p, const uint32_t *xb, int k, int64_t g, int64_t cnt, uint32_t *gb) {
+    if (p->contig[k]) return;
+    const int32_t *uo = p->uoff + (int64_t)k * 16;
+    for (int64_t i = 0; i < cnt; i++) gather16(gb + i * 256, xb, uo, p->bpoff[g + i]);
+}
+
+/* B tile `tb` of block i of chunk k into accumulator `tc`: a strided load straight from the prepared input
+ * where the chunk is contiguous, else from the rows gathered an iteration earlier. Tile numbers must be
+ * immediates: a macro. */
+#define AMX_BLOCK(tc, ta, tb, i)                                                                          \
     do {                                                                                                  \
-        int64_t poff = p->bpoff[g + (i)];                                                                 \
-        if (p->contig[k]) {                                                                               \
-            _tile_loadd(tb, xb + uo[0] + poff, (long)(p->cstride * 4));                                   \
-        } else {                                                                                          \
-            gather16(gb + (i) * 256, xb, uo, poff);                                                       \
-            _tile_loadd(tb, gb + (i) * 256, 64);                                                          \
-        }                                                                                                 \
-        _tile_dpbf16ps(tc, 4, tb);                                                                        \
+        if (p->contig[k])                                                                                 \
+            _tile_loadd(tb, xb + p->uoff[(int64_t)k * 16] + p->bpoff[g + (i)], (long)(p->cstride * 4));   \
+        else                                                                                              \
+            _tile_loadd(tb, cur + (i) * 256, 64);                                                         \
+        _tile_dpbf16ps(tc, ta, tb);                                                                       \
+    } while (0)
+
+/* One chunk k into the cnt accumulators. Tiles are not renamed: a load into a tile waits for every
+ * instruction still reading it, so consecutive chunks alternate their A tile (4, 5) and blocks their B
+ * tile (6, 7). */
+#define AMX_CHUNK(ta)                                                                                     \
+    do {                                                                                                  \
+        const uint32_t *cur = gb + ((k - k0) & 1) * 1024;                                                 \
+        if (k + 1 < k1) amx_gather(p, xb, k + 1, g, cnt, gb + ((k + 1 - k0) & 1) * 1024);                 \
+        _tile_loadd(ta, p->wa + (int64_t)k * 512, 64);                                                    \
+        AMX_BLOCK(0, ta, 6, 0);                                                                           \
+        if (cnt > 1) AMX_BLOCK(1, ta, 7, 1);                                                              \
+        if (cnt > 2) AMX_BLOCK(2, ta, 6, 2);                                                              \
+        if (cnt > 3) AMX_BLOCK(3, ta, 7, 3);                                                              \
     } while (0)
 
 static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
@@ -440,7 +459,7 @@ static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
     const uint32_t *xb = p->xbuf + n * p->img_stride;
     float *yP = p->y + (n * p->Co + (int64_t)P * 16) * Q;
     float *ob = p->obuf + (int64_t)tid * 16 * p->Qpad;
-    uint32_t *gb = p->gbuf + (int64_t)tid * 4 * 256;
+    uint32_t *gb = p->gbuf + (int64_t)tid * 8 * 256; /* two sets of 4 gathered B tiles */
     const float *bt = p->btile + (int64_t)P * 256;
     const int k0 = p->cptr[P], k1 = p->cptr[P + 1];
     amx_configure();
@@ -450,14 +469,16 @@ static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
         if (cnt > 1) _tile_loadd(1, bt, 64);
         if (cnt > 2) _tile_loadd(2, bt, 64);
         if (cnt > 3) _tile_loadd(3, bt, 64);
-        for (int k = k0; k < k1; k++) {
-            const int32_t *uo = p->uoff + (int64_t)k * 16;
-            _tile_loadd(4, p->wa + (int64_t)k * 512, 64);
-            AMX_BLOCK(0, 5, 0);
-            if (cnt > 1) AMX_BLOCK(1, 6, 1);
-            if (cnt > 2) AMX_BLOCK(2, 7, 2);
-            if (cnt > 3) AMX_BLOCK(3, 5, 3);
+        /* a tile load right after the stores that gathered its rows waits for them to reach L1: gather one
+         * chunk ahead, so the stores drain while the previous chunk's tiles compute (2x at 16 channels) */
+        if (k0 < k1) amx_gather(p, xb, k0, g, cnt, gb);
+        int k = k0;
+        for (; k + 1 < k1; k++) {
+            AMX_CHUNK(4);
+            k++;
+            AMX_CHUNK(5);
         }
+        if (k < k1) AMX_CHUNK(4);
         if (straight) {
             const long st = (long)(Q * 4);
             _tile_stored(0, yP + p->byoff[g], st);
@@ -567,7 +588,7 @@ int up_amxconv_run(amx_conv *p, const float *x, float *y, int N, int H, int W, i
     }
     /* the blocks of the flat layout read up to a plane past a pair's phases: slack after the last image */
     size_t xneed = (size_t)N * p->img_stride + p->plane + p->Qpad + 64;
-    size_t oneed = (size_t)nthreads * 16 * p->Qpad, gneed = (size_t)nthreads * 4 * 256;
+    size_t oneed = (size_t)nthreads * 16 * p->Qpad, gneed = (size_t)nthreads * 8 * 256;
     size_t bytes = (xneed + gneed) * 4 + oneed * 4;
     pthread_mutex_lock(&g_amx_mu);
     if (bytes > g_amx_cap) {

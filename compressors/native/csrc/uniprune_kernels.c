@@ -310,9 +310,10 @@ EXPORT conv_plan *up_conv_create(const int32_t *geom, int R, int n_panels, const
 /* A conv in bfloat16: w holds bf16 bit patterns in up_conv_create's packing. On a CPU with AMX tiles (and a
  * build that targets them) it runs there: activations rounded to bf16, products accumulated in float32
  * (uniprune_bf16.c). Elsewhere it is a float32 conv plan with the bf16 weights widened (exact), activations
- * and arithmetic in float32. Same arguments and checks as up_conv_create otherwise; freed by up_conv_destroy. */
+ * and arithmetic in float32; engine 0 forces the latter (the plan times both where they are close). Same
+ * arguments and checks as up_conv_create otherwise; freed by up_conv_destroy. */
 EXPORT conv_plan *up_conv_create_bf16(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr,
-                                      const int32_t *ch, const uint16_t *w, const float *bias) {
+                                      const int32_t *ch, const uint16_t *w, const float *bias, int engine) {
     if (R != 1 && R != 2 && R != 4 && R != 8) return NULL;
     int64_t n = (int64_t)panel_ptr[n_panels] * geom[2] * geom[3] * R;
     float *wf = xalloc(sizeof(float) * (n + 1));
@@ -322,7 +323,7 @@ EXPORT conv_plan *up_conv_create_bf16(const int32_t *geom, int R, int n_panels, 
         memcpy(wf + i, &u, 4);
     }
     conv_plan *p = up_conv_create(geom, R, n_panels, panel_ptr, ch, wf, bias); /* checks the arguments */
-    if (p) p->amx = up_amxconv_create(geom, R, n_panels, panel_ptr, ch, wf, bias);
+    if (p && engine != 0) p->amx = up_amxconv_create(geom, R, n_panels, panel_ptr, ch, wf, bias);
     free(wf);
     return p;
 }
