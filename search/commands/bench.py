@@ -19,7 +19,7 @@ from uniprune.compressors.latency.engines import ENGINES
 from uniprune.compressors.latency.table import RUNTIMES, build_latency_model, measure_model_ms
 from uniprune.compressors.latency.timing import SPREAD_SECONDS
 
-from .common import add_model_arguments, check_writable, positive_int
+from .common import add_model_arguments, add_precision_argument, check_writable, positive_int
 
 NAME = "bench"
 HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO) against the compressed model on the real kernels"
@@ -65,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=RUNTIMES, default="lean",
                         help="how the compressed model runs: lean (default: one native plan per pass, what 'uniprune export' "
                         "deploys; falls back to python for a model it cannot lower) or python (layer by layer)")
+    add_precision_argument(parser, "the compressed model is timed in (an artifact runs in its own)")
     parser.add_argument("--no-table", action="store_true", help="skip the latency table (predicted_ms is then null)")
     parser.add_argument("--cache-dir", default=None, help="latency table cache (default $UNIPRUNE_CACHE/latency)")
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         result = measure_model_ms(model, structures, shape, batch_size=args.batch_size, threads=threads,
                                   repeats=args.repeats, statistic=args.statistic, engines=args.engines,
-                                  runtime=args.runtime)
+                                  runtime=args.runtime, precision=args.precision)
     for note in result.pop("notes"):
         print(f"bench: note: {note}", file=sys.stderr)
     predicted = predicted_ratio = None
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lm = build_latency_model(model, shape, batch_size=args.batch_size, threads=threads,
                                  block_shapes={k: s.grid.block_shape for k, s in _kinds(model, structures).items()},
                                  cache_dir=args.cache_dir, statistic=args.statistic, engines=args.engines,
-                                 runtime=args.runtime)
+                                 runtime=args.runtime, precision=result["precision"])
         actions = {}
         for layer, s in structures.items():
             c = s.counts()
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for engine, ms in result["engines"].items():
         best = "  (fastest dense)" if engine == result["best_engine"] else ""
         print(f"  {engine:<12} {ms:9.3f} ms{best}", file=sys.stderr)
-    print(f"  {'compressed':<12} {result['compressed_ms']:9.3f} ms ({result['runtime']})  speedup {result['speedup']:.2f}x over "
+    print(f"  {'compressed':<12} {result['compressed_ms']:9.3f} ms ({result['runtime']}, {result['precision']})  speedup {result['speedup']:.2f}x over "
           f"{result['best_engine']}", file=sys.stderr)
     return {**result, "predicted_ms": predicted, "predicted_latency_ratio": predicted_ratio, "model": name,
             "batch_size": args.batch_size, "input_shape": list(shape), "threads": threads, "statistic": args.statistic}
