@@ -371,6 +371,19 @@ fail:
 }
 
 #if HAVE_AMX
+/* d[j] = (bf16(a[j]), bf16(b[j])) for j < n, 16 at a time: the scalar loop GCC made of it cost a third of a
+ * batch-32 layer's time. Rounding to nearest even, as bf16_bits. */
+static inline void pack_pairs(uint32_t *restrict d, const float *restrict a, const float *restrict b, int n) {
+    const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), hi = _mm512_set1_epi32((int)0xffff0000u);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i ua = _mm512_maskz_loadu_epi32(m, a + j), ub = _mm512_maskz_loadu_epi32(m, b + j);
+        ua = _mm512_add_epi32(ua, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ua, 16), one)));
+        ub = _mm512_add_epi32(ub, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ub, 16), one)));
+        _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(_mm512_srli_epi32(ua, 16), _mm512_and_si512(ub, hi)));
+    }
+}
+
 /* Pad one channel pair of image n into its stride phases as bf16 pairs: phase(py, px)[i][j] = (x[2c], x[2c+1])
  * at padded position (i*sh + py, j*sw + px), zeros in the padding (and for the missing odd channel). */
 static void amx_prep(amx_conv *p, int64_t n, int c) {
@@ -399,7 +412,7 @@ static void amx_prep(amx_conv *p, int64_t n, int c) {
                 for (int j = 0; j < jlo; j++) o[j] = 0;
                 const int n_in = jhi - jlo, sw = p->sw;
                 if (s1 && sw == 1)
-                    for (int j = 0; j < n_in; j++) o[jlo + j] = bf16_bits(s0[j]) | bf16_bits(s1[j]) << 16;
+                    pack_pairs(o + jlo, s0, s1, n_in);
                 else if (s1)
                     for (int j = 0; j < n_in; j++) o[jlo + j] = bf16_bits(s0[j * sw]) | bf16_bits(s1[j * sw]) << 16;
                 else
