@@ -475,7 +475,6 @@ static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
     uint32_t *gb = p->gbuf + (int64_t)tid * 8 * 256; /* two sets of 4 gathered B tiles */
     const float *bt = p->btile + (int64_t)P * 256;
     const int k0 = p->cptr[P], k1 = p->cptr[P + 1];
-    amx_configure();
     for (int64_t g = 0; g < nblk; g += 4) {
         const int64_t cnt = nblk - g < 4 ? nblk - g : 4;
         _tile_loadd(0, bt, 64);
@@ -506,7 +505,6 @@ static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
             if (cnt > 3) _tile_stored(3, ob + (g + 3) * 16, st);
         }
     }
-    _tile_release();
     if (straight) return;
     for (int r = 0; r < rows; r++) {
         const float *o = ob + (int64_t)r * p->Qpad;
@@ -523,13 +521,17 @@ static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
 
 static void amx_panel_task(void *ctx, int64_t item, int tid) {
     amx_conv *p = ctx;
+    amx_configure(); /* per work item: the tile state is per thread (see amx_configure) */
     amx_panel(p, item / p->npan, (int)(item % p->npan), tid);
+    _tile_release();
 }
 
 static void amx_image_task(void *ctx, int64_t n, int tid) {
     amx_conv *p = ctx;
     for (int j = 0; j < p->n_used; j++) amx_prep(p, n, p->used[j]);
+    amx_configure();
     for (int P = 0; P < p->npan; P++) amx_panel(p, n, P, tid);
+    _tile_release();
 }
 #endif
 
