@@ -475,8 +475,11 @@ static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
     uint32_t *gb = p->gbuf + (int64_t)tid * 8 * 256; /* two sets of 4 gathered B tiles */
     const float *bt = p->btile + (int64_t)P * 256;
     const int k0 = p->cptr[P], k1 = p->cptr[P + 1];
-    for (int64_t g = 0; g < nblk; g += 4) {
-        const int64_t cnt = nblk - g < 4 ? nblk - g : 4;
+    /* blocks in groups of up to 4 accumulators, as even as possible: a TDPBF16PS's latency is about three of
+     * its issue intervals, so a group of 1 after three of 4 (8x8 maps: 5 blocks) would wait on itself */
+    for (int64_t g = 0, cnt; g < nblk; g += cnt) {
+        const int64_t left = nblk - g, groups = (left + 3) / 4;
+        cnt = (left + groups - 1) / groups;
         _tile_loadd(0, bt, 64);
         if (cnt > 1) _tile_loadd(1, bt, 64);
         if (cnt > 2) _tile_loadd(2, bt, 64);
