@@ -110,41 +110,75 @@ typedef struct {
     double rate[64];
 } probe_ctx;
 
+#if HAVE_DPBF16 || HAVE_AMX
+/* The best rate (flops per ns) of PROBE_WINDOWS windows of back-to-back bursts; burst(state) runs one burst and
+ * returns its flops. */
+typedef double (*burst_fn)(void *state);
+static double best_rate(double seconds, burst_fn burst, void *state) {
+    int64_t limit = (int64_t)(seconds * 1e9 / PROBE_WINDOWS);
+    double best = 0;
+    for (int w = 0; w < PROBE_WINDOWS; w++) {
+        double flops = 0;
+        int64_t t0 = up_now_ns(), dt;
+        do flops += burst(state);
+        while ((dt = up_now_ns() - t0) < limit);
+        if (flops / (double)dt > best) best = flops / (double)dt;
+    }
+    return best;
+}
+#endif
+
 #if HAVE_DPBF16
 /* VDPBF16PS zmm: 16 lanes x 2 products, each a multiply and an add: 64 flops. 24 independent chains cover
  * its latency on both Intel and AMD cores. */
+typedef struct {
+    __m512 acc[24];
+    __m512bh a, b;
+} dpbf16_state;
+
+static double dpbf16_burst(void *state) {
+    dpbf16_state *st = state;
+    __m512 acc[24];
+    for (int i = 0; i < 24; i++) acc[i] = st->acc[i];
+    for (int rep = 0; rep < 1024; rep++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; i++) acc[i] = _mm512_dpbf16_ps(acc[i], st->a, st->b);
+    }
+    for (int i = 0; i < 24; i++) st->acc[i] = acc[i];
+    return 1024.0 * 24 * 64;
+}
+
 static void dpbf16_probe_task(void *ctx, int64_t item, int tid) {
     (void)tid;
     probe_ctx *c = ctx;
     volatile int one = 0x3f803f80, tiny = 0x33d633d6; /* bf16 pairs (1, 1) and (1e-7, 1e-7); volatile: no folding */
-    __m512bh a = (__m512bh)_mm512_set1_epi32(one), b = (__m512bh)_mm512_set1_epi32(tiny);
-    __m512 acc[24];
-    for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps((float)i * 1e-3f);
-    int64_t limit = (int64_t)(c->seconds * 1e9 / PROBE_WINDOWS);
-    double best = 0;
-    for (int w = 0; w < PROBE_WINDOWS; w++) {
-        int64_t reps = 0, t0 = up_now_ns(), dt;
-        do {
-            for (int rep = 0; rep < 1024; rep++) {
-#pragma GCC unroll 24
-                for (int i = 0; i < 24; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
-            }
-            reps += 1024;
-        } while ((dt = up_now_ns() - t0) < limit);
-        double rate = (double)reps * 24 * 64 / (double)dt;
-        if (rate > best) best = rate;
-    }
-    __m512 sum = acc[0];
-    for (int i = 1; i < 24; i++) sum = _mm512_add_ps(sum, acc[i]);
+    dpbf16_state st;
+    st.a = (__m512bh)_mm512_set1_epi32(one);
+    st.b = (__m512bh)_mm512_set1_epi32(tiny);
+    for (int i = 0; i < 24; i++) st.acc[i] = _mm512_set1_ps((float)i * 1e-3f);
+    c->rate[item] = best_rate(c->seconds, dpbf16_burst, &st);
+    __m512 sum = st.acc[0];
+    for (int i = 1; i < 24; i++) sum = _mm512_add_ps(sum, st.acc[i]);
     volatile float sink = _mm512_reduce_add_ps(sum);
     (void)sink;
-    c->rate[item] = best;
 }
 #endif
 
 #if HAVE_AMX
 /* TDPBF16PS on full tiles: 16 x 16 x 32 multiply-adds = 16384 flops each; four independent accumulators, two
- * A and two B tiles resident (no loads in the loop): the tile unit's own limit. */
+ * A and two B tiles resident (no loads in the loop): the tile unit's own limit. Tiles stay loaded across the
+ * bursts' calls. */
+static double amx_burst(void *state) {
+    (void)state;
+    for (int rep = 0; rep < 256; rep++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    return 256.0 * 4 * 16384;
+}
+
 static void amx_probe_task(void *ctx, int64_t item, int tid) {
     (void)tid;
     probe_ctx *c = ctx;
@@ -158,28 +192,12 @@ static void amx_probe_task(void *ctx, int64_t item, int tid) {
     _tile_loadd(5, src, 64);
     _tile_loadd(6, src, 64);
     _tile_loadd(7, src, 64);
-    int64_t limit = (int64_t)(c->seconds * 1e9 / PROBE_WINDOWS);
-    double best = 0;
-    for (int w = 0; w < PROBE_WINDOWS; w++) {
-        int64_t reps = 0, t0 = up_now_ns(), dt;
-        do {
-            for (int rep = 0; rep < 256; rep++) {
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-            reps += 256;
-        } while ((dt = up_now_ns() - t0) < limit);
-        double rate = (double)reps * 4 * 16384 / (double)dt;
-        if (rate > best) best = rate;
-    }
+    c->rate[item] = best_rate(c->seconds, amx_burst, NULL);
     float out[256] __attribute__((aligned(64)));
     _tile_stored(0, out, 64);
     volatile float sink = out[0];
     (void)sink;
     _tile_release();
-    c->rate[item] = best;
 }
 #endif
 
@@ -195,6 +213,7 @@ EXPORT double up_bf16_peak(int unit, double seconds, int nthreads) {
     if (unit == CAP_AMX && (caps & CAP_AMX)) fn = amx_probe_task;
 #endif
     (void)caps;
+    (void)unit;
     if (!fn) return 0;
     probe_ctx c;
     if (nthreads < 1) nthreads = 1;
@@ -538,9 +557,11 @@ static void amx_image_task(void *ctx, int64_t n, int tid) {
 }
 #endif
 
+#if HAVE_AMX
 static pthread_mutex_t g_amx_mu = PTHREAD_MUTEX_INITIALIZER; /* one scratch for every AMX conv, as the f32 kernels */
 static void *g_amx_scratch;
 static size_t g_amx_cap;
+#endif
 
 /* x: [N][Ci][H][W] float32, y: [N][Co][Ho][Wo] float32. 0, or -1 out of memory, -2 input smaller than the
  * dilated kernel, -3 no AMX in this build. */

@@ -314,7 +314,12 @@ EXPORT conv_plan *up_conv_create(const int32_t *geom, int R, int n_panels, const
  * arguments and checks as up_conv_create otherwise; freed by up_conv_destroy. */
 EXPORT conv_plan *up_conv_create_bf16(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr,
                                       const int32_t *ch, const uint16_t *w, const float *bias, int engine) {
-    if (R != 1 && R != 2 && R != 4 && R != 8) return NULL;
+    /* the checks up_conv_create makes, before panel_ptr[n_panels] is read here */
+    if ((R != 1 && R != 2 && R != 4 && R != 8) || geom[0] < 1 || geom[2] < 1 || geom[3] < 1 ||
+        n_panels != (geom[0] + R - 1) / R || panel_ptr[0] != 0)
+        return NULL;
+    for (int i = 0; i < n_panels; i++)
+        if (panel_ptr[i + 1] < panel_ptr[i]) return NULL;
     int64_t n = (int64_t)panel_ptr[n_panels] * geom[2] * geom[3] * R;
     float *wf = xalloc(sizeof(float) * (n + 1));
     if (!wf) return NULL;
