@@ -94,6 +94,7 @@ Python 3 with numpy, and a C compiler (gcc or clang); not torch, not uniprune.
 - exported from `{source.get('checkpoint', '?')}` ({source.get('model_name', '?')}, {source.get('num_classes', '?')} classes),
   {len(header['ops'])} ops, conv implementations chosen at batch {header.get('batch_size')} on {header.get('threads')} thread(s)
   on a CPU with {source.get('isa', '?')} kernels
+- precision: {header.get('precision', 'fp32')}{' (bf16 weights; the loader refuses a CPU with neither avx512_bf16 nor amx_bf16 unless given allow_fp32_fallback=True; convs on AMX tiles where the CPU has them)' if header.get('precision') == 'bf16' else ''}
 
 ## Run it
 
