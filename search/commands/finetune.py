@@ -34,7 +34,8 @@ from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.core.projection import check_policy_layers, check_policy_model
 from uniprune.compressors.formats.checkpoint import read_torch_file, save_compressed
 from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_atomic
-from uniprune.compressors.train.admm import AdmmConfig, admm_finetune, world
+from uniprune.compressors.train.distributed import world
+from uniprune.compressors.train.finetune import AdmmConfig, finetune
 from uniprune.compressors.train.training import evaluate
 from uniprune.search.run_dir import read_json_object
 
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if rank == 0:
                 torch_save_atomic(partial, {**state, "fingerprint": fingerprint})
 
-        result = admm_finetune(model, policy, train_batches, validate, plan, log=logger.log if logger else None,
+        result = finetune(model, policy, train_batches, validate, plan, log=logger.log if logger else None,
                                checkpoint=keep_state, resume=resume)
     except NonFiniteError as exc:
         knobs = f"--lr (now {args.lr:g})" + (f" or --rho (now {args.rho:g})" if args.method == "admm" else "")
