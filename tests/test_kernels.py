@@ -24,6 +24,15 @@ def _block_keep(co: int, ci: int, bo: int, bi: int, density: float, g: torch.Gen
     return blocks.repeat_interleave(bo, 0)[:co].repeat_interleave(bi, 1)[:, :ci]
 
 
+def _block_case(seed: int, co: int, ci: int, k: int, bo: int, bi: int, density: float,
+                input_shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, ...]:
+    """A random conv case: weight [co, ci, k, k], a keep mask of whole bo x bi blocks, bias, input."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(co, ci, k, k, generator=g)
+    keep = _block_keep(co, ci, bo, bi, density, g)
+    return weight, keep, torch.randn(co, generator=g), torch.randn(*input_shape, generator=g)
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
@@ -60,11 +69,7 @@ def test_every_panel_height_and_isa_matches_masked_dense(bo, bi, co, ci, k, stri
                                                          threads, seed):
     if hw + 2 * pad < dil * (k - 1) + 1:
         return
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(co, ci, k, k, generator=g)
-    keep = _block_keep(co, ci, bo, bi, density, g)
-    bias = torch.randn(co, generator=g)
-    x = torch.randn(n, ci, hw, hw, generator=g)
+    weight, keep, bias, x = _block_case(seed, co, ci, k, bo, bi, density, (n, ci, hw, hw))
     rows = panel_height(bo)
     assert rows == (bo if bo in (1, 2, 4, 8) else 8)
     conv = SparseConv(weight, keep, bias, (stride, stride), (pad, pad), (dil, dil), rows=rows, isa=isa)
@@ -302,11 +307,7 @@ def test_bf16_conv_matches_bf16_rounded_dense(bo, bi, co, ci, k, stride, pad, di
     of bf16 weights and bf16 inputs summed in float32; on the float32 kernels the bf16 weights with float32 inputs."""
     if min(h, w) + 2 * pad < dil * (k - 1) + 1:
         return
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(co, ci, k, k, generator=g)
-    keep = _block_keep(co, ci, bo, bi, density, g)
-    bias = torch.randn(co, generator=g)
-    x = torch.randn(n, ci, h, w, generator=g)
+    weight, keep, bias, x = _block_case(seed, co, ci, k, bo, bi, density, (n, ci, h, w))
     conv = SparseConv(weight, keep, bias, (stride, stride), (pad, pad), (dil, dil), rows=panel_height(bo),
                       precision="bf16", amx=amx)
     assert conv.engine == ("amx_bf16" if amx and "amx_bf16" in kernels.bf16_units() else "fp32")
