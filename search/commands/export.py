@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from uniprune.compressors.formats.artifact import check_out_dir, file_sha256, wr
 from uniprune.compressors.native import kernels
 from uniprune.compressors.native.plan import LeanModel, compile_lean_spec, output_tolerance, resolve_precision
 
-from .common import add_precision_argument, positive_int
+from .common import add_precision_argument, check_batch_memory, check_writable, positive_int
 
 NAME = "export"
 HELP = "write a compressed checkpoint as a deployable artifact: one native plan, its C sources and a numpy-only loader"
@@ -53,9 +54,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     precision = resolve_precision(args.precision)
+    check_writable(args.out, "--out", folder=True)
     out = check_out_dir(args.out, args.force)  # before the slow part: a taken --out fails at once
     name, state, structures, meta = load_compressed(args.compressed)
     shape = tuple(int(s) for s in meta["input_shape"])
+    check_batch_memory(args.batch_size, math.prod(shape))
     model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
     load_state(model, state, where=args.compressed)
     model.eval()
