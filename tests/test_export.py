@@ -320,3 +320,23 @@ def test_bench_never_runs_the_artifacts_code(tmp_path, capsys, monkeypatch):
     assert result["runtime"] == "artifact" and result["max_rel_error"] <= TOL and result["compressed_ms"] > 0
     assert not any(name.startswith("_uniprune_lean_") or name.startswith("_artifact_loader_") for name in sys.modules
                    if str(out) in str(getattr(sys.modules[name], "__file__", "")))
+
+
+def test_verifier_reads_bf16_plans(single_thread):
+    """A bf16 plan passes the verifier; its weights' dtype, each kernel's precision and engine are checked."""
+    torch.manual_seed(14)
+    model = build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8)).eval()
+    spec = lower_spec(model, torch.randn(2, 1, 8, 8), threads=1, choose="direct", precision="bf16")
+    assert spec.header["precision"] == "bf16"
+    uniprune_lean.verify_plan(spec.header, spec.arrays)
+    conv = next(i for i, op in enumerate(spec.header["ops"]) if (op.get("kernel") or {}).get("type") == "conv")
+
+    def refused(header: dict, match: str) -> None:
+        with pytest.raises(uniprune_lean.LeanError, match=match):
+            uniprune_lean.verify_plan(header, spec.arrays)
+
+    refused({**spec.header, "precision": "fp32"}, "precision")  # bf16 weights in a plan that says fp32
+    ops = json.loads(json.dumps(spec.header["ops"]))
+    ops[conv]["kernel"]["engine"] = "gpu"
+    refused({**spec.header, "ops": ops}, "engine")
+    refused({**spec.header, "precision": "fp16"}, "precision")
