@@ -127,7 +127,8 @@ def test_measure_and_check_whole_model(tmp_path):
             structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
     r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5, min_seconds=0)
     assert set(r) == {"engines", "precisions", "baseline", "best_engine", "best_dense_ms", "compressed_ms",
-                      "latency_ratio", "speedup", "rivals", "runtime", "notes"}
+                      "latency_ratio", "speedup", "rivals", "runtime", "precision", "notes"}
+    assert r["precision"] == "fp32"  # the library's default; the CLI's is auto
     assert r["runtime"] == "lean"  # the small CNN lowers to one native plan
     assert set(r["engines"]) == set(default_modes()) and r["notes"] == []
     assert r["best_dense_ms"] == min(r["engines"][e] for e in available_engines()) == r["engines"][r["best_engine"]]

@@ -31,7 +31,13 @@ from uniprune.compressors.latency.engines import (
 from uniprune.compressors.latency.table import RUNTIMES, build_latency_model, measure_model_ms
 from uniprune.compressors.latency.timing import SPREAD_SECONDS
 
-from .common import add_model_arguments, check_batch_memory, check_writable, positive_int
+from .common import (
+    add_model_arguments,
+    add_precision_argument,
+    check_batch_memory,
+    check_writable,
+    positive_int,
+)
 
 NAME = "bench"
 HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO; default precision, f32, int8) against the compressed model"
@@ -108,6 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=RUNTIMES, default="lean",
                         help="how the compressed model runs: lean (default: one native plan per pass, what 'uniprune export' "
                         "deploys; falls back to python for a model it cannot lower) or python (layer by layer)")
+    add_precision_argument(parser, "the compressed model is timed in (an artifact runs in its own)")
     parser.add_argument("--no-table", action="store_true", help="skip the latency table (predicted_ms is then null)")
     parser.add_argument("--cache-dir", default=None, help="latency table cache (default $UNIPRUNE_CACHE/latency)")
 
@@ -251,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         result = measure_model_ms(model, structures, shape, batch_size=args.batch_size, threads=threads,
                                   repeats=args.repeats, statistic=args.statistic, runtime=args.runtime,
-                                  baseline=args.baseline, dense=dense)
+                                  baseline=args.baseline, dense=dense, precision=args.precision)
     for note in result.pop("notes"):
         print(f"bench: note: {note}", file=sys.stderr)
     scores = _scores(dense, model, bundle, held_out, args.batch_size) if bundle is not None else None
@@ -260,7 +267,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lm = build_latency_model(model, shape, batch_size=args.batch_size, threads=threads,
                                  block_shapes={k: s.grid.block_shape for k, s in _kinds(model, structures).items()},
                                  cache_dir=args.cache_dir, statistic=args.statistic,
-                                 engines=[m for m in modes if not m.endswith(":int8")], runtime=args.runtime)
+                                 engines=[m for m in modes if not m.endswith(":int8")], runtime=args.runtime,
+                                 precision=result["precision"])
         actions = {}
         for layer, s in structures.items():
             c = s.counts()
@@ -278,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         acc = f"  {100 * scores[mode]:5.2f} %" if scores else ""
         print(f"  {mode:<17} {result['precisions'].get(mode, 'f32'):<9} {ms:9.3f}{acc}{mark}", file=sys.stderr)
     acc = f"  {100 * scores['compressed']:5.2f} %" if scores else ""
-    print(f"  {'compressed':<17} {'f32':<9} {result['compressed_ms']:9.3f}{acc}  ({result['runtime']})", file=sys.stderr)
+    print(f"  {'compressed':<17} {result.get('precision', 'fp32'):<9} {result['compressed_ms']:9.3f}{acc}  ({result['runtime']})", file=sys.stderr)
     rivals = "; ".join(f"{r['speedup']:.2f}x over {r['engine']} ({r['precision']}, fastest {group})"
                        for group, r in result["rivals"].items() if group != args.baseline)
     print(f"  speedup {result['speedup']:.2f}x over {result['best_engine']} ({result['precisions'].get(result['best_engine'], 'f32')}): "
