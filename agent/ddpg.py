@@ -46,6 +46,8 @@ class AMCDDPG(DDPG):
     :param sigma0: noise scale (> 0, in action units) at the first episode after warm-up.
     :param sigma_decay: noise decay per episode after warm-up, in (0, 1].
     :param baseline_alpha: moving-average step of the reward baseline, in (0, 1].
+    :param reward_baseline: ``"sample"`` (AMC: subtracted per sampled batch) or ``"store"`` (the earlier buffer:
+        frozen into each transition when its episode ends; for comparison), see :class:`EpisodeRewardBuffer`.
     :param hidden: hidden layer widths of both actor and critic.
     :param tau: soft target update coefficient in (0, 1]. :param gamma: discount in [0, 1] (AMC: 1).
     :param batch_size: minibatch size (>= 1). :param buffer_size: replay capacity in transitions.
@@ -64,6 +66,7 @@ class AMCDDPG(DDPG):
         sigma0: float = 0.5,
         sigma_decay: float = 0.95,
         baseline_alpha: float = 0.5,
+        reward_baseline: str = "sample",
         hidden: tuple[int, ...] = HIDDEN,
         tau: float = 0.01,
         gamma: float = 1.0,
@@ -84,6 +87,7 @@ class AMCDDPG(DDPG):
         #: what rebuilds this agent (agent/storage.py writes it as JSON; never a pickle)
         self.settings = {"warmup_episodes": int(warmup_episodes), "actor_lr": float(actor_lr), "critic_lr": float(critic_lr),
                          "sigma0": float(sigma0), "sigma_decay": float(sigma_decay), "baseline_alpha": float(baseline_alpha),
+                         "reward_baseline": reward_baseline,
                          "hidden": [int(h) for h in hidden], "tau": float(tau), "gamma": float(gamma),
                          "batch_size": int(batch_size), "buffer_size": int(buffer_size), "seed": seed}
         self.actor_lr = float(actor_lr)
@@ -106,7 +110,7 @@ class AMCDDPG(DDPG):
             gradient_steps=-1,
             action_noise=None,
             replay_buffer_class=EpisodeRewardBuffer,
-            replay_buffer_kwargs={"baseline_alpha": baseline_alpha},
+            replay_buffer_kwargs={"baseline_alpha": baseline_alpha, "baseline_at": reward_baseline},
             policy_kwargs=policy_kwargs,
             seed=seed,
             device=device,

@@ -29,15 +29,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
-        """As argparse's, and the namespace keeps the verb's own command line as ``_argv``: the verb's parser
-        runs first, so what it records is what the user typed after the verb. Stored options (a run's
-        config.json) may fill only options the user did not type (:func:`typed_options`)."""
-        ns, rest = super().parse_known_args(args, namespace)
-        if not hasattr(ns, "_argv"):
-            ns._argv = list(sys.argv[1:] if args is None else args)
-        return ns, rest
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(

@@ -3,7 +3,7 @@
 Each :class:`Searcher` plays one episode per :meth:`Searcher.run_episode` call through the same
 :class:`~uniprune.envs.CompressionEnv` (so every searcher's policies are clipped to the budget the same
 way) and returns the env's end-of-episode result (reward, val_accuracy, latency_ratio, size_ratio,
-actions). The search command owns the loop, the run directory and the logging.
+actions). :class:`~uniprune.search.loop.SearchLoop` runs them, with the run directory and the logging.
 
 * ``ddpg``: :class:`~uniprune.agent.AMCDDPG` (AMC);
 * ``optuna``: TPE over the per-layer raw actions (2 per layer), one trial per episode; the study lives
@@ -25,6 +25,7 @@ from uniprune.agent import AMCDDPG, load_agent, save_agent
 from uniprune.compressors.core.errors import ConfigError, RunDirError
 from uniprune.compressors.core.policy import LayerAction
 from uniprune.envs import CompressionEnv
+from uniprune.search.tensorboard import TensorBoardLogger, sb3_logger
 
 SEARCHERS = ("ddpg", "optuna", "random", "uniform")
 OPTUNA_STUDY = "uniprune-search"
@@ -81,6 +82,10 @@ class Searcher(abc.ABC):
         """Persist what a resumed search needs beyond the run directory's own files (default: nothing)."""
         return None
 
+    def log_to(self, tb: TensorBoardLogger) -> None:
+        """Send the searcher's own training scalars to ``tb`` (default: it has none)."""
+        return None
+
     def close(self) -> None:
         """Release resources (databases); default: nothing to release."""
         return None
@@ -91,8 +96,10 @@ class DDPGSearcher(Searcher):
 
     name = "ddpg"
 
-    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int) -> None:
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int,
+                 reward_baseline: str = "sample") -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
+        self.logging = False
         if resume and (self.run_dir / "agent.json").is_file():
             self.agent = load_agent(self.run_dir, env=env, replay_buffer=True)
             self.agent._last_obs = None  # start a fresh episode in this process
@@ -100,7 +107,8 @@ class DDPGSearcher(Searcher):
             raise RunDirError(f"{self.run_dir} has episodes but no agent.json to resume the DDPG agent from; start over with --force")
         else:
             buffer_size = max(episodes * env.num_layers, 1000)
-            self.agent = AMCDDPG(env=env, warmup_episodes=warmup, seed=seed, buffer_size=buffer_size)
+            self.agent = AMCDDPG(env=env, warmup_episodes=warmup, seed=seed, buffer_size=buffer_size,
+                                 reward_baseline=reward_baseline)
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         if self.agent.episode != episode:
@@ -110,7 +118,16 @@ class DDPGSearcher(Searcher):
             )
         self.agent.learn(total_timesteps=self.env.num_layers, reset_num_timesteps=False, log_interval=None)
         assert self.env.last_result is not None
+        if self.logging:  # SB3 recorded the losses and learning rates of this episode's updates; one step per episode
+            self.agent.logger.record("train/noise_sigma", self.agent.schedule.sigma(episode))
+            self.agent.logger.dump(step=episode)
         return self.env.last_result
+
+    def log_to(self, tb: TensorBoardLogger) -> None:
+        """SB3's logger into ``tb``: ``train/critic_loss``, ``train/actor_loss``, ``train/actor_learning_rate``,
+        ``train/critic_learning_rate`` (once the agent trains, after warm-up) and ``train/noise_sigma``, per episode."""
+        self.agent.set_logger(sb3_logger(tb))
+        self.logging = True
 
     def noise_sigma(self, episode: int) -> float:
         return self.agent.schedule.sigma(episode)
@@ -234,12 +251,13 @@ def _episodes_done(run_dir: Path) -> int:
 
 
 def make_searcher(
-    name: str, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int, storage: str | None = None
+    name: str, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int, storage: str | None = None,
+    reward_baseline: str = "sample",
 ) -> Searcher:
     """The searcher called ``name`` (one of :data:`SEARCHERS`) on ``env``."""
     common: dict[str, Any] = {"seed": seed, "warmup": warmup, "run_dir": run_dir, "resume": resume}
     if name == "ddpg":
-        return DDPGSearcher(env, episodes=episodes, **common)
+        return DDPGSearcher(env, episodes=episodes, reward_baseline=reward_baseline, **common)
     if name == "optuna":
         return OptunaSearcher(env, storage=storage, **common)
     if name == "random":

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from uniprune.compressors.core.errors import ConfigError, NotAvailableError
-from uniprune.search.datasets import DataBundle
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.search.api.devices import resolve_device, show_notes
+from uniprune.search.api.paths import check_writable
 
 DEFAULT_MODEL = "digits-cnn"
+
+#: moved to the API; kept importable here for the verbs not yet mapped onto specs
+__all__ = ["check_writable", "resolve_device", "show_notes"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = False, from_checkpoint: bool = False) -> None:
@@ -73,28 +76,6 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (cuda when available)")
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``cpu``, ``cuda[:N]`` or ``auto`` (cuda when available) -> a device; CUDA without a GPU is a one-line error."""
-    key = (spec or "cpu").strip().lower()
-    if key == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(key)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {spec!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NotAvailableError(f"--device {spec} asked for CUDA, but no CUDA GPU is available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {spec!r} is not supported; use cpu, cuda, cuda:N or auto")
-    return device
-
-
-def show_notes(bundle: DataBundle) -> None:
-    """Print a dataset's remarks (e.g. test images doubling as training data) to stderr."""
-    for note in bundle.notes:
-        print(f"uniprune: note: {note}", file=sys.stderr)
-
-
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
@@ -125,32 +106,3 @@ def torch_threads(threads: int) -> Iterator[int]:
         yield threads
     finally:
         torch.set_num_threads(before)
-
-
-def check_writable(path: str | os.PathLike, option: str, *, folder: bool = False) -> None:
-    """ConfigError (one line naming ``option``) unless ``path`` can be written, checked before any long work.
-
-    ``folder``: ``path`` is a directory to create or fill; else a file whose parent must be a writable
-    directory. A probe file is created and removed; nothing the user had is touched.
-    """
-    import tempfile
-    from pathlib import Path
-
-    p = Path(path).expanduser()
-    if folder and p.exists() and not p.is_dir():
-        raise ConfigError(f"{option} {p} is a file; give a folder path")
-    if not folder and p.is_dir():
-        raise ConfigError(f"{option} {p} is a folder; give a file path inside it")
-    target = p if folder else p.parent
-    # the nearest existing ancestor decides whether the folders can be made
-    probe_dir = target
-    while not probe_dir.exists() and probe_dir != probe_dir.parent:
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise ConfigError(f"{option} {p}: {probe_dir} is a file, not a folder; choose another path")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".uniprune-probe-", dir=probe_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"{option} {p}: cannot write in {probe_dir} ({exc.strerror or exc}); choose a writable path") from None

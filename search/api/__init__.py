@@ -1,0 +1,31 @@
+"""uniprune from Python: frozen specs in, result dataclasses out (the CLI maps its flags onto these).
+
+::
+
+    from uniprune.search import api
+
+    env = api.EnvSpec(model=api.ModelSpec("digits-cnn", "dense.pt"), budget=api.BudgetSpec(latency_budget=0.9))
+    found = api.search(api.SearchSpec(env=env, episodes=50, warmup=20, run_dir="runs/x"))
+    tuned = api.finetune(api.FinetuneSpec(run_dir=found.run_dir, epochs=6))
+    api.export(api.ExportSpec(compressed=tuned.checkpoint, out="deploy"))
+
+Every spec checks its ranges on construction (:class:`~uniprune.compressors.core.errors.ConfigError`, one
+line naming the option); every job returns a frozen result with ``to_dict()``.
+"""
+
+from .env import build_env
+from .replay import ReplayResult, replay
+from .search import SearchResult, search
+from .specs import (
+    BudgetSpec,
+    DataSpec,
+    EnvSpec,
+    LatencySpec,
+    ModelSpec,
+    ReplaySpec,
+    ScoringSpec,
+    SearchSpec,
+)
+
+__all__ = ["BudgetSpec", "DataSpec", "EnvSpec", "LatencySpec", "ModelSpec", "ReplayResult", "ReplaySpec", "ScoringSpec",
+           "SearchResult", "SearchSpec", "build_env", "replay", "search"]

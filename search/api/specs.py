@@ -1,0 +1,279 @@
+"""What a job is asked to do: frozen dataclass specs, each option spelled and range-checked once.
+
+Every option of a verb is a field of a spec here, with its default, its help and its range check; the
+CLI (:mod:`uniprune.search.commands.flags`) turns the fields into flags (``latency_budget`` is
+``--latency-budget``) and only maps what the user typed onto a spec, which checks it on construction. A
+spec out of range raises :class:`~uniprune.compressors.core.errors.ConfigError` naming the flag and the
+range, so the same one line reaches a CLI user and a Python caller.
+
+Specs nest (:class:`EnvSpec` holds a :class:`ModelSpec`, a :class:`DataSpec`, ...); their leaf fields have
+distinct names, so a spec maps to and from one flat mapping (:meth:`Spec.flat`, :meth:`Spec.from_flat`),
+which is what a run's ``config.json`` stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.threads import check_threads
+from uniprune.envs import REWARDS
+from uniprune.search.searchers import SEARCHERS
+
+S = TypeVar("S", bound="Spec")
+
+#: How the DDPG replay buffer turns an episode's reward into the transitions' rewards (see :class:`SearchSpec`).
+REWARD_BASELINES = ("sample", "store")
+LATENCY_MODELS = ("measured", "macs")
+STATISTICS = ("median", "min")
+METHODS = ("admm", "masked")
+SCHEDULES = ("cosine", "constant")
+
+
+def option(default: Any, help: str, *, kind: Any = None, choices: tuple[str, ...] | None = None, flag: str | None = None,
+           metavar: str | None = None, negatable: bool = False, shown: str | None = None) -> Any:
+    """A spec field: ``default``, the flag's ``help`` (the default is appended unless ``shown`` says it),
+    the value type ``kind`` (default: the default's type), ``choices``, and the ``flag`` when it is not the
+    field's name with dashes. ``negatable``: a bool flag with a ``--no-`` form."""
+    meta = {"help": help, "kind": kind, "choices": choices, "flag": flag, "metavar": metavar, "negatable": negatable,
+            "shown": shown}
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line spelling of a spec field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _fraction(value: Any, *, zero: bool = False, one: bool = True) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    low = value >= 0 if zero else value > 0
+    return low and (value <= 1 if one else value < 1)
+
+
+class Spec:
+    """Base of the specs: range checks on construction, flat mapping to and from ``config.json``-style dicts."""
+
+    #: (predicate on the spec, message): the first failing check raises ConfigError with its message.
+    def checks(self) -> list[tuple[bool, str]]:
+        return []
+
+    def __post_init__(self) -> None:
+        for ok, message in self.checks():
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def leaf_fields(cls) -> list[dataclasses.Field]:
+        """The option fields of this spec and the specs it holds, in order."""
+        out = []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            nested = _nested(cls, f)
+            out.extend(nested.leaf_fields() if nested else [f])
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """The spec's options as one flat mapping (field name -> value)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out.update(value.flat() if isinstance(value, Spec) else {f.name: value})
+        return out
+
+    @classmethod
+    def from_flat(cls: type[S], values: Mapping[str, Any]) -> S:
+        """A spec from a flat mapping; options it lacks keep their defaults, keys no field has are ignored."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            nested = _nested(cls, f)
+            if nested:
+                kwargs[f.name] = nested.from_flat(values)
+            elif f.name in values:
+                kwargs[f.name] = values[f.name]
+        return cls(**kwargs)
+
+    def replace(self: S, **changes: Any) -> S:
+        """A copy with the flat options ``changes`` set (checked again)."""
+        unknown = set(changes) - {f.name for f in self.leaf_fields()}
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no option(s) {sorted(unknown)}")
+        return type(self).from_flat({**self.flat(), **changes})
+
+
+def _nested(cls: type, f: dataclasses.Field) -> type[Spec] | None:
+    hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return _SPECS.get(hint)
+
+
+@dataclass(frozen=True)
+class ModelSpec(Spec):
+    """The network: a zoo name (or ``package.module:factory``) and the trained weights."""
+
+    model: str = option("digits-cnn", "model name: cifar-resnet20|32|44|56, tv:<torchvision name>, digits-cnn, or "
+                        "package.module:factory")
+    checkpoint: str | None = option(None, "checkpoint to load (a state dict, {'state_dict': ...}, or a uniprune checkpoint)",
+                                    kind=str, shown="none: an untrained model")
+
+
+@dataclass(frozen=True)
+class DataSpec(Spec):
+    """The data: a dataset kind, its folder or file, and the validation share carved from its training split."""
+
+    dataset: str = option("digits", "digits (embedded), fashion-mnist, cifar10, imagefolder, npz")
+    data: str | None = option(None, "the dataset's folder or file: none for digits; fashion-mnist: the idx folder (default "
+                              "/usr/share/datasets/fashion-mnist); cifar10: the cifar-10-batches-py folder; imagefolder: a "
+                              "folder with train/ [val/] test/ class folders, a .tar.gz of one, or several joined by commas, "
+                              "decoded once into a cache ($UNIPRUNE_CACHE or ~/.cache/uniprune); npz: a file with images "
+                              "(uint8 NxCxHxW) and labels", kind=str, shown="none")
+    val_fraction: float = option(0.1, "fraction of the training data held out for validation, in (0, 1)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(_fraction(self.val_fraction, one=False),
+                 f"--val-fraction must be in (0, 1): the env scores on a validation split, got {self.val_fraction}")]
+
+
+@dataclass(frozen=True)
+class LatencySpec(Spec):
+    """How latency is measured: the latency model, its statistic, batch and threads."""
+
+    latency_model: str = option("measured", "measured: per-layer tables timed with the real kernels (cached); macs: time "
+                                "proportional to MACs (instant)", choices=LATENCY_MODELS)
+    latency_statistic: str = option("median", "statistic of the repeated timings behind the table: median, or min on a "
+                                    "shared or virtual machine whose speed drifts with its neighbours", choices=STATISTICS)
+    batch_size: int = option(1, "batch size the latency is measured at, >= 1")
+    threads: int | None = option(None, "CPU threads, >= 1", kind=int,
+                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
+                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+
+
+def _threads_ok(threads: Any) -> bool:
+    try:
+        check_threads(threads)
+    except ConfigError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class BudgetSpec(Spec):
+    """The walls: the latency budget (a fraction of the fastest dense engine), the size budget, the caps."""
+
+    latency_budget: float = option(0.5, "compressed/dense latency must be at most this, in (0, 1]")
+    size_budget: float | None = option(None, "storage budget as a fraction of dense storage, in (0, 1] (needed by --reward size)",
+                                       kind=float, shown="none")
+    max_prune: float = option(0.8, "cap on a layer's pruned fraction of weights (in whole blocks), in [0, 1]")
+    max_unify: float = option(1.0, "cap on a layer's unified fraction of weights, in [0, 1]")
+    keep_dense: str = option("ends", "layers left out of the search, dense: 'ends' (the first and the last compressible "
+                             "layer: the stem that reads the image and the classifier), 'none', or module names joined by "
+                             "commas", metavar="LAYERS")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (_fraction(self.latency_budget), f"--latency-budget must be in (0, 1] (a fraction of dense latency), got {self.latency_budget}"),
+            (self.size_budget is None or _fraction(self.size_budget), f"--size-budget must be in (0, 1], got {self.size_budget}"),
+            (_fraction(self.max_prune, zero=True), f"--max-prune must be in [0, 1], got {self.max_prune}"),
+            (_fraction(self.max_unify, zero=True), f"--max-unify must be in [0, 1], got {self.max_unify}"),
+        ]
+
+
+@dataclass(frozen=True)
+class ScoringSpec(Spec):
+    """How an episode's policy is scored: validation images, BatchNorm re-estimation, the reward."""
+
+    val_samples: int = option(500, "validation images scoring each episode, >= 1")
+    eval_batch_size: int = option(256, "batch size for scoring and BN re-estimation, >= 1")
+    bn_recalibrate: int = option(0, "re-estimate BatchNorm statistics on N training batches before scoring (0: off)",
+                                 metavar="N")
+    reward: str = option("accuracy", "accuracy, log-latency (AMC's -error*log(latency)), size (accuracy under "
+                         "--size-budget too)", choices=REWARDS)
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (_positive_int(self.val_samples), f"--val-samples must be >= 1, got {self.val_samples}"),
+            (_positive_int(self.eval_batch_size), f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
+            (isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0,
+             f"--bn-recalibrate must be >= 0 batches, got {self.bn_recalibrate}"),
+        ]
+
+
+@dataclass(frozen=True)
+class EnvSpec(Spec):
+    """Everything that decides a search environment (a run's ``config.json`` keeps it)."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    latency: LatencySpec = field(default_factory=LatencySpec)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    seed: int = option(0, "random seed")
+    device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(self.scoring.reward != "size" or self.budget.size_budget is not None,
+                 "--reward size needs --size-budget (a fraction of dense storage in (0, 1])")]
+
+
+@dataclass(frozen=True)
+class SearchSpec(Spec):
+    """A search: its env, the searcher and episodes, and the run directory it writes."""
+
+    env: EnvSpec = field(default_factory=EnvSpec)
+    searcher: str = option("ddpg", "search strategy", choices=SEARCHERS)
+    episodes: int = option(300, "episodes (policies tried), >= 1")
+    warmup: int = option(100, "random warm-up episodes (ddpg) / startup trials (optuna), >= 0")
+    run_dir: str | None = option(None, "where the run's files go", kind=str, shown="runs/<model>-<dataset>-<searcher>")
+    resume: bool = option(False, "go on with the run in --run-dir (episode count, agent, replay buffer, best policy)")
+    force: bool = option(False, "delete the run in --run-dir and start over")
+    storage: str | None = option(None, "Optuna storage URL shared by workers", kind=str, shown="sqlite:///RUN/optuna.db")
+    score_threads: int = option(1, "CPU threads for scoring episodes (an episode is many small ops, which extra threads "
+                                "slow down on a busy machine), >= 1")
+    reward_baseline: str = option("sample", "ddpg: the moving-average reward baseline is subtracted per sampled batch "
+                                  "(sample) or frozen into each transition when its episode ends (store, the earlier "
+                                  "buffer, kept for comparison)", choices=REWARD_BASELINES)
+
+    #: the options a run's ``config.json`` keeps (the env's, less the device, and the searcher's)
+    CONFIG_KEYS: ClassVar[tuple[str, ...]] = ("model", "checkpoint", "dataset", "data", "latency_budget", "seed",
+                                              "latency_model", "latency_statistic", "batch_size", "threads", "val_samples",
+                                              "val_fraction", "bn_recalibrate", "eval_batch_size", "reward", "size_budget",
+                                              "max_prune", "max_unify", "keep_dense", "episodes", "warmup", "searcher",
+                                              "storage", "score_threads")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (_positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
+            (isinstance(self.warmup, int) and self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
+            (_positive_int(self.score_threads), f"--score-threads must be >= 1, got {self.score_threads}"),
+            (not (self.resume and self.force), "--resume and --force contradict each other: pass one"),
+        ]
+
+
+@dataclass(frozen=True)
+class ReplaySpec(Spec):
+    """A replay: a learned agent (a DDPG run directory or its agent.json) or a saved policy, walked on ``env``'s model."""
+
+    env: EnvSpec = field(default_factory=EnvSpec)
+    agent: str | None = option(None, "the run directory of a DDPG search (or its agent.json)", kind=str, shown="none")
+    policy: str | None = option(None, "policy.json to apply to another checkpoint of the same architecture", kind=str,
+                                shown="none")
+    out: str = option("policy.json", "where to write the policy (policy.json); an existing file needs --force")
+    force: bool = option(False, "overwrite --out if it exists")
+    trust_pickle: bool = option(False, "also read a stable-baselines3 agent.zip (pickled code: it runs on load; only for "
+                                "files you made)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [((self.agent is None) != (self.policy is None), "pass one of --agent (a run directory) or --policy (a policy.json)")]
+
+
+_SPECS: dict[str, type[Spec]] = {c.__name__: c for c in (ModelSpec, DataSpec, LatencySpec, BudgetSpec, ScoringSpec, EnvSpec)}
