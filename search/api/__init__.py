@@ -14,18 +14,25 @@ line naming the option); every job returns a frozen result with ``to_dict()``.
 """
 
 from .env import build_env
+from .export import ExportResult, export
+from .finetune import FinetuneResult, finetune
 from .replay import ReplayResult, replay
 from .search import SearchResult, search
 from .specs import (
     BudgetSpec,
     DataSpec,
     EnvSpec,
+    ExportSpec,
+    FinetuneSpec,
     LatencySpec,
     ModelSpec,
     ReplaySpec,
     ScoringSpec,
     SearchSpec,
+    TrainSpec,
 )
+from .train import TrainResult, train
 
 __all__ = ["BudgetSpec", "DataSpec", "EnvSpec", "LatencySpec", "ModelSpec", "ReplayResult", "ReplaySpec", "ScoringSpec",
-           "SearchResult", "SearchSpec", "build_env", "replay", "search"]
+           "SearchResult", "SearchSpec", "TrainResult", "TrainSpec", "FinetuneResult", "FinetuneSpec", "finetune", "ExportResult", "ExportSpec", "export", "build_env", "replay",
+           "search", "train"]

@@ -32,6 +32,7 @@ LATENCY_MODELS = ("measured", "macs")
 STATISTICS = ("median", "min")
 METHODS = ("admm", "masked")
 SCHEDULES = ("cosine", "constant")
+DEFAULT_MODEL = "digits-cnn"
 
 
 def option(default: Any, help: str, *, kind: Any = None, choices: tuple[str, ...] | None = None, flag: str | None = None,
@@ -118,7 +119,7 @@ def _nested(cls: type, f: dataclasses.Field) -> type[Spec] | None:
 class ModelSpec(Spec):
     """The network: a zoo name (or ``package.module:factory``) and the trained weights."""
 
-    model: str = option("digits-cnn", "model name: cifar-resnet20|32|44|56, tv:<torchvision name>, digits-cnn, or "
+    model: str = option(DEFAULT_MODEL, "model name: cifar-resnet20|32|44|56, tv:<torchvision name>, digits-cnn, or "
                         "package.module:factory")
     checkpoint: str | None = option(None, "checkpoint to load (a state dict, {'state_dict': ...}, or a uniprune checkpoint)",
                                     kind=str, shown="none: an untrained model")
@@ -274,6 +275,110 @@ class ReplaySpec(Spec):
 
     def checks(self) -> list[tuple[bool, str]]:
         return [((self.agent is None) != (self.policy is None), "pass one of --agent (a run directory) or --policy (a policy.json)")]
+
+
+def _positive_float(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@dataclass(frozen=True)
+class TrainSpec(Spec):
+    """Train a zoo model from scratch, or go on training a checkpoint."""
+
+    model: str | None = option(None, "model name: cifar-resnet20|32|44|56, tv:<torchvision name>, digits-cnn, or "
+                               "package.module:factory", kind=str, shown="the checkpoint's model, else digits-cnn")
+    checkpoint: str | None = option(None, "checkpoint to go on training", kind=str, shown="none: from scratch")
+    data: DataSpec = field(default_factory=DataSpec)
+    epochs: int = option(15, "passes over the training split, >= 1")
+    out: str | None = option(None, "checkpoint to write; an existing file is only replaced with --force", kind=str,
+                             shown="checkpoints/<model>-<dataset>.pt")
+    force: bool = option(False, "replace --out when it already exists")
+    lr: float = option(0.05, "peak SGD learning rate, cosine-decayed per step, > 0")
+    batch_size: int = option(64, "training batch size, >= 1")
+    weight_decay: float = option(5e-4, "L2 on weights, not on biases/BN, >= 0")
+    augment: bool = option(True, "random crop + flip on training batches", negatable=True)
+    seed: int = option(0, "random seed")
+    device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
+    threads: int | None = option(None, "CPU threads, >= 1", kind=int,
+                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(_positive_int(self.epochs), f"--epochs must be >= 1, got {self.epochs}"),
+                (_positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
+                (_positive_float(self.lr), f"--lr: the learning rate must be a positive number, got {self.lr}"),
+                (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+                 f"--weight-decay must be >= 0, got {self.weight_decay}"),
+                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+
+
+@dataclass(frozen=True)
+class FinetuneSpec(Spec):
+    """Fine-tune a model into a policy's structure (ADMM, or masked retraining) and save the compressed model.
+
+    ``epochs`` is the whole budget; ``admm`` spends ``retrain_epochs`` (default ``max(1, round(E/3))``) on
+    retraining after the hard projection and the rest on ADMM, in ``iterations`` iterations (default one per epoch).
+    """
+
+    run_dir: str | None = option(None, "a search run directory: reads its policy.json and config.json (model, checkpoint, "
+                                 "dataset, data) and writes compressed.pt, finetune.json and admm/* curves in tb/ there",
+                                 kind=str, shown="none")
+    policy: str | None = option(None, "policy.json to fine-tune into", kind=str, shown="RUN/policy.json")
+    model: str | None = option(None, "model name", kind=str, shown="from the run's config.json or the policy")
+    checkpoint: str | None = option(None, "the trained dense model's checkpoint", kind=str, shown="the run's")
+    dataset: str | None = option(None, "digits, fashion-mnist, cifar10, imagefolder, npz", kind=str, shown="the run's, else digits")
+    data: str | None = option(None, "the dataset's folder or file", kind=str, shown="the run's")
+    method: str = option("admm", "admm, or masked retraining only", choices=METHODS)
+    epochs: int = option(3, "total training epochs, >= 1 (>= 2 for admm)")
+    retrain_epochs: int | None = option(None, "admm: epochs of masked/tied retraining after projection", kind=int,
+                                        shown="max(1, round(E/3))")
+    iterations: int | None = option(None, "admm: ADMM iterations", kind=int, shown="one per ADMM epoch")
+    rho: float = option(0.01, "admm: initial penalty, > 0")
+    rho_growth: float = option(3.0, "admm: rho factor per iteration, >= 1")
+    lr: float = option(0.01, "SGD learning rate, > 0")
+    schedule: str = option("cosine", "learning-rate schedule of the retraining epochs (the ADMM epochs keep --lr)",
+                           choices=SCHEDULES)
+    batch_size: int = option(128, "samples per batch and process, >= 1")
+    limit: int | None = option(None, "use at most this many training samples per epoch (quick runs)", kind=int, shown="all")
+    val_fraction: float = option(0.1, "fraction of the training data held out for validation, in (0, 1)")
+    augment: bool | None = option(None, "random crop + flip on training batches", negatable=True,
+                                  shown="on for cifar10/imagefolder")
+    latency: bool = option(True, "time dense against compressed with the real kernels for latency_ratio", negatable=True)
+    out: str | None = option(None, "where to write the compressed checkpoint; an existing file needs --force", kind=str,
+                             shown="RUN/compressed.pt")
+    force: bool = option(False, "replace --out (or RUN/compressed.pt) when it already exists")
+    resume: bool = option(False, "go on from the last finished epoch of an interrupted fine-tune into the same --out (its "
+                          "state is kept next to it as <out>.partial after every epoch), with the same options")
+    seed: int = option(0, "random seed")
+    device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
+
+    #: options that must match for ``resume`` to go on with a run (besides the policy, model, checkpoint and data)
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("method", "epochs", "retrain_epochs", "iterations", "rho", "rho_growth", "lr",
+                                              "schedule", "batch_size", "limit", "val_fraction", "augment", "seed")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(_positive_int(self.epochs), f"--epochs must be >= 1, got {self.epochs}"),
+                (_positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
+                (_positive_float(self.lr), f"--lr: the learning rate must be a positive number, got {self.lr}"),
+                (_positive_float(self.rho), f"--rho must be > 0, got {self.rho}"),
+                (_positive_float(self.rho_growth) and self.rho_growth >= 1, f"--rho-growth must be >= 1, got {self.rho_growth}"),
+                (_fraction(self.val_fraction, zero=True, one=False), f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+                (self.limit is None or _positive_int(self.limit), f"--limit must be >= 1 samples, got {self.limit}")]
+
+
+@dataclass(frozen=True)
+class ExportSpec(Spec):
+    """Write a compressed checkpoint as a deployable artifact (one native plan, its C sources, a numpy-only loader)."""
+
+    compressed: str = option("compressed.pt", "the compressed checkpoint ('uniprune finetune --out')")
+    out: str = option("deploy", "artifact directory to write (must not exist unless --force)")
+    batch_size: int = option(1, "batch the conv implementations are timed and chosen at (any batch runs), >= 1")
+    threads: int | None = option(None, "kernel threads the choices are timed on and the loader's default, >= 1", kind=int,
+                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    force: bool = option(False, "replace --out if it is an earlier artifact (or empty)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
+                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
 
 
 _SPECS: dict[str, type[Spec]] = {c.__name__: c for c in (ModelSpec, DataSpec, LatencySpec, BudgetSpec, ScoringSpec, EnvSpec)}

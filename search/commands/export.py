@@ -1,83 +1,26 @@
-"""`uniprune export`: a compressed checkpoint as a deployable artifact (one native plan, its C sources and a
-numpy-only loader; see :mod:`uniprune.compressors.formats.artifact`)."""
+"""`uniprune export`: a compressed checkpoint as a deployable artifact.
+
+The flags are :class:`~uniprune.search.api.ExportSpec`'s; the job is :func:`uniprune.search.api.export`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import copy
-import datetime as _dt
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
-import torch
-from uniprune.compressors.core.errors import ModelError
-from uniprune.compressors.core.projection import structured_weight
-from uniprune.compressors.formats.artifact import check_out_dir, file_sha256, write_artifact
-from uniprune.compressors.native import kernels
-from uniprune.compressors.native.plan import LeanModel, compile_lean_spec
+from uniprune.search.api import ExportSpec, export
 
-from .common import positive_int
+from .flags import add_spec_arguments, spec_from
 
 NAME = "export"
 HELP = "write a compressed checkpoint as a deployable artifact: one native plan, its C sources and a numpy-only loader"
 
-#: Largest relative error (of the output's scale) of the exported plan against the model it came from.
-TOLERANCE = 1e-4
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_arguments(parser, ExportSpec, exclude=("compressed", "out"))
     parser.add_argument("--compressed", required=True, help="the compressed checkpoint ('uniprune finetune --out')")
     parser.add_argument("--out", required=True, help="artifact directory to write (must not exist unless --force)")
-    parser.add_argument("--batch-size", type=positive_int, default=1,
-                        help="batch the conv implementations are timed and chosen at (default 1); any batch runs")
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="kernel threads the choices are timed on and the loader's default (default 1)")
-    parser.add_argument("--force", action="store_true", help="replace --out if it is an earlier artifact (or empty)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from uniprune.compressors.formats.checkpoint import load_compressed
-    from uniprune.search.models import build_model, load_state
-
-    started = time.perf_counter()
-    out = check_out_dir(args.out, args.force)  # before the slow part: a taken --out fails at once
-    name, state, structures, meta = load_compressed(args.compressed)
-    shape = tuple(int(s) for s in meta["input_shape"])
-    model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
-    load_state(model, state, where=args.compressed)
-    model.eval()
-    print(f"export: {name} input {list(shape)}, {len(structures)} structured layers; choosing conv implementations at "
-          f"batch {args.batch_size} on {args.threads} thread(s)", file=sys.stderr)
-    x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(0))
-    before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        spec = compile_lean_spec(model, structures, example_input=x, threads=args.threads)
-        # the check runs the plan exactly as it is written, against the model with its structures imposed
-        reference = copy.deepcopy(model)
-        with torch.no_grad():
-            for layer, st in structures.items():
-                m = reference.get_submodule(layer)
-                m.weight.copy_(structured_weight(m.weight.detach(), st))
-            ref = reference(x)
-        got = LeanModel(spec, threads=args.threads)(x)
-    finally:
-        torch.set_num_threads(before)
-    err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-    if not err <= TOLERANCE:
-        raise ModelError(f"the lowered plan's output differs from the model's (relative error {err:.2g} > {TOLERANCE:g}); "
-                         "nothing was written: this is a bug, please report it with the checkpoint")
-    source = {"model_name": name, "num_classes": int(meta["num_classes"]), "input_shape": list(shape),
-              "checkpoint": str(Path(args.compressed).resolve()), "checkpoint_sha256": file_sha256(args.compressed),
-              "isa": kernels.isa(), "kernels_build": kernels.build_id(),
-              "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    files = write_artifact(out, spec, source=source, force=args.force)
-    weights = files[1].stat().st_size
-    print(f"export: wrote {out} ({len(spec.header['ops'])} ops, {weights / 1e6:.2f} MB of weights; "
-          f"max relative error {err:.1e})", file=sys.stderr)
-    return {"files": [str(f) for f in files], "out": str(out), "model": name, "input_shape": list(shape),
-            "output_shape": list(spec.header["output_shape"]), "ops": len(spec.header["ops"]), "weights_bytes": weights,
-            "max_rel_error": err, "batch_size": args.batch_size, "threads": args.threads,
-            "seconds": round(time.perf_counter() - started, 2)}
+    return export(spec_from(ExportSpec, args)).to_dict()
