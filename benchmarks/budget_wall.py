@@ -35,7 +35,8 @@ from uniprune.compressors.core.projection import project_model, structure_fracti
 from uniprune.compressors.latency.budget import latency_ratio  # noqa: E402
 from uniprune.compressors.native import kernels  # noqa: E402
 from uniprune.envs import CompressionEnv  # noqa: E402
-from uniprune.search.commands.env_options import build_latency_model, dense_layers  # noqa: E402
+from uniprune.search import api  # noqa: E402
+from uniprune.search.api.env import dense_layers, latency_model  # noqa: E402
 from uniprune.search.models import build_model  # noqa: E402
 
 INPUT = (3, 32, 32)
@@ -44,8 +45,8 @@ INPUT = (3, 32, 32)
 def run(model_name: str, latency: str, keep_dense: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=10, input_shape=INPUT).eval()
-    ns = argparse.Namespace(latency_model=latency, batch_size=1, threads=1, seed=0, latency_statistic="min")
-    lm = build_latency_model(ns, model, INPUT)
+    spec = api.EnvSpec(latency=api.LatencySpec(latency_model=latency, batch_size=1, threads=1, latency_statistic="min"))
+    lm = latency_model(spec, model, INPUT)
     skip = dense_layers(keep_dense, [s.name for s in compressible_layers(model)])
     placeholder = [(torch.zeros(1, *INPUT), torch.zeros(1, dtype=torch.long))]
     env = CompressionEnv(model, lm, placeholder, input_shape=INPUT, latency_budget=args.budget, max_prune=args.max_prune,

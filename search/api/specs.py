@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from uniprune.compressors.core.errors import ConfigError
 from uniprune.compressors.core.threads import check_threads
+from uniprune.compressors.latency.table import RUNTIMES
 from uniprune.envs import REWARDS
 from uniprune.search.searchers import SEARCHERS
 
@@ -35,6 +36,10 @@ SCHEDULES = ("cosine", "constant")
 DEFAULT_MODEL = "digits-cnn"
 
 
+#: The default of an option that has none: the caller must give it (a required flag).
+REQUIRED = dataclasses.MISSING
+
+
 def option(default: Any, help: str, *, kind: Any = None, choices: tuple[str, ...] | None = None, flag: str | None = None,
            metavar: str | None = None, negatable: bool = False, shown: str | None = None) -> Any:
     """A spec field: ``default``, the flag's ``help`` (the default is appended unless ``shown`` says it),
@@ -42,6 +47,8 @@ def option(default: Any, help: str, *, kind: Any = None, choices: tuple[str, ...
     field's name with dashes. ``negatable``: a bool flag with a ``--no-`` form."""
     meta = {"help": help, "kind": kind, "choices": choices, "flag": flag, "metavar": metavar, "negatable": negatable,
             "shown": shown}
+    if default is REQUIRED:
+        return field(metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -102,6 +109,20 @@ class Spec:
                 kwargs[f.name] = values[f.name]
         return cls(**kwargs)
 
+    def argv(self) -> list[str]:
+        """The command-line options that give this spec: those whose value differs from the default, as flags."""
+        values, out = self.flat(), []
+        for f in self.leaf_fields():
+            value = values[f.name]
+            if value == f.default:
+                continue  # a required option (no default) is never equal to MISSING, so it is always shown
+            if isinstance(value, bool):
+                out.append(flag_of(f) if value else "--no-" + flag_of(f)[2:])
+            else:
+                out += [flag_of(f), ",".join(map(str, value)) if isinstance(value, (tuple, list)) else f"{value:g}"
+                        if isinstance(value, float) else str(value)]
+        return out
+
     def replace(self: S, **changes: Any) -> S:
         """A copy with the flat options ``changes`` set (checked again)."""
         unknown = set(changes) - {f.name for f in self.leaf_fields()}
@@ -115,7 +136,7 @@ def _nested(cls: type, f: dataclasses.Field) -> type[Spec] | None:
     return _SPECS.get(hint)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec(Spec):
     """The network: a zoo name (or ``package.module:factory``) and the trained weights."""
 
@@ -125,7 +146,7 @@ class ModelSpec(Spec):
                                     kind=str, shown="none: an untrained model")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataSpec(Spec):
     """The data: a dataset kind, its folder or file, and the validation share carved from its training split."""
 
@@ -142,7 +163,7 @@ class DataSpec(Spec):
                  f"--val-fraction must be in (0, 1): the env scores on a validation split, got {self.val_fraction}")]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LatencySpec(Spec):
     """How latency is measured: the latency model, its statistic, batch and threads."""
 
@@ -167,7 +188,7 @@ def _threads_ok(threads: Any) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BudgetSpec(Spec):
     """The walls: the latency budget (a fraction of the fastest dense engine), the size budget, the caps."""
 
@@ -189,7 +210,7 @@ class BudgetSpec(Spec):
         ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScoringSpec(Spec):
     """How an episode's policy is scored: validation images, BatchNorm re-estimation, the reward."""
 
@@ -209,7 +230,7 @@ class ScoringSpec(Spec):
         ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EnvSpec(Spec):
     """Everything that decides a search environment (a run's ``config.json`` keeps it)."""
 
@@ -226,7 +247,7 @@ class EnvSpec(Spec):
                  "--reward size needs --size-budget (a fraction of dense storage in (0, 1])")]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchSpec(Spec):
     """A search: its env, the searcher and episodes, and the run directory it writes."""
 
@@ -260,7 +281,7 @@ class SearchSpec(Spec):
         ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReplaySpec(Spec):
     """A replay: a learned agent (a DDPG run directory or its agent.json) or a saved policy, walked on ``env``'s model."""
 
@@ -268,7 +289,7 @@ class ReplaySpec(Spec):
     agent: str | None = option(None, "the run directory of a DDPG search (or its agent.json)", kind=str, shown="none")
     policy: str | None = option(None, "policy.json to apply to another checkpoint of the same architecture", kind=str,
                                 shown="none")
-    out: str = option("policy.json", "where to write the policy (policy.json); an existing file needs --force")
+    out: str = option(REQUIRED, "where to write the policy (policy.json); an existing file needs --force")
     force: bool = option(False, "overwrite --out if it exists")
     trust_pickle: bool = option(False, "also read a stable-baselines3 agent.zip (pickled code: it runs on load; only for "
                                 "files you made)")
@@ -281,7 +302,7 @@ def _positive_float(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainSpec(Spec):
     """Train a zoo model from scratch, or go on training a checkpoint."""
 
@@ -311,7 +332,29 @@ class TrainSpec(Spec):
                 (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec(Spec):
+    """Top-1 accuracy of a checkpoint (plain or compressed) on one split of a dataset."""
+
+    model: str | None = option(None, "model name", kind=str, shown="the checkpoint's model, else digits-cnn")
+    checkpoint: str | None = option(None, "the checkpoint to score (written by 'uniprune train' or 'finetune', or a state dict)",
+                                    kind=str, shown="none")
+    data: DataSpec = field(default_factory=DataSpec)
+    split: str = option("test", "which split to score", choices=("train", "val", "test"))
+    batch_size: int = option(256, "evaluation batch size, >= 1")
+    limit: int | None = option(None, "score only the first N samples of the split", kind=int, shown="all")
+    seed: int = option(0, "random seed (of the validation carve)")
+    device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
+    threads: int | None = option(None, "CPU threads, >= 1", kind=int,
+                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [(_positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
+                (self.limit is None or _positive_int(self.limit), f"--limit must be >= 1, got {self.limit}"),
+                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+
+
+@dataclass(frozen=True, kw_only=True)
 class FinetuneSpec(Spec):
     """Fine-tune a model into a policy's structure (ADMM, or masked retraining) and save the compressed model.
 
@@ -365,12 +408,12 @@ class FinetuneSpec(Spec):
                 (self.limit is None or _positive_int(self.limit), f"--limit must be >= 1 samples, got {self.limit}")]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportSpec(Spec):
     """Write a compressed checkpoint as a deployable artifact (one native plan, its C sources, a numpy-only loader)."""
 
-    compressed: str = option("compressed.pt", "the compressed checkpoint ('uniprune finetune --out')")
-    out: str = option("deploy", "artifact directory to write (must not exist unless --force)")
+    compressed: str = option(REQUIRED, "the compressed checkpoint ('uniprune finetune --out')")
+    out: str = option(REQUIRED, "artifact directory to write (must not exist unless --force)")
     batch_size: int = option(1, "batch the conv implementations are timed and chosen at (any batch runs), >= 1")
     threads: int | None = option(None, "kernel threads the choices are timed on and the loader's default, >= 1", kind=int,
                                  shown="automatic: the cores idle now, cores minus load average, >= 1")
@@ -379,6 +422,104 @@ class ExportSpec(Spec):
     def checks(self) -> list[tuple[bool, str]]:
         return [(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
                 (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``C,H,W`` as three positive integers (argparse type: a usage error naming what came)."""
+    import argparse
+
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers like 3,32,32, got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+def parse_engines(text: str) -> tuple[str, ...]:
+    """Dense engine names joined by commas (argparse type)."""
+    import argparse
+
+    from uniprune.compressors.latency.engines import ENGINES
+
+    names = tuple(e.strip() for e in text.split(",") if e.strip())
+    if not names or [e for e in names if e not in ENGINES]:
+        raise argparse.ArgumentTypeError(f"expected engines from {','.join(ENGINES)} joined by commas, got {text!r}")
+    return names
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSpec(Spec):
+    """Time the dense engines against a compressed model (a policy projected onto a checkpoint, a compressed
+    checkpoint, or an exported artifact) on the real kernels, interleaved in one process."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    policy: str | None = option(None, "policy.json to project the model onto (structure chosen from the weights)", kind=str,
+                                shown="none")
+    compressed: str | None = option(None, "a compressed checkpoint ('uniprune finetune --out'; needs no policy), or an "
+                                    "artifact directory ('uniprune export --out'), timed through its own loader; the dense "
+                                    "engines then run the checkpoint it was exported from (recorded in it, or --checkpoint)",
+                                    kind=str, shown="none")
+    batch_size: int = option(1, "samples per forward pass, >= 1")
+    input_shape: tuple[int, int, int] | None = option(None, "C,H,W of one sample", kind=parse_input_shape,
+                                                      shown="the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn")
+    num_classes: int | None = option(None, "output classes, >= 1", kind=int, shown="the checkpoint's, else 10")
+    threads: int | None = option(None, "CPU threads for torch and the kernels, >= 1", kind=int,
+                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    repeats: int = option(50, "timed rounds, at least (they go on until a few seconds have passed, so the timing sees "
+                          "more than one speed phase of a shared machine), >= 1")
+    statistic: str = option("median", "statistic of the timed rounds (min suits a machine shared with other jobs)",
+                            choices=STATISTICS)
+    engines: tuple[str, ...] | None = option(None, "dense engines to time, joined by commas; the speedup is over the fastest",
+                                             kind=parse_engines, shown="every one installed")
+    runtime: str = option("lean", "how the compressed model runs: lean (one native plan per pass, what 'uniprune export' "
+                          "deploys; falls back to python for a model it cannot lower) or python (layer by layer)",
+                          choices=RUNTIMES)
+    no_table: bool = option(False, "skip the latency table (predicted_ms is then null)")
+    cache_dir: str | None = option(None, "latency table cache", kind=str, shown="$UNIPRUNE_CACHE/latency")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [((self.policy is None) != (self.compressed is None), "pass one of --policy or --compressed"),
+                (_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
+                (self.num_classes is None or _positive_int(self.num_classes),
+                 f"--num-classes must be a positive integer, got {self.num_classes}"),
+                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}"),
+                (_positive_int(self.repeats), f"--repeats must be a positive integer, got {self.repeats}")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSpec(Spec):
+    """The whole job on the embedded digits data: train, search, fine-tune, export, bench, report."""
+
+    out: str | None = option(None, "a new or empty folder for the demo's files", kind=str, shown="runs/demo-<date>-<time>")
+    latency_budget: float | None = option(None, "compressed latency at most this fraction of the fastest dense engine's "
+                                          "(torch, ONNX Runtime, OpenVINO), in (0, 1]", kind=float,
+                                          shown="0.9, raised to the least ratio reachable on this machine plus 0.08 when "
+                                          "that is higher: the digits CNN is tiny, and its stem and classifier, which the "
+                                          "search leaves dense, are a large share of its time")
+    episodes: int = option(300, "search episodes, >= 1 (AMC: 300)")
+    warmup: int = option(100, "random warm-up episodes of the search, >= 0")
+    train_epochs: int = option(15, "epochs training the dense model, >= 1")
+    finetune_epochs: int = option(12, "ADMM fine-tuning epochs in all, >= 2")
+    batch_size: int = option(1, "batch size the latency is measured and benchmarked at, >= 1")
+    threads: int | None = option(None, "CPU threads for the latency table, the export and the benchmark, >= 1", kind=int,
+                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    latency_statistic: str = option("min", "statistic of the latency table and the benchmark (a laptop or a shared VM "
+                                    "drifts in speed, and the fastest runs repeat best)", choices=STATISTICS)
+    seed: int = option(0, "random seed")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.latency_budget is None or _fraction(self.latency_budget), f"--latency-budget must be in (0, 1], got {self.latency_budget}"),
+            (_positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
+            (_positive_int(self.train_epochs), f"--train-epochs must be >= 1, got {self.train_epochs}"),
+            (_positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
+            (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}"),
+            (isinstance(self.warmup, int) and self.warmup >= 0, f"--warmup must be >= 0 episodes, got {self.warmup}"),
+            (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 2,
+             f"--finetune-epochs must be >= 2 (ADMM, then retraining), got {self.finetune_epochs}"),
+        ]
 
 
 _SPECS: dict[str, type[Spec]] = {c.__name__: c for c in (ModelSpec, DataSpec, LatencySpec, BudgetSpec, ScoringSpec, EnvSpec)}

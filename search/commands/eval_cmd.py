@@ -1,134 +1,24 @@
-"""`uniprune eval`: top-1 accuracy of a checkpoint (plain or compressed) on one split of a dataset."""
+"""`uniprune eval`: top-1 accuracy of a checkpoint (plain or compressed) on one split of a dataset.
+
+The flags are :class:`~uniprune.search.api.EvalSpec`'s; the job is :func:`uniprune.search.api.evaluate`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from typing import Any
 
-from uniprune.compressors.core.errors import ConfigError, DataError, NotAvailableError
-from uniprune.compressors.train.training import evaluate
-from uniprune.search.datasets import SPLITS, load_dataset
-from uniprune.search.models import (
-    COMPRESSED_FORMAT,
-    build_model,
-    load_state,
-    model_hint,
-    read_checkpoint,
-    split_checkpoint,
-)
+from uniprune.search.api import EvalSpec, evaluate
 
-from .common import (
-    add_data_arguments,
-    add_device_argument,
-    add_model_arguments,
-    add_seed_argument,
-    add_threads_argument,
-    model_name,
-    resolve_device,
-    show_notes,
-    torch_threads,
-)
+from .flags import add_spec_arguments, spec_from
 
 NAME = "eval"
 HELP = "top-1 accuracy of a checkpoint, or of a compressed checkpoint, on a dataset split"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, from_checkpoint=True)
-    add_data_arguments(parser)
-    parser.add_argument("--split", choices=SPLITS, default="test", help="which split to score (default test)")
-    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N samples of the split")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation fraction carved from training data, as in train (default 0.1)")
-    add_seed_argument(parser)
-    add_device_argument(parser)
-    add_threads_argument(parser)
-
-
-def _load_compressed(path: str) -> tuple[str, dict, dict, dict]:
-    """Hook for compressed checkpoints: ``(model_name, state_dict, structures, meta)``.
-
-    The state dict of a compressed checkpoint holds plain weights that already obey the structures
-    (pruned blocks zero, unified blocks at one magnitude), so the ordinary model scores it exactly.
-    """
-    try:
-        from uniprune.compressors.formats.checkpoint import load_compressed
-    except ImportError:
-        raise NotAvailableError(
-            f"{path} is a compressed checkpoint, but this installation has no uniprune.compressors.formats.checkpoint to read it"
-        ) from None
-    return load_compressed(path)
+    add_spec_arguments(parser, EvalSpec)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    with torch_threads(args.threads) as threads:
-        return _evaluate(args, threads)
-
-
-def _evaluate(args: argparse.Namespace, threads: int) -> dict[str, Any]:
-    if not args.checkpoint:
-        raise ConfigError("eval needs --checkpoint FILE (a checkpoint written by 'uniprune train' or 'finetune', or a state dict)")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    device = resolve_device(args.device)
-    started = time.perf_counter()
-
-    raw = read_checkpoint(args.checkpoint)
-    compressed = raw.get("format") == COMPRESSED_FORMAT
-    if compressed:
-        name, state, structures, meta = _load_compressed(args.checkpoint)
-    else:
-        state, meta = split_checkpoint(raw, args.checkpoint)
-        name, structures = model_name(args.model, meta), {}
-    data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction, seed=args.seed)
-    show_notes(data)
-
-    saved_shape = meta.get("input_shape")
-    if saved_shape is not None and tuple(int(s) for s in saved_shape) != tuple(data.input_shape):
-        raise ConfigError(
-            f"{args.checkpoint} was trained on inputs {tuple(saved_shape)}, dataset {args.dataset!r} gives "
-            f"{tuple(data.input_shape)}; evaluate it on the data it was trained for"
-        )
-    saved_norm = [meta.get("mean"), meta.get("std")]
-    if all(isinstance(v, (list, tuple)) for v in saved_norm) and any(
-            len(a) != len(b) or any(abs(float(x) - float(y)) > 1e-3 for x, y in zip(a, b))
-            for a, b in zip(saved_norm, (data.mean, data.std))):
-        print(f"uniprune eval: warning: {args.checkpoint} was trained on inputs normalised with mean {list(saved_norm[0])} "
-              f"and std {list(saved_norm[1])}; dataset {args.dataset!r} normalises with {list(data.mean)} and "
-              f"{list(data.std)}, so the accuracy is of other inputs than it learnt", file=sys.stderr)
-    num_classes = int(meta.get("num_classes") or data.num_classes)
-    labels = data.split(args.split).labels
-    if len(labels) and int(labels.max()) >= num_classes:
-        raise DataError(
-            f"the {args.split} split has label {int(labels.max())}, but the model has {num_classes} classes; "
-            "this checkpoint was trained for other data"
-        )
-    model = build_model(name, num_classes=num_classes, input_shape=data.input_shape)
-    load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
-    model.to(device)
-
-    samples = min(len(labels), args.limit) if args.limit else len(labels)
-    batches = data.batches(args.split, args.batch_size, limit=args.limit, device=device)
-    accuracy = evaluate(
-        model, batches, device=device, desc=f"eval {args.split}", total=data.num_batches(args.split, args.batch_size, args.limit)
-    )
-    result: dict[str, Any] = {
-        "accuracy": accuracy,
-        "samples": samples,
-        "split": args.split,
-        "model": name,
-        "dataset": args.dataset,
-        "checkpoint": args.checkpoint,
-        "compressed": compressed,
-    }
-    if compressed:
-        result["structured_layers"] = len(structures)
-    if isinstance(meta.get("accuracy"), float):
-        result["saved_accuracy"] = meta["accuracy"]
-    result["threads"] = threads
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    return result
+    return evaluate(spec_from(EvalSpec, args)).to_dict()

@@ -17,9 +17,7 @@ HELP = "write a compressed checkpoint as a deployable artifact: one native plan,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_arguments(parser, ExportSpec, exclude=("compressed", "out"))
-    parser.add_argument("--compressed", required=True, help="the compressed checkpoint ('uniprune finetune --out')")
-    parser.add_argument("--out", required=True, help="artifact directory to write (must not exist unless --force)")
+    add_spec_arguments(parser, ExportSpec)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,6 +9,7 @@ so :func:`typed` is exactly what the user typed: a verb fills the rest from the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
@@ -39,12 +40,15 @@ def add_spec_arguments(parser: argparse.ArgumentParser | Any, spec: type[Spec], 
             continue
         meta = f.metadata
         default = (defaults or {}).get(f.name, f.default)
-        help_text = f"{meta['help']} (default {_shown(default, meta if f.name not in (defaults or {}) else {})})"
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
-        if isinstance(f.default, bool):
+        required = default is dataclasses.MISSING
+        shown = "" if required else f" (default {_shown(default, meta if f.name not in (defaults or {}) else {})})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": meta["help"] + shown, "dest": f.name}
+        if required and not isinstance(parser, argparse._MutuallyExclusiveGroup):
+            kwargs["required"] = True
+        if isinstance(f.default, bool) or f.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction if meta.get("negatable") else "store_true"
         else:
-            kwargs["type"] = meta.get("kind") or type(f.default)
+            kwargs["type"] = meta.get("kind") or (str if required else type(f.default))
             if meta.get("choices"):
                 kwargs["choices"] = meta["choices"]
             if meta.get("metavar"):

@@ -15,6 +15,7 @@ from typing import Any
 
 from uniprune.compressors.core.policy import Policy
 from uniprune.search.api import EnvSpec, ReplaySpec, replay
+from uniprune.search.api.paths import check_out_file
 from uniprune.search.api.replay import FROM_RUN, agent_run_options
 
 from .flags import add_spec_arguments, spec_from, taken_from
@@ -24,10 +25,9 @@ HELP = "run a saved agent (or apply a saved policy) on a new model and write the
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_arguments(parser, ReplaySpec, exclude=("agent", "policy", "out"))
+    add_spec_arguments(parser, ReplaySpec, exclude=("agent", "policy"))
     source = parser.add_mutually_exclusive_group(required=True)
     add_spec_arguments(source, ReplaySpec, only=("agent", "policy"))
-    parser.add_argument("--out", required=True, help="where to write the policy (policy.json); an existing file needs --force")
 
 
 def build_spec(args: argparse.Namespace) -> ReplaySpec:
@@ -40,6 +40,7 @@ def build_spec(args: argparse.Namespace) -> ReplaySpec:
                   file=sys.stderr)
         return spec_from(ReplaySpec, args, stored=stored)
     spec = spec_from(ReplaySpec, args)  # checks the options before the policy is read
+    check_out_file(spec.out, spec.force, example="policy.json")  # and the output: a refused write fails at once
     budget = Policy.load(args.policy).latency_budget
     if budget is None or "latency_budget" in vars(args):
         return spec
