@@ -30,8 +30,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
-from uniprune.compressors.core.projection import project_model  # noqa: E402
-from uniprune.envs import recalibrate_bn  # noqa: E402
 from uniprune.search import api  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -99,24 +97,18 @@ def rescore(env: Any, policy: Policy, bn_batches: int, *, threads: int | None = 
             statistic: str = "median") -> dict[str, float]:
     """Validation accuracy of ``policy`` with and without BN re-estimation, and its measured latency
     (dense and compressed interleaved, ``batch_size`` samples, ``threads`` threads: default torch's)."""
-    saved = env.bn_batches
+    scorer = env.scorer
     out: dict[str, float] = {}
     actions = {n: (a.prune, a.unify) for n, a in policy.layers.items()}
-    env.bn_batches = []
-    out["acc_plain"] = env.score(actions)["val_accuracy"]
-    env.bn_batches = saved if saved else []
-    out["acc_bn"] = env.score(actions)["val_accuracy"] if saved else float("nan")
-    env.bn_batches = saved
-    out["predicted_ratio"] = env.score(actions)["latency_ratio"]
+    out["acc_plain"] = scorer.score(actions, bn_batches=[])["val_accuracy"]
+    out["acc_bn"] = scorer.score(actions)["val_accuracy"] if scorer.bn_batches else float("nan")
+    out["predicted_ratio"] = env.wall.predicted_ms(actions) / env.wall.dense_ms
     try:
         from uniprune.compressors.latency.table import measure_model_ms
     except ImportError:
         out["measured_ratio"] = float("nan")
         return out
-    model = env._scratch
-    model.load_state_dict(env._original)
-    structures = project_model(model, env.policy(actions), env.block_shapes, apply=True)
-    recalibrate_bn(model, env.bn_batches)
+    model, structures = scorer.projected(actions)
     timing = measure_model_ms(model, structures, env.input_shape, batch_size=batch_size, threads=threads, statistic=statistic)
     out["measured_ratio"] = 1.0 / float(timing["speedup"])
     return out

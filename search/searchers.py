@@ -178,7 +178,7 @@ def uniform_candidates(env: CompressionEnv, levels: int) -> list[np.ndarray]:
     fit are dropped; if none fits, the maximum compression is the one candidate (the env's wall then
     clips the last layers).
     """
-    lm, limit = env.latency_model, env.budget.limit_ms(env.dense_ms)
+    lm, limit = env.latency_model, env.wall.budget.limit_ms(env.wall.dense_ms)
 
     def ms(raw: np.ndarray) -> float:
         action = LayerAction(*env.map_action(raw))

@@ -80,7 +80,7 @@ def build_env(spec: EnvSpec, *, verb: str = "search") -> CompressionEnv:
     latency = latency_model(spec, model, data.input_shape)
     budget = spec.budget
     skip = dense_layers(budget.keep_dense, [s.name for s in compressible_layers(model)])
-    return CompressionEnv(
+    return CompressionEnv.of(
         model.to(device), latency, val, input_shape=data.input_shape, latency_budget=budget.latency_budget,
         bn_batches=bn, max_prune=budget.max_prune, max_unify=budget.max_unify, reward=scoring.reward,
         size_budget=budget.size_budget, model_name=spec.model.model, device=device, skip=skip,
