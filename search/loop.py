@@ -20,8 +20,8 @@ from typing import Any
 
 from tqdm import tqdm
 from uniprune.compressors.core.policy import Policy
+from uniprune.compressors.formats.run_dir import RunDir
 from uniprune.envs import CompressionEnv
-from uniprune.search.run_dir import RunDir
 from uniprune.search.searchers import Searcher
 from uniprune.search.tensorboard import TensorBoardLogger
 

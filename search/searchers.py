@@ -24,6 +24,7 @@ import numpy as np
 from uniprune.agent import AMCDDPG, load_agent, save_agent
 from uniprune.compressors.core.errors import ConfigError, RunDirError
 from uniprune.compressors.core.policy import LayerAction
+from uniprune.compressors.formats.run_dir import OPTUNA_DB, RunDir
 from uniprune.envs import CompressionEnv
 from uniprune.search.tensorboard import TensorBoardLogger, sb3_logger
 
@@ -100,10 +101,10 @@ class DDPGSearcher(Searcher):
                  reward_baseline: str = "sample") -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
         self.logging = False
-        if resume and (self.run_dir / "agent.json").is_file():
+        if resume and RunDir(self.run_dir).agent_path.is_file():
             self.agent = load_agent(self.run_dir, env=env, replay_buffer=True)
             self.agent._last_obs = None  # start a fresh episode in this process
-        elif resume and (self.run_dir / "state.json").is_file() and _episodes_done(self.run_dir) > 0:
+        elif resume and RunDir(self.run_dir).state_path.is_file() and _episodes_done(self.run_dir) > 0:
             raise RunDirError(f"{self.run_dir} has episodes but no agent.json to resume the DDPG agent from; start over with --force")
         else:
             buffer_size = max(episodes * env.num_layers, 1000)
@@ -212,7 +213,7 @@ class OptunaSearcher(Searcher):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.storage = storage or f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
+        self.storage = storage or f"sqlite:///{(self.run_dir / OPTUNA_DB).resolve()}"
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(warmup, 1))
         try:
             self.study = optuna.create_study(
@@ -245,7 +246,7 @@ def _episodes_done(run_dir: Path) -> int:
     import json
 
     try:
-        return int(json.loads((run_dir / "state.json").read_text()).get("episodes", 0))
+        return int(json.loads(RunDir(run_dir).state_path.read_text()).get("episodes", 0))
     except (OSError, ValueError):
         return 0
 

@@ -20,6 +20,7 @@ from typing import Any
 from uniprune.compressors.core.errors import ConfigError
 from uniprune.compressors.core.threads import resolve_threads
 from uniprune.compressors.formats.fileio import write_json_atomic
+from uniprune.compressors.formats.run_dir import RunDir
 
 from .bench import bench
 from .env import build_env
@@ -116,7 +117,7 @@ def demo(spec: DemoSpec) -> dict[str, Any]:
                            statistic=spec.latency_statistic)
     _log(5, "time the exported artifact against every dense engine", "bench", bench_spec)
     timed = bench(bench_spec).to_dict()
-    write_json_atomic(run_dir / "bench.json", timed)
+    write_json_atomic(RunDir(run_dir).bench_path, timed)
     _log(6, "write the report", "report", argv=["--run-dir", str(run_dir)])
     report = str(write_report(run_dir)[-1])
     seconds = time.perf_counter() - started

@@ -33,11 +33,11 @@ from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.core.projection import check_policy_layers, check_policy_model
 from uniprune.compressors.formats.checkpoint import read_torch_file, save_compressed
 from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_atomic
+from uniprune.compressors.formats.run_dir import RunDir, read_json_object
 from uniprune.compressors.train.admm import AdmmConfig, admm_finetune, world
 from uniprune.compressors.train.training import evaluate
 from uniprune.search.datasets import load_dataset
 from uniprune.search.models import build_model, load_weights
-from uniprune.search.run_dir import read_json_object
 
 from .devices import resolve_device, show_notes
 from .paths import check_out_file
@@ -92,7 +92,7 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"--run-dir {run_dir} is a file; pass the folder a search wrote")
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {str(run_dir)!r} does not exist; pass the --run-dir a search wrote")
-    path = run_dir / "config.json"
+    path = RunDir(run_dir).config_path
     if not path.is_file():
         raise RunDirError(f"{path} is missing; the run directory is incomplete (pass --policy/--model/--checkpoint instead)")
     return read_json_object(path, fix="pass --policy/--model/--checkpoint instead")
@@ -150,7 +150,7 @@ def _finetune(args: FinetuneSpec) -> dict[str, Any]:
     started = time.time()
     run_dir = Path(args.run_dir) if args.run_dir else None
     config = _run_config(run_dir) if run_dir else {}
-    policy_path = args.policy or (run_dir / "policy.json" if run_dir else None)
+    policy_path = args.policy or (RunDir(run_dir).policy_path if run_dir else None)
     if policy_path is None:
         raise ConfigError("no policy given: pass --policy policy.json or --run-dir RUN")
     policy = Policy.load(policy_path)
@@ -161,7 +161,7 @@ def _finetune(args: FinetuneSpec) -> dict[str, Any]:
     checkpoint = args.checkpoint or config.get("checkpoint")
     dataset = args.dataset or config.get("dataset") or "digits"
     data = args.data if args.data is not None else config.get("data")
-    out = Path(args.out) if args.out else (run_dir / "compressed.pt" if run_dir else None)
+    out = Path(args.out) if args.out else (RunDir(run_dir).compressed_path if run_dir else None)
     if out is None:
         raise ConfigError("no output path: pass --out compressed.pt (or --run-dir RUN)")
     out = check_out_file(out, args.force, example="compressed.pt")
@@ -259,5 +259,5 @@ def _finetune(args: FinetuneSpec) -> dict[str, Any]:
                         meta={k: v for k, v in summary.items() if k != "checkpoint"} | {"dataset": dataset})
         partial.unlink(missing_ok=True)  # done: nothing to resume
         if run_dir is not None and args.out is None:  # the run's record describes the run's own compressed.pt
-            write_json_atomic(run_dir / "finetune.json", summary | {"admm_history": result["admm_history"], "retrain_history": result["retrain_history"]})
+            write_json_atomic(RunDir(run_dir).finetune_path, summary | {"admm_history": result["admm_history"], "retrain_history": result["retrain_history"]})
     return summary

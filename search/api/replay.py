@@ -19,8 +19,8 @@ import numpy as np
 from uniprune.compressors.core.errors import PolicyError, RunDirError
 from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.core.projection import check_policy_model
+from uniprune.compressors.formats.run_dir import RunDir, read_json_object
 from uniprune.envs import CompressionEnv
-from uniprune.search.run_dir import read_json_object
 from uniprune.search.searchers import agent_policy, play
 
 from .env import build_env
@@ -55,7 +55,7 @@ def agent_path(given: str) -> Path:
     """The agent's ``agent.json`` (given a run directory or the file); RunDirError when absent."""
     path = Path(given).expanduser()
     if path.is_dir():
-        path = path / "agent.json"
+        path = RunDir(path).agent_path
     if not path.is_file():
         raise RunDirError(f"agent file {str(path)!r} does not exist; pass the run directory of a "
                           "'uniprune search --searcher ddpg' (or its agent.json)")
@@ -64,7 +64,7 @@ def agent_path(given: str) -> Path:
 
 def agent_run_options(given: str) -> dict[str, Any]:
     """The options of the search that made the agent (its run's ``config.json``) that a replay takes: :data:`FROM_RUN`."""
-    stored = read_json_object(agent_path(given).parent / "config.json", fix="pass the options yourself or fix the file")
+    stored = read_json_object(RunDir(agent_path(given).parent).config_path, fix="pass the options yourself or fix the file")
     return {k: v for k, v in stored.items() if k in FROM_RUN}
 
 

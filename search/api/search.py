@@ -10,6 +10,7 @@ from typing import Any
 from uniprune.compressors.core.errors import RunDirError
 from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.core.threads import resolve_threads, torch_threads
+from uniprune.compressors.formats.run_dir import RunDir
 from uniprune.envs import CompressionEnv
 from uniprune.search.loop import (
     ProgressCallback,
@@ -18,7 +19,6 @@ from uniprune.search.loop import (
     StopOnInterrupt,
     TensorBoardCallback,
 )
-from uniprune.search.run_dir import RunDir
 from uniprune.search.searchers import make_searcher
 from uniprune.search.tensorboard import TensorBoardLogger
 
@@ -73,7 +73,7 @@ def check_run_path(spec: SearchSpec) -> Path:
     check_writable(path, "--run-dir", folder=True)
     if not spec.resume and not spec.force and path.is_dir() and any(path.iterdir()):
         raise RunDirError(f"run directory {path} already holds a run; pass --resume to go on with it or --force to start over")
-    if spec.resume and not (path / "config.json").is_file():
+    if spec.resume and not RunDir(path).config_path.is_file():
         raise RunDirError(f"nothing to resume in {path}: it has no config.json; start the search without --resume")
     return path
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from uniprune.compressors.formats.run_dir import RESUMABLE_CHANGES, RunDir, read_json_object
 from uniprune.search.api import SearchSpec, search
 from uniprune.search.api.search import check_run_path
-from uniprune.search.run_dir import RESUMABLE_CHANGES, read_json_object
 
 from .flags import add_spec_arguments, spec_from
 
@@ -33,7 +33,7 @@ def build_spec(args: argparse.Namespace) -> SearchSpec:
     spec = spec_from(SearchSpec, args)
     if not spec.resume:
         return spec
-    stored = read_json_object(check_run_path(spec) / "config.json", fix="start over with --force")
+    stored = read_json_object(RunDir(check_run_path(spec)).config_path, fix="start over with --force")
     keys = [k for k in stored if k not in RESUMABLE_CHANGES or k == "episodes"]
     return spec_from(SearchSpec, args, stored=stored, keys=keys)
 
