@@ -146,8 +146,26 @@ def finetune(spec: FinetuneSpec) -> FinetuneResult:
     return FinetuneResult.of(_finetune(spec))
 
 
-def _finetune(args: FinetuneSpec) -> dict[str, Any]:
-    started = time.time()
+@dataclass(frozen=True)
+class _Inputs:
+    """What a fine-tune reads and writes, resolved from the spec and the run directory."""
+
+    run_dir: Path | None
+    policy: Policy
+    model_name: str
+    checkpoint: str | None
+    dataset: str
+    data: str | None
+    out: Path
+    fingerprint: str
+
+    @property
+    def partial(self) -> Path:
+        """The state of an interrupted fine-tune, kept next to ``out`` after every epoch."""
+        return self.out.with_name(self.out.name + ".partial")
+
+
+def _inputs(args: FinetuneSpec) -> _Inputs:
     run_dir = Path(args.run_dir) if args.run_dir else None
     config = _run_config(run_dir) if run_dir else {}
     policy_path = args.policy or (RunDir(run_dir).policy_path if run_dir else None)
@@ -165,31 +183,31 @@ def _finetune(args: FinetuneSpec) -> dict[str, Any]:
     if out is None:
         raise ConfigError("no output path: pass --out compressed.pt (or --run-dir RUN)")
     out = check_out_file(out, args.force, example="compressed.pt")
-    partial = out.with_name(out.name + ".partial")
     fingerprint = json.dumps({"policy": policy.to_dict(), "model": model_name, "checkpoint": checkpoint, "dataset": dataset,
                               "data": data, **{k: getattr(args, k) for k in FinetuneSpec.RESUME_KEYS}}, sort_keys=True, default=str)
-    resume = _resume_state(partial, fingerprint) if args.resume else None
-    if not args.resume and partial.is_file():
-        print(f"uniprune finetune: note: {partial} holds an interrupted fine-tune; starting over (--resume goes on from it)",
-              file=sys.stderr)
-    plan = _epoch_plan(args)
-    device = _init_distributed(str(resolve_device(args.device)))
-    plan.device = device
-    rank, _ = world()
-    plan.progress = rank == 0
+    return _Inputs(run_dir, policy, model_name, checkpoint, dataset, data, out, fingerprint)
 
+
+def _model(args: FinetuneSpec, job: _Inputs, device: str) -> tuple[torch.nn.Module, Any]:
+    """The dense model (checked against the policy before any training) and the data."""
     torch.manual_seed(args.seed)
-    bundle = load_dataset(dataset, data, val_fraction=args.val_fraction, seed=args.seed)
+    bundle = load_dataset(job.dataset, job.data, val_fraction=args.val_fraction, seed=args.seed)
     show_notes(bundle)
-    model = build_model(model_name, num_classes=bundle.num_classes, input_shape=bundle.input_shape)
-    if checkpoint:
-        load_weights(model, checkpoint)
+    model = build_model(job.model_name, num_classes=bundle.num_classes, input_shape=bundle.input_shape)
+    if job.checkpoint:
+        load_weights(model, job.checkpoint)
     else:
         print("uniprune: note: no --checkpoint: fine-tuning a randomly initialised model", file=sys.stderr)
     # a policy made for another model fails here, before any data is touched for training
-    check_policy_layers(policy, [s.name for s in compressible_layers(model, policy_block_shapes(policy.block_shape, None))])
-    model.to(device)
-    augment = args.augment if args.augment is not None else dataset.lower() in _AUGMENTED
+    check_policy_layers(job.policy, [s.name for s in compressible_layers(model, policy_block_shapes(job.policy.block_shape, None))])
+    return model.to(device), bundle
+
+
+def _train(args: FinetuneSpec, job: _Inputs, model: torch.nn.Module, bundle: Any, plan: AdmmConfig, rank: int,
+           resume: dict[str, Any] | None) -> tuple[dict[str, Any], float | None]:
+    """ADMM (or masked retraining) into the policy; the result and the dense validation accuracy (rank 0)."""
+    device = plan.device
+    augment = args.augment if args.augment is not None else job.dataset.lower() in _AUGMENTED
     eval_split = "val" if len(bundle.val) else "train"
 
     class _Epoch:
@@ -205,23 +223,21 @@ def _finetune(args: FinetuneSpec) -> dict[str, Any]:
             return bundle.batches("train", args.batch_size, shuffle=True, augment=augment,
                                   seed=args.seed * 100_003 + self.epoch, limit=args.limit, device=device)
 
-    train_batches = _Epoch
-
     def validate(net: torch.nn.Module) -> float:
         return evaluate(net, bundle.batches(eval_split, 256, device=device), device=device)
 
+    def keep_state(state: dict[str, Any]) -> None:
+        if rank == 0:
+            torch_save_atomic(job.partial, {**state, "fingerprint": job.fingerprint})
+
     logger = None
-    if run_dir is not None and rank == 0:
+    if job.run_dir is not None and rank == 0:
         from uniprune.search.tensorboard import TensorBoardLogger
 
-        logger = TensorBoardLogger(run_dir / "tb")  # next to the search's curves; keys are admm/*
+        logger = TensorBoardLogger(RunDir(job.run_dir).tb_dir)  # next to the search's curves; keys are admm/*
     dense_val = validate(model) if rank == 0 else None
     try:
-        def keep_state(state: dict[str, Any]) -> None:
-            if rank == 0:
-                torch_save_atomic(partial, {**state, "fingerprint": fingerprint})
-
-        result = admm_finetune(model, policy, train_batches, validate, plan, log=logger.log if logger else None,
+        result = admm_finetune(model, job.policy, _Epoch, validate, plan, log=logger.log if logger else None,
                                checkpoint=keep_state, resume=resume)
     except NonFiniteError as exc:
         knobs = f"--lr (now {args.lr:g})" + (f" or --rho (now {args.rho:g})" if args.method == "admm" else "")
@@ -229,35 +245,46 @@ def _finetune(args: FinetuneSpec) -> dict[str, Any]:
     finally:
         if logger is not None:
             logger.close()
+    return result, dense_val
+
+
+def _finetune(args: FinetuneSpec) -> dict[str, Any]:
+    started = time.time()
+    job = _inputs(args)
+    resume = _resume_state(job.partial, job.fingerprint) if args.resume else None
+    if not args.resume and job.partial.is_file():
+        print(f"uniprune finetune: note: {job.partial} holds an interrupted fine-tune; starting over (--resume goes on "
+              "from it)", file=sys.stderr)
+    plan = _epoch_plan(args)
+    plan.device = _init_distributed(str(resolve_device(args.device)))
+    rank, _ = world()
+    plan.progress = rank == 0
+    model, bundle = _model(args, job, plan.device)
+    result, dense_val = _train(args, job, model, bundle, plan, rank, resume)
     structures = result["structures"]
     collapsed = collapsed_blocks(structures)
     if collapsed and rank == 0:
         print(f"uniprune finetune: note: {sum(collapsed.values())} unified block(s) trained down to magnitude 0 and are "
               f"pruned in effect ({', '.join(f'{k}: {v}' for k, v in list(collapsed.items())[:4])}); a lower --lr keeps them",
               file=sys.stderr)
+    device = plan.device
     test_acc = evaluate(model, bundle.batches("test", 256, device=device), device=device) if len(bundle.test) else None
     size = model_size(model, structures, input_shape=bundle.input_shape)["total"]
     summary: dict[str, Any] = {
-        "accuracy": test_acc,
-        "val_accuracy": result["accuracy"],
-        "projected_val_accuracy": result["projected_accuracy"],
-        "dense_val_accuracy": dense_val,
-        "size_ratio": size["size_ratio"],
-        "mac_ratio": size["mac_ratio"],
+        "accuracy": test_acc, "val_accuracy": result["accuracy"], "projected_val_accuracy": result["projected_accuracy"],
+        "dense_val_accuracy": dense_val, "size_ratio": size["size_ratio"], "mac_ratio": size["mac_ratio"],
         "mult_ratio": size["mults"] / size["dense_macs"] if size["dense_macs"] else None,
-        "collapsed_blocks": sum(collapsed.values()),
-        "method": args.method,
-        "epochs": plan.total_epochs,
-        "checkpoint": str(out),
-        "seconds": time.time() - started,
+        "collapsed_blocks": sum(collapsed.values()), "method": args.method, "epochs": plan.total_epochs,
+        "checkpoint": str(job.out), "seconds": time.time() - started,
     }
     if args.latency and rank == 0:
         summary["latency_ratio"] = _latency_ratio(model, structures, bundle.input_shape)
     if rank == 0:
-        save_compressed(out, model.cpu(), structures, model_name=model_name, num_classes=bundle.num_classes,
-                        input_shape=bundle.input_shape, policy=policy,
-                        meta={k: v for k, v in summary.items() if k != "checkpoint"} | {"dataset": dataset})
-        partial.unlink(missing_ok=True)  # done: nothing to resume
-        if run_dir is not None and args.out is None:  # the run's record describes the run's own compressed.pt
-            write_json_atomic(RunDir(run_dir).finetune_path, summary | {"admm_history": result["admm_history"], "retrain_history": result["retrain_history"]})
+        save_compressed(job.out, model.cpu(), structures, model_name=job.model_name, num_classes=bundle.num_classes,
+                        input_shape=bundle.input_shape, policy=job.policy,
+                        meta={k: v for k, v in summary.items() if k != "checkpoint"} | {"dataset": job.dataset})
+        job.partial.unlink(missing_ok=True)  # done: nothing to resume
+        if job.run_dir is not None and args.out is None:  # the run's record describes the run's own compressed.pt
+            history = {"admm_history": result["admm_history"], "retrain_history": result["retrain_history"]}
+            write_json_atomic(RunDir(job.run_dir).finetune_path, summary | history)
     return summary

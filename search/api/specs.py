@@ -13,19 +13,14 @@ which is what a run's ``config.json`` stores.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
 
-from uniprune.compressors.core.errors import ConfigError
-from uniprune.compressors.core.threads import check_threads
 from uniprune.compressors.latency.table import RUNTIMES
 from uniprune.envs import REWARDS
 from uniprune.search.searchers import SEARCHERS
 
-S = TypeVar("S", bound="Spec")
+from .spec import REQUIRED, Spec, fraction, option, positive_float, positive_int, threads_ok
 
 #: How the DDPG replay buffer turns an episode's reward into the transitions' rewards (see :class:`SearchSpec`).
 REWARD_BASELINES = ("sample", "store")
@@ -34,106 +29,6 @@ STATISTICS = ("median", "min")
 METHODS = ("admm", "masked")
 SCHEDULES = ("cosine", "constant")
 DEFAULT_MODEL = "digits-cnn"
-
-
-#: The default of an option that has none: the caller must give it (a required flag).
-REQUIRED = dataclasses.MISSING
-
-
-def option(default: Any, help: str, *, kind: Any = None, choices: tuple[str, ...] | None = None, flag: str | None = None,
-           metavar: str | None = None, negatable: bool = False, shown: str | None = None) -> Any:
-    """A spec field: ``default``, the flag's ``help`` (the default is appended unless ``shown`` says it),
-    the value type ``kind`` (default: the default's type), ``choices``, and the ``flag`` when it is not the
-    field's name with dashes. ``negatable``: a bool flag with a ``--no-`` form."""
-    meta = {"help": help, "kind": kind, "choices": choices, "flag": flag, "metavar": metavar, "negatable": negatable,
-            "shown": shown}
-    if default is REQUIRED:
-        return field(metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    """The command-line spelling of a spec field."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _fraction(value: Any, *, zero: bool = False, one: bool = True) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return False
-    low = value >= 0 if zero else value > 0
-    return low and (value <= 1 if one else value < 1)
-
-
-class Spec:
-    """Base of the specs: range checks on construction, flat mapping to and from ``config.json``-style dicts."""
-
-    #: (predicate on the spec, message): the first failing check raises ConfigError with its message.
-    def checks(self) -> list[tuple[bool, str]]:
-        return []
-
-    def __post_init__(self) -> None:
-        for ok, message in self.checks():
-            if not ok:
-                raise ConfigError(message)
-
-    @classmethod
-    def leaf_fields(cls) -> list[dataclasses.Field]:
-        """The option fields of this spec and the specs it holds, in order."""
-        out = []
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            nested = _nested(cls, f)
-            out.extend(nested.leaf_fields() if nested else [f])
-        return out
-
-    def flat(self) -> dict[str, Any]:
-        """The spec's options as one flat mapping (field name -> value)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            out.update(value.flat() if isinstance(value, Spec) else {f.name: value})
-        return out
-
-    @classmethod
-    def from_flat(cls: type[S], values: Mapping[str, Any]) -> S:
-        """A spec from a flat mapping; options it lacks keep their defaults, keys no field has are ignored."""
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            nested = _nested(cls, f)
-            if nested:
-                kwargs[f.name] = nested.from_flat(values)
-            elif f.name in values:
-                kwargs[f.name] = values[f.name]
-        return cls(**kwargs)
-
-    def argv(self) -> list[str]:
-        """The command-line options that give this spec: those whose value differs from the default, as flags."""
-        values, out = self.flat(), []
-        for f in self.leaf_fields():
-            value = values[f.name]
-            if value == f.default:
-                continue  # a required option (no default) is never equal to MISSING, so it is always shown
-            if isinstance(value, bool):
-                out.append(flag_of(f) if value else "--no-" + flag_of(f)[2:])
-            else:
-                out += [flag_of(f), ",".join(map(str, value)) if isinstance(value, (tuple, list)) else f"{value:g}"
-                        if isinstance(value, float) else str(value)]
-        return out
-
-    def replace(self: S, **changes: Any) -> S:
-        """A copy with the flat options ``changes`` set (checked again)."""
-        unknown = set(changes) - {f.name for f in self.leaf_fields()}
-        if unknown:
-            raise ConfigError(f"{type(self).__name__} has no option(s) {sorted(unknown)}")
-        return type(self).from_flat({**self.flat(), **changes})
-
-
-def _nested(cls: type, f: dataclasses.Field) -> type[Spec] | None:
-    hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-    return _SPECS.get(hint)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,7 +54,7 @@ class DataSpec(Spec):
     val_fraction: float = option(0.1, "fraction of the training data held out for validation, in (0, 1)")
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(_fraction(self.val_fraction, one=False),
+        return [(fraction(self.val_fraction, one=False),
                  f"--val-fraction must be in (0, 1): the env scores on a validation split, got {self.val_fraction}")]
 
 
@@ -176,16 +71,10 @@ class LatencySpec(Spec):
                                  shown="automatic: the cores idle now, cores minus load average, >= 1")
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
-                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+        return [(positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
+                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
 
 
-def _threads_ok(threads: Any) -> bool:
-    try:
-        check_threads(threads)
-    except ConfigError:
-        return False
-    return True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,10 +92,10 @@ class BudgetSpec(Spec):
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
-            (_fraction(self.latency_budget), f"--latency-budget must be in (0, 1] (a fraction of dense latency), got {self.latency_budget}"),
-            (self.size_budget is None or _fraction(self.size_budget), f"--size-budget must be in (0, 1], got {self.size_budget}"),
-            (_fraction(self.max_prune, zero=True), f"--max-prune must be in [0, 1], got {self.max_prune}"),
-            (_fraction(self.max_unify, zero=True), f"--max-unify must be in [0, 1], got {self.max_unify}"),
+            (fraction(self.latency_budget), f"--latency-budget must be in (0, 1] (a fraction of dense latency), got {self.latency_budget}"),
+            (self.size_budget is None or fraction(self.size_budget), f"--size-budget must be in (0, 1], got {self.size_budget}"),
+            (fraction(self.max_prune, zero=True), f"--max-prune must be in [0, 1], got {self.max_prune}"),
+            (fraction(self.max_unify, zero=True), f"--max-unify must be in [0, 1], got {self.max_unify}"),
         ]
 
 
@@ -223,8 +112,8 @@ class ScoringSpec(Spec):
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
-            (_positive_int(self.val_samples), f"--val-samples must be >= 1, got {self.val_samples}"),
-            (_positive_int(self.eval_batch_size), f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
+            (positive_int(self.val_samples), f"--val-samples must be >= 1, got {self.val_samples}"),
+            (positive_int(self.eval_batch_size), f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
             (isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0,
              f"--bn-recalibrate must be >= 0 batches, got {self.bn_recalibrate}"),
         ]
@@ -274,9 +163,9 @@ class SearchSpec(Spec):
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
-            (_positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
+            (positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
             (isinstance(self.warmup, int) and self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
-            (_positive_int(self.score_threads), f"--score-threads must be >= 1, got {self.score_threads}"),
+            (positive_int(self.score_threads), f"--score-threads must be >= 1, got {self.score_threads}"),
             (not (self.resume and self.force), "--resume and --force contradict each other: pass one"),
         ]
 
@@ -298,8 +187,6 @@ class ReplaySpec(Spec):
         return [((self.agent is None) != (self.policy is None), "pass one of --agent (a run directory) or --policy (a policy.json)")]
 
 
-def _positive_float(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,12 +211,12 @@ class TrainSpec(Spec):
                                  shown="automatic: the cores idle now, cores minus load average, >= 1")
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(_positive_int(self.epochs), f"--epochs must be >= 1, got {self.epochs}"),
-                (_positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
-                (_positive_float(self.lr), f"--lr: the learning rate must be a positive number, got {self.lr}"),
+        return [(positive_int(self.epochs), f"--epochs must be >= 1, got {self.epochs}"),
+                (positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
+                (positive_float(self.lr), f"--lr: the learning rate must be a positive number, got {self.lr}"),
                 (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
                  f"--weight-decay must be >= 0, got {self.weight_decay}"),
-                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -349,9 +236,9 @@ class EvalSpec(Spec):
                                  shown="automatic: the cores idle now, cores minus load average, >= 1")
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(_positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
-                (self.limit is None or _positive_int(self.limit), f"--limit must be >= 1, got {self.limit}"),
-                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+        return [(positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
+                (self.limit is None or positive_int(self.limit), f"--limit must be >= 1, got {self.limit}"),
+                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -399,13 +286,13 @@ class FinetuneSpec(Spec):
                                               "schedule", "batch_size", "limit", "val_fraction", "augment", "seed")
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(_positive_int(self.epochs), f"--epochs must be >= 1, got {self.epochs}"),
-                (_positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
-                (_positive_float(self.lr), f"--lr: the learning rate must be a positive number, got {self.lr}"),
-                (_positive_float(self.rho), f"--rho must be > 0, got {self.rho}"),
-                (_positive_float(self.rho_growth) and self.rho_growth >= 1, f"--rho-growth must be >= 1, got {self.rho_growth}"),
-                (_fraction(self.val_fraction, zero=True, one=False), f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
-                (self.limit is None or _positive_int(self.limit), f"--limit must be >= 1 samples, got {self.limit}")]
+        return [(positive_int(self.epochs), f"--epochs must be >= 1, got {self.epochs}"),
+                (positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
+                (positive_float(self.lr), f"--lr: the learning rate must be a positive number, got {self.lr}"),
+                (positive_float(self.rho), f"--rho must be > 0, got {self.rho}"),
+                (positive_float(self.rho_growth) and self.rho_growth >= 1, f"--rho-growth must be >= 1, got {self.rho_growth}"),
+                (fraction(self.val_fraction, zero=True, one=False), f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+                (self.limit is None or positive_int(self.limit), f"--limit must be >= 1 samples, got {self.limit}")]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -420,8 +307,8 @@ class ExportSpec(Spec):
     force: bool = option(False, "replace --out if it is an earlier artifact (or empty)")
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
-                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+        return [(positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
+                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -481,11 +368,11 @@ class BenchSpec(Spec):
 
     def checks(self) -> list[tuple[bool, str]]:
         return [((self.policy is None) != (self.compressed is None), "pass one of --policy or --compressed"),
-                (_positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
-                (self.num_classes is None or _positive_int(self.num_classes),
+                (positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
+                (self.num_classes is None or positive_int(self.num_classes),
                  f"--num-classes must be a positive integer, got {self.num_classes}"),
-                (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}"),
-                (_positive_int(self.repeats), f"--repeats must be a positive integer, got {self.repeats}")]
+                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}"),
+                (positive_int(self.repeats), f"--repeats must be a positive integer, got {self.repeats}")]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -511,15 +398,14 @@ class DemoSpec(Spec):
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
-            (self.latency_budget is None or _fraction(self.latency_budget), f"--latency-budget must be in (0, 1], got {self.latency_budget}"),
-            (_positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
-            (_positive_int(self.train_epochs), f"--train-epochs must be >= 1, got {self.train_epochs}"),
-            (_positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
-            (_threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}"),
+            (self.latency_budget is None or fraction(self.latency_budget), f"--latency-budget must be in (0, 1], got {self.latency_budget}"),
+            (positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
+            (positive_int(self.train_epochs), f"--train-epochs must be >= 1, got {self.train_epochs}"),
+            (positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
+            (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}"),
             (isinstance(self.warmup, int) and self.warmup >= 0, f"--warmup must be >= 0 episodes, got {self.warmup}"),
             (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 2,
              f"--finetune-epochs must be >= 2 (ADMM, then retraining), got {self.finetune_epochs}"),
         ]
 
 
-_SPECS: dict[str, type[Spec]] = {c.__name__: c for c in (ModelSpec, DataSpec, LatencySpec, BudgetSpec, ScoringSpec, EnvSpec)}

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
-from uniprune.search.api.specs import Spec, flag_of
+from uniprune.search.api.spec import Spec, flag_of
 
 S = TypeVar("S", bound=Spec)
 

@@ -1,0 +1,142 @@
+"""The spec mechanism: option fields with their help and range checks, and the :class:`Spec` base.
+
+A spec is a frozen dataclass of option fields (:func:`option`) and nested specs; it runs its
+:meth:`Spec.checks` on construction, maps to and from one flat mapping of its options (a run's
+``config.json``), and gives back the command line that builds it (:meth:`Spec.argv`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import field
+from typing import Any, TypeVar
+
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.threads import check_threads
+
+S = TypeVar("S", bound="Spec")
+
+#: every Spec subclass by name, so nested spec fields (annotations are strings) resolve to their class
+_REGISTRY: dict[str, type[Spec]] = {}
+
+
+
+#: The default of an option that has none: the caller must give it (a required flag).
+REQUIRED = dataclasses.MISSING
+
+
+def option(default: Any, help: str, *, kind: Any = None, choices: tuple[str, ...] | None = None, flag: str | None = None,
+           metavar: str | None = None, negatable: bool = False, shown: str | None = None) -> Any:
+    """A spec field: ``default``, the flag's ``help`` (the default is appended unless ``shown`` says it),
+    the value type ``kind`` (default: the default's type), ``choices``, and the ``flag`` when it is not the
+    field's name with dashes. ``negatable``: a bool flag with a ``--no-`` form."""
+    meta = {"help": help, "kind": kind, "choices": choices, "flag": flag, "metavar": metavar, "negatable": negatable,
+            "shown": shown}
+    if default is REQUIRED:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line spelling of a spec field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def fraction(value: Any, *, zero: bool = False, one: bool = True) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    low = value >= 0 if zero else value > 0
+    return low and (value <= 1 if one else value < 1)
+
+
+
+def threads_ok(threads: Any) -> bool:
+    try:
+        check_threads(threads)
+    except ConfigError:
+        return False
+    return True
+
+
+
+def positive_float(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+
+class Spec:
+    """Base of the specs: range checks on construction, flat mapping to and from ``config.json``-style dicts."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    #: (predicate on the spec, message): the first failing check raises ConfigError with its message.
+    def checks(self) -> list[tuple[bool, str]]:
+        return []
+
+    def __post_init__(self) -> None:
+        for ok, message in self.checks():
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def leaf_fields(cls) -> list[dataclasses.Field]:
+        """The option fields of this spec and the specs it holds, in order."""
+        out = []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            nested = _nested(cls, f)
+            out.extend(nested.leaf_fields() if nested else [f])
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """The spec's options as one flat mapping (field name -> value)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out.update(value.flat() if isinstance(value, Spec) else {f.name: value})
+        return out
+
+    @classmethod
+    def from_flat(cls: type[S], values: Mapping[str, Any]) -> S:
+        """A spec from a flat mapping; options it lacks keep their defaults, keys no field has are ignored."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            nested = _nested(cls, f)
+            if nested:
+                kwargs[f.name] = nested.from_flat(values)
+            elif f.name in values:
+                kwargs[f.name] = values[f.name]
+        return cls(**kwargs)
+
+    def argv(self) -> list[str]:
+        """The command-line options that give this spec: those whose value differs from the default, as flags."""
+        values, out = self.flat(), []
+        for f in self.leaf_fields():
+            value = values[f.name]
+            if value == f.default:
+                continue  # a required option (no default) is never equal to MISSING, so it is always shown
+            if isinstance(value, bool):
+                out.append(flag_of(f) if value else "--no-" + flag_of(f)[2:])
+            else:
+                out += [flag_of(f), ",".join(map(str, value)) if isinstance(value, (tuple, list)) else f"{value:g}"
+                        if isinstance(value, float) else str(value)]
+        return out
+
+    def replace(self: S, **changes: Any) -> S:
+        """A copy with the flat options ``changes`` set (checked again)."""
+        unknown = set(changes) - {f.name for f in self.leaf_fields()}
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no option(s) {sorted(unknown)}")
+        return type(self).from_flat({**self.flat(), **changes})
+
+
+def _nested(cls: type, f: dataclasses.Field) -> type[Spec] | None:
+    hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return _REGISTRY.get(hint)
