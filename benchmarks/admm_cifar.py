@@ -36,8 +36,8 @@ from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.core.accounting import model_size  # noqa: E402
 from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
 from uniprune.compressors.core.projection import project_model  # noqa: E402
-from uniprune.compressors.train.admm import AdmmConfig, admm_finetune  # noqa: E402
-from uniprune.compressors.train.baselines import AgpConfig, agp_finetune, uniform_policy  # noqa: E402
+from uniprune.compressors.train.baselines import uniform_policy  # noqa: E402
+from uniprune.compressors.train.finetune import AdmmConfig, AgpConfig, finetune  # noqa: E402
 from uniprune.compressors.train.training import cosine_schedule, evaluate, make_optimizer, train_epoch  # noqa: E402
 from uniprune.search.api.env import dense_layers  # noqa: E402
 from uniprune.search.datasets import load_dataset  # noqa: E402
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if method == "agp":
                 ramp = max(1, args.epochs - args.retrain_epochs)
                 config = AgpConfig(ramp_epochs=ramp, retrain_epochs=args.epochs - ramp, lr=args.lr, device=args.device)
-                result = agp_finetune(model, policy, train_batches, val_accuracy, config)
+                result = finetune(model, policy, train_batches, val_accuracy, config)
             else:
                 if method == "masked":
                     config = AdmmConfig(method="masked", retrain_epochs=args.epochs, lr=args.lr, device=args.device)
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     config = AdmmConfig(method="admm", iterations=args.epochs - args.retrain_epochs, epochs_per_iteration=1,
                                         retrain_epochs=args.retrain_epochs, rho=args.rho, rho_growth=args.rho_growth,
                                         lr=args.lr, device=args.device)
-                result = admm_finetune(model, policy, train_batches, val_accuracy, config)
+                result = finetune(model, policy, train_batches, val_accuracy, config)
             row[method] = test_accuracy(model)
             row[f"{method}_seconds"] = time.time() - t0
             row[f"{method}_projected_val"] = result["projected_accuracy"]

@@ -10,7 +10,9 @@ actions). :class:`~uniprune.search.loop.SearchLoop` runs them, with the run dire
   in ``--storage`` (SQLite in the run directory by default) so several workers can share it;
 * ``random``: uniform random actions (every episode a fresh draw from ``(seed, episode)``);
 * ``uniform``: one (prune, unify) for every layer: for each of a few prune/unify mixes, the least
-  compression whose uniform policy meets the budget (by the latency model), one episode each.
+  compression whose uniform policy meets the budget (by the latency model), one episode each;
+* ``knapsack``: per-layer sensitivity and a knapsack over the latency table (:mod:`.knapsack`); its
+  episodes are the knapsack's policies at the budget and a few tighter ones.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from uniprune.compressors.formats.run_dir import OPTUNA_DB, RunDir
 from uniprune.envs import CompressionEnv
 from uniprune.search.tensorboard import TensorBoardLogger, sb3_logger
 
-SEARCHERS = ("ddpg", "optuna", "random", "uniform")
+from . import knapsack
+
+SEARCHERS = ("ddpg", "optuna", "random", "uniform", "knapsack")
 OPTUNA_STUDY = "uniprune-search"
 UNIFORM_LEVELS = 11  # prune/unify mixes the uniform searcher sweeps at most
 
@@ -170,6 +174,38 @@ class UniformSearcher(Searcher):
         return play(self.env, lambda t, obs: action)
 
 
+class KnapsackSearcher(Searcher):
+    """HALP-style: score every layer's options alone, then solve a knapsack over the latency table
+    (:mod:`.knapsack`). The scoring runs once, before the first episode (a progress bar shows it)."""
+
+    name = "knapsack"
+
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool) -> None:
+        super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
+        self._plans: list[dict[str, tuple[float, float]]] | None = None
+
+    def _ensure_plans(self) -> list[dict[str, tuple[float, float]]]:
+        if self._plans is None:
+            scorer = self.env.scorer
+            options = knapsack.env_options(self.env.wall)
+            dense = scorer.score({})["val_accuracy"]
+            scored = knapsack.score_options(options, lambda actions: scorer.score(actions)["val_accuracy"], dense)
+            self._plans = knapsack.knapsack_plans(self.env.wall, scored)
+        return self._plans
+
+    def max_episodes(self, requested: int) -> int:
+        return min(requested, len(knapsack.TIGHTENINGS))
+
+    def run_episode(self, episode: int) -> dict[str, Any]:
+        plans = self._ensure_plans()
+        plan = plans[min(episode, len(plans) - 1)]
+        env = self.env
+        cap_p, cap_u = env.wall.max_prune, env.wall.max_unify
+        raw = [np.array([p / cap_p if cap_p > 0 else 0.0, u / cap_u if cap_u > 0 else 0.0])
+               for p, u in (plan[n] for n in env.layer_names)]
+        return play(env, lambda t, obs: raw[t])
+
+
 def uniform_candidates(env: CompressionEnv, levels: int) -> list[np.ndarray]:
     """Raw actions ``(a_prune, a_unify)`` that compress every layer alike, just enough to meet the budget.
 
@@ -265,4 +301,6 @@ def make_searcher(
         return RandomSearcher(env, **common)
     if name == "uniform":
         return UniformSearcher(env, **common)
+    if name == "knapsack":
+        return KnapsackSearcher(env, **common)
     raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")

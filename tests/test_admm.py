@@ -10,7 +10,8 @@ from torch import nn
 from uniprune.compressors.core.errors import ConfigError, PolicyError
 from uniprune.compressors.core.policy import LayerAction, Policy
 from uniprune.compressors.core.projection import BlockClasses, project_model, structure_error
-from uniprune.compressors.train.admm import AdmmConfig, admm_finetune, shard_batches
+from uniprune.compressors.train.distributed import shard_batches
+from uniprune.compressors.train.finetune import AdmmConfig, finetune
 from uniprune.compressors.train.training import evaluate, make_optimizer, train_epoch
 
 CLASSES = 4
@@ -64,7 +65,7 @@ def test_admm_converges_and_beats_plain_projection(dense: nn.Module) -> None:
     model = copy.deepcopy(dense)
     logged: list[tuple[str, float, int]] = []
     config = AdmmConfig(iterations=3, rho=2.0, rho_growth=3.0, retrain_epochs=1, progress=False)
-    result = admm_finetune(model, POLICY, train_batches, val_accuracy, config, log=lambda k, v, s: logged.append((k, v, s)))
+    result = finetune(model, POLICY, train_batches, val_accuracy, config, log=lambda k, v, s: logged.append((k, v, s)))
     residuals = [h["residual"] for h in result["admm_history"]]
     assert len(residuals) == 3 and residuals[-1] < 0.6 * residuals[0] and residuals[-1] < 0.3
     assert [h["rho"] for h in result["admm_history"]] == pytest.approx([2.0, 6.0, 18.0])
@@ -78,7 +79,7 @@ def test_admm_converges_and_beats_plain_projection(dense: nn.Module) -> None:
 
 def test_masked_path_shares_retraining(dense: nn.Module) -> None:
     model = copy.deepcopy(dense)
-    result = admm_finetune(model, POLICY, train_batches, val_accuracy, AdmmConfig(method="masked", retrain_epochs=2, progress=False))
+    result = finetune(model, POLICY, train_batches, val_accuracy, AdmmConfig(method="masked", retrain_epochs=2, progress=False))
     assert result["admm_history"] == [] and len(result["retrain_history"]) == 2 and result["epochs"] == 2
     projected = copy.deepcopy(dense)
     project_model(projected, POLICY)
@@ -91,7 +92,7 @@ def test_bad_config_and_policy(dense: nn.Module) -> None:
         with pytest.raises(ConfigError):
             AdmmConfig(**bad)
     with pytest.raises(PolicyError):
-        admm_finetune(copy.deepcopy(dense), Policy(layers={"missing": LayerAction(0.5)}), train_batches, val_accuracy, AdmmConfig(progress=False))
+        finetune(copy.deepcopy(dense), Policy(layers={"missing": LayerAction(0.5)}), train_batches, val_accuracy, AdmmConfig(progress=False))
 
 
 def test_shard_batches_split_evenly() -> None:
@@ -115,12 +116,48 @@ def test_resuming_from_any_epoch_ends_where_an_unbroken_run_ends(dense: nn.Modul
         states.append(torch.load(buf, weights_only=True))
 
     unbroken = copy.deepcopy(dense)
-    full = admm_finetune(unbroken, POLICY, train_batches, val_accuracy, config, checkpoint=keep)
+    full = finetune(unbroken, POLICY, train_batches, val_accuracy, config, checkpoint=keep)
     assert len(states) == 6 and [s["phase"] for s in states] == ["admm"] * 4 + ["retrain"] * 2
     resumed = copy.deepcopy(dense)  # a new process starts from the dense model again
-    again = admm_finetune(resumed, POLICY, train_batches, val_accuracy, config, resume=states[stop - 1])
+    again = finetune(resumed, POLICY, train_batches, val_accuracy, config, resume=states[stop - 1])
     for (name, a), b in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), name
     assert [h["residual"] for h in again["admm_history"]] == pytest.approx([h["residual"] for h in full["admm_history"]])
     assert [h["val_accuracy"] for h in again["retrain_history"]] == pytest.approx(
         [h["val_accuracy"] for h in full["retrain_history"]])
+
+
+def test_retraining_ends_with_its_best_epoch(dense: nn.Module) -> None:
+    scores = iter([0.5, 0.2, 0.9, 0.7])  # right after the projection, then after each retraining epoch
+    states: list[dict] = []
+    model = copy.deepcopy(dense)
+    result = finetune(model, POLICY, train_batches, lambda m: next(scores), AdmmConfig(method="masked", retrain_epochs=3, progress=False),
+                      checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    assert result["accuracy"] == 0.9 and result["projected_accuracy"] == 0.5
+    assert [r.get("best", False) for r in result["retrain_history"]] == [False, True, False]
+    # the weights are those saved after the second epoch, not the third's
+    assert states[1]["best"]["index"] == 1
+    second, third = states[1]["model"], states[2]["model"]
+    moved = [k for k in second if not torch.equal(second[k], third[k]) and k.endswith("weight")]
+    assert moved  # the third epoch did change the weights
+    _check_structures(model, result["structures"])
+    kept = dict(model.named_parameters())
+    for name in ("0.bias", "4.weight"):  # parameters outside the projected layers are saved as they are
+        assert torch.equal(kept[name].detach(), second[name]), name
+
+
+def test_run_schedule_is_one_cosine_over_admm_and_retraining(dense: nn.Module) -> None:
+    import math
+
+    states: list[dict] = []
+    config = AdmmConfig(iterations=2, rho=0.5, retrain_epochs=2, lr=0.02, schedule="run", progress=False)
+    finetune(copy.deepcopy(dense), POLICY, train_batches, val_accuracy, config, checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    lrs = [s["optimizer"]["param_groups"][0]["lr"] for s in states]
+
+    def cosine(e: int) -> float:
+        return 0.02 * 0.5 * (1 + math.cos(math.pi * e / 4))
+
+    # an ADMM epoch trains at the curve's value of its own epoch; a retraining state holds the next epoch's lr
+    assert lrs == pytest.approx([cosine(0), cosine(1), cosine(3), cosine(4)])
+    with pytest.raises(ConfigError, match="retrain_lr unset"):
+        AdmmConfig(schedule="run", retrain_lr=0.1)

@@ -9,18 +9,17 @@ from torch import nn
 from uniprune.compressors.core.errors import ConfigError, ModelError
 from uniprune.compressors.core.policy import LayerAction
 from uniprune.compressors.core.projection import BlockClasses, structure_error
-from uniprune.compressors.train import baselines
-from uniprune.compressors.train.admm import retrain
+from uniprune.compressors.train import agp
+from uniprune.compressors.train.agp import AgpConfig, agp_fraction
 from uniprune.compressors.train.baselines import (
-    AgpConfig,
-    agp_finetune,
-    agp_fraction,
     filter_chains,
     l1_filter_prune,
     magnitude_masks,
     magnitude_prune,
     uniform_policy,
 )
+from uniprune.compressors.train.finetune import finetune
+from uniprune.compressors.train.retrain import retrain
 from uniprune.compressors.train.training import evaluate
 
 
@@ -132,7 +131,7 @@ def test_agp_finetune_reaches_the_policy() -> None:
     data = [(torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)) for _ in range(3)]
     policy = uniform_policy(model, 0.5, 0.25)
     logged: list[tuple[str, float, int]] = []
-    result = agp_finetune(model, policy, lambda e: data, lambda m: evaluate(m, data[:1]),
+    result = finetune(model, policy, lambda e: data, lambda m: evaluate(m, data[:1]),
                           AgpConfig(ramp_epochs=3, retrain_epochs=1, progress=False), log=lambda k, v, s: logged.append((k, v, s)))
     fractions = [v for k, v, _ in logged if k == "agp/fraction"]
     # 3 batches an epoch: 3 pruning steps an epoch (at most one per batch), 9 over the ramp
@@ -157,8 +156,8 @@ def test_agp_default_ramp_is_gradual() -> None:
     data = _agp_data(20)
     policy = uniform_policy(model, 0.5, 0.25)
     logged: list[tuple[str, float, int]] = []
-    # a generator has no len(): agp_finetune counts the batches by an extra pass
-    result = agp_finetune(model, policy, lambda e: iter(data), lambda m: evaluate(m, data[:1]),
+    # a generator has no len(): the AGP strategy counts the batches by an extra pass
+    result = finetune(model, policy, lambda e: iter(data), lambda m: evaluate(m, data[:1]),
                           AgpConfig(retrain_epochs=0, progress=False), log=lambda k, v, s: logged.append((k, v, s)))
     steps = [(s, v) for k, v, s in logged if k == "agp/fraction"]
     fractions = [v for _, v in steps]
@@ -178,8 +177,8 @@ def test_agp_keeps_one_optimizer_and_its_momentum(monkeypatch: pytest.MonkeyPatc
     data = _agp_data(4)
     made: list[torch.optim.Optimizer] = []
     rebinds: list[dict[str, object]] = []
-    make_optimizer = baselines.make_optimizer
-    rebind_optimizer = baselines.rebind_optimizer
+    make_optimizer = agp.make_optimizer
+    rebind_optimizer = agp.rebind_optimizer
 
     def counting_make_optimizer(*args, **kwargs):  # type: ignore[no-untyped-def]
         made.append(make_optimizer(*args, **kwargs))
@@ -198,9 +197,9 @@ def test_agp_keeps_one_optimizer_and_its_momentum(monkeypatch: pytest.MonkeyPatc
             "magnitudes": sum(1 for n, _ in model_.named_parameters() if n.endswith("magnitude")),
         })
 
-    monkeypatch.setattr(baselines, "make_optimizer", counting_make_optimizer)
-    monkeypatch.setattr(baselines, "rebind_optimizer", checked_rebind)
-    agp_finetune(model, uniform_policy(model, 0.5, 0.25), lambda e: data, lambda m: evaluate(m, data[:1]),
+    monkeypatch.setattr(agp, "make_optimizer", counting_make_optimizer)
+    monkeypatch.setattr(agp, "rebind_optimizer", checked_rebind)
+    finetune(model, uniform_policy(model, 0.5, 0.25), lambda e: data, lambda m: evaluate(m, data[:1]),
                  AgpConfig(ramp_epochs=2, retrain_epochs=1, prune_steps=2, progress=False))
     assert len(made) == 1
     # 2 x 2 pruning steps, the first before the optimizer exists, then the final projection

@@ -17,7 +17,8 @@ from torch import nn
 from uniprune.compressors.core.policy import LayerAction, Policy
 from uniprune.compressors.core.projection import BlockClasses, structure_error
 from uniprune.compressors.formats.checkpoint import load_compressed, save_compressed
-from uniprune.compressors.train.admm import AdmmConfig, admm_finetune, world
+from uniprune.compressors.train.distributed import world
+from uniprune.compressors.train.finetune import AdmmConfig, finetune
 from uniprune.compressors.train.training import evaluate
 
 POLICY = Policy(layers={"0": LayerAction(0.25, 0.25), "3": LayerAction(0.5, 0.25), "7": LayerAction(0.5, 0.5)}, model="toy")
@@ -43,7 +44,7 @@ def _worker(out: Path) -> None:
     model = _model()
     model.register_forward_pre_hook(lambda m, a: steps.append(a[0].shape[0]) if m.training else None)
     config = AdmmConfig(iterations=2, rho=0.5, retrain_epochs=1, progress=False)
-    result = admm_finetune(model, POLICY, batches, lambda m: evaluate(m, [(x[:64], y[:64])]), config)
+    result = finetune(model, POLICY, batches, lambda m: evaluate(m, [(x[:64], y[:64])]), config)
     torch.save({"state_dict": model.state_dict(), "steps": len(steps), "accuracy": result["accuracy"]}, out / f"rank{rank}.pt")
     if rank == 0:
         save_compressed(out / "compressed.pt", model, result["structures"], model_name="toy", num_classes=4,

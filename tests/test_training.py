@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 from uniprune.compressors.core.errors import ConfigError
-from uniprune.compressors.train.training import cosine_schedule, evaluate, make_optimizer, train_epoch
+from uniprune.compressors.train.training import (
+    Distillation,
+    cosine_schedule,
+    evaluate,
+    make_optimizer,
+    train_epoch,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -111,3 +117,40 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
         cosine_schedule(opt, total_steps=0)
     with pytest.raises(ConfigError):
         cosine_schedule(opt, total_steps=5, warmup_steps=5)
+
+
+def test_distillation_loss_mixes_the_hard_and_soft_terms():
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(2, 3), nn.Linear(2, 3)
+    x, y = _blobs(n=64)[0]
+    with torch.no_grad():
+        logits = student(x)
+        ce = nn.functional.cross_entropy(logits, y)
+    # the student as its own teacher: the KL term is 0, only (1 - weight) of the hard loss is left
+    assert float(Distillation(student, temperature=3.0, weight=0.4).loss(x, logits, ce)) == pytest.approx(0.6 * float(ce), rel=1e-5)
+    assert float(Distillation(teacher, weight=0.0).loss(x, logits, ce)) == pytest.approx(float(ce), rel=1e-6)
+    t = 2.0
+    with torch.no_grad():
+        p_t = torch.softmax(teacher(x) / t, dim=1)
+        kl = (p_t * (p_t.log() - torch.log_softmax(logits / t, dim=1))).sum(1).mean()
+    assert float(Distillation(teacher, temperature=t, weight=1.0).loss(x, logits, ce)) == pytest.approx(t * t * float(kl), rel=1e-4)
+    with pytest.raises(ConfigError, match="temperature"):
+        Distillation(teacher, temperature=0.0)
+    with pytest.raises(ConfigError, match="weight"):
+        Distillation(teacher, weight=1.5)
+
+
+def test_distilled_training_follows_the_teacher():
+    torch.manual_seed(0)
+    data = _blobs(n=512)
+    teacher = nn.Linear(2, 3)
+    for _ in range(20):
+        train_epoch(teacher, data, torch.optim.SGD(teacher.parameters(), lr=0.1))
+    student = nn.Linear(2, 3)
+    # weight 1: the labels are ignored, so what the student learns comes from the teacher alone
+    shuffled = [(x, y[torch.randperm(len(y))]) for x, y in data]
+    for _ in range(20):
+        stats = train_epoch(student, shuffled, torch.optim.SGD(student.parameters(), lr=0.1),
+                            distill=Distillation(teacher, temperature=1.0, weight=1.0))
+    assert stats["loss"] > 0.5  # the reported loss is still the cross-entropy against the (shuffled) labels
+    assert evaluate(student, data) > 0.95

@@ -10,46 +10,36 @@ The problem ``min loss(W)  s.t.  W in S`` (``S``: the layers' block structures o
 
 The primal residual ``||W - Z|| / ||W||`` (over all structured layers) is logged after each iteration.
 Then W is projected hard and retrained with pruned blocks frozen at 0 and each unified block tied to one
-trainable magnitude (:mod:`.constraints`). ``method="masked"`` skips the ADMM part: project, then retrain
-(the baseline ADMM is compared against, sharing the same retraining code).
-
-Distributed: when ``torch.distributed`` is initialised with more than one process (``torchrun``; gloo on
-CPU, NCCL on GPU), training runs under DistributedDataParallel and each rank takes every
-``world_size``-th batch of the sequence ``train_batches(epoch)`` gives (which must be the same on every
-rank: seed it by the epoch). Z and U are updated identically on every rank; ``evaluate`` and ``log`` run
-on rank 0 only and the accuracy is broadcast.
+trainable magnitude (:mod:`.retrain`). ``method="masked"`` skips the ADMM part: project, then retrain
+(the baseline ADMM is compared against, sharing the same retraining code). Run through the one driver,
+:func:`.finetune.finetune`; under ``torchrun`` Z and U are updated identically on every rank
+(:mod:`.distributed`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch import Tensor
 
-from ..core.blocks import LayerSpec, compressible_layers, policy_block_shapes
-from ..core.constraints import bake, constrain, constrain_masks
 from ..core.errors import ConfigError
-from ..core.policy import Policy
-from ..core.projection import check_policy_layers, project_layer, project_model
-from ..core.structure import BlockShape, LayerStructure
+from ..core.projection import project_layer, project_model
 from ..formats.checkpoint import structure_from_record, structure_record
+from .distributed import epoch_batches, evaluate_on_rank0, world, wrap
+from .retrain import SCHEDULES, lr_factor, retrain
+from .strategy import FinetuneJob, Outcome
 from .training import make_optimizer, train_epoch
 
-LogFn = Callable[[str, float, int], None]
 METHODS = ("admm", "masked")
-SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
 class AdmmConfig:
-    """Options of :func:`admm_finetune`.
+    """Options of the ADMM and masked strategies (:func:`.finetune.finetune` runs them).
 
     Attributes:
         method: ``"admm"`` (ADMM, then hard projection and retraining) or ``"masked"`` (projection and
@@ -61,11 +51,14 @@ class AdmmConfig:
         rho_growth: factor applied to rho after each iteration, >= 1.
         lr: SGD learning rate of the ADMM phase (held constant there), > 0.
         retrain_lr: initial learning rate of retraining; ``None``: ``lr``.
-        schedule: learning-rate schedule of retraining, ``"cosine"`` (per epoch, towards 0) or
-            ``"constant"``. The ADMM phase keeps ``lr`` constant so that every iteration's W-step is alike.
+        schedule: learning-rate schedule, per epoch: ``"cosine"`` (retraining decays from ``retrain_lr``
+            towards 0; the ADMM phase keeps ``lr`` constant so that every iteration's W-step is alike),
+            ``"constant"``, or ``"run"`` (one cosine from ``lr`` over every epoch of the run, ADMM and
+            retraining; ``retrain_lr`` must then be unset).
         momentum: SGD momentum in [0, 1).
         weight_decay: L2 on weights (and shared magnitudes), >= 0.
         retrain_epochs: epochs of masked/tied retraining after the hard projection, >= 0.
+        keep_best: end with the retraining epoch of best validation accuracy, not the last one.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         evaluate_every_iteration: evaluate after each ADMM iteration (for ``admm/val_accuracy``).
         progress: show tqdm bars on stderr (rank 0 only).
@@ -82,6 +75,7 @@ class AdmmConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     retrain_epochs: int = 2
+    keep_best: bool = True
     device: str = "cpu"
     evaluate_every_iteration: bool = True
     progress: bool = True
@@ -94,6 +88,8 @@ class AdmmConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule == "run" and self.retrain_lr is not None:
+            raise ConfigError("schedule 'run' is one cosine from lr over the whole run; leave retrain_lr unset")
         if self.retrain_epochs < 0:
             raise ConfigError(f"retrain_epochs must be >= 0, got {self.retrain_epochs}")
         if not (self.rho > 0 and math.isfinite(self.rho)):
@@ -112,167 +108,31 @@ class AdmmConfig:
 
     @property
     def total_epochs(self) -> int:
+        """Every epoch of the run, ADMM and retraining."""
         return self.admm_epochs + self.retrain_epochs
 
-
-# ----------------------------------------------------------------------------- distributed helpers
-
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def shard_batches(batches: Iterable, rank: int, world_size: int) -> Iterator:
-    """Every ``world_size``-th batch of ``batches`` starting at ``rank``; an incomplete last round is
-    dropped so that all ranks step the same number of times (DDP needs that)."""
-    if world_size == 1:
-        yield from batches
-        return
-    group = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == world_size:
-            yield group[rank]
-            group = []
-
-
-def _epoch(train_batches: Callable[[int], Iterable], epoch: int) -> tuple[Iterator, int | None]:
-    """This rank's batches of ``epoch`` and their number when known (for the progress bar)."""
-    rank, size = world()
-    batches = train_batches(epoch)
-    total = len(batches) // size if hasattr(batches, "__len__") else None
-    return shard_batches(batches, rank, size), total
-
-
-def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    if world()[1] == 1:
-        return model
-    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def _evaluate(evaluate: Callable[[nn.Module], float], model: nn.Module) -> float:
-    rank, size = world()
-    value = [float(evaluate(model)) if rank == 0 else 0.0]
-    if size > 1:
-        dist.broadcast_object_list(value, src=0)
-    return value[0]
-
-
-class _Logger:
-    def __init__(self, log: LogFn | None) -> None:
-        self.log = log if world()[0] == 0 else None
-
-    def __call__(self, key: str, value: float, step: int) -> None:
-        if self.log is not None:
-            self.log(key, float(value), step)
-
-
-def _epoch_schedule(optimizer: torch.optim.Optimizer, epochs: int, schedule: str) -> LambdaLR:
-    """Stepped once per epoch: cosine from the base lr towards 0 (the last epoch keeps a little), or constant."""
-    if schedule == "constant":
-        return LambdaLR(optimizer, lambda e: 1.0)
-    return LambdaLR(optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / max(1, epochs))))
-
-
-# ----------------------------------------------------------------------------- the phases
-
-
-def retrain(
-    model: nn.Module,
-    structures: Mapping[str, LayerStructure],
-    train_batches: Callable[[int], Iterable],
-    evaluate: Callable[[nn.Module], float],
-    *,
-    epochs: int,
-    lr: float,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    device: str | torch.device = "cpu",
-    log: LogFn | None = None,
-    first_epoch: int = 0,
-    progress: bool = True,
-    prefix: str = "admm",
-    masks: Mapping[str, Tensor] | None = None,
-    schedule: str = "cosine",
-    checkpoint: Callable[[dict[str, Any]], None] | None = None,
-    resume: Mapping[str, Any] | None = None,
-) -> tuple[dict[str, LayerStructure], list[dict[str, float]]]:
-    """Train ``model`` for ``epochs`` with every layer held to its structure, then bake the weights.
-
-    ``checkpoint(state)``, when given, is called after every epoch with what :func:`retrain` needs to go on
-    from there (``resume=state``: the constrained model's and the optimizer's state, epochs done, history).
-
-    ``masks`` (0/1 per weight, for unstructured baselines) are held as well, for layers without a
-    structure. ``train_batches(epoch)`` is called with ``first_epoch + i``; the learning rate follows
-    ``schedule`` (``"cosine"`` per epoch from ``lr``, or ``"constant"``). Scalars are logged as ``<prefix>/loss`` and
-    ``<prefix>/val_accuracy``. Returns the structures with trained magnitudes and one
-    ``{"epoch", "loss", "val_accuracy"}`` record per epoch (accuracy of the constrained model).
-    """
-    device = torch.device(device)
-    logger = _Logger(log)
-    rank = world()[0]
-    constrain(model, structures)
-    history: list[dict[str, float]] = list(resume["history"]) if resume else []
-    try:
-        if masks:
-            constrain_masks(model, masks)
-        if epochs > 0:
-            optimizer = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
-            scheduler = _epoch_schedule(optimizer, epochs, schedule)
-            done = 0
-            if resume:
-                model.load_state_dict(resume["model"])
-                optimizer.load_state_dict(resume["optimizer"])
-                done = int(resume["done"])
-                scheduler.last_epoch = done  # the optimizer's state holds the lr of that epoch already
-            net = _wrap(model, device)
-            for i in range(done, epochs):
-                epoch = first_epoch + i
-                batches, total = _epoch(train_batches, epoch)
-                stats = train_epoch(net, batches, optimizer, device=device, total=total,
-                                    desc=f"{prefix} retrain {i + 1}/{epochs}" if progress and rank == 0 else None)
-                scheduler.step()
-                acc = _evaluate(evaluate, model)
-                history.append({"epoch": epoch, "loss": stats["loss"], "val_accuracy": acc})
-                logger(f"{prefix}/loss", stats["loss"], epoch)
-                logger(f"{prefix}/val_accuracy", acc, epoch)
-                if checkpoint is not None:
-                    checkpoint({"done": i + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "history": history})
-            del net
-    finally:
-        trained = bake(model)
-    out = dict(structures)
-    out.update(trained)
-    return out, history
+    def run(self, job: FinetuneJob) -> Outcome:
+        """The strategy: ADMM (unless ``masked``), the hard projection, then retraining in the structure."""
+        return _run(job, self)
 
 
 def _admm_phase(
-    model: nn.Module,
-    specs: list[LayerSpec],
-    policy: Policy,
-    train_batches: Callable[[int], Iterable],
-    evaluate: Callable[[nn.Module], float],
+    job: FinetuneJob,
     config: AdmmConfig,
-    device: torch.device,
-    logger: _Logger,
-    checkpoint: Callable[[dict[str, Any]], None] | None = None,
-    resume: Mapping[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None,
+    resume: Mapping[str, Any] | None,
 ) -> list[dict[str, float]]:
     """The ADMM iterations (W, Z, U updates) on ``model`` in place; returns one record per iteration.
 
     ``checkpoint(state)`` is called after every epoch (after the Z and U updates when the epoch ends an
     iteration) with what ``resume=state`` needs to go on from there."""
     rank = world()[0]
-    layers = [(s, policy.action(s.name)) for s in specs if not policy.action(s.name).is_dense]
+    model, logger, device = job.model, job.logger, job.device
+    layers = [(s, job.policy.action(s.name)) for s in job.specs if not job.policy.action(s.name).is_dense]
     if not layers:
         return []
 
-    def z_of(w: Tensor, spec: LayerSpec, prune: float, unify: float) -> Tensor:
+    def z_of(w: Tensor, spec: Any, prune: float, unify: float) -> Tensor:
         return project_layer(w, spec.grid, prune, unify)[1]
 
     weights = [s.module.weight for s, _ in layers]
@@ -294,7 +154,7 @@ def _admm_phase(
                 zi.copy_(z_saved)
                 ui.copy_(u_saved)
         rho, done, history = float(resume["rho"]), int(resume["done"]), list(resume["history"])
-    net = _wrap(model, device)
+    net = wrap(model, device)
 
     def save(epochs_done: int) -> None:
         if checkpoint is not None:
@@ -311,8 +171,11 @@ def _admm_phase(
             if epoch < done:
                 epoch += 1
                 continue
-            batches, total = _epoch(train_batches, epoch)
-            stats = train_epoch(net, batches, optimizer, penalty=penalty, device=device, total=total,
+            if config.schedule == "run":
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * lr_factor("run", epoch, config.total_epochs)
+            batches, total = epoch_batches(job.train_batches, epoch)
+            stats = train_epoch(net, batches, optimizer, penalty=penalty, device=device, total=total, distill=job.distill,
                                 desc=f"admm {it + 1}/{config.iterations} rho={rho:.3g}" if config.progress and rank == 0 else None)
             logger("admm/loss", stats["loss"], epoch)
             logger("admm/rho", rho, epoch)
@@ -329,7 +192,7 @@ def _admm_phase(
         logger("admm/residual", residual, epoch - 1)
         record = {"iteration": it, "epoch": epoch - 1, "rho": rho, "loss": stats["loss"], "residual": residual}
         if config.evaluate_every_iteration:
-            record["val_accuracy"] = _evaluate(evaluate, model)
+            record["val_accuracy"] = evaluate_on_rank0(job.evaluate, model)
             logger("admm/val_accuracy", record["val_accuracy"], epoch - 1)
         history.append(record)
         # U is the scaled dual (y / rho): rescale it with rho so the dual y itself is unchanged
@@ -340,86 +203,36 @@ def _admm_phase(
     return history
 
 
-def admm_finetune(
-    model: nn.Module,
-    policy: Policy,
-    train_batches: Callable[[int], Iterable],
-    evaluate: Callable[[nn.Module], float],
-    config: AdmmConfig,
-    *,
-    block_shapes: Mapping[str, BlockShape] | None = None,
-    log: LogFn | None = None,
-    checkpoint: Callable[[dict[str, Any]], None] | None = None,
-    resume: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune ``model`` (in place) into ``policy``'s structure by ADMM (or masked retraining).
-
-    Args:
-        model: the trained dense network; on return it holds plain weights that obey the structures.
-        policy: per-layer prune/unify fractions; block shapes from ``block_shapes``, else the policy's,
-            else the defaults.
-        train_batches: ``epoch -> iterable of (x, y)`` for that epoch (shuffled by the epoch as seed; the
-            same sequence on every rank under torchrun).
-        evaluate: ``model -> validation accuracy in [0, 1]`` (given the bare module, rank 0 only).
-        config: see :class:`AdmmConfig`.
-        log: ``log(key, value, step)`` for the scalars ``admm/loss``, ``admm/val_accuracy``,
-            ``admm/residual``, ``admm/rho``, ``admm/projected_accuracy`` (step = epoch index).
-        checkpoint: called after every epoch with a state (tensors, numbers, lists and dicts only) from
-            which ``resume=state`` goes on, losing nothing of the epochs done.
-        resume: a state ``checkpoint`` was given, with ``model`` as it was built for the first run.
-
-    Returns:
-        ``{"structures": {layer: LayerStructure}, "method", "accuracy" (final validation accuracy),
-        "projected_accuracy" (right after the hard projection, before retraining), "epochs",
-        "admm_history", "retrain_history", "config"}``.
-    """
-    device = torch.device(config.device)
-    model.to(device)
-    shapes = policy_block_shapes(policy.block_shape, block_shapes)
-    specs = compressible_layers(model, shapes)
-    check_policy_layers(policy, [s.name for s in specs])
-    logger = _Logger(log)
-    admm_history: list[dict[str, float]] = []
+def _run(job: FinetuneJob, config: AdmmConfig) -> Outcome:
+    checkpoint, resume = job.checkpoint, job.resume
     phase = resume.get("phase") if resume else None
     if phase not in (None, "admm", "retrain"):
         raise ConfigError(f"a fine-tuning state of unknown phase {phase!r}; start over without it")
+    admm_history: list[dict[str, float]] = []
     if config.method == "admm" and phase != "retrain":
-        admm_history = _admm_phase(model, specs, policy, train_batches, evaluate, config, device, logger,
+        admm_history = _admm_phase(job, config,
                                    checkpoint=None if checkpoint is None else (lambda s: checkpoint({"phase": "admm", **s})),
                                    resume=resume if phase == "admm" else None)
     if phase == "retrain":  # the hard projection was made before the state was saved: take it from there
         admm_history, projected = list(resume["admm_history"]), float(resume["projected"])
         structures = {name: structure_from_record(rec) for name, rec in resume["structures"].items()}
     else:
-        structures = project_model(model, policy, shapes, apply=True)
-        projected = _evaluate(evaluate, model)
-        logger("admm/projected_accuracy", projected, config.admm_epochs)
+        structures = project_model(job.model, job.policy, job.shapes, apply=True)
+        projected = evaluate_on_rank0(job.evaluate, job.model)
+        job.logger("admm/projected_accuracy", projected, config.admm_epochs)
     records = {name: structure_record(s) for name, s in structures.items()}
 
     def retrain_checkpoint(state: dict[str, Any]) -> None:
         checkpoint({"phase": "retrain", "structures": records, "projected": projected, "admm_history": admm_history, **state})
 
     structures, retrain_history = retrain(
-        model, structures, train_batches, evaluate,
+        job.model, structures, job.train_batches, job.evaluate,
         epochs=config.retrain_epochs, lr=config.retrain_lr or config.lr, momentum=config.momentum,
-        weight_decay=config.weight_decay, device=device, log=log, first_epoch=config.admm_epochs,
-        progress=config.progress, schedule=config.schedule,
+        weight_decay=config.weight_decay, device=job.device, log=job.log, first_epoch=config.admm_epochs,
+        progress=config.progress, schedule=config.schedule, run_epochs=config.total_epochs, distill=job.distill,
+        keep_best=config.keep_best,
         checkpoint=None if checkpoint is None else retrain_checkpoint, resume=resume if phase == "retrain" else None,
     )
-    final = retrain_history[-1]["val_accuracy"] if retrain_history else projected
-    return {
-        "structures": structures,
-        "method": config.method,
-        "accuracy": final,
-        "projected_accuracy": projected,
-        "epochs": config.total_epochs,
-        "admm_history": admm_history,
-        "retrain_history": retrain_history,
-        "config": asdict(config),
-    }
-
-
-def projected_copy(model: nn.Module, policy: Policy, block_shapes: Mapping[str, BlockShape] | None = None) -> tuple[nn.Module, dict[str, LayerStructure]]:
-    """A deep copy of ``model`` projected onto ``policy`` (the original is untouched)."""
-    clone = copy.deepcopy(model)
-    return clone, project_model(clone, policy, block_shapes, apply=True)
+    final = max((r["val_accuracy"] for r in retrain_history), default=projected) if config.keep_best else \
+        (retrain_history[-1]["val_accuracy"] if retrain_history else projected)
+    return Outcome(structures, final, projected, admm_history, retrain_history)

@@ -3,7 +3,8 @@
 Nothing here knows about datasets or model names: a loop takes a model and an iterable of
 ``(inputs, labels)`` batches (normalised float inputs, int64 class labels) and does plain cross-entropy
 training with SGD. The ADMM fine-tuner plugs its proximal term in through ``penalty`` and its
-mask/tie re-application through ``after_step``.
+mask/tie re-application through ``after_step``; every fine-tuning method can learn from the dense network's
+logits through ``distill`` (:class:`Distillation`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +22,42 @@ from tqdm import tqdm
 from ..core.errors import ConfigError, NonFiniteError
 from ..formats.fileio import first_non_finite
 
-__all__ = ["train_epoch", "evaluate", "make_optimizer", "cosine_schedule"]
+__all__ = ["Distillation", "train_epoch", "evaluate", "make_optimizer", "cosine_schedule"]
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation (Hinton et al. 2015): the dense teacher's softened logits join the labels.
+
+    The training loss becomes ``(1 - weight) * CE(student, y) + weight * T^2 * KL(p_T(teacher) || p_T(student))``
+    with ``p_T = softmax(logits / T)``; the ``T^2`` keeps the soft term's gradients on the scale of the hard one.
+
+    Attributes:
+        teacher: the dense network, on the student's device; run in eval mode without gradients.
+        temperature: ``T`` > 0 (Hinton et al. use 2 to 20; 4 is common for CIFAR-sized models).
+        weight: share of the soft term in [0, 1] (0: plain cross-entropy; 1: the teacher alone).
+    """
+
+    teacher: nn.Module
+    temperature: float = 4.0
+    weight: float = 0.7
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"distillation temperature must be a positive number, got {self.temperature}; try 4")
+        if not 0 <= self.weight <= 1:
+            raise ConfigError(f"distillation weight must be in [0, 1], got {self.weight}; try 0.7")
+
+    def loss(self, x: Tensor, logits: Tensor, ce: Tensor) -> Tensor:
+        """The distilled loss for inputs ``x`` whose student logits are ``logits`` and hard loss ``ce``."""
+        was_training = self.teacher.training
+        self.teacher.eval()
+        with torch.no_grad():
+            soft = nn.functional.log_softmax(self.teacher(x) / self.temperature, dim=1)
+        self.teacher.train(was_training)
+        student = nn.functional.log_softmax(logits / self.temperature, dim=1)
+        kl = nn.functional.kl_div(student, soft, reduction="batchmean", log_target=True)
+        return (1.0 - self.weight) * ce + self.weight * self.temperature**2 * kl
 
 
 def _progress(batches: Iterable, desc: str | None, total: int | None) -> Iterable:
@@ -39,6 +76,7 @@ def train_epoch(
     scheduler: LRScheduler | None = None,
     penalty: Callable[[], Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
+    distill: Distillation | None = None,
     device: str | torch.device = "cpu",
     desc: str | None = None,
     total: int | None = None,
@@ -53,6 +91,8 @@ def train_epoch(
         penalty: returns an extra scalar loss added to the cross-entropy each step (e.g. the ADMM term
             ``rho/2 * ||W - Z + U||^2``); it is differentiated with the rest of the loss.
         after_step: called after each ``optimizer.step()`` (e.g. to re-apply masks or ties).
+        distill: when given, the loss learns from the teacher's logits too (:class:`Distillation`); the
+            reported ``loss`` stays the plain cross-entropy, comparable with or without it.
         device: where the model lives and batches are moved to.
         desc: when given, a tqdm progress bar with this label is shown on stderr.
         total: number of batches, for the progress bar when ``batches`` has no ``len``.
@@ -78,7 +118,7 @@ def train_epoch(
         y = y.to(device, non_blocking=True)
         logits = model(x)
         ce = nn.functional.cross_entropy(logits, y)
-        loss = ce
+        loss = ce if distill is None else distill.loss(x, logits, ce)
         if penalty is not None:
             extra = penalty()
             loss = loss + extra

@@ -34,7 +34,9 @@ from uniprune.compressors.core.projection import check_policy_layers, check_poli
 from uniprune.compressors.formats.checkpoint import read_torch_file, save_compressed
 from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_atomic
 from uniprune.compressors.formats.run_dir import RunDir, read_json_object
-from uniprune.compressors.train.admm import AdmmConfig, admm_finetune, world
+from uniprune.compressors.train.distributed import world
+from uniprune.compressors.train.finetune import AdmmConfig
+from uniprune.compressors.train.finetune import finetune as train_into
 from uniprune.compressors.train.training import evaluate
 from uniprune.search.datasets import load_dataset
 from uniprune.search.models import build_model, load_weights
@@ -237,8 +239,8 @@ def _train(args: FinetuneSpec, job: _Inputs, model: torch.nn.Module, bundle: Any
         logger = TensorBoardLogger(RunDir(job.run_dir).tb_dir)  # next to the search's curves; keys are admm/*
     dense_val = validate(model) if rank == 0 else None
     try:
-        result = admm_finetune(model, job.policy, _Epoch, validate, plan, log=logger.log if logger else None,
-                               checkpoint=keep_state, resume=resume)
+        result = train_into(model, job.policy, _Epoch, validate, plan, log=logger.log if logger else None,
+                            checkpoint=keep_state, resume=resume)
     except NonFiniteError as exc:
         knobs = f"--lr (now {args.lr:g})" + (f" or --rho (now {args.rho:g})" if args.method == "admm" else "")
         raise NonFiniteError(f"fine-tuning diverged ({exc}); nothing was written: lower {knobs}") from None

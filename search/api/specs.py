@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from uniprune.compressors.latency.table import RUNTIMES
+from uniprune.compressors.train.retrain import SCHEDULES
 from uniprune.envs import REWARDS
 from uniprune.search.searchers import SEARCHERS
 
@@ -27,7 +28,6 @@ REWARD_BASELINES = ("sample", "store")
 LATENCY_MODELS = ("measured", "macs")
 STATISTICS = ("median", "min")
 METHODS = ("admm", "masked")
-SCHEDULES = ("cosine", "constant")
 DEFAULT_MODEL = "digits-cnn"
 
 
