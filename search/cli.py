@@ -1,7 +1,7 @@
 """The ``uniprune`` command: one entry point, nine verbs (see DESIGN "CLI").
 
-Each verb lives in its own module under :mod:`uniprune.search.commands` with ``add_arguments(parser)``
-and ``run(args) -> dict``. This module only wires them up, prints the result (a short human summary, or
+Each verb is a :class:`~uniprune.search.commands.Verb` (its spec's flags, its API job) with
+``add_arguments(parser)`` and ``run(args) -> dict``. This module only wires them up, prints the result (a short human summary, or
 with ``--json`` exactly one JSON object as the last line of stdout) and turns user errors into one line
 on stderr with exit status 2.
 """
@@ -38,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
-    for module in COMMANDS:
-        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+    for verb in COMMANDS:
+        p = sub.add_parser(verb.name, help=verb.help, description=verb.help)
+        verb.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print exactly one JSON object as the last line of stdout")
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=verb.run)
     return parser
 
 

@@ -57,9 +57,9 @@ def test_a_specs_command_line_parses_back_to_the_same_spec():
     spec = api.SearchSpec(env=FAST_ENV.replace(latency_budget=0.7, threads=2), searcher="optuna", episodes=7, warmup=3,
                           run_dir="runs/x", force=True)
     args = build_parser().parse_args(["search", *spec.argv()])
-    from uniprune.search.commands.search_cmd import build_spec
+    from uniprune.search.commands.stored import search_spec
 
-    assert build_spec(args) == spec
+    assert search_spec(args) == spec
     export = api.ExportSpec(compressed="c.pt", out="deploy", threads=1)
     assert export.argv() == ["--compressed", "c.pt", "--out", "deploy", "--threads", "1"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,11 +19,12 @@ from uniprune.compressors.latency.budget import latency_ratio
 from uniprune.compressors.latency.table import build_latency_model, measure_model_ms
 
 from .paths import check_writable
+from .result import Result
 from .specs import BenchSpec
 
 
 @dataclass(frozen=True)
-class BenchResult:
+class BenchResult(Result):
     """Dense engines' and the compressed model's times (ms), the speedup over the fastest dense engine, the table's
     prediction; ``more`` holds the timing's other figures as the latency module reports them."""
 
@@ -42,15 +43,6 @@ class BenchResult:
     threads: int
     statistic: str
     more: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, figures: dict[str, Any]) -> BenchResult:
-        names = {f.name for f in fields(cls)} - {"more"}
-        return cls(**{k: figures[k] for k in names}, more={k: v for k, v in figures.items() if k not in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "more"}
-        return {**out, **self.more}
 
 
 def _model_and_structures(args: BenchSpec) -> tuple[Any, dict, tuple[int, int, int], str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from uniprune.compressors.core.errors import ConfigError, DataError, NotAvailableError
@@ -21,12 +21,13 @@ from uniprune.search.models import (
 )
 
 from .devices import resolve_device, show_notes
+from .result import Result
 from .specs import EvalSpec
 from .train import model_name
 
 
 @dataclass(frozen=True)
-class EvalResult:
+class EvalResult(Result):
     """Accuracy in [0, 1] on ``samples`` images of ``split``; ``more``: the structured layers and the saved accuracy, when known."""
 
     accuracy: float
@@ -39,14 +40,6 @@ class EvalResult:
     threads: int
     seconds: float
     more: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, figures: dict[str, Any]) -> EvalResult:
-        names = {f.name for f in fields(cls)} - {"more"}
-        return cls(**{k: figures[k] for k in names}, more={k: v for k, v in figures.items() if k not in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**{k: v for k, v in self.__dict__.items() if k != "more"}, **self.more}
 
 
 def _load_compressed(path: str) -> tuple[str, dict, dict, dict]:

@@ -21,6 +21,7 @@ from uniprune.compressors.native import kernels
 from uniprune.compressors.native.plan import LeanModel, compile_lean_spec
 from uniprune.search.models import build_model, load_state
 
+from .result import Result
 from .specs import ExportSpec
 
 #: Largest relative error (of the output's scale) of the exported plan against the model it came from.
@@ -28,7 +29,7 @@ TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportResult(Result):
     """The artifact's files and what it holds."""
 
     files: list[str]
@@ -42,9 +43,6 @@ class ExportResult:
     batch_size: int
     threads: int
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def export(spec: ExportSpec) -> ExportResult:

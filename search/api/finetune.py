@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +43,14 @@ from uniprune.search.models import build_model, load_weights
 
 from .devices import resolve_device, show_notes
 from .paths import check_out_file
+from .result import Result
 from .specs import FinetuneSpec
 
 _AUGMENTED = ("cifar10", "cifar-10", "imagefolder")
 
 
 @dataclass(frozen=True)
-class FinetuneResult:
+class FinetuneResult(Result):
     """The compressed checkpoint and its figures (test accuracy; ratios of size, MACs, multiplications, latency)."""
 
     accuracy: float | None
@@ -66,12 +67,11 @@ class FinetuneResult:
     seconds: float
     latency_ratio: float | None = None
 
-    @classmethod
-    def of(cls, summary: dict[str, Any]) -> FinetuneResult:
-        return cls(**{f.name: summary.get(f.name) for f in fields(cls)})
-
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = super().to_dict()
+        if out["latency_ratio"] is None:
+            del out["latency_ratio"]  # not measured (latency=False, or not rank 0): absent from --json
+        return out
 
 
 def _resume_state(partial: Path, fingerprint: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from uniprune.search.searchers import agent_policy, play
 
 from .env import build_env
 from .paths import check_out_file
+from .result import Result
 from .specs import ReplaySpec
 
 #: What a replay takes from the agent's run unless told otherwise: how actions map to fractions and how
@@ -34,7 +35,7 @@ FROM_RUN = ("latency_budget", "max_prune", "max_unify", "reward", "size_budget",
 
 
 @dataclass(frozen=True)
-class ReplayResult:
+class ReplayResult(Result):
     """The written policy and its predicted figures."""
 
     policy: str
@@ -46,9 +47,6 @@ class ReplayResult:
     layers: int
     model: str
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def agent_path(given: str) -> Path:

@@ -24,11 +24,12 @@ from uniprune.search.tensorboard import TensorBoardLogger
 
 from .env import build_env
 from .paths import check_writable
+from .result import Result
 from .specs import SearchSpec
 
 
 @dataclass(frozen=True)
-class SearchResult:
+class SearchResult(Result):
     """What a search found: the best policy (file and figures) and how the run went."""
 
     policy: str
@@ -46,9 +47,6 @@ class SearchResult:
     latency_budget: float
     least_latency_ratio: float
     run_dir: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def default_run_dir(spec: SearchSpec) -> Path:

@@ -39,6 +39,12 @@ def option(default: Any, help: str, *, kind: Any = None, choices: tuple[str, ...
     return field(default=default, metadata=meta)
 
 
+def threads_option(what: str = "CPU threads") -> Any:
+    """The ``threads`` option, spelled alike in every job: a count >= 1, or left out (None) for the cores idle now
+    (:func:`~uniprune.compressors.core.threads.resolve_threads`); :class:`Spec` checks it."""
+    return option(None, f"{what}, >= 1", kind=int, shown="automatic: the cores idle now, cores minus load average, >= 1")
+
+
 def flag_of(f: dataclasses.Field) -> str:
     """The command-line spelling of a spec field."""
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -82,7 +88,9 @@ class Spec:
         return []
 
     def __post_init__(self) -> None:
-        for ok, message in self.checks():
+        threads = getattr(self, "threads", None)
+        checks = [(threads_ok(threads), f"--threads must be a positive integer (or left out for automatic), got {threads}")]
+        for ok, message in checks + self.checks():
             if not ok:
                 raise ConfigError(message)
 

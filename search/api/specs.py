@@ -21,7 +21,7 @@ from uniprune.compressors.train.retrain import SCHEDULES
 from uniprune.envs import REWARDS
 from uniprune.search.searchers import SEARCHERS
 
-from .spec import REQUIRED, Spec, fraction, option, positive_float, positive_int, threads_ok
+from .spec import REQUIRED, Spec, fraction, option, positive_float, positive_int, threads_option
 
 #: How the DDPG replay buffer turns an episode's reward into the transitions' rewards (see :class:`SearchSpec`).
 REWARD_BASELINES = ("sample", "store")
@@ -67,12 +67,10 @@ class LatencySpec(Spec):
     latency_statistic: str = option("median", "statistic of the repeated timings behind the table: median, or min on a "
                                     "shared or virtual machine whose speed drifts with its neighbours", choices=STATISTICS)
     batch_size: int = option(1, "batch size the latency is measured at, >= 1")
-    threads: int | None = option(None, "CPU threads, >= 1", kind=int,
-                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    threads: int | None = threads_option("CPU threads")
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
-                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+        return [(positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}")]
 
 
 
@@ -207,16 +205,14 @@ class TrainSpec(Spec):
     augment: bool = option(True, "random crop + flip on training batches", negatable=True)
     seed: int = option(0, "random seed")
     device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
-    threads: int | None = option(None, "CPU threads, >= 1", kind=int,
-                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    threads: int | None = threads_option("CPU threads")
 
     def checks(self) -> list[tuple[bool, str]]:
         return [(positive_int(self.epochs), f"--epochs must be >= 1, got {self.epochs}"),
                 (positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
                 (positive_float(self.lr), f"--lr: the learning rate must be a positive number, got {self.lr}"),
                 (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
-                 f"--weight-decay must be >= 0, got {self.weight_decay}"),
-                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+                 f"--weight-decay must be >= 0, got {self.weight_decay}")]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,13 +228,11 @@ class EvalSpec(Spec):
     limit: int | None = option(None, "score only the first N samples of the split", kind=int, shown="all")
     seed: int = option(0, "random seed (of the validation carve)")
     device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
-    threads: int | None = option(None, "CPU threads, >= 1", kind=int,
-                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    threads: int | None = threads_option("CPU threads")
 
     def checks(self) -> list[tuple[bool, str]]:
         return [(positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
-                (self.limit is None or positive_int(self.limit), f"--limit must be >= 1, got {self.limit}"),
-                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+                (self.limit is None or positive_int(self.limit), f"--limit must be >= 1, got {self.limit}")]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,13 +296,11 @@ class ExportSpec(Spec):
     compressed: str = option(REQUIRED, "the compressed checkpoint ('uniprune finetune --out')")
     out: str = option(REQUIRED, "artifact directory to write (must not exist unless --force)")
     batch_size: int = option(1, "batch the conv implementations are timed and chosen at (any batch runs), >= 1")
-    threads: int | None = option(None, "kernel threads the choices are timed on and the loader's default, >= 1", kind=int,
-                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    threads: int | None = threads_option("kernel threads the choices are timed on and the loader's default")
     force: bool = option(False, "replace --out if it is an earlier artifact (or empty)")
 
     def checks(self) -> list[tuple[bool, str]]:
-        return [(positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
-                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}")]
+        return [(positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}")]
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -352,8 +344,7 @@ class BenchSpec(Spec):
     input_shape: tuple[int, int, int] | None = option(None, "C,H,W of one sample", kind=parse_input_shape,
                                                       shown="the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn")
     num_classes: int | None = option(None, "output classes, >= 1", kind=int, shown="the checkpoint's, else 10")
-    threads: int | None = option(None, "CPU threads for torch and the kernels, >= 1", kind=int,
-                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    threads: int | None = threads_option("CPU threads for torch and the kernels")
     repeats: int = option(50, "timed rounds, at least (they go on until a few seconds have passed, so the timing sees "
                           "more than one speed phase of a shared machine), >= 1")
     statistic: str = option("median", "statistic of the timed rounds (min suits a machine shared with other jobs)",
@@ -371,7 +362,6 @@ class BenchSpec(Spec):
                 (positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}"),
                 (self.num_classes is None or positive_int(self.num_classes),
                  f"--num-classes must be a positive integer, got {self.num_classes}"),
-                (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}"),
                 (positive_int(self.repeats), f"--repeats must be a positive integer, got {self.repeats}")]
 
 
@@ -390,8 +380,7 @@ class DemoSpec(Spec):
     train_epochs: int = option(15, "epochs training the dense model, >= 1")
     finetune_epochs: int = option(12, "ADMM fine-tuning epochs in all, >= 2")
     batch_size: int = option(1, "batch size the latency is measured and benchmarked at, >= 1")
-    threads: int | None = option(None, "CPU threads for the latency table, the export and the benchmark, >= 1", kind=int,
-                                 shown="automatic: the cores idle now, cores minus load average, >= 1")
+    threads: int | None = threads_option("CPU threads for the latency table, the export and the benchmark")
     latency_statistic: str = option("min", "statistic of the latency table and the benchmark (a laptop or a shared VM "
                                     "drifts in speed, and the fastest runs repeat best)", choices=STATISTICS)
     seed: int = option(0, "random seed")
@@ -402,7 +391,6 @@ class DemoSpec(Spec):
             (positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
             (positive_int(self.train_epochs), f"--train-epochs must be >= 1, got {self.train_epochs}"),
             (positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
-            (threads_ok(self.threads), f"--threads must be a positive integer (or left out for automatic), got {self.threads}"),
             (isinstance(self.warmup, int) and self.warmup >= 0, f"--warmup must be >= 0 episodes, got {self.warmup}"),
             (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 2,
              f"--finetune-epochs must be >= 2 (ADMM, then retraining), got {self.finetune_epochs}"),

@@ -25,13 +25,14 @@ from uniprune.search.models import (
 
 from .devices import resolve_device, show_notes
 from .paths import check_writable
+from .result import Result
 from .specs import DEFAULT_MODEL, TrainSpec
 
 EVAL_BATCH = 256
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(Result):
     """The trained checkpoint and its accuracies (test, validation, last training epoch)."""
 
     accuracy: float
@@ -45,9 +46,6 @@ class TrainResult:
     dataset: str
     threads: int
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def model_name(given: str | None, checkpoint_meta: dict) -> str:
