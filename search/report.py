@@ -149,8 +149,8 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 def write_report(run_dir: str | Path) -> list[Path]:
     """Write the plots and ``report.md`` for ``run_dir``; returns the files written (report.md last)."""
     run = Path(run_dir)
-    files = RunDir(run)
-    episodes_csv, policy_json = files.episodes_path, files.policy_path
+    paths = RunDir(run)
+    episodes_csv, policy_json = paths.episodes_path, paths.policy_path
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--run-dir {run} is a file; pass the folder a search wrote")
     if not run.is_dir():
@@ -161,7 +161,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
     if not rows:
         raise RunDirError(f"{episodes_csv} has no episodes yet: let the search run at least one episode")
     policy = Policy.load(policy_json)
-    config = read_json_object(files.config_path, fix="the run directory is damaged")
+    config = read_json_object(paths.config_path, fix="the run directory is damaged")
     budget = policy.latency_budget if policy.latency_budget is not None else config.get("latency_budget")
 
     files = [
@@ -169,7 +169,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
         plot_accuracy_vs_latency(rows, budget, run / "accuracy_vs_latency.png"),
         plot_policy(policy, run / "policy_layers.png"),
     ]
-    finetune = read_json_object(files.finetune_path, fix="re-run 'uniprune finetune --run-dir'")
+    finetune = read_json_object(paths.finetune_path, fix="re-run 'uniprune finetune --run-dir'")
     if finetune.get("admm_history") or finetune.get("retrain_history"):
         files.append(plot_admm(finetune, run / "admm.png"))
 
@@ -197,5 +197,5 @@ def write_report(run_dir: str | Path) -> list[Path]:
         lines += [f"## {titles[f.name]}", "", f"![{titles[f.name]}]({f.name})", ""]
     lines += ["## Best policy", "", "| layer | prune | unify |", "| --- | ---: | ---: |"]
     lines += [f"| {n} | {a.prune:.3f} | {a.unify:.3f} |" for n, a in policy.layers.items()]
-    files.append(write_text_atomic(files.report_path, "\n".join(lines) + "\n"))
+    files.append(write_text_atomic(paths.report_path, "\n".join(lines) + "\n"))
     return files
