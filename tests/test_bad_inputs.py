@@ -341,3 +341,22 @@ def test_bad_input(case_id, argv, fragment, files, capsys, monkeypatch):
     after = _snapshot(files["dir"])
     assert {k: v for k, v in after.items() if k in before} == before
     assert not [k for k in after if k not in before and not k.startswith(("r-", "s-", "m-"))], sorted(set(after) - set(before))
+
+
+def test_a_depthwise_conv_in_a_policy_is_named_as_such():
+    from uniprune.compressors.core.errors import PolicyError
+
+    model = build_model("tv:mobilenet_v2", num_classes=10, input_shape=(3, 32, 32))
+    policy = Policy(layers={"features.1.conv.0.0": LayerAction(prune=0.5, unify=0.0)})
+    with pytest.raises(PolicyError, match="depthwise convs are not compressible") as info:
+        project_model(model, policy)
+    assert "another model" not in str(info.value) and "features.1.conv.0.0" in str(info.value)
+
+
+def test_the_model_check_turns_any_exception_into_one_line():
+    """torchvision's ViT asserts its image size: an AssertionError, not a RuntimeError."""
+    from uniprune.compressors.core.errors import ModelError
+
+    with pytest.raises(ModelError, match="AssertionError") as info:
+        build_model("tv:vit_b_16", num_classes=10, input_shape=(3, 64, 64))
+    assert "\n" not in str(info.value) and "(3, 64, 64)" in str(info.value)

@@ -143,3 +143,30 @@ def test_torchvision_classifier_lowers_entirely_and_matches_torch(name):
     with torch.no_grad():
         ref = model(x)
     assert _rel_err(lean(x), ref) <= TOL
+
+
+class TwoBlockers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.exp(self.conv(x))
+        return torch.tanh(y.mean((2, 3)))
+
+
+def test_every_blocker_is_listed_in_one_line():
+    with pytest.raises(ModelError) as info:
+        plan.lower(TwoBlockers().eval(), torch.randn(1, 3, 8, 8))
+    message = str(info.value)
+    assert "\n" not in message and "'exp'" in message and "1 more node" in message and "'tanh'" in message
+    assert [b.split()[1] for b in info.value.blockers] == ["'exp'", "'tanh'"]
+
+
+def test_timing_fallback_says_why_and_lists_every_blocker():
+    from uniprune.compressors.latency.table import compile_for_timing
+
+    fallback: dict = {}
+    _, runtime, notes = compile_for_timing(TwoBlockers().eval(), {}, torch.randn(1, 3, 8, 8), 1, "lean", fallback)
+    assert runtime == "python" and len(notes) == 1
+    assert len(fallback["blockers"]) == 2 and "'exp'" in fallback["reason"]

@@ -82,11 +82,13 @@ RUNTIMES = ("lean", "artifact", "python")
 
 
 def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int,
-                       runtime: str = "lean") -> tuple[Any, str, list[str]]:
+                       runtime: str = "lean", fallback: dict[str, Any] | None = None) -> tuple[Any, str, list[str]]:
     """The compressed model as it will run, ready for inputs shaped like ``x``: ``(callable, runtime, notes)``.
 
     ``runtime`` ``"lean"`` falls back to ``"python"`` (with a note saying why) for a model the plan cannot
-    lower. Each layer's implementation is picked here, at this shape and ``threads``.
+    lower; then ``fallback`` (a dict, when given) gets ``"reason"`` (the one-line error) and ``"blockers"``
+    (every node the plan could not lower, one line each). Each layer's implementation is picked here, at this
+    shape and ``threads``.
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -98,6 +100,8 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
             return compile_lean(model, structures, example_input=x, threads=threads), "lean", notes
         except ModelError as exc:
             notes.append(f"{exc}; timed on the Python path")
+            if fallback is not None:
+                fallback.update(reason=str(exc), blockers=list(getattr(exc, "blockers", [str(exc)])))
     compiled = compile_model(model, structures, threads=threads)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -140,16 +144,18 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
     engine's, taken in the same rounds, and ``speedup`` its inverse. Rounds span at least ``min_seconds``.
 
     Returns ``{"engines": {engine: ms}, "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio",
-    "speedup", "runtime", "notes"}`` (``runtime``: the one timed; ``notes``: why an installed engine or the
-    lean path was left out).
+    "speedup", "runtime", "fallback", "notes"}`` (``runtime``: the one timed; ``fallback``: ``None``, or why the
+    lean path was left for the Python path: ``{"reason", "blockers"}``, see :func:`compile_for_timing`; ``notes``:
+    why an installed engine or the lean path was left out).
     """
     n = check_threads(threads)
     x = _example_input(input_shape, batch_size, seed)
     dense = dense_engines(model, x, threads=n, engines=engines)
-    compiled, used, notes = compile_for_timing(model, structures, x, n, runtime)
+    fallback: dict[str, Any] = {}
+    compiled, used, notes = compile_for_timing(model, structures, x, n, runtime, fallback)
     result = race(dense, lambda: compiled(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
                   statistic=statistic)
-    return {**result, "runtime": used, "notes": result["notes"] + notes}
+    return {**result, "runtime": used, "fallback": fallback or None, "notes": result["notes"] + notes}
 
 
 def _cpu_model() -> str:

@@ -39,7 +39,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..core.errors import CheckpointError, ConfigError, KernelBuildError, ModelError
 from ..core.structure import LayerStructure
@@ -186,8 +186,43 @@ class _Lowering:
         what = node.target if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
         if node.op == "call_module":
             what = f"{what} ({type(self.modules[node.target]).__name__})"
-        return ModelError(f"cannot lower node {node.name!r} ({node.op} {what}) to a lean plan: {why}; "
-                          "run the compiled model's Python path instead")
+        error = ModelError(f"cannot lower node {node.name!r} ({node.op} {what}) to a lean plan: {why}; "
+                           "run the compiled model's Python path instead")
+        error.blockers = [f"node {node.name!r} ({node.op} {what}): {why}"]  # type: ignore[attr-defined]
+        return error
+
+    def run(self) -> None:
+        """Lower every node; a node the plan cannot lower is recorded and the walk goes on (its output standing in
+        as a value, so later nodes are judged on their own), then one ModelError names the first and lists every
+        one in ``.blockers``. Nodes that fail only because an input did are not counted again."""
+        errors: list[ModelError] = []
+        failed: set[torch.fx.Node] = set()
+        for node in self.gm.graph.nodes:
+            if node.op == "output" and errors:
+                break
+            try:
+                self.lower_node(node)
+            except ModelError as exc:
+                if node.op in ("placeholder", "output"):
+                    raise
+                if not any(n in failed and n not in self.value for n in node.all_input_nodes):
+                    errors.append(exc)
+                failed.add(node)
+                if node not in self.value and isinstance(node.meta.get("tensor_meta"), TensorMetadata):
+                    try:
+                        self.new_value(node)
+                    except ModelError:
+                        pass
+        if errors:
+            blockers = [b for e in errors for b in getattr(e, "blockers", [str(e)])]
+            first = str(errors[0])
+            if len(blockers) > 1:
+                head, _, tail = first.rpartition("; ")
+                more = "; ".join(blockers[1:4]) + ("; ..." if len(blockers) > 4 else "")
+                first = f"{head}; and {len(blockers) - 1} more node(s): {more}; {tail}"
+            error = ModelError(first)
+            error.blockers = blockers  # type: ignore[attr-defined]
+            raise error
 
     def meta_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
         meta = node.meta.get("tensor_meta")
@@ -248,38 +283,37 @@ class _Lowering:
             raise self.fail(node, f"it modifies {src.name!r} in place, which other nodes read too")
 
     # ------------------------------------------------------------------------------------------ nodes
-    def run(self) -> None:
-        for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                if self.input_value >= 0:
-                    raise self.fail(node, "the plan takes one input tensor")
-                if self.example.dim() != 4 and self.example.dim() != 2:
-                    raise self.fail(node, f"the input must be [N, C, H, W] or [N, F], got {list(self.example.shape)}")
-                self.input_value = self.new_value(node)
-            elif node.op == "output":
-                out = node.args[0]
-                if not isinstance(out, torch.fx.Node) or out not in self.value:
-                    raise self.fail(node, "the plan returns one tensor")
-                self.output_value = self.value[out]
-                if self.output_value == self.input_value:  # the caller's x is never written: copy it
-                    op = PlanOp(OP_COPY, node.name, [self.input_value], len(self.vshape),
-                                self.vshape[self.input_value], self.vshape[self.input_value])
-                    self.vshape[op.out] = op.shape_out
-                    self.ops.append(op)
-                    self.output_value = op.out
-            elif node.op == "call_module":
-                self.module(node, self.modules[node.target])
-            elif node.op in ("call_function", "call_method"):
-                self.function(node)
-            elif node.op == "get_attr":
-                value: Any = self.gm
-                for part in str(node.target).split("."):
-                    value = getattr(value, part)
-                if not isinstance(value, torch.Tensor):
-                    raise self.fail(node, "it is not a tensor")
-                self.consts[node] = value.detach().float()
-            else:
-                raise self.fail(node, "the plan has no op for it")
+    def lower_node(self, node: torch.fx.Node) -> None:
+        if node.op == "placeholder":
+            if self.input_value >= 0:
+                raise self.fail(node, "the plan takes one input tensor")
+            if self.example.dim() != 4 and self.example.dim() != 2:
+                raise self.fail(node, f"the input must be [N, C, H, W] or [N, F], got {list(self.example.shape)}")
+            self.input_value = self.new_value(node)
+        elif node.op == "output":
+            out = node.args[0]
+            if not isinstance(out, torch.fx.Node) or out not in self.value:
+                raise self.fail(node, "the plan returns one tensor")
+            self.output_value = self.value[out]
+            if self.output_value == self.input_value:  # the caller's x is never written: copy it
+                op = PlanOp(OP_COPY, node.name, [self.input_value], len(self.vshape),
+                            self.vshape[self.input_value], self.vshape[self.input_value])
+                self.vshape[op.out] = op.shape_out
+                self.ops.append(op)
+                self.output_value = op.out
+        elif node.op == "call_module":
+            self.module(node, self.modules[node.target])
+        elif node.op in ("call_function", "call_method"):
+            self.function(node)
+        elif node.op == "get_attr":
+            value: Any = self.gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            if not isinstance(value, torch.Tensor):
+                raise self.fail(node, "it is not a tensor")
+            self.consts[node] = value.detach().float()
+        else:
+            raise self.fail(node, "the plan has no op for it")
 
     def activation(self, node: torch.fx.Node, src: Any, lo: float | None, hi: float | None) -> None:
         x = self.tensor_arg(node, src, nhwc=True)

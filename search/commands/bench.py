@@ -13,26 +13,16 @@ from typing import Any
 
 import torch
 from uniprune.compressors.core.errors import ConfigError
-from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.policy import LayerAction
 from uniprune.compressors.latency.budget import latency_ratio
 from uniprune.compressors.latency.engines import ENGINES
 from uniprune.compressors.latency.table import RUNTIMES, build_latency_model, measure_model_ms
 from uniprune.compressors.latency.timing import SPREAD_SECONDS
 
-from .common import add_model_arguments, check_writable, positive_int
+from .common import add_model_arguments, add_shape_arguments, check_writable, policy_model, positive_int
 
 NAME = "bench"
 HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO) against the compressed model on the real kernels"
-
-
-def _input_shape(text: str) -> tuple[int, int, int]:
-    try:
-        shape = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers like 3,32,32, got {text!r}")
-    return shape  # type: ignore[return-value]
 
 
 def _engines(text: str) -> list[str]:
@@ -51,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "artifact directory ('uniprune export --out'), timed through its own loader; the dense engines then "
                         "run the checkpoint it was exported from (recorded in it, or --checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per forward pass (default 1)")
-    parser.add_argument("--input-shape", type=_input_shape, default=None,
-                        help="C,H,W of one sample (default: the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn)")
-    parser.add_argument("--num-classes", type=positive_int, default=None, help="output classes (default: the checkpoint's, else 10)")
+    add_shape_arguments(parser)
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch and the kernels (default: torch's)")
     parser.add_argument("--repeats", type=positive_int, default=50, help=f"timed rounds, at least (default 50; they go on until at least {SPREAD_SECONDS:g} s have passed, "
                         "so the timing sees more than one speed phase of a shared machine)")
@@ -70,14 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[int, int, int], str]:
-    from uniprune.compressors.core.projection import check_policy_model, project_model
-    from uniprune.search.models import (
-        build_model,
-        load_state,
-        model_hint,
-        read_checkpoint,
-        split_checkpoint,
-    )
+    from uniprune.search.models import build_model, load_state
 
     if args.compressed:
         from uniprune.compressors.formats.checkpoint import load_compressed
@@ -95,19 +76,7 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
         model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
         load_state(model, state, where=path)
         return model, structures, shape, name
-    if not os.path.isfile(args.policy):
-        raise ConfigError(f"policy file {args.policy!r} does not exist; pass the policy.json a search wrote")
-    policy = Policy.load(args.policy)
-    check_policy_model(policy, args.model)
-    # the checkpoint knows its input shape and classes; without one, the defaults (read once, loaded below)
-    state, meta = split_checkpoint(read_checkpoint(args.checkpoint), args.checkpoint) if args.checkpoint else ({}, {})
-    default_shape = (1, 8, 8) if args.model == "digits-cnn" else (3, 32, 32)
-    shape = args.input_shape or tuple(int(s) for s in meta.get("input_shape") or default_shape)
-    model = build_model(args.model, num_classes=args.num_classes or int(meta.get("num_classes") or 10), input_shape=shape)
-    if args.checkpoint:
-        load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
-    structures = project_model(model, policy, apply=True)
-    return model, structures, shape, args.model
+    return policy_model(args)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
