@@ -418,8 +418,8 @@ class Model:
     """An exported network, ready to run: ``Model(path).run(x)``.
 
     ``path``: the artifact directory (``plan.json``, ``weights.bin`` and the C sources, or the sources in
-    ``source_dir``). ``threads`` (>= 1): threads of the native kernels (default: what the plan was exported
-    for). ``isa`` / ``cache_dir``: as :func:`build_library`. Calls from several Python threads take turns.
+    ``source_dir``). ``threads`` (>= 1): threads of the native kernels (default: every core this process may
+    run on, :func:`available_cores`). ``isa`` / ``cache_dir``: as :func:`build_library`. Calls from several Python threads take turns.
     """
 
     def __init__(self, path: str | os.PathLike = ".", *, threads: int | None = None, isa: str | None = None,
@@ -428,7 +428,7 @@ class Model:
         self.header, arrays = read_plan(self.path)
         self.input_shape = tuple(int(s) for s in self.header["input_shape"])
         self.output_shape = tuple(int(s) for s in self.header["output_shape"])
-        self.threads = _check_threads(threads if threads is not None else int(self.header.get("threads") or 1))
+        self.threads = _check_threads(threads if threads is not None else available_cores())
         self.source = dict(self.header.get("source") or {})
         self.lib = load_library(self.path if source_dir is None else source_dir, isa=isa, cache_dir=cache_dir)
         self.isa = _Functions(self.lib).isa().decode()
@@ -458,6 +458,15 @@ class Model:
     __call__ = run
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else the machine's), >= 1:
+    the default thread count, as deployments run on every core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _check_threads(threads: int) -> int:
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise LeanError(f"threads must be a positive integer, got {threads!r}")
@@ -470,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python uniprune_lean.py", description=main.__doc__)
     parser.add_argument("path", nargs="?", default=str(Path(__file__).resolve().parent), help="artifact directory (default: this file's)")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per pass (default 1)")
-    parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: the plan's)")
+    parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: every core)")
     args = parser.parse_args(argv)
     try:
         model = Model(args.path, threads=args.threads)

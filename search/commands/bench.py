@@ -18,6 +18,7 @@ from uniprune.compressors.latency.budget import latency_ratio
 from uniprune.compressors.latency.engines import ENGINES
 from uniprune.compressors.latency.table import RUNTIMES, build_latency_model, measure_model_ms
 from uniprune.compressors.latency.timing import SPREAD_SECONDS
+from uniprune.compressors.native.uniprune_lean import available_cores
 
 from .common import add_model_arguments, add_shape_arguments, check_writable, policy_model, positive_int
 
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "run the checkpoint it was exported from (recorded in it, or --checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per forward pass (default 1)")
     add_shape_arguments(parser)
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch and the kernels (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch, the other engines and the kernels (default: every core)")
     parser.add_argument("--repeats", type=positive_int, default=50, help=f"timed rounds, at least (default 50; they go on until at least {SPREAD_SECONDS:g} s have passed, "
                         "so the timing sees more than one speed phase of a shared machine)")
     parser.add_argument("--statistic", choices=["median", "min"], default="median",
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_writable(args.cache_dir, "--cache-dir", folder=True)
     model, structures, shape, name = _model_and_structures(args)
     model.eval()
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or available_cores()
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
     if args.compressed and os.path.isdir(args.compressed):
         from uniprune.compressors.formats.artifact import measure_artifact_ms

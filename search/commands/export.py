@@ -18,6 +18,7 @@ from uniprune.compressors.core.projection import structured_weight
 from uniprune.compressors.formats.artifact import check_out_dir, file_sha256, write_artifact
 from uniprune.compressors.native import kernels
 from uniprune.compressors.native.plan import LeanModel, compile_lean_spec
+from uniprune.compressors.native.uniprune_lean import available_cores
 
 from .common import add_model_arguments, add_shape_arguments, policy_model, positive_int
 
@@ -39,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="artifact directory to write (must not exist unless --force)")
     parser.add_argument("--batch-size", type=positive_int, default=1,
                         help="batch the conv implementations are timed and chosen at (default 1); any batch runs")
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="kernel threads the choices are timed on and the loader's default (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="kernel threads the conv choices are timed on (default: every core; the loader runs on every "
+                        "core of the machine it runs on unless told otherwise)")
     parser.add_argument("--force", action="store_true", help="replace --out if it is an earlier artifact (or empty)")
 
 
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from uniprune.search.models import build_model, load_state
 
     started = time.perf_counter()
+    args.threads = args.threads or available_cores()
     out = check_out_dir(args.out, args.force)  # before the slow part: a taken --out fails at once
     if args.policy:
         if not args.model:
