@@ -469,6 +469,28 @@ static void run_pool(const up_op *o, const float *x, const float *unused, float 
     const int kh = o->p[0], kw = o->p[1], sh = o->p[2], sw = o->p[3], ph = o->p[4], pw = o->p[5];
     const int is_max = o->p[6], include_pad = o->p[7];
     const int H = o->H, W = o->W, Ho = o->Ho, Wo = o->Wo;
+    if (is_max) { /* separable: the max over each window's columns, row by row, then over its rows */
+        float colmax[Wo];
+        for (int64_t nc = i0; nc < i1; nc++) {
+            const float *xi = x + nc * H * W;
+            float *yo = y + nc * Ho * Wo;
+            for (int oy = 0; oy < Ho; oy++) {
+                int y0 = oy * sh - ph, ya = y0 < 0 ? 0 : y0, yb = y0 + kh > H ? H : y0 + kh;
+                for (int ox = 0; ox < Wo; ox++) colmax[ox] = -FLT_MAX;
+                for (int iy = ya; iy < yb; iy++) {
+                    const float *xr = xi + (int64_t)iy * W;
+                    for (int ox = 0; ox < Wo; ox++) {
+                        int x0 = ox * sw - pw, xa = x0 < 0 ? 0 : x0, xb = x0 + kw > W ? W : x0 + kw;
+                        float m = colmax[ox];
+                        for (int ix = xa; ix < xb; ix++) m = xr[ix] > m ? xr[ix] : m;
+                        colmax[ox] = m;
+                    }
+                }
+                memcpy(yo + (int64_t)oy * Wo, colmax, sizeof(float) * (size_t)Wo);
+            }
+        }
+        return;
+    }
     for (int64_t nc = i0; nc < i1; nc++) {
         const float *xi = x + nc * H * W;
         float *yo = y + nc * Ho * Wo;
