@@ -45,6 +45,7 @@ class AMCDDPG(DDPG):
     :param critic_lr: Adam learning rate of the critic (> 0; AMC: 1e-3).
     :param sigma0: noise scale (> 0, in action units) at the first episode after warm-up.
     :param sigma_decay: noise decay per episode after warm-up, in (0, 1].
+    :param sigma_min: the noise scale's floor after warm-up, in [0, sigma0] (AMC: 0, pure decay).
     :param baseline_alpha: moving-average step of the reward baseline, in (0, 1].
     :param hidden: hidden layer widths of both actor and critic.
     :param tau: soft target update coefficient in (0, 1]. :param gamma: discount in [0, 1] (AMC: 1).
@@ -63,6 +64,7 @@ class AMCDDPG(DDPG):
         critic_lr: float = CRITIC_LR,
         sigma0: float = 0.5,
         sigma_decay: float = 0.95,
+        sigma_min: float = 0.0,
         baseline_alpha: float = 0.5,
         hidden: tuple[int, ...] = HIDDEN,
         tau: float = 0.01,
@@ -83,13 +85,13 @@ class AMCDDPG(DDPG):
             raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
         #: what rebuilds this agent (agent/storage.py writes it as JSON; never a pickle)
         self.settings = {"warmup_episodes": int(warmup_episodes), "actor_lr": float(actor_lr), "critic_lr": float(critic_lr),
-                         "sigma0": float(sigma0), "sigma_decay": float(sigma_decay), "baseline_alpha": float(baseline_alpha),
+                         "sigma0": float(sigma0), "sigma_decay": float(sigma_decay), "sigma_min": float(sigma_min), "baseline_alpha": float(baseline_alpha),
                          "hidden": [int(h) for h in hidden], "tau": float(tau), "gamma": float(gamma),
                          "batch_size": int(batch_size), "buffer_size": int(buffer_size), "seed": seed}
         self.actor_lr = float(actor_lr)
         self.critic_lr = float(critic_lr)
         self.episode_length = int(episode_length)
-        self.schedule = TruncatedNormalSchedule(sigma0, sigma_decay, warmup_episodes)
+        self.schedule = TruncatedNormalSchedule(sigma0, sigma_decay, warmup_episodes, sigma_min=sigma_min)
         self.explore_rng = np.random.default_rng(seed)
         policy_kwargs = {"net_arch": {"pi": list(hidden), "qf": list(hidden)}}
         policy_kwargs.update(kwargs.pop("policy_kwargs", None) or {})

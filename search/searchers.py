@@ -10,7 +10,9 @@ actions). The search command owns the loop, the run directory and the logging.
   in ``--storage`` (SQLite in the run directory by default) so several workers can share it;
 * ``random``: uniform random actions (every episode a fresh draw from ``(seed, episode)``);
 * ``uniform``: one (prune, unify) for every layer: for each of a few prune/unify mixes, the least
-  compression whose uniform policy meets the budget (by the latency model), one episode each.
+  compression whose uniform policy meets the budget (by the latency model), one episode each;
+* ``knapsack``: per-layer sensitivity and a knapsack over the latency table (:mod:`.knapsack`); its
+  episodes are the knapsack's policies at the budget and a few tighter ones.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from uniprune.compressors.core.errors import ConfigError, RunDirError
 from uniprune.compressors.core.policy import LayerAction
 from uniprune.envs import CompressionEnv
 
-SEARCHERS = ("ddpg", "optuna", "random", "uniform")
+from . import knapsack
+
+SEARCHERS = ("ddpg", "optuna", "random", "uniform", "knapsack")
 OPTUNA_STUDY = "uniprune-search"
 UNIFORM_LEVELS = 11  # prune/unify mixes the uniform searcher sweeps at most
 
@@ -152,6 +156,36 @@ class UniformSearcher(Searcher):
         return play(self.env, lambda t, obs: action)
 
 
+class KnapsackSearcher(Searcher):
+    """HALP-style: score every layer's options alone, then solve a knapsack over the latency table
+    (:mod:`.knapsack`). The scoring runs once, before the first episode (a progress bar shows it)."""
+
+    name = "knapsack"
+
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool) -> None:
+        super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
+        self._plans: list[dict[str, tuple[float, float]]] | None = None
+
+    def _ensure_plans(self) -> list[dict[str, tuple[float, float]]]:
+        if self._plans is None:
+            options = knapsack.env_options(self.env)
+            dense = self.env.score({})["val_accuracy"]
+            scored = knapsack.score_options(options, lambda actions: self.env.score(actions)["val_accuracy"], dense)
+            self._plans = knapsack.knapsack_plans(self.env, scored)
+        return self._plans
+
+    def max_episodes(self, requested: int) -> int:
+        return min(requested, len(knapsack.TIGHTENINGS))
+
+    def run_episode(self, episode: int) -> dict[str, Any]:
+        plans = self._ensure_plans()
+        plan = plans[min(episode, len(plans) - 1)]
+        env = self.env
+        raw = [np.array([p / env.max_prune if env.max_prune > 0 else 0.0, u / env.max_unify if env.max_unify > 0 else 0.0])
+               for p, u in (plan[n] for n in env.layer_names)]
+        return play(env, lambda t, obs: raw[t])
+
+
 def uniform_candidates(env: CompressionEnv, levels: int) -> list[np.ndarray]:
     """Raw actions ``(a_prune, a_unify)`` that compress every layer alike, just enough to meet the budget.
 
@@ -246,4 +280,6 @@ def make_searcher(
         return RandomSearcher(env, **common)
     if name == "uniform":
         return UniformSearcher(env, **common)
+    if name == "knapsack":
+        return KnapsackSearcher(env, **common)
     raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")

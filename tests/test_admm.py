@@ -125,3 +125,39 @@ def test_resuming_from_any_epoch_ends_where_an_unbroken_run_ends(dense: nn.Modul
     assert [h["residual"] for h in again["admm_history"]] == pytest.approx([h["residual"] for h in full["admm_history"]])
     assert [h["val_accuracy"] for h in again["retrain_history"]] == pytest.approx(
         [h["val_accuracy"] for h in full["retrain_history"]])
+
+
+def test_retraining_ends_with_its_best_epoch(dense: nn.Module) -> None:
+    scores = iter([0.5, 0.2, 0.9, 0.7])  # right after the projection, then after each retraining epoch
+    states: list[dict] = []
+    model = copy.deepcopy(dense)
+    result = finetune(model, POLICY, train_batches, lambda m: next(scores), AdmmConfig(method="masked", retrain_epochs=3, progress=False),
+                      checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    assert result["accuracy"] == 0.9 and result["projected_accuracy"] == 0.5
+    assert [r.get("best", False) for r in result["retrain_history"]] == [False, True, False]
+    # the weights are those saved after the second epoch, not the third's
+    assert states[1]["best"]["index"] == 1
+    second, third = states[1]["model"], states[2]["model"]
+    moved = [k for k in second if not torch.equal(second[k], third[k]) and k.endswith("weight")]
+    assert moved  # the third epoch did change the weights
+    _check_structures(model, result["structures"])
+    kept = dict(model.named_parameters())
+    for name in ("0.bias", "4.weight"):  # parameters outside the projected layers are saved as they are
+        assert torch.equal(kept[name].detach(), second[name]), name
+
+
+def test_run_schedule_is_one_cosine_over_admm_and_retraining(dense: nn.Module) -> None:
+    import math
+
+    states: list[dict] = []
+    config = AdmmConfig(iterations=2, rho=0.5, retrain_epochs=2, lr=0.02, schedule="run", progress=False)
+    finetune(copy.deepcopy(dense), POLICY, train_batches, val_accuracy, config, checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    lrs = [s["optimizer"]["param_groups"][0]["lr"] for s in states]
+
+    def cosine(e: int) -> float:
+        return 0.02 * 0.5 * (1 + math.cos(math.pi * e / 4))
+
+    # an ADMM epoch trains at the curve's value of its own epoch; a retraining state holds the next epoch's lr
+    assert lrs == pytest.approx([cosine(0), cosine(1), cosine(3), cosine(4)])
+    with pytest.raises(ConfigError, match="retrain_lr unset"):
+        AdmmConfig(schedule="run", retrain_lr=0.1)

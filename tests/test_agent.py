@@ -34,6 +34,12 @@ def test_noise_schedule_numbers():
     np.testing.assert_allclose(warm.mean(axis=0), [0.5, 0.5], atol=0.02)
     with pytest.raises(ConfigError):
         TruncatedNormalSchedule(decay=1.5)
+    floored = TruncatedNormalSchedule(sigma0=0.5, decay=0.95, warmup_episodes=10, sigma_min=0.05)
+    assert floored.sigma(9) == 0.0 and floored.sigma(10) == pytest.approx(0.5)
+    assert floored.sigma(50) == pytest.approx(0.5 * 0.95**40)  # 0.064: still above the floor
+    assert floored.sigma(60) == pytest.approx(0.05) and floored.sigma(500) == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="noise floor"):
+        TruncatedNormalSchedule(sigma0=0.5, sigma_min=0.6)
 
 
 def _buffer(alpha: float = 0.5) -> EpisodeRewardBuffer:

@@ -80,7 +80,7 @@ def test_ddpg_search_writes_policy_csv_and_tensorboard_then_resumes(tmp_path, ca
     assert "--latency-budget" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("searcher", ["optuna", "random", "uniform"])
+@pytest.mark.parametrize("searcher", ["optuna", "random", "uniform", "knapsack"])
 def test_other_searchers_meet_the_budget(tmp_path, capsys, searcher):
     run = tmp_path / searcher
     result = _search(capsys, "--searcher", searcher, "--episodes", "2", "--warmup", "1", "--run-dir", str(run), "--latency-budget", "0.6")

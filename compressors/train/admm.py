@@ -30,7 +30,7 @@ from ..core.errors import ConfigError
 from ..core.projection import project_layer, project_model
 from ..formats.checkpoint import structure_from_record, structure_record
 from .distributed import epoch_batches, evaluate_on_rank0, world, wrap
-from .retrain import SCHEDULES, retrain
+from .retrain import SCHEDULES, lr_factor, retrain
 from .strategy import FinetuneJob, Outcome
 from .training import make_optimizer, train_epoch
 
@@ -51,11 +51,14 @@ class AdmmConfig:
         rho_growth: factor applied to rho after each iteration, >= 1.
         lr: SGD learning rate of the ADMM phase (held constant there), > 0.
         retrain_lr: initial learning rate of retraining; ``None``: ``lr``.
-        schedule: learning-rate schedule of retraining, ``"cosine"`` (per epoch, towards 0) or
-            ``"constant"``. The ADMM phase keeps ``lr`` constant so that every iteration's W-step is alike.
+        schedule: learning-rate schedule, per epoch: ``"cosine"`` (retraining decays from ``retrain_lr``
+            towards 0; the ADMM phase keeps ``lr`` constant so that every iteration's W-step is alike),
+            ``"constant"``, or ``"run"`` (one cosine from ``lr`` over every epoch of the run, ADMM and
+            retraining; ``retrain_lr`` must then be unset).
         momentum: SGD momentum in [0, 1).
         weight_decay: L2 on weights (and shared magnitudes), >= 0.
         retrain_epochs: epochs of masked/tied retraining after the hard projection, >= 0.
+        keep_best: end with the retraining epoch of best validation accuracy, not the last one.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         evaluate_every_iteration: evaluate after each ADMM iteration (for ``admm/val_accuracy``).
         progress: show tqdm bars on stderr (rank 0 only).
@@ -72,6 +75,7 @@ class AdmmConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     retrain_epochs: int = 2
+    keep_best: bool = True
     device: str = "cpu"
     evaluate_every_iteration: bool = True
     progress: bool = True
@@ -84,6 +88,8 @@ class AdmmConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule == "run" and self.retrain_lr is not None:
+            raise ConfigError("schedule 'run' is one cosine from lr over the whole run; leave retrain_lr unset")
         if self.retrain_epochs < 0:
             raise ConfigError(f"retrain_epochs must be >= 0, got {self.retrain_epochs}")
         if not (self.rho > 0 and math.isfinite(self.rho)):
@@ -165,6 +171,9 @@ def _admm_phase(
             if epoch < done:
                 epoch += 1
                 continue
+            if config.schedule == "run":
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * lr_factor("run", epoch, config.total_epochs)
             batches, total = epoch_batches(job.train_batches, epoch)
             stats = train_epoch(net, batches, optimizer, penalty=penalty, device=device, total=total, distill=job.distill,
                                 desc=f"admm {it + 1}/{config.iterations} rho={rho:.3g}" if config.progress and rank == 0 else None)
@@ -220,8 +229,10 @@ def _run(job: FinetuneJob, config: AdmmConfig) -> Outcome:
         job.model, structures, job.train_batches, job.evaluate,
         epochs=config.retrain_epochs, lr=config.retrain_lr or config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, device=job.device, log=job.log, first_epoch=config.admm_epochs,
-        progress=config.progress, schedule=config.schedule, distill=job.distill,
+        progress=config.progress, schedule=config.schedule, run_epochs=config.total_epochs, distill=job.distill,
+        keep_best=config.keep_best,
         checkpoint=None if checkpoint is None else retrain_checkpoint, resume=resume if phase == "retrain" else None,
     )
-    final = retrain_history[-1]["val_accuracy"] if retrain_history else projected
+    final = max((r["val_accuracy"] for r in retrain_history), default=projected) if config.keep_best else \
+        (retrain_history[-1]["val_accuracy"] if retrain_history else projected)
     return Outcome(structures, final, projected, admm_history, retrain_history)

@@ -20,16 +20,28 @@ from ..core.structure import LayerStructure
 from .distributed import LogFn, RankLogger, epoch_batches, evaluate_on_rank0, world, wrap
 from .training import Distillation, make_optimizer, train_epoch
 
-SCHEDULES = ("cosine", "constant")
+#: ``cosine``: retraining's own cosine from its base lr; ``constant``; ``run``: one cosine over the whole
+#: run, ADMM epochs included, that retraining continues (its base lr is the run's).
+SCHEDULES = ("cosine", "constant", "run")
 
 
-def epoch_schedule(optimizer: torch.optim.Optimizer, epochs: int, schedule: str) -> LambdaLR:
-    """Stepped once per epoch: cosine from the base lr towards 0 (the last epoch keeps a little), or constant."""
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The base lr's factor at ``epoch`` (0-based) of ``epochs``: cosine towards 0 (the last epoch keeps a
+    little) for ``cosine`` and ``run``, 1 for ``constant``."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
     if schedule == "constant":
-        return LambdaLR(optimizer, lambda e: 1.0)
-    return LambdaLR(optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / max(1, epochs))))
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / max(1, epochs)))
+
+
+def epoch_schedule(optimizer: torch.optim.Optimizer, epochs: int, schedule: str, *, offset: int = 0, span: int | None = None) -> LambdaLR:
+    """Stepped once per epoch: :func:`lr_factor` over ``epochs``, or for ``run`` over ``span`` epochs of
+    which retraining's first is ``offset``."""
+    if schedule == "run":
+        return LambdaLR(optimizer, lambda e: lr_factor("run", offset + e, span or epochs))
+    lr_factor(schedule, 0, epochs)
+    return LambdaLR(optimizer, lambda e: lr_factor(schedule, e, epochs))
 
 
 def retrain(
@@ -49,7 +61,9 @@ def retrain(
     prefix: str = "admm",
     masks: Mapping[str, Tensor] | None = None,
     schedule: str = "cosine",
+    run_epochs: int | None = None,
     distill: Distillation | None = None,
+    keep_best: bool = True,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, LayerStructure], list[dict[str, float]]]:
@@ -60,21 +74,26 @@ def retrain(
 
     ``masks`` (0/1 per weight, for unstructured baselines) are held as well, for layers without a
     structure. ``train_batches(epoch)`` is called with ``first_epoch + i``; the learning rate follows
-    ``schedule`` (``"cosine"`` per epoch from ``lr``, or ``"constant"``). Scalars are logged as ``<prefix>/loss`` and
-    ``<prefix>/val_accuracy``. Returns the structures with trained magnitudes and one
-    ``{"epoch", "loss", "val_accuracy"}`` record per epoch (accuracy of the constrained model).
+    ``schedule`` (``"cosine"`` per epoch from ``lr``, ``"constant"``, or ``"run"``: the cosine of a run of
+    ``run_epochs`` epochs, from its epoch ``first_epoch`` on). Scalars are logged as ``<prefix>/loss`` and
+    ``<prefix>/val_accuracy``. With ``keep_best``, the model ends with the weights of its best epoch by
+    validation accuracy (the structure is the same in every epoch, so any of them is a valid result; the
+    first of equals wins, so a flat accuracy keeps the earliest) and that epoch's record has ``"best": True``.
+    Returns the structures with trained magnitudes and one ``{"epoch", "loss", "val_accuracy"}`` record per
+    epoch (accuracy of the constrained model).
     """
     device = torch.device(device)
     logger = RankLogger(log)
     rank = world()[0]
     constrain(model, structures)
     history: list[dict[str, float]] = list(resume["history"]) if resume else []
+    best: dict[str, Any] | None = resume.get("best") if resume else None
     try:
         if masks:
             constrain_masks(model, masks)
         if epochs > 0:
             optimizer = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
-            scheduler = epoch_schedule(optimizer, epochs, schedule)
+            scheduler = epoch_schedule(optimizer, epochs, schedule, offset=first_epoch, span=run_epochs)
             done = 0
             if resume:
                 model.load_state_dict(resume["model"])
@@ -92,10 +111,17 @@ def retrain(
                 history.append({"epoch": epoch, "loss": stats["loss"], "val_accuracy": acc})
                 logger(f"{prefix}/loss", stats["loss"], epoch)
                 logger(f"{prefix}/val_accuracy", acc, epoch)
+                if keep_best and (best is None or acc > best["val_accuracy"]):
+                    best = {"val_accuracy": acc, "index": len(history) - 1,
+                            "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
                 if checkpoint is not None:
                     checkpoint({"done": i + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "history": history})
+                                "history": history, **({"best": best} if best is not None else {})})
             del net
+            if best is not None and best["index"] != len(history) - 1:
+                model.load_state_dict(best["model"])
+            if best is not None:
+                history[int(best["index"])] = history[int(best["index"])] | {"best": True}
     finally:
         trained = bake(model)
     out = dict(structures)

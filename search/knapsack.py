@@ -1,0 +1,138 @@
+"""A non-RL reference searcher: a multiple-choice knapsack over the latency table (in the spirit of HALP,
+Shen et al. 2022).
+
+1. **Options.** Per layer, the latency table's grid points within the caps that are on the layer's Pareto
+   front: no other point is at least as fast while pruning and unifying no more (so unification that buys
+   a conv no time is never an option).
+2. **Sensitivity.** Each option is scored alone (that one layer compressed, every other dense) through the
+   env's scorer, BatchNorm re-estimated as for every reward; its cost is the validation accuracy lost
+   against the dense model. The costs are taken as additive across layers, HALP's assumption.
+3. **Knapsack.** Dynamic programming over the layers picks one option each for the least summed cost whose
+   predicted time (the table's, at the block counts the projection applies) fits the budget. Times are
+   rounded *up* to a grid of ``resolution`` steps of the budget, so a chosen policy never overruns it.
+
+The search's episodes are then the knapsack's policy and, for robustness to the additivity assumption,
+the policies of a few tighter budgets (each played through the env's wall like any other searcher's).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+from uniprune.compressors.core.errors import ConfigError
+
+#: Budget fractions of the knapsack's episodes: the budget itself, then tighter ones.
+TIGHTENINGS = (1.0, 0.97, 0.94, 0.9)
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """The candidate ``(prune, unify)`` fractions of one layer, the predicted ms of each, and (once scored)
+    the accuracy each loses alone. Option 0 is always the dense layer ``(0, 0)`` at cost 0."""
+
+    name: str
+    actions: list[tuple[float, float]]
+    ms: np.ndarray
+    cost: np.ndarray | None = None
+
+
+def pareto_options(name: str, points: Sequence[tuple[float, float]], ms: Callable[[float, float], float]) -> LayerOptions:
+    """The points (``(prune, unify)`` fractions) no other point beats on time without compressing more.
+
+    ``ms(prune, unify)``: the layer's predicted time at those fractions. The dense point ``(0, 0)`` is kept
+    first whatever its time."""
+    timed = [((0.0, 0.0), ms(0.0, 0.0))] + [((float(p), float(u)), ms(p, u)) for p, u in points if p + u > 0]
+    kept = [timed[0]]
+    for (p, u), t in sorted(timed[1:], key=lambda x: (x[1], x[0][0] + x[0][1])):
+        # dominated: an option already kept is at most as slow and compresses no more
+        if any(kt <= t and kp + ku <= p + u + 1e-12 for (kp, ku), kt in kept[1:]) or t >= timed[0][1]:
+            continue
+        kept.append(((p, u), t))
+    return LayerOptions(name, [a for a, _ in kept], np.array([t for _, t in kept], dtype=np.float64))
+
+
+def score_options(options: Sequence[LayerOptions], accuracy_of: Callable[[Mapping[str, tuple[float, float]]], float],
+                  dense_accuracy: float, *, progress: bool = True) -> list[LayerOptions]:
+    """Each option's cost: ``dense_accuracy - accuracy_of({layer: action})`` (the layer alone compressed),
+    floored at 0 so that noise does not make compression look free-plus."""
+    jobs = [(i, j) for i, o in enumerate(options) for j in range(1, len(o.actions))]
+    costs = [np.zeros(len(o.actions)) for o in options]
+    for i, j in tqdm(jobs, desc="knapsack sensitivity", disable=not progress, leave=False):
+        acc = accuracy_of({options[i].name: options[i].actions[j]})
+        costs[i][j] = max(0.0, dense_accuracy - acc) if math.isfinite(acc) else math.inf
+    return [LayerOptions(o.name, o.actions, o.ms, c) for o, c in zip(options, costs)]
+
+
+def solve(options: Sequence[LayerOptions], limit_ms: float, *, resolution: int = 4000) -> list[int]:
+    """The option index per layer with the least summed cost whose summed ms is at most ``limit_ms``.
+
+    Raises :class:`ConfigError` when even the fastest options exceed ``limit_ms``."""
+    if any(o.cost is None for o in options):
+        raise ConfigError("score the options (score_options) before solving the knapsack")
+    if not limit_ms > 0:
+        raise ConfigError(f"the time left for the compressible layers must be > 0 ms, got {limit_ms}")
+    step = limit_ms / resolution
+    width = resolution + 1
+    best = np.full(width, math.inf)
+    best[0] = 0.0
+    choice = np.zeros((len(options), width), dtype=np.int32)
+    for i, o in enumerate(options):
+        units = np.ceil(o.ms / step - 1e-9).astype(np.int64)  # rounded up: the plan never overruns
+        nxt = np.full(width, math.inf)
+        for j, (u, c) in enumerate(zip(units, o.cost)):
+            if u >= width:
+                continue
+            cand = np.full(width, math.inf)
+            cand[u:] = best[: width - u] + c
+            better = cand < nxt
+            nxt[better] = cand[better]
+            choice[i, better] = j
+        best = nxt
+    end = int(np.argmin(best))
+    if not math.isfinite(best[end]):
+        raise ConfigError(f"no combination of the layers' options fits {limit_ms:.4g} ms; raise the budget or the caps")
+    picks = []
+    for i in range(len(options) - 1, -1, -1):
+        j = int(choice[i, end])
+        picks.append(j)
+        end -= int(np.ceil(options[i].ms[j] / step - 1e-9))
+    return picks[::-1]
+
+
+def env_options(env: object) -> list[LayerOptions]:
+    """Each searched layer's Pareto options on ``env``'s latency grid within its caps, timed at the block
+    counts the projection applies (``env``: a :class:`~uniprune.envs.CompressionEnv`)."""
+    lm = env.latency_model
+    p, u = lm.points()
+    ok = (p <= env.max_prune + 1e-9) & (u <= env.max_unify + 1e-9)
+    grid = list(zip(p[ok].tolist(), u[ok].tolist()))
+    out = []
+    for i, name in enumerate(env.layer_names):
+        def ms(prune: float, unify: float, i: int = i, name: str = name) -> float:
+            return lm.layer_ms(name, *env.applied_fractions(i, prune, unify))
+        out.append(pareto_options(name, grid, ms))
+    return out
+
+
+def knapsack_plans(env: object, options: Sequence[LayerOptions], tightenings: Sequence[float] = TIGHTENINGS) -> list[dict[str, tuple[float, float]]]:
+    """The knapsack's ``{layer: (prune, unify)}`` for the env's budget scaled by each of ``tightenings``
+    (distinct plans only; a tightening no plan fits is skipped, the budget itself raises)."""
+    lm = env.latency_model
+    others = lm.predict({}) - sum(float(lm.tables[n][0, 0]) for n in env.layer_names)
+    limit = env.budget.limit_ms(env.dense_ms)
+    plans: list[dict[str, tuple[float, float]]] = []
+    for k, tight in enumerate(tightenings):
+        try:
+            picks = solve(options, tight * limit - others)
+        except ConfigError:
+            if k == 0:
+                raise
+            continue
+        plan = {o.name: o.actions[j] for o, j in zip(options, picks)}
+        if plan not in plans:
+            plans.append(plan)
+    return plans

@@ -1,0 +1,74 @@
+"""The knapsack searcher's pieces (search/knapsack.py): Pareto options, the DP against brute force, the env's plans."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.envs import make_tiny_env
+from uniprune.search.knapsack import (
+    LayerOptions,
+    env_options,
+    knapsack_plans,
+    pareto_options,
+    score_options,
+    solve,
+)
+
+
+def test_pareto_options_drop_compression_that_buys_no_time() -> None:
+    # unify saves nothing here: only pruning points survive, fastest last
+    options = pareto_options("conv", [(0.0, 0.5), (0.5, 0.0), (0.5, 0.25), (0.9, 0.0)], lambda p, u: 1.0 - p)
+    assert options.actions == [(0.0, 0.0), (0.9, 0.0), (0.5, 0.0)]
+    assert options.ms.tolist() == pytest.approx([1.0, 0.1, 0.5])
+
+
+def test_solve_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        options = []
+        for i in range(4):
+            ms = np.concatenate([[1.0], np.sort(rng.uniform(0.1, 1.0, 3))[::-1]])
+            cost = np.concatenate([[0.0], np.sort(rng.uniform(0.0, 0.3, 3))])
+            options.append(LayerOptions(f"l{i}", [(0.0, 0.0)] * 4, ms, cost))
+        limit = float(rng.uniform(1.5, 3.5))
+        feasible = [(sum(o.cost[j] for o, j in zip(options, js)), js) for js in itertools.product(range(4), repeat=4)
+                    if sum(o.ms[j] for o, j in zip(options, js)) <= limit]
+        if not feasible:
+            with pytest.raises(ConfigError):
+                solve(options, limit)
+            continue
+        best = min(feasible)
+        picks = solve(options, limit, resolution=20000)
+        assert sum(o.ms[j] for o, j in zip(options, picks)) <= limit  # never over
+        # rounding times up may cost a little optimality, never feasibility
+        assert sum(o.cost[j] for o, j in zip(options, picks)) <= best[0] + 0.02, trial
+
+
+def test_solve_refuses_an_impossible_budget() -> None:
+    options = [LayerOptions("a", [(0.0, 0.0), (0.5, 0.0)], np.array([1.0, 0.6]), np.array([0.0, 0.1]))]
+    with pytest.raises(ConfigError, match="no combination"):
+        solve(options, 0.5)
+    with pytest.raises(ConfigError, match="score the options"):
+        solve([LayerOptions("a", [(0.0, 0.0)], np.array([1.0]))], 2.0)
+
+
+def test_env_plans_meet_the_budget_and_prefer_the_insensitive_layer() -> None:
+    env = make_tiny_env(latency_budget=0.6)
+    options = env_options(env)
+    assert [o.name for o in options] == env.layer_names and all(o.actions[0] == (0.0, 0.0) for o in options)
+    dense = env.score({})["val_accuracy"]
+    scored = score_options(options, lambda a: env.score(a)["val_accuracy"], dense, progress=False)
+    plans = knapsack_plans(env, scored)
+    assert plans
+    for plan in plans:
+        result = env.score(plan)
+        assert result["latency_ratio"] <= 0.6 + 1e-9
+    # the first plan has the least summed sensitivity of every combination of options that fits (brute force)
+    costs = {o.name: dict(zip(o.actions, o.cost)) for o in scored}
+    limit = env.budget.limit_ms(env.dense_ms) - (env.latency_model.predict({}) - sum(o.ms[0] for o in scored))
+    fits = [sum(o.cost[j] for o, j in zip(scored, js)) for js in itertools.product(*(range(len(o.actions)) for o in scored))
+            if sum(o.ms[j] for o, j in zip(scored, js)) <= limit]
+    assert sum(costs[n][a] for n, a in plans[0].items()) <= min(fits) + 1e-9
