@@ -170,3 +170,30 @@ def test_timing_fallback_says_why_and_lists_every_blocker():
     _, runtime, notes = compile_for_timing(TwoBlockers().eval(), {}, torch.randn(1, 3, 8, 8), 1, "lean", fallback)
     assert runtime == "python" and len(notes) == 1
     assert len(fallback["blockers"]) == 2 and "'exp'" in fallback["reason"]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", pytest.param("regnet_y_400mf", marks=pytest.mark.slow),
+                                  pytest.param("convnext_tiny", marks=pytest.mark.slow)])
+def test_pruned_classifier_matches_the_masked_dense_model(name):
+    """75 % of the blocks of every compressible layer but the stem and the classifier pruned, through
+    compile_model's layers (grouped convs, channels-last Linears and squeeze-excitation convs among them)."""
+    import copy
+
+    from uniprune.compressors.core.blocks import compressible_layers
+    from uniprune.compressors.core.projection import structured_weight
+    from uniprune.compressors.latency.table import random_structure
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    g = torch.Generator().manual_seed(1)
+    structures = {s.name: random_structure(s.grid, 0.75, 0.0, g) for s in compressible_layers(model)[1:-1]}
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, st in structures.items():
+            m = ref.get_submodule(layer)
+            m.weight.copy_(structured_weight(m.weight.detach(), st))
+    x = torch.randn(2, 3, 64, 64)
+    lean = plan.compile_lean(model, structures, example_input=x, threads=1, choose="direct")
+    with torch.no_grad():
+        expected = ref(x)
+    assert _rel_err(lean(x), expected) <= TOL
