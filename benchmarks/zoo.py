@@ -16,6 +16,7 @@ profiled passes per op). Writes section ``zoo_<isa>`` of docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-shape", type=int, nargs=3, default=[3, 64, 64], help="C H W (default 3 64 64)")
     parser.add_argument("--statistic", choices=["median", "min"], default="min", help="statistic over rounds (default min)")
     args = parser.parse_args(argv)
+    load_start = os.getloadavg()[0]
     rows = []
     for name in args.models:
         for threads in args.threads:
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{c0:.2f} / {c75:.2f} | {b / c0:.2f} | {b / c75:.2f} | {r['dw_share']:.0%} | {others} |")
     notes = sorted({n.splitlines()[0][:300] for r in rows for n in r["notes"]})
     md = [f"Machine: {machine_line()}; statistic {args.statistic} over at least {args.repeats} interleaved rounds "
-          f"spanning at least {args.min_seconds:g} s; batch {args.batch}, input {'x'.join(map(str, args.input_shape))}.",
+          f"spanning at least {args.min_seconds:g} s; batch {args.batch}, input {'x'.join(map(str, args.input_shape))}; "
+          f"load average (1 min) {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
           f"Command: `{command_line()}`", "",
           "Random init, 1000 classes. Dense engines with BatchNorm folded, float32, on the row's thread count; "
           "uniprune's lean plan with nothing pruned and with 75 % of the 8x4 conv / 8x8 linear blocks of every "
