@@ -110,7 +110,8 @@ def test_measure_and_check_whole_model(tmp_path):
             structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
     r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5, min_seconds=0)
     assert set(r) == {"engines", "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio", "speedup", "runtime",
-                      "notes"}
+                      "fallback", "notes"}
+    assert r["fallback"] is None
     assert r["runtime"] == "lean"  # the small CNN lowers to one native plan
     assert set(r["engines"]) == set(available_engines()) and r["notes"] == []
     assert r["best_dense_ms"] == min(r["engines"].values()) == r["engines"][r["best_engine"]]
