@@ -177,9 +177,10 @@ def test_python_runtime_and_the_fallback():
             self.conv = nn.Conv2d(3, 8, 3, padding=1)
 
         def forward(self, x):
-            return torch.sigmoid(self.conv(x)).mean((2, 3))  # the plan has no sigmoid
+            return torch.exp(self.conv(x)).mean((2, 3))  # the plan has no exp
 
     r = measure_model_ms(Gated().eval(), {}, (3, 8, 8), threads=1, warmup=1, repeats=2, min_seconds=0)
     assert r["runtime"] == "python" and len(r["notes"]) == 1 and "Python path" in r["notes"][0]
+    assert r["fallback"]["blockers"] == ["node 'exp' (call_function exp): the plan has no op for it"]
     with pytest.raises(ConfigError, match="runtime"):
         measure_model_ms(model, {}, (3, 16, 16), runtime="jit")
