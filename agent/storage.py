@@ -17,7 +17,6 @@ which the CLI calls behind ``--trust-pickle``.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from uniprune.compressors.core.errors import RunDirError
-from uniprune.compressors.formats.fileio import write_bytes_atomic, write_json_atomic
+from uniprune.compressors.formats.fileio import read_json, write_bytes_atomic, write_json_atomic
 
 from .buffer import EpisodeRewardBuffer
 from .ddpg import AMCDDPG
@@ -122,10 +121,7 @@ def load_agent(path: str | os.PathLike, env: Any = None, *, device: str = "cpu",
     """
     folder = _agent_files(path)
     where = str(folder / SETTINGS)
-    try:
-        record = json.loads((folder / SETTINGS).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{where} cannot be read ({type(exc).__name__}); pass an agent.json a search wrote") from None
+    record = read_json(folder / SETTINGS, RunDirError, "pass an agent.json a search wrote")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise RunDirError(f"{where} is not a uniprune agent (format {record.get('format') if isinstance(record, dict) else None!r}, "
                           f"expected {FORMAT!r})")

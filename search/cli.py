@@ -9,15 +9,25 @@ on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from uniprune.compressors.core.errors import UnipruneError
+from uniprune.compressors.formats.locks import output_lock
 
 from .commands import COMMANDS
+from .commands.common import check_limits
+from .run_dir import run_dir_locks
+
+#: errors of the file system that are the user's to fix, shown as one line (anything else is a bug: a traceback)
+_FILE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
+                          errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EINVAL, errno.EBUSY, errno.EFBIG,
+                          errno.ENOTEMPTY, errno.EXDEV, errno.ELOOP, errno.EMLINK, errno.ETXTBSY})
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -88,9 +98,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args._run(args)
+        check_limits(args)
+        # rank 0 alone writes --out in a multi-process fine-tune (torchrun sets RANK)
+        out = getattr(args, "out", None) if os.environ.get("RANK", "0") in ("", "0") else None
+        with output_lock(out), run_dir_locks():
+            result = args._run(args)
     except UnipruneError as exc:
         print(f"uniprune {args.verb}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # the file system refused (read-only, immutable, full, name too long): the user's to fix
+        if exc.errno not in _FILE_ERRNOS:
+            raise
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"uniprune {args.verb}: error: cannot write or read{where}: {exc.strerror or exc}; choose another path or "
+              "fix its permissions", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"uniprune {args.verb}: interrupted", file=sys.stderr)

@@ -452,7 +452,8 @@ def _iter_images(source: Path) -> Iterator[tuple[tuple[str, str], str, bytes]]:
                 if handle is not None:
                     yield key, member.name, handle.read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read archive {source}: {exc} (expected a .tar.gz of an image folder)") from None
+        first = " ".join(str(exc).split())[:160]  # tarfile lists every method it tried, one per line
+        raise DataError(f"cannot read archive {source}: {first} (expected a .tar.gz of an image folder)") from None
 
 
 def _source_signature(source: Path) -> str:

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from uniprune.compressors.core.errors import RunDirError
-from uniprune.compressors.formats.fileio import write_json_atomic, write_text_atomic
+from uniprune.compressors.formats.fileio import read_json, write_json_atomic, write_text_atomic
 
 EPISODE_COLUMNS: tuple[str, ...] = (
     "episode", "reward", "val_accuracy", "latency_ratio", "size_ratio", "noise_sigma", "warmup", "best_reward", "seconds",
@@ -45,10 +45,7 @@ def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path} is unreadable ({exc}); {fix}") from None
+    data = read_json(path, RunDirError, fix)
     if not isinstance(data, dict):
         raise RunDirError(f"{path} must hold a JSON object; {fix}")
     return data
@@ -57,6 +54,51 @@ def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
 #: Run-directory locks this process holds, by lock file: flock locks belong to an open file, so a second open
 #: in the same process would conflict with the first.
 _HELD: dict[Path, Any] = {}
+
+
+@contextmanager
+def run_dir_locks() -> Iterator[None]:
+    """Run-directory locks taken inside the block are released at its end: a verb's lock lasts as long as the
+    verb, so a caller that runs verbs in one process (``uniprune demo``, a notebook, the tests) can run the next
+    from another process on the same directory."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for key in [k for k in _HELD if k not in before]:
+            _HELD.pop(key).close()
+
+
+def lock_run_dir(path: str | os.PathLike, then: str = "then run this again") -> Any:
+    """Hold ``run.lock`` in the existing directory ``path`` for as long as this process lives (the CLI releases it when the verb ends: :func:`run_dir_locks`): any verb that
+    writes a run directory (search, finetune, report) from another process into the same one is refused
+    with one line ending with ``then``. An OS lock (flock), so a process killed with -9 leaves no stale lock
+    behind. Returns the held file (None where the platform has no flock)."""
+    try:
+        import fcntl
+    except ImportError:  # not on this platform: no lock, as before
+        return None
+    key = (Path(path) / "run.lock").resolve()
+    if key in _HELD:  # this process holds it already (a resume after a stop, in one Python session)
+        return _HELD[key]
+    try:
+        fh = open(key, "a+")  # noqa: SIM115 - held open for the process's lifetime
+    except OSError as exc:
+        raise RunDirError(f"cannot lock the run directory {str(path)!r} ({exc.strerror or exc}); it must be writable") from None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise RunDirError(f"another process (pid {holder}) is writing {path}; wait for it to finish or stop it, "
+                          f"{then}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _HELD[key] = fh
+    return fh
 
 
 class RunDir:
@@ -70,31 +112,8 @@ class RunDir:
         self._lock_file: Any = None
 
     def _lock(self) -> None:
-        """Hold ``run.lock`` for as long as this process lives: a search from another process into the same
-        directory is refused. An OS lock (flock), so a process killed with -9 leaves no stale lock behind."""
-        try:
-            import fcntl
-        except ImportError:  # not on this platform: no lock, as before
-            return
         self.path.mkdir(parents=True, exist_ok=True)
-        key = (self.path / "run.lock").resolve()
-        if key in _HELD:  # this process holds it already (a resume after a stop, in one Python session)
-            self._lock_file = _HELD[key]
-            return
-        fh = open(key, "a+")  # noqa: SIM115 - held open for the process's lifetime
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            fh.close()
-            raise RunDirError(f"another process (pid {holder}) is writing {self.path}; wait for it to finish or stop it, "
-                              "then --resume") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._lock_file = _HELD[key] = fh
+        self._lock_file = lock_run_dir(self.path, "then --resume")
 
     @property
     def config_path(self) -> Path:
@@ -149,11 +168,9 @@ class RunDir:
         return run
 
     def _load(self, config: Mapping[str, Any]) -> None:
-        try:
-            stored = json.loads(self.config_path.read_text())
-            self.state = json.loads((self.path / "state.json").read_text()) if (self.path / "state.json").is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunDirError(f"{self.path} holds an unreadable config.json/state.json ({exc}); start over with --force") from None
+        fix = "the run directory is damaged: start over with --force"
+        stored = read_json(self.config_path, RunDirError, fix)
+        self.state = read_json(self.path / "state.json", RunDirError, fix) if (self.path / "state.json").is_file() else {}
         if not isinstance(stored, dict) or not isinstance(self.state, dict) or not isinstance(self.state.get("episodes", 0), int):
             raise RunDirError(f"{self.path}: config.json and state.json must hold JSON objects (state.json with an integer "
                               "'episodes'); the run directory is damaged: start over with --force")

@@ -259,11 +259,12 @@ class OptunaSearcher(Searcher):
 
 
 def _episodes_done(run_dir: Path) -> int:
-    import json
+    from uniprune.compressors.core.errors import RunDirError
+    from uniprune.compressors.formats.fileio import read_json
 
     try:
-        return int(json.loads((run_dir / "state.json").read_text()).get("episodes", 0))
-    except (OSError, ValueError):
+        return int(read_json(run_dir / "state.json", RunDirError, "").get("episodes", 0))
+    except (RunDirError, AttributeError, TypeError, ValueError, OverflowError):
         return 0
 
 

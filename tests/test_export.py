@@ -18,7 +18,6 @@ import pytest
 import torch
 from uniprune.compressors.core.blocks import compressible_layers
 from uniprune.compressors.core.projection import structured_weight
-from uniprune.compressors.formats.artifact import import_loader
 from uniprune.compressors.formats.checkpoint import save_compressed
 from uniprune.compressors.latency.table import random_structure
 from uniprune.compressors.native import kernels, uniprune_lean
@@ -27,6 +26,21 @@ from uniprune.search.cli import main
 from uniprune.search.models import build_model
 
 TOL = 1e-4
+
+
+def import_loader(directory: Path):
+    """The artifact's own ``uniprune_lean.py``, imported by file path: what its users run (no uniprune verb
+    ever imports it)."""
+    import hashlib
+    import importlib.util
+
+    path = Path(directory) / "uniprune_lean.py"
+    name = f"_artifact_loader_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +173,12 @@ def test_loader_refuses_bad_input(tmp_path, capsys, lean_cache):
     with pytest.raises(ValueError, match="float32"):
         model.run(np.zeros((1, 1, 8, 8), np.float64))
     assert model.run(np.zeros((0, 1, 8, 8), np.float32)).shape == (0, 10)
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros((2, 1, 8, 8), np.float32)
+        x[1, 0, 3, 3] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            model.run(x)
+        assert model.run(x, check_finite=False).shape == (2, 10)  # the caller's choice: no check, no error
 
 
 def _one_line_error(code: int, err: str, needle: str) -> None:
@@ -272,3 +292,28 @@ def test_export_policy_needs_a_model_and_compressed_takes_no_model(tmp_path, cap
     code, _, err = _export(capsys, "--compressed", str(policy), "--model", "digits-cnn", "--out", str(tmp_path / "b"))
     assert code != 0 and "go with --policy" in err and "Traceback" not in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bench_never_runs_the_artifacts_code(tmp_path, capsys, monkeypatch):
+    """bench reads only plan.json and weights.bin: a line added to the artifact's loader or C sources is never
+    run or compiled (the uniprune kernels run the plan), and the figures still come."""
+    monkeypatch.setenv("UNIPRUNE_LEAN_CACHE", str(tmp_path / "lean-cache"))
+    ckpt = tmp_path / "digits.pt"
+    _compressed(ckpt, "digits-cnn", (1, 8, 8), seed=12)
+    out = tmp_path / "art"
+    assert _export(capsys, "--compressed", str(ckpt), "--out", str(out))[0] == 0
+    marker = tmp_path / "ran.txt"
+    with open(out / "uniprune_lean.py", "a") as fh:
+        fh.write(f"\nopen({str(marker)!r}, 'w').write('the artifact ran')\n")
+    for name in ("uniprune_kernels.c", "uniprune_plan.c"):
+        with open(out / name, "a") as fh:
+            fh.write("\n#error compiled the artifact's C\n")
+    code = main(["bench", "--compressed", str(out), "--engines", "torch", "--threads", "1", "--repeats", "3",
+                 "--no-table", "--json"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert not marker.exists() and not (tmp_path / "lean-cache").exists()  # nothing imported, nothing compiled
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["runtime"] == "artifact" and result["max_rel_error"] <= TOL and result["compressed_ms"] > 0
+    assert not any(name.startswith("_uniprune_lean_") or name.startswith("_artifact_loader_") for name in sys.modules
+                   if str(out) in str(getattr(sys.modules[name], "__file__", "")))

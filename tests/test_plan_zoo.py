@@ -6,7 +6,8 @@ the native plan (``lower`` raises rather than fall back). None asserts a timing.
 
 from __future__ import annotations
 
-import numpy as np
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,15 +118,25 @@ def test_a_channels_last_view_is_refused_where_it_would_be_read_as_nchw():
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("ints", [
-    [0, -1, 2, 0, 4, 3, 3, 8, 3, 3, 5, 0, 4],  # channel_copy: output channels 5..8 of 8
-    [0, -1, 2, 0, 4, 3, 3, 8, 3, 3, 0, 1, 4],  # channel_copy: input channels 1..4 of 4
-    [0, -1, 2, 1, 4, 3, 3, 8, 3, 3, 0, 0, 4],  # channel_copy with an activation
-])
-def test_native_plan_refuses_out_of_range_copies(ints):
-    header = {"buffers": [0, 0, 72], "ops": [{"kind": plan.OP_CHCOPY, "ints": ints, "floats": "f", "kernel": None}]}
-    with pytest.raises(lean_rt.PlanRefused):
-        lean_rt.NativePlan(kernels.load(), header, {"f": np.zeros(2, np.float32)})
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
+@pytest.mark.parametrize("field,value", [(10, 5), (11, 1), (3, 1), (12, 0)])  # ooff, ioff, act, cnt
+def test_out_of_range_channel_copies_are_refused(field, value):
+    """A channel_copy reaching past either tensor is refused before it runs (the verifier and the executor)."""
+    spec = plan.lower_spec(Concat().eval(), torch.randn(1, 3, 3, 3), threads=1)
+    header = copy.deepcopy(spec.header)
+    op = next(op for op in header["ops"] if op["kind"] == plan.OP_CHCOPY)
+    op["ints"][field] = value
+    with pytest.raises(lean_rt.LeanError):
+        lean_rt.NativePlan(kernels.load(), header, spec.arrays)
+    assert lean_rt.NativePlan(kernels.load(), spec.header, spec.arrays).n_ops == len(spec.header["ops"])
 
 
 # resnet18 and mobilenet_v2 ran on the plan before issue 22; the others need its ops. The big ones are slow.
@@ -177,8 +188,6 @@ def test_timing_fallback_says_why_and_lists_every_blocker():
 def test_pruned_classifier_matches_the_masked_dense_model(name):
     """75 % of the blocks of every compressible layer but the stem and the classifier pruned, through
     compile_model's layers (grouped convs, channels-last Linears and squeeze-excitation convs among them)."""
-    import copy
-
     from uniprune.compressors.core.blocks import compressible_layers
     from uniprune.compressors.core.projection import structured_weight
     from uniprune.compressors.latency.table import random_structure

@@ -16,7 +16,6 @@ Layers not named in ``layers`` stay dense. Loading validates every field and rai
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..formats.fileio import write_json_atomic
+from ..formats.fileio import read_json, write_json_atomic
 from .errors import PolicyError
 
 POLICY_FORMAT = "uniprune.policy/1"
@@ -102,6 +101,8 @@ class Policy:
             except PolicyError as exc:
                 raise PolicyError(f"{source}: field 'layers.{name}': {exc}") from None
         block_shape: dict[str, tuple[int, int]] = {}
+        if not isinstance(data.get("block_shape") or {}, Mapping):
+            raise PolicyError(f"{source}: field 'block_shape' must be an object of layer kind -> [out, in]")
         for kind, shape in (data.get("block_shape") or {}).items():
             if (
                 not isinstance(shape, (list, tuple))
@@ -138,14 +139,17 @@ class Policy:
         path = Path(path)
         if not path.is_file():
             raise PolicyError(f"policy file {str(path)!r} does not exist: pass the policy.json a search wrote")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"policy file {str(path)!r} is not valid JSON ({exc}); re-run the search or fix the file") from None
+        data = read_json(path, PolicyError, "re-run the search or fix the file")
         return cls.from_dict(data, source=str(path))
 
 
 def float_or_raise(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PolicyError(f"expected a number, got {value!r}")
-    return float(value)
+    try:
+        out = float(value)
+    except OverflowError:  # an integer past float range, such as 10**400
+        out = math.inf
+    if not math.isfinite(out):
+        raise PolicyError(f"expected a finite number, got {str(value)[:24]}")
+    return out

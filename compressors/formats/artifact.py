@@ -15,32 +15,35 @@ artifact appears whole or not at all)::
 checkpoint it came from (path and sha256): ``uniprune bench --compressed DIR`` needs that checkpoint to
 build the dense model its engines run, and checks by the hash that it is the same file. An artifact carries
 no dense weights: it is what a user deploys, and the dense model is only the benchmark's baseline.
+
+What may run code: uniprune reads an artifact as data only. ``uniprune bench`` (:func:`open_artifact`) reads
+``plan.json`` and ``weights.bin`` with the installed ``uniprune_lean`` reader, verifies them
+(``verify_plan``), and runs them on uniprune's own kernels; it never imports the artifact's
+``uniprune_lean.py`` nor compiles its C sources. Those are for the artifact's users, whose ``Model`` compiles
+what the artifact ships: an artifact is code, to be trusted like any other code.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import CheckpointError, ConfigError, KernelBuildError, ModelError
+from ..core.errors import CheckpointError, ConfigError, ModelError
 from ..latency.engines import dense_engines, race
 from ..latency.timing import SPREAD_SECONDS, check_threads
 from ..native import kernels
 from ..native import uniprune_lean as lean_rt
-from ..native.plan import LeanSpec
+from ..native.plan import LeanModel, LeanSpec
+from .fileio import read_json
 
 LOADER = "uniprune_lean.py"
 README = "README.md"
@@ -107,6 +110,11 @@ y = model.run({example})
 
 or, to check it builds and see its speed here: `python uniprune_lean.py --batch-size 8`.
 
+An artifact is code: `uniprune_lean.py` runs, and it compiles and loads the C sources beside it. Trust it as you
+would any other code you run, and take it only from whoever you would take code from. Its loader checks
+`plan.json` and `weights.bin` (every op, buffer and array, and the weights' sha256) before any native call,
+and `uniprune bench --compressed DIR` reads only those two files, never the code.
+
 The first `Model(...)` compiles `uniprune_kernels.c` and `uniprune_plan.c` (a few seconds) with `$CC` (else
 cc, gcc, clang), `-O3` and the widest vector ISA the CPU has, or the one `UNIPRUNE_ISA` names (avx512, avx2,
 generic); the library is cached in `$UNIPRUNE_LEAN_CACHE` (default `~/.cache/uniprune-lean`) under a hash of
@@ -162,11 +170,7 @@ def read_header(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / lean_rt.PLAN_FILE
     if not Path(directory).is_dir():
         raise CheckpointError(f"artifact directory {str(directory)!r} does not exist; pass the --out of 'uniprune export'")
-    try:
-        header = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is missing or unreadable ({type(exc).__name__}); pass a directory 'uniprune export' "
-                              "wrote") from None
+    header = read_json(path, CheckpointError, "pass a directory 'uniprune export' wrote")
     if not isinstance(header, dict) or header.get("format") != lean_rt.FORMAT:
         raise CheckpointError(f"{path} is not a uniprune lean plan (format {header.get('format') if isinstance(header, dict) else None!r}, "
                               f"expected {lean_rt.FORMAT!r}); export the model again")
@@ -189,65 +193,48 @@ def source_checkpoint(directory: str | os.PathLike, given: str | os.PathLike | N
     return Path(path)
 
 
-def import_loader(directory: str | os.PathLike) -> ModuleType:
-    """The artifact's own ``uniprune_lean.py``, imported by file path (not the installed module), so what is
-    timed is what was shipped."""
-    path = Path(directory) / LOADER
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing; the artifact is incomplete, export it again")
-    name = f"_uniprune_lean_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    except Exception as exc:  # noqa: BLE001 - a broken loader file is the artifact's fault, in one line
-        del sys.modules[name]
-        raise CheckpointError(f"{path} cannot be imported ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    return module
-
-
-def open_artifact(directory: str | os.PathLike, *, threads: int | None = None) -> Any:
-    """The artifact's ``Model``, built by its own loader; loader errors as one-line uniprune errors."""
-    loader = import_loader(directory)
-    try:
-        return loader.Model(directory, threads=threads)
-    except loader.LeanError as exc:
-        raise CheckpointError(str(exc)) from None
-    except loader.BuildError as exc:
-        raise KernelBuildError(str(exc)) from None
+def open_artifact(directory: str | os.PathLike, *, threads: int | None = None) -> LeanModel:
+    """The artifact in ``directory`` as a :class:`~uniprune.compressors.native.plan.LeanModel`: its ``plan.json``
+    and ``weights.bin`` read and verified by the installed reader
+    (:func:`~uniprune.compressors.native.uniprune_lean.read_plan`, :func:`~uniprune.compressors.native.uniprune_lean.verify_plan`)
+    and run on uniprune's own kernels, built from the package's sources. Nothing the artifact holds is imported
+    or compiled: its ``uniprune_lean.py`` and C sources are code, and only its plan and weights are data.
+    One-line CheckpointError or ModelError for a plan that fails its checks."""
+    read_header(directory)  # a missing or foreign directory, in the artifact's words
+    return LeanModel(LeanSpec.load(directory), threads=threads)
 
 
 def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch_size: int = 1, threads: int | None = None,
                         warmup: int = 10, repeats: int = 50, seed: int = 0, statistic: str = "median",
                         min_seconds: float = SPREAD_SECONDS, engines: Sequence[str] | None = None) -> dict[str, Any]:
-    """Whole-model ms of every dense engine running ``model`` and of the artifact in ``directory`` (through its
-    own loader), interleaved in one process, as :func:`~uniprune.compressors.latency.table.measure_model_ms` reports
+    """Whole-model ms of every dense engine running ``model`` and of the artifact in ``directory`` (its plan
+    and weights on uniprune's own reader and kernels, :func:`open_artifact`), interleaved in one process, as :func:`~uniprune.compressors.latency.table.measure_model_ms` reports
     them (``runtime`` ``"artifact"``).
 
     ``model``: the dense model with the compressed weights (its structures already in the weights), whose
     output the artifact's must match (relative error <= 1e-4 of the output's scale, else a ModelError:
     the artifact is not this model). ``batch_size`` >= 1; ``threads`` >= 1 (default: the artifact's).
     """
-    header = read_header(directory)
-    shape = tuple(int(s) for s in header["input_shape"])
-    n = check_threads(threads if threads is not None else int(header.get("threads") or 1))
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    art = open_artifact(directory, threads=n)
+    if threads is not None:
+        check_threads(threads)
+    art = open_artifact(directory, threads=threads)  # the plan verified before any field of it is used
+    shape = art.input_shape
+    n = threads if threads is not None else int(art.header.get("threads") or 1)
+    art.threads = n
     x = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed))
-    xn = np.ascontiguousarray(x.numpy())
     dense = dense_engines(model, x, threads=n, engines=engines)
     with torch.no_grad():
         ref = model.eval()(x)
-    err = float((torch.from_numpy(art.run(xn)) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    err = float((art(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
     if not err <= 1e-4:
         raise ModelError(f"the artifact's output differs from the checkpoint's model (relative error {err:.2g}); "
                          "it was exported from another checkpoint: export it again or pass the right --checkpoint")
-    result = race(dense, lambda: art.run(xn), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
+    result = race(dense, lambda: art(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
                   statistic=statistic)
     return {**result, "runtime": "artifact", "max_rel_error": err}
 
 
-__all__ = ["LOADER", "README", "check_out_dir", "file_sha256", "import_loader", "measure_artifact_ms", "open_artifact",
+__all__ = ["LOADER", "README", "check_out_dir", "file_sha256", "measure_artifact_ms", "open_artifact",
            "read_header", "source_checkpoint", "write_artifact"]

@@ -10,7 +10,27 @@ from typing import Any
 
 import torch
 
-from ..core.errors import NonFiniteError
+from ..core.errors import NonFiniteError, UnipruneError
+from ..native.uniprune_lean import LeanError, loads_json
+
+
+def parse_json(data: str | bytes, error: type[UnipruneError], where: str, fix: str) -> Any:
+    """``data`` as strict JSON (:func:`~uniprune.compressors.native.uniprune_lean.loads_json`: no repeated key,
+    no NaN, at most 64 levels of nesting, no integer of thousands of digits); ``error`` of one line naming
+    ``where`` and ending with ``fix`` otherwise. Every JSON file uniprune reads goes through here."""
+    try:
+        return loads_json(data)
+    except LeanError as exc:
+        raise error(f"{where}: {exc}; {fix}") from None
+
+
+def read_json(path: str | os.PathLike, error: type[UnipruneError], fix: str) -> Any:
+    """The strict JSON in the file ``path`` (see :func:`parse_json`); ``error`` of one line when it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"{str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); {fix}") from None
+    return parse_json(data, error, repr(str(path)), fix)
 
 
 def first_non_finite(obj: Any, where: str = "") -> str | None:

@@ -35,11 +35,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.blocks import DEFAULT_BLOCK_SHAPES, compressible_layers
-from ..core.errors import ConfigError, ModelError
+from ..core.errors import CheckpointError, ConfigError, ModelError
 from ..core.policy import LayerAction
 from ..core.projection import BlockClasses
 from ..core.structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
-from ..formats.fileio import write_json_atomic
+from ..formats.fileio import read_json, write_json_atomic
 from ..native import kernels
 from ..native.plan import compile_lean, compile_lean_spec
 from ..native.runtime import compile_model
@@ -75,8 +75,8 @@ def _example_input(input_shape: Sequence[int], batch_size: int, seed: int) -> to
 
 #: How a compressed model runs when it is timed: ``"lean"`` (default), one native plan per forward pass
 #: (:mod:`uniprune.compressors.native.plan`), built from the same spec ``uniprune export`` writes; ``"artifact"``, that
-#: spec exported to a temporary folder and run through the artifact's own loader (numpy + ctypes, its own
-#: build of the C sources), exactly what a user deploys; ``"python"``, the compiled nn.Module whose layers
+#: spec exported to a temporary folder and read back as ``uniprune bench --compressed DIR`` reads an artifact
+#: (plan and weights verified, on uniprune's own kernels), exactly the files a user deploys; ``"python"``, the compiled nn.Module whose layers
 #: call the kernels one by one (about 5 µs of Python a layer).
 RUNTIMES = ("lean", "artifact", "python")
 
@@ -114,8 +114,9 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
 
 
 def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int) -> Any:
-    """The compressed model exported to a temporary artifact and opened through its own loader; the folder
-    lives as long as the returned callable (``torch [N, C, H, W] -> torch``)."""
+    """The compressed model exported to a temporary artifact and read back (plan and weights, verified, on
+    uniprune's own kernels: :func:`~uniprune.compressors.formats.artifact.open_artifact`); the folder lives as
+    long as the returned callable (``torch [N, C, H, W] -> torch``)."""
     import tempfile
 
     from ..formats.artifact import open_artifact, write_artifact
@@ -126,7 +127,7 @@ def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: tor
     art = open_artifact(Path(folder.name) / "artifact", threads=threads)
 
     def run(inputs: torch.Tensor, _keep: Any = folder) -> torch.Tensor:
-        return torch.from_numpy(art.run(inputs.numpy()))
+        return art(inputs)
 
     return run
 
@@ -323,8 +324,8 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     path = folder / f"latency-{key}.json"
     if path.exists():
         try:
-            lm = LatencyModel.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            lm = LatencyModel.from_dict(read_json(path, CheckpointError, "it is measured again"))
+        except (ValueError, KeyError, TypeError, OverflowError, CheckpointError):
             lm = None  # a damaged cache file is measured again and overwritten
         if lm is not None:
             if not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress, runtime):

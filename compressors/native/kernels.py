@@ -117,7 +117,20 @@ def _flags_key(cc: str, flags: list[str]) -> str:
 
 
 def _library_path(cc: str, target: str, flags: list[str]) -> Path:
-    return cache_dir() / f"uniprune_kernels-{target}-{_flags_key(cc, flags)}.so"
+    tag = "-asan" if "-fsanitize=address" in flags else ""
+    return cache_dir() / f"uniprune_kernels-{target}{tag}-{_flags_key(cc, flags)}.so"
+
+
+def _sanitize_flags() -> list[str]:
+    """``UNIPRUNE_SANITIZE=address``: an AddressSanitizer build (its own cache file; for the fuzzer, loaded
+    with ``LD_PRELOAD`` of libasan, see benchmarks/fuzz_plan.py). Unset (the default), no flags: a normal
+    build and its cache key are as they always were."""
+    mode = os.environ.get("UNIPRUNE_SANITIZE", "").strip().lower()
+    if not mode:
+        return []
+    if mode != "address":
+        raise KernelBuildError(f"UNIPRUNE_SANITIZE must be 'address' or unset, got {mode!r}")
+    return ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
 
 
 def build(force: bool = False, verbose: bool = False, isa: str | None = None) -> Path:
@@ -127,7 +140,7 @@ def build(force: bool = False, verbose: bool = False, isa: str | None = None) ->
     cc = _compiler()
     errors = []
     for flags in _ISA_FLAGS[target]:
-        flags = flags + _COMMON_FLAGS
+        flags = flags + _COMMON_FLAGS + _sanitize_flags()
         path = _library_path(cc, target, flags)
         if path.exists() and not force:
             _built[target] = (path, flags)

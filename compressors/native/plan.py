@@ -859,7 +859,8 @@ def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose:
                 alone = PlanOp(cand.kind, cand.node, [0], 1, cand.shape_in, cand.shape_out, cand.act, cand.lo, cand.hi,
                                cand.params, None, cand.kernel)
                 records, arrays = _records([alone])
-                plans[name] = _native(lib, {"buffers": [0, 0], "ops": records}, arrays)
+                plans[name] = _native(lib, {"buffers": [0, 0], "ops": records, "input_shape": list(cand.shape_in),
+                                            "output_shape": list(cand.shape_out)}, arrays)
             xp, yp = x.data_ptr(), y.data_ptr()
             best = fastest({k: (lambda p=p, xp=xp, yp=yp: p.run(xp, yp, batch, threads)) for k, p in plans.items()})
             for p in plans.values():
@@ -910,6 +911,10 @@ class LeanModel(nn.Module):
         if threads is not None:
             check_threads(threads)
         header = spec.header
+        try:  # every field is checked before one is used (the native plan checks again, cheaply)
+            lean_rt.verify_plan(header, spec.arrays)
+        except lean_rt.LeanError as exc:
+            raise ModelError(f"the lean plan cannot be built: {exc}") from None
         self.header = {k: v for k, v in header.items() if k != "arrays"}
         self.input_shape = tuple(int(s) for s in header["input_shape"])
         self.output_shape = tuple(int(s) for s in header["output_shape"])

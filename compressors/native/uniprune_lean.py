@@ -42,6 +42,7 @@ import argparse
 import ctypes
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -51,9 +52,9 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -107,20 +108,27 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, dict
 
 
 def unpack_arrays(blob: bytes | memoryview | np.ndarray, index: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """The arrays :func:`pack_arrays` packed, as read-only views of ``blob``; LeanError for an index that
-    does not fit it."""
+    """The arrays :func:`pack_arrays` packed, as read-only views of ``blob``; LeanError for an index entry
+    that is malformed (dtype, shape, offset) or does not fit inside ``blob``."""
     buf = memoryview(blob).cast("B") if not isinstance(blob, np.ndarray) else blob.reshape(-1).view(np.uint8)
+    if not isinstance(index, Mapping):
+        raise LeanError(f"plan field 'arrays' must be a JSON object, got {type(index).__name__}")
     out = {}
     for name, rec in index.items():
-        try:
-            dtype = np.dtype(_DTYPES[rec["dtype"]]).newbyteorder("<")
-            shape = tuple(int(s) for s in rec["shape"])
-            count, offset = int(np.prod(shape, dtype=np.int64)), int(rec["offset"])
-        except (KeyError, TypeError, ValueError):
-            raise LeanError(f"array {name!r} has a malformed index entry {dict(rec)!r}") from None
-        if offset < 0 or offset % _ALIGN or offset + count * dtype.itemsize > len(buf):
+        where = f"plan field 'arrays'[{_show(name)}]"
+        if not isinstance(rec, Mapping) or type(rec.get("dtype")) is not str or rec["dtype"] not in _DTYPES:
+            raise LeanError(f"{where} must be an object with a dtype of {', '.join(_DTYPES)}, got {_show(rec)}")
+        dtype = np.dtype(_DTYPES[rec["dtype"]]).newbyteorder("<")
+        shape = rec.get("shape")
+        if type(shape) is not list or len(shape) > 8:
+            raise LeanError(f"{where} field 'shape' must be a list of at most 8 integers, got {_show(shape)}")
+        shape = tuple(_int(s, 0, MAX_ELEMENTS, where, " field 'shape'") for s in shape)
+        count = _prod(shape)
+        offset = _int(rec.get("offset"), 0, 1 << 62, where, " field 'offset'")
+        if offset % _ALIGN or count > MAX_ELEMENTS or offset + count * dtype.itemsize > len(buf):
             raise LeanError(f"array {name!r} ({count} x {dtype.name} at byte {offset}) lies outside the "
-                            f"{len(buf)}-byte weights; the plan and weights files do not belong together")
+                            f"{len(buf)}-byte weights or off a {_ALIGN}-byte boundary; the plan and weights files do not "
+                            "belong together")
         out[name] = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
     return out
 
@@ -157,30 +165,418 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def read_plan(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(header, arrays)`` of the plan in ``directory``; LeanError naming the file for anything missing,
-    foreign or damaged (the weights' sha256 is checked)."""
+    foreign or damaged (see :func:`parse_plan`)."""
     directory = Path(directory)
-    path = directory / PLAN_FILE
+    path, wpath = directory / PLAN_FILE, directory / WEIGHTS_FILE
     if not path.is_file():
         raise LeanError(f"{path} does not exist; pass the directory 'uniprune export --out' wrote")
     try:
-        header = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LeanError(f"{path} is not readable JSON ({str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        got = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise LeanError(f"{path} has format {got!r}, expected {FORMAT!r}; export the model again with this version")
-    for key, kind in (("ops", list), ("buffers", list), ("input_shape", list), ("output_shape", list),
-                      ("arrays", dict), ("weights", dict)):
-        if not isinstance(header.get(key), kind):
-            raise LeanError(f"{path}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
-    wpath = directory / str(header["weights"].get("file", WEIGHTS_FILE))
+        text = path.read_bytes()
+    except OSError as exc:
+        raise LeanError(f"{path} is not readable ({exc.strerror or exc})") from None
     try:
         blob = wpath.read_bytes()
     except OSError as exc:
         raise LeanError(f"cannot read {wpath} ({exc.strerror or exc}); the artifact is incomplete") from None
+    return parse_plan(text, blob, str(path))
+
+
+def parse_plan(text: bytes | str, blob: bytes, where: str = PLAN_FILE) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(header, arrays)`` of a plan from the bytes of its ``plan.json`` (``text``, strict JSON:
+    :func:`loads_json`) and ``weights.bin`` (``blob``): the header's fields, the weights' sha256 and every
+    array's index entry checked (:func:`unpack_arrays`); LeanError starting with ``where`` otherwise. The ops
+    are checked by :func:`verify_plan`, which every native plan runs first."""
+    try:
+        header = loads_json(text)
+    except LeanError as exc:
+        raise LeanError(f"{where}: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise LeanError(f"{where} has format {_show(got)}, expected {FORMAT!r}; export the model again with this version")
+    for key, kind in (("ops", list), ("buffers", list), ("input_shape", list), ("output_shape", list),
+                      ("arrays", dict), ("weights", dict)):
+        if not isinstance(header.get(key), kind):
+            raise LeanError(f"{where}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
+    if header["weights"].get("file", WEIGHTS_FILE) != WEIGHTS_FILE:  # never a path to elsewhere
+        raise LeanError(f"{where}: field 'weights' names file {_show(header['weights'].get('file'))}, expected {WEIGHTS_FILE!r}")
     if hashlib.sha256(blob).hexdigest() != header["weights"].get("sha256"):
-        raise LeanError(f"{wpath} does not match the sha256 in {path}; the weights are damaged or from another export")
+        raise LeanError(f"{WEIGHTS_FILE} does not match the sha256 in {where}; the weights are damaged or from another export")
     return header, unpack_arrays(blob, header["arrays"])
+
+
+# --------------------------------------------------------------------------------------------- verifier
+# A plan file is data from anywhere, so every number in it is checked here before any native call: a plan
+# verify_plan accepts reads and writes only inside the buffers and arrays it names (csrc/uniprune_plan.c
+# checks the indices it is handed too; this is the check that can name the op and the field). Table-driven:
+# an op kind is one entry of _OPS, a kernel type one of _KERNELS, a weight precision one of PRECISIONS.
+
+MAX_DIM = 1 << 24             # one extent of a shape: channels, height, width or features
+MAX_SAMPLE_FLOATS = 1 << 34   # floats per sample of one buffer (64 GiB; csrc/uniprune_plan.c MAX_FLOATS)
+MAX_BUFFERS = 1 << 16         # csrc/uniprune_plan.c MAX_BUFS
+MAX_OPS = 1 << 20
+MAX_THREADS = 1024
+MAX_BATCH = 1 << 24
+MAX_PARAM = 1 << 16           # a window, stride, padding, dilation or shift (csrc/uniprune_plan.c MAX_PARAM)
+MAX_ELEMENTS = 1 << 40        # elements of one array of weights.bin
+#: A plan's ``"precision"`` (default float32) -> the dtype of its kernels' packed weights ``w``.
+PRECISIONS: dict[str, str] = {"float32": "float32"}
+_HEADER_NAMES = ("in0", "in1", "out", "act", "C", "H", "W", "Co", "Ho", "Wo")
+_IN0, _IN1, _OUT, _ACT, _C, _H, _W, _CO, _HO, _WO = range(10)  # positions in an op's "ints"
+#: Each op parameter's range; a name shared by several kinds means the same thing in each.
+_PARAM_RANGES: dict[str, tuple[int, int]] = {
+    "kh": (1, MAX_PARAM), "kw": (1, MAX_PARAM), "sh": (1, MAX_PARAM), "sw": (1, MAX_PARAM), "ph": (0, MAX_PARAM),
+    "pw": (0, MAX_PARAM), "dh": (1, MAX_PARAM), "dw": (1, MAX_PARAM), "groups": (1, MAX_DIM), "has_bias": (0, 1),
+    "is_max": (0, 1), "count_include_pad": (0, 1), "clo": (-MAX_DIM, MAX_DIM), "pt": (-MAX_PARAM, MAX_PARAM),
+    "pl": (-MAX_PARAM, MAX_PARAM), "mode": (0, 1), "ooff": (0, MAX_DIM), "ioff": (0, MAX_DIM), "cnt": (1, MAX_DIM),
+    "g": (1, MAX_DIM), "has_affine": (0, 1)}
+ACT_LAST = 8  # csrc/uniprune_plan.c: relu, clamp, hardswish, hardsigmoid, silu, gelu, sigmoid, gelu (tanh)
+_WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw")
+_GEOM_RANGES = tuple(zip(("Co", "Ci", *_WINDOW), (1, 1, 1, 1, 1, 1, 0, 0, 1, 1), (MAX_DIM, MAX_DIM, *[MAX_PARAM] * 8)))
+_DTYPE_CHARS = {name: np.dtype(t).char for name, t in _DTYPES.items()}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+def _int(value: Any, lo: int, hi: int, where: str, field: str = "") -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise LeanError(f"{where}{field} must be an integer in [{lo}, {hi}], got {_show(value)}")
+    return value
+
+
+def _extent(n: int, k: int, s: int, p: int, d: int) -> int:
+    """Output extent of a conv or pool window along one axis, as torch computes it (< 1: the window does not fit)."""
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _window_out(v: list[int], kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int) -> str | None:
+    ho, wo = _extent(v[_H], kh, sh, ph, dh), _extent(v[_W], kw, sw, pw, dw)
+    if ho != v[_HO] or wo != v[_WO]:
+        return f"ints Ho/Wo: the op says {v[_HO]}x{v[_WO]}, its {kh}x{kw} window on {v[_H]}x{v[_W]} gives {ho}x{wo}"
+    return None
+
+
+def _same_shape(v: list[int], k: Any) -> str | None:
+    if v[_C] != v[_CO] or v[_H] != v[_HO] or v[_W] != v[_WO]:
+        return f"ints Co/Ho/Wo: an elementwise op keeps its shape, got {v[_C:_W + 1]} -> {v[_CO:_WO + 1]}"
+    return None
+
+
+def _geom_conv(v: list[int], k: tuple[int, ...]) -> str | None:
+    if k[0] != v[_CO] or k[1] != v[_C]:
+        return f"kernel.geom: the kernel maps {k[1]} -> {k[0]} channels, the op {v[_C]} -> {v[_CO]}"
+    return _window_out(v, *k[2:])
+
+
+def _geom_gemv(v: list[int], k: tuple[int, ...]) -> str | None:
+    if k[0] != v[_CO] * v[_HO] * v[_WO] or k[1] != v[_C] * v[_H] * v[_W]:
+        return f"kernel out/in: the kernel maps {k[1]} -> {k[0]} features, the op {v[_C] * v[_H] * v[_W]} -> " \
+               f"{v[_CO] * v[_HO] * v[_WO]}"
+    return None
+
+
+def _geom_gconv(v: list[int], k: None) -> str | None:
+    groups = v[18]
+    if v[_C] % groups or v[_CO] % groups:
+        return f"ints groups: {groups} does not divide {v[_C]} input and {v[_CO]} output channels"
+    return _window_out(v, *v[10:18])
+
+
+def _ceil_extent(n: int, k: int, s: int, p: int) -> int:
+    """Output extent of a pool in ceil mode, as torch computes it (the last window starts inside the input or its
+    left padding)."""
+    out = -(-(n + 2 * p - k) // s) + 1
+    return out - 1 if (out - 1) * s >= n + p else out
+
+
+def _geom_pool(v: list[int], k: None) -> str | None:
+    if v[_CO] != v[_C]:
+        return f"ints Co: a pool keeps its {v[_C]} channels, got {v[_CO]}"
+    kh, kw, sh, sw, ph, pw = v[10:16]
+    if (v[_HO], v[_WO]) == (_ceil_extent(v[_H], kh, sh, ph), _ceil_extent(v[_W], kw, sw, pw)):
+        return None  # ceil mode
+    return _window_out(v, *v[10:16], 1, 1)
+
+
+def _geom_chcopy(v: list[int], k: None) -> str | None:
+    ooff, ioff, cnt = v[10:13]
+    if ooff + cnt > v[_CO] or ioff + cnt > v[_C] or v[_H] != v[_HO] or v[_W] != v[_WO] or v[_ACT] != 0:
+        return f"ints: channels {ioff}..{ioff + cnt} of {v[_C]} to {ooff}..{ooff + cnt} of {v[_CO]} " \
+               f"({v[_H]}x{v[_W]} -> {v[_HO]}x{v[_WO]}, act {v[_ACT]}) do not fit"
+    return None
+
+
+def _geom_shuffle(v: list[int], k: None) -> str | None:
+    if v[_C] % v[10] or v[_ACT] != 0:
+        return f"ints g: {v[10]} groups must divide {v[_C]} channels, with act 0 (got {v[_ACT]})"
+    return _same_shape(v, k)
+
+
+def _geom_gap(v: list[int], k: None) -> str | None:
+    if v[_CO] != v[_C] or v[_HO] != 1 or v[_WO] != 1:
+        return f"ints Co/Ho/Wo: a global pool gives [{v[_C]}, 1, 1], got {v[_CO:_WO + 1]}"
+    return None
+
+
+def _geom_im2col(v: list[int], k: tuple[int, ...]) -> str | None:
+    patch, mode = v[_C] * v[10] * v[11], v[18]
+    want = (v[_CO], patch) if mode == 0 else (v[_CO], patch, 1, 1, 1, 1, 0, 0, 1, 1)
+    if tuple(k) != want:
+        return f"kernel: an im2col conv in mode {mode} needs a kernel {list(want)}, got {list(k)}"
+    return _window_out(v, *v[10:18])
+
+
+def _geom_none(v: list[int], k: Any) -> str | None:
+    return None
+
+
+def _floats_none(v: list[int]) -> int:
+    return 0
+
+
+class _Kind(NamedTuple):
+    """One op kind of csrc/uniprune_plan.c: its parameters (after the header ints), the kernel it runs
+    (``"conv"``, ``"gemv"``, ``"mode"``: by its ``mode`` parameter, or None), whether it may read a fused
+    residual (in1) or write over its input, its floats after lo and hi, and its geometry check."""
+    name: str
+    params: tuple[str, ...]
+    kernel: str | None
+    residual: bool
+    in_place: bool
+    floats: Callable[[list[int]], int]
+    geometry: Callable[[list[int], Any], str | None]
+
+
+_OPS: dict[int, _Kind] = {  # the numbers are csrc/uniprune_plan.c's op kinds
+    1: _Kind("conv", (), "conv", True, False, _floats_none, _geom_conv),
+    2: _Kind("linear", (), "gemv", True, False, _floats_none, _geom_gemv),
+    3: _Kind("grouped_conv", (*_WINDOW, "groups", "has_bias"), None, True, False,
+             lambda v: v[_CO] * (v[_C] // v[18]) * v[10] * v[11] + v[_CO] * v[19], _geom_gconv),
+    4: _Kind("add", (), None, True, True, _floats_none, _same_shape),
+    5: _Kind("act", (), None, False, True, _floats_none, _same_shape),
+    6: _Kind("affine", (), None, False, True, lambda v: 2 * v[_C], _same_shape),
+    7: _Kind("global_avg_pool", (), None, False, False, _floats_none, _geom_gap),
+    8: _Kind("pool", ("kh", "kw", "sh", "sw", "ph", "pw", "is_max", "count_include_pad"), None, False, False,
+             _floats_none, _geom_pool),
+    9: _Kind("slice_pad", ("sh", "sw", "clo", "pt", "pl"), None, False, False, _floats_none, _geom_none),
+    10: _Kind("copy", (), None, False, True, _floats_none, _same_shape),
+    11: _Kind("im2col_conv", (*_WINDOW, "mode"), "mode", True, False, _floats_none, _geom_im2col),
+    12: _Kind("channel_mul", (), None, True, True, _floats_none, _same_shape),  # in1: the gate, C floats a sample
+    13: _Kind("channel_copy", ("ooff", "ioff", "cnt"), None, False, False, _floats_none, _geom_chcopy),
+    14: _Kind("channel_shuffle", ("g",), None, False, False, _floats_none, _geom_shuffle),
+    15: _Kind("channel_layer_norm", ("has_affine",), None, False, False, lambda v: 1 + 2 * v[_C] * v[10], _same_shape),
+}
+#: per kind: (name, lo, hi) of each integer after act (C H W Co Ho Wo and the parameters), and the ints' count
+_RANGES = {kind: (tuple(zip(_HEADER_NAMES[_C:] + k.params, [1] * 6 + [_PARAM_RANGES[n][0] for n in k.params],
+                            [MAX_DIM] * 6 + [_PARAM_RANGES[n][1] for n in k.params])), 10 + len(k.params))
+           for kind, k in _OPS.items()}
+
+
+def _array(arrays: Mapping[str, np.ndarray], name: Any, dtype: str, size: int | None, where: str, field: str) -> np.ndarray:
+    a = arrays.get(name) if type(name) is str else None
+    if a is None:
+        raise LeanError(f"{where}{field} names array {_show(name)}, which the plan's arrays do not hold")
+    if a.dtype.char != _DTYPE_CHARS[dtype]:
+        raise LeanError(f"{where}{field}: array {name!r} is {a.dtype.name}, expected {dtype}")
+    if size is not None and a.size != size:
+        raise LeanError(f"{where}{field}: array {name!r} has {a.size} elements, expected {size}")
+    return a
+
+
+def _panels(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], panels: int, rows: int, taps: int, ci: int,
+            co: int, precision: str, where: str) -> None:
+    """The packed arrays of a kernel of ``panels`` panels of ``rows`` outputs: sizes against each other and
+    the kernel's geometry (their contents, the panel pointers and channel indices, csrc/uniprune_kernels.c checks)."""
+    ptr = _array(arrays, k.get("panel_ptr"), "int32", panels + 1, where, " kernel.panel_ptr").reshape(-1)  # any shape
+    first, nnz = ptr[0].item(), ptr[-1].item()
+    if first != 0 or not 0 <= nnz <= panels * ci:
+        raise LeanError(f"{where} kernel.panel_ptr: runs from {first} to {nnz}, expected 0 to at most {panels * ci}")
+    _array(arrays, k.get("ch"), "int32", nnz, where, " kernel.ch")
+    _array(arrays, k.get("w"), PRECISIONS[precision], nnz * taps * rows, where, " kernel.w")
+    if k.get("bias") is not None:
+        _array(arrays, k["bias"], "float32", co, where, " kernel.bias")
+
+
+def _kernel_conv(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], precision: str, where: str) -> tuple[int, ...]:
+    geom = k.get("geom")
+    if type(geom) is not list or len(geom) != 10:
+        raise LeanError(f"{where} kernel.geom must be a list of 10 integers, got {_show(geom)}")
+    for v, (name, lo, hi) in zip(geom, _GEOM_RANGES):
+        if type(v) is not int or not lo <= v <= hi:
+            _int(v, lo, hi, where, f" kernel.geom {name}")
+    rows = k.get("rows")
+    if type(rows) is not int or rows not in (1, 2, 4, 8):
+        raise LeanError(f"{where} kernel.rows must be 1, 2, 4 or 8, got {_show(rows)}")
+    _panels(k, arrays, -(-geom[0] // rows), rows, geom[2] * geom[3], geom[1], geom[0], precision, where)
+    return tuple(geom)
+
+
+def _kernel_gemv(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], precision: str, where: str) -> tuple[int, ...]:
+    co = _int(k.get("out"), 1, MAX_SAMPLE_FLOATS, where, " kernel.out")
+    ci = _int(k.get("in"), 1, MAX_SAMPLE_FLOATS, where, " kernel.in")
+    _panels(k, arrays, -(-co // _KERNEL_ROWS), _KERNEL_ROWS, 1, ci, co, precision, where)
+    return co, ci
+
+
+_KERNELS: dict[str, Callable[..., tuple[int, ...]]] = {"conv": _kernel_conv, "gemv": _kernel_gemv}
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    if type(value) is not list or not 1 <= len(value) <= 4:
+        raise LeanError(f"{where} must be a list of 1 to 4 integers, got {_show(value)}")
+    return tuple(_int(v, 1, MAX_DIM, where, f"[{j}]") for j, v in enumerate(value))
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Check a plan before anything native sees it; a LeanError of one line naming the op and the field
+    otherwise. Checked: header integers in range; ``ops`` non-empty; each op's kind, integers and geometry
+    (output extents from its window, channels against its kernel's); every buffer's size against what each
+    op reads and writes there (buffer 0 holds exactly ``input_shape``, buffer 1 ``output_shape``) and its
+    lifetime (no op reads a buffer before one writes it; the output is written); each array an op or kernel
+    names against the op (dtype, element count). The arrays' offsets in weights.bin: :func:`unpack_arrays`.
+    """
+    if not isinstance(header, Mapping):
+        raise LeanError(f"the plan header must be a JSON object, got {type(header).__name__}")
+    for key, hi in (("threads", MAX_THREADS), ("batch_size", MAX_BATCH)):
+        if header.get(key) is not None:
+            _int(header[key], 1, hi, "plan field ", repr(key))
+    precision = header.get("precision", "float32")
+    if type(precision) is not str or precision not in PRECISIONS:
+        raise LeanError(f"plan field 'precision' must be one of {', '.join(PRECISIONS)}, got {_show(precision)}")
+    size_in = _prod(_shape(header.get("input_shape"), "plan field 'input_shape'"))
+    size_out = _prod(_shape(header.get("output_shape"), "plan field 'output_shape'"))
+    if max(size_in, size_out) > MAX_SAMPLE_FLOATS:
+        raise LeanError(f"plan fields 'input_shape'/'output_shape' hold more than {MAX_SAMPLE_FLOATS} floats per sample")
+    buffers, ops = header.get("buffers"), header.get("ops")
+    if type(buffers) is not list or not 2 <= len(buffers) <= MAX_BUFFERS:
+        raise LeanError(f"plan field 'buffers' must be a list of 2 to {MAX_BUFFERS} integers, got {_show(buffers)}")
+    sizes = [size_in, size_out] + [_int(v, 0, MAX_SAMPLE_FLOATS, "plan field 'buffers'", f"[{b}]")
+                                   for b, v in enumerate(buffers[2:], 2)]
+    if type(ops) is not list or not 1 <= len(ops) <= MAX_OPS:
+        raise LeanError(f"plan field 'ops' must be a list of 1 to {MAX_OPS} ops, got {_show(ops)}")
+    last = len(sizes) - 1
+    written = bytearray(len(sizes))
+    written[0] = 1
+    most = [0] * len(sizes)  # the most any op writes to each buffer, floats per sample
+    for i, op in enumerate(ops):
+        if not isinstance(op, dict):
+            raise LeanError(f"op {i} must be a JSON object, got {_show(op)}")
+        code = op.get("kind")
+        kind = _OPS.get(code) if type(code) is int else None
+        if kind is None:
+            raise LeanError(f"op {i} field 'kind' must be an op kind {min(_OPS)} to {max(_OPS)}, got {_show(code)}")
+        where = f"op {i} ({kind.name})"
+        v = op.get("ints")
+        ranges, count = _RANGES[code]
+        if type(v) is not list or len(v) != count:
+            raise LeanError(f"{where} field 'ints' must be a list of {count} integers "
+                            f"({' '.join(_HEADER_NAMES + kind.params)}), got {_show(v)}")
+        in0, in1, out, act = v[0], v[1], v[2], v[3]
+        _int(in0, 0, last, where, " ints in0")
+        _int(in1, -1 if code not in (4, 12) else 0, last if kind.residual else -1, where, " ints in1")
+        _int(out, 1, last, where, " ints out")
+        _int(act, 0, ACT_LAST, where, " ints act")
+        for x, (name, lo, hi) in zip(v[4:], ranges):
+            if type(x) is not int or not lo <= x <= hi:
+                _int(x, lo, hi, where, " ints " + name)
+        k = op.get("kernel")
+        ktype = kind.kernel if kind.kernel != "mode" else ("gemv", "conv")[v[18]]
+        if ktype is None:
+            if k is not None:
+                raise LeanError(f"{where} field 'kernel' must be null for this kind, got {_show(k)}")
+            kgeom = None
+        else:
+            if not isinstance(k, dict) or k.get("type") != ktype:
+                raise LeanError(f"{where} field 'kernel' must be a {ktype} kernel, got "
+                                f"{_show(k.get('type') if isinstance(k, dict) else k)}")
+            kgeom = _KERNELS[ktype](k, arrays, precision, where)
+        problem = kind.geometry(v, kgeom)
+        if problem:
+            raise LeanError(f"{where} {problem}")
+        lo, hi = _array(arrays, op.get("floats"), "float32", 2 + kind.floats(v), where, " field 'floats'").ravel()[:2].tolist()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise LeanError(f"{where} field 'floats': the clamp bounds must be finite, got {lo}, {hi}")
+        # buffers: what the op reads must have been written and fit; what it writes must fit
+        plane, oplane = v[_C] * v[_H] * v[_W], v[_CO] * v[_HO] * v[_WO]
+        if not written[in0]:
+            raise LeanError(f"{where} ints in0: reads buffer {in0} before any op writes it")
+        if plane > sizes[in0] or (in0 == 0 and plane != size_in):
+            raise LeanError(f"{where} ints in0: reads {plane} floats per sample from buffer {in0}"
+                            f"{' (the input)' if in0 == 0 else ''}, which holds {sizes[in0]}")
+        if in1 >= 0:
+            if not written[in1]:
+                raise LeanError(f"{where} ints in1: reads buffer {in1} before any op writes it")
+            need = v[_C] if code == 12 else oplane  # channel_mul's gate: one float per channel
+            if need > sizes[in1] or (in1 == 0 and need != size_in):
+                raise LeanError(f"{where} ints in1: reads {need} floats per sample from buffer {in1}, which holds "
+                                f"{sizes[in1]}")
+        if oplane > sizes[out] or (out == 1 and oplane != size_out):
+            raise LeanError(f"{where} ints out: writes {oplane} floats per sample to buffer {out}"
+                            f"{' (the output)' if out == 1 else ''}, which holds {sizes[out]}")
+        if (out == in0 and not kind.in_place) or (out == in1 and code != 4):
+            raise LeanError(f"{where} ints out: buffer {out} is also an input, which this kind cannot run in place")
+        written[out] = 1
+        if oplane > most[out]:
+            most[out] = oplane
+    if not written[1]:
+        raise LeanError("plan field 'ops': no op writes the output (buffer 1)")
+    for b in range(2, len(sizes)):  # a buffer larger than anything written to it would only waste memory
+        if sizes[b] > most[b]:
+            raise LeanError(f"plan field 'buffers'[{b}]: holds {sizes[b]} floats per sample, but no op writes more than "
+                            f"{most[b]} there")
+
+
+# ------------------------------------------------------------------------------------------- JSON
+MAX_JSON_DEPTH = 64  # nesting of objects and lists a plan (or a policy) may have: far past any real one
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise LeanError(f"key {_show(dup)} appears twice in one object; a JSON file we read must not repeat keys")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise LeanError(f"{name} is not a JSON number; write finite numbers only")
+
+
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            break
+        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
+    return depth - 1 if not level else depth
+
+
+def loads_json(data: str | bytes) -> Any:
+    """``data`` parsed as strict JSON: no repeated key in an object, no NaN or Infinity, at most
+    :data:`MAX_JSON_DEPTH` levels of nesting, integers of at most 4300 digits; a one-line LeanError otherwise
+    (never a RecursionError or an OverflowError)."""
+    try:
+        value = json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise LeanError(f"nested deeper than Python can parse; at most {MAX_JSON_DEPTH} levels are allowed") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an integer of too many digits
+        if isinstance(exc, LeanError):
+            raise
+        raise LeanError(f"not valid JSON ({str(exc).splitlines()[0][:160]})") from None
+    if isinstance(value, (dict, list)) and _depth(value) > MAX_JSON_DEPTH:
+        raise LeanError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
 
 
 # ----------------------------------------------------------------------------------- native plan
@@ -231,10 +627,15 @@ class NativePlan:
     """
 
     def __init__(self, lib: ctypes.CDLL, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        verify_plan(header, arrays)
+        #: bytes of the plan's own buffers per sample of a batch (what a run of N samples allocates, times N)
+        self.bytes_per_sample = 4 * sum(header["buffers"][2:])
         self.fns = fns = _Functions(lib)
         self.n_ops = len(header["ops"])
         kernels: list[tuple[Any, int]] = []  # filled below; the finalizer frees what is in it by then
-        sizes = np.asarray(header["buffers"], dtype=np.int64)
+        # the executor checks each op against every buffer's size, the caller's input and output included
+        sizes = np.asarray([_prod(tuple(header["input_shape"])), _prod(tuple(header["output_shape"])),
+                            *header["buffers"][2:]], dtype=np.int64)
         plan = fns.plan_create(len(sizes), _ptr(sizes))
         if not plan:
             raise LeanError(f"the native plan could not be created ({len(sizes)} buffers): bad sizes or out of memory")
@@ -291,7 +692,8 @@ class NativePlan:
         else:
             raise LeanError(f"{where}: unknown kernel type {k.get('type')!r}")
         if not handle:
-            raise LeanError(f"{where}: the native {k['type']} kernel refused its arrays (bad geometry or out of memory)")
+            raise LeanError(f"{where}: the native {k['type']} kernel refused its arrays (kernel.panel_ptr not from 0 upwards, "
+                            "kernel.ch out of range, or out of memory)")
         kernels.append((destroy, handle))
         return handle
 
@@ -426,6 +828,7 @@ class Model:
                  cache_dir: str | os.PathLike | None = None, source_dir: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
         self.header, arrays = read_plan(self.path)
+        verify_plan(self.header, arrays)  # before any field is used, and before the C is even compiled
         self.input_shape = tuple(int(s) for s in self.header["input_shape"])
         self.output_shape = tuple(int(s) for s in self.header["output_shape"])
         self.threads = _check_threads(threads if threads is not None else available_cores())
@@ -435,13 +838,21 @@ class Model:
         self.plan = NativePlan(self.lib, self.header, arrays)
         self._lock = threading.Lock()
 
-    def run(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
-        """``x`` float32 ``[N, *input_shape]`` (any ``N >= 0``) -> a new float32 ``[N, *output_shape]``."""
+    def run(self, x: np.ndarray, threads: int | None = None, *, check_finite: bool = True) -> np.ndarray:
+        """``x`` float32 ``[N, *input_shape]`` (any ``N >= 0``) -> a new float32 ``[N, *output_shape]``.
+
+        LeanError for another shape or dtype, and (unless ``check_finite=False``, which saves one pass over
+        ``x``) for NaN or inf in ``x``: the kernels would turn them into finite-looking garbage."""
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 1 or tuple(x.shape[1:]) != self.input_shape:
             got = f"{x.dtype} {list(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
             raise LeanError(f"the model takes a float32 array [N, {', '.join(map(str, self.input_shape))}], got {got}; "
                             "convert with x.astype(np.float32) and reshape")
+        if check_finite and not np.isfinite(x).all():
+            raise LeanError("the input holds NaN or inf; pass finite values (or check_finite=False to skip this check)")
         n = int(x.shape[0])
+        need = n * self.plan.bytes_per_sample
+        if need > _memory_bytes():
+            raise MemoryError(f"a batch of {n} needs {need / 2**30:.1f} GiB of activations, more than this machine's memory")
         y = np.empty((n, *self.output_shape), dtype=np.float32)
         if n == 0:
             return y
@@ -465,6 +876,14 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (a very large number where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
 def _check_threads(threads: int) -> int:

@@ -7,6 +7,7 @@ interleaved with the compressed model in one process; ``speedup`` is over the fa
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any
@@ -20,7 +21,14 @@ from uniprune.compressors.latency.table import RUNTIMES, build_latency_model, me
 from uniprune.compressors.latency.timing import SPREAD_SECONDS
 from uniprune.compressors.native.uniprune_lean import available_cores
 
-from .common import add_model_arguments, add_shape_arguments, check_writable, policy_model, positive_int
+from .common import (
+    add_model_arguments,
+    add_shape_arguments,
+    check_batch_memory,
+    check_writable,
+    policy_model,
+    positive_int,
+)
 
 NAME = "bench"
 HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO) against the compressed model on the real kernels"
@@ -39,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--policy", help="policy.json to project the model onto (structure chosen from the weights)")
     source.add_argument("--compressed", help="a compressed checkpoint ('uniprune finetune --out'; needs no policy), or an "
-                        "artifact directory ('uniprune export --out'), timed through its own loader; the dense engines then "
+                        "artifact directory ('uniprune export --out'), whose plan.json and weights.bin are verified and run on uniprune's "
+                        "own kernels (its Python and C files are never run); the dense engines then "
                         "run the checkpoint it was exported from (recorded in it, or --checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per forward pass (default 1)")
     add_shape_arguments(parser)
@@ -74,6 +83,14 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, dict, tuple[in
         if os.path.isdir(args.compressed) and tuple(shape) != tuple(meta["input_shape"]):
             raise ConfigError(f"the artifact {args.compressed!r} takes inputs {tuple(meta['input_shape'])}, not "
                               f"--input-shape {tuple(shape)}; export it again for other shapes")
+        if os.path.isdir(args.compressed):
+            from uniprune.compressors.formats.artifact import read_header
+
+            planned = read_header(args.compressed).get("input_shape")
+            if planned != list(meta["input_shape"]):
+                raise ConfigError(f"the artifact {args.compressed!r} says its input is {str(planned)[:40]}, but the checkpoint "
+                                  f"it was exported from takes {list(meta['input_shape'])}: its plan.json was edited or "
+                                  "belongs to another export; export it again")
         model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
         load_state(model, state, where=path)
         return model, structures, shape, name
@@ -84,6 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.cache_dir is not None and not args.no_table:
         check_writable(args.cache_dir, "--cache-dir", folder=True)
     model, structures, shape, name = _model_and_structures(args)
+    check_batch_memory(args.batch_size, math.prod(shape))
     model.eval()
     threads = args.threads or available_cores()
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)

@@ -70,6 +70,51 @@ def policy_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, tuple
     return model, structures, shape, args.model
 
 
+#: Upper bounds of the numeric options every verb shares (``check_limits``): past them a run cannot finish
+#: or cannot be allocated, so it is refused at once with one line instead of hanging or failing later.
+MAX_THREADS = 1024
+MAX_BATCH = 1 << 20
+MAX_COUNT = 10_000_000  # repeats, episodes, epochs, iterations, samples
+_COUNT_OPTIONS = ("repeats", "episodes", "warmup", "epochs", "train_epochs", "finetune_epochs", "retrain_epochs",
+                  "iterations", "val_samples", "limit", "bn_recalibrate")
+_BATCH_OPTIONS = ("batch_size", "eval_batch_size")
+_THREAD_OPTIONS = ("threads", "score_threads")
+
+
+def check_limits(args: argparse.Namespace) -> None:
+    """ConfigError of one line for an option past its upper bound: threads above 4x the cores or
+    :data:`MAX_THREADS`, a batch size above :data:`MAX_BATCH`, a count (repeats, episodes, epochs, ...) above
+    :data:`MAX_COUNT`, a seed outside [0, 2**32 - 1]. Lower bounds are each verb's own."""
+    cores = os.cpu_count() or 1
+    limit = min(MAX_THREADS, 4 * cores)
+    for name in _THREAD_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value > limit:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is more than this machine can use (at most {limit}: "
+                              f"4 x its {cores} cores, and never over {MAX_THREADS})")
+    for names, hi, what in ((_BATCH_OPTIONS, MAX_BATCH, "samples per batch"), (_COUNT_OPTIONS, MAX_COUNT, "")):
+        for name in names:
+            value = getattr(args, name, None)
+            if isinstance(value, int) and value > hi:
+                raise ConfigError(f"--{name.replace('_', '-')} {value} is too large (at most {hi:,}{' ' + what if what else ''})")
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"--seed must be in [0, {2**32 - 1}], got {seed}")
+
+
+def check_batch_memory(batch_size: int, floats_per_sample: int, option: str = "--batch-size") -> None:
+    """ConfigError of one line when ``batch_size`` samples of ``floats_per_sample`` float32 each (input and a
+    few activations of that size) cannot fit in this machine's memory."""
+    need = 4 * 4 * batch_size * floats_per_sample  # bytes: the input and about three activations like it
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ConfigError(f"{option} {batch_size} needs about {need / 2**30:,.0f} GiB for {floats_per_sample:,} floats a sample; "
+                          f"this machine has {have / 2**30:,.0f} GiB: use a smaller batch")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1, or a usage error naming what came."""
     try:
@@ -190,8 +235,23 @@ def check_writable(path: str | os.PathLike, option: str, *, folder: bool = False
     if not probe_dir.is_dir():
         raise ConfigError(f"{option} {p}: {probe_dir} is a file, not a folder; choose another path")
     try:
+        longest = os.pathconf(probe_dir, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for part in p.parts:
+        if len(os.fsencode(part)) > longest:
+            raise ConfigError(f"{option}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes long, more than the "
+                              f"{longest} a file name may have here; choose a shorter name")
+    try:
         fd, probe = tempfile.mkstemp(prefix=".uniprune-probe-", dir=probe_dir)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"{option} {p}: cannot write in {probe_dir} ({exc.strerror or exc}); choose a writable path") from None
+    if not folder and p.is_file():
+        try:  # an immutable or read-only file cannot be replaced, whatever its folder allows (chattr +i)
+            with open(p, "ab"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{option} {p} cannot be replaced ({exc.strerror or exc}); choose another path or make it "
+                              "writable") from None

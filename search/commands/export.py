@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,14 @@ from uniprune.compressors.native import kernels
 from uniprune.compressors.native.plan import LeanModel, compile_lean_spec
 from uniprune.compressors.native.uniprune_lean import available_cores
 
-from .common import add_model_arguments, add_shape_arguments, policy_model, positive_int
+from .common import (
+    add_model_arguments,
+    add_shape_arguments,
+    check_batch_memory,
+    check_writable,
+    policy_model,
+    positive_int,
+)
 
 NAME = "export"
 HELP = ("write a compressed checkpoint (or a model projected onto a policy) as a deployable artifact: one native plan, "
@@ -52,11 +60,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     args.threads = args.threads or available_cores()
+    check_writable(args.out, "--out", folder=True)
     out = check_out_dir(args.out, args.force)  # before the slow part: a taken --out fails at once
     if args.policy:
         if not args.model:
             raise ConfigError("--policy needs --model (and --checkpoint for trained weights): the model to project")
         model, structures, shape, name = policy_model(args)
+        check_batch_memory(args.batch_size, math.prod(shape))
         source: dict[str, Any] = {"policy": str(Path(args.policy).resolve()), "policy_sha256": file_sha256(args.policy),
                                   "dense_checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None}
         if not args.checkpoint:
@@ -67,6 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "checkpoint names its own model and shapes")
         name, state, structures, meta = load_compressed(args.compressed)
         shape = tuple(int(s) for s in meta["input_shape"])
+        check_batch_memory(args.batch_size, math.prod(shape))
         model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
         load_state(model, state, where=args.compressed)
         source = {"checkpoint": str(Path(args.compressed).resolve()), "checkpoint_sha256": file_sha256(args.compressed)}

@@ -37,7 +37,7 @@ from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_at
 from uniprune.compressors.train.distributed import world
 from uniprune.compressors.train.finetune import AdmmConfig, finetune
 from uniprune.compressors.train.training import evaluate
-from uniprune.search.run_dir import read_json_object
+from uniprune.search.run_dir import lock_run_dir, read_json_object
 
 from .common import (
     add_data_arguments,
@@ -204,6 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan.device = device
     rank, _ = world()
     plan.progress = rank == 0
+    if run_dir is not None and rank == 0:
+        lock_run_dir(run_dir)  # a second fine-tune (or a search) into the same run directory is refused
 
     torch.manual_seed(args.seed)
     bundle = load_dataset(dataset, data, val_fraction=args.val_fraction, seed=args.seed)

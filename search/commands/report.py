@@ -14,7 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from uniprune.search.report import write_report
+    from pathlib import Path
 
+    from uniprune.search.report import write_report
+    from uniprune.search.run_dir import lock_run_dir
+
+    if Path(args.run_dir).is_dir():
+        lock_run_dir(args.run_dir)  # not while another process writes the run
     files = write_report(args.run_dir)
     return {"files": [str(f) for f in files], "report": str(files[-1])}

@@ -196,7 +196,12 @@ static void parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) {
 
 /* ------------------------------------------------------------------ block-sparse conv ---------- */
 
+/* First member of each kernel plan, so that a borrowed pointer can be told apart (up_conv_geom, up_gemv_dims). */
+#define CONV_MAGIC 0x75704376u /* "upCv" */
+#define GEMV_MAGIC 0x75704776u /* "upGv" */
+
 typedef struct {
+    uint32_t magic;     /* CONV_MAGIC */
     int Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw, n_panels;
     int R;              /* panel height: 1, 2, 4 or 8 output channels (the layer's block height, see kernels.py) */
     int32_t *panel_ptr; /* [n_panels + 1] into ch / w */
@@ -236,8 +241,27 @@ static void *xalloc(size_t bytes) {
     return p;
 }
 
+/* Panel pointers as a plan file may hand them: from 0, never decreasing, each panel at most Ci channels.
+ * Returns 0 when they are, -1 otherwise (the kernels would read outside ch and w). */
+static int check_panels(const int32_t *panel_ptr, int n_panels, int Ci) {
+    if (!panel_ptr || n_panels < 1 || panel_ptr[0] != 0) return -1;
+    for (int i = 0; i < n_panels; i++)
+        if (panel_ptr[i + 1] < panel_ptr[i] || panel_ptr[i + 1] - panel_ptr[i] > Ci) return -1;
+    return 0;
+}
+
+/* The geometry a conv plan was created with, in up_conv_create's order (Co, Ci, kh, kw, sh, sw, ph, pw, dh,
+ * dw) into geom[10]; 0, or -1 when p is not a conv plan. The plan executor checks ops against it. */
+EXPORT int up_conv_geom(const conv_plan *p, int32_t *geom) {
+    if (!p || !geom || p->magic != CONV_MAGIC) return -1;
+    const int g[10] = {p->Co, p->Ci, p->kh, p->kw, p->sh, p->sw, p->ph, p->pw, p->dh, p->dw};
+    for (int i = 0; i < 10; i++) geom[i] = g[i];
+    return 0;
+}
+
 EXPORT void up_conv_destroy(conv_plan *p) {
     if (!p) return;
+    p->magic = 0;
     free(p->panel_ptr);
     free(p->ch);
     free(p->w);
@@ -264,6 +288,11 @@ EXPORT conv_plan *up_conv_create(const int32_t *geom, int R, int n_panels, const
         free(p);
         return NULL;
     }
+    if (check_panels(panel_ptr, n_panels, p->Ci)) {
+        free(p);
+        return NULL;
+    }
+    p->magic = CONV_MAGIC;
     p->n_panels = n_panels;
     int64_t nnz = panel_ptr[n_panels], taps = (int64_t)p->kh * p->kw;
     p->panel_ptr = xalloc(sizeof(int32_t) * (n_panels + 1));
@@ -1004,6 +1033,7 @@ EXPORT int up_dwconv_run(const float *x, float *y, const float *w, const float *
  * channel (bit r = sign of row r), so a unified 8x8 block reads 12 bytes instead of 256. */
 
 typedef struct {
+    uint32_t magic; /* GEMV_MAGIC */
     int Co, Ci, n_panels;
     int32_t *wptr;  /* [n_panels + 1] into w (in channels) */
     int32_t *rptr;  /* [n_panels + 1] into the runs */
@@ -1033,6 +1063,7 @@ static void init_lut(void) {
 
 EXPORT void up_gemv_destroy(gemv_plan *p) {
     if (!p) return;
+    p->magic = 0;
     free(p->wptr); free(p->rptr); free(p->rc0); free(p->rlen); free(p->w); free(p->uptr); free(p->uch0);
     free(p->ulen); free(p->usoff); free(p->umag); free(p->usign); free(p->bias);
     free(p);
@@ -1043,9 +1074,14 @@ EXPORT gemv_plan *up_gemv_create(int Co, int Ci, int n_panels, const int32_t *pa
                                  const int32_t *usoff, const float *umag, const uint8_t *usign, int64_t n_sign,
                                  const float *bias) {
     pthread_once(&g_lut_once, init_lut);
-    if (Co < 1 || Ci < 1 || n_panels != (Co + ROWS - 1) / ROWS) return NULL;
+    if (Co < 1 || Ci < 1 || n_panels != (Co + ROWS - 1) / ROWS || check_panels(panel_ptr, n_panels, Ci) ||
+        !uptr || uptr[0] != 0 || n_sign < 0)
+        return NULL;
+    for (int i = 0; i < n_panels; i++)
+        if (uptr[i + 1] < uptr[i]) return NULL;
     gemv_plan *p = calloc(1, sizeof(gemv_plan));
     if (!p) return NULL;
+    p->magic = GEMV_MAGIC;
     p->Co = Co; p->Ci = Ci; p->n_panels = n_panels;
     int64_t nnz = panel_ptr[n_panels], nu = uptr[n_panels];
     p->wptr = xalloc(sizeof(int32_t) * (n_panels + 1));
@@ -1090,9 +1126,23 @@ EXPORT gemv_plan *up_gemv_create(int Co, int Ci, int n_panels, const int32_t *pa
     memcpy(p->usoff, usoff, sizeof(int32_t) * nu);
     memcpy(p->umag, umag, sizeof(float) * nu);
     memcpy(p->usign, usign, n_sign);
+    for (int64_t u = 0; u < nu; u++) /* a unified block reads ulen inputs from uch0 and ulen sign bytes from usoff */
+        if (uch0[u] < 0 || ulen[u] < 0 || (int64_t)uch0[u] + ulen[u] > Ci || usoff[u] < 0 ||
+            (int64_t)usoff[u] + ulen[u] > n_sign) {
+            up_gemv_destroy(p);
+            return NULL;
+        }
     memset(p->bias, 0, sizeof(float) * n_panels * ROWS);
     if (bias) memcpy(p->bias, bias, sizeof(float) * Co);
     return p;
+}
+
+/* A linear plan's output and input features into dims[2]; 0, or -1 when p is not a linear plan. */
+EXPORT int up_gemv_dims(const gemv_plan *p, int32_t *dims) {
+    if (!p || !dims || p->magic != GEMV_MAGIC) return -1;
+    dims[0] = p->Co;
+    dims[1] = p->Ci;
+    return 0;
 }
 
 #define GEMV_PANELS_PER_ITEM 4

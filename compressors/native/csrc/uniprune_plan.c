@@ -33,6 +33,9 @@ int up_gemv_run(void *plan, const float *x, float *y, int N, int nthreads);
 /* depthwise convs (groups = C = Co), called from the OP_GCONV case only; runs on the kernels' pool */
 int up_dwconv_run(const float *x, float *y, const float *w, const float *bias, const int32_t *geom, int N, int act,
                   float lo, float hi, int nthreads);
+/* the geometry a kernel plan was created with; -1 for a pointer that is not such a plan (see up_plan_add) */
+int up_conv_geom(const void *plan, int32_t *geom);
+int up_gemv_dims(const void *plan, int32_t *dims);
 
 /* Op kinds; the numbers are part of the interface with compressors/plan.py. */
 enum {
@@ -70,6 +73,13 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 /* OP_SHUFFLE: g (groups, dividing C); Co Ho Wo = C H W */
 /* OP_CHNORM: has_affine; floats: lo hi, eps, then weight [C] and bias [C] when has_affine; Co Ho Wo = C H W */
 #define MAX_INTS 32
+/* Bounds on what a plan may ask for; uniprune_lean.py's verifier holds the same numbers (MAX_DIM, MAX_PARAM,
+ * MAX_SAMPLE_FLOATS, MAX_BUFFERS). Everything up_plan_add is handed is checked against them and against the
+ * buffers and kernels it names, so that a plan it accepts can only read and write inside its buffers. */
+#define MAX_DIM (1 << 24)
+#define MAX_PARAM (1 << 16)
+#define MAX_FLOATS (1LL << 34)
+#define MAX_BUFS (1 << 16)
 
 typedef struct up_op_s {
     int kind;
@@ -84,8 +94,10 @@ typedef struct up_op_s {
 typedef struct {
     int n_ops, cap_ops, n_bufs;
     up_op *ops;
-    int64_t *size;  /* [n_bufs] floats per sample (0 for buffers 0 and 1: the caller's) */
+    int64_t *size;  /* [n_bufs] floats per sample (buffers 0 and 1: the caller's input and output) */
     float **buf;    /* [n_bufs] allocations for cap_n samples */
+    float **cur;    /* [n_bufs] the buffers of the running call (0 and 1 the caller's) */
+    uint8_t *written; /* [n_bufs] some op added so far writes it (buffer 0: the input, always) */
     int cap_n;
     /* scratch of the im2col ops, floats per sample: the patches and the linear's [pixel][Co] output */
     int64_t col_size, rows_size;
@@ -107,23 +119,29 @@ EXPORT void up_plan_destroy(up_plan *p) {
     free(p->rows);
     free(p->size);
     free(p->buf);
+    free(p->cur);
+    free(p->written);
     free(p);
 }
 
-/* sizes: floats per sample of each buffer (entries 0 and 1 are ignored). NULL on bad input or no memory. */
+/* sizes: floats per sample of each buffer: 0 the input's and 1 the output's (what a caller's arrays hold per
+ * sample), then the plan's own. NULL on bad input or no memory. */
 EXPORT up_plan *up_plan_create(int n_bufs, const int64_t *sizes) {
-    if (n_bufs < 2) return NULL;
+    if (n_bufs < 2 || n_bufs > MAX_BUFS || !sizes) return NULL;
     up_plan *p = calloc(1, sizeof(up_plan));
     if (!p) return NULL;
     p->n_bufs = n_bufs;
     p->size = calloc((size_t)n_bufs, sizeof(int64_t));
     p->buf = calloc((size_t)n_bufs, sizeof(float *));
-    if (!p->size || !p->buf) {
+    p->cur = calloc((size_t)n_bufs, sizeof(float *));
+    p->written = calloc((size_t)n_bufs, 1);
+    if (!p->size || !p->buf || !p->cur || !p->written) {
         up_plan_destroy(p);
         return NULL;
     }
-    for (int b = 2; b < n_bufs; b++) {
-        if (sizes[b] < 0) {
+    p->written[0] = 1;
+    for (int b = 0; b < n_bufs; b++) {
+        if (sizes[b] < (b < 2) || sizes[b] > MAX_FLOATS) {
             up_plan_destroy(p);
             return NULL;
         }
@@ -135,12 +153,121 @@ EXPORT up_plan *up_plan_create(int n_bufs, const int64_t *sizes) {
 static int64_t plane_of(const up_op *o) { return (int64_t)o->C * o->H * o->W; }
 static int64_t oplane_of(const up_op *o) { return (int64_t)o->Co * o->Ho * o->Wo; }
 
+static int in_range(int v, int lo, int hi) { return v >= lo && v <= hi; }
+
+/* Output extent of a window along one axis, as torch computes it (< 1: the window does not fit). */
+static int64_t extent(int n, int k, int s, int pad, int d) {
+    const int64_t span = (int64_t)n + 2LL * pad - (int64_t)d * (k - 1) - 1;
+    return span < 0 ? 0 : span / s + 1;
+}
+
+/* The window parameters p[0..5] (kh kw sh sw ph pw) and, when dilated, p[6..7] (dh dw) in range, and the
+ * op's Ho, Wo what they give on its H, W. */
+static int window_ok(const up_op *o, int dilated) {
+    const int *q = o->p;
+    int dh = dilated ? q[6] : 1, dw = dilated ? q[7] : 1;
+    if (!in_range(q[0], 1, MAX_PARAM) || !in_range(q[1], 1, MAX_PARAM) || !in_range(q[2], 1, MAX_PARAM) ||
+        !in_range(q[3], 1, MAX_PARAM) || !in_range(q[4], 0, MAX_PARAM) || !in_range(q[5], 0, MAX_PARAM) ||
+        !in_range(dh, 1, MAX_PARAM) || !in_range(dw, 1, MAX_PARAM))
+        return 0;
+    return extent(o->H, q[0], q[2], q[4], dh) == o->Ho && extent(o->W, q[1], q[3], q[5], dw) == o->Wo;
+}
+
+/* A pool in ceil mode: torch's extent, whose last window starts inside the input or its left padding. */
+static int ceil_pool_ok(const up_op *o) {
+    const int *q = o->p;
+    if (!in_range(q[0], 1, MAX_PARAM) || !in_range(q[1], 1, MAX_PARAM) || !in_range(q[2], 1, MAX_PARAM) ||
+        !in_range(q[3], 1, MAX_PARAM) || !in_range(q[4], 0, MAX_PARAM) || !in_range(q[5], 0, MAX_PARAM))
+        return 0;
+    int64_t ho = ((int64_t)o->H + 2 * q[4] - q[0] + q[2] - 1) / q[2] + 1, wo = ((int64_t)o->W + 2 * q[5] - q[1] + q[3] - 1) / q[3] + 1;
+    if ((ho - 1) * q[2] >= (int64_t)o->H + q[4]) ho--;
+    if ((wo - 1) * q[3] >= (int64_t)o->W + q[5]) wo--;
+    return (int64_t)o->H + 2 * q[4] >= q[0] && (int64_t)o->W + 2 * q[5] >= q[1] && ho == o->Ho && wo == o->Wo;
+}
+
+/* Everything an op's integers claim, checked against its kind, its buffers (size, and written by an earlier
+ * op before it is read) and its kernel plan's own geometry. n_params: integers after the header. Returns 0
+ * when the op can run, -1 otherwise. */
+static int check_op(const up_plan *p, const up_op *o, int n_params) {
+    static const int params_of[OP_LAST + 1] = {[OP_GCONV] = 10, [OP_POOL] = 8, [OP_SLICEPAD] = 5, [OP_IM2COL] = 9,
+                                               [OP_CHCOPY] = 3, [OP_SHUFFLE] = 1, [OP_CHNORM] = 1};
+    const int kind = o->kind, nb = p->n_bufs;
+    if (kind < OP_CONV || kind > OP_LAST || n_params != params_of[kind]) return -1;
+    if (!in_range(o->in0, 0, nb - 1) || !in_range(o->out, 1, nb - 1) || !in_range(o->in1, -1, nb - 1) ||
+        !in_range(o->act, ACT_NONE, ACT_LAST) || !in_range(o->C, 1, MAX_DIM) || !in_range(o->H, 1, MAX_DIM) ||
+        !in_range(o->W, 1, MAX_DIM) || !in_range(o->Co, 1, MAX_DIM) || !in_range(o->Ho, 1, MAX_DIM) ||
+        !in_range(o->Wo, 1, MAX_DIM))
+        return -1;
+    const int residual = kind == OP_CONV || kind == OP_GEMV || kind == OP_GCONV || kind == OP_IM2COL || kind == OP_ADD ||
+                         kind == OP_CHMUL; /* CHMUL: in1 is the gate */
+    if (((kind == OP_ADD || kind == OP_CHMUL) && o->in1 < 0) || (!residual && o->in1 >= 0) ||
+        (o->out == o->in1 && kind != OP_ADD))
+        return -1;
+    /* ops that read a position after writing another must not run in place */
+    if (o->out == o->in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY && kind != OP_CHMUL)
+        return -1;
+    const int64_t plane = plane_of(o), oplane = oplane_of(o);
+    if (!p->written[o->in0] || plane > p->size[o->in0] || oplane > p->size[o->out]) return -1;
+    const int64_t in1_floats = kind == OP_CHMUL ? o->C : oplane; /* a gate holds one float per channel */
+    if (o->in1 >= 0 && (!p->written[o->in1] || in1_floats > p->size[o->in1])) return -1;
+    const int same = o->C == o->Co && o->H == o->Ho && o->W == o->Wo;
+    int32_t g[10];
+    switch (kind) {
+    case OP_CONV:
+        if (up_conv_geom(o->kplan, g) || g[0] != o->Co || g[1] != o->C ||
+            extent(o->H, g[2], g[4], g[6], g[8]) != o->Ho || extent(o->W, g[3], g[5], g[7], g[9]) != o->Wo)
+            return -1;
+        return 0;
+    case OP_GEMV:
+        return up_gemv_dims(o->kplan, g) || g[0] != oplane || g[1] != plane ? -1 : 0;
+    case OP_GCONV: {
+        const int groups = o->p[8];
+        return window_ok(o, 1) && in_range(groups, 1, MAX_DIM) && o->C % groups == 0 && o->Co % groups == 0 &&
+               in_range(o->p[9], 0, 1) ? 0 : -1;
+    }
+    case OP_IM2COL: {
+        const int mode = o->p[8];
+        if (!window_ok(o, 1) || !in_range(mode, 0, 1)) return -1;
+        const int64_t patch = (int64_t)o->C * o->p[0] * o->p[1];
+        if (patch > MAX_DIM) return -1;
+        if (mode == 0) return up_gemv_dims(o->kplan, g) || g[0] != o->Co || g[1] != patch ? -1 : 0;
+        return up_conv_geom(o->kplan, g) || g[0] != o->Co || g[1] != patch || g[2] != 1 || g[3] != 1 || g[4] != 1 ||
+               g[5] != 1 || g[6] != 0 || g[7] != 0 ? -1 : 0;
+    }
+    case OP_ADD:
+    case OP_ACT:
+    case OP_AFFINE:
+    case OP_COPY:
+        return same ? 0 : -1;
+    case OP_GAP:
+        return o->Co == o->C && o->Ho == 1 && o->Wo == 1 ? 0 : -1;
+    case OP_POOL:
+        return o->Co == o->C && (window_ok(o, 0) || ceil_pool_ok(o)) && in_range(o->p[6], 0, 1) && in_range(o->p[7], 0, 1) ? 0 : -1;
+    case OP_CHMUL:
+        return same ? 0 : -1;
+    case OP_CHCOPY: {
+        const int ooff = o->p[0], ioff = o->p[1], cnt = o->p[2];
+        return in_range(cnt, 1, MAX_DIM) && in_range(ooff, 0, MAX_DIM) && in_range(ioff, 0, MAX_DIM) &&
+               (int64_t)ooff + cnt <= o->Co && (int64_t)ioff + cnt <= o->C && o->H == o->Ho && o->W == o->Wo &&
+               o->act == ACT_NONE ? 0 : -1;
+    }
+    case OP_SHUFFLE:
+        return same && in_range(o->p[0], 1, o->C) && o->C % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
+    case OP_CHNORM:
+        return same && in_range(o->p[0], 0, 1) ? 0 : -1;
+    case OP_SLICEPAD:
+        return in_range(o->p[0], 1, MAX_PARAM) && in_range(o->p[1], 1, MAX_PARAM) && in_range(o->p[2], -MAX_DIM, MAX_DIM) &&
+               in_range(o->p[3], -MAX_PARAM, MAX_PARAM) && in_range(o->p[4], -MAX_PARAM, MAX_PARAM) ? 0 : -1;
+    }
+    return -1;
+}
+
 /* Append one op. ints: the I_HEADER header then the kind's parameters (n_ints in all); floats: lo, hi of
  * the clamp, then the kind's float data (copied). Returns the op's index, or -1 on bad input, -2 without
  * memory. */
 EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, const float *floats, int64_t n_floats,
                        void *kplan) {
-    if (!p || n_ints < I_HEADER || n_ints > MAX_INTS || n_floats < 2) return -1;
+    if (!p || !ints || !floats || n_ints < I_HEADER || n_ints > MAX_INTS || n_floats < 2 || n_floats > MAX_FLOATS) return -1;
     if (p->n_ops == p->cap_ops) {
         int cap = p->cap_ops ? 2 * p->cap_ops : 32;
         up_op *ops = realloc(p->ops, sizeof(up_op) * (size_t)cap);
@@ -157,29 +284,10 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
     o.lo = floats[0];
     o.hi = floats[1];
     o.kplan = kplan;
-    int nb = p->n_bufs;
-    if (kind < OP_CONV || kind > OP_LAST || o.in0 < 0 || o.in0 >= nb || o.out < 1 || o.out >= nb ||
-        o.in1 < -1 || o.in1 >= nb || o.act < ACT_NONE || o.act > ACT_LAST || o.C < 1 || o.H < 1 || o.W < 1 ||
-        o.Co < 1 || o.Ho < 1 || o.Wo < 1 || (o.out == o.in1 && kind != OP_ADD) ||
-        ((kind == OP_CONV || kind == OP_GEMV || kind == OP_IM2COL) && !kplan) ||
-        ((kind == OP_ADD || kind == OP_CHMUL) && o.in1 < 0))
-        return -1;
-    /* ops that read a position after writing another must not run in place */
-    if (o.out == o.in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY && kind != OP_CHMUL)
-        return -1;
-    const int same = o.Co == o.C && o.Ho == o.H && o.Wo == o.W;
-    if ((kind == OP_CHMUL || kind == OP_SHUFFLE || kind == OP_CHNORM) && !same) return -1;
-    if (kind == OP_CHCOPY) {
-        const int ooff = o.p[0], ioff = o.p[1], cnt = o.p[2];
-        if (n_ints != I_HEADER + 3 || cnt < 1 || ooff < 0 || ioff < 0 || ooff + cnt > o.Co || ioff + cnt > o.C ||
-            o.Ho != o.H || o.Wo != o.W || o.act != ACT_NONE)
-            return -1;
-    }
-    if (kind == OP_SHUFFLE && (n_ints != I_HEADER + 1 || o.p[0] < 1 || o.C % o.p[0] || o.act != ACT_NONE)) return -1;
+    if (check_op(p, &o, n_ints - I_HEADER) || !(o.lo == o.lo && o.hi == o.hi)) return -1;
     int64_t nf = n_floats - 2;
     if (kind == OP_GCONV) {
         int g = o.p[8];
-        if (g < 1 || o.C % g || o.Co % g) return -1;
         int64_t nw = (int64_t)o.Co * (o.C / g) * o.p[0] * o.p[1];
         if (nf != nw + (o.p[9] ? o.Co : 0)) return -1;
     } else if (kind == OP_AFFINE) {
@@ -202,6 +310,7 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
         if (p->rows_size < pix * o.Co) p->rows_size = pix * o.Co;
     }
     p->ops[p->n_ops] = o;
+    p->written[o.out] = 1;
     return p->n_ops++;
 }
 
@@ -692,12 +801,22 @@ static void im2col_store(const up_op *o, const float *rows, const float *r, floa
         }
 }
 
+/* floats * N + slack as bytes, or 0 when that overflows what one allocation can be */
+static size_t batch_bytes(int64_t floats, int N) {
+    int64_t n;
+    if (__builtin_mul_overflow(floats, (int64_t)N, &n) || n > (INT64_MAX / 4) - 64) return 0;
+    return sizeof(float) * (size_t)(n + 64);
+}
+
 static int reserve_buffers(up_plan *p, int N) {
     if (N <= p->cap_n) return 0;
+    for (int b = 2; b < p->n_bufs; b++)
+        if (!batch_bytes(p->size[b], N)) return -1;
+    if (!batch_bytes(p->col_size, N) || !batch_bytes(p->rows_size, N)) return -1;
     free(p->col);
     free(p->rows);
-    p->col = xalloc(sizeof(float) * (size_t)(p->col_size * N + 64));
-    p->rows = xalloc(sizeof(float) * (size_t)(p->rows_size * N + 64));
+    p->col = xalloc(batch_bytes(p->col_size, N));
+    p->rows = xalloc(batch_bytes(p->rows_size, N));
     if (!p->col || !p->rows) {
         p->cap_n = 0;
         return -1;
@@ -705,7 +824,7 @@ static int reserve_buffers(up_plan *p, int N) {
     for (int b = 2; b < p->n_bufs; b++) {
         free(p->buf[b]);
         /* a vector's worth of slack: kernels may read a few lanes past an activation's end */
-        p->buf[b] = xalloc(sizeof(float) * (size_t)(p->size[b] * N + 64));
+        p->buf[b] = xalloc(batch_bytes(p->size[b], N));
         if (!p->buf[b]) {
             p->cap_n = 0;
             return -1;
@@ -737,10 +856,11 @@ static int64_t now_ns(void) {
 }
 
 static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, int64_t *op_ns) {
-    if (!p || !x || !y || N < 1) return -3;
+    /* a plan without ops, or whose ops never write the output, would hand back uninitialised memory */
+    if (!p || !x || !y || N < 1 || p->n_ops < 1 || !p->written[1]) return -3;
     if (nthreads < 1) nthreads = 1;
     if (reserve_buffers(p, N)) return -1;
-    float *bufs[p->n_bufs];
+    float **bufs = p->cur;
     for (int b = 0; b < p->n_bufs; b++) bufs[b] = p->buf[b];
     bufs[0] = (float *)x; /* never written: no op has buffer 0 as its output */
     bufs[1] = y;
@@ -761,6 +881,7 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
             if (!rc && (r || o->act)) ewise_par(out, out, r, nout, o->act, o->lo, o->hi, nthreads);
             break;
         case OP_IM2COL:
+            if ((int64_t)N * o->Ho * o->Wo > INT32_MAX) return -3; /* the kernel's pixel count is an int */
             run_im2col(o, in, p->col, N);
             if (o->p[8] == 1)
                 rc = conv_call(o->kplan, p->col, p->rows, 1, 1, N * o->Ho * o->Wo, nthreads);
