@@ -147,7 +147,7 @@ def latency(args: argparse.Namespace) -> None:
         within = sum(r["ratio_error"] <= 0.10 for r in rows)
         ratios = [r["measured_ratio"] for r in rows]
         lines.append(
-            f"| {batch} | {lm.meta['baseline_engine']} | {lm.fixed_ms:.2f} | {lm.dense_ms:.2f} | {statistics.median(r['dense_ms'] for r in rows):.2f} "
+            f"| {batch} | {lm.meta['baseline_engine']} ({lm.meta.get('baseline_precision', 'f32')}) | {lm.fixed_ms:.2f} | {lm.dense_ms:.2f} | {statistics.median(r['dense_ms'] for r in rows):.2f} "
             f"| {len(rows)} | {min(ratios):.2f} to {max(ratios):.2f} | {100 * check['median_error']:.1f} % | {100 * check['max_error']:.1f} % "
             f"| {within}/{len(rows)} | {100 * check['median_ms_error']:.1f} % | {100 * check['max_ms_error']:.1f} % |")
     md = [
@@ -156,8 +156,9 @@ def latency(args: argparse.Namespace) -> None:
         "ResNet-56; random policies (per layer prune in [0, 0.9], unify in [0, (1 - prune)/2]) with random block "
         "states. Predicted: the latency table (every layer timed in place in whole-model passes at each grid "
         "point; fixed_ms + per-layer bilinear interpolation). Measured: the compiled whole model timed "
-        "interleaved with every dense engine. Both ratios divide by the fastest dense engine (torch eager, ONNX "
-        "Runtime, OpenVINO). Errors relative to the measurement: of the latency ratio "
+        "interleaved with every dense engine. Both ratios divide by the fastest dense engine at its default precision "
+        "(torch eager, ONNX Runtime, OpenVINO: bf16 on CPUs with avx512_bf16 or AMX; the table's baseline engine "
+        "and its precision are in the second column). Errors relative to the measurement: of the latency ratio "
         "(compressed / fastest dense, what a budget constrains; target max <= 10 %), and of the absolute ms, "
         "which also carries the machine's drift between building the table and the check.",
         "",

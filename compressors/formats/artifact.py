@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..core.errors import CheckpointError, ConfigError, ModelError
-from ..latency.engines import dense_engines, race
+from ..latency.engines import DenseEngines, dense_engines, race
 from ..latency.timing import SPREAD_SECONDS, check_threads
 from ..native import kernels
 from ..native import uniprune_lean as lean_rt
@@ -206,14 +206,16 @@ def open_artifact(directory: str | os.PathLike, *, threads: int | None = None) -
 
 def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch_size: int = 1, threads: int | None = None,
                         warmup: int = 10, repeats: int = 50, seed: int = 0, statistic: str = "median",
-                        min_seconds: float = SPREAD_SECONDS, engines: Sequence[str] | None = None) -> dict[str, Any]:
+                        min_seconds: float = SPREAD_SECONDS, engines: Sequence[str] | None = None,
+                        baseline: str = "default", dense: DenseEngines | None = None) -> dict[str, Any]:
     """Whole-model ms of every dense engine running ``model`` and of the artifact in ``directory`` (its plan
     and weights on uniprune's own reader and kernels, :func:`open_artifact`), interleaved in one process, as :func:`~uniprune.compressors.latency.table.measure_model_ms` reports
     them (``runtime`` ``"artifact"``).
 
     ``model``: the dense model with the compressed weights (its structures already in the weights), whose
     output the artifact's must match (relative error <= 1e-4 of the output's scale, else a ModelError:
-    the artifact is not this model). ``batch_size`` >= 1; ``threads`` >= 1 (default: the artifact's).
+    the artifact is not this model). ``batch_size`` >= 1; ``threads`` >= 1 (default: the artifact's); ``baseline``
+    and ``dense`` (engines already built for this batch) as in ``measure_model_ms``.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
@@ -224,7 +226,8 @@ def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch
     n = threads if threads is not None else int(art.header.get("threads") or 1)
     art.threads = n
     x = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed))
-    dense = dense_engines(model, x, threads=n, engines=engines)
+    if dense is None:
+        dense = dense_engines(model, x, threads=n, engines=engines)
     with torch.no_grad():
         ref = model.eval()(x)
     err = float((art(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
@@ -232,7 +235,7 @@ def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch
         raise ModelError(f"the artifact's output differs from the checkpoint's model (relative error {err:.2g}); "
                          "it was exported from another checkpoint: export it again or pass the right --checkpoint")
     result = race(dense, lambda: art(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
-                  statistic=statistic)
+                  statistic=statistic, baseline=baseline)
     return {**result, "runtime": "artifact", "max_rel_error": err}
 
 

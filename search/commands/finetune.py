@@ -34,6 +34,7 @@ from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.core.projection import check_policy_layers, check_policy_model
 from uniprune.compressors.formats.checkpoint import read_torch_file, save_compressed
 from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_atomic
+from uniprune.compressors.latency.budget import budget_verdict
 from uniprune.compressors.train.distributed import world
 from uniprune.compressors.train.finetune import AdmmConfig, finetune
 from uniprune.compressors.train.training import evaluate
@@ -283,6 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.latency and rank == 0:
         summary["latency_ratio"] = _latency_ratio(model, structures, bundle.input_shape)
+        summary["budget_verdict"] = budget_verdict(summary["latency_ratio"], policy.latency_budget)
     if rank == 0:
         save_compressed(out, model.cpu(), structures, model_name=model_name, num_classes=bundle.num_classes,
                         input_shape=bundle.input_shape, policy=policy,
