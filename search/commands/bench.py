@@ -10,7 +10,6 @@ one process; ``speedup`` is over the fastest engine at its default precision (wh
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
@@ -37,6 +36,7 @@ from .common import (
     add_shape_arguments,
     check_batch_memory,
     check_writable,
+    policy_model,
     positive_int,
 )
 
@@ -111,13 +111,9 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, Any, dict, tup
     """``(model, dense, structures, shape, name)``: the compressed model (structured weights), the dense model the
     engines run (the checkpoint before the policy's projection; for --compressed the compressed weights
     themselves, all a compressed checkpoint holds), the structures, one sample's shape and the model's name."""
-    from uniprune.compressors.core.projection import check_policy_model, project_model
     from uniprune.search.models import (
         build_model,
         load_state,
-        model_hint,
-        read_checkpoint,
-        split_checkpoint,
     )
 
     if args.compressed:
@@ -144,20 +140,7 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, Any, dict, tup
         model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
         load_state(model, state, where=path)
         return model, model, structures, shape, name
-    if not os.path.isfile(args.policy):
-        raise ConfigError(f"policy file {args.policy!r} does not exist; pass the policy.json a search wrote")
-    policy = Policy.load(args.policy)
-    check_policy_model(policy, args.model)
-    # the checkpoint knows its input shape and classes; without one, the defaults (read once, loaded below)
-    state, meta = split_checkpoint(read_checkpoint(args.checkpoint), args.checkpoint) if args.checkpoint else ({}, {})
-    default_shape = (1, 8, 8) if args.model == "digits-cnn" else (3, 32, 32)
-    shape = args.input_shape or tuple(int(s) for s in meta.get("input_shape") or default_shape)
-    model = build_model(args.model, num_classes=args.num_classes or int(meta.get("num_classes") or 10), input_shape=shape)
-    if args.checkpoint:
-        load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
-    dense = copy.deepcopy(model).eval()
-    structures = project_model(model, policy, apply=True)
-    return model, dense, structures, shape, args.model
+    return policy_model(args)
 
 
 def _data(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:

@@ -47,10 +47,13 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=positive_int, default=None, help="output classes (default: the checkpoint's, else 10)")
 
 
-def policy_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, tuple[int, int, int], str]:
-    """``(model, structures, input shape, model name)``: ``args.model`` (with ``args.checkpoint``'s weights when
-    given) projected onto the policy ``args.policy`` (weights written in place), for ``args.input_shape`` /
-    ``args.num_classes`` (default: the checkpoint's, else 3x32x32 (1x8x8 for digits-cnn) and 10 classes)."""
+def policy_model(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, dict, tuple[int, int, int], str]:
+    """``(model, dense, structures, input shape, model name)``: ``args.model`` (with ``args.checkpoint``'s weights
+    when given) projected onto the policy ``args.policy`` (weights written in place), the model as it was before
+    (eval mode), for ``args.input_shape`` / ``args.num_classes`` (default: the checkpoint's, else 3x32x32 (1x8x8
+    for digits-cnn) and 10 classes)."""
+    import copy
+
     from uniprune.compressors.core.policy import Policy
     from uniprune.compressors.core.projection import check_policy_model, project_model
     from uniprune.search.models import build_model, load_state, model_hint, read_checkpoint, split_checkpoint
@@ -66,8 +69,9 @@ def policy_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, tuple
     model = build_model(args.model, num_classes=args.num_classes or int(meta.get("num_classes") or 10), input_shape=shape)
     if args.checkpoint:
         load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
+    dense = copy.deepcopy(model).eval()
     structures = project_model(model, policy, apply=True)
-    return model, structures, shape, args.model
+    return model, dense, structures, shape, args.model
 
 
 #: Upper bounds of the numeric options every verb shares (``check_limits``): past them a run cannot finish

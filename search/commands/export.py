@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.policy:
         if not args.model:
             raise ConfigError("--policy needs --model (and --checkpoint for trained weights): the model to project")
-        model, structures, shape, name = policy_model(args)
+        model, _, structures, shape, name = policy_model(args)
         check_batch_memory(args.batch_size, math.prod(shape))
         source: dict[str, Any] = {"policy": str(Path(args.policy).resolve()), "policy_sha256": file_sha256(args.policy),
                                   "dense_checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None}
