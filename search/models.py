@@ -229,9 +229,10 @@ def _check_forward(model: nn.Module, name: str, num_classes: int, input_shape: t
     try:
         with torch.no_grad():
             out = model(torch.zeros(1, *input_shape))
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"model {name!r} cannot take inputs of shape {tuple(input_shape)}: {first}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the user's model raises (an assert on the image size, ...) is one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first if isinstance(exc, (RuntimeError, ValueError)) and first else f"{type(exc).__name__}: {first}".rstrip(": ")
+        raise ModelError(f"model {name!r} cannot take inputs of shape {tuple(input_shape)}: {first[:300]}") from None
     finally:
         model.train(was_training)
     if not isinstance(out, Tensor) or tuple(out.shape) != (1, num_classes):

@@ -409,6 +409,25 @@ def test_bad_input(case_id, argv, fragment, files, capsys, monkeypatch):
     assert not [k for k in after if k not in before and not k.startswith(("r-", "s-", "m-"))], sorted(set(after) - set(before))
 
 
+def test_a_depthwise_conv_in_a_policy_is_named_as_such():
+    from uniprune.compressors.core.errors import PolicyError
+
+    model = build_model("tv:mobilenet_v2", num_classes=10, input_shape=(3, 32, 32))
+    policy = Policy(layers={"features.1.conv.0.0": LayerAction(prune=0.5, unify=0.0)})
+    with pytest.raises(PolicyError, match="depthwise convs are not compressible") as info:
+        project_model(model, policy)
+    assert "another model" not in str(info.value) and "features.1.conv.0.0" in str(info.value)
+
+
+def test_the_model_check_turns_any_exception_into_one_line():
+    """torchvision's ViT asserts its image size: an AssertionError, not a RuntimeError."""
+    from uniprune.compressors.core.errors import ModelError
+
+    with pytest.raises(ModelError, match="AssertionError") as info:
+        build_model("tv:vit_b_16", num_classes=10, input_shape=(3, 64, 64))
+    assert "\n" not in str(info.value) and "(3, 64, 64)" in str(info.value)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Issue 21: an exported artifact is data (an edited plan.json or weights.bin is refused in one line, by bench and
 # by the artifact's own loader, before any native call), every option has an upper bound, JSON is strict, a
@@ -476,7 +495,7 @@ def _plan_edits() -> list[tuple[str, Callable[[dict, bytearray], None] | str, bo
         e.append((f"op{op}-reads-unwritten", _set(("ops", op, "ints", 0), 3 if op == 0 else 0 if op == 4 else 1), True,
                   f"op {op}"))
         e.append((f"op{op}-writes-input", _set(("ops", op, "ints", 2), 0), True, f"op {op}"))
-    for kind in ("conv", 0, 12, 99, -1, None, 1.5, True, [1]):
+    for kind in ("conv", 0, 16, 99, -1, None, 1.5, True, [1]):  # 16: one past the last kind (issue 22 added 12 to 15)
         e.append((f"op0-kind-{kind}", _set(("ops", 0, "kind"), kind), True, "kind"))
     e += [("op0-ints-float", _set(("ops", 0, "ints", 4), 3.0), True, "op 0"),
           ("op0-ints-string", _set(("ops", 0, "ints", 5), "32"), True, "op 0"),

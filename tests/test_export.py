@@ -297,6 +297,42 @@ def test_export_help_lists_its_options(capsys):
         assert option in text
 
 
+def test_export_policy_projects_a_model_without_fine_tuning(tmp_path, capsys, lean_cache, single_thread):
+    """``export --policy``: the model with the policy's structure imposed on its checkpoint's weights, deployed as it is."""
+    torch.manual_seed(3)
+    model = build_model("tv:mobilenet_v3_small", num_classes=10, input_shape=(3, 32, 32)).eval()
+    ckpt = tmp_path / "dense.pt"
+    torch.save(model.state_dict(), ckpt)
+    layers = [s.name for s in compressible_layers(model)][1:-1]
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"format": "uniprune.policy/1", "model": "tv:mobilenet_v3_small",
+                                  "layers": {n: {"prune": 0.75, "unify": 0.0} for n in layers}}))
+    out = tmp_path / "art"
+    code, result, err = _export(capsys, "--policy", str(policy), "--model", "tv:mobilenet_v3_small", "--checkpoint",
+                                str(ckpt), "--input-shape", "3,32,32", "--num-classes", "10", "--out", str(out))
+    assert code == 0, err
+    assert result["max_rel_error"] <= TOL and result["output_shape"] == [10]
+    header = json.loads((out / "plan.json").read_text())
+    assert header["source"]["policy_sha256"] and header["source"]["model_name"] == "tv:mobilenet_v3_small"
+    # the deployed plan runs 75 % fewer weights in the layers the policy names
+    kept = sum(int(np.count_nonzero(np.asarray(uniprune_lean.read_plan(out)[1][op["kernel"]["w"]])))
+               for op in header["ops"] if op.get("kernel") and op["layer"] in layers)
+    total = sum(model.get_submodule(n).weight.numel() for n in layers)
+    assert kept <= 0.3 * total
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert import_loader(out).Model(out, cache_dir=lean_cache).run(x).shape == (2, 10)
+
+
+def test_export_policy_needs_a_model_and_compressed_takes_no_model(tmp_path, capsys):
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"format": "uniprune.policy/1", "layers": {}}))
+    code, _, err = _export(capsys, "--policy", str(policy), "--out", str(tmp_path / "a"))
+    assert code != 0 and "--policy needs --model" in err and "Traceback" not in err
+    code, _, err = _export(capsys, "--compressed", str(policy), "--model", "digits-cnn", "--out", str(tmp_path / "b"))
+    assert code != 0 and "go with --policy" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_bench_never_runs_the_artifacts_code(tmp_path, capsys, monkeypatch):
     """bench reads only plan.json and weights.bin: a line added to the artifact's loader or C sources is never
     run or compiled (the uniprune kernels run the plan), and the figures still come."""

@@ -127,8 +127,9 @@ def test_measure_and_check_whole_model(tmp_path):
             structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
     r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5, min_seconds=0)
     assert set(r) == {"engines", "precisions", "baseline", "best_engine", "best_dense_ms", "compressed_ms",
-                      "latency_ratio", "speedup", "rivals", "runtime", "precision", "notes"}
+                      "latency_ratio", "speedup", "rivals", "runtime", "precision", "fallback", "notes"}
     assert r["precision"] == "fp32"  # the library's default; the CLI's is auto
+    assert r["fallback"] is None
     assert r["runtime"] == "lean"  # the small CNN lowers to one native plan
     assert set(r["engines"]) == set(default_modes()) and r["notes"] == []
     assert r["best_dense_ms"] == min(r["engines"][e] for e in available_engines()) == r["engines"][r["best_engine"]]
@@ -195,9 +196,10 @@ def test_python_runtime_and_the_fallback():
             self.conv = nn.Conv2d(3, 8, 3, padding=1)
 
         def forward(self, x):
-            return torch.sigmoid(self.conv(x)).mean((2, 3))  # the plan has no sigmoid
+            return torch.exp(self.conv(x)).mean((2, 3))  # the plan has no exp
 
     r = measure_model_ms(Gated().eval(), {}, (3, 8, 8), threads=1, warmup=1, repeats=2, min_seconds=0)
     assert r["runtime"] == "python" and len(r["notes"]) == 1 and "Python path" in r["notes"][0]
+    assert r["fallback"]["blockers"] == ["node 'exp' (call_function exp): the plan has no op for it"]
     with pytest.raises(ConfigError, match="runtime"):
         measure_model_ms(model, {}, (3, 16, 16), runtime="jit")

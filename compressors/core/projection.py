@@ -191,9 +191,18 @@ def check_policy_model(policy: Policy, model: str) -> None:
         )
 
 
-def check_policy_layers(policy: Policy, names: list[str]) -> None:
-    """PolicyError when the policy names a layer that is not a compressible layer of the model."""
+def check_policy_layers(policy: Policy, names: list[str], model: nn.Module | None = None) -> None:
+    """PolicyError when the policy names a layer that is not a compressible layer of the model; with ``model``, a
+    depthwise conv named in the policy is reported as such."""
     unknown = [n for n in policy.layers if n not in names]
+    modules = dict(model.named_modules()) if model is not None else {}
+    depthwise = [n for n in unknown if isinstance(modules.get(n), nn.Conv2d) and modules[n].groups > 1
+                 and modules[n].groups == modules[n].in_channels]
+    if depthwise:
+        raise PolicyError(
+            f"policy names depthwise conv(s) {depthwise[:5]}{' ...' if len(depthwise) > 5 else ''}: depthwise convs are "
+            "not compressible (they stay dense, see docs/KERNELS.md); remove them from the policy"
+        )
     if unknown:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise PolicyError(
@@ -218,7 +227,7 @@ def project_model(
     """
     shapes = policy_block_shapes(policy.block_shape, block_shapes)
     specs = compressible_layers(model, shapes)
-    check_policy_layers(policy, [s.name for s in specs])
+    check_policy_layers(policy, [s.name for s in specs], model)
     structures: dict[str, LayerStructure] = {}
     for spec in specs:
         action = policy.action(spec.name)

@@ -82,13 +82,16 @@ RUNTIMES = ("lean", "artifact", "python")
 
 
 def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int,
-                       runtime: str = "lean", precision: str = "fp32") -> tuple[Any, str, list[str]]:
+                       runtime: str = "lean", precision: str = "fp32",
+                       fallback: dict[str, Any] | None = None) -> tuple[Any, str, list[str]]:
     """The compressed model as it will run, ready for inputs shaped like ``x``: ``(callable, runtime, notes)``.
 
     ``runtime`` ``"lean"`` falls back to ``"python"`` (with a note saying why) for a model the plan cannot
-    lower. Each layer's implementation is picked here, at this shape and ``threads``. ``precision``
-    (``fp32``, ``bf16``, ``auto``: :func:`~uniprune.compressors.native.plan.resolve_precision`) applies to the
-    plan (lean, artifact); the Python path is float32 only (a bf16 request falls back to it with a note).
+    lower; then ``fallback`` (a dict, when given) gets ``"reason"`` (the one-line error) and ``"blockers"``
+    (every node the plan could not lower, one line each). Each layer's implementation is picked here, at this
+    shape and ``threads``. ``precision`` (``fp32``, ``bf16``, ``auto``:
+    :func:`~uniprune.compressors.native.plan.resolve_precision`) applies to the plan (lean, artifact); the
+    Python path is float32 only (a bf16 request falls back to it with a note).
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -101,6 +104,8 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
             return compile_lean(model, structures, example_input=x, threads=threads, precision=precision), "lean", notes
         except ModelError as exc:
             notes.append(f"{exc}; timed on the Python path")
+            if fallback is not None:
+                fallback.update(reason=str(exc), blockers=list(getattr(exc, "blockers", [str(exc)])))
     if precision != "fp32":
         notes.append(f"the Python path runs float32 only; {precision} was asked for")
     compiled = compile_model(model, structures, threads=threads)
@@ -151,20 +156,22 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
     engine's, taken in the same rounds, and ``speedup`` its inverse. Rounds span at least ``min_seconds``.
 
     ``dense``: the engines already built (:func:`~.engines.dense_engines` on an input of this shape), else built
-    here. Returns :func:`~uniprune.compressors.latency.engines.race`'s fields, ``"runtime"`` (the one timed)
-    and ``"precision"`` (the compressed model's, ``fp32`` or ``bf16``: ``auto`` resolved for this CPU);
-    ``notes`` says why an installed engine mode or the lean path was left out.
+    here. Returns :func:`~uniprune.compressors.latency.engines.race`'s fields, ``"runtime"`` (the one timed),
+    ``"precision"`` (the compressed model's, ``fp32`` or ``bf16``: ``auto`` resolved for this CPU) and
+    ``"fallback"`` (``None``, or why the lean path was left for the Python path: ``{"reason", "blockers"}``, see
+    :func:`compile_for_timing`); ``notes`` says why an installed engine mode or the lean path was left out.
     """
     n = check_threads(threads)
     x = _example_input(input_shape, batch_size, seed)
     if dense is None:
         dense = dense_engines(model, x, threads=n, engines=engines, int8_calibration=int8_calibration, progress=True)
     precision = resolve_precision(precision)
-    compiled, used, notes = compile_for_timing(model, structures, x, n, runtime, precision)
+    fallback: dict[str, Any] = {}
+    compiled, used, notes = compile_for_timing(model, structures, x, n, runtime, precision, fallback)
     result = race(dense, lambda: compiled(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
                   statistic=statistic, baseline=baseline)
     return {**result, "runtime": used, "precision": precision if used != "python" else "fp32",
-            "notes": result["notes"] + notes}
+            "fallback": fallback or None, "notes": result["notes"] + notes}
 
 
 def without_zeros(model: nn.Module, specs: Sequence[Any], seed: int = 0) -> nn.Module:

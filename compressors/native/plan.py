@@ -39,7 +39,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..core.errors import CheckpointError, ConfigError, KernelBuildError, ModelError
 from ..core.structure import LayerStructure
@@ -50,9 +50,11 @@ from .runtime import CompiledConv2d, CompiledLinear, compile_model, inference_co
 
 # Op kinds and activations: the numbers are csrc/uniprune_plan.c's enums.
 OP_CONV, OP_GEMV, OP_GCONV, OP_ADD, OP_ACT, OP_AFFINE, OP_GAP, OP_POOL, OP_SLICEPAD, OP_COPY, OP_IM2COL = range(1, 12)
+OP_CHMUL, OP_CHCOPY, OP_SHUFFLE, OP_CHNORM = range(12, 16)
 OP_NAMES = {OP_CONV: "conv", OP_GEMV: "linear", OP_GCONV: "grouped_conv", OP_ADD: "add", OP_ACT: "act",
             OP_AFFINE: "affine", OP_GAP: "global_avg_pool", OP_POOL: "pool", OP_SLICEPAD: "slice_pad",
-            OP_COPY: "copy", OP_IM2COL: "im2col_conv"}
+            OP_COPY: "copy", OP_IM2COL: "im2col_conv", OP_CHMUL: "channel_mul", OP_CHCOPY: "channel_copy",
+            OP_SHUFFLE: "channel_shuffle", OP_CHNORM: "channel_layer_norm"}
 #: How a groups=1 conv runs: the direct block-sparse conv, or im2col over the whole batch followed by the
 #: block-sparse linear kernel (vectorised over output channels) or by the conv kernel as a 1x1 conv
 #: (vectorised over the pixels of all images at once); see run_im2col in csrc/uniprune_plan.c.
@@ -62,11 +64,25 @@ CONV_CHOICES = ("measure", *CONV_IMPLS)
 #: output pixels, so a 1x1 or 2x2 output fills 1 or 4 of a vector's 16 lanes (digits CNN, batch 32:
 #: 5.6 GFLOP/s); beyond 8x8 its vectors are full and im2col's 9x copy of the input only costs.
 IM2COL_MAX_PIXELS = 64
-ACT_NONE, ACT_RELU, ACT_CLAMP = 0, 1, 2
-_ACT_NAMES = {ACT_NONE: "", ACT_RELU: "relu", ACT_CLAMP: "clamp"}
-_HAS_EPILOGUE = (OP_CONV, OP_GEMV, OP_GCONV, OP_ADD, OP_AFFINE, OP_GAP, OP_POOL, OP_IM2COL)  # take a fused activation
+ACT_NONE, ACT_RELU, ACT_CLAMP, ACT_HARDSWISH, ACT_HARDSIGMOID, ACT_SILU, ACT_GELU, ACT_SIGMOID, ACT_GELU_TANH = range(9)
+_ACT_NAMES = {ACT_NONE: "", ACT_RELU: "relu", ACT_CLAMP: "clamp", ACT_HARDSWISH: "hardswish",
+              ACT_HARDSIGMOID: "hardsigmoid", ACT_SILU: "silu", ACT_GELU: "gelu", ACT_SIGMOID: "sigmoid",
+              ACT_GELU_TANH: "gelu_tanh"}
+_HAS_EPILOGUE = (OP_CONV, OP_GEMV, OP_GCONV, OP_ADD, OP_AFFINE, OP_GAP, OP_POOL, OP_IM2COL, OP_CHMUL,
+                 OP_CHNORM)  # take a fused activation
 _TAKES_RESIDUAL = (OP_CONV, OP_GEMV, OP_GCONV, OP_IM2COL)  # may take a fused residual add
-_IN_PLACE = (OP_ADD, OP_ACT, OP_AFFINE)  # may write over an input that dies with them
+_IN_PLACE = (OP_ADD, OP_ACT, OP_AFFINE, OP_CHMUL)  # may write over an input that dies with them (CHMUL: its first)
+
+# activations by module type and by function: (act code, whether the module/function has an inplace flag)
+_ACT_MODULES = {nn.Hardswish: ACT_HARDSWISH, nn.Hardsigmoid: ACT_HARDSIGMOID, nn.SiLU: ACT_SILU,
+                nn.Sigmoid: ACT_SIGMOID}
+_ACT_FUNCTIONS = {F.hardswish: ACT_HARDSWISH, F.hardsigmoid: ACT_HARDSIGMOID, F.silu: ACT_SILU,
+                  torch.sigmoid: ACT_SIGMOID, F.sigmoid: ACT_SIGMOID}
+_ACT_METHODS = {"sigmoid": ACT_SIGMOID, "sigmoid_": ACT_SIGMOID}
+_MUL_FNS = {operator.mul, operator.imul, torch.mul}
+_CAT_FNS = {torch.cat, torch.concat}
+_PERMUTE_NHWC, _PERMUTE_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+NHWC = "nhwc"  # a value whose logical shape is [N, H, W, C] (after permute(0, 2, 3, 1)), stored as NCHW
 
 _RELU_FNS = {F.relu, torch.relu, torch.relu_}
 _ADD_FNS = {operator.add, operator.iadd, torch.add}
@@ -102,7 +118,7 @@ class PlanOp:
     def describe(self) -> str:
         name = OP_NAMES[self.kind] if self.kind != OP_IM2COL else CONV_IMPLS[1 + self.params[8]]
         name += ("+add" if len(self.ins) > 1 and self.kind in _TAKES_RESIDUAL else "")
-        act = _ACT_NAMES[self.act] if self.act != ACT_CLAMP else f"clamp({self.lo:g},{self.hi:g})"
+        act = _ACT_NAMES.get(self.act, str(self.act)) if self.act != ACT_CLAMP else f"clamp({self.lo:g},{self.hi:g})"
         return f"{name}{'+' + act if act else ''}"
 
 
@@ -137,9 +153,11 @@ def _gemv_kernel(w: torch.Tensor, keep: torch.Tensor, b: torch.Tensor | None, pr
 
 
 def _per_sample(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+    """The (C, H, W) storage of one sample of a C-contiguous ``[N, ...]`` tensor: dims before the last two
+    merge into channels (a channel shuffle's ``[N, g, C/g, H, W]`` is ``(C, H, W)``)."""
     rest = tuple(int(s) for s in shape[1:])
-    if len(rest) == 3:
-        return rest  # type: ignore[return-value]
+    if len(rest) >= 3:
+        return (int(np.prod(rest[:-2])), rest[-2], rest[-1])
     if len(rest) == 1:
         return (rest[0], 1, 1)
     raise ValueError(f"tensors of {len(shape)} dims")
@@ -163,6 +181,11 @@ class _Lowering:
         self.shape: dict[torch.fx.Node, tuple[int, ...]] = {}  # tensor node -> its own per-sample shape
         self.vshape: dict[int, tuple[int, int, int]] = {}  # value id -> per-sample (C, H, W) of its storage
         self.sizes: set[torch.fx.Node] = set()  # nodes holding x.size(0)
+        self.size_tuples: set[torch.fx.Node] = set()  # nodes holding x.size() / x.shape
+        self.scalars: set[torch.fx.Node] = set()  # Python numbers computed from sizes: no op
+        self.consts: dict[torch.fx.Node, torch.Tensor] = {}  # get_attr nodes: parameters and buffers
+        self.layout: dict[torch.fx.Node, str] = {}  # tensor node -> NHWC when it is a channels-last view
+        self.chunks: dict[torch.fx.Node, tuple[torch.fx.Node, list[tuple[int, int]]]] = {}  # chunk -> (x, (start, n))
         self.ops: list[PlanOp] = []
         self.input_value = -1
         self.output_value = -1
@@ -172,8 +195,43 @@ class _Lowering:
         what = node.target if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
         if node.op == "call_module":
             what = f"{what} ({type(self.modules[node.target]).__name__})"
-        return ModelError(f"cannot lower node {node.name!r} ({node.op} {what}) to a lean plan: {why}; "
-                          "run the compiled model's Python path instead")
+        error = ModelError(f"cannot lower node {node.name!r} ({node.op} {what}) to a lean plan: {why}; "
+                           "run the compiled model's Python path instead")
+        error.blockers = [f"node {node.name!r} ({node.op} {what}): {why}"]  # type: ignore[attr-defined]
+        return error
+
+    def run(self) -> None:
+        """Lower every node; a node the plan cannot lower is recorded and the walk goes on (its output standing in
+        as a value, so later nodes are judged on their own), then one ModelError names the first and lists every
+        one in ``.blockers``. Nodes that fail only because an input did are not counted again."""
+        errors: list[ModelError] = []
+        failed: set[torch.fx.Node] = set()
+        for node in self.gm.graph.nodes:
+            if node.op == "output" and errors:
+                break
+            try:
+                self.lower_node(node)
+            except ModelError as exc:
+                if node.op in ("placeholder", "output"):
+                    raise
+                if not any(n in failed and n not in self.value for n in node.all_input_nodes):
+                    errors.append(exc)
+                failed.add(node)
+                if node not in self.value and isinstance(node.meta.get("tensor_meta"), TensorMetadata):
+                    try:
+                        self.new_value(node)
+                    except ModelError:
+                        pass
+        if errors:
+            blockers = [b for e in errors for b in getattr(e, "blockers", [str(e)])]
+            first = str(errors[0])
+            if len(blockers) > 1:
+                head, _, tail = first.rpartition("; ")
+                more = "; ".join(blockers[1:4]) + ("; ..." if len(blockers) > 4 else "")
+                first = f"{head}; and {len(blockers) - 1} more node(s): {more}; {tail}"
+            error = ModelError(first)
+            error.blockers = blockers  # type: ignore[attr-defined]
+            raise error
 
     def meta_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
         meta = node.meta.get("tensor_meta")
@@ -182,34 +240,50 @@ class _Lowering:
         if meta.dtype != torch.float32:
             raise self.fail(node, f"it produces {meta.dtype}, the plan runs float32")
         shape = tuple(int(s) for s in meta.shape)
-        if len(shape) not in (2, 4) or shape[0] != self.example.shape[0]:
+        if len(shape) not in (2, 4, 5) or shape[0] != self.example.shape[0]:
             raise self.fail(node, f"its output {list(shape)} is not [N, C, H, W] or [N, F] with the input's batch")
         return shape
 
-    def tensor_arg(self, node: torch.fx.Node, arg: Any) -> torch.fx.Node:
+    def tensor_arg(self, node: torch.fx.Node, arg: Any, nhwc: bool = False) -> torch.fx.Node:
+        """``arg`` as a value the plan computes; a channels-last view only where the op says it takes one."""
         if not isinstance(arg, torch.fx.Node) or arg not in self.value:
             raise self.fail(node, f"argument {arg!r} is not a tensor the plan computes")
+        if not nhwc and self.layout.get(arg) == NHWC:
+            raise self.fail(node, f"it reads {arg.name!r} in channels-last order, which only elementwise ops, "
+                                  "LayerNorm, Linear and permute(0, 3, 1, 2) take")
         return arg
 
-    def new_value(self, node: torch.fx.Node) -> int:
+    def new_value(self, node: torch.fx.Node, layout: str | None = None) -> int:
         shape = self.meta_shape(node)
         vid = len(self.vshape)
-        self.vshape[vid] = _per_sample(shape)
-        self.value[node], self.shape[node] = vid, shape[1:]
+        per = shape[1:]
+        self.vshape[vid] = (per[2], per[0], per[1]) if layout == NHWC else _per_sample(shape)
+        self.value[node], self.shape[node] = vid, per
+        if layout == NHWC:
+            self.layout[node] = NHWC
         return vid
 
-    def alias(self, node: torch.fx.Node, src: torch.fx.Node) -> None:
+    def alias(self, node: torch.fx.Node, src: torch.fx.Node, layout: str | None = "same") -> None:
+        """``node`` is ``src``'s storage under another shape (a view); ``layout``: the view's (default: src's)."""
         shape = self.meta_shape(node)
-        if int(torch.tensor(shape[1:]).prod()) != int(torch.tensor(self.shape[src]).prod()):
+        if int(np.prod(shape[1:])) != int(np.prod(self.shape[src])):
             raise self.fail(node, f"it reshapes {list(self.shape[src])} to {list(shape[1:])} per sample")
         self.value[node], self.shape[node] = self.value[src], shape[1:]
+        layout = self.layout.get(src) if layout == "same" else layout
+        if layout == NHWC:
+            self.layout[node] = NHWC
 
-    def emit(self, node: torch.fx.Node, kind: int, ins: list[torch.fx.Node], **kw: Any) -> PlanOp:
+    def emit(self, node: torch.fx.Node, kind: int, ins: list[torch.fx.Node], layout: str | None = None,
+             **kw: Any) -> PlanOp:
         op = PlanOp(kind, node.name, [self.value[s] for s in ins], -1, self.vshape[self.value[ins[0]]], (0, 0, 0), **kw)
-        op.out = self.new_value(node)
+        op.out = self.new_value(node, layout)
         op.shape_out = self.vshape[op.out]
         self.ops.append(op)
         return op
+
+    def emit_elementwise(self, node: torch.fx.Node, kind: int, ins: list[torch.fx.Node], **kw: Any) -> PlanOp:
+        """An op whose output has its first input's shape and layout (channels-last views included)."""
+        return self.emit(node, kind, ins, layout=self.layout.get(ins[0]), **kw)
 
     def check_inplace(self, node: torch.fx.Node) -> None:
         """An in-place op is its functional twin only when nothing reads its input afterwards."""
@@ -218,44 +292,57 @@ class _Lowering:
             raise self.fail(node, f"it modifies {src.name!r} in place, which other nodes read too")
 
     # ------------------------------------------------------------------------------------------ nodes
-    def run(self) -> None:
-        for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                if self.input_value >= 0:
-                    raise self.fail(node, "the plan takes one input tensor")
-                if self.example.dim() != 4 and self.example.dim() != 2:
-                    raise self.fail(node, f"the input must be [N, C, H, W] or [N, F], got {list(self.example.shape)}")
-                self.input_value = self.new_value(node)
-            elif node.op == "output":
-                out = node.args[0]
-                if not isinstance(out, torch.fx.Node) or out not in self.value:
-                    raise self.fail(node, "the plan returns one tensor")
-                self.output_value = self.value[out]
-                if self.output_value == self.input_value:  # the caller's x is never written: copy it
-                    op = PlanOp(OP_COPY, node.name, [self.input_value], len(self.vshape),
-                                self.vshape[self.input_value], self.vshape[self.input_value])
-                    self.vshape[op.out] = op.shape_out
-                    self.ops.append(op)
-                    self.output_value = op.out
-            elif node.op == "call_module":
-                self.module(node, self.modules[node.target])
-            elif node.op in ("call_function", "call_method"):
-                self.function(node)
-            else:
-                raise self.fail(node, "the plan has no op for it")
+    def lower_node(self, node: torch.fx.Node) -> None:
+        if node.op == "placeholder":
+            if self.input_value >= 0:
+                raise self.fail(node, "the plan takes one input tensor")
+            if self.example.dim() != 4 and self.example.dim() != 2:
+                raise self.fail(node, f"the input must be [N, C, H, W] or [N, F], got {list(self.example.shape)}")
+            self.input_value = self.new_value(node)
+        elif node.op == "output":
+            out = node.args[0]
+            if not isinstance(out, torch.fx.Node) or out not in self.value:
+                raise self.fail(node, "the plan returns one tensor")
+            self.output_value = self.value[out]
+            if self.output_value == self.input_value:  # the caller's x is never written: copy it
+                op = PlanOp(OP_COPY, node.name, [self.input_value], len(self.vshape),
+                            self.vshape[self.input_value], self.vshape[self.input_value])
+                self.vshape[op.out] = op.shape_out
+                self.ops.append(op)
+                self.output_value = op.out
+        elif node.op == "call_module":
+            self.module(node, self.modules[node.target])
+        elif node.op in ("call_function", "call_method"):
+            self.function(node)
+        elif node.op == "get_attr":
+            value: Any = self.gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            if not isinstance(value, torch.Tensor):
+                raise self.fail(node, "it is not a tensor")
+            self.consts[node] = value.detach().float()
+        else:
+            raise self.fail(node, "the plan has no op for it")
 
     def activation(self, node: torch.fx.Node, src: Any, lo: float | None, hi: float | None) -> None:
-        x = self.tensor_arg(node, src)
+        x = self.tensor_arg(node, src, nhwc=True)
         if lo == 0.0 and hi is None:
-            self.emit(node, OP_ACT, [x], act=ACT_RELU)
+            self.emit_elementwise(node, OP_ACT, [x], act=ACT_RELU)
         else:
-            self.emit(node, OP_ACT, [x], act=ACT_CLAMP, lo=float("-inf") if lo is None else float(lo),
-                      hi=float("inf") if hi is None else float(hi))
+            self.emit_elementwise(node, OP_ACT, [x], act=ACT_CLAMP, lo=float("-inf") if lo is None else float(lo),
+                                  hi=float("inf") if hi is None else float(hi))
+
+    def smooth(self, node: torch.fx.Node, src: Any, act: int) -> None:
+        self.emit_elementwise(node, OP_ACT, [self.tensor_arg(node, src, nhwc=True)], act=act)
 
     def module(self, node: torch.fx.Node, m: nn.Module) -> None:
         if len(node.args) != 1 or node.kwargs:
             raise self.fail(node, "modules are called with one tensor")
-        x = self.tensor_arg(node, node.args[0])
+        takes_nhwc = isinstance(m, (CompiledLinear, nn.Linear, nn.LayerNorm, nn.ReLU, nn.Hardtanh, nn.GELU, nn.Identity,
+                                    nn.Dropout, *_ACT_MODULES))
+        x = self.tensor_arg(node, node.args[0], nhwc=takes_nhwc)
+        if getattr(m, "inplace", False):
+            self.check_inplace(node)
         if isinstance(m, (CompiledConv2d, nn.Conv2d)):
             self.conv(node, x, m)
             self.ops[-1].layer = str(node.target)
@@ -263,13 +350,16 @@ class _Lowering:
             self.linear(node, x, m)
             self.ops[-1].layer = str(node.target)
         elif isinstance(m, nn.ReLU):
-            if m.inplace:
-                self.check_inplace(node)
             self.activation(node, x, 0.0, None)
         elif isinstance(m, nn.Hardtanh):  # ReLU6 too
-            if m.inplace:
-                self.check_inplace(node)
             self.activation(node, x, m.min_val, m.max_val)
+        elif type(m) in _ACT_MODULES:
+            self.smooth(node, x, _ACT_MODULES[type(m)])
+        elif isinstance(m, nn.GELU):
+            self.smooth(node, x, ACT_GELU if m.approximate == "none" else ACT_GELU_TANH)
+        elif isinstance(m, nn.LayerNorm):
+            self.layer_norm(node, x, tuple(m.normalized_shape), None if m.weight is None else m.weight.detach(),
+                            None if m.bias is None else m.bias.detach(), m.eps)
         elif isinstance(m, (nn.Identity, nn.Dropout)) or (isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1):
             self.alias(node, x)
         elif isinstance(m, nn.BatchNorm2d):
@@ -284,15 +374,30 @@ class _Lowering:
         else:
             raise self.fail(node, "the plan has no op for this module")
 
+    def data(self, arg: Any) -> bool:
+        return isinstance(arg, torch.fx.Node) and (arg in self.value or arg in self.consts or arg in self.chunks)
+
     def function(self, node: torch.fx.Node) -> None:
         t, args, kw = node.target, node.args, node.kwargs
         method = node.op == "call_method"
         if t in _INPLACE_TARGETS or kw.get("inplace"):
             self.check_inplace(node)
-        if method and t == "size":
-            if (args[1] if len(args) > 1 else kw.get("dim")) != 0:
-                raise self.fail(node, "only x.size(0) is supported")
-            self.sizes.add(node)
+        if (method and t == "size") or (t is getattr and len(args) == 2 and args[1] == "shape"):
+            dim = None if t is getattr else (args[1] if len(args) > 1 else kw.get("dim"))
+            if dim is None:
+                self.size_tuples.add(node)
+            elif dim == 0:
+                self.sizes.add(node)
+            else:
+                self.scalars.add(node)
+        elif t is operator.getitem and args[0] in self.size_tuples:
+            (self.sizes if args[1] == 0 else self.scalars).add(node)
+        elif t is operator.getitem and args[0] in self.chunks:
+            x, parts = self.chunks[args[0]]
+            start, count = parts[args[1]]
+            self.emit(node, OP_CHCOPY, [x], params=[0, start, count])
+        elif not any(self.data(a) for a in node.all_input_nodes) and "tensor_meta" not in node.meta:
+            self.scalars.add(node)  # arithmetic on sizes (x.size(1) // groups): a number, no op
         elif t in _RELU_FNS or (method and t in ("relu", "relu_")):
             self.activation(node, args[0], 0.0, None)
         elif t is F.relu6:
@@ -300,6 +405,11 @@ class _Lowering:
         elif t is F.hardtanh:
             self.activation(node, args[0], kw.get("min_val", args[1] if len(args) > 1 else -1.0),
                             kw.get("max_val", args[2] if len(args) > 2 else 1.0))
+        elif t in _ACT_FUNCTIONS or (method and t in _ACT_METHODS):
+            self.smooth(node, args[0], _ACT_FUNCTIONS[t] if not method else _ACT_METHODS[t])
+        elif t is F.gelu or (method and t == "gelu"):
+            approximate = kw.get("approximate", args[1] if len(args) > 1 else "none")
+            self.smooth(node, args[0], ACT_GELU if approximate == "none" else ACT_GELU_TANH)
         elif t is torch.clamp or (method and t in ("clamp", "clamp_")):
             lo, hi = kw.get("min", args[1] if len(args) > 1 else None), kw.get("max", args[2] if len(args) > 2 else None)
             if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
@@ -308,10 +418,31 @@ class _Lowering:
         elif t in _ADD_FNS or (method and t in ("add", "add_")):
             if len(args) != 2 or set(kw) - {"alpha"} or kw.get("alpha", 1) != 1:
                 raise self.fail(node, "only a + b of two tensors is supported")
-            a, b = self.tensor_arg(node, args[0]), self.tensor_arg(node, args[1])
-            if self.shape[a] != self.shape[b]:
+            a, b = self.tensor_arg(node, args[0], nhwc=True), self.tensor_arg(node, args[1], nhwc=True)
+            if self.shape[a] != self.shape[b] or self.layout.get(a) != self.layout.get(b):
                 raise self.fail(node, f"it broadcasts {list(self.shape[a])} with {list(self.shape[b])}")
-            self.emit(node, OP_ADD, [a, b])
+            self.emit_elementwise(node, OP_ADD, [a, b])
+        elif t in _MUL_FNS or (method and t in ("mul", "mul_")):
+            self.mul(node)
+        elif t in _CAT_FNS:
+            self.cat(node)
+        elif t is torch.chunk or t is torch.split or (method and t in ("chunk", "split")):
+            self.chunk(node)
+        elif t is torch.permute or (method and t == "permute"):
+            self.permute(node)
+        elif t is torch.transpose or (method and t == "transpose"):
+            self.shuffle(node)
+        elif t is F.layer_norm:
+            a = dict(zip(["input", "normalized_shape", "weight", "bias", "eps"], args)) | dict(kw)
+            weight, bias = (self.consts.get(a.get(k)) if a.get(k) is not None else None for k in ("weight", "bias"))
+            if any(a.get(k) is not None and v is None for k, v in (("weight", weight), ("bias", bias))):
+                raise self.fail(node, "LayerNorm's weight and bias must be parameters")
+            self.layer_norm(node, self.tensor_arg(node, a["input"], nhwc=True), tuple(a["normalized_shape"]), weight,
+                            bias, float(a.get("eps", 1e-5)))
+        elif getattr(t, "__name__", "") == "stochastic_depth":  # torchvision.ops: the identity in eval
+            if kw.get("training", args[3] if len(args) > 3 else True):
+                raise self.fail(node, "stochastic depth in training mode")
+            self.alias(node, self.tensor_arg(node, args[0], nhwc=True))
         elif t in _FLATTEN_FNS or (method and t == "flatten"):
             start = kw.get("start_dim", args[1] if len(args) > 1 else 0)
             end = kw.get("end_dim", args[2] if len(args) > 2 else -1)
@@ -321,18 +452,17 @@ class _Lowering:
         elif method and t in ("view", "reshape"):
             x = self.tensor_arg(node, args[0])
             shape = tuple(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list)) else tuple(args[1:])
-            flat = int(torch.tensor(self.shape[x]).prod())
-            # the batch must come from x itself (x.size(0) or -1), never a number fixed at tracing time
-            if len(shape) != 2 or not ((shape[0] in self.sizes and shape[1] in (-1, flat)) or
-                                       (shape[0] == -1 and shape[1] == flat)):
-                raise self.fail(node, "only view/reshape(x.size(0), -1) is supported")
+            # the batch must come from x itself (x.size(0) or -1), never a number fixed at tracing time; the
+            # other sizes are per sample (numbers, or computed from x's sizes), checked by the output's shape
+            if len(shape) < 2 or not (shape[0] in self.sizes or (shape[0] == -1 and -1 not in shape[1:])):
+                raise self.fail(node, "only view/reshape(x.size(0), ...) or (-1, ...) keeping the batch is supported")
             self.alias(node, x)
         elif method and t == "contiguous":
             self.alias(node, self.tensor_arg(node, args[0]))
         elif t is F.dropout:
             if kw.get("training", args[2] if len(args) > 2 else True):
                 raise self.fail(node, "dropout in training mode")
-            self.alias(node, self.tensor_arg(node, args[0]))
+            self.alias(node, self.tensor_arg(node, args[0], nhwc=True))
         elif t is F.adaptive_avg_pool2d:
             self.adaptive_pool(node, self.tensor_arg(node, args[0]), kw.get("output_size", args[1] if len(args) > 1 else None))
         elif t is torch.mean or (method and t == "mean"):
@@ -351,6 +481,109 @@ class _Lowering:
         else:
             raise self.fail(node, "the plan has no op for it")
 
+    def mul(self, node: torch.fx.Node) -> None:
+        """``a * b``: squeeze-excitation's gate ``[N, C, 1, 1]`` times ``[N, C, H, W]`` (a channel_mul op), or a
+        value times a per-channel parameter (ConvNeXt's layer scale) or a number (an affine op)."""
+        if len(node.args) != 2 or node.kwargs:
+            raise self.fail(node, "only a * b is supported")
+        a, b = node.args
+        if self.data(b) and b in self.value and not (self.data(a) and a in self.value):
+            a, b = b, a
+        x = self.tensor_arg(node, a, nhwc=True)
+        c, h, w = self.vshape[self.value[x]]
+        if b in self.value:  # two values: a gate and the tensor it scales, either way round
+            g = self.tensor_arg(node, b)
+            if self.shape[x] == (c, 1, 1) != self.shape[g]:
+                x, g = g, x
+            c, h, w = self.vshape[self.value[x]]
+            if self.layout.get(x) == NHWC or self.shape[g] != (c, 1, 1) or self.shape[x] != (c, h, w):
+                raise self.fail(node, f"it multiplies {list(self.shape[x])} by {list(self.shape[g])}; only a "
+                                      "[N, C, 1, 1] gate times [N, C, H, W] is supported")
+            self.emit(node, OP_CHMUL, [x, g])
+            return
+        if isinstance(b, (int, float)) and not isinstance(b, bool):
+            scale = torch.full((c,), float(b))
+        elif b in self.consts:
+            k = self.consts[b]
+            # a per-channel factor: [C], [C, 1, 1] or [1, C, 1, 1] on NCHW; [C] (any leading 1s) on NHWC / [N, F]
+            squeezed = k.reshape(-1)
+            channel_last = self.layout.get(x) == NHWC or self.shape[x] == (c,)
+            want = (c,) if channel_last else (c, 1, 1)
+            if squeezed.numel() != c or tuple(k.shape[-len(want):]) != want or any(s != 1 for s in k.shape[:-len(want)]):
+                raise self.fail(node, f"it multiplies {list(self.shape[x])} by a parameter of shape {list(k.shape)}; "
+                                      "only a per-channel factor is supported")
+            scale = squeezed
+        else:
+            raise self.fail(node, f"argument {b!r} is not a tensor the plan computes")
+        self.emit_elementwise(node, OP_AFFINE, [x], floats=torch.cat([scale, torch.zeros(c)]).float().numpy())
+
+    def cat(self, node: torch.fx.Node) -> None:
+        """``torch.cat`` along channels: one channel_copy op per input, all writing one output buffer."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        xs = [self.tensor_arg(node, v) for v in tensors] if isinstance(tensors, (list, tuple)) else []
+        rank = len(self.shape[xs[0]]) + 1 if xs else 0
+        if not xs or rank not in (2, 4) or dim % rank != 1 or len({self.vshape[self.value[v]][1:] for v in xs}) != 1:
+            raise self.fail(node, "only a concatenation of [N, C, H, W] (or [N, F]) tensors along dim 1 is supported")
+        out, offset = -1, 0
+        for v in xs:
+            count = self.vshape[self.value[v]][0]
+            op = PlanOp(OP_CHCOPY, node.name, [self.value[v]], out, self.vshape[self.value[v]], (0, 0, 0),
+                        params=[offset, 0, count])
+            out = op.out = self.new_value(node) if out < 0 else out
+            op.shape_out = self.vshape[out]
+            self.ops.append(op)
+            offset += count
+
+    def chunk(self, node: torch.fx.Node) -> None:
+        """``x.chunk(k, 1)`` / ``x.split(s, 1)``: the pieces become channel_copy ops where they are taken."""
+        t, args, kw = node.target, node.args, node.kwargs
+        names = ["input", "chunks" if t in (torch.chunk, "chunk") else "split_size_or_sections", "dim"]
+        a = dict(zip(names, args)) | dict(kw)
+        x = self.tensor_arg(node, a["input"])
+        size = a.get("chunks", a.get("split_size_or_sections", a.get("split_size")))
+        rank = len(self.shape[x]) + 1
+        if rank not in (2, 4) or a.get("dim", 0) % rank != 1 or isinstance(size, torch.fx.Node):
+            raise self.fail(node, "only chunks and splits of [N, C, H, W] (or [N, F]) along dim 1 are supported")
+        c = self.vshape[self.value[x]][0]
+        pieces = torch.empty(1, c).chunk(size, 1) if "chunks" in a else torch.empty(1, c).split(size, 1)
+        starts = np.cumsum([0] + [p.shape[1] for p in pieces])
+        self.chunks[node] = (x, [(int(s), int(p.shape[1])) for s, p in zip(starts, pieces)])
+
+    def permute(self, node: torch.fx.Node) -> None:
+        """permute(0, 2, 3, 1) makes a channels-last view of NCHW storage (no op: LayerNorm and Linear then act
+        across channels); permute(0, 3, 1, 2) turns it back."""
+        args = node.args[1:] if node.op == "call_method" else (node.args[1:] or [node.kwargs.get("dims")])
+        dims = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
+        x = self.tensor_arg(node, node.args[0], nhwc=True)
+        nhwc = self.layout.get(x) == NHWC
+        if len(self.shape[x]) != 3 or dims != (_PERMUTE_NCHW if nhwc else _PERMUTE_NHWC):
+            raise self.fail(node, "only permute(0, 2, 3, 1) of [N, C, H, W] and back is supported")
+        self.alias(node, x, layout=None if nhwc else NHWC)
+
+    def shuffle(self, node: torch.fx.Node) -> None:
+        """transpose(1, 2) of a [N, g, C/g, H, W] view: ShuffleNet's channel shuffle."""
+        a = dict(zip(["input", "dim0", "dim1"], node.args)) | dict(node.kwargs)
+        x = self.tensor_arg(node, a["input"])
+        if len(self.shape[x]) != 4 or sorted((a["dim0"] % 5, a["dim1"] % 5)) != [1, 2]:
+            raise self.fail(node, "only transpose(1, 2) of a [N, groups, C/groups, H, W] view (a channel shuffle) is "
+                                  "supported")
+        self.emit(node, OP_SHUFFLE, [x], params=[int(self.shape[x][0])])
+
+    def layer_norm(self, node: torch.fx.Node, x: torch.fx.Node, normalized: tuple[int, ...],
+                   weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> None:
+        """LayerNorm over the last dim of a channels-last view or of [N, F]: across the channels of each pixel."""
+        c = self.vshape[self.value[x]][0]
+        if normalized != (c,) or not (self.layout.get(x) == NHWC or self.shape[x] == (c,)):
+            raise self.fail(node, f"LayerNorm over {list(normalized)} of {list(self.shape[x])}; only over the channels "
+                                  "of a channels-last view or of [N, F] is supported")
+        affine = weight is not None or bias is not None
+        parts = [torch.tensor([float(eps)])]
+        if affine:
+            parts += [torch.ones(c) if weight is None else weight.float().reshape(-1),
+                      torch.zeros(c) if bias is None else bias.float().reshape(-1)]
+        self.emit_elementwise(node, OP_CHNORM, [x], params=[int(affine)], floats=torch.cat(parts).float().numpy())
+
     # ------------------------------------------------------------------------------------ layer kinds
     def conv(self, node: torch.fx.Node, x: torch.fx.Node, m: nn.Module) -> None:
         if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
@@ -361,27 +594,49 @@ class _Lowering:
         b = None if m.bias is None else m.bias.detach().float().contiguous()
         co, cig, kh, kw = (int(s) for s in w.shape)
         stride, padding, dilation = tuple(m.stride), tuple(m.padding), tuple(m.dilation)
-        if m.groups == 1:
+        if m.groups == 1 or cig > 1:
             rows = kernels.ROWS
             if isinstance(m, CompiledConv2d) and m.sparse is not None:
                 rows = m.sparse.rows
-            # kept = any non-zero weight in the window: the structure's pruned blocks are zero in a
-            # compiled model, and a layer left dense keeps everything
-            keep = w.reshape(co, cig, -1).ne(0).any(-1)
-            prec = self.precision
-            op = self.emit(node, OP_CONV, [x], kernel=_conv_kernel(w, keep, b, stride, padding, dilation, rows, prec))
-            geometry = [kh, kw, *stride, *padding, *dilation]
-            cols = keep.repeat_interleave(kh * kw, dim=1)  # column ci*taps + t is kept with (co, ci)
-            # twins are built only when tried: their packed weights are another copy of the layer's
-            op.alt = {"im2col_linear": lambda: (_gemv_kernel(w.reshape(co, -1), cols, b, prec), [*geometry, 0]),
-                      "im2col_conv": lambda: (_conv_kernel(w.reshape(co, -1, 1, 1), cols, b, (1, 1), (0, 0), (1, 1),
-                                                           rows, prec), [*geometry, 1])}
+            if m.groups > 1:
+                # a grouped conv (RegNet's, ResNeXt's) is a dense conv whose weight is zero off the block
+                # diagonal: the block-sparse kernel skips the zero (output panel, input channel) pairs, so it
+                # runs as the groups' own GEMMs
+                dense = w.new_zeros(co, cig * m.groups, kh, kw)
+                cog = co // m.groups
+                for g in range(m.groups):
+                    dense[g * cog:(g + 1) * cog, g * cig:(g + 1) * cig] = w[g * cog:(g + 1) * cog]
+                w, cig = dense, cig * m.groups
+            self.conv_op(node, x, w, b, stride, padding, dilation, rows)
             return
         floats = (w.reshape(-1) if b is None else torch.cat([w.reshape(-1), b])).numpy()
         self.emit(node, OP_GCONV, [x], params=[kh, kw, *stride, *padding, *dilation, int(m.groups), int(b is not None)],
                   floats=floats)
 
+    def conv_op(self, node: torch.fx.Node, x: torch.fx.Node, w: torch.Tensor, b: torch.Tensor | None,
+                stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], rows: int,
+                layout: str | None = None) -> None:
+        """A groups=1 conv of weight ``w`` [Co, Ci, kh, kw] on the block-sparse conv kernel, with its im2col twins."""
+        co, cig, kh, kw = (int(s) for s in w.shape)
+        # kept = any non-zero weight in the window: the structure's pruned blocks are zero in a
+        # compiled model, and a layer left dense keeps everything
+        keep = w.reshape(co, cig, -1).ne(0).any(-1)
+        op = self.emit(node, OP_CONV, [x], layout=layout,
+                       kernel=_conv_kernel(w, keep, b, stride, padding, dilation, rows, self.precision))
+        geometry = [kh, kw, *stride, *padding, *dilation]
+        cols = keep.repeat_interleave(kh * kw, dim=1)  # column ci*taps + t is kept with (co, ci)
+        prec = self.precision
+        # twins are built only when tried: their packed weights are another copy of the layer's
+        op.alt = {"im2col_linear": lambda: (_gemv_kernel(w.reshape(co, -1), cols, b, prec), [*geometry, 0]),
+                  "im2col_conv": lambda: (_conv_kernel(w.reshape(co, -1, 1, 1), cols, b, (1, 1), (0, 0), (1, 1),
+                                                       rows, prec), [*geometry, 1])}
+
     def linear(self, node: torch.fx.Node, x: torch.fx.Node, m: nn.Module) -> None:
+        if self.layout.get(x) == NHWC:  # a Linear across the channels of every pixel is a 1x1 conv
+            w = m.weight.detach().float().contiguous()
+            b = None if m.bias is None else m.bias.detach().float().contiguous()
+            self.conv_op(node, x, w.reshape(*w.shape, 1, 1), b, (1, 1), (0, 0), (1, 1), kernels.ROWS, layout=NHWC)
+            return
         if len(self.shape[x]) != 1:
             raise self.fail(node, f"a linear on a per-sample shape {list(self.shape[x])}; flatten to [N, F] first")
         w = m.weight.detach().float().contiguous()
@@ -425,8 +680,8 @@ class _Lowering:
     def pool(self, node: torch.fx.Node, x: torch.fx.Node, is_max: bool, kernel: Any, stride: Any, padding: Any,
              ceil_mode: bool, dilation: Any, include_pad: bool, divisor: Any, indices: bool) -> None:
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-        if ceil_mode or indices or divisor is not None or pair(dilation) != (1, 1):
-            raise self.fail(node, "pooling with ceil_mode, indices, a divisor override or dilation")
+        if indices or divisor is not None or pair(dilation) != (1, 1):
+            raise self.fail(node, "pooling with indices, a divisor override or dilation")
         if len(self.shape[x]) != 3:
             raise self.fail(node, "pooling needs an [N, C, H, W] input")
         k = pair(kernel)
@@ -525,8 +780,8 @@ def _assign_buffers(ops: list[PlanOp], vshape: Mapping[int, tuple[int, int, int]
     free: list[int] = []
     for i, op in enumerate(ops):
         if op.out not in buf:
-            chosen = next((buf[v] for v in op.ins if op.kind in _IN_PLACE and last[v] == i and buf[v] >= 2
-                           and numel[v] == numel[op.out]), None)
+            chosen = next((buf[v] for v in (op.ins if op.kind == OP_ADD else op.ins[:1]) if op.kind in _IN_PLACE
+                           and last[v] == i and buf[v] >= 2 and numel[v] == numel[op.out]), None)
             if chosen is None and free:
                 fits = [b for b in free if sizes[b] >= numel[op.out]]
                 chosen = min(fits, key=sizes.__getitem__) if fits else max(free, key=sizes.__getitem__)

@@ -242,7 +242,9 @@ _PARAM_RANGES: dict[str, tuple[int, int]] = {
     "kh": (1, MAX_PARAM), "kw": (1, MAX_PARAM), "sh": (1, MAX_PARAM), "sw": (1, MAX_PARAM), "ph": (0, MAX_PARAM),
     "pw": (0, MAX_PARAM), "dh": (1, MAX_PARAM), "dw": (1, MAX_PARAM), "groups": (1, MAX_DIM), "has_bias": (0, 1),
     "is_max": (0, 1), "count_include_pad": (0, 1), "clo": (-MAX_DIM, MAX_DIM), "pt": (-MAX_PARAM, MAX_PARAM),
-    "pl": (-MAX_PARAM, MAX_PARAM), "mode": (0, 1)}
+    "pl": (-MAX_PARAM, MAX_PARAM), "mode": (0, 1), "ooff": (0, MAX_DIM), "ioff": (0, MAX_DIM), "cnt": (1, MAX_DIM),
+    "g": (1, MAX_DIM), "has_affine": (0, 1)}
+ACT_LAST = 8  # csrc/uniprune_plan.c: relu, clamp, hardswish, hardsigmoid, silu, gelu, sigmoid, gelu (tanh)
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw")
 _GEOM_RANGES = tuple(zip(("Co", "Ci", *_WINDOW), (1, 1, 1, 1, 1, 1, 0, 0, 1, 1), (MAX_DIM, MAX_DIM, *[MAX_PARAM] * 8)))
 _DTYPE_CHARS = {name: np.dtype(t).char for name, t in _DTYPES.items()}
@@ -297,10 +299,34 @@ def _geom_gconv(v: list[int], k: None) -> str | None:
     return _window_out(v, *v[10:18])
 
 
+def _ceil_extent(n: int, k: int, s: int, p: int) -> int:
+    """Output extent of a pool in ceil mode, as torch computes it (the last window starts inside the input or its
+    left padding)."""
+    out = -(-(n + 2 * p - k) // s) + 1
+    return out - 1 if (out - 1) * s >= n + p else out
+
+
 def _geom_pool(v: list[int], k: None) -> str | None:
     if v[_CO] != v[_C]:
         return f"ints Co: a pool keeps its {v[_C]} channels, got {v[_CO]}"
+    kh, kw, sh, sw, ph, pw = v[10:16]
+    if (v[_HO], v[_WO]) == (_ceil_extent(v[_H], kh, sh, ph), _ceil_extent(v[_W], kw, sw, pw)):
+        return None  # ceil mode
     return _window_out(v, *v[10:16], 1, 1)
+
+
+def _geom_chcopy(v: list[int], k: None) -> str | None:
+    ooff, ioff, cnt = v[10:13]
+    if ooff + cnt > v[_CO] or ioff + cnt > v[_C] or v[_H] != v[_HO] or v[_W] != v[_WO] or v[_ACT] != 0:
+        return f"ints: channels {ioff}..{ioff + cnt} of {v[_C]} to {ooff}..{ooff + cnt} of {v[_CO]} " \
+               f"({v[_H]}x{v[_W]} -> {v[_HO]}x{v[_WO]}, act {v[_ACT]}) do not fit"
+    return None
+
+
+def _geom_shuffle(v: list[int], k: None) -> str | None:
+    if v[_C] % v[10] or v[_ACT] != 0:
+        return f"ints g: {v[10]} groups must divide {v[_C]} channels, with act 0 (got {v[_ACT]})"
+    return _same_shape(v, k)
 
 
 def _geom_gap(v: list[int], k: None) -> str | None:
@@ -352,6 +378,10 @@ _OPS: dict[int, _Kind] = {  # the numbers are csrc/uniprune_plan.c's op kinds
     9: _Kind("slice_pad", ("sh", "sw", "clo", "pt", "pl"), None, False, False, _floats_none, _geom_none),
     10: _Kind("copy", (), None, False, True, _floats_none, _same_shape),
     11: _Kind("im2col_conv", (*_WINDOW, "mode"), "mode", True, False, _floats_none, _geom_im2col),
+    12: _Kind("channel_mul", (), None, True, True, _floats_none, _same_shape),  # in1: the gate, C floats a sample
+    13: _Kind("channel_copy", ("ooff", "ioff", "cnt"), None, False, False, _floats_none, _geom_chcopy),
+    14: _Kind("channel_shuffle", ("g",), None, False, False, _floats_none, _geom_shuffle),
+    15: _Kind("channel_layer_norm", ("has_affine",), None, False, False, lambda v: 1 + 2 * v[_C] * v[10], _same_shape),
 }
 #: per kind: (name, lo, hi) of each integer after act (C H W Co Ho Wo and the parameters), and the ints' count
 _RANGES = {kind: (tuple(zip(_HEADER_NAMES[_C:] + k.params, [1] * 6 + [_PARAM_RANGES[n][0] for n in k.params],
@@ -472,9 +502,9 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
                             f"({' '.join(_HEADER_NAMES + kind.params)}), got {_show(v)}")
         in0, in1, out, act = v[0], v[1], v[2], v[3]
         _int(in0, 0, last, where, " ints in0")
-        _int(in1, -1 if code != 4 else 0, last if kind.residual else -1, where, " ints in1")
+        _int(in1, -1 if code not in (4, 12) else 0, last if kind.residual else -1, where, " ints in1")
         _int(out, 1, last, where, " ints out")
-        _int(act, 0, 2, where, " ints act")
+        _int(act, 0, ACT_LAST, where, " ints act")
         for x, (name, lo, hi) in zip(v[4:], ranges):
             if type(x) is not int or not lo <= x <= hi:
                 _int(x, lo, hi, where, " ints " + name)
@@ -505,8 +535,9 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
         if in1 >= 0:
             if not written[in1]:
                 raise LeanError(f"{where} ints in1: reads buffer {in1} before any op writes it")
-            if oplane > sizes[in1] or (in1 == 0 and oplane != size_in):
-                raise LeanError(f"{where} ints in1: reads {oplane} floats per sample from buffer {in1}, which holds "
+            need = v[_C] if code == 12 else oplane  # channel_mul's gate: one float per channel
+            if need > sizes[in1] or (in1 == 0 and need != size_in):
+                raise LeanError(f"{where} ints in1: reads {need} floats per sample from buffer {in1}, which holds "
                                 f"{sizes[in1]}")
         if oplane > sizes[out] or (out == 1 and oplane != size_out):
             raise LeanError(f"{where} ints out: writes {oplane} floats per sample to buffer {out}"
@@ -844,10 +875,11 @@ class Model:
     """An exported network, ready to run: ``Model(path).run(x)``.
 
     ``path``: the artifact directory (``plan.json``, ``weights.bin`` and the C sources, or the sources in
-    ``source_dir``). ``threads`` (>= 1): threads of the native kernels (default: what the plan was exported
-    for). ``isa`` / ``cache_dir``: as :func:`build_library`. Calls from several Python threads take turns.
-    A bf16 plan (``precision``) on a CPU without avx512_bf16 or amx_bf16 is refused in one line (LeanError)
-    before anything is built, unless ``allow_fp32_fallback``. ``amx_convs``: how many convs run on AMX tiles.
+    ``source_dir``). ``threads`` (>= 1): threads of the native kernels (default: every core this process may
+    run on, :func:`available_cores`). ``isa`` / ``cache_dir``: as :func:`build_library`. Calls from several
+    Python threads take turns. A bf16 plan (``precision``) on a CPU without avx512_bf16 or amx_bf16 is refused
+    in one line (LeanError) before anything is built, unless ``allow_fp32_fallback``. ``amx_convs``: how many
+    convs run on AMX tiles.
     """
 
     def __init__(self, path: str | os.PathLike = ".", *, threads: int | None = None, isa: str | None = None,
@@ -863,7 +895,7 @@ class Model:
             check_precision(self.precision)
         self.input_shape = tuple(int(s) for s in self.header["input_shape"])
         self.output_shape = tuple(int(s) for s in self.header["output_shape"])
-        self.threads = _check_threads(threads if threads is not None else int(self.header.get("threads") or 1))
+        self.threads = _check_threads(threads if threads is not None else available_cores())
         self.source = dict(self.header.get("source") or {})
         self.lib = load_library(self.path if source_dir is None else source_dir, isa=isa, cache_dir=cache_dir)
         self.isa = _Functions(self.lib).isa().decode()
@@ -902,6 +934,15 @@ class Model:
     __call__ = run
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else the machine's), >= 1:
+    the default thread count, as deployments run on every core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _memory_bytes() -> int:
     """This machine's physical memory in bytes (a very large number where it cannot be read)."""
     try:
@@ -922,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python uniprune_lean.py", description=main.__doc__)
     parser.add_argument("path", nargs="?", default=str(Path(__file__).resolve().parent), help="artifact directory (default: this file's)")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per pass (default 1)")
-    parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: the plan's)")
+    parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: every core)")
     args = parser.parse_args(argv)
     try:
         model = Model(args.path, threads=args.threads)

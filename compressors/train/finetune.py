@@ -70,7 +70,7 @@ def finetune(
         distill.teacher.to(device)
     shapes = policy_block_shapes(policy.block_shape, block_shapes)
     specs = compressible_layers(model, shapes)
-    check_policy_layers(policy, [s.name for s in specs])
+    check_policy_layers(policy, [s.name for s in specs], model)
     job = FinetuneJob(model, policy, shapes, specs, train_batches, evaluate, device, log=log, distill=distill,
                       checkpoint=checkpoint, resume=resume)
     outcome = config.run(job)

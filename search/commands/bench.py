@@ -10,7 +10,6 @@ one process; ``speedup`` is over the fastest engine at its default precision (wh
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
@@ -30,27 +29,20 @@ from uniprune.compressors.latency.engines import (
 )
 from uniprune.compressors.latency.table import RUNTIMES, build_latency_model, measure_model_ms
 from uniprune.compressors.latency.timing import SPREAD_SECONDS
+from uniprune.compressors.native.uniprune_lean import available_cores
 
 from .common import (
     add_model_arguments,
     add_precision_argument,
+    add_shape_arguments,
     check_batch_memory,
     check_writable,
+    policy_model,
     positive_int,
 )
 
 NAME = "bench"
 HELP = "time the dense engines (torch, ONNX Runtime, OpenVINO; default precision, f32, int8) against the compressed model"
-
-
-def _input_shape(text: str) -> tuple[int, int, int]:
-    try:
-        shape = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers like 3,32,32, got {text!r}")
-    return shape  # type: ignore[return-value]
 
 
 def _engines(text: str) -> list[str]:
@@ -81,10 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "own kernels (its Python and C files are never run); the dense engines then "
                         "run the checkpoint it was exported from (recorded in it, or --checkpoint)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="samples per forward pass (default 1)")
-    parser.add_argument("--input-shape", type=_input_shape, default=None,
-                        help="C,H,W of one sample (default: the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn)")
-    parser.add_argument("--num-classes", type=positive_int, default=None, help="output classes (default: the checkpoint's, else 10)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch and the kernels (default: torch's)")
+    add_shape_arguments(parser)
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch, the other engines and the kernels (default: every core)")
     parser.add_argument("--repeats", type=positive_int, default=50, help=f"timed rounds, at least (default 50; they go on until at least {SPREAD_SECONDS:g} s have passed, "
                         "so the timing sees more than one speed phase of a shared machine)")
     parser.add_argument("--statistic", choices=["median", "min"], default="median",
@@ -123,13 +113,9 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, Any, dict, tup
     """``(model, dense, structures, shape, name)``: the compressed model (structured weights), the dense model the
     engines run (the checkpoint before the policy's projection; for --compressed the compressed weights
     themselves, all a compressed checkpoint holds), the structures, one sample's shape and the model's name."""
-    from uniprune.compressors.core.projection import check_policy_model, project_model
     from uniprune.search.models import (
         build_model,
         load_state,
-        model_hint,
-        read_checkpoint,
-        split_checkpoint,
     )
 
     if args.compressed:
@@ -156,20 +142,7 @@ def _model_and_structures(args: argparse.Namespace) -> tuple[Any, Any, dict, tup
         model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
         load_state(model, state, where=path)
         return model, model, structures, shape, name
-    if not os.path.isfile(args.policy):
-        raise ConfigError(f"policy file {args.policy!r} does not exist; pass the policy.json a search wrote")
-    policy = Policy.load(args.policy)
-    check_policy_model(policy, args.model)
-    # the checkpoint knows its input shape and classes; without one, the defaults (read once, loaded below)
-    state, meta = split_checkpoint(read_checkpoint(args.checkpoint), args.checkpoint) if args.checkpoint else ({}, {})
-    default_shape = (1, 8, 8) if args.model == "digits-cnn" else (3, 32, 32)
-    shape = args.input_shape or tuple(int(s) for s in meta.get("input_shape") or default_shape)
-    model = build_model(args.model, num_classes=args.num_classes or int(meta.get("num_classes") or 10), input_shape=shape)
-    if args.checkpoint:
-        load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
-    dense = copy.deepcopy(model).eval()
-    structures = project_model(model, policy, apply=True)
-    return model, dense, structures, shape, args.model
+    return policy_model(args)
 
 
 def _data(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
@@ -242,7 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, dense_model, structures, shape, name = _model_and_structures(args)
     check_batch_memory(args.batch_size, math.prod(shape))
     model.eval()
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or available_cores()
     modes = check_modes(args.engines, int8=args.int8)
     if args.baseline == "int8" and not any(m.endswith(":int8") for m in modes):
         raise ConfigError("--baseline int8 needs the int8 modes: add --int8 (with --dataset) and leave them in --engines")

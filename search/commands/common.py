@@ -40,6 +40,51 @@ def add_precision_argument(parser: argparse.ArgumentParser, what: str = "the com
                         "fp32, or bf16 (bf16 weights and activations, float32 accumulation; on AMX tiles where present)")
 
 
+def input_shape(text: str) -> tuple[int, int, int]:
+    """argparse type: ``C,H,W`` as three positive integers, or a usage error naming what came."""
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers like 3,32,32, got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--input-shape`` and ``--num-classes`` of a model built from a name (see :func:`policy_model`)."""
+    parser.add_argument("--input-shape", type=input_shape, default=None,
+                        help="C,H,W of one sample (default: the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn)")
+    parser.add_argument("--num-classes", type=positive_int, default=None, help="output classes (default: the checkpoint's, else 10)")
+
+
+def policy_model(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, dict, tuple[int, int, int], str]:
+    """``(model, dense, structures, input shape, model name)``: ``args.model`` (with ``args.checkpoint``'s weights
+    when given) projected onto the policy ``args.policy`` (weights written in place), the model as it was before
+    (eval mode), for ``args.input_shape`` / ``args.num_classes`` (default: the checkpoint's, else 3x32x32 (1x8x8
+    for digits-cnn) and 10 classes)."""
+    import copy
+
+    from uniprune.compressors.core.policy import Policy
+    from uniprune.compressors.core.projection import check_policy_model, project_model
+    from uniprune.search.models import build_model, load_state, model_hint, read_checkpoint, split_checkpoint
+
+    if not os.path.isfile(args.policy):
+        raise ConfigError(f"policy file {args.policy!r} does not exist; pass the policy.json a search wrote")
+    policy = Policy.load(args.policy)
+    check_policy_model(policy, args.model)
+    # the checkpoint knows its input shape and classes; without one, the defaults (read once, loaded below)
+    state, meta = split_checkpoint(read_checkpoint(args.checkpoint), args.checkpoint) if args.checkpoint else ({}, {})
+    default_shape = (1, 8, 8) if args.model == "digits-cnn" else (3, 32, 32)
+    shape = args.input_shape or tuple(int(s) for s in meta.get("input_shape") or default_shape)
+    model = build_model(args.model, num_classes=args.num_classes or int(meta.get("num_classes") or 10), input_shape=shape)
+    if args.checkpoint:
+        load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
+    dense = copy.deepcopy(model).eval()
+    structures = project_model(model, policy, apply=True)
+    return model, dense, structures, shape, args.model
+
+
 #: Upper bounds of the numeric options every verb shares (``check_limits``): past them a run cannot finish
 #: or cannot be allocated, so it is refused at once with one line instead of hanging or failing later.
 MAX_THREADS = 1024

@@ -1,5 +1,6 @@
-"""`uniprune export`: a compressed checkpoint as a deployable artifact (one native plan, its C sources and a
-numpy-only loader; see :mod:`uniprune.compressors.formats.artifact`)."""
+"""`uniprune export`: a compressed checkpoint, or a model projected onto a policy without fine-tuning, as a
+deployable artifact (one native plan, its C sources and a numpy-only loader; see
+:mod:`uniprune.compressors.formats.artifact`)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from uniprune.compressors.core.errors import ModelError
+from uniprune.compressors.core.errors import ConfigError, ModelError
 from uniprune.compressors.core.projection import structured_weight
 from uniprune.compressors.formats.artifact import check_out_dir, file_sha256, write_artifact
 from uniprune.compressors.native import kernels
 from uniprune.compressors.native.plan import LeanModel, compile_lean_spec, output_tolerance, resolve_precision
+from uniprune.compressors.native.uniprune_lean import available_cores
 
-from .common import add_precision_argument, check_batch_memory, check_writable, positive_int
+from .common import (
+    add_model_arguments,
+    add_precision_argument,
+    add_shape_arguments,
+    check_batch_memory,
+    check_writable,
+    policy_model,
+    positive_int,
+)
 
 NAME = "export"
-HELP = "write a compressed checkpoint as a deployable artifact: one native plan, its C sources and a numpy-only loader"
+HELP = ("write a compressed checkpoint (or a model projected onto a policy) as a deployable artifact: one native plan, "
+        "its C sources and a numpy-only loader")
 
 #: Largest relative error (of the output's scale) of an fp32 plan against the model it came from (a bf16
 #: plan: :func:`~uniprune.compressors.native.plan.output_tolerance`).
@@ -30,12 +41,18 @@ TOLERANCE = output_tolerance("fp32")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compressed", required=True, help="the compressed checkpoint ('uniprune finetune --out')")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--compressed", help="the compressed checkpoint ('uniprune finetune --out')")
+    source.add_argument("--policy", help="policy.json to project --model (with --checkpoint's weights) onto, exported "
+                        "as it is, without fine-tuning")
+    add_model_arguments(parser, from_checkpoint=True)
+    add_shape_arguments(parser)
     parser.add_argument("--out", required=True, help="artifact directory to write (must not exist unless --force)")
     parser.add_argument("--batch-size", type=positive_int, default=1,
                         help="batch the conv implementations are timed and chosen at (default 1); any batch runs")
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="kernel threads the choices are timed on and the loader's default (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="kernel threads the conv choices are timed on (default: every core; the loader runs on every "
+                        "core of the machine it runs on unless told otherwise)")
     parser.add_argument("--force", action="store_true", help="replace --out if it is an earlier artifact (or empty)")
     add_precision_argument(parser, "the artifact is written in (recorded in it; its loader checks the CPU)")
 
@@ -54,13 +71,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     precision = resolve_precision(args.precision)
+    args.threads = args.threads or available_cores()
     check_writable(args.out, "--out", folder=True)
     out = check_out_dir(args.out, args.force)  # before the slow part: a taken --out fails at once
-    name, state, structures, meta = load_compressed(args.compressed)
-    shape = tuple(int(s) for s in meta["input_shape"])
-    check_batch_memory(args.batch_size, math.prod(shape))
-    model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
-    load_state(model, state, where=args.compressed)
+    if args.policy:
+        if not args.model:
+            raise ConfigError("--policy needs --model (and --checkpoint for trained weights): the model to project")
+        model, _, structures, shape, name = policy_model(args)
+        check_batch_memory(args.batch_size, math.prod(shape))
+        source: dict[str, Any] = {"policy": str(Path(args.policy).resolve()), "policy_sha256": file_sha256(args.policy),
+                                  "dense_checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None}
+        if not args.checkpoint:
+            print("export: note: no --checkpoint: exporting a randomly initialised model", file=sys.stderr)
+    else:
+        if args.model or args.checkpoint or args.input_shape or args.num_classes:
+            raise ConfigError("--model, --checkpoint, --input-shape and --num-classes go with --policy; a compressed "
+                              "checkpoint names its own model and shapes")
+        name, state, structures, meta = load_compressed(args.compressed)
+        shape = tuple(int(s) for s in meta["input_shape"])
+        check_batch_memory(args.batch_size, math.prod(shape))
+        model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
+        load_state(model, state, where=args.compressed)
+        source = {"checkpoint": str(Path(args.compressed).resolve()), "checkpoint_sha256": file_sha256(args.compressed)}
     model.eval()
     print(f"export: {name} input {list(shape)}, {len(structures)} structured layers; choosing conv implementations at "
           f"batch {args.batch_size} on {args.threads} thread(s), {precision}", file=sys.stderr)
@@ -84,10 +116,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not err <= tolerance:
         raise ModelError(f"the lowered plan's output differs from the model's (relative error {err:.2g} > {tolerance:g}); "
                          "nothing was written: this is a bug, please report it with the checkpoint")
-    source = {"model_name": name, "num_classes": int(meta["num_classes"]), "input_shape": list(shape),
-              "checkpoint": str(Path(args.compressed).resolve()), "checkpoint_sha256": file_sha256(args.compressed),
-              "isa": kernels.isa(), "kernels_build": kernels.build_id(), "precision": precision,
-              "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    source |= {"model_name": name, "num_classes": int(spec.header["output_shape"][0]), "input_shape": list(shape),
+               "isa": kernels.isa(), "kernels_build": kernels.build_id(), "precision": precision,
+               "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     files = write_artifact(out, spec, source=source, force=args.force)
     weights = files[1].stat().st_size
     print(f"export: wrote {out} ({len(spec.header['ops'])} ops, {weights / 1e6:.2f} MB of weights; "

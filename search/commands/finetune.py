@@ -220,7 +220,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print("uniprune: note: no --checkpoint: fine-tuning a randomly initialised model", file=sys.stderr)
     # a policy made for another model fails here, before any data is touched for training
-    check_policy_layers(policy, [s.name for s in compressible_layers(model, policy_block_shapes(policy.block_shape, None))])
+    check_policy_layers(policy, [s.name for s in compressible_layers(model, policy_block_shapes(policy.block_shape, None))],
+                        model)
     model.to(device)
     augment = args.augment if args.augment is not None else dataset.lower() in _AUGMENTED
     eval_split = "val" if len(bundle.val) else "train"

@@ -1370,3 +1370,9 @@ EXPORT const char *up_isa(void) {
     return "generic";
 #endif
 }
+
+/* The pool, for the plan executor's own loops (uniprune_plan.c: elementwise ops, pools, copies): fn(ctx, i,
+ * tid) for i in [0, n_items) on up to nthreads threads, the caller among them. Not reentrant from inside fn. */
+EXPORT void up_parallel_for(int64_t n_items, int nthreads, void (*fn)(void *ctx, int64_t item, int tid), void *ctx) {
+    parallel_for(n_items, nthreads, fn, ctx);
+}

@@ -50,9 +50,16 @@ enum {
     OP_SLICEPAD = 9, /* out[c + clo][i + pt][j + pl] = in[c][i * sh][j * sw], zeros elsewhere */
     OP_COPY = 10,   /* out = in0 */
     OP_IM2COL = 11, /* conv (groups = 1) as im2col over the whole batch + a block-sparse kernel, see run_im2col */
+    OP_CHMUL = 12,  /* out[n][c][p] = in0[n][c][p] * in1[n][c]: squeeze-excitation's channel scaling */
+    OP_CHCOPY = 13, /* out[n][ooff + c] = in0[n][ioff + c], c < cnt: one input of a concat, or a chunk */
+    OP_SHUFFLE = 14, /* channel shuffle: out[n][j * g + i] = in0[n][i * (C / g) + j] */
+    OP_CHNORM = 15, /* LayerNorm across channels at each pixel (channels-last LayerNorm on NCHW storage) */
+    OP_LAST = OP_CHNORM,
 };
 
-enum { ACT_NONE = 0, ACT_RELU = 1, ACT_CLAMP = 2 };
+/* Activations of an op's epilogue (or of OP_ACT); the numbers are part of the interface with plan.py. */
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_CLAMP = 2, ACT_HARDSWISH = 3, ACT_HARDSIGMOID = 4, ACT_SILU = 5,
+       ACT_GELU = 6, ACT_SIGMOID = 7, ACT_GELU_TANH = 8, ACT_LAST = ACT_GELU_TANH };
 
 /* Integer header every op is given, in this order, followed by its own parameters. */
 enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
@@ -61,6 +68,10 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 /* OP_SLICEPAD: sh sw clo pt pl */
 /* OP_IM2COL: kh kw sh sw ph pw dh dw mode; kplan: mode 0 a linear plan of weight [Co][C*kh*kw], mode 1 a
  * 1x1 conv plan of weight [Co][C*kh*kw][1][1] */
+/* OP_CHMUL: no parameters; in1 [N][C] (a [N][C][1][1] value); Co Ho Wo = C H W; may run in place on in0 */
+/* OP_CHCOPY: ooff ioff cnt; H W = Ho Wo; the ops of one concat share their output buffer */
+/* OP_SHUFFLE: g (groups, dividing C); Co Ho Wo = C H W */
+/* OP_CHNORM: has_affine; floats: lo hi, eps, then weight [C] and bias [C] when has_affine; Co Ho Wo = C H W */
 #define MAX_INTS 32
 /* Bounds on what a plan may ask for; uniprune_lean.py's verifier holds the same numbers (MAX_DIM, MAX_PARAM,
  * MAX_SAMPLE_FLOATS, MAX_BUFFERS). Everything up_plan_add is handed is checked against them and against the
@@ -70,7 +81,7 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 #define MAX_FLOATS (1LL << 34)
 #define MAX_BUFS (1 << 16)
 
-typedef struct {
+typedef struct up_op_s {
     int kind;
     int in0, in1, out, act;
     float lo, hi;
@@ -162,25 +173,43 @@ static int window_ok(const up_op *o, int dilated) {
     return extent(o->H, q[0], q[2], q[4], dh) == o->Ho && extent(o->W, q[1], q[3], q[5], dw) == o->Wo;
 }
 
+/* A pool in ceil mode: torch's extent, whose last window starts inside the input or its left padding. */
+static int ceil_pool_ok(const up_op *o) {
+    const int *q = o->p;
+    if (!in_range(q[0], 1, MAX_PARAM) || !in_range(q[1], 1, MAX_PARAM) || !in_range(q[2], 1, MAX_PARAM) ||
+        !in_range(q[3], 1, MAX_PARAM) || !in_range(q[4], 0, MAX_PARAM) || !in_range(q[5], 0, MAX_PARAM))
+        return 0;
+    int64_t ho = ((int64_t)o->H + 2 * q[4] - q[0] + q[2] - 1) / q[2] + 1, wo = ((int64_t)o->W + 2 * q[5] - q[1] + q[3] - 1) / q[3] + 1;
+    if ((ho - 1) * q[2] >= (int64_t)o->H + q[4]) ho--;
+    if ((wo - 1) * q[3] >= (int64_t)o->W + q[5]) wo--;
+    return (int64_t)o->H + 2 * q[4] >= q[0] && (int64_t)o->W + 2 * q[5] >= q[1] && ho == o->Ho && wo == o->Wo;
+}
+
 /* Everything an op's integers claim, checked against its kind, its buffers (size, and written by an earlier
  * op before it is read) and its kernel plan's own geometry. n_params: integers after the header. Returns 0
  * when the op can run, -1 otherwise. */
 static int check_op(const up_plan *p, const up_op *o, int n_params) {
-    static const int params_of[OP_IM2COL + 1] = {[OP_GCONV] = 10, [OP_POOL] = 8, [OP_SLICEPAD] = 5, [OP_IM2COL] = 9};
+    static const int params_of[OP_LAST + 1] = {[OP_GCONV] = 10, [OP_POOL] = 8, [OP_SLICEPAD] = 5, [OP_IM2COL] = 9,
+                                               [OP_CHCOPY] = 3, [OP_SHUFFLE] = 1, [OP_CHNORM] = 1};
     const int kind = o->kind, nb = p->n_bufs;
-    if (kind < OP_CONV || kind > OP_IM2COL || n_params != params_of[kind]) return -1;
+    if (kind < OP_CONV || kind > OP_LAST || n_params != params_of[kind]) return -1;
     if (!in_range(o->in0, 0, nb - 1) || !in_range(o->out, 1, nb - 1) || !in_range(o->in1, -1, nb - 1) ||
-        !in_range(o->act, ACT_NONE, ACT_CLAMP) || !in_range(o->C, 1, MAX_DIM) || !in_range(o->H, 1, MAX_DIM) ||
+        !in_range(o->act, ACT_NONE, ACT_LAST) || !in_range(o->C, 1, MAX_DIM) || !in_range(o->H, 1, MAX_DIM) ||
         !in_range(o->W, 1, MAX_DIM) || !in_range(o->Co, 1, MAX_DIM) || !in_range(o->Ho, 1, MAX_DIM) ||
         !in_range(o->Wo, 1, MAX_DIM))
         return -1;
-    const int residual = kind == OP_CONV || kind == OP_GEMV || kind == OP_GCONV || kind == OP_IM2COL || kind == OP_ADD;
-    if ((kind == OP_ADD && o->in1 < 0) || (!residual && o->in1 >= 0) || (o->out == o->in1 && kind != OP_ADD)) return -1;
+    const int residual = kind == OP_CONV || kind == OP_GEMV || kind == OP_GCONV || kind == OP_IM2COL || kind == OP_ADD ||
+                         kind == OP_CHMUL; /* CHMUL: in1 is the gate */
+    if (((kind == OP_ADD || kind == OP_CHMUL) && o->in1 < 0) || (!residual && o->in1 >= 0) ||
+        (o->out == o->in1 && kind != OP_ADD))
+        return -1;
     /* ops that read a position after writing another must not run in place */
-    if (o->out == o->in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY) return -1;
+    if (o->out == o->in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY && kind != OP_CHMUL)
+        return -1;
     const int64_t plane = plane_of(o), oplane = oplane_of(o);
     if (!p->written[o->in0] || plane > p->size[o->in0] || oplane > p->size[o->out]) return -1;
-    if (o->in1 >= 0 && (!p->written[o->in1] || oplane > p->size[o->in1])) return -1;
+    const int64_t in1_floats = kind == OP_CHMUL ? o->C : oplane; /* a gate holds one float per channel */
+    if (o->in1 >= 0 && (!p->written[o->in1] || in1_floats > p->size[o->in1])) return -1;
     const int same = o->C == o->Co && o->H == o->Ho && o->W == o->Wo;
     int32_t g[10];
     switch (kind) {
@@ -213,7 +242,19 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
     case OP_GAP:
         return o->Co == o->C && o->Ho == 1 && o->Wo == 1 ? 0 : -1;
     case OP_POOL:
-        return o->Co == o->C && window_ok(o, 0) && in_range(o->p[6], 0, 1) && in_range(o->p[7], 0, 1) ? 0 : -1;
+        return o->Co == o->C && (window_ok(o, 0) || ceil_pool_ok(o)) && in_range(o->p[6], 0, 1) && in_range(o->p[7], 0, 1) ? 0 : -1;
+    case OP_CHMUL:
+        return same ? 0 : -1;
+    case OP_CHCOPY: {
+        const int ooff = o->p[0], ioff = o->p[1], cnt = o->p[2];
+        return in_range(cnt, 1, MAX_DIM) && in_range(ooff, 0, MAX_DIM) && in_range(ioff, 0, MAX_DIM) &&
+               (int64_t)ooff + cnt <= o->Co && (int64_t)ioff + cnt <= o->C && o->H == o->Ho && o->W == o->Wo &&
+               o->act == ACT_NONE ? 0 : -1;
+    }
+    case OP_SHUFFLE:
+        return same && in_range(o->p[0], 1, o->C) && o->C % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
+    case OP_CHNORM:
+        return same && in_range(o->p[0], 0, 1) ? 0 : -1;
     case OP_SLICEPAD:
         return in_range(o->p[0], 1, MAX_PARAM) && in_range(o->p[1], 1, MAX_PARAM) && in_range(o->p[2], -MAX_DIM, MAX_DIM) &&
                in_range(o->p[3], -MAX_PARAM, MAX_PARAM) && in_range(o->p[4], -MAX_PARAM, MAX_PARAM) ? 0 : -1;
@@ -251,6 +292,10 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
         if (nf != nw + (o.p[9] ? o.Co : 0)) return -1;
     } else if (kind == OP_AFFINE) {
         if (nf != 2 * (int64_t)o.C) return -1;
+    } else if (kind == OP_CHNORM) {
+        if (n_ints != I_HEADER + 1 || (o.p[0] != 0 && o.p[0] != 1) || nf != 1 + (o.p[0] ? 2 * (int64_t)o.C : 0) ||
+            !(floats[2] > 0.0f))
+            return -1;
     } else if (nf != 0) {
         return -1;
     }
@@ -271,8 +316,91 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
 
 /* ---------------------------------------------------------------------------------- elementwise ---- */
 
+/* exp(x) for the smooth activations, in plain arithmetic the compiler vectorises (libm's expf is a call per
+ * element): Cephes' range reduction and degree-6 polynomial, relative error about 1e-7; x clamped to
+ * [-87, 88], where the result stays a normal float. */
+static inline float fast_exp(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float n = (x * 1.44269504088896341f + magic) - magic;
+    float f = x - n * 0.693359375f - n * -2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * f + 1.3981999507e-3f;
+    y = y * f + 8.3334519073e-3f;
+    y = y * f + 4.1665795894e-2f;
+    y = y * f + 1.6666665459e-1f;
+    y = y * f + 5.0000001201e-1f;
+    y = y * f * f + f + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return y * scale;
+}
+
+/* erf by Abramowitz and Stegun 7.1.26 (absolute error <= 1.5e-7), for the exact GELU */
+static inline float fast_erf(float x) {
+    float a = x < 0 ? -x : x;
+    float t = 1.0f / (1.0f + 0.3275911f * a);
+    float p = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+    float e = 1.0f - p * fast_exp(-a * a);
+    return x < 0 ? -e : e;
+}
+
+static inline float fast_tanh(float x) {
+    float e = fast_exp(-2.0f * (x < 0 ? -x : x));
+    float t = (1.0f - e) / (1.0f + e);
+    return x < 0 ? -t : t;
+}
+
+/* y = act(x) for the activations past ACT_CLAMP, n floats; y may alias x. One loop per activation, so each
+ * vectorises. */
+static void smooth_act(float *y, const float *x, int64_t n, int act) {
+    switch (act) {
+    case ACT_HARDSWISH:
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i], r = v + 3.0f;
+            r = r < 0 ? 0 : r > 6.0f ? 6.0f : r;
+            y[i] = v * r * (1.0f / 6.0f);
+        }
+        break;
+    case ACT_HARDSIGMOID:
+        for (int64_t i = 0; i < n; i++) {
+            float r = x[i] + 3.0f;
+            r = r < 0 ? 0 : r > 6.0f ? 6.0f : r;
+            y[i] = r * (1.0f / 6.0f);
+        }
+        break;
+    case ACT_SILU:
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + fast_exp(-x[i]));
+        break;
+    case ACT_SIGMOID:
+        for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + fast_exp(-x[i]));
+        break;
+    case ACT_GELU:
+        for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + fast_erf(x[i] * 0.70710678118654752f));
+        break;
+    case ACT_GELU_TANH:
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            y[i] = 0.5f * v * (1.0f + fast_tanh(0.79788456080286536f * (v + 0.044715f * v * v * v)));
+        }
+        break;
+    default:
+        if (y != x) memcpy(y, x, sizeof(float) * (size_t)n);
+    }
+}
+
 /* y = act(a (+ b)), n floats; b may be NULL; y may alias a or b. One pass, vectorised by the compiler. */
 static void ewise(float *y, const float *a, const float *b, int64_t n, int act, float lo, float hi) {
+    if (act > ACT_CLAMP) {
+        if (b) {
+            for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+            smooth_act(y, y, n, act);
+        } else {
+            smooth_act(y, a, n, act);
+        }
+        return;
+    }
     if (b) {
         if (act == ACT_RELU)
             for (int64_t i = 0; i < n; i++) { float v = a[i] + b[i]; y[i] = v > 0 ? v : 0; }
@@ -290,6 +418,80 @@ static void ewise(float *y, const float *a, const float *b, int64_t n, int act, 
     }
 }
 
+/* ------------------------------------------------------------------------------------- threads ---- */
+
+/* The kernel library's pool (uniprune_kernels.c): the plan's own loops run on the same threads as its
+ * kernels, so there is never a second pool fighting the first for the cores. */
+void up_parallel_for(int64_t n_items, int nthreads, void (*fn)(void *ctx, int64_t item, int tid), void *ctx);
+
+/* Floats of work below which a loop stays on the calling thread: waking the pool costs a few µs, about what
+ * one thread needs for 16K floats of a memory-bound pass. */
+#define PAR_MIN_FLOATS 16384
+
+typedef struct {
+    float *y;
+    const float *a, *b;
+    int64_t n, chunk;
+    int act;
+    float lo, hi;
+} ewise_ctx;
+
+static void ewise_task(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    const ewise_ctx *c = ctx;
+    int64_t i0 = item * c->chunk, len = c->n - i0 < c->chunk ? c->n - i0 : c->chunk;
+    ewise(c->y + i0, c->a + i0, c->b ? c->b + i0 : NULL, len, c->act, c->lo, c->hi);
+}
+
+/* ewise on up to nthreads threads, in chunks of whole cache lines */
+static void ewise_par(float *y, const float *a, const float *b, int64_t n, int act, float lo, float hi, int nthreads) {
+    int64_t min_chunk = act > ACT_CLAMP ? PAR_MIN_FLOATS / 8 : PAR_MIN_FLOATS; /* exp-based ones cost ~8x more */
+    if (nthreads <= 1 || n < 2 * min_chunk) {
+        ewise(y, a, b, n, act, lo, hi);
+        return;
+    }
+    int64_t chunk = (n + nthreads - 1) / nthreads;
+    if (chunk < min_chunk) chunk = min_chunk;
+    chunk = (chunk + 15) / 16 * 16;
+    ewise_ctx c = {y, a, b, n, chunk, act, lo, hi};
+    up_parallel_for((n + chunk - 1) / chunk, nthreads, ewise_task, &c);
+}
+
+/* An op's loop over items [0, n_items) (planes, images: each op says), split in ranges over the threads. */
+typedef void (*range_fn)(const struct up_op_s *o, const float *in, const float *in1, float *out, int N, int64_t i0,
+                         int64_t i1);
+
+typedef struct {
+    range_fn fn;
+    const struct up_op_s *o;
+    const float *in, *in1;
+    float *out;
+    int N;
+    int64_t n_items, per;
+} range_ctx;
+
+static void range_task(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    const range_ctx *c = ctx;
+    int64_t i0 = item * c->per, i1 = i0 + c->per < c->n_items ? i0 + c->per : c->n_items;
+    c->fn(c->o, c->in, c->in1, c->out, c->N, i0, i1);
+}
+
+/* fn over n_items items of about item_floats floats of work each, on up to nthreads threads */
+static void run_range(range_fn fn, const struct up_op_s *o, const float *in, const float *in1, float *out, int N,
+                      int64_t n_items, int64_t item_floats, int nthreads) {
+    if (item_floats < 1) item_floats = 1;
+    int64_t max_parts = n_items * item_floats / PAR_MIN_FLOATS;
+    int parts = nthreads < max_parts ? nthreads : (int)max_parts;
+    if (parts > n_items) parts = (int)n_items;
+    if (parts <= 1) {
+        fn(o, in, in1, out, N, 0, n_items);
+        return;
+    }
+    range_ctx c = {fn, o, in, in1, out, N, n_items, (n_items + parts - 1) / parts};
+    up_parallel_for((n_items + c.per - 1) / c.per, parts, range_task, &c);
+}
+
 /* --------------------------------------------------------------------------------- other kernels ---- */
 
 static int conv_call(void *kplan, const float *x, float *y, int N, int H, int W, int nthreads) {
@@ -302,61 +504,65 @@ static int gemv_call(void *kplan, const float *x, float *y, int N, int nthreads)
 
 /* Grouped conv by direct loops: per (image, output channel), for every input channel of its group and tap,
  * one axpy over each output row's valid columns. Written for depthwise convs (one input channel per
- * group), where a GEMM-shaped kernel has nothing to reuse; stride-1 rows vectorise. */
-static void run_gconv(const up_op *o, const float *x, float *y, int N) {
+ * group), where a GEMM-shaped kernel has nothing to reuse; stride-1 rows vectorise. Items: n * Co + oc. */
+static void run_gconv(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
     const int kh = o->p[0], kw = o->p[1], sh = o->p[2], sw = o->p[3], ph = o->p[4], pw = o->p[5];
     const int dh = o->p[6], dw = o->p[7], g = o->p[8], has_bias = o->p[9];
     const int cig = o->C / g, cog = o->Co / g, H = o->H, W = o->W, Ho = o->Ho, Wo = o->Wo;
     const float *wts = o->f, *bias = has_bias ? o->f + (int64_t)o->Co * cig * kh * kw : NULL;
     const int64_t iplane = (int64_t)H * W, oplane = (int64_t)Ho * Wo;
-    for (int n = 0; n < N; n++)
-        for (int oc = 0; oc < o->Co; oc++) {
-            float *yo = y + ((int64_t)n * o->Co + oc) * oplane;
-            float b = bias ? bias[oc] : 0.0f;
-            for (int64_t i = 0; i < oplane; i++) yo[i] = b;
-            int ic0 = oc / cog * cig;
-            for (int ci = 0; ci < cig; ci++) {
-                const float *xi = x + ((int64_t)n * o->C + ic0 + ci) * iplane;
-                for (int ky = 0; ky < kh; ky++)
-                    for (int kx = 0; kx < kw; kx++) {
-                        float wv = wts[(((int64_t)oc * cig + ci) * kh + ky) * kw + kx];
-                        int xoff = kx * dw - pw;
-                        /* output columns whose input column ox*sw + xoff lies in [0, W) */
-                        int lo = xoff >= 0 ? 0 : (-xoff + sw - 1) / sw;
-                        int hi = W - 1 - xoff < 0 ? -1 : (W - 1 - xoff) / sw;
-                        if (hi > Wo - 1) hi = Wo - 1;
-                        if (lo > hi) continue;
-                        for (int oy = 0; oy < Ho; oy++) {
-                            int iy = oy * sh - ph + ky * dh;
-                            if (iy < 0 || iy >= H) continue;
-                            const float *xr = xi + (int64_t)iy * W + xoff;
-                            float *yr = yo + (int64_t)oy * Wo;
-                            if (sw == 1)
-                                for (int ox = lo; ox <= hi; ox++) yr[ox] += wv * xr[ox];
-                            else
-                                for (int ox = lo; ox <= hi; ox++) yr[ox] += wv * xr[(int64_t)ox * sw];
-                        }
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t n = item / o->Co;
+        const int oc = (int)(item % o->Co);
+        float *yo = y + item * oplane;
+        float b = bias ? bias[oc] : 0.0f;
+        for (int64_t i = 0; i < oplane; i++) yo[i] = b;
+        int ic0 = oc / cog * cig;
+        for (int ci = 0; ci < cig; ci++) {
+            const float *xi = x + ((int64_t)n * o->C + ic0 + ci) * iplane;
+            for (int ky = 0; ky < kh; ky++)
+                for (int kx = 0; kx < kw; kx++) {
+                    float wv = wts[(((int64_t)oc * cig + ci) * kh + ky) * kw + kx];
+                    int xoff = kx * dw - pw;
+                    /* output columns whose input column ox*sw + xoff lies in [0, W) */
+                    int lo = xoff >= 0 ? 0 : (-xoff + sw - 1) / sw;
+                    int hi = W - 1 - xoff < 0 ? -1 : (W - 1 - xoff) / sw;
+                    if (hi > Wo - 1) hi = Wo - 1;
+                    if (lo > hi) continue;
+                    for (int oy = 0; oy < Ho; oy++) {
+                        int iy = oy * sh - ph + ky * dh;
+                        if (iy < 0 || iy >= H) continue;
+                        const float *xr = xi + (int64_t)iy * W + xoff;
+                        float *yr = yo + (int64_t)oy * Wo;
+                        if (sw == 1)
+                            for (int ox = lo; ox <= hi; ox++) yr[ox] += wv * xr[ox];
+                        else
+                            for (int ox = lo; ox <= hi; ox++) yr[ox] += wv * xr[(int64_t)ox * sw];
                     }
-            }
+                }
         }
+    }
 }
 
-static void run_affine(const up_op *o, const float *x, float *y, int N) {
+/* Items of the per-plane ops below: n * C + c, one input plane each. */
+static void run_affine(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
     const int64_t plane = (int64_t)o->H * o->W;
     const float *scale = o->f, *shift = o->f + o->C;
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < o->C; c++) {
-            const float *xi = x + ((int64_t)n * o->C + c) * plane;
-            float *yi = y + ((int64_t)n * o->C + c) * plane;
-            const float s = scale[c], t = shift[c];
-            for (int64_t i = 0; i < plane; i++) yi[i] = xi[i] * s + t;
-        }
+    for (int64_t nc = i0; nc < i1; nc++) {
+        const float *xi = x + nc * plane;
+        float *yi = y + nc * plane;
+        const float s = scale[nc % o->C], t = shift[nc % o->C];
+        for (int64_t i = 0; i < plane; i++) yi[i] = xi[i] * s + t;
+    }
 }
 
-static void run_gap(const up_op *o, const float *x, float *y, int N) {
+static void run_gap(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
     const int64_t plane = (int64_t)o->H * o->W;
     const float inv = 1.0f / (float)plane;
-    for (int64_t nc = 0; nc < (int64_t)N * o->C; nc++) {
+    for (int64_t nc = i0; nc < i1; nc++) {
         const float *xi = x + nc * plane;
         float s = 0;
         for (int64_t i = 0; i < plane; i++) s += xi[i];
@@ -364,13 +570,37 @@ static void run_gap(const up_op *o, const float *x, float *y, int N) {
     }
 }
 
-/* Max or average pool without ceil mode (torch's default); average divides by the window inside the padded
- * input when count_include_pad (torch's default), else by its part inside the input. */
-static void run_pool(const up_op *o, const float *x, float *y, int N) {
+/* Max or average pool (ceil mode included: the output size says how many windows there are, and a window
+ * hanging over the input's end is clipped as torch clips it); average divides by the window inside the
+ * padded input when count_include_pad (torch's default), else by its part inside the input. */
+static void run_pool(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
     const int kh = o->p[0], kw = o->p[1], sh = o->p[2], sw = o->p[3], ph = o->p[4], pw = o->p[5];
     const int is_max = o->p[6], include_pad = o->p[7];
     const int H = o->H, W = o->W, Ho = o->Ho, Wo = o->Wo;
-    for (int64_t nc = 0; nc < (int64_t)N * o->C; nc++) {
+    if (is_max) { /* separable: the max over each window's columns, row by row, then over its rows */
+        float colmax[Wo];
+        for (int64_t nc = i0; nc < i1; nc++) {
+            const float *xi = x + nc * H * W;
+            float *yo = y + nc * Ho * Wo;
+            for (int oy = 0; oy < Ho; oy++) {
+                int y0 = oy * sh - ph, ya = y0 < 0 ? 0 : y0, yb = y0 + kh > H ? H : y0 + kh;
+                for (int ox = 0; ox < Wo; ox++) colmax[ox] = -FLT_MAX;
+                for (int iy = ya; iy < yb; iy++) {
+                    const float *xr = xi + (int64_t)iy * W;
+                    for (int ox = 0; ox < Wo; ox++) {
+                        int x0 = ox * sw - pw, xa = x0 < 0 ? 0 : x0, xb = x0 + kw > W ? W : x0 + kw;
+                        float m = colmax[ox];
+                        for (int ix = xa; ix < xb; ix++) m = xr[ix] > m ? xr[ix] : m;
+                        colmax[ox] = m;
+                    }
+                }
+                memcpy(yo + (int64_t)oy * Wo, colmax, sizeof(float) * (size_t)Wo);
+            }
+        }
+        return;
+    }
+    for (int64_t nc = i0; nc < i1; nc++) {
         const float *xi = x + nc * H * W;
         float *yo = y + nc * Ho * Wo;
         for (int oy = 0; oy < Ho; oy++) {
@@ -399,35 +629,106 @@ static void run_pool(const up_op *o, const float *x, float *y, int N) {
 }
 
 /* The CIFAR ResNets' option-A shortcut in one pass: subsample by (sh, sw), then zero-pad channels and
- * borders; each output element is written once. */
-static void run_slicepad(const up_op *o, const float *x, float *y, int N) {
+ * borders; each output element is written once. Items: n * Co + c, one output plane each. */
+static void run_slicepad(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
     const int sh = o->p[0], sw = o->p[1], clo = o->p[2], pt = o->p[3], pl = o->p[4];
     const int H = o->H, W = o->W, Ho = o->Ho, Wo = o->Wo;
     const int Hs = (H + sh - 1) / sh, Ws = (W + sw - 1) / sw;
     const int64_t oplane = (int64_t)Ho * Wo;
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < o->Co; c++) {
-            float *yo = y + ((int64_t)n * o->Co + c) * oplane;
-            int ci = c - clo;
-            if (ci < 0 || ci >= o->C) {
-                memset(yo, 0, sizeof(float) * (size_t)oplane);
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t n = item / o->Co;
+        const int c = (int)(item % o->Co);
+        float *yo = y + item * oplane;
+        int ci = c - clo;
+        if (ci < 0 || ci >= o->C) {
+            memset(yo, 0, sizeof(float) * (size_t)oplane);
+            continue;
+        }
+        const float *xi = x + ((int64_t)n * o->C + ci) * H * W;
+        for (int oy = 0; oy < Ho; oy++) {
+            float *yr = yo + (int64_t)oy * Wo;
+            int iy = oy - pt;
+            if (iy < 0 || iy >= Hs) {
+                for (int ox = 0; ox < Wo; ox++) yr[ox] = 0;
                 continue;
             }
-            const float *xi = x + ((int64_t)n * o->C + ci) * H * W;
-            for (int oy = 0; oy < Ho; oy++) {
-                float *yr = yo + (int64_t)oy * Wo;
-                int iy = oy - pt;
-                if (iy < 0 || iy >= Hs) {
-                    for (int ox = 0; ox < Wo; ox++) yr[ox] = 0;
-                    continue;
-                }
-                const float *xr = xi + (int64_t)iy * sh * W;
-                for (int ox = 0; ox < Wo; ox++) {
-                    int ix = ox - pl;
-                    yr[ox] = ix >= 0 && ix < Ws ? xr[(int64_t)ix * sw] : 0.0f;
-                }
+            const float *xr = xi + (int64_t)iy * sh * W;
+            for (int ox = 0; ox < Wo; ox++) {
+                int ix = ox - pl;
+                yr[ox] = ix >= 0 && ix < Ws ? xr[(int64_t)ix * sw] : 0.0f;
             }
         }
+    }
+}
+
+/* squeeze-excitation: every plane times its channel's gate; items n * C + c */
+static void run_chmul(const up_op *o, const float *x, const float *gate, float *y, int N, int64_t i0, int64_t i1) {
+    (void)N;
+    const int64_t plane = (int64_t)o->H * o->W;
+    for (int64_t nc = i0; nc < i1; nc++) {
+        const float *xi = x + nc * plane;
+        float *yi = y + nc * plane;
+        const float s = gate[nc];
+        for (int64_t i = 0; i < plane; i++) yi[i] = xi[i] * s;
+    }
+}
+
+/* items n * cnt + c: plane ioff + c of input image n to plane ooff + c of output image n */
+static void run_chcopy(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
+    const int ooff = o->p[0], ioff = o->p[1], cnt = o->p[2];
+    const int64_t plane = (int64_t)o->H * o->W;
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t n = item / cnt, c = item % cnt;
+        memcpy(y + (n * o->Co + ooff + c) * plane, x + (n * o->C + ioff + c) * plane, sizeof(float) * (size_t)plane);
+    }
+}
+
+/* items n * C + c, one output plane each: channel c = j * g + i comes from input channel i * (C / g) + j */
+static void run_shuffle(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
+    const int g = o->p[0], cpg = o->C / g;
+    const int64_t plane = (int64_t)o->H * o->W;
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t n = item / o->C;
+        const int c = (int)(item % o->C), src = (c % g) * cpg + c / g;
+        memcpy(y + item * plane, x + (n * o->C + src) * plane, sizeof(float) * (size_t)plane);
+    }
+}
+
+/* LayerNorm over the C channels of each pixel, biased variance as torch's: items n * tiles + tile, a tile of
+ * CHNORM_TILE pixels whose sums run as vectors across the pixels, channel by channel. */
+#define CHNORM_TILE 256
+static void run_chnorm(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
+    const int C = o->C;
+    const int64_t plane = (int64_t)o->H * o->W, tiles = (plane + CHNORM_TILE - 1) / CHNORM_TILE;
+    const float eps = o->f[0], *wt = o->p[0] ? o->f + 1 : NULL, *bs = o->p[0] ? o->f + 1 + C : NULL;
+    float mean[CHNORM_TILE], rstd[CHNORM_TILE];
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t n = item / tiles, p0 = item % tiles * CHNORM_TILE;
+        const int len = (int)(plane - p0 < CHNORM_TILE ? plane - p0 : CHNORM_TILE);
+        const float *xi = x + n * C * plane + p0;
+        float *yi = y + n * C * plane + p0;
+        for (int i = 0; i < len; i++) mean[i] = rstd[i] = 0.0f;
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < len; i++) mean[i] += xi[c * plane + i];
+        for (int i = 0; i < len; i++) mean[i] *= 1.0f / (float)C;
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < len; i++) {
+                float d = xi[c * plane + i] - mean[i];
+                rstd[i] += d * d;
+            }
+        for (int i = 0; i < len; i++) {
+            float v = rstd[i] * (1.0f / (float)C) + eps;
+            rstd[i] = 1.0f / __builtin_sqrtf(v);
+        }
+        for (int c = 0; c < C; c++) {
+            const float s = wt ? wt[c] : 1.0f, t = bs ? bs[c] : 0.0f;
+            for (int i = 0; i < len; i++) yi[c * plane + i] = (xi[c * plane + i] - mean[i]) * rstd[i] * s + t;
+        }
+    }
 }
 
 /* -------------------------------------------------------------------------------------------- run ---- */
@@ -496,6 +797,7 @@ static void im2col_store(const up_op *o, const float *rows, const float *r, floa
                 else if (act == ACT_CLAMP) v = v < lo ? lo : v > hi ? hi : v;
                 dst[i] = v;
             }
+            if (act > ACT_CLAMP) smooth_act(dst, dst, pix, act);
         }
 }
 
@@ -572,11 +874,11 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
         switch (o->kind) {
         case OP_CONV:
             rc = conv_call(o->kplan, in, out, N, o->H, o->W, nthreads);
-            if (!rc && (r || o->act)) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+            if (!rc && (r || o->act)) ewise_par(out, out, r, nout, o->act, o->lo, o->hi, nthreads);
             break;
         case OP_GEMV:
             rc = gemv_call(o->kplan, in, out, N, nthreads);
-            if (!rc && (r || o->act)) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+            if (!rc && (r || o->act)) ewise_par(out, out, r, nout, o->act, o->lo, o->hi, nthreads);
             break;
         case OP_IM2COL:
             if ((int64_t)N * o->Ho * o->Wo > INT32_MAX) return -3; /* the kernel's pixel count is an int */
@@ -590,36 +892,54 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
         case OP_GCONV:
             if (o->p[8] == o->C && o->Co == o->C) { /* depthwise: the kernels' vectorised loop, clamp fused */
                 const int32_t geom[11] = {o->C, o->H, o->W, o->p[0], o->p[1], o->p[2], o->p[3], o->p[4], o->p[5], o->p[6], o->p[7]};
-                const int fuse = !r && o->act;
+                const int fuse = !r && (o->act == ACT_RELU || o->act == ACT_CLAMP);
                 const float lo = o->act == ACT_RELU ? 0.0f : o->lo, hi = o->act == ACT_RELU ? FLT_MAX : o->hi;
                 rc = up_dwconv_run(in, out, o->f, o->p[9] ? o->f + (int64_t)o->C * o->p[0] * o->p[1] : NULL, geom, N,
                                    fuse, lo, hi, nthreads);
-                if (!rc && r) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+                if (!rc && !fuse && (r || o->act)) ewise_par(out, out, r, nout, o->act, o->lo, o->hi, nthreads);
             } else {
-                run_gconv(o, in, out, N);
-                if (r || o->act) ewise(out, out, r, nout, o->act, o->lo, o->hi);
+                run_range(run_gconv, o, in, NULL, out, N, (int64_t)N * o->Co,
+                          (int64_t)o->Ho * o->Wo * (o->C / o->p[8]) * o->p[0] * o->p[1], nthreads);
+                if (r || o->act) ewise_par(out, out, r, nout, o->act, o->lo, o->hi, nthreads);
             }
             break;
         case OP_ADD:
         case OP_ACT:
         case OP_COPY:
-            ewise(out, in, o->kind == OP_ADD ? r : NULL, (int64_t)N * plane_of(o), o->act, o->lo, o->hi);
+            ewise_par(out, in, o->kind == OP_ADD ? r : NULL, (int64_t)N * plane_of(o), o->act, o->lo, o->hi, nthreads);
             break;
         case OP_AFFINE:
-            run_affine(o, in, out, N);
-            if (o->act) ewise(out, out, NULL, nout, o->act, o->lo, o->hi);
+            run_range(run_affine, o, in, NULL, out, N, (int64_t)N * o->C, (int64_t)o->H * o->W, nthreads);
+            if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
             break;
         case OP_GAP:
-            run_gap(o, in, out, N);
-            if (o->act) ewise(out, out, NULL, nout, o->act, o->lo, o->hi);
+            run_range(run_gap, o, in, NULL, out, N, (int64_t)N * o->C, (int64_t)o->H * o->W, nthreads);
+            if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
             break;
         case OP_POOL:
-            run_pool(o, in, out, N);
-            if (o->act) ewise(out, out, NULL, nout, o->act, o->lo, o->hi);
+            run_range(run_pool, o, in, NULL, out, N, (int64_t)N * o->C, (int64_t)o->Ho * o->Wo * o->p[0] * o->p[1],
+                      nthreads);
+            if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
             break;
         case OP_SLICEPAD:
-            run_slicepad(o, in, out, N);
+            run_range(run_slicepad, o, in, NULL, out, N, (int64_t)N * o->Co, (int64_t)o->Ho * o->Wo, nthreads);
             break;
+        case OP_CHMUL:
+            run_range(run_chmul, o, in, r, out, N, (int64_t)N * o->C, (int64_t)o->H * o->W, nthreads);
+            if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
+            break;
+        case OP_CHCOPY:
+            run_range(run_chcopy, o, in, NULL, out, N, (int64_t)N * o->p[2], (int64_t)o->H * o->W, nthreads);
+            break;
+        case OP_SHUFFLE:
+            run_range(run_shuffle, o, in, NULL, out, N, (int64_t)N * o->C, (int64_t)o->H * o->W, nthreads);
+            break;
+        case OP_CHNORM: {
+            const int64_t tiles = ((int64_t)o->H * o->W + CHNORM_TILE - 1) / CHNORM_TILE;
+            run_range(run_chnorm, o, in, NULL, out, N, (int64_t)N * tiles, (int64_t)CHNORM_TILE * o->C * 3, nthreads);
+            if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
+            break;
+        }
         default:
             return -3;
         }
