@@ -194,9 +194,8 @@ static void parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) {
     pthread_mutex_unlock(&g_job_mu);
 }
 
-/* The pool and the clock for the other translation units of the library (uniprune_bf16.c); hidden by
- * -fvisibility=hidden, so not part of the exported interface. */
-void up_parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) { parallel_for(n_items, nthreads, fn, ctx); }
+/* The clock for the other translation units of the library (uniprune_bf16.c); hidden by -fvisibility=hidden,
+ * so not part of the exported interface. The pool they share is up_parallel_for, below. */
 int64_t up_now_ns(void) { return now_ns(); }
 
 /* ------------------------------------------------------------------ block-sparse conv ---------- */
@@ -1371,8 +1370,9 @@ EXPORT const char *up_isa(void) {
 #endif
 }
 
-/* The pool, for the plan executor's own loops (uniprune_plan.c: elementwise ops, pools, copies): fn(ctx, i,
- * tid) for i in [0, n_items) on up to nthreads threads, the caller among them. Not reentrant from inside fn. */
+/* The pool, for the other translation units (uniprune_plan.c: elementwise ops, pools, copies; uniprune_bf16.c:
+ * the AMX conv): fn(ctx, i, tid) for i in [0, n_items) on up to nthreads threads, the caller among them. Not
+ * reentrant from inside fn. */
 EXPORT void up_parallel_for(int64_t n_items, int nthreads, void (*fn)(void *ctx, int64_t item, int tid), void *ctx) {
     parallel_for(n_items, nthreads, fn, ctx);
 }
