@@ -73,9 +73,9 @@ def measure(name: str, batch: int, args: argparse.Namespace) -> dict:
     reduce = reducer(args.statistic)
     ms = {k: reduce(v) for k, v in t.items()}
     dense = {e: ms[e] for e in engines.runners}
-    best = min(dense, key=dense.__getitem__)
+    best = min((e for e in dense if ":" not in e), key=dense.__getitem__)
     return {"model": name, "weights": weights, "batch": batch, "engines": dense, "best": best,
-            "compressed": {f: ms[f"{f:g}"] for f in FRACTIONS}, "runtime": "/".join(sorted(used)), "notes": notes}
+            "compressed": {f: ms[f"{f:g}"] for f in FRACTIONS}, "precisions": engines.precisions, "runtime": "/".join(sorted(used)), "notes": notes}
 
 
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         f"Machine: {machine_line()}; {args.threads} thread(s); statistic {args.statistic} over at least {args.repeats} "
         f"interleaved rounds spanning at least {args.min_seconds:g} s.", f"Command: `{command_line()}`", "",
-        "Every dense engine (BatchNorm folded; ONNX Runtime and OpenVINO on the same exported ONNX file, float32) "
+        "Every dense engine mode (BatchNorm folded; ONNX Runtime and OpenVINO on the same exported ONNX file, each at "
+        "its default precision, OpenVINO also pinned to f32: `openvino:f32`) "
         f"and uniprune's compressed model (runtime lean: one native plan per pass; python: layer by layer) with the given share of every compressible layer's {shape} conv blocks "
         "pruned (random placement, linear 8x8), timed in the same rounds. Bold: the fastest dense engine, "
-        "the baseline; speedups are over it.", "",
+        "the baseline (fastest at its default precision; precisions: "
+        + ", ".join(f"{e} {p}" for e, p in rows[0]["precisions"].items()) + "); speedups are over it.", "",
         *lines,
         *([""] + [f"Note: {n}" for n in notes] if notes else []),
     ]

@@ -1,6 +1,7 @@
 """Kernel and latency benchmarks; each subcommand writes its own section of docs/RESULTS.md.
 
     python benchmarks/kernels.py table --isa avx2   # the kernel table (issues 4, 10): ours vs torch dense
+    python benchmarks/kernels.py precision # the kernels in fp32 and bf16 (AMX), each against its own peak (issue 20)
     python benchmarks/kernels.py latency   # latency-table prediction vs measurement on random policies
     python benchmarks/kernels.py all
 
@@ -125,6 +126,86 @@ def table(args: argparse.Namespace) -> None:
     write_section(section, f"## Kernel table, {built} build (issues 4, 10)\n\n" + "\n".join(md))
 
 
+PRECISION_CONVS = [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]  # in, out, map, stride
+
+
+def precision_table(args: argparse.Namespace) -> None:
+    """Each ResNet-56 conv geometry, block shape and sparsity in fp32 and bf16 side by side, with every kernel's
+    share of its own precision's peak (fp32: the FMA probe; bf16 on AMX tiles: the TDPBF16PS probe)."""
+    amx = "amx_bf16" in kernels.bf16_units()
+    peaks: dict[str, float | None] = {u: None for u in kernels.PEAK_UNITS}
+
+    def probe() -> None:
+        """Each peak re-probed and the best kept: on a shared machine one probe can land in a neighbour's burst
+        (it read 42 of ~105 GFLOP/s once), which would inflate every share of peak."""
+        lib = kernels.load()
+        for u in kernels.PEAK_UNITS:
+            rate = lib.up_fma_peak(0.2, THREADS) if u == "fma" else lib.up_bf16_peak(kernels._UNIT_CODES[u], 0.2, THREADS)
+            if rate:
+                peaks[u] = max(peaks[u] or 0.0, float(rate))
+
+    probe()
+    rows = []
+    cases = [(c, b, blk, s) for c in PRECISION_CONVS for b in (1, 32) for blk in CONV_BLOCKS for s in (0.0, 0.75, 0.9)
+             if not (s == 0.0 and blk != CONV_BLOCKS[0])]
+    for (ci, co, hw, stride), batch, blk, s in tqdm(cases, desc="precision table", file=sys.stderr):
+        g = torch.Generator().manual_seed(1)
+        weight = torch.randn(co, ci, 3, 3, generator=g)
+        st = random_structure(block_grid((co, ci, 3, 3), blk), s, 0.0, g)
+        keep = st.keep_mask().reshape(co, ci, -1).any(-1)
+        x = torch.randn(batch, ci, hw, hw, generator=g)
+        convs = {"fp32": kernels.SparseConv(weight, keep, None, (stride, stride), (1, 1), (1, 1),
+                                            rows=kernels.panel_height(blk.out))}
+        if amx:
+            convs["bf16 amx"] = kernels.SparseConv(weight, keep, None, (stride, stride), (1, 1), (1, 1),
+                                                   rows=kernels.panel_height(blk.out), precision="bf16")
+        fns = {k: (lambda c=c, x=x: c(x, THREADS)) for k, c in convs.items()}
+        if s == 0.0 and amx:
+            # oneDNN's own AMX conv (what torch runs a bf16 channels-last conv on), input already in its layout:
+            # what calling the library for a layer left dense would buy, before any layout conversion
+            xo = x.bfloat16().contiguous(memory_format=torch.channels_last)
+            wo = weight.bfloat16().contiguous(memory_format=torch.channels_last)
+            fns["onednn"] = lambda xo=xo, wo=wo, st=stride: torch.nn.functional.conv2d(xo, wo, None, st, 1)
+        t = time_interleaved(fns, warmup=3, repeats=args.repeats, threads=THREADS, statistic="min")
+        ho = (hw - 1) // stride + 1
+        flops = 2 * float(keep.sum()) * 9 * ho * ho * batch  # the kept work, what the layer must compute
+        rows.append((f"{ci}->{co} @{hw}x{hw}{' s2' if stride == 2 else ''}", f"{blk.out}x{blk.inp}", batch, s, flops, t))
+        if len(rows) % 10 == 0:
+            probe()
+    probe()
+    lines = []  # shares divided by the best peak of the whole run
+    for name, blk_name, batch, s, flops, t in rows:
+        cells = [name, blk_name, str(batch), f"{s:.2f}", f"{t['fp32'] * 1e3:.1f}",
+                 f"{flops / (t['fp32'] * 1e6) / peaks['fma']:.2f}"]
+        if amx:
+            cells += [f"{t['bf16 amx'] * 1e3:.1f}", f"{flops / (t['bf16 amx'] * 1e6) / peaks['amx_bf16']:.3f}",
+                      f"{t['fp32'] / t['bf16 amx']:.2f}",
+                      f"{t['onednn'] * 1e3:.1f} ({flops / (t['onednn'] * 1e6) / peaks['amx_bf16']:.3f})" if "onednn" in t else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    flags = sorted(f for f in kernels.cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
+                                                           "amx_bf16"))
+    head = "| conv | block | batch | s | fp32 µs | fp32 share of FMA peak |"
+    head += (" bf16 AMX µs | bf16 share of AMX peak | bf16 speedup over fp32 | oneDNN bf16 µs (share), dense only |"
+             if amx else "")
+    md = [
+        f"Machine: {machine_line()}; flags {', '.join(flags)}; kernels {kernels.build_id()}; measured peaks on "
+        f"{THREADS} thread(s): " + ", ".join(f"{u} {p:.0f} GFLOP/s" if p else f"{u} n/a" for u, p in peaks.items())
+        + f" (best of {2 + len(rows) // 10} probes through the run). Load average at the end: {os.getloadavg()[0]:.1f} "
+        "(a shared 2-core machine).",
+        f"Command: `{command_line()}`", "",
+        "µs = least of interleaved rounds, one call of the kernel (`SparseConv`, float32 in and out; bf16 rounds "
+        "weights and activations, accumulates in float32). Blocks out x in channels over the whole 3x3 window, "
+        "random states with exactly the share s pruned. Share of peak = the kept work (2 x kept weights x output "
+        "pixels x batch) / time / that precision's measured single-core peak. The bf16 dot product (VDPBF16PS) "
+        "has no kernel of its own: on this CPU its probe runs at half the FMA rate, so fp32 FMAs are faster. "
+        f"oneDNN: torch {torch.__version__}'s bf16 conv on channels-last bf16 tensors (oneDNN's AMX kernels; torch's "
+        "per-call overhead included, the layout conversions a plan would need not), dense layers only.",
+        "", head, "|" + " --- |" * (head.count("|") - 1), *lines,
+    ]
+    write_section(f"kernels_precision_{kernels.isa()}",
+                  f"## Kernel table per precision, {kernels.isa()} build (issue 20)\n\n" + "\n".join(md))
+
+
 def _resnet56(pretrained: bool) -> nn.Module:
     from uniprune.search.models import build_model, load_weights
 
@@ -147,7 +228,7 @@ def latency(args: argparse.Namespace) -> None:
         within = sum(r["ratio_error"] <= 0.10 for r in rows)
         ratios = [r["measured_ratio"] for r in rows]
         lines.append(
-            f"| {batch} | {lm.meta['baseline_engine']} | {lm.fixed_ms:.2f} | {lm.dense_ms:.2f} | {statistics.median(r['dense_ms'] for r in rows):.2f} "
+            f"| {batch} | {lm.meta['baseline_engine']} ({lm.meta.get('baseline_precision', 'f32')}) | {lm.fixed_ms:.2f} | {lm.dense_ms:.2f} | {statistics.median(r['dense_ms'] for r in rows):.2f} "
             f"| {len(rows)} | {min(ratios):.2f} to {max(ratios):.2f} | {100 * check['median_error']:.1f} % | {100 * check['max_error']:.1f} % "
             f"| {within}/{len(rows)} | {100 * check['median_ms_error']:.1f} % | {100 * check['max_ms_error']:.1f} % |")
     md = [
@@ -156,8 +237,9 @@ def latency(args: argparse.Namespace) -> None:
         "ResNet-56; random policies (per layer prune in [0, 0.9], unify in [0, (1 - prune)/2]) with random block "
         "states. Predicted: the latency table (every layer timed in place in whole-model passes at each grid "
         "point; fixed_ms + per-layer bilinear interpolation). Measured: the compiled whole model timed "
-        "interleaved with every dense engine. Both ratios divide by the fastest dense engine (torch eager, ONNX "
-        "Runtime, OpenVINO). Errors relative to the measurement: of the latency ratio "
+        "interleaved with every dense engine. Both ratios divide by the fastest dense engine at its default precision "
+        "(torch eager, ONNX Runtime, OpenVINO: bf16 on CPUs with avx512_bf16 or AMX; the table's baseline engine "
+        "and its precision are in the second column). Errors relative to the measurement: of the latency ratio "
         "(compressed / fastest dense, what a budget constrains; target max <= 10 %), and of the absolute ms, "
         "which also carries the machine's drift between building the table and the check.",
         "",
@@ -177,7 +259,7 @@ THREADS = 1
 def main(argv: list[str] | None = None) -> int:
     global THREADS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="all", choices=["table", "latency", "all"])
+    parser.add_argument("what", nargs="?", default="all", choices=["table", "precision", "latency", "all"])
     parser.add_argument("--threads", type=int, default=1, help="threads for torch and the kernels (default 1)")
     parser.add_argument("--isa", choices=kernels.ISAS, default=None,
                         help="force the kernels' vector ISA for 'table' (default $UNIPRUNE_ISA, else auto); "
@@ -191,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="per-function statistic of the timed rounds (default median; min on a shared machine)")
     args = parser.parse_args(argv)
     THREADS = args.threads
-    for what, fn in (("table", table), ("latency", latency)):
+    for what, fn in (("table", table), ("precision", precision_table), ("latency", latency)):
         if args.what in (what, "all"):
             fn(args)
     return 0

@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from uniprune.compressors.core.errors import RunDirError  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
 from uniprune.compressors.formats.fileio import write_text_atomic  # noqa: E402
+from uniprune.compressors.latency.budget import budget_verdict  # noqa: E402
 from uniprune.search.run_dir import read_json_object  # noqa: E402
 
 
@@ -146,6 +147,13 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
+def _verdict(ratio: Any, budget: float | None, how: str) -> str:
+    """``"; the predicted latency ratio meets the budget 0.5"``, or nothing without a ratio or a budget."""
+    if not isinstance(ratio, (int, float)) or budget is None:
+        return ""
+    return f"; the {how} latency ratio {budget_verdict(float(ratio), budget)}"
+
+
 def write_report(run_dir: str | Path) -> list[Path]:
     """Write the plots and ``report.md`` for ``run_dir``; returns the files written (report.md last)."""
     run = Path(run_dir)
@@ -182,9 +190,11 @@ def write_report(run_dir: str | Path) -> list[Path]:
         lines.append(
             "- best policy (before fine-tuning): "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in pred.items() if isinstance(v, (int, float)))
+            + _verdict(pred.get("latency_ratio"), budget, "predicted")
         )
     if finetune:
-        lines.append("- after fine-tuning: " + ", ".join(f"{k} {_fmt(v)}" for k, v in finetune.items() if isinstance(v, (int, float))))
+        lines.append("- after fine-tuning: " + ", ".join(f"{k} {_fmt(v)}" for k, v in finetune.items() if isinstance(v, (int, float)))
+                     + _verdict(finetune.get("latency_ratio"), budget, "measured"))
     lines.append("")
     titles = {
         "reward.png": "Reward per episode",

@@ -21,7 +21,7 @@ from uniprune.compressors.core.projection import structured_weight
 from uniprune.compressors.formats.checkpoint import save_compressed
 from uniprune.compressors.latency.table import random_structure
 from uniprune.compressors.native import kernels, uniprune_lean
-from uniprune.compressors.native.plan import LeanModel, LeanSpec, lower_spec
+from uniprune.compressors.native.plan import LeanModel, LeanSpec, lower_spec, output_tolerance
 from uniprune.search.cli import main
 from uniprune.search.models import build_model
 
@@ -69,7 +69,9 @@ def _compressed(path: Path, name: str, shape: tuple[int, int, int], seed: int) -
 
 
 def _export(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict | None, str]:
-    code = main(["export", *args, "--json"])
+    """``uniprune export ARGS --json``, in fp32 unless ``args`` name a precision (auto is bf16 on a bf16 CPU)."""
+    precision = [] if "--precision" in args else ["--precision", "fp32"]
+    code = main(["export", *args, *precision, "--json"])
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     return code, (json.loads(lines[-1]) if code == 0 and lines else None), err
@@ -87,7 +89,8 @@ def test_artifact_matches_masked_dense(name, shape, tmp_path, capsys, lean_cache
     code, result, err = _export(capsys, "--compressed", str(ckpt), "--out", str(tmp_path / "art"))
     assert code == 0, err
     files = {Path(f).name for f in result["files"]}
-    assert files == {"plan.json", "weights.bin", "uniprune_kernels.c", "uniprune_plan.c", "uniprune_lean.py", "README.md"}
+    assert files == {"plan.json", "weights.bin", "uniprune_kernels.c", "uniprune_plan.c", "uniprune_bf16.c", "uniprune_lean.py",
+                     "README.md"}
     assert all(Path(f).is_file() for f in result["files"])
     assert result["max_rel_error"] <= TOL and result["input_shape"] == list(shape) and result["output_shape"] == [10]
     header = json.loads((tmp_path / "art" / "plan.json").read_text())
@@ -238,7 +241,7 @@ def test_bench_times_the_artifact(tmp_path, capsys, lean_cache, monkeypatch):
     stdout, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(stdout.strip().splitlines()[-1])
-    assert result["runtime"] == "artifact" and result["max_rel_error"] <= TOL
+    assert result["runtime"] == "artifact" and result["max_rel_error"] <= TOL and result["precision"] == "fp32"
     assert set(result["engines"]) == {"torch"} and result["compressed_ms"] > 0 and result["batch_size"] == 2
     assert result["speedup"] == pytest.approx(1 / result["latency_ratio"])
     # the dense model must be the checkpoint it was exported from
@@ -249,12 +252,48 @@ def test_bench_times_the_artifact(tmp_path, capsys, lean_cache, monkeypatch):
     assert code == 2 and "sha256 differs" in err and len(err.strip().splitlines()) == 1
 
 
+def test_bf16_artifact_records_its_precision_and_matches(tmp_path, capsys, lean_cache, single_thread):
+    """A bf16 export stores bf16 weights, says so in plan.json, and its loader's output stays within the bf16
+    tolerance of the float32 model (on AMX tiles here if the CPU has them, else the float32 kernels)."""
+    ckpt = tmp_path / "r20.pt"
+    reference = _compressed(ckpt, "cifar-resnet20", (3, 32, 32), seed=12)
+    code, result, err = _export(capsys, "--compressed", str(ckpt), "--out", str(tmp_path / "art"), "--precision", "bf16")
+    assert code == 0, err
+    assert result["precision"] == "bf16" and result["max_rel_error"] <= output_tolerance("bf16")
+    header = json.loads((tmp_path / "art" / "plan.json").read_text())
+    assert header["precision"] == "bf16" and header["source"]["precision"] == "bf16"
+    convs = [op["kernel"] for op in header["ops"] if (op.get("kernel") or {}).get("type") == "conv"]
+    assert convs and all(k["precision"] == "bf16" and header["arrays"][k["w"]]["dtype"] == "bfloat16" for k in convs)
+    loader = import_loader(tmp_path / "art")
+    model = loader.Model(tmp_path / "art", cache_dir=lean_cache, allow_fp32_fallback=True)
+    on_tiles = [k for k in convs if k.get("engine") != "fp32"]  # the rest were timed faster on the fp32 kernels
+    assert model.precision == "bf16" and model.amx_convs == (len(on_tiles) if "amx_bf16" in kernels.bf16_units() else 0)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        assert 0 < _rel_err(model.run(x.numpy()), reference(x)) <= output_tolerance("bf16")
+
+
+def test_bf16_plans_check_the_cpu():
+    """auto is bf16 exactly where the CPU has avx512_bf16 or amx_bf16; a bf16 plan is refused in one line where
+    it has neither, and an unknown precision too."""
+    zen3, zen4, spr = frozenset({"avx2", "fma"}), frozenset({"avx512f", "avx512_bf16"}), frozenset({"amx_bf16", "avx512f"})
+    assert [uniprune_lean.resolve_precision("auto", f) for f in (zen3, zen4, spr)] == ["fp32", "bf16", "bf16"]
+    assert uniprune_lean.resolve_precision("fp32", spr) == "fp32" and uniprune_lean.resolve_precision("bf16", zen3) == "bf16"
+    with pytest.raises(uniprune_lean.LeanError) as info:
+        uniprune_lean.check_precision("bf16", zen3)
+    assert "avx512_bf16" in str(info.value) and "--precision fp32" in str(info.value) and "\n" not in str(info.value)
+    uniprune_lean.check_precision("bf16", zen4)
+    uniprune_lean.check_precision("fp32", zen3)
+    with pytest.raises(uniprune_lean.LeanError):
+        uniprune_lean.resolve_precision("fp16", spr)
+
+
 def test_export_help_lists_its_options(capsys):
     with pytest.raises(SystemExit) as info:
         main(["export", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--compressed", "--out", "--batch-size", "--threads", "--force", "--json"):
+    for option in ("--compressed", "--out", "--batch-size", "--threads", "--force", "--precision", "--json"):
         assert option in text
 
 
@@ -281,3 +320,23 @@ def test_bench_never_runs_the_artifacts_code(tmp_path, capsys, monkeypatch):
     assert result["runtime"] == "artifact" and result["max_rel_error"] <= TOL and result["compressed_ms"] > 0
     assert not any(name.startswith("_uniprune_lean_") or name.startswith("_artifact_loader_") for name in sys.modules
                    if str(out) in str(getattr(sys.modules[name], "__file__", "")))
+
+
+def test_verifier_reads_bf16_plans(single_thread):
+    """A bf16 plan passes the verifier; its weights' dtype, each kernel's precision and engine are checked."""
+    torch.manual_seed(14)
+    model = build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8)).eval()
+    spec = lower_spec(model, torch.randn(2, 1, 8, 8), threads=1, choose="direct", precision="bf16")
+    assert spec.header["precision"] == "bf16"
+    uniprune_lean.verify_plan(spec.header, spec.arrays)
+    conv = next(i for i, op in enumerate(spec.header["ops"]) if (op.get("kernel") or {}).get("type") == "conv")
+
+    def refused(header: dict, match: str) -> None:
+        with pytest.raises(uniprune_lean.LeanError, match=match):
+            uniprune_lean.verify_plan(header, spec.arrays)
+
+    refused({**spec.header, "precision": "fp32"}, "precision")  # bf16 weights in a plan that says fp32
+    ops = json.loads(json.dumps(spec.header["ops"]))
+    ops[conv]["kernel"]["engine"] = "gpu"
+    refused({**spec.header, "ops": ops}, "engine")
+    refused({**spec.header, "precision": "fp16"}, "precision")

@@ -24,6 +24,15 @@ def _block_keep(co: int, ci: int, bo: int, bi: int, density: float, g: torch.Gen
     return blocks.repeat_interleave(bo, 0)[:co].repeat_interleave(bi, 1)[:, :ci]
 
 
+def _block_case(seed: int, co: int, ci: int, k: int, bo: int, bi: int, density: float,
+                input_shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, ...]:
+    """A random conv case: weight [co, ci, k, k], a keep mask of whole bo x bi blocks, bias, input."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(co, ci, k, k, generator=g)
+    keep = _block_keep(co, ci, bo, bi, density, g)
+    return weight, keep, torch.randn(co, generator=g), torch.randn(*input_shape, generator=g)
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
@@ -60,11 +69,7 @@ def test_every_panel_height_and_isa_matches_masked_dense(bo, bi, co, ci, k, stri
                                                          threads, seed):
     if hw + 2 * pad < dil * (k - 1) + 1:
         return
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(co, ci, k, k, generator=g)
-    keep = _block_keep(co, ci, bo, bi, density, g)
-    bias = torch.randn(co, generator=g)
-    x = torch.randn(n, ci, hw, hw, generator=g)
+    weight, keep, bias, x = _block_case(seed, co, ci, k, bo, bi, density, (n, ci, hw, hw))
     rows = panel_height(bo)
     assert rows == (bo if bo in (1, 2, 4, 8) else 8)
     conv = SparseConv(weight, keep, bias, (stride, stride), (pad, pad), (dil, dil), rows=rows, isa=isa)
@@ -287,3 +292,47 @@ def test_depthwise_conv_rejects_bad_weights_and_small_inputs():
         kernels.depthwise_conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 2, 3, 3))
     with pytest.raises(ConfigError, match="smaller than"):
         kernels.depthwise_conv2d(torch.randn(1, 4, 2, 2), torch.randn(4, 1, 5, 5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bo=st.sampled_from([1, 2, 4, 8, 16]), bi=st.sampled_from([1, 2, 4]), co=st.integers(1, 40), ci=st.integers(1, 37),
+    k=st.sampled_from([1, 2, 3]), stride=st.integers(1, 2), pad=st.integers(0, 2), dil=st.integers(1, 2),
+    n=st.sampled_from([1, 2, 9]), h=st.sampled_from([3, 8, 16, 17]), w=st.sampled_from([4, 8, 16, 33]),
+    density=st.sampled_from([0.0, 0.25, 0.5, 1.0]), amx=st.booleans(), threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 10_000),
+)
+def test_bf16_conv_matches_bf16_rounded_dense(bo, bi, co, ci, k, stride, pad, dil, n, h, w, density, amx, threads, seed):
+    """Every block shape, stride, window and tail in bf16: on AMX tiles (where the CPU has them) the exact products
+    of bf16 weights and bf16 inputs summed in float32; on the float32 kernels the bf16 weights with float32 inputs."""
+    if min(h, w) + 2 * pad < dil * (k - 1) + 1:
+        return
+    weight, keep, bias, x = _block_case(seed, co, ci, k, bo, bi, density, (n, ci, h, w))
+    conv = SparseConv(weight, keep, bias, (stride, stride), (pad, pad), (dil, dil), rows=panel_height(bo),
+                      precision="bf16", amx=amx)
+    assert conv.engine == ("amx_bf16" if amx and "amx_bf16" in kernels.bf16_units() else "fp32")
+    wb = (weight * keep[:, :, None, None]).bfloat16().float()
+    xb = x.bfloat16().float() if conv.engine == "amx_bf16" else x
+    ref = F.conv2d(xb, wb, bias, stride, pad, dil)
+    out = conv(x, threads)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) <= 1e-5
+
+
+def test_bf16_units_and_peaks_follow_the_cpu():
+    """The bf16 probes run exactly where the build and CPU have the unit; a unit's peak is a plausible rate."""
+    flags = kernels.cpu_flags()
+    units = kernels.bf16_units()
+    assert set(units) <= {"bf16_dot", "amx_bf16"}
+    assert ("bf16_dot" in units) <= ("avx512_bf16" in flags) and ("amx_bf16" in units) <= ("amx_bf16" in flags)
+    for unit in ("bf16_dot", "amx_bf16"):
+        peak = kernels.peak_gflops(unit)
+        assert (peak is None) == (unit not in units)
+        assert peak is None or 1 < peak < 100_000
+    assert kernels.peak_gflops("bf16_dot", isa="generic") is None  # a generic build has no bf16 instructions
+    assert kernels.peak_gflops("fma") == kernels.fma_peak_gflops()
+    with pytest.raises(ConfigError, match="unit must be one of"):
+        kernels.peak_gflops("fp8")
+    with pytest.raises(ConfigError, match="precision"):
+        SparseConv(torch.randn(4, 4, 3, 3), torch.ones(4, 4, dtype=torch.bool), None, (1, 1), (1, 1), (1, 1),
+                   precision="fp16")

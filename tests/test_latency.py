@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from uniprune.compressors.core.blocks import compressible_layers
 from uniprune.compressors.core.errors import ConfigError
 from uniprune.compressors.core.policy import LayerAction
 from uniprune.compressors.core.structure import KEEP, PRUNE, UNIFY, BlockShape, block_grid
-from uniprune.compressors.latency.engines import available_engines
+from uniprune.compressors.latency.engines import available_engines, default_modes
 from uniprune.compressors.latency.table import (
     build_latency_model,
     check_latency_model,
     measure_model_ms,
     random_structure,
+    without_zeros,
 )
 from uniprune.compressors.latency.timing import interleaved_samples, time_interleaved
 
@@ -79,8 +81,9 @@ def test_latency_table_is_measured_then_cached(tmp_path):
         assert table.shape == (3, 3) and bool(np.all(table > 0))
     p, u = lm.points()  # every grid point a feasible policy; the last column unifies all that is left
     assert p[2, 2] == 0.9 and u[2, 2] == pytest.approx(0.1) and u[0, 2] == 1.0 and bool(np.all(p + u <= 1 + 1e-12))
-    assert lm.fixed_ms >= 0 and set(lm.meta["engines"]) == set(available_engines()) and lm.meta["runtime"] == "lean"
-    assert lm.meta["baseline_engine"] in lm.meta["engines"] and all(ms > 0 for ms in lm.meta["engines"].values())
+    assert lm.fixed_ms >= 0 and set(lm.meta["engines"]) == set(default_modes()) and lm.meta["runtime"] == "lean"
+    assert lm.meta["baseline_engine"] in available_engines() and all(ms > 0 for ms in lm.meta["engines"].values())
+    assert lm.meta["baseline_precision"] == lm.meta["precisions"][lm.meta["baseline_engine"]]
     files = list(tmp_path.glob("latency-*.json"))
     assert len(files) == 1
     again = build_latency_model(model, (3, 16, 16), threads=1, grid=grid, cache_dir=tmp_path, progress=False,
@@ -92,12 +95,26 @@ def test_latency_table_is_measured_then_cached(tmp_path):
     dense = {k: LayerAction() for k in lm.layer_names}
     # nothing compressed: the compiled model's own time; ratios divide by the fastest dense engine's
     assert lm.predict(dense) == pytest.approx(lm.fixed_ms + sum(t[0, 0] for t in lm.tables.values()))
-    assert lm.dense_ms == min(lm.meta["engines"].values()) == lm.baseline_ms
+    # the baseline: the fastest engine at its default precision (OpenVINO pinned to f32 is a reported rival only)
+    assert lm.dense_ms == min(lm.meta["engines"][e] for e in available_engines()) == lm.baseline_ms
     assert other.dense_ms > 0
     with pytest.raises(ConfigError, match="grid"):
         build_latency_model(model, (3, 16, 16), grid=(0.5, 0.9), cache_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="min_seconds"):
         build_latency_model(model, (3, 16, 16), cache_dir=tmp_path, progress=False, min_seconds=-1)
+
+
+def test_tables_time_the_structure_not_the_weights_zeros():
+    model = _small_cnn()
+    specs = compressible_layers(model)
+    with torch.no_grad():
+        model[0].weight[:, :2] = 0  # a pruned checkpoint: the plan would skip these windows at every grid point
+    copy = without_zeros(model, specs)
+    for spec in specs:
+        w, original = copy.get_submodule(spec.name).weight, model.get_submodule(spec.name).weight
+        assert bool((w != 0).all())
+        assert torch.equal(w[original != 0], original[original != 0])  # only the zeros change
+    assert int((model[0].weight == 0).sum()) == 16 * 2 * 9  # the caller's model is left as it was
 
 
 def test_measure_and_check_whole_model(tmp_path):
@@ -109,11 +126,13 @@ def test_measure_and_check_whole_model(tmp_path):
             shape = BlockShape(8, 4) if isinstance(m, nn.Conv2d) else BlockShape(8, 8)
             structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
     r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5, min_seconds=0)
-    assert set(r) == {"engines", "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio", "speedup", "runtime",
-                      "notes"}
+    assert set(r) == {"engines", "precisions", "baseline", "best_engine", "best_dense_ms", "compressed_ms",
+                      "latency_ratio", "speedup", "rivals", "runtime", "precision", "notes"}
+    assert r["precision"] == "fp32"  # the library's default; the CLI's is auto
     assert r["runtime"] == "lean"  # the small CNN lowers to one native plan
-    assert set(r["engines"]) == set(available_engines()) and r["notes"] == []
-    assert r["best_dense_ms"] == min(r["engines"].values()) == r["engines"][r["best_engine"]]
+    assert set(r["engines"]) == set(default_modes()) and r["notes"] == []
+    assert r["best_dense_ms"] == min(r["engines"][e] for e in available_engines()) == r["engines"][r["best_engine"]]
+    assert r["rivals"]["default"]["engine"] == r["best_engine"] and r["rivals"]["f32"]["precision"] == "f32"
     assert r["compressed_ms"] > 0 and r["latency_ratio"] == pytest.approx(1 / r["speedup"])
     # a median of per-round ratios against the fastest engine: near, not equal to, the ratio of the medians
     assert 0.5 < r["latency_ratio"] / (r["compressed_ms"] / r["best_dense_ms"]) < 2

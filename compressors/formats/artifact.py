@@ -8,10 +8,12 @@ artifact appears whole or not at all)::
     weights.bin          its arrays (packed weights, per-op data), raw little-endian, 64-byte aligned
     uniprune_kernels.c   the block-sparse kernels
     uniprune_plan.c      the plan executor
+    uniprune_bf16.c      the bf16 kernels (AMX tiles) and the CPU's bf16 capabilities
     uniprune_lean.py     the loader (compressors/uniprune_lean.py, the module every in-process plan is built with)
     README.md            how to run it
 
-``plan.json``'s ``"source"`` names the model (zoo name, classes, per-sample input shape) and the compressed
+``plan.json``'s ``"precision"`` is ``fp32`` or ``bf16`` (bf16 weights in ``weights.bin``; the loader refuses a bf16
+artifact in one line on a CPU with neither avx512_bf16 nor amx_bf16). ``"source"`` names the model (zoo name, classes, per-sample input shape) and the compressed
 checkpoint it came from (path and sha256): ``uniprune bench --compressed DIR`` needs that checkpoint to
 build the dense model its engines run, and checks by the hash that it is the same file. An artifact carries
 no dense weights: it is what a user deploys, and the dense model is only the benchmark's baseline.
@@ -38,11 +40,11 @@ import torch
 from torch import nn
 
 from ..core.errors import CheckpointError, ConfigError, ModelError
-from ..latency.engines import dense_engines, race
+from ..latency.engines import DenseEngines, dense_engines, race
 from ..latency.timing import SPREAD_SECONDS, check_threads
 from ..native import kernels
 from ..native import uniprune_lean as lean_rt
-from ..native.plan import LeanModel, LeanSpec
+from ..native.plan import LeanModel, LeanSpec, output_tolerance
 from .fileio import read_json
 
 LOADER = "uniprune_lean.py"
@@ -95,6 +97,7 @@ Python 3 with numpy, and a C compiler (gcc or clang); not torch, not uniprune.
 - exported from `{source.get('checkpoint', '?')}` ({source.get('model_name', '?')}, {source.get('num_classes', '?')} classes),
   {len(header['ops'])} ops, conv implementations chosen at batch {header.get('batch_size')} on {header.get('threads')} thread(s)
   on a CPU with {source.get('isa', '?')} kernels
+- precision: {header.get('precision', 'fp32')}{' (bf16 weights; the loader refuses a CPU with neither avx512_bf16 nor amx_bf16 unless given allow_fp32_fallback=True; convs on AMX tiles where the CPU has them)' if header.get('precision') == 'bf16' else ''}
 
 ## Run it
 
@@ -115,7 +118,7 @@ would any other code you run, and take it only from whoever you would take code 
 `plan.json` and `weights.bin` (every op, buffer and array, and the weights' sha256) before any native call,
 and `uniprune bench --compressed DIR` reads only those two files, never the code.
 
-The first `Model(...)` compiles `uniprune_kernels.c` and `uniprune_plan.c` (a few seconds) with `$CC` (else
+The first `Model(...)` compiles `uniprune_kernels.c`, `uniprune_plan.c` and `uniprune_bf16.c` (a few seconds) with `$CC` (else
 cc, gcc, clang), `-O3` and the widest vector ISA the CPU has, or the one `UNIPRUNE_ISA` names (avx512, avx2,
 generic); the library is cached in `$UNIPRUNE_LEAN_CACHE` (default `~/.cache/uniprune-lean`) under a hash of
 the sources, compiler and flags.
@@ -125,7 +128,7 @@ the sources, compiler and flags.
 - `plan.json`: the ops, shapes and buffers; `"arrays"` indexes `weights.bin` (dtype, shape, byte offset);
   `"weights"` holds its sha256, checked on load.
 - `weights.bin`: the packed weights and per-op data, raw little-endian arrays.
-- `uniprune_kernels.c`, `uniprune_plan.c`: the kernels and the plan executor.
+- `uniprune_kernels.c`, `uniprune_plan.c`, `uniprune_bf16.c`: the kernels, the plan executor, the bf16 (AMX) kernels.
 - `uniprune_lean.py`: this loader.
 """
 
@@ -200,20 +203,27 @@ def open_artifact(directory: str | os.PathLike, *, threads: int | None = None) -
     and run on uniprune's own kernels, built from the package's sources. Nothing the artifact holds is imported
     or compiled: its ``uniprune_lean.py`` and C sources are code, and only its plan and weights are data.
     One-line CheckpointError or ModelError for a plan that fails its checks."""
-    read_header(directory)  # a missing or foreign directory, in the artifact's words
+    header = read_header(directory)  # a missing or foreign directory, in the artifact's words
+    try:  # a bf16 artifact on a CPU without bf16: one line, as its own loader says it
+        lean_rt.check_precision(str(header.get("precision", "fp32")))
+    except lean_rt.LeanError as exc:
+        raise CheckpointError(str(exc)) from None
     return LeanModel(LeanSpec.load(directory), threads=threads)
 
 
 def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch_size: int = 1, threads: int | None = None,
                         warmup: int = 10, repeats: int = 50, seed: int = 0, statistic: str = "median",
-                        min_seconds: float = SPREAD_SECONDS, engines: Sequence[str] | None = None) -> dict[str, Any]:
+                        min_seconds: float = SPREAD_SECONDS, engines: Sequence[str] | None = None,
+                        baseline: str = "default", dense: DenseEngines | None = None) -> dict[str, Any]:
     """Whole-model ms of every dense engine running ``model`` and of the artifact in ``directory`` (its plan
     and weights on uniprune's own reader and kernels, :func:`open_artifact`), interleaved in one process, as :func:`~uniprune.compressors.latency.table.measure_model_ms` reports
     them (``runtime`` ``"artifact"``).
 
     ``model``: the dense model with the compressed weights (its structures already in the weights), whose
-    output the artifact's must match (relative error <= 1e-4 of the output's scale, else a ModelError:
-    the artifact is not this model). ``batch_size`` >= 1; ``threads`` >= 1 (default: the artifact's).
+    output the artifact's must match (relative error <= :func:`~uniprune.compressors.native.plan.output_tolerance`
+    of the artifact's precision, of the output's scale, else a ModelError: the artifact is not this model).
+    ``batch_size`` >= 1; ``threads`` >= 1 (default: the artifact's); ``baseline`` and ``dense`` (engines
+    already built for this batch) as in ``measure_model_ms``. The result's ``precision`` is the artifact's.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
@@ -224,16 +234,18 @@ def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch
     n = threads if threads is not None else int(art.header.get("threads") or 1)
     art.threads = n
     x = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed))
-    dense = dense_engines(model, x, threads=n, engines=engines)
+    if dense is None:
+        dense = dense_engines(model, x, threads=n, engines=engines)
     with torch.no_grad():
         ref = model.eval()(x)
     err = float((art(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-    if not err <= 1e-4:
+    precision = str(art.precision)
+    if not err <= output_tolerance(precision):
         raise ModelError(f"the artifact's output differs from the checkpoint's model (relative error {err:.2g}); "
                          "it was exported from another checkpoint: export it again or pass the right --checkpoint")
     result = race(dense, lambda: art(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
-                  statistic=statistic)
-    return {**result, "runtime": "artifact", "max_rel_error": err}
+                  statistic=statistic, baseline=baseline)
+    return {**result, "runtime": "artifact", "precision": precision, "max_rel_error": err}
 
 
 __all__ = ["LOADER", "README", "check_out_dir", "file_sha256", "measure_artifact_ms", "open_artifact",

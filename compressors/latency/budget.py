@@ -77,5 +77,22 @@ class LatencyBudget:
         """Whether a least reachable latency ratio of ``least_ratio`` lets a policy meet the budget."""
         return least_ratio <= self.ratio * (1 + TOLERANCE)
 
+    def verdict(self, ratio: float) -> str:
+        """What a latency ratio (> 0) means for this budget, in words: ``"meets the budget 0.5"`` or ``"misses
+        the budget 0.5 by 4.4 %"`` (how far the ratio is above the budget, relative to it)."""
+        if ratio <= self.ratio * (1 + TOLERANCE):
+            return f"meets the budget {self.ratio:g}"
+        return f"misses the budget {self.ratio:g} by {100 * (ratio / self.ratio - 1):.1f} %"
 
-__all__ = ["TOLERANCE", "LatencyBudget", "latency_ratio", "paired_ratio"]
+
+def budget_verdict(ratio: float | None, budget: float | None) -> str:
+    """``LatencyBudget(budget).verdict(ratio)``, or ``"no budget"`` / ``"not measured"`` when one is missing:
+    what every verb prints beside a latency ratio."""
+    if budget is None:
+        return "no budget"
+    if ratio is None:
+        return "not measured"
+    return LatencyBudget(budget).verdict(ratio)
+
+
+__all__ = ["TOLERANCE", "LatencyBudget", "budget_verdict", "latency_ratio", "paired_ratio"]

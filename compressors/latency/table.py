@@ -41,10 +41,10 @@ from ..core.projection import BlockClasses
 from ..core.structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
 from ..formats.fileio import read_json, write_json_atomic
 from ..native import kernels
-from ..native.plan import compile_lean, compile_lean_spec
+from ..native.plan import compile_lean, compile_lean_spec, resolve_precision
 from ..native.runtime import compile_model
 from .budget import latency_ratio
-from .engines import DenseEngines, dense_engines, engine_versions, race
+from .engines import DenseEngines, check_modes, dense_engines, engine_versions, race
 from .model import LatencyModel
 from .timing import SPREAD_SECONDS, check_counts, check_threads, reducer
 
@@ -82,22 +82,27 @@ RUNTIMES = ("lean", "artifact", "python")
 
 
 def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int,
-                       runtime: str = "lean") -> tuple[Any, str, list[str]]:
+                       runtime: str = "lean", precision: str = "fp32") -> tuple[Any, str, list[str]]:
     """The compressed model as it will run, ready for inputs shaped like ``x``: ``(callable, runtime, notes)``.
 
     ``runtime`` ``"lean"`` falls back to ``"python"`` (with a note saying why) for a model the plan cannot
-    lower. Each layer's implementation is picked here, at this shape and ``threads``.
+    lower. Each layer's implementation is picked here, at this shape and ``threads``. ``precision``
+    (``fp32``, ``bf16``, ``auto``: :func:`~uniprune.compressors.native.plan.resolve_precision`) applies to the
+    plan (lean, artifact); the Python path is float32 only (a bf16 request falls back to it with a note).
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    precision = resolve_precision(precision)
     notes = []
     if runtime == "artifact":
-        return _exported(model, structures, x, threads), "artifact", notes
+        return _exported(model, structures, x, threads, precision), "artifact", notes
     if runtime == "lean":
         try:
-            return compile_lean(model, structures, example_input=x, threads=threads), "lean", notes
+            return compile_lean(model, structures, example_input=x, threads=threads, precision=precision), "lean", notes
         except ModelError as exc:
             notes.append(f"{exc}; timed on the Python path")
+    if precision != "fp32":
+        notes.append(f"the Python path runs float32 only; {precision} was asked for")
     compiled = compile_model(model, structures, threads=threads)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -109,15 +114,16 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
     return compiled, "python", notes
 
 
-def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int) -> Any:
-    """The compressed model exported to a temporary artifact and read back (plan and weights, verified, on
-    uniprune's own kernels: :func:`~uniprune.compressors.formats.artifact.open_artifact`); the folder lives as
-    long as the returned callable (``torch [N, C, H, W] -> torch``)."""
+def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: torch.Tensor, threads: int,
+              precision: str = "fp32") -> Any:
+    """The compressed model in ``precision`` exported to a temporary artifact and read back (plan and weights,
+    verified, on uniprune's own kernels: :func:`~uniprune.compressors.formats.artifact.open_artifact`); the folder
+    lives as long as the returned callable (``torch [N, C, H, W] -> torch``)."""
     import tempfile
 
     from ..formats.artifact import open_artifact, write_artifact
 
-    spec = compile_lean_spec(model, structures, example_input=x, threads=threads)
+    spec = compile_lean_spec(model, structures, example_input=x, threads=threads, precision=precision)
     folder = tempfile.TemporaryDirectory(prefix="uniprune-artifact-")
     write_artifact(Path(folder.name) / "artifact", spec, source={"model_name": type(model).__name__})
     art = open_artifact(Path(folder.name) / "artifact", threads=threads)
@@ -131,26 +137,59 @@ def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: tor
 def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure], input_shape: tuple[int, ...], *,
                      batch_size: int = 1, threads: int | None = None, warmup: int = 10, repeats: int = 50,
                      seed: int = 0, statistic: str = "median", min_seconds: float = SPREAD_SECONDS,
-                     engines: Sequence[str] | None = None, runtime: str = "lean") -> dict[str, Any]:
+                     engines: Sequence[str] | None = None, runtime: str = "lean", baseline: str = "default",
+                     int8_calibration: np.ndarray | None = None, dense: DenseEngines | None = None,
+                     precision: str = "fp32") -> dict[str, Any]:
     """Whole-model ms of every dense engine and of the compressed model, interleaved in one process.
 
-    The dense engines (:mod:`uniprune.compressors.latency.engines`: torch eager, ONNX Runtime, OpenVINO, those
-    installed, or the ``engines`` named) run the model with BatchNorm folded; the compressed model runs the
-    real kernels on ``runtime`` (:data:`RUNTIMES`, :func:`compile_for_timing`). The baseline is the fastest engine by ``statistic``; ``latency_ratio`` is
+    The dense engine modes (:mod:`uniprune.compressors.latency.engines`: torch eager, ONNX Runtime, OpenVINO at
+    their default precisions and OpenVINO at f32, those installed, or the ``engines`` named; the int8 modes
+    too with ``int8_calibration``) run the model with BatchNorm folded; the compressed model runs the
+    real kernels on ``runtime`` (:data:`RUNTIMES`, :func:`compile_for_timing`). The baseline is the fastest mode
+    of the ``baseline`` group (default: each engine at its default precision) by ``statistic``; ``latency_ratio`` is
     :func:`~uniprune.compressors.latency.budget.paired_ratio` of the compiled model's samples against that
     engine's, taken in the same rounds, and ``speedup`` its inverse. Rounds span at least ``min_seconds``.
 
-    Returns ``{"engines": {engine: ms}, "best_engine", "best_dense_ms", "compressed_ms", "latency_ratio",
-    "speedup", "runtime", "notes"}`` (``runtime``: the one timed; ``notes``: why an installed engine or the
-    lean path was left out).
+    ``dense``: the engines already built (:func:`~.engines.dense_engines` on an input of this shape), else built
+    here. Returns :func:`~uniprune.compressors.latency.engines.race`'s fields, ``"runtime"`` (the one timed)
+    and ``"precision"`` (the compressed model's, ``fp32`` or ``bf16``: ``auto`` resolved for this CPU);
+    ``notes`` says why an installed engine mode or the lean path was left out.
     """
     n = check_threads(threads)
     x = _example_input(input_shape, batch_size, seed)
-    dense = dense_engines(model, x, threads=n, engines=engines)
-    compiled, used, notes = compile_for_timing(model, structures, x, n, runtime)
+    if dense is None:
+        dense = dense_engines(model, x, threads=n, engines=engines, int8_calibration=int8_calibration, progress=True)
+    precision = resolve_precision(precision)
+    compiled, used, notes = compile_for_timing(model, structures, x, n, runtime, precision)
     result = race(dense, lambda: compiled(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
-                  statistic=statistic)
-    return {**result, "runtime": used, "notes": result["notes"] + notes}
+                  statistic=statistic, baseline=baseline)
+    return {**result, "runtime": used, "precision": precision if used != "python" else "fp32",
+            "notes": result["notes"] + notes}
+
+
+def without_zeros(model: nn.Module, specs: Sequence[Any], seed: int = 0) -> nn.Module:
+    """A copy of ``model`` whose compressible layers (``specs``, from ``compressible_layers``) hold no zero weight.
+
+    The native plan keeps a weight window only where a weight is non-zero (a compressed model's pruned blocks are
+    zero), so a table timed on already pruned weights timed every grid point sparser than its label: a table
+    built from a 75 %-pruned checkpoint predicted 10.8 ms for a ResNet-56 policy that ran 22.3 ms, and a
+    table built from the dense weights and one from compressed weights, sharing one cache key, each failed
+    the other's quick check. Zeros become small random values (a tenth of the layer's mean magnitude), so the
+    grid points' random structures alone decide what is kept, whatever the weights.
+    """
+    import copy
+
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for spec in specs:
+            w = out.get_submodule(spec.name).weight
+            zero = w == 0
+            if bool(zero.any()):
+                scale = 0.1 * (float(w.abs().mean()) or 1.0)
+                fill = (torch.rand(w.shape, generator=gen) + 0.5) * scale
+                w.copy_(torch.where(zero, fill.to(w.dtype), w))
+    return out
 
 
 def _cpu_model() -> str:
@@ -243,12 +282,13 @@ def _baseline_rounds(dense: DenseEngines, compiled: Any, x: torch.Tensor, n: int
 
 
 def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any], x: torch.Tensor, n: int,
-                        statistic: str, progress: bool, runtime: str) -> bool:
+                        statistic: str, progress: bool, runtime: str, precision: str = "fp32") -> bool:
     """Whether a quick timing now still gives the cached table's ratio of the nothing-compressed compiled
     model to the fastest dense engine (within :data:`CACHE_CHECK_TOLERANCE`)."""
     gen = torch.Generator().manual_seed(0)
+    model = without_zeros(model, specs)
     compiled, _, _ = compile_for_timing(model, {s.name: random_structure(s.grid, 0.0, 0.0, gen) for s in specs}, x, n,
-                                        runtime)
+                                        runtime, precision)
     engines = dense_engines(model, x, threads=n, engines=list(lm.meta.get("engines", {})) or None)
     now = _baseline_rounds(engines, compiled, x, n, repeats=5, min_seconds=_CACHE_CHECK_SECONDS, statistic=statistic)
     then = latency_ratio(lm.predict({}), lm.dense_ms)
@@ -268,7 +308,7 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
                         seed: int = 0, progress: bool = True, warmup: int = 3, repeats: int = 15,
                         statistic: str = "median", min_seconds: float = SPREAD_SECONDS,
                         engines: Sequence[str] | None = None, check_cache: bool = True,
-                        runtime: str = "lean") -> LatencyModel:
+                        runtime: str = "lean", precision: str = "fp32") -> LatencyModel:
     """Measure (or load from the cache) the per-layer latency table of ``model`` on this machine.
 
     For every grid point ``(p, q)``, ``(0, 0)`` included (prune ``p`` of the weights, unify ``q`` of what is left:
@@ -291,8 +331,11 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     (default ``$UNIPRUNE_CACHE/latency`` or ``~/.cache/uniprune/latency``) by model, input shape, batch,
     threads, block shapes, grid, engines and machine (CPU, vector ISA, kernel build); with ``check_cache``
     (default) a cached table is first checked against a quick timing (:data:`CACHE_CHECK_TOLERANCE`).
+    ``precision``: the compressed model's (``fp32``, ``bf16``, ``auto`` resolved for this CPU), part of the cache
+    key and of ``meta["precision"]``.
     """
     n = check_threads(threads)
+    precision = resolve_precision(precision)
     g, q = np.asarray(grid, dtype=np.float64), np.asarray(unify_grid, dtype=np.float64)
     for axis, given in ((g, grid), (q, unify_grid)):
         if axis.ndim != 1 or len(axis) < 1 or axis[0] != 0 or np.any(np.diff(axis) <= 0) or axis[-1] > 1:
@@ -304,15 +347,19 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     x = _example_input(input_shape, batch_size, seed)
     specs = compressible_layers(model, shapes)
     names = [s.name for s in specs]
+    modes = check_modes(engines)
     key_obj = {
         "arch": repr(model), "params": [[k, list(v.shape)] for k, v in model.state_dict().items()],
         "input_shape": list(input_shape), "batch": batch_size, "threads": n,
         "block_shapes": {k: [v.out, v.inp] for k, v in sorted(shapes.items())}, "grid": g.tolist(), "unify_grid": q.tolist(),
-        "machine": machine_key(), "warmup": warmup, "repeats": repeats, "engines": sorted(engines or []),
-        "method": "layers in place, warm passes, fixed from bare whole passes, fastest dense engine apart, unify of the rest",
+        "machine": machine_key(), "warmup": warmup, "repeats": repeats, "engines": modes,
+        "method": "layers in place, warm passes, fixed from bare whole passes, fastest default engine mode apart, "
+                  "unify of the rest, weights without zeros",
         "runtime": runtime,
         "statistic": statistic, "min_seconds": min_seconds,
     }
+    if precision != "fp32":  # fp32 tables keep the key they had before precisions existed
+        key_obj["precision"] = precision
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     path = folder / f"latency-{key}.json"
@@ -322,18 +369,19 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         except (ValueError, KeyError, TypeError, OverflowError, CheckpointError):
             lm = None  # a damaged cache file is measured again and overwritten
         if lm is not None:
-            if not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress, runtime):
+            if not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress, runtime, precision):
                 if progress and not check_cache:
                     print(f"latency table: cached ({path})", file=sys.stderr)
                 return lm
     points = [(i, j) for i in range(len(g)) for j in range(len(q))]
     gen = torch.Generator().manual_seed(seed)
-    dense = dense_engines(model, x, threads=n, engines=engines)
+    model = without_zeros(model, specs, seed)
+    dense = dense_engines(model, x, threads=n, engines=modes)
     notes = list(dense.notes)
     models: dict[tuple[int, int], Any] = {}
     for i, j in points:
         structures = {s.name: random_structure(s.grid, float(g[i]), float(q[j] * (1 - g[i])), gen) for s in specs}
-        models[(i, j)], used, more = compile_for_timing(model, structures, x, n, runtime)
+        models[(i, j)], used, more = compile_for_timing(model, structures, x, n, runtime, precision)
         notes += more if (i, j) == (0, 0) else []
     for note in notes:
         print(f"latency table: note: {note}", file=sys.stderr)
@@ -400,7 +448,9 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     # differences (the min, on a shared machine) would pick one round's noise: it read 0 on ResNet-56.
     fixed = max(0.0, float(np.median([reduce(wholes[pt]) - sum(ms[pt].values()) for pt in points])))
     meta = {"kind": "measured", "key": key_obj | {"arch": type(model).__name__}, "engines": base["engines"],
-            "baseline_engine": base["best_engine"], "runtime": used, "notes": notes,
+            "precisions": base["precisions"], "baseline_engine": base["best_engine"],
+            "baseline_precision": base["precisions"].get(base["best_engine"], "f32"), "rivals": base["rivals"], "runtime": used,
+            "precision": precision if used != "python" else "fp32", "notes": notes,
             "fixed_ms_method": "bare compiled whole-model passes minus their layers timed in place"}
     lm = LatencyModel(g, q, tables, fixed, meta, baseline_ms=base["best_dense_ms"])
     write_json_atomic(path, lm.to_dict())
@@ -445,7 +495,7 @@ def check_latency_model(model: nn.Module, lm: LatencyModel, input_shape: tuple[i
         timing = measure_model_ms(model, structures, input_shape, batch_size=batch_size, threads=threads, warmup=3,
                                   repeats=repeats, seed=seed, statistic=statistic, min_seconds=min_seconds,
                                   engines=list(lm.meta.get("engines", {})) or None,
-                                  runtime=lm.meta.get("runtime", "lean"))
+                                  runtime=lm.meta.get("runtime", "lean"), precision=lm.meta.get("precision", "fp32"))
         predicted = lm.predict(actions)
         predicted_ratio, measured_ratio = latency_ratio(predicted, lm.dense_ms), timing["latency_ratio"]
         rows.append({"predicted_ms": predicted, "measured_ms": timing["compressed_ms"], "dense_ms": timing["best_dense_ms"],

@@ -41,7 +41,7 @@ ROWS = 8  # the largest panel height; also the compact unified GEMV block height
 PANEL_HEIGHTS = (1, 2, 4, 8)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "uniprune_kernels.c"
 # compiled into the same library: the lean path's whole-model executor calls the kernels' plans directly
-SOURCES = (SOURCE, SOURCE.parent / "uniprune_plan.c")
+SOURCES = (SOURCE, SOURCE.parent / "uniprune_plan.c", SOURCE.parent / "uniprune_bf16.c")
 ISAS = ("auto", "avx512", "avx2", "generic")
 _COMMON_FLAGS = ["-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-ffp-contract=fast"]
 # Per forced ISA: flag sets tried in order (a compiler that rejects the first gets the next), the CPU flags
@@ -171,6 +171,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i32p, f32p, c_int = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
     lib.up_conv_create.restype = p
     lib.up_conv_create.argtypes = [i32p, c_int, c_int, i32p, i32p, f32p, f32p]
+    lib.up_conv_create_bf16.restype = p
+    lib.up_conv_create_bf16.argtypes = [i32p, c_int, c_int, i32p, i32p, p, f32p, c_int]
+    lib.up_conv_engine.restype = c_int
+    lib.up_conv_engine.argtypes = [p]
+    lib.up_bf16_mask_caps.restype = None
+    lib.up_bf16_mask_caps.argtypes = [c_int]
     lib.up_conv_run.restype = c_int
     lib.up_conv_run.argtypes = [p, p, p, c_int, c_int, c_int, c_int]
     lib.up_conv_destroy.argtypes = [p]
@@ -187,6 +193,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.up_set_spin_us.restype = None
     lib.up_fma_peak.argtypes = [ctypes.c_double, c_int]
     lib.up_fma_peak.restype = ctypes.c_double
+    lib.up_bf16_peak.argtypes = [c_int, ctypes.c_double, c_int]
+    lib.up_bf16_peak.restype = ctypes.c_double
+    lib.up_bf16_caps.argtypes = []
+    lib.up_bf16_caps.restype = c_int
     lib.up_conv_force_layout.argtypes = [c_int]
     lib.up_conv_force_layout.restype = None
     lib.up_dwconv_run.argtypes = [p, p, f32p, f32p, i32p, c_int, c_int, ctypes.c_float, ctypes.c_float, c_int]
@@ -249,6 +259,36 @@ def fma_peak_gflops(threads: int = 1, isa: str | None = None) -> float:
     if key not in _peaks:
         _peaks[key] = float(load(key[0]).up_fma_peak(0.2, threads))
     return _peaks[key]
+
+
+#: The compute units :func:`peak_gflops` probes: the build's float32 vector FMA, the bf16 dot product
+#: (VDPBF16PS, avx512_bf16) and AMX bf16 tiles (TDPBF16PS).
+PEAK_UNITS = ("fma", "bf16_dot", "amx_bf16")
+_UNIT_CODES = {"bf16_dot": 1, "amx_bf16": 2}
+
+
+def peak_gflops(unit: str = "fma", threads: int = 1, isa: str | None = None) -> float | None:
+    """The measured peak of ``unit`` (one of :data:`PEAK_UNITS`) on ``threads`` (>= 1) cores, in GFLOP/s (a
+    multiply and an add count 2), or None where this build or CPU lacks the unit (no avx512_bf16, no AMX,
+    or Linux refused the AMX tile permission). Probed like :func:`fma_peak_gflops` (independent chains or
+    tiles, the best of 8 windows over 0.2 s), once per process, ISA, unit and thread count: what a kernel's
+    "share of peak" divides by in its precision."""
+    if unit not in PEAK_UNITS:
+        raise ConfigError(f"unit must be one of {PEAK_UNITS}, got {unit!r}")
+    if unit == "fma":
+        return fma_peak_gflops(threads, isa)
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    key = (f"{resolve_isa(isa)}:{unit}", threads)
+    if key not in _peaks:
+        _peaks[key] = float(load(isa).up_bf16_peak(_UNIT_CODES[unit], 0.2, threads))
+    return _peaks[key] or None
+
+
+def bf16_units(isa: str | None = None) -> tuple[str, ...]:
+    """The bf16 units the build for ``isa`` can run on this CPU: a subset of ``("bf16_dot", "amx_bf16")``."""
+    caps = int(load(isa).up_bf16_caps())
+    return tuple(u for u, bit in _UNIT_CODES.items() if caps & bit)
 
 
 #: Input layouts of the direct conv (``up_conv_run``): which one a call uses is the kernel's choice; forcing one
@@ -364,17 +404,31 @@ def pack_panels(weight: torch.Tensor, keep: torch.Tensor, rows: int = ROWS) -> P
     return PackedPanels(_i32(panel_ptr), _i32(cidx), packed.permute(0, 2, 1).contiguous(), rows)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded to bfloat16 (nearest even), as int16 bit patterns in a tensor of ``t``'s shape: how bf16
+    weights are handed to the kernels and stored in a plan."""
+    return t.detach().float().to(torch.bfloat16).contiguous().view(torch.int16)
+
+
 class SparseConv:
-    """A block-sparse 2-D convolution (groups=1) on the native kernels; inference only, float32, CPU.
+    """A block-sparse 2-D convolution (groups=1) on the native kernels; inference only, float32 in and out, CPU.
 
     Owns its native plan (packed weights and scratch); freed when this object is collected. ``rows``: the
     panel height (1, 2, 4 or 8 output channels; :func:`panel_height` of the layer's block height), ``isa``:
-    which build runs it (default the process's, see :func:`resolve_isa`).
+    which build runs it (default the process's, see :func:`resolve_isa`). ``precision``: ``"fp32"``, or
+    ``"bf16"`` (weights rounded to bfloat16; on AMX tiles, where the build and CPU have them, activations
+    rounded too and products accumulated in float32; elsewhere the float32 kernels with the bf16 weights:
+    :attr:`engine` says which, ``"amx_bf16"`` or ``"fp32"``; ``amx=False`` forces the latter).
     """
 
     def __init__(self, weight: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None,
                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                 rows: int = ROWS, isa: str | None = None) -> None:
+                 rows: int = ROWS, isa: str | None = None, precision: str = "fp32", amx: bool = True) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         lib = load(isa)
         co, ci, kh, kw = (int(s) for s in weight.shape)
         self.out_channels, self.kernel_size, self.rows = co, (kh, kw), rows
@@ -383,12 +437,18 @@ class SparseConv:
         self.nnz = packed.nnz
         geom = torch.tensor([co, ci, kh, kw, *self.stride, *self.padding, *self.dilation], dtype=torch.int32)
         b = None if bias is None else bias.detach().float().contiguous()
-        plan = lib.up_conv_create(_ptr(geom), rows, (co + rows - 1) // rows, _ptr(packed.panel_ptr),
-                                  _ptr(packed.ch), _ptr(packed.w), _ptr(b))
+        args = (_ptr(geom), rows, (co + rows - 1) // rows, _ptr(packed.panel_ptr), _ptr(packed.ch))
+        if precision == "bf16":
+            wb = bf16_bits(packed.w)  # held: a pointer into a temporary would dangle
+            plan = lib.up_conv_create_bf16(*args, _ptr(wb), _ptr(b), int(bool(amx)))
+        else:
+            plan = lib.up_conv_create(*args, _ptr(packed.w), _ptr(b))
         if not plan:
             raise KernelBuildError(f"the native conv plan could not be created for weight {tuple(weight.shape)} "
                                    "(out of memory or an unsupported geometry)")
         self._plan = plan
+        self.precision = precision
+        self.engine = "amx_bf16" if lib.up_conv_engine(plan) else "fp32"
         self._finalizer = weakref.finalize(self, lib.up_conv_destroy, plan)
         self._run = lib.up_conv_run
         self._lock = threading.Lock()  # the plan's scratch buffers serve one call at a time

@@ -110,22 +110,30 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().float().contiguous().numpy()
 
 
+def _weights(w: torch.Tensor, precision: str) -> dict[str, Any]:
+    """A kernel's packed weights in ``precision``: float32, or bfloat16 bit patterns (uint16) marked bf16."""
+    if precision == "bf16":
+        return {"w": kernels.bf16_bits(w).numpy().view(np.uint16), "precision": "bf16"}
+    return {"w": _np(w)}
+
+
 def _conv_kernel(w: torch.Tensor, keep: torch.Tensor, b: torch.Tensor | None, stride: tuple[int, int],
-                 padding: tuple[int, int], dilation: tuple[int, int], rows: int) -> dict[str, Any]:
-    """The arrays of the kernels' block-sparse conv (``up_conv_create``) for weight ``w`` ``[Co, Ci, kh, kw]``
-    with the (output, input) channel pairs where ``keep`` packed in panels of ``rows`` (1, 2, 4, 8) outputs."""
+                 padding: tuple[int, int], dilation: tuple[int, int], rows: int, precision: str = "fp32") -> dict[str, Any]:
+    """The arrays of the kernels' block-sparse conv (``up_conv_create``, or ``up_conv_create_bf16`` in bf16) for
+    weight ``w`` ``[Co, Ci, kh, kw]`` with the (output, input) channel pairs where ``keep`` packed in panels of
+    ``rows`` (1, 2, 4, 8) outputs."""
     co, ci, kh, kw = (int(s) for s in w.shape)
     packed = kernels.pack_panels(w, keep, rows)
     return {"type": "conv", "geom": [co, ci, kh, kw, *map(int, stride), *map(int, padding), *map(int, dilation)],
-            "rows": int(rows), "panel_ptr": packed.panel_ptr.numpy(), "ch": packed.ch.numpy(), "w": _np(packed.w),
-            "bias": _np(b)}
+            "rows": int(rows), "panel_ptr": packed.panel_ptr.numpy(), "ch": packed.ch.numpy(),
+            **_weights(packed.w, precision), "bias": _np(b)}
 
 
-def _gemv_kernel(w: torch.Tensor, keep: torch.Tensor, b: torch.Tensor | None) -> dict[str, Any]:
+def _gemv_kernel(w: torch.Tensor, keep: torch.Tensor, b: torch.Tensor | None, precision: str = "fp32") -> dict[str, Any]:
     """The arrays of the kernels' block-sparse linear (``up_gemv_create``) for ``w`` ``[Co, Ci]`` where ``keep``."""
     packed = kernels.pack_panels(w, keep)  # the GEMV's panels are always kernels.ROWS tall
     return {"type": "gemv", "out": int(w.shape[0]), "in": int(w.shape[1]), "panel_ptr": packed.panel_ptr.numpy(),
-            "ch": packed.ch.numpy(), "w": _np(packed.w), "bias": _np(b)}
+            "ch": packed.ch.numpy(), **_weights(packed.w, precision), "bias": _np(b)}
 
 
 def _per_sample(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
@@ -147,7 +155,8 @@ class _Tracer(torch.fx.Tracer):
 class _Lowering:
     """Walks one traced graph and emits :class:`PlanOp` s; ``fail`` raises the one-line ModelError."""
 
-    def __init__(self, gm: torch.fx.GraphModule, example: torch.Tensor) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, example: torch.Tensor, precision: str = "fp32") -> None:
+        self.precision = precision
         self.gm, self.example = gm, example
         self.modules = dict(gm.named_modules())
         self.value: dict[torch.fx.Node, int] = {}  # tensor node -> value id (aliases share one)
@@ -359,13 +368,14 @@ class _Lowering:
             # kept = any non-zero weight in the window: the structure's pruned blocks are zero in a
             # compiled model, and a layer left dense keeps everything
             keep = w.reshape(co, cig, -1).ne(0).any(-1)
-            op = self.emit(node, OP_CONV, [x], kernel=_conv_kernel(w, keep, b, stride, padding, dilation, rows))
+            prec = self.precision
+            op = self.emit(node, OP_CONV, [x], kernel=_conv_kernel(w, keep, b, stride, padding, dilation, rows, prec))
             geometry = [kh, kw, *stride, *padding, *dilation]
             cols = keep.repeat_interleave(kh * kw, dim=1)  # column ci*taps + t is kept with (co, ci)
             # twins are built only when tried: their packed weights are another copy of the layer's
-            op.alt = {"im2col_linear": lambda: (_gemv_kernel(w.reshape(co, -1), cols, b), [*geometry, 0]),
+            op.alt = {"im2col_linear": lambda: (_gemv_kernel(w.reshape(co, -1), cols, b, prec), [*geometry, 0]),
                       "im2col_conv": lambda: (_conv_kernel(w.reshape(co, -1, 1, 1), cols, b, (1, 1), (0, 0), (1, 1),
-                                                           rows), [*geometry, 1])}
+                                                           rows, prec), [*geometry, 1])}
             return
         floats = (w.reshape(-1) if b is None else torch.cat([w.reshape(-1), b])).numpy()
         self.emit(node, OP_GCONV, [x], params=[kh, kw, *stride, *padding, *dilation, int(m.groups), int(b is not None)],
@@ -378,7 +388,7 @@ class _Lowering:
         b = None if m.bias is None else m.bias.detach().float().contiguous()
         # unified blocks run materialised here (the compact GEMV form needs the structure, which a lowered
         # module no longer carries)
-        self.emit(node, OP_GEMV, [x], kernel=_gemv_kernel(w, w.ne(0), b))
+        self.emit(node, OP_GEMV, [x], kernel=_gemv_kernel(w, w.ne(0), b, self.precision))
 
     def batchnorm(self, node: torch.fx.Node, x: torch.fx.Node, m: nn.BatchNorm2d) -> None:
         if m.training or m.running_mean is None:
@@ -562,6 +572,22 @@ def _op_from_record(rec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) ->
                   layer=str(rec.get("layer", "")))
 
 
+def output_tolerance(precision: str) -> float:
+    """Largest relative error (of the output's scale) a plan of ``precision`` may show against the float32 model
+    it was lowered from: 1e-4 in fp32 (summation order), 5e-2 in bf16 (8-bit mantissas of weights and
+    activations: ResNet-56 logits differ by about 1e-2)."""
+    return 5e-2 if resolve_precision(precision) == "bf16" else 1e-4
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """``"fp32"`` or ``"bf16"``: ``auto`` is bf16 where the CPU has avx512_bf16 or amx_bf16, else fp32;
+    ConfigError for a name not in ``auto``, ``fp32``, ``bf16``."""
+    try:
+        return lean_rt.resolve_precision(precision)
+    except lean_rt.LeanError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _native(lib: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> lean_rt.NativePlan:
     """The native plan of ``header`` and ``arrays`` on ``lib``, with the runtime's errors as the project's."""
     try:
@@ -576,10 +602,12 @@ def _native(lib: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray
         raise ModelError(f"the lean plan cannot be built: {exc}") from None
 
 
-def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose: str) -> None:
+def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose: str, amx: bool = False) -> None:
     """Run each conv in the implementation of :data:`CONV_IMPLS` that
     :func:`~uniprune.compressors.latency.timing.fastest` finds fastest at ``batch`` samples (im2col forms only up to
     :data:`IM2COL_MAX_PIXELS` output pixels), or as ``choose`` forces (the im2col forms then at any size).
+    With ``amx`` (bf16 kernels on a CPU with AMX tiles) the direct conv is also timed on the float32 kernels
+    with the same bf16 weights (``"engine": "fp32"``), which win on some sparse layers (docs/KERNELS.md).
 
     Each candidate is timed as a one-op plan on random input, its activation included, its residual not."""
     for op in ops:
@@ -587,10 +615,15 @@ def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose:
             continue
         builders, op.alt = op.alt, None
         pixels = op.shape_out[1] * op.shape_out[2]
-        if choose == "direct" or (choose == "measure" and pixels > IM2COL_MAX_PIXELS):
+        small = choose == "measure" and pixels <= IM2COL_MAX_PIXELS
+        engines = amx and op.kernel is not None and op.kernel.get("precision") == "bf16" and choose in ("measure", "direct")
+        names = [choose] if choose not in ("measure", "direct") else list(builders) if small else []
+        if not names and not engines:
             continue
-        names = [choose] if choose != "measure" else list(builders)
-        cands: dict[str, PlanOp] = {} if choose != "measure" else {"direct": op}
+        cands: dict[str, PlanOp] = {"direct": op} if choose in ("measure", "direct") else {}
+        if engines:
+            cands["direct_fp32"] = PlanOp(OP_CONV, op.node, list(op.ins), op.out, op.shape_in, op.shape_out, op.act,
+                                          op.lo, op.hi, list(op.params), None, {**op.kernel, "engine": "fp32"})
         for name in names:
             kernel, params = builders[name]()
             cands[name] = PlanOp(OP_IM2COL, op.node, list(op.ins), op.out, op.shape_in, op.shape_out, op.act,
@@ -605,13 +638,14 @@ def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose:
                                cand.params, None, cand.kernel)
                 records, arrays = _records([alone])
                 plans[name] = _native(lib, {"buffers": [0, 0], "ops": records, "input_shape": list(cand.shape_in),
-                                            "output_shape": list(cand.shape_out)}, arrays)
+                                            "output_shape": list(cand.shape_out),
+                                            "precision": (cand.kernel or {}).get("precision", "fp32")}, arrays)
             xp, yp = x.data_ptr(), y.data_ptr()
             best = fastest({k: (lambda p=p, xp=xp, yp=yp: p.run(xp, yp, batch, threads)) for k, p in plans.items()})
             for p in plans.values():
                 p.close()
         if best != "direct":
-            op.kind, op.params, op.kernel = OP_IM2COL, cands[best].params, cands[best].kernel
+            op.kind, op.params, op.kernel = cands[best].kind, cands[best].params, cands[best].kernel
 
 
 @dataclass
@@ -666,8 +700,10 @@ class LeanModel(nn.Module):
         self.threads = threads
         self.ops = [_op_from_record(rec, spec.arrays) for rec in header["ops"]]
         self.num_buffers = len(header["buffers"])
+        self.precision = str(header.get("precision", "fp32"))
         self.buffer_floats = int(sum(header["buffers"]))  # per sample
         self._native = _native(kernels.load(), header, spec.arrays)
+        self.amx_convs = self._native.amx_convs  # convs on AMX tiles
         # the executor's own ctypes function and handle: NativePlan.run's Python frame costs ~0.2 µs a call
         self._run, self._handle = self._native.fns.plan_run, self._native.handle
         self._lock = threading.Lock()
@@ -745,7 +781,7 @@ class LeanModel(nn.Module):
 
 
 def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
-               choose: str = "measure") -> LeanSpec:
+               choose: str = "measure", precision: str = "fp32") -> LeanSpec:
     """Lower ``model`` (a :func:`~uniprune.compressors.native.runtime.compile_model` result, or any plain model) to a
     :class:`LeanSpec` for inputs shaped like ``example_input`` per sample (any batch size).
 
@@ -753,9 +789,13 @@ def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | 
     ``torch.get_num_threads()``): the threads the conv choices are timed on, recorded in the header.
     ``choose``: how each groups=1 conv runs: ``"measure"`` (default: the fastest of :data:`CONV_IMPLS`,
     timed once per layer at the example's batch size; the im2col forms only up to :data:`IM2COL_MAX_PIXELS`
-    output pixels) or one of :data:`CONV_IMPLS` for every such conv. Raises a one-line ModelError naming the
-    first node it cannot lower; the caller then keeps the Python path.
+    output pixels) or one of :data:`CONV_IMPLS` for every such conv. ``precision``: ``"fp32"``, ``"bf16"``
+    (weights stored in bfloat16; convs on AMX tiles where the CPU has them, see
+    :mod:`~uniprune.compressors.native.uniprune_lean`) or ``"auto"`` (:func:`resolve_precision`); recorded in
+    the header. Raises a one-line ModelError naming the first node it cannot lower; the caller then keeps the
+    Python path.
     """
+    precision = resolve_precision(precision)
     if threads is not None:
         check_threads(threads)
     if choose not in CONV_CHOICES:
@@ -775,11 +815,11 @@ def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | 
     example = example_input.detach().cpu().contiguous()
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
-    lowering = _Lowering(gm, example)
+    lowering = _Lowering(gm, example, precision)
     lowering.run()
     ops = _fuse(lowering.ops, lowering.input_value, lowering.output_value)
     n_threads = threads or torch.get_num_threads()
-    _choose_convs(lib, ops, int(example.shape[0]), n_threads, choose)
+    _choose_convs(lib, ops, int(example.shape[0]), n_threads, choose, amx="amx_bf16" in kernels.bf16_units())
     buffers, sizes = _assign_buffers(ops, lowering.vshape, lowering.input_value, lowering.output_value)
     for op in ops:  # from here on an op names buffers, as the native plan does
         op.ins, op.out = [buffers[v] for v in op.ins], buffers[op.out]
@@ -787,36 +827,41 @@ def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | 
     out_node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     header = {"format": lean_rt.FORMAT, "input_shape": list(example.shape[1:]),
               "output_shape": list(lowering.shape[out_node]), "buffers": [int(v) for v in sizes],
-              "threads": int(n_threads), "batch_size": int(example.shape[0]), "ops": records}
+              "threads": int(n_threads), "batch_size": int(example.shape[0]), "precision": precision, "ops": records}
     return LeanSpec(header, arrays)
 
 
 def lower(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
-          choose: str = "measure") -> LeanModel:
+          choose: str = "measure", precision: str = "fp32") -> LeanModel:
     """:func:`lower_spec`, built: a :class:`LeanModel` for inputs shaped like ``example_input`` per sample.
 
     ``threads`` (>= 1): threads of the native kernels (default: ``torch.get_num_threads()`` at each call);
-    ``choose`` as in :func:`lower_spec`. Raises a one-line ModelError naming the first node it cannot lower.
+    ``choose`` and ``precision`` as in :func:`lower_spec`. Raises a one-line ModelError naming the first node it
+    cannot lower.
     """
-    return LeanModel(lower_spec(model, example_input, threads=threads, choose=choose), threads=threads)
-
-
-def compile_lean_spec(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
-                      threads: int | None = None, choose: str = "measure") -> LeanSpec:
-    """:func:`~uniprune.compressors.native.runtime.compile_model` then :func:`lower_spec`: ``model`` with ``structures``
-    (``{module name: LayerStructure}``) imposed, as a plan for inputs shaped like ``example_input``."""
-    compiled = compile_model(model, structures, threads=threads, choose="sparse")
-    return lower_spec(compiled, example_input, threads=threads, choose=choose)
-
-
-def compile_lean(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
-                 threads: int | None = None, choose: str = "measure") -> LeanModel:
-    """:func:`compile_lean_spec`, built: ``model`` with ``structures`` imposed as one native plan.
-
-    Outputs match the masked dense model to relative error <= 1e-4. ``threads`` and ``choose`` as in :func:`lower`.
-    """
-    spec = compile_lean_spec(model, structures, example_input=example_input, threads=threads, choose=choose)
+    spec = lower_spec(model, example_input, threads=threads, choose=choose, precision=precision)
     return LeanModel(spec, threads=threads)
 
 
-__all__ = ["LeanModel", "LeanSpec", "PlanOp", "compile_lean", "compile_lean_spec", "lower", "lower_spec", "OP_NAMES"]
+def compile_lean_spec(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
+                      threads: int | None = None, choose: str = "measure", precision: str = "fp32") -> LeanSpec:
+    """:func:`~uniprune.compressors.native.runtime.compile_model` then :func:`lower_spec`: ``model`` with ``structures``
+    (``{module name: LayerStructure}``) imposed, as a plan for inputs shaped like ``example_input``."""
+    compiled = compile_model(model, structures, threads=threads, choose="sparse")
+    return lower_spec(compiled, example_input, threads=threads, choose=choose, precision=precision)
+
+
+def compile_lean(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
+                 threads: int | None = None, choose: str = "measure", precision: str = "fp32") -> LeanModel:
+    """:func:`compile_lean_spec`, built: ``model`` with ``structures`` imposed as one native plan.
+
+    Outputs match the masked dense model to relative error <= 1e-4 in fp32 (bf16: the rounding of weights and
+    activations, ~1e-2). ``threads``, ``choose`` and ``precision`` as in :func:`lower`.
+    """
+    spec = compile_lean_spec(model, structures, example_input=example_input, threads=threads, choose=choose,
+                             precision=precision)
+    return LeanModel(spec, threads=threads)
+
+
+__all__ = ["LeanModel", "LeanSpec", "PlanOp", "compile_lean", "compile_lean_spec", "lower", "lower_spec", "OP_NAMES",
+           "output_tolerance", "resolve_precision"]

@@ -5,9 +5,10 @@ with and the loader ``uniprune export`` copies into each artifact (as ``uniprune
 user deploys is built by the same code that was tested and timed. It must therefore never import uniprune
 or torch.
 
-A plan is a JSON header plus named arrays (float32, int32 or uint8)::
+A plan is a JSON header plus named arrays (float32, int32, uint8, or bfloat16 held as uint16 bit patterns)::
 
     {"format": "uniprune.lean/1",
+     "precision": "fp32" | "bf16",                                 # absent: fp32 (see below)
      "input_shape": [C, H, W] | [F], "output_shape": [...],       # per sample; any batch runs
      "buffers": [0, 0, s2, ...],                                   # floats per sample of each buffer
      "threads": T, "batch_size": N,                                # what the conv choices were timed at
@@ -15,9 +16,18 @@ A plan is a JSON header plus named arrays (float32, int32 or uint8)::
               "ints": [in0, in1, out, act, C, H, W, Co, Ho, Wo, *params],
               "floats": "op0.floats",                              # float32 [2 + n]: clamp lo, hi, the op's data
               "kernel": null | {"type": "conv", "geom": [Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw], "rows": R,
-                                "panel_ptr": ..., "ch": ..., "w": ..., "bias": ... | null}
+                                "panel_ptr": ..., "ch": ..., "w": ..., "bias": ... | null,
+                                "precision": "bf16", "engine": "auto" | "fp32"}   # both optional
                              | {"type": "gemv", "out": Co, "in": Ci, "panel_ptr": ..., "ch": ..., "w": ...,
-                                "bias": ... | null}}, ...]}
+                                "bias": ... | null, "precision": "bf16"}}, ...]}
+
+Precision: a kernel with ``"precision": "bf16"`` has its ``w`` in bfloat16 (dtype ``"bfloat16"`` in the index,
+the upper 16 bits of the float32 values, rounded to nearest even); ``bias`` stays float32. Its conv runs on
+AMX tiles where the CPU has them (activations rounded to bf16 at the conv's input, float32 accumulation, float32
+output), unless ``"engine": "fp32"`` (chosen by timing when the plan was lowered) or the CPU lacks AMX: then on
+the float32 kernels with the bf16 weights widened. A bf16 GEMV always runs on the float32 kernel with its
+weights widened. The header's ``"precision"`` says what the plan was exported for; :class:`Model` refuses a bf16
+plan on a CPU with neither avx512_bf16 nor amx_bf16 unless told ``allow_fp32_fallback=True``.
 
 (op kinds, header fields and parameters: ``csrc/uniprune_plan.c``; kernel arrays: ``csrc/uniprune_kernels.c``'s
 ``up_conv_create`` / ``up_gemv_create``, packed as ``uniprune.compressors.native.kernels.pack_panels`` packs them).
@@ -62,9 +72,12 @@ FORMAT = "uniprune.lean/1"
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "weights.bin"
 #: The C sources a plan needs, compiled into one library: the kernels and the plan executor.
-SOURCES = ("uniprune_kernels.c", "uniprune_plan.c")
+SOURCES = ("uniprune_kernels.c", "uniprune_plan.c", "uniprune_bf16.c")
 _ALIGN = 64  # bytes: every array starts on a cache line, so a memory-mapped read is as good as a copy
-_DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
+_DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8, "bfloat16": np.uint16}  # bf16 as its bits
+#: Precisions a plan may record, and the CPU flags (any one of them) a bf16 plan is exported for.
+PRECISIONS = ("fp32", "bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _KERNEL_ROWS = 8  # the GEMV's panel height (csrc/uniprune_kernels.c ROWS)
 _HEADER_INTS = 10  # csrc/uniprune_plan.c I_HEADER: in0 in1 out act C H W Co Ho Wo
 
@@ -96,7 +109,7 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, dict
         a = np.asarray(a)
         dtype = next((k for k, v in _DTYPES.items() if a.dtype == v), None)
         if dtype is None:
-            raise LeanError(f"array {name!r} is {a.dtype}; plans hold float32, int32 or uint8 only")
+            raise LeanError(f"array {name!r} is {a.dtype}; plans hold float32, int32, uint8 or bfloat16 (uint16) only")
         pad = -offset % _ALIGN
         parts.append(b"\0" * pad)
         offset += pad
@@ -208,7 +221,7 @@ def parse_plan(text: bytes | str, blob: bytes, where: str = PLAN_FILE) -> tuple[
 # A plan file is data from anywhere, so every number in it is checked here before any native call: a plan
 # verify_plan accepts reads and writes only inside the buffers and arrays it names (csrc/uniprune_plan.c
 # checks the indices it is handed too; this is the check that can name the op and the field). Table-driven:
-# an op kind is one entry of _OPS, a kernel type one of _KERNELS, a weight precision one of PRECISIONS.
+# an op kind is one entry of _OPS, a kernel type one of _KERNELS, a weight precision one of _WEIGHT_DTYPES.
 
 MAX_DIM = 1 << 24             # one extent of a shape: channels, height, width or features
 MAX_SAMPLE_FLOATS = 1 << 34   # floats per sample of one buffer (64 GiB; csrc/uniprune_plan.c MAX_FLOATS)
@@ -218,8 +231,10 @@ MAX_THREADS = 1024
 MAX_BATCH = 1 << 24
 MAX_PARAM = 1 << 16           # a window, stride, padding, dilation or shift (csrc/uniprune_plan.c MAX_PARAM)
 MAX_ELEMENTS = 1 << 40        # elements of one array of weights.bin
-#: A plan's ``"precision"`` (default float32) -> the dtype of its kernels' packed weights ``w``.
-PRECISIONS: dict[str, str] = {"float32": "float32"}
+#: A plan's ``"precision"`` (absent: fp32; ``"float32"`` is read as fp32) -> the dtype of its kernels' packed
+#: weights ``w``. A kernel record's own ``"precision"``, where given, must say the same.
+_WEIGHT_DTYPES: dict[str, str] = {"float32": "float32", "fp32": "float32", "bf16": "bfloat16"}
+_ENGINES = ("auto", "fp32")  # a bf16 conv record's "engine": AMX where present, or the float32 kernels
 _HEADER_NAMES = ("in0", "in1", "out", "act", "C", "H", "W", "Co", "Ho", "Wo")
 _IN0, _IN1, _OUT, _ACT, _C, _H, _W, _CO, _HO, _WO = range(10)  # positions in an op's "ints"
 #: Each op parameter's range; a name shared by several kinds means the same thing in each.
@@ -364,7 +379,12 @@ def _panels(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], panels: int,
     if first != 0 or not 0 <= nnz <= panels * ci:
         raise LeanError(f"{where} kernel.panel_ptr: runs from {first} to {nnz}, expected 0 to at most {panels * ci}")
     _array(arrays, k.get("ch"), "int32", nnz, where, " kernel.ch")
-    _array(arrays, k.get("w"), PRECISIONS[precision], nnz * taps * rows, where, " kernel.w")
+    own = k.get("precision", precision)
+    if type(own) is not str or _WEIGHT_DTYPES.get(own) != _WEIGHT_DTYPES[precision]:
+        raise LeanError(f"{where} kernel.precision: {_show(own)} in a {precision} plan")
+    if k.get("engine", "auto") not in _ENGINES:
+        raise LeanError(f"{where} kernel.engine must be one of {', '.join(_ENGINES)}, got {_show(k.get('engine'))}")
+    _array(arrays, k.get("w"), _WEIGHT_DTYPES[precision], nnz * taps * rows, where, " kernel.w")
     if k.get("bias") is not None:
         _array(arrays, k["bias"], "float32", co, where, " kernel.bias")
 
@@ -419,8 +439,8 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
     for key, hi in (("threads", MAX_THREADS), ("batch_size", MAX_BATCH)):
         if header.get(key) is not None:
             _int(header[key], 1, hi, "plan field ", repr(key))
-    precision = header.get("precision", "float32")
-    if type(precision) is not str or precision not in PRECISIONS:
+    precision = header.get("precision", "fp32")
+    if type(precision) is not str or precision not in _WEIGHT_DTYPES:
         raise LeanError(f"plan field 'precision' must be one of {', '.join(PRECISIONS)}, got {_show(precision)}")
     size_in = _prod(_shape(header.get("input_shape"), "plan field 'input_shape'"))
     size_out = _prod(_shape(header.get("output_shape"), "plan field 'output_shape'"))
@@ -566,6 +586,8 @@ class _Functions:
 
         self.conv_create = fn("up_conv_create", p, p, c_int, c_int, p, p, p, p)
         self.conv_destroy = fn("up_conv_destroy", None, p)
+        self.conv_create_bf16 = fn("up_conv_create_bf16", p, p, c_int, c_int, p, p, p, p, c_int)
+        self.conv_engine = fn("up_conv_engine", c_int, p)
         self.gemv_create = fn("up_gemv_create", p, c_int, c_int, c_int, p, p, p, p, p, p, p, p, p, i64, p)
         self.gemv_destroy = fn("up_gemv_destroy", None, p)
         self.plan_create = fn("up_plan_create", p, c_int, p)
@@ -601,6 +623,7 @@ class NativePlan:
         self.bytes_per_sample = 4 * sum(header["buffers"][2:])
         self.fns = fns = _Functions(lib)
         self.n_ops = len(header["ops"])
+        self.amx_convs = 0  # convs that run on AMX tiles (bf16 kernels on a CPU with AMX)
         kernels: list[tuple[Any, int]] = []  # filled below; the finalizer frees what is in it by then
         # the executor checks each op against every buffer's size, the caller's input and output included
         sizes = np.asarray([_prod(tuple(header["input_shape"])), _prod(tuple(header["output_shape"])),
@@ -638,19 +661,30 @@ class NativePlan:
 
     def _kernel(self, k: Mapping[str, Any], array: Any, where: str, kernels: list[tuple[Any, int]]) -> int:
         fns = self.fns
+        precision = k.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise LeanError(f"{where}: kernel precision {precision!r} is not one of {PRECISIONS}")
         ptr = array(k.get("panel_ptr"), np.int32, where)
-        ch, w = array(k.get("ch"), np.int32, where), array(k.get("w"), np.float32, where)
+        ch = array(k.get("ch"), np.int32, where)
+        w = array(k.get("w"), np.uint16 if precision == "bf16" else np.float32, where)
         bias = array(k.get("bias"), np.float32, where)
         if ptr is None or ch is None or w is None:
             raise LeanError(f"{where}: its kernel lacks panel_ptr, ch or w")
         if k.get("type") == "conv":
             geom = np.asarray(k["geom"], dtype=np.int32)
             rows = int(k["rows"])
-            handle = fns.conv_create(_ptr(geom), rows, (int(geom[0]) + rows - 1) // rows, _ptr(ptr), _ptr(ch), _ptr(w),
-                                     _ptr(bias))
+            args = (_ptr(geom), rows, (int(geom[0]) + rows - 1) // rows, _ptr(ptr), _ptr(ch), _ptr(w), _ptr(bias))
+            if precision == "bf16":
+                handle = fns.conv_create_bf16(*args, 0 if k.get("engine") == "fp32" else 1)
+            else:
+                handle = fns.conv_create(*args)
             destroy = fns.conv_destroy
+            if handle:
+                self.amx_convs += int(fns.conv_engine(handle))
         elif k.get("type") == "gemv":
             co, ci = int(k["out"]), int(k["in"])
+            if precision == "bf16":  # widened: the GEMV has no bf16 form (exact; see the module docstring)
+                w = (w.astype(np.uint32) << 16).view(np.float32)
             panels = (co + _KERNEL_ROWS - 1) // _KERNEL_ROWS
             # no compact unified blocks: a lowered linear runs its unified blocks materialised
             uptr = np.zeros(panels + 1, dtype=np.int32)
@@ -702,6 +736,27 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def resolve_precision(precision: str = "auto", flags: frozenset[str] | None = None) -> str:
+    """``"fp32"`` or ``"bf16"`` for ``precision`` in ``auto``, ``fp32``, ``bf16``: auto is bf16 where the CPU
+    (``flags``, default :func:`cpu_flags`) has avx512_bf16 or amx_bf16, else fp32. LeanError for another name."""
+    if precision not in ("auto", *PRECISIONS):
+        raise LeanError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if any(f in flags for f in BF16_FLAGS) else "fp32"
+
+
+def check_precision(precision: str, flags: frozenset[str] | None = None) -> None:
+    """LeanError in one line when a plan of ``precision`` was made for CPU flags this CPU (``flags``, default
+    :func:`cpu_flags`) lacks: a bf16 plan needs avx512_bf16 or amx_bf16."""
+    flags = cpu_flags() if flags is None else flags
+    if precision == "bf16" and not any(f in flags for f in BF16_FLAGS):
+        raise LeanError("this plan is bf16 but this CPU has neither avx512_bf16 nor amx_bf16; export it again with "
+                        "'uniprune export --precision fp32', or load it with allow_fp32_fallback=True (bf16 weights on "
+                        "the float32 kernels, no faster than fp32)")
 
 
 def resolve_isa(isa: str | None = None) -> str:
@@ -791,13 +846,21 @@ class Model:
     ``path``: the artifact directory (``plan.json``, ``weights.bin`` and the C sources, or the sources in
     ``source_dir``). ``threads`` (>= 1): threads of the native kernels (default: what the plan was exported
     for). ``isa`` / ``cache_dir``: as :func:`build_library`. Calls from several Python threads take turns.
+    A bf16 plan (``precision``) on a CPU without avx512_bf16 or amx_bf16 is refused in one line (LeanError)
+    before anything is built, unless ``allow_fp32_fallback``. ``amx_convs``: how many convs run on AMX tiles.
     """
 
     def __init__(self, path: str | os.PathLike = ".", *, threads: int | None = None, isa: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, source_dir: str | os.PathLike | None = None) -> None:
+                 cache_dir: str | os.PathLike | None = None, source_dir: str | os.PathLike | None = None,
+                 allow_fp32_fallback: bool = False) -> None:
         self.path = Path(path)
         self.header, arrays = read_plan(self.path)
         verify_plan(self.header, arrays)  # before any field is used, and before the C is even compiled
+        self.precision = str(self.header.get("precision", "fp32"))
+        if self.precision not in PRECISIONS:
+            raise LeanError(f"{self.path / PLAN_FILE}: precision {self.precision!r} is not one of {PRECISIONS}")
+        if not allow_fp32_fallback:
+            check_precision(self.precision)
         self.input_shape = tuple(int(s) for s in self.header["input_shape"])
         self.output_shape = tuple(int(s) for s in self.header["output_shape"])
         self.threads = _check_threads(threads if threads is not None else int(self.header.get("threads") or 1))
@@ -805,6 +868,7 @@ class Model:
         self.lib = load_library(self.path if source_dir is None else source_dir, isa=isa, cache_dir=cache_dir)
         self.isa = _Functions(self.lib).isa().decode()
         self.plan = NativePlan(self.lib, self.header, arrays)
+        self.amx_convs = self.plan.amx_convs
         self._lock = threading.Lock()
 
     def run(self, x: np.ndarray, threads: int | None = None, *, check_finite: bool = True) -> np.ndarray:
@@ -872,7 +936,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"uniprune_lean: error: {exc}", file=sys.stderr)
         return 2
     print(f"{model.source.get('model_name', 'model')}: input {[args.batch_size, *model.input_shape]} -> output "
-          f"{list(y.shape)}; {1e3 * best:.3f} ms per pass (least of 20, {model.threads} thread(s), {model.isa})")
+          f"{list(y.shape)}; {1e3 * best:.3f} ms per pass (least of 20, {model.threads} thread(s), {model.isa}, "
+          f"{model.precision}{f', {model.amx_convs} convs on AMX' if model.amx_convs else ''})")
     return 0
 
 

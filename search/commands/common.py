@@ -29,6 +29,17 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Fal
     parser.add_argument("--checkpoint", default=None, help="checkpoint to load (a state dict, {'state_dict': ...}, or a uniprune checkpoint)")
 
 
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, what: str = "the compressed model runs in") -> None:
+    """``--precision {auto,fp32,bf16}``: the precision of the native kernels (auto: bf16 where the CPU has
+    avx512_bf16 or AMX, else fp32)."""
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help=f"precision {what}: auto (default: bf16 where the CPU has avx512_bf16 or AMX, else fp32), "
+                        "fp32, or bf16 (bf16 weights and activations, float32 accumulation; on AMX tiles where present)")
+
+
 #: Upper bounds of the numeric options every verb shares (``check_limits``): past them a run cannot finish
 #: or cannot be allocated, so it is refused at once with one line instead of hanging or failing later.
 MAX_THREADS = 1024

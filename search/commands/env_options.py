@@ -26,6 +26,7 @@ from .common import (
     add_data_arguments,
     add_device_argument,
     add_model_arguments,
+    add_precision_argument,
     add_seed_argument,
     resolve_device,
     show_notes,
@@ -39,7 +40,7 @@ MACS_UNIFY_SAVING = 0.5
 ENV_KEYS = (
     "model", "checkpoint", "dataset", "data", "latency_budget", "seed", "latency_model", "latency_statistic", "batch_size", "threads",
     "val_samples", "val_fraction", "bn_recalibrate", "eval_batch_size", "reward", "size_budget", "max_prune", "max_unify",
-    "keep_dense",
+    "keep_dense", "precision",
 )
 
 
@@ -58,6 +59,7 @@ def add_env_arguments(parser: argparse.ArgumentParser) -> None:
         "machine whose speed drifts with its neighbours (there the more repeatable figure)",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="batch size the latency is measured at (default 1)")
+    add_precision_argument(parser, "the latency table times the compressed model in")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads the latency is measured with (default: torch's)")
     parser.add_argument("--val-samples", type=int, default=500, help="validation images scoring each episode, >= 1 (default 500)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training data held out for validation (default 0.1)")
@@ -158,7 +160,7 @@ def build_latency_model(args: argparse.Namespace, model: torch.nn.Module, input_
     from uniprune.compressors.latency.table import build_latency_model as measure
 
     return measure(model, input_shape, batch_size=args.batch_size, threads=args.threads, seed=args.seed, progress=True,
-                   statistic=args.latency_statistic)
+                   statistic=args.latency_statistic, precision=getattr(args, "precision", "fp32") or "fp32")
 
 
 def make_env(args: argparse.Namespace, *, verb: str = "search") -> CompressionEnv:

@@ -34,6 +34,7 @@ from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.core.projection import check_policy_layers, check_policy_model
 from uniprune.compressors.formats.checkpoint import read_torch_file, save_compressed
 from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_atomic
+from uniprune.compressors.latency.budget import budget_verdict
 from uniprune.compressors.train.distributed import world
 from uniprune.compressors.train.finetune import AdmmConfig, finetune
 from uniprune.compressors.train.training import evaluate
@@ -42,6 +43,7 @@ from uniprune.search.run_dir import lock_run_dir, read_json_object
 from .common import (
     add_data_arguments,
     add_device_argument,
+    add_precision_argument,
     add_seed_argument,
     check_writable,
     resolve_device,
@@ -78,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random crop + flip on training batches (default: on for cifar10/imagefolder)")
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
                         help="time dense against compressed with the real kernels for latency_ratio (default on)")
+    add_precision_argument(parser, "latency_ratio times the compressed model in")
     parser.add_argument("--out", default=None, help="where to write the compressed checkpoint (default RUN/compressed.pt); "
                         "an existing file needs --force")
     parser.add_argument("--force", action="store_true", help="replace --out (or RUN/compressed.pt) when it already exists")
@@ -149,15 +152,16 @@ def _init_distributed(device: str) -> str:
     return device
 
 
-def _latency_ratio(model: torch.nn.Module, structures: dict, input_shape: tuple[int, int, int]) -> float | None:
-    """Compressed latency (batch 1, CPU, the real kernels) over the fastest dense engine's; None when the kernels
-    cannot run here."""
+def _latency_ratio(model: torch.nn.Module, structures: dict, input_shape: tuple[int, int, int],
+                   precision: str = "fp32") -> float | None:
+    """Compressed latency (batch 1, CPU, the real kernels in ``precision``) over the fastest dense engine's; None
+    when the kernels cannot run here."""
     try:
         from uniprune.compressors.latency.table import measure_model_ms
     except ImportError:
         return None
     try:
-        timing = measure_model_ms(copy.deepcopy(model).cpu().eval(), structures, input_shape)
+        timing = measure_model_ms(copy.deepcopy(model).cpu().eval(), structures, input_shape, precision=precision)
     except (KernelBuildError, NotAvailableError) as exc:
         print(f"uniprune: note: no latency_ratio: {exc}", file=sys.stderr)
         return None
@@ -281,7 +285,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": time.time() - started,
     }
     if args.latency and rank == 0:
-        summary["latency_ratio"] = _latency_ratio(model, structures, bundle.input_shape)
+        from uniprune.compressors.native.plan import resolve_precision
+
+        summary["precision"] = resolve_precision(args.precision)
+        summary["latency_ratio"] = _latency_ratio(model, structures, bundle.input_shape, summary["precision"])
+        summary["budget_verdict"] = budget_verdict(summary["latency_ratio"], policy.latency_budget)
     if rank == 0:
         save_compressed(out, model.cpu(), structures, model_name=model_name, num_classes=bundle.num_classes,
                         input_shape=bundle.input_shape, policy=policy,

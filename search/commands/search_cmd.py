@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 from uniprune.compressors.core.errors import ConfigError, RunDirError
 from uniprune.compressors.core.policy import Policy
+from uniprune.compressors.latency.budget import budget_verdict
 from uniprune.search.run_dir import RESUMABLE_CHANGES, RunDir, read_json_object
 from uniprune.search.searchers import SEARCHERS, make_searcher
 from uniprune.search.tensorboard import TensorBoardLogger
@@ -215,6 +216,7 @@ def _search(args: argparse.Namespace) -> dict[str, Any]:
         "search_seconds_total": float(run_dir.state.get("seconds", 0.0)),
         "searcher": args.searcher,
         "latency_budget": args.latency_budget,
+        "budget_verdict": budget_verdict(best.predicted.get("latency_ratio"), args.latency_budget),
         "least_latency_ratio": env.least_latency_ratio,
         "run_dir": str(run_path),
     }

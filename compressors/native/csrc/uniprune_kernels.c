@@ -194,6 +194,11 @@ static void parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) {
     pthread_mutex_unlock(&g_job_mu);
 }
 
+/* The pool and the clock for the other translation units of the library (uniprune_bf16.c); hidden by
+ * -fvisibility=hidden, so not part of the exported interface. */
+void up_parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) { parallel_for(n_items, nthreads, fn, ctx); }
+int64_t up_now_ns(void) { return now_ns(); }
+
 /* ------------------------------------------------------------------ block-sparse conv ---------- */
 
 /* First member of each kernel plan, so that a borrowed pointer can be told apart (up_conv_geom, up_gemv_dims). */
@@ -231,7 +236,14 @@ typedef struct {
     int nthreads;
     const float *x;
     float *y;
+    void *amx; /* a bf16 conv on AMX tiles (uniprune_bf16.c): up_conv_run hands every call to it */
 } conv_plan;
+
+/* uniprune_bf16.c */
+void *up_amxconv_create(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
+                        const float *w, const float *bias);
+int up_amxconv_run(void *plan, const float *x, float *y, int N, int H, int W, int nthreads);
+void up_amxconv_destroy(void *plan);
 
 enum { LAYOUT_DIRECT = 0, LAYOUT_FLAT = 1, LAYOUT_SHIFTED = 2, LAYOUT_MASKED = 3 }; /* see up_conv_run */
 
@@ -261,6 +273,7 @@ EXPORT int up_conv_geom(const conv_plan *p, int32_t *geom) {
 
 EXPORT void up_conv_destroy(conv_plan *p) {
     if (!p) return;
+    up_amxconv_destroy(p->amx);
     p->magic = 0;
     free(p->panel_ptr);
     free(p->ch);
@@ -322,6 +335,35 @@ EXPORT conv_plan *up_conv_create(const int32_t *geom, int R, int n_panels, const
     if (bias) memcpy(p->bias, bias, sizeof(float) * p->Co);
     return p;
 }
+
+/* A conv in bfloat16: w holds bf16 bit patterns in up_conv_create's packing. On a CPU with AMX tiles (and a
+ * build that targets them) it runs there: activations rounded to bf16, products accumulated in float32
+ * (uniprune_bf16.c). Elsewhere it is a float32 conv plan with the bf16 weights widened (exact), activations
+ * and arithmetic in float32; engine 0 forces the latter (the plan times both where they are close). Same
+ * arguments and checks as up_conv_create otherwise; freed by up_conv_destroy. */
+EXPORT conv_plan *up_conv_create_bf16(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr,
+                                      const int32_t *ch, const uint16_t *w, const float *bias, int engine) {
+    /* the checks up_conv_create makes, before panel_ptr[n_panels] is read here */
+    if ((R != 1 && R != 2 && R != 4 && R != 8) || geom[0] < 1 || geom[2] < 1 || geom[3] < 1 ||
+        n_panels != (geom[0] + R - 1) / R || panel_ptr[0] != 0)
+        return NULL;
+    for (int i = 0; i < n_panels; i++)
+        if (panel_ptr[i + 1] < panel_ptr[i]) return NULL;
+    int64_t n = (int64_t)panel_ptr[n_panels] * geom[2] * geom[3] * R;
+    float *wf = xalloc(sizeof(float) * (n + 1));
+    if (!wf) return NULL;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)w[i] << 16;
+        memcpy(wf + i, &u, 4);
+    }
+    conv_plan *p = up_conv_create(geom, R, n_panels, panel_ptr, ch, wf, bias); /* checks the arguments */
+    if (p && engine != 0) p->amx = up_amxconv_create(geom, R, n_panels, panel_ptr, ch, wf, bias);
+    free(wf);
+    return p;
+}
+
+/* 1 where a conv plan runs on AMX tiles, 0 on the float32 kernels. */
+EXPORT int up_conv_engine(const conv_plan *p) { return p && p->amx ? 1 : 0; }
 
 /* Pad and split one input channel into its stride phases, so every tap reads a contiguous run:
  * phase (py, px)[i][j] = xpad[i*sh + py][j*sw + px]. Each element is written once, zeros included, by
@@ -764,6 +806,7 @@ static int conv_run_masked(conv_plan *p, const float *x, float *y, int N, int nt
 /* x: [N][Ci][H][W], y: [N][Co][Ho][Wo] (Ho, Wo as torch computes them). Returns 0, or -1 when out of memory,
  * -2 when the input is smaller than the dilated kernel. */
 EXPORT int up_conv_run(conv_plan *p, const float *x, float *y, int N, int H, int W, int nthreads) {
+    if (p->amx) return up_amxconv_run(p->amx, x, y, N, H, W, nthreads);
     int Hp = H + 2 * p->ph, Wp = W + 2 * p->pw;
     int eh = p->dh * (p->kh - 1) + 1, ew = p->dw * (p->kw - 1) + 1;
     if (Hp < eh || Wp < ew || N < 1) return -2;

@@ -1,0 +1,660 @@
+/* uniprune's bfloat16 kernels: the CPU's bf16 capabilities (CPUID, XCR0 and Linux's permission for AMX tile
+ * data), peak probes of the bf16 dot product (VDPBF16PS) and of AMX tiles (TDPBF16PS), and the block-sparse
+ * convolution on AMX tiles. Compiled into the same library as uniprune_kernels.c, whose up_conv_create_bf16
+ * hands a conv to up_amxconv_* here where the CPU has AMX, and to its own float32 kernels (with the bf16
+ * weights widened) where it has not. See docs/KERNELS.md, "bfloat16".
+ *
+ * Everything AMX is compiled only where the compiler targets it (-march=native on a CPU with amx_tile and
+ * amx_bf16, or -mamx-tile -mamx-bf16) and runs only where the CPU and the kernel allow it at run time, so
+ * the same source builds and runs on Zen 3 (AVX2), Zen 4/5 (avx512_bf16, no AMX) and ARM.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#define EXPORT __attribute__((visibility("default")))
+
+typedef void (*task_fn)(void *ctx, int64_t item, int tid);
+void up_parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx); /* uniprune_kernels.c */
+int64_t up_now_ns(void);
+
+#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__)
+#define HAVE_AMX 1
+#else
+#define HAVE_AMX 0
+#endif
+#if defined(__x86_64__) && defined(__AVX512BF16__)
+#define HAVE_DPBF16 1
+#else
+#define HAVE_DPBF16 0
+#endif
+
+/* ------------------------------------------------------------------ capabilities ---------------- */
+enum { CAP_DPBF16 = 1, CAP_AMX = 2 };
+static int g_caps;
+static int g_caps_mask = CAP_DPBF16 | CAP_AMX;
+static pthread_once_t g_caps_once = PTHREAD_ONCE_INIT;
+
+/* What the CPU and OS allow, whatever this build was compiled for: AVX512_BF16 (CPUID.(7,1):EAX[5]) with the
+ * ZMM state enabled in XCR0; AMX-TILE and AMX-BF16 (CPUID.(7,0):EDX[24], [22]) with the tile state in XCR0
+ * (bits 17, 18) and Linux's per-process permission for tile data (arch_prctl ARCH_REQ_XCOMP_PERM, since
+ * 5.16): without it the first tile instruction kills the process with SIGILL. */
+static void detect_caps(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7) return;
+    __cpuid(1, a, b, c, d);
+    if (!(c & (1u << 27))) return; /* no OSXSAVE: no xgetbv */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    uint64_t xcr0 = ((uint64_t)hi << 32) | lo;
+    __cpuid_count(7, 0, a, b, c, d);
+    unsigned edx7 = d;
+    __cpuid_count(7, 1, a, b, c, d);
+    if ((a & (1u << 5)) && (xcr0 & 0xe6) == 0xe6) g_caps |= CAP_DPBF16;
+    if ((edx7 & (1u << 24)) && (edx7 & (1u << 22)) && (xcr0 & 0x60000) == 0x60000) {
+        const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+        if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) g_caps |= CAP_AMX;
+    }
+#endif
+}
+
+/* Bit 0: this build can run VDPBF16PS here; bit 1: AMX bf16 tiles (compiled in, present, permitted). */
+EXPORT int up_bf16_caps(void) {
+    pthread_once(&g_caps_once, detect_caps);
+    int built = (HAVE_DPBF16 ? CAP_DPBF16 : 0) | (HAVE_AMX ? CAP_AMX : 0);
+    return g_caps & built & g_caps_mask;
+}
+
+/* Tests and benchmarks only: hide capabilities (mask of the bits above) from every later plan creation, e.g.
+ * 0 to build the float32 fallback of a bf16 conv on an AMX machine; -1 restores them. */
+EXPORT void up_bf16_mask_caps(int mask) { g_caps_mask = mask < 0 ? CAP_DPBF16 | CAP_AMX : mask; }
+
+#if HAVE_AMX
+/* Tile palette 1: tiles 0-3 accumulators C (16 rows x 16 float32), 4 the weights A (16 output channels x
+ * 16 pairs of bf16), 5-7 inputs B (16 pairs x 16 pixels x 2 bf16, "VNNI" order). One configuration for
+ * everything here, loaded at the start of every work item: tile state is per thread, and another library
+ * on the same thread (oneDNN under torch) may have loaded its own since. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) tilecfg;
+
+static void amx_configure(void) {
+    tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+#endif
+
+/* ------------------------------------------------------------------ peak probes ----------------- */
+/* The best of PROBE_WINDOWS windows of independent chains: a neighbour's burst on a shared machine lowers
+ * one window, not the peak (as up_fma_peak). Rates in flops per ns, one per thread. */
+#define PROBE_WINDOWS 8
+typedef struct {
+    double seconds;
+    double rate[64];
+} probe_ctx;
+
+#if HAVE_DPBF16 || HAVE_AMX
+/* The best rate (flops per ns) of PROBE_WINDOWS windows of back-to-back bursts; burst(state) runs one burst and
+ * returns its flops. */
+typedef double (*burst_fn)(void *state);
+static double best_rate(double seconds, burst_fn burst, void *state) {
+    int64_t limit = (int64_t)(seconds * 1e9 / PROBE_WINDOWS);
+    double best = 0;
+    for (int w = 0; w < PROBE_WINDOWS; w++) {
+        double flops = 0;
+        int64_t t0 = up_now_ns(), dt;
+        do flops += burst(state);
+        while ((dt = up_now_ns() - t0) < limit);
+        if (flops / (double)dt > best) best = flops / (double)dt;
+    }
+    return best;
+}
+#endif
+
+#if HAVE_DPBF16
+/* VDPBF16PS zmm: 16 lanes x 2 products, each a multiply and an add: 64 flops. 24 independent chains cover
+ * its latency on both Intel and AMD cores. */
+typedef struct {
+    __m512 acc[24];
+    __m512bh a, b;
+} dpbf16_state;
+
+static double dpbf16_burst(void *state) {
+    dpbf16_state *st = state;
+    __m512 acc[24];
+    for (int i = 0; i < 24; i++) acc[i] = st->acc[i];
+    for (int rep = 0; rep < 1024; rep++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; i++) acc[i] = _mm512_dpbf16_ps(acc[i], st->a, st->b);
+    }
+    for (int i = 0; i < 24; i++) st->acc[i] = acc[i];
+    return 1024.0 * 24 * 64;
+}
+
+static void dpbf16_probe_task(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    probe_ctx *c = ctx;
+    volatile int one = 0x3f803f80, tiny = 0x33d633d6; /* bf16 pairs (1, 1) and (1e-7, 1e-7); volatile: no folding */
+    dpbf16_state st;
+    st.a = (__m512bh)_mm512_set1_epi32(one);
+    st.b = (__m512bh)_mm512_set1_epi32(tiny);
+    for (int i = 0; i < 24; i++) st.acc[i] = _mm512_set1_ps((float)i * 1e-3f);
+    c->rate[item] = best_rate(c->seconds, dpbf16_burst, &st);
+    __m512 sum = st.acc[0];
+    for (int i = 1; i < 24; i++) sum = _mm512_add_ps(sum, st.acc[i]);
+    volatile float sink = _mm512_reduce_add_ps(sum);
+    (void)sink;
+}
+#endif
+
+#if HAVE_AMX
+/* TDPBF16PS on full tiles: 16 x 16 x 32 multiply-adds = 16384 flops each; four independent accumulators, two
+ * A and two B tiles resident (no loads in the loop): the tile unit's own limit. Tiles stay loaded across the
+ * bursts' calls. */
+static double amx_burst(void *state) {
+    (void)state;
+    for (int rep = 0; rep < 256; rep++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    return 256.0 * 4 * 16384;
+}
+
+static void amx_probe_task(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    probe_ctx *c = ctx;
+    static const uint16_t src[512] __attribute__((aligned(64))) = {0}; /* zeros: the rate does not depend on values */
+    amx_configure();
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, src, 64);
+    _tile_loadd(5, src, 64);
+    _tile_loadd(6, src, 64);
+    _tile_loadd(7, src, 64);
+    c->rate[item] = best_rate(c->seconds, amx_burst, NULL);
+    float out[256] __attribute__((aligned(64)));
+    _tile_stored(0, out, 64);
+    volatile float sink = out[0];
+    (void)sink;
+    _tile_release();
+}
+#endif
+
+/* Measured GFLOP/s of `unit` (1: VDPBF16PS, 2: AMX TDPBF16PS) on nthreads threads, each for about `seconds`,
+ * summed over threads; 0 where this build or CPU lacks the unit. */
+EXPORT double up_bf16_peak(int unit, double seconds, int nthreads) {
+    int caps = up_bf16_caps();
+    task_fn fn = NULL;
+#if HAVE_DPBF16
+    if (unit == CAP_DPBF16 && (caps & CAP_DPBF16)) fn = dpbf16_probe_task;
+#endif
+#if HAVE_AMX
+    if (unit == CAP_AMX && (caps & CAP_AMX)) fn = amx_probe_task;
+#endif
+    (void)caps;
+    (void)unit;
+    if (!fn) return 0;
+    probe_ctx c;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 64) nthreads = 64;
+    memset(&c, 0, sizeof(c));
+    c.seconds = seconds > 0 ? seconds : 0.1;
+    up_parallel_for(nthreads, nthreads, fn, &c);
+    double total = 0;
+    for (int i = 0; i < nthreads; i++) total += c.rate[i];
+    return total;
+}
+
+/* ------------------------------------------------------------------ AMX block-sparse conv -------- */
+/* A conv (groups = 1, any kh x kw, stride, padding, dilation) as C[16 output channels][16 output pixels] +=
+ * A[16 output channels][16 units] . B[16 units][16 pixels], one TDPBF16PS per (panel of 16 output channels,
+ * chunk of 16 units, block of 16 output pixels). A unit is one tap of one channel pair (2c, 2c+1): the pair
+ * dimension of the bf16 dot product runs over two input channels, so an activation is prepared once per
+ * image as bf16 pairs, two channels interleaved, in the padded stride-phase layout of the float32 conv's
+ * "direct"/"flat" layouts: every tap of a block of 16 output pixels is then 64 contiguous bytes.
+ *
+ * Sparsity: each 16-row panel lists the channel pairs any of its rows keeps (so a pruned block costs nothing
+ * only when all 16 rows of the panel drop its pair: 8x4 blocks at 75 % pruned keep 44 % of the pairs, 1x1
+ * blocks almost all), and its units (taps x kept pairs) are cut into chunks of 16, the last one padded with
+ * zero weights. A chunk whose units are 16 consecutive pairs at one tap is one strided tile load straight
+ * from the prepared input; any other is first gathered, 16 rows of 64 bytes, into a per-thread tile of L1:
+ * that copy is what lets any block shape run on the tiles.
+ *
+ * Output: with rows of at least 16 pixels ("direct") the blocks run along each output row (the last one
+ * shifted left to end at the row's end) and the accumulators are stored straight to y, output channel by
+ * output channel at the plane's stride; else the pixels are flattened over the padded row width (the
+ * wrap-around columns computed and dropped) through a per-thread scratch. The bias is the accumulators'
+ * start value. */
+typedef struct {
+    int Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw, taps, ncp, npan, nchunk;
+    int32_t *cptr;   /* [npan + 1] first chunk of each panel */
+    int32_t *ucp;    /* [nchunk * 16] channel pair of each unit (padding units repeat the chunk's first) */
+    int32_t *utap;   /* [nchunk * 16] tap of each unit */
+    uint8_t *contig; /* [nchunk] 1: 16 consecutive pairs at one tap (one strided tile load, no gather) */
+    uint16_t *wa;    /* [nchunk][16 rows][16 units][2] bf16: the A tiles */
+    float *btile;    /* [npan][16][16]: each row's bias, 16 times */
+    int32_t *used;   /* [n_used] channel pairs some panel keeps: the only ones prepared */
+    int n_used;
+    /* geometry of the last call */
+    int H, W, Ho, Wo, Hph, Wph, nph, direct;
+    int64_t plane, cstride, img_stride, Q, Qpad, nblk;
+    int32_t *tap_off; /* [taps] */
+    int32_t *uoff;    /* [nchunk * 16] offset of each unit's pixel 0 in an image's prepared input */
+    int32_t *bpoff;   /* [nblk] offset of each block's first pixel in a prepared phase plane */
+    int32_t *byoff;   /* [nblk] ... in the output plane (direct) */
+    int64_t bcap;
+    /* one call */
+    uint32_t *xbuf;
+    float *obuf;
+    uint32_t *gbuf;
+    const float *x;
+    float *y;
+} amx_conv;
+
+void up_amxconv_destroy(amx_conv *p) {
+    if (!p) return;
+    free(p->cptr);
+    free(p->ucp);
+    free(p->utap);
+    free(p->contig);
+    free(p->wa);
+    free(p->btile);
+    free(p->used);
+    free(p->tap_off);
+    free(p->uoff);
+    free(p->bpoff);
+    free(p->byoff);
+    free(p);
+}
+
+static void *aalloc(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
+    return p;
+}
+
+static inline uint32_t bf16_bits(float f) { /* round to nearest even; inputs are finite */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+/* NULL where this build or CPU has no AMX (the caller then runs the float32 kernels), on bad input or
+ * without memory. Arguments as up_conv_create's (uniprune_kernels.c), with w holding bf16 values. */
+amx_conv *up_amxconv_create(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
+                            const float *w, const float *bias) {
+    if (!(up_bf16_caps() & CAP_AMX)) return NULL;
+    amx_conv *p = calloc(1, sizeof(amx_conv));
+    if (!p) return NULL;
+    p->Co = geom[0]; p->Ci = geom[1]; p->kh = geom[2]; p->kw = geom[3];
+    p->sh = geom[4]; p->sw = geom[5]; p->ph = geom[6]; p->pw = geom[7]; p->dh = geom[8]; p->dw = geom[9];
+    const int Co = p->Co, Ci = p->Ci, taps = p->kh * p->kw;
+    p->taps = taps;
+    p->ncp = (Ci + 1) / 2;
+    p->npan = (Co + 15) / 16;
+    const int ncp = p->ncp, npan = p->npan;
+    /* dense weights [Co][Ci][taps] and which (output, input) pairs the packing keeps */
+    float *wd = calloc((size_t)Co * Ci * taps, sizeof(float));
+    uint8_t *keep = calloc((size_t)npan * ncp, 1); /* [panel][pair] */
+    p->cptr = aalloc(sizeof(int32_t) * (npan + 1));
+    p->btile = aalloc(sizeof(float) * npan * 256);
+    p->used = aalloc(sizeof(int32_t) * ncp);
+    p->tap_off = aalloc(sizeof(int32_t) * taps);
+    if (!wd || !keep || !p->cptr || !p->btile || !p->used || !p->tap_off) goto fail;
+    for (int pn = 0; pn < n_panels; pn++)
+        for (int32_t k = panel_ptr[pn]; k < panel_ptr[pn + 1]; k++) {
+            int c = ch[k];
+            if (c < 0 || c >= Ci) goto fail;
+            for (int r = 0; r < R && pn * R + r < Co; r++) {
+                int co = pn * R + r;
+                keep[(co / 16) * ncp + c / 2] = 1;
+                for (int t = 0; t < taps; t++) wd[((int64_t)co * Ci + c) * taps + t] = w[((int64_t)k * taps + t) * R + r];
+            }
+        }
+    int64_t nunits = 0;
+    p->cptr[0] = 0;
+    for (int P = 0; P < npan; P++) {
+        int kept = 0;
+        for (int c = 0; c < ncp; c++) kept += keep[P * ncp + c];
+        p->cptr[P + 1] = p->cptr[P] + (int32_t)(((int64_t)kept * taps + 15) / 16);
+    }
+    p->nchunk = p->cptr[npan];
+    nunits = (int64_t)p->nchunk * 16;
+    p->ucp = aalloc(sizeof(int32_t) * (nunits + 1));
+    p->utap = aalloc(sizeof(int32_t) * (nunits + 1));
+    p->contig = aalloc(p->nchunk + 1);
+    p->wa = aalloc(sizeof(uint16_t) * (nunits * 32 + 1));
+    if (!p->ucp || !p->utap || !p->contig || !p->wa) goto fail;
+    memset(p->wa, 0, sizeof(uint16_t) * nunits * 32);
+    for (int P = 0; P < npan; P++) {
+        int64_t u = (int64_t)p->cptr[P] * 16, u_end = (int64_t)p->cptr[P + 1] * 16;
+        for (int t = 0; t < taps; t++)
+            for (int c = 0; c < ncp; c++) {
+                if (!keep[P * ncp + c]) continue;
+                p->ucp[u] = c;
+                p->utap[u] = t;
+                int64_t chunk = u / 16, j = u % 16;
+                for (int r = 0; r < 16 && P * 16 + r < Co; r++)
+                    for (int h = 0; h < 2 && 2 * c + h < Ci; h++)
+                        p->wa[chunk * 512 + r * 32 + j * 2 + h] =
+                            (uint16_t)bf16_bits(wd[((int64_t)(P * 16 + r) * Ci + 2 * c + h) * taps + t]);
+                u++;
+            }
+        for (; u < u_end; u++) { /* padding units: zero weights, any finite input */
+            p->ucp[u] = p->ucp[u / 16 * 16];
+            p->utap[u] = p->utap[u / 16 * 16];
+        }
+        for (int64_t k = p->cptr[P]; k < p->cptr[P + 1]; k++) {
+            int ok = 1;
+            for (int j = 1; j < 16 && ok; j++)
+                ok = p->utap[k * 16 + j] == p->utap[k * 16] && p->ucp[k * 16 + j] == p->ucp[k * 16] + j;
+            p->contig[k] = (uint8_t)ok;
+        }
+        for (int r = 0; r < 16; r++)
+            for (int l = 0; l < 16; l++) p->btile[P * 256 + r * 16 + l] = bias && P * 16 + r < Co ? bias[P * 16 + r] : 0.f;
+    }
+    for (int c = 0; c < ncp; c++) {
+        int any = 0;
+        for (int P = 0; P < npan; P++) any |= keep[P * ncp + c];
+        if (any) p->used[p->n_used++] = c;
+    }
+    free(wd);
+    free(keep);
+    return p;
+fail:
+    free(wd);
+    free(keep);
+    up_amxconv_destroy(p);
+    return NULL;
+}
+
+#if HAVE_AMX
+/* d[j] = (bf16(a[j]), bf16(b[j])) for j < n, 16 at a time: the scalar loop GCC made of it cost a third of a
+ * batch-32 layer's time. Rounding to nearest even, as bf16_bits. */
+static inline void pack_pairs(uint32_t *restrict d, const float *restrict a, const float *restrict b, int n) {
+    const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), hi = _mm512_set1_epi32((int)0xffff0000u);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i ua = _mm512_maskz_loadu_epi32(m, a + j), ub = _mm512_maskz_loadu_epi32(m, b + j);
+        ua = _mm512_add_epi32(ua, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ua, 16), one)));
+        ub = _mm512_add_epi32(ub, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ub, 16), one)));
+        _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(_mm512_srli_epi32(ua, 16), _mm512_and_si512(ub, hi)));
+    }
+}
+
+/* Pad one channel pair of image n into its stride phases as bf16 pairs: phase(py, px)[i][j] = (x[2c], x[2c+1])
+ * at padded position (i*sh + py, j*sw + px), zeros in the padding (and for the missing odd channel). */
+static void amx_prep(amx_conv *p, int64_t n, int c) {
+    const int H = p->H, W = p->W, Wph = p->Wph;
+    const float *x0 = p->x + (n * p->Ci + 2 * c) * (int64_t)H * W;
+    const float *x1 = 2 * c + 1 < p->Ci ? x0 + (int64_t)H * W : NULL;
+    uint32_t *d = p->xbuf + n * p->img_stride + (int64_t)c * p->cstride;
+    for (int py = 0; py < p->sh; py++)
+        for (int px = 0; px < p->sw; px++) {
+            uint32_t *ph = d + (int64_t)(py * p->sw + px) * p->plane;
+            /* output columns j whose input column j*sw + px - pw lies in [0, W) */
+            int jlo = (p->pw - px + p->sw - 1) / p->sw;
+            if (jlo < 0) jlo = 0;
+            int jhi = (W - 1 + p->pw - px) / p->sw + 1;
+            if (jhi > Wph) jhi = Wph;
+            if (jhi < jlo) jhi = jlo;
+            for (int i = 0; i < p->Hph; i++) {
+                uint32_t *o = ph + (int64_t)i * Wph;
+                int r = i * p->sh + py - p->ph;
+                if (r < 0 || r >= H) {
+                    memset(o, 0, sizeof(uint32_t) * Wph);
+                    continue;
+                }
+                const float *s0 = x0 + (int64_t)r * W + (jlo * p->sw + px - p->pw);
+                const float *s1 = x1 ? x1 + (int64_t)r * W + (jlo * p->sw + px - p->pw) : NULL;
+                for (int j = 0; j < jlo; j++) o[j] = 0;
+                const int n_in = jhi - jlo, sw = p->sw;
+                if (s1 && sw == 1)
+                    pack_pairs(o + jlo, s0, s1, n_in);
+                else if (s1)
+                    for (int j = 0; j < n_in; j++) o[jlo + j] = bf16_bits(s0[j * sw]) | bf16_bits(s1[j * sw]) << 16;
+                else
+                    for (int j = 0; j < n_in; j++) o[jlo + j] = bf16_bits(s0[j * sw]);
+                for (int j = jhi; j < Wph; j++) o[j] = 0;
+            }
+        }
+}
+
+static void amx_prep_task(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    amx_conv *p = ctx;
+    amx_prep(p, item / p->n_used, p->used[item % p->n_used]);
+}
+
+static inline void gather16(uint32_t *restrict d, const uint32_t *xb, const int32_t *uo, int64_t poff) {
+    for (int r = 0; r < 16; r++) _mm512_store_si512((void *)(d + 16 * r), _mm512_loadu_si512((const void *)(xb + uo[r] + poff)));
+}
+
+/* Gather the B rows of chunk k for the `cnt` blocks from g on into gb (unless the chunk loads straight). */
+static inline void amx_gather(const amx_conv *p, const uint32_t *xb, int k, int64_t g, int64_t cnt, uint32_t *gb) {
+    if (p->contig[k]) return;
+    const int32_t *uo = p->uoff + (int64_t)k * 16;
+    for (int64_t i = 0; i < cnt; i++) gather16(gb + i * 256, xb, uo, p->bpoff[g + i]);
+}
+
+/* B tile `tb` of block i of chunk k into accumulator `tc`: a strided load straight from the prepared input
+ * where the chunk is contiguous, else from the rows gathered an iteration earlier. Tile numbers must be
+ * immediates: a macro. */
+#define AMX_BLOCK(tc, ta, tb, i)                                                                          \
+    do {                                                                                                  \
+        if (p->contig[k])                                                                                 \
+            _tile_loadd(tb, xb + p->uoff[(int64_t)k * 16] + p->bpoff[g + (i)], (long)(p->cstride * 4));   \
+        else                                                                                              \
+            _tile_loadd(tb, cur + (i) * 256, 64);                                                         \
+        _tile_dpbf16ps(tc, ta, tb);                                                                       \
+    } while (0)
+
+/* One chunk k into the cnt accumulators. Tiles are not renamed: a load into a tile waits for every
+ * instruction still reading it, so consecutive chunks alternate their A tile (4, 5) and blocks their B
+ * tile (6, 7). */
+#define AMX_CHUNK(ta)                                                                                     \
+    do {                                                                                                  \
+        const uint32_t *cur = gb + ((k - k0) & 1) * 1024;                                                 \
+        if (k + 1 < k1) amx_gather(p, xb, k + 1, g, cnt, gb + ((k + 1 - k0) & 1) * 1024);                 \
+        _tile_loadd(ta, p->wa + (int64_t)k * 512, 64);                                                    \
+        AMX_BLOCK(0, ta, 6, 0);                                                                           \
+        if (cnt > 1) AMX_BLOCK(1, ta, 7, 1);                                                              \
+        if (cnt > 2) AMX_BLOCK(2, ta, 6, 2);                                                              \
+        if (cnt > 3) AMX_BLOCK(3, ta, 7, 3);                                                              \
+    } while (0)
+
+static void amx_panel(amx_conv *p, int64_t n, int P, int tid) {
+    const int64_t Q = p->Q, nblk = p->nblk;
+    const int rows = p->Co - P * 16 < 16 ? p->Co - P * 16 : 16;
+    const int straight = p->direct && rows == 16;
+    const uint32_t *xb = p->xbuf + n * p->img_stride;
+    float *yP = p->y + (n * p->Co + (int64_t)P * 16) * Q;
+    float *ob = p->obuf + (int64_t)tid * 16 * p->Qpad;
+    uint32_t *gb = p->gbuf + (int64_t)tid * 8 * 256; /* two sets of 4 gathered B tiles */
+    const float *bt = p->btile + (int64_t)P * 256;
+    const int k0 = p->cptr[P], k1 = p->cptr[P + 1];
+    /* blocks in groups of up to 4 accumulators, as even as possible: a TDPBF16PS's latency is about three of
+     * its issue intervals, so a group of 1 after three of 4 (8x8 maps: 5 blocks) would wait on itself */
+    for (int64_t g = 0, cnt; g < nblk; g += cnt) {
+        const int64_t left = nblk - g, groups = (left + 3) / 4;
+        cnt = (left + groups - 1) / groups;
+        _tile_loadd(0, bt, 64);
+        if (cnt > 1) _tile_loadd(1, bt, 64);
+        if (cnt > 2) _tile_loadd(2, bt, 64);
+        if (cnt > 3) _tile_loadd(3, bt, 64);
+        /* a tile load right after the stores that gathered its rows waits for them to reach L1: gather one
+         * chunk ahead, so the stores drain while the previous chunk's tiles compute (2x at 16 channels) */
+        if (k0 < k1) amx_gather(p, xb, k0, g, cnt, gb);
+        int k = k0;
+        for (; k + 1 < k1; k++) {
+            AMX_CHUNK(4);
+            k++;
+            AMX_CHUNK(5);
+        }
+        if (k < k1) AMX_CHUNK(4);
+        if (straight) {
+            const long st = (long)(Q * 4);
+            _tile_stored(0, yP + p->byoff[g], st);
+            if (cnt > 1) _tile_stored(1, yP + p->byoff[g + 1], st);
+            if (cnt > 2) _tile_stored(2, yP + p->byoff[g + 2], st);
+            if (cnt > 3) _tile_stored(3, yP + p->byoff[g + 3], st);
+        } else {
+            const long st = (long)(p->Qpad * 4);
+            _tile_stored(0, ob + g * 16, st);
+            if (cnt > 1) _tile_stored(1, ob + (g + 1) * 16, st);
+            if (cnt > 2) _tile_stored(2, ob + (g + 2) * 16, st);
+            if (cnt > 3) _tile_stored(3, ob + (g + 3) * 16, st);
+        }
+    }
+    if (straight) return;
+    for (int r = 0; r < rows; r++) {
+        const float *o = ob + (int64_t)r * p->Qpad;
+        float *d = yP + (int64_t)r * Q;
+        if (p->direct) {
+            for (int64_t b = 0; b < nblk; b++)
+                for (int l = 0; l < 16; l++) d[p->byoff[b] + l] = o[b * 16 + l];
+        } else {
+            for (int oy = 0; oy < p->Ho; oy++)
+                for (int ox = 0; ox < p->Wo; ox++) d[(int64_t)oy * p->Wo + ox] = o[(int64_t)oy * p->Wph + ox];
+        }
+    }
+}
+
+static void amx_panel_task(void *ctx, int64_t item, int tid) {
+    amx_conv *p = ctx;
+    amx_configure(); /* per work item: the tile state is per thread (see amx_configure) */
+    amx_panel(p, item / p->npan, (int)(item % p->npan), tid);
+    _tile_release();
+}
+
+static void amx_image_task(void *ctx, int64_t n, int tid) {
+    amx_conv *p = ctx;
+    for (int j = 0; j < p->n_used; j++) amx_prep(p, n, p->used[j]);
+    amx_configure();
+    for (int P = 0; P < p->npan; P++) amx_panel(p, n, P, tid);
+    _tile_release();
+}
+#endif
+
+#if HAVE_AMX
+static pthread_mutex_t g_amx_mu = PTHREAD_MUTEX_INITIALIZER; /* one scratch for every AMX conv, as the f32 kernels */
+static void *g_amx_scratch;
+static size_t g_amx_cap;
+#endif
+
+/* x: [N][Ci][H][W] float32, y: [N][Co][Ho][Wo] float32. 0, or -1 out of memory, -2 input smaller than the
+ * dilated kernel, -3 no AMX in this build. */
+int up_amxconv_run(amx_conv *p, const float *x, float *y, int N, int H, int W, int nthreads) {
+#if HAVE_AMX
+    const int Hp = H + 2 * p->ph, Wp = W + 2 * p->pw;
+    const int eh = p->dh * (p->kh - 1) + 1, ew = p->dw * (p->kw - 1) + 1;
+    if (Hp < eh || Wp < ew || N < 1) return -2;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 64) nthreads = 64;
+    if (p->H != H || p->W != W) { /* offsets depend on the input size only */
+        p->H = H;
+        p->W = W;
+        p->Ho = (Hp - eh) / p->sh + 1;
+        p->Wo = (Wp - ew) / p->sw + 1;
+        p->Hph = (Hp + p->sh - 1) / p->sh;
+        p->Wph = (Wp + p->sw - 1) / p->sw;
+        p->nph = p->sh * p->sw;
+        p->plane = (int64_t)p->Hph * p->Wph;
+        p->cstride = (p->nph * p->plane + 15) / 16 * 16;
+        p->img_stride = (int64_t)p->ncp * p->cstride;
+        p->Q = (int64_t)p->Ho * p->Wo;
+        p->direct = p->Wo >= 16;
+        int64_t nbr = (p->Wo + 15) / 16;
+        p->nblk = p->direct ? p->Ho * nbr : ((int64_t)p->Ho * p->Wph + 15) / 16;
+        p->Qpad = p->nblk * 16;
+        if ((int64_t)p->ncp * p->cstride + p->plane > INT32_MAX / 2) return -1;
+        for (int ky = 0; ky < p->kh; ky++)
+            for (int kx = 0; kx < p->kw; kx++) {
+                int py = (ky * p->dh) % p->sh, ry = (ky * p->dh) / p->sh;
+                int px = (kx * p->dw) % p->sw, rx = (kx * p->dw) / p->sw;
+                p->tap_off[ky * p->kw + kx] = (int32_t)((py * p->sw + px) * p->plane + (int64_t)ry * p->Wph + rx);
+            }
+        free(p->uoff);
+        p->uoff = aalloc(sizeof(int32_t) * ((int64_t)p->nchunk * 16 + 1));
+        if (!p->uoff) {
+            p->H = 0;
+            return -1;
+        }
+        for (int64_t u = 0; u < (int64_t)p->nchunk * 16; u++)
+            p->uoff[u] = (int32_t)(p->ucp[u] * p->cstride + p->tap_off[p->utap[u]]);
+        if (p->nblk > p->bcap) {
+            free(p->bpoff);
+            free(p->byoff);
+            p->bpoff = aalloc(sizeof(int32_t) * p->nblk);
+            p->byoff = aalloc(sizeof(int32_t) * p->nblk);
+            p->bcap = p->bpoff && p->byoff ? p->nblk : 0;
+            if (!p->bcap) {
+                p->H = 0;
+                return -1;
+            }
+        }
+        for (int64_t b = 0; b < p->nblk; b++) {
+            if (p->direct) {
+                int64_t oy = b / nbr, ox = b % nbr * 16;
+                if (ox > p->Wo - 16) ox = p->Wo - 16;
+                p->bpoff[b] = (int32_t)(oy * p->Wph + ox);
+                p->byoff[b] = (int32_t)(oy * p->Wo + ox);
+            } else {
+                p->bpoff[b] = p->byoff[b] = (int32_t)(b * 16);
+            }
+        }
+    }
+    /* the blocks of the flat layout read up to a plane past a pair's phases: slack after the last image */
+    size_t xneed = (size_t)N * p->img_stride + p->plane + p->Qpad + 64;
+    size_t oneed = (size_t)nthreads * 16 * p->Qpad, gneed = (size_t)nthreads * 8 * 256;
+    size_t bytes = (xneed + gneed) * 4 + oneed * 4;
+    pthread_mutex_lock(&g_amx_mu);
+    if (bytes > g_amx_cap) {
+        free(g_amx_scratch);
+        g_amx_scratch = aalloc(bytes);
+        g_amx_cap = g_amx_scratch ? bytes : 0;
+        if (!g_amx_scratch) {
+            pthread_mutex_unlock(&g_amx_mu);
+            return -1;
+        }
+        memset(g_amx_scratch, 0, bytes); /* the slack and unprepared pairs feed dropped lanes only: keep them finite */
+    }
+    p->gbuf = g_amx_scratch;
+    p->obuf = (float *)((uint32_t *)g_amx_scratch + gneed);
+    p->xbuf = (uint32_t *)g_amx_scratch + gneed + oneed;
+    p->x = x;
+    p->y = y;
+    if (nthreads == 1 || N >= 4 * nthreads) {
+        up_parallel_for(N, nthreads, amx_image_task, p);
+    } else {
+        up_parallel_for((int64_t)N * p->n_used, nthreads, amx_prep_task, p);
+        up_parallel_for((int64_t)N * p->npan, nthreads, amx_panel_task, p);
+    }
+    pthread_mutex_unlock(&g_amx_mu);
+    return 0;
+#else
+    (void)p; (void)x; (void)y; (void)N; (void)H; (void)W; (void)nthreads;
+    return -3;
+#endif
+}
