@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--counts-out", default=None, help="also write the counts (and seconds) to this JSON file")
     p.add_argument("--combine", nargs="+", default=None,
                    help="write the section from the --counts-out files of several shards (run side by side, other seeds)")
+    p.add_argument("--shard-command", default="", help="with --combine: the command each shard ran, for the record")
     args = p.parse_args(argv)
     if args.combine:
         counts, elapsed = Counter(), 0.0
@@ -463,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             record = json.loads(Path(path).read_text())
             elapsed = max(elapsed, record.pop("seconds"))
             counts.update(record)
-        _write(counts, elapsed, args.asan, f"{len(args.combine)} shards side by side (seeds differ), combined")
+        how = f"{len(args.combine)} shards side by side (seeds differ), combined"
+        _write(counts, elapsed, args.asan, how + (f"; each shard: `{args.shard_command}`" if args.shard_command else ""))
         return 1 if counts["findings"] else 0
     seconds = float("inf")
     if args.deadline:
