@@ -178,7 +178,7 @@ def test_timing_fallback_says_why_and_lists_every_blocker():
     from uniprune.compressors.latency.table import compile_for_timing
 
     fallback: dict = {}
-    _, runtime, notes = compile_for_timing(TwoBlockers().eval(), {}, torch.randn(1, 3, 8, 8), 1, "lean", fallback)
+    _, runtime, notes = compile_for_timing(TwoBlockers().eval(), {}, torch.randn(1, 3, 8, 8), 1, "lean", fallback=fallback)
     assert runtime == "python" and len(notes) == 1
     assert len(fallback["blockers"]) == 2 and "'exp'" in fallback["reason"]
 
