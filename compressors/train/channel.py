@@ -79,8 +79,8 @@ def _prune_copy(model: nn.Module, example: torch.Tensor, ratios: Mapping[str, fl
     clone = copy.deepcopy(model).eval()
     modules = dict(clone.named_modules())
     prunable = {n for n, m in modules.items() if isinstance(m, nn.Conv2d) and (only is None or n in only)}
+    # convs outside the prunable set keep their channels, and linears (the classifier) their classes
     ignored = [m for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in prunable]
-    ignored += [m for n, m in modules.items() if isinstance(m, nn.Linear)]  # the classifier keeps its classes
     per_module = {modules[n]: float(r) for n, r in ratios.items() if n in prunable and r > 0}
     pruner = tp.pruner.MetaPruner(clone, example[:1], importance=tp.importance.MagnitudeImportance(p=1),
                                   pruning_ratio=0.0, pruning_ratio_dict=per_module, ignored_layers=ignored)
@@ -115,7 +115,7 @@ def channel_prune(model: nn.Module, ratios: float | Mapping[str, float], example
     with torch.no_grad():
         reference = model.eval()(example[:1])
     model.train(was_training)
-    pruned, scope = None, "groups"
+    pruned = None
     for scope in ("groups", "chains"):
         only = None if scope == "groups" else {c.conv for c in filter_chains(model)}
         try:
