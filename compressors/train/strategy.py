@@ -17,7 +17,7 @@ from torch import nn
 from ..core.blocks import LayerSpec
 from ..core.policy import Policy
 from ..core.structure import BlockShape, LayerStructure
-from .distributed import LogFn, RankLogger
+from .distributed import LogFn, RankLogger, broadcast_from_rank0
 from .timebudget import Deadline
 from .training import Distillation
 
@@ -52,7 +52,7 @@ class FinetuneJob:
         """Whether the next epoch, and ``then`` epochs after it, fit in the time budget (always True without one).
         Strategies call it before each epoch and skip what does not fit: the rest of an ADMM phase (leaving time
         for the projection and retraining), or the rest of the retraining."""
-        return self.deadline is None or self.deadline.next_epoch(then)
+        return self.deadline is None or bool(broadcast_from_rank0(self.deadline.next_epoch(then)))
 
 
 @dataclass

@@ -88,10 +88,10 @@ def measure_epoch(model: nn.Module, train_batches: Callable[[int], Iterable], ev
     times = []
     iterator = iter(batches)
     for _ in range(min(int(budget.probe_batches), count)):
+        start = time.perf_counter()  # loading the batch (decoding, augmenting) is part of an epoch's cost
         batch = next(iterator, None)
         if batch is None:
             break
-        start = time.perf_counter()
         train_epoch(probe, [batch], optimizer, device=device, distill=distill)
         times.append(time.perf_counter() - start)
     start = time.perf_counter()
