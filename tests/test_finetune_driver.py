@@ -251,3 +251,15 @@ def test_channel_targets_are_checked_and_bisection_meets_any_measure(dense: nn.M
     assert ratio <= 0.7 and ratio == pytest.approx(report.mac_ratio ** 0.5) and ratio > 0.6
     with pytest.raises(ConfigError, match="reaches at best"):
         prune_to_ratio(dense, x, 0.001)
+
+
+def test_the_pruned_model_races_the_dense_engines_on_its_fastest_engine(dense: nn.Module) -> None:
+    from uniprune.compressors.train.channel_strategy import time_pruned
+
+    x = VAL[0][:1]
+    pruned, _, _ = prune_to_ratio(dense, x, 0.5)
+    timing = time_pruned(dense, pruned, x, threads=1, repeats=5)
+    defaults = [m for m in timing["engines"] if ":" not in m]
+    assert timing["compressed_engine"] in defaults and timing["best_engine"] in defaults
+    assert timing["compressed_ms"] > 0 and timing["speedup"] == pytest.approx(1 / timing["latency_ratio"])
+    assert timing["best_dense_ms"] == min(timing["engines"][m] for m in defaults)

@@ -123,23 +123,36 @@ def prune_to_ratio(model: nn.Module, example: torch.Tensor, target: float, ratio
     return best
 
 
-def latency_ratio_of(dense: nn.Module, example: torch.Tensor, *, threads: int = 1, repeats: int = 20) -> RatioFn:
-    """``ratio_of`` for :func:`prune_to_ratio`: a candidate's time on its fastest dense engine (default precision,
-    batch ``len(example)``) over the dense model's on its fastest, the two timed in the same interleaved rounds."""
-    from ..latency.engines import dense_engines
+def time_pruned(dense: nn.Module | Any, pruned: nn.Module, example: torch.Tensor, *, threads: int = 1, repeats: int = 50,
+                statistic: str = "median", min_seconds: float = 0.0, baseline: str = "default") -> dict[str, Any]:
+    """The channel-pruned model on its fastest dense engine at default precision, raced against every dense engine
+    mode of the unpruned model in the same interleaved rounds (:func:`~uniprune.compressors.latency.engines.race`).
+
+    ``dense``: the unpruned model, or its engines already built (:func:`~uniprune.compressors.latency.engines.dense_engines`
+    on ``example``). The pruned model's engine is picked by a short interleaved timing of its default modes. Returns
+    ``race``'s fields (``compressed_ms`` is the pruned model's) and ``compressed_engine``, ``compressed_precision``."""
+    from ..latency.engines import DenseEngines, dense_engines, race
     from ..latency.timing import time_interleaved
 
-    x = example.detach().cpu()
-    base = dense_engines(dense, x, threads=threads)
+    x = example.detach().float().cpu()
+    engines = dense if isinstance(dense, DenseEngines) else dense_engines(dense, x, threads=threads)
+    defaults = [m for m in engines.runners if ":" not in m]
+    mine = dense_engines(pruned, x, threads=threads, engines=defaults)
+    ms = time_interleaved(mine.runners, warmup=3, repeats=max(5, repeats // 5), threads=threads, statistic="min")
+    best = min(ms, key=ms.__getitem__)
+    result = race(engines, mine.runners[best], threads=threads, repeats=repeats, min_seconds=min_seconds,
+                  statistic=statistic, baseline=baseline)
+    return {**result, "compressed_engine": best, "compressed_precision": mine.precisions.get(best, "f32"),
+            "notes": result["notes"] + mine.notes}
 
-    def ratio(pruned: nn.Module, _report: ChannelReport) -> float:
-        cand = dense_engines(pruned, x, threads=threads)
-        fns = {**{f"dense/{m}": f for m, f in base.runners.items()}, **{f"pruned/{m}": f for m, f in cand.runners.items()}}
-        ms = time_interleaved(fns, repeats=repeats, threads=threads, statistic="min")
-        fastest = {side: min(v for k, v in ms.items() if k.startswith(side)) for side in ("dense/", "pruned/")}
-        return fastest["pruned/"] / fastest["dense/"]
 
-    return ratio
+def latency_ratio_of(dense: nn.Module, example: torch.Tensor, *, threads: int = 1, repeats: int = 20) -> RatioFn:
+    """``ratio_of`` for :func:`prune_to_ratio`: a candidate's time on its fastest dense engine (default precision,
+    batch ``len(example)``) over the dense model's on its fastest, in the same rounds (:func:`time_pruned`)."""
+    from ..latency.engines import dense_engines
+
+    base = dense_engines(dense, example.detach().float().cpu(), threads=threads)
+    return lambda pruned, _report: float(time_pruned(base, pruned, example, threads=threads, repeats=repeats)["latency_ratio"])
 
 
 def _example(job: FinetuneJob) -> torch.Tensor:
