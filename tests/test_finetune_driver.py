@@ -253,6 +253,7 @@ def test_channel_targets_are_checked_and_bisection_meets_any_measure(dense: nn.M
         prune_to_ratio(dense, x, 0.001)
 
 
+@pytest.mark.slow  # builds every engine twice (ONNX export, OpenVINO compile)
 def test_the_pruned_model_races_the_dense_engines_on_its_fastest_engine(dense: nn.Module) -> None:
     from uniprune.compressors.train.channel_strategy import time_pruned
 
