@@ -9,9 +9,10 @@ import time
 
 import pytest
 import torch
+from blobs import CLASSES, POLICY, VAL, small_cnn, train_batches, trained_cnn, val_accuracy
 from torch import nn
 from uniprune.compressors.core.errors import CheckpointError, ConfigError
-from uniprune.compressors.core.policy import LayerAction, Policy
+from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.formats.channel_checkpoint import (
     checkpoint_format,
     load_channel_pruned,
@@ -29,47 +30,14 @@ from uniprune.compressors.train.finetune import (
     finetune,
 )
 from uniprune.compressors.train.timebudget import EpochCost, plan_epochs
-from uniprune.compressors.train.training import evaluate, make_optimizer, train_epoch
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-CLASSES = 4
-POLICY = Policy(layers={"3": LayerAction(0.6, 0.3), "8": LayerAction(0.5, 0.25)})
-
-
-def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    templates = torch.randn(CLASSES, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, CLASSES, (n,), generator=gen)
-    return templates[y] + 1.2 * torch.randn(n, 3, 8, 8, generator=gen), y
-
-
-TRAIN = _blobs(512, 1)
-VAL = _blobs(256, 2)
-
-
-def train_batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    order = torch.randperm(len(TRAIN[1]), generator=torch.Generator().manual_seed(epoch))
-    return [(TRAIN[0][order[i : i + 64]], TRAIN[1][order[i : i + 64]]) for i in range(0, len(order), 64)]
-
-
-def val_accuracy(model: nn.Module) -> float:
-    return evaluate(model, [VAL])
-
-
-def _cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
-                         nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, CLASSES))
 
 
 @pytest.fixture(scope="module")
 def dense() -> nn.Module:
-    torch.manual_seed(0)
-    model = _cnn()
-    optimizer = make_optimizer(model, lr=0.05)
-    for epoch in range(4):
-        train_epoch(model, train_batches(100 + epoch), optimizer)
-    return model
+    return trained_cnn(4)
 
 
 class _Slow:
@@ -217,7 +185,7 @@ def test_channel_method_prunes_to_the_mac_ratio_in_place_and_its_checkpoint_rebu
                                input_shape=(3, 8, 8), meta={"accuracy": result["accuracy"]})
     assert checkpoint_format(path) == "uniprune.channel-pruned/1"
     loaded = load_channel_pruned(path)
-    back = rebuild(_cnn(), loaded.channels, loaded.state_dict)
+    back = rebuild(small_cnn(), loaded.channels, loaded.state_dict)
     x = VAL[0][:8]
     assert torch.allclose(back(x), model.eval()(x)) and loaded.meta["num_classes"] == CLASSES
     (tmp_path / "other.pt").write_bytes(b"not a checkpoint")

@@ -70,22 +70,11 @@ def _check_channels(channels: Any, source: str) -> dict[str, Any]:
 def load_channel_pruned(path: str | os.PathLike) -> ChannelCheckpoint:
     """Read a channel-pruned checkpoint (``weights_only``); one-line :class:`CheckpointError` for a missing, corrupt
     or foreign file, a malformed record or a non-finite weight."""
-    from .checkpoint import read_torch_file
+    from .checkpoint import read_model_file
 
     source = str(path)
-    data = read_torch_file(path, "channel-pruned checkpoint")
-    if not isinstance(data, dict) or data.get("format") != CHANNEL_FORMAT:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{source}: not a uniprune channel-pruned checkpoint (format {got!r}, expected {CHANNEL_FORMAT!r})")
-    for key, kind in (("model_name", str), ("num_classes", int), ("input_shape", list), ("state_dict", dict)):
-        if not isinstance(data.get(key), kind):
-            raise CheckpointError(f"{source}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
+    data = read_model_file(path, CHANNEL_FORMAT, "channel-pruned checkpoint")
     state = data["state_dict"]
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{source}: field 'state_dict' holds non-tensor values; the file is damaged")
-    bad = first_non_finite(state)
-    if bad:
-        raise CheckpointError(f"{source}: {bad} holds NaN or inf (written by a run that diverged); fine-tune again")
     meta = dict(data.get("meta") or {})
     meta.update(num_classes=data["num_classes"], input_shape=list(data["input_shape"]))
     return ChannelCheckpoint(data["model_name"], _check_channels(data.get("channels"), source), state, meta)
