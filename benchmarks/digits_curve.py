@@ -157,7 +157,9 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
         f"The digits CNN trained {args.dense_epochs} epochs: dense top-1 **{100 * figures['dense_top1']:.2f} %** on "
         f"{figures['n_test']} test images. Each point: compressed, fine-tuned {args.epochs} epochs (lr {args.lr:g}, one cosine, "
         "best epoch kept, the dense model as teacher), then timed at batch 1 against every dense engine at its default "
-        "precision in the same interleaved rounds. Plot: `docs/digits_curve.png`.",
+        "precision in the same interleaved rounds. Plot: `docs/digits_curve.png`. The machine was shared (the load column): "
+        "each speedup is a ratio of times taken in the same rounds, but a tenth of a millisecond moves with the load, so read "
+        "differences under about 0.2x as noise.",
         "",
         "![digits CNN: accuracy at measured speed](digits_curve.png)",
         "",
