@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distill", default="on,off", help="distillation settings to run, from on,off (default both)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="minutes per run instead of --epochs: the driver plans the epochs that fit (one cosine over them)")
+    p.add_argument("--section", default="distill_channel", help="the section of docs/RESULTS.md to write")
     p.add_argument("--json-out", default=None, help="also write the figures here")
     p.add_argument("--no-write", action="store_true", help="do not touch docs/RESULTS.md")
     return p.parse_args(argv)
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures: dict[str, Any] = {"dense_test": test_accuracy(dense), "dense_val": val_accuracy(dense), "load_before": _load(), "rows": []}
     print(f"dense: test {figures['dense_test']:.4f}", file=sys.stderr)
     for run in args.runs.split(","):
-        for distill in (True, False):
+        for distill in (d == "on" for d in args.distill.split(",")):
             model = copy.deepcopy(dense)
             if run == "channel":
                 config, policy = ChannelConfig(target=0.5, epochs=args.epochs, lr=args.lr), Policy(layers={})
@@ -136,13 +140,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 policy = uniform_policy(model, 0.5, block_shapes={"conv": shape})
                 config = AdmmConfig(method="masked", retrain_epochs=args.epochs, lr=args.lr, schedule="run")
             t0 = time.time()
-            result = finetune(model, policy, train_batches, val_accuracy, config, teacher=dense, distill=None if distill else False)
+            result = finetune(model, policy, train_batches, val_accuracy, config, teacher=dense, distill=None if distill else False,
+                              time_budget=args.time_budget)
             seconds = time.time() - t0
             mac_ratio = result["channels"]["mac_ratio"] if run == "channel" else \
                 model_size(model, result["structures"], input_shape=(3, 32, 32))["total"]["mac_ratio"]
             row = {"run": run, "distill": distill, "test": test_accuracy(model), "val": result["accuracy"],
                    "after_pruning_val": result["projected_accuracy"], "mac_ratio": mac_ratio, "seconds": seconds,
-                   "epochs": result["epochs_run"], "warnings": convergence_warnings(result, dense_accuracy=figures["dense_val"]),
+                   "epochs": result["epochs_run"], "budget": result["time_budget"], "warnings": convergence_warnings(result, dense_accuracy=figures["dense_val"]),
                    "load": _load()}
             figures["rows"].append(row)
             print(json.dumps(row), file=sys.stderr)
@@ -150,9 +155,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")
     if not args.no_write:
-        write_section("distill_channel", render(figures, args))
+        write_section(args.section, render(figures, args))
     print(json.dumps({k: v for k, v in figures.items() if k != "args"}))
     return figures
+
+
+def _epochs(row: dict[str, Any]) -> str:
+    budget = row.get("budget")
+    if not budget:
+        return str(row["epochs"])
+    verdict = "met" if budget["met"] else "missed"
+    return (f"{row['epochs']} of {budget['planned_epochs']} planned ({budget['epoch_seconds']:.0f} s each measured; "
+            f"{budget['seconds_used']:.0f} s of {60 * budget['minutes']:.0f}: {verdict})")
 
 
 def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
@@ -167,19 +181,21 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"ResNet-20, pretrained (akamaster) and adapted to the JPEG training set ({args.adapt_epochs} epoch of "
         f"{args.adapt_limit} images): dense top-1 **{100 * figures['dense_test']:.2f} %** on {test_n} JPEG test images. "
-        f"Every run: {args.epochs} epochs of {args.train_limit} training images (augmented), SGD lr {args.lr:g} on one "
+        (f"Every run: a time budget of {args.time_budget:g} min (the driver times a few batches and a validation pass, "
+         "plans the epochs that fit, and checks before every epoch)" if args.time_budget else f"Every run: {args.epochs} epochs")
+        + f" of {args.train_limit} training images (augmented), SGD lr {args.lr:g} on one "
         f"cosine, the best epoch by validation ({args.val_limit} held-out training images) kept. Distillation: the dense "
         "model as teacher, T = 4, weight 0.7 (the driver's default when it is given the teacher). The validation images "
         "are CIFAR-10 training images, which the pretrained model has seen: its validation top-1 "
         f"({100 * figures['dense_val']:.1f} %) is above its test top-1, and the warnings below hold the runs against it.",
         "",
-        "| method | MACs kept | distillation | top-1 after pruning (val) | top-1 after fine-tuning (test) | vs dense (points) | seconds | load (1 min) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | MACs kept | distillation | top-1 after pruning (val) | top-1 after fine-tuning (test) | vs dense (points) | epochs | seconds | load (1 min) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in figures["rows"]:
         lines.append(f"| {names[r['run']]} | {r['mac_ratio']:.3f} | {'on' if r['distill'] else 'off'} | "
                      f"{100 * r['after_pruning_val']:.1f} % | **{100 * r['test']:.2f} %** | "
-                     f"{100 * (r['test'] - figures['dense_test']):+.2f} | {r['seconds']:.0f} | {r['load'].split(',')[0]} |")
+                     f"{100 * (r['test'] - figures['dense_test']):+.2f} | {_epochs(r)} | {r['seconds']:.0f} | {r['load'].split(',')[0]} |")
     by = {(r["run"], r["distill"]): r["test"] for r in figures["rows"]}
     gains = [f"{names[run]} {100 * (by[(run, True)] - by[(run, False)]):+.2f}" for run in RUNS if (run, True) in by and (run, False) in by]
     lines += ["", f"Distillation's gain at equal epochs (test points): {'; '.join(gains)}."]
