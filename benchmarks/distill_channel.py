@@ -172,8 +172,11 @@ def _epochs(row: dict[str, Any]) -> str:
 def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
     names = {"masked1x1": "masked, 1x1 blocks", "masked8x4": "masked, 8x4 blocks", "channel": "channel (Torch-Pruning)"}
     test_n = args.test_limit or figures["n_test"]
+    budget = getattr(args, "time_budget", None)
     lines = [
-        "## Distillation against none, fine and coarse blocks and channel pruning at half the MACs (`benchmarks/distill_channel.py`)",
+        "## Fine-tuning to a time budget, 1x1 blocks and channel pruning at half the MACs (`benchmarks/distill_channel.py`)"
+        if budget else "## Distillation against none, fine and coarse blocks and channel pruning at half the MACs "
+        "(`benchmarks/distill_channel.py`)",
         "",
         f"Machine: {machine_line()}; CPU flags: {_flags()}; {os.cpu_count()} cores shared with other jobs, "
         f"{args.threads} torch threads; load average (1, 5, 15 min) at the start: {figures['load_before']}. "
@@ -181,9 +184,9 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"ResNet-20, pretrained (akamaster) and adapted to the JPEG training set ({args.adapt_epochs} epoch of "
         f"{args.adapt_limit} images): dense top-1 **{100 * figures['dense_test']:.2f} %** on {test_n} JPEG test images. "
-        (f"Every run: a time budget of {args.time_budget:g} min (the driver times a few batches and a validation pass, "
-         "plans the epochs that fit, and checks before every epoch)" if args.time_budget else f"Every run: {args.epochs} epochs")
-        + f" of {args.train_limit} training images (augmented), SGD lr {args.lr:g} on one "
+        + (f"Every run: as many epochs as a {budget:g}-min budget fits (the driver times a few batches and a validation "
+           "pass, plans the epochs, and checks the clock before each one)" if budget else f"Every run: {args.epochs} epochs")
+        + f", each of {args.train_limit} training images (augmented), SGD lr {args.lr:g} on one "
         f"cosine, the best epoch by validation ({args.val_limit} held-out training images) kept. Distillation: the dense "
         "model as teacher, T = 4, weight 0.7 (the driver's default when it is given the teacher). The validation images "
         "are CIFAR-10 training images, which the pretrained model has seen: its validation top-1 "
@@ -198,7 +201,8 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
                      f"{100 * (r['test'] - figures['dense_test']):+.2f} | {_epochs(r)} | {r['seconds']:.0f} | {r['load'].split(',')[0]} |")
     by = {(r["run"], r["distill"]): r["test"] for r in figures["rows"]}
     gains = [f"{names[run]} {100 * (by[(run, True)] - by[(run, False)]):+.2f}" for run in RUNS if (run, True) in by and (run, False) in by]
-    lines += ["", f"Distillation's gain at equal epochs (test points): {'; '.join(gains)}."]
+    if gains:
+        lines += ["", f"Distillation's gain at equal epochs (test points): {'; '.join(gains)}."]
     warned = [f"{names[r['run']]}, distillation {'on' if r['distill'] else 'off'}: {w}" for r in figures["rows"] for w in r["warnings"]]
     if warned:
         lines += ["", "Convergence warnings the runs printed (`compressors/train/diagnostics.py`):", ""] + [f"- {w}" for w in warned]
