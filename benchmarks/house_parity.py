@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if log:
             lines += ["", f"`make demo` {side}:", "", "```", *_demo_table(Path(log)), "```"]
     md = "\n".join(lines) + "\n"
-    print(md)
     if not args.no_results:
         write_section("house_parity", md)
+    print(md)
     return 0
 
 
