@@ -110,7 +110,7 @@ def prune_to_ratio(model: nn.Module, example: torch.Tensor, target: float, ratio
     reached = measure(pruned, report)
     if reached > target:
         raise ConfigError(f"channel pruning reaches at best {reached:.2f} of the dense model here (scope {report.scope}), "
-                          f"above the target {target:g}; raise the target (--latency-budget)")
+                          f"above the target {target:g}; raise the target (--channel-target)")
     best = (pruned, report, reached)
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -166,7 +166,7 @@ def _prune_in_place(job: FinetuneJob, config: ChannelConfig) -> dict[str, Any]:
     target = config.target if config.target is not None else job.policy.latency_budget
     if target is None or not 0 < float(target) < 1:
         raise ConfigError(f"channel pruning needs a target ratio in (0, 1), got {target!r}: set ChannelConfig.target "
-                          "(--latency-budget) or use a policy with a latency budget")
+                          "(--channel-target) or use a policy with a latency budget")
     example = _example(job)
     ratio_of = latency_ratio_of(job.model, example, threads=config.threads) if config.measure == "latency" else None
     pruned, report, reached = prune_to_ratio(job.model, example, float(target), ratio_of)
