@@ -218,6 +218,8 @@ def test_channel_method_writes_a_pruned_model_that_bench_races_on_the_engines(se
     assert saved.meta["dense_checkpoint"] == str(dense.resolve()) and saved.meta["channels"]["mac_ratio"] == result["mac_ratio"]
     model = rebuild(build_model("digits-cnn", num_classes=10, input_shape=(3, 32, 32)), saved.channels, saved.state_dict)
     assert model.conv2.out_channels < 32 and any(r["channels"][0] < r["channels"][1] for r in result["layers"])
+    assert main(["eval", "--checkpoint", str(out), "--split", "test", "--json"]) == 0
+    assert _json(capsys)["accuracy"] == pytest.approx(result["accuracy"])
     assert main(["bench", "--compressed", str(out), "--repeats", "3", "--json"]) == 0
     bench = _json(capsys)
     assert bench["runtime"] == f"engine {bench['compressed_engine']}" and bench["compressed_engine"] in bench["engines"]
