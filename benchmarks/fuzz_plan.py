@@ -49,8 +49,10 @@ _OTHER = (0.5, -0.0, 1e21, 1e308, -1e308, 3.0, "1", "", "op0.w", "op0.floats", N
 _WORKER = r"""
 import importlib.util, struct, sys
 import numpy as np
-spec = importlib.util.spec_from_file_location("uniprune_lean_worker", sys.argv[1])
+spec = importlib.util.spec_from_file_location("uniprune_lean_worker", sys.argv[1],
+                                              submodule_search_locations=[sys.argv[1].rsplit("/", 1)[0]])
 lean = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = lean  # its relative imports find it here
 spec.loader.exec_module(lean)
 import ctypes
 lib = ctypes.CDLL(sys.argv[2])
