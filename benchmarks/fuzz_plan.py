@@ -339,16 +339,30 @@ class Worker:
 
 
 # -------------------------------------------------------------------------------------------- fuzz
+def _verdict(header: Any, arrays: Any, quick: bool) -> str | None:
+    try:
+        lean.verify_plan(header, arrays, quick=quick)
+    except lean.LeanError as exc:
+        return str(exc)
+    return None
+
+
 def check_plan(text: bytes, blob: bytes) -> bool:
-    """True when the reader and verifier accept the case; False for a LeanError; anything else propagates."""
+    """True when the reader and verifier accept the case; False for a LeanError; anything else propagates. The
+    verifier's quick path and its step-by-step checks must agree (the same error, or both accept): an op the
+    quick path passed that the steps refuse is an AssertionError."""
     try:
         header, arrays = lean.parse_plan(text, blob)
-        lean.verify_plan(header, arrays)
     except lean.LeanError as exc:
         if "\n" in str(exc):
             raise AssertionError(f"a LeanError of several lines: {exc!r}") from None
         return False
-    return True
+    quick, steps = _verdict(header, arrays, True), _verdict(header, arrays, False)
+    if quick != steps:
+        raise AssertionError(f"the verifier's quick path says {quick!r}, its step-by-step checks {steps!r}")
+    if quick is not None and "\n" in quick:
+        raise AssertionError(f"a LeanError of several lines: {quick!r}")
+    return quick is None
 
 
 def check_policy(text: bytes, folder: Path) -> bool:

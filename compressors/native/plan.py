@@ -843,10 +843,12 @@ def resolve_precision(precision: str = "auto") -> str:
         raise ConfigError(str(exc)) from None
 
 
-def _native(lib: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> lean_rt.NativePlan:
-    """The native plan of ``header`` and ``arrays`` on ``lib``, with the runtime's errors as the project's."""
+def _native(lib: Any, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
+            verified: bool = False) -> lean_rt.NativePlan:
+    """The native plan of ``header`` and ``arrays`` on ``lib``, with the runtime's errors as the project's
+    (``verified``: as :class:`~uniprune.compressors.native.uniprune_lean.NativePlan`'s)."""
     try:
-        return lean_rt.NativePlan(lib, header, arrays)
+        return lean_rt.NativePlan(lib, header, arrays, verified=verified)
     except lean_rt.PlanRefused as exc:
         op = _op_from_record(header["ops"][exc.index], arrays)
         raise ModelError(f"the native plan refused op {op.node!r} ({op.describe()}, {list(op.shape_in)} -> "
@@ -945,7 +947,7 @@ class LeanModel(nn.Module):
         if threads is not None:
             check_threads(threads)
         header = spec.header
-        try:  # every field is checked before one is used (the native plan checks again, cheaply)
+        try:  # every field is checked before one is used, once (the native executor checks its indices too)
             lean_rt.verify_plan(header, spec.arrays)
         except lean_rt.LeanError as exc:
             raise ModelError(f"the lean plan cannot be built: {exc}") from None
@@ -957,7 +959,7 @@ class LeanModel(nn.Module):
         self.num_buffers = len(header["buffers"])
         self.precision = str(header.get("precision", "fp32"))
         self.buffer_floats = int(sum(header["buffers"]))  # per sample
-        self._native = _native(kernels.load(), header, spec.arrays)
+        self._native = _native(kernels.load(), header, spec.arrays, verified=True)  # verified above: once per load
         self.amx_convs = self._native.amx_convs  # convs on AMX tiles
         # the executor's own ctypes function and handle: NativePlan.run's Python frame costs ~0.2 µs a call
         self._run, self._handle = self._native.fns.plan_run, self._native.handle

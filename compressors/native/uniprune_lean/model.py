@@ -46,7 +46,7 @@ class Model:
         self.source = dict(self.header.get("source") or {})
         self.lib = load_library(self.path if source_dir is None else source_dir, isa=isa, cache_dir=cache_dir)
         self.isa = _Functions(self.lib).isa().decode()
-        self.plan = NativePlan(self.lib, self.header, arrays)
+        self.plan = NativePlan(self.lib, self.header, arrays, verified=True)  # verified above
         self.amx_convs = self.plan.amx_convs
         self._lock = threading.Lock()
 

@@ -58,11 +58,15 @@ class NativePlan:
 
     Every array is copied into native memory here, so ``arrays`` may be freed afterwards. ``run`` is not
     reentrant (one set of activation buffers): callers serialise calls (:class:`Model` holds a lock).
-    Raises :class:`PlanRefused` for an op the executor refuses, LeanError for a malformed header.
+    Raises :class:`PlanRefused` for an op the executor refuses, LeanError for a malformed header. The plan is
+    verified first (:func:`~.verify.verify_plan`) unless ``verified``: the caller just verified exactly these
+    ``header`` and ``arrays`` (a load verifies once).
     """
 
-    def __init__(self, lib: ctypes.CDLL, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        verify_plan(header, arrays)
+    def __init__(self, lib: ctypes.CDLL, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
+                 verified: bool = False) -> None:
+        if not verified:
+            verify_plan(header, arrays)
         #: bytes of the plan's own buffers per sample of a batch (what a run of N samples allocates, times N)
         self.bytes_per_sample = 4 * sum(header["buffers"][2:])
         self.fns = fns = _Functions(lib)

@@ -23,17 +23,13 @@ from .common import (
     _WEIGHT_DTYPES,
     _WO,
     ACT_LAST,
-    MAX_BATCH,
-    MAX_BUFFERS,
-    MAX_DIM,
-    MAX_OPS,
     MAX_SAMPLE_FLOATS,
-    MAX_THREADS,
-    PRECISIONS,
     LeanError,
     _int,
     _show,
 )
+from .fastcheck import op_ok
+from .header import check_header
 from .ops import _OPS, _RANGES
 
 
@@ -91,110 +87,24 @@ def _kernel_gemv(k: Mapping[str, Any], arrays: Mapping[str, np.ndarray], precisi
 _KERNELS: dict[str, Callable[..., tuple[int, ...]]] = {"conv": _kernel_conv, "gemv": _kernel_gemv}
 
 
-def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if type(value) is not list or not 1 <= len(value) <= 4:
-        raise LeanError(f"{where} must be a list of 1 to 4 integers, got {_show(value)}")
-    return tuple(_int(v, 1, MAX_DIM, where, f"[{j}]") for j, v in enumerate(value))
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, quick: bool = True) -> None:
     """Check a plan before anything native sees it; a LeanError of one line naming the op and the field
     otherwise. Checked: header integers in range; ``ops`` non-empty; each op's kind, integers and geometry
     (output extents from its window, channels against its kernel's); every buffer's size against what each
     op reads and writes there (buffer 0 holds exactly ``input_shape``, buffer 1 ``output_shape``) and its
     lifetime (no op reads a buffer before one writes it; the output is written); each array an op or kernel
     names against the op (dtype, element count). The arrays' offsets in weights.bin: :func:`unpack_arrays`.
-    """
-    if not isinstance(header, Mapping):
-        raise LeanError(f"the plan header must be a JSON object, got {type(header).__name__}")
-    for key, hi in (("threads", MAX_THREADS), ("batch_size", MAX_BATCH)):
-        if header.get(key) is not None:
-            _int(header[key], 1, hi, "plan field ", repr(key))
-    precision = header.get("precision", "fp32")
-    if type(precision) is not str or precision not in _WEIGHT_DTYPES:
-        raise LeanError(f"plan field 'precision' must be one of {', '.join(PRECISIONS)}, got {_show(precision)}")
-    size_in = _prod(_shape(header.get("input_shape"), "plan field 'input_shape'"))
-    size_out = _prod(_shape(header.get("output_shape"), "plan field 'output_shape'"))
-    if max(size_in, size_out) > MAX_SAMPLE_FLOATS:
-        raise LeanError(f"plan fields 'input_shape'/'output_shape' hold more than {MAX_SAMPLE_FLOATS} floats per sample")
-    buffers, ops = header.get("buffers"), header.get("ops")
-    if type(buffers) is not list or not 2 <= len(buffers) <= MAX_BUFFERS:
-        raise LeanError(f"plan field 'buffers' must be a list of 2 to {MAX_BUFFERS} integers, got {_show(buffers)}")
-    sizes = [size_in, size_out] + [_int(v, 0, MAX_SAMPLE_FLOATS, "plan field 'buffers'", f"[{b}]")
-                                   for b, v in enumerate(buffers[2:], 2)]
-    if type(ops) is not list or not 1 <= len(ops) <= MAX_OPS:
-        raise LeanError(f"plan field 'ops' must be a list of 1 to {MAX_OPS} ops, got {_show(ops)}")
-    last = len(sizes) - 1
+
+    Each op goes through the quick path first (:func:`~.fastcheck.op_ok`, plain comparisons that only say yes
+    or no); an op it does not pass through the same checks step by step, which name what is wrong.
+    ``quick=False``: step by step only (the reference the quick path is fuzzed against)."""
+    precision, sizes, ops = check_header(header)
     written = bytearray(len(sizes))
     written[0] = 1
     most = [0] * len(sizes)  # the most any op writes to each buffer, floats per sample
     for i, op in enumerate(ops):
-        if not isinstance(op, dict):
-            raise LeanError(f"op {i} must be a JSON object, got {_show(op)}")
-        code = op.get("kind")
-        kind = _OPS.get(code) if type(code) is int else None
-        if kind is None:
-            raise LeanError(f"op {i} field 'kind' must be an op kind {min(_OPS)} to {max(_OPS)}, got {_show(code)}")
-        where = f"op {i} ({kind.name})"
-        v = op.get("ints")
-        ranges, count = _RANGES[code]
-        if type(v) is not list or len(v) != count:
-            raise LeanError(f"{where} field 'ints' must be a list of {count} integers "
-                            f"({' '.join(_HEADER_NAMES + kind.params)}), got {_show(v)}")
-        in0, in1, out, act = v[0], v[1], v[2], v[3]
-        _int(in0, 0, last, where, " ints in0")
-        _int(in1, -1 if code not in (4, 12) else 0, last if kind.residual else -1, where, " ints in1")
-        _int(out, 1, last, where, " ints out")
-        _int(act, 0, ACT_LAST, where, " ints act")
-        for x, (name, lo, hi) in zip(v[4:], ranges):
-            if type(x) is not int or not lo <= x <= hi:
-                _int(x, lo, hi, where, " ints " + name)
-        k = op.get("kernel")
-        ktype = kind.kernel if kind.kernel != "mode" else ("gemv", "conv")[v[18]]
-        if ktype is None:
-            if k is not None:
-                raise LeanError(f"{where} field 'kernel' must be null for this kind, got {_show(k)}")
-            kgeom = None
-        else:
-            if not isinstance(k, dict) or k.get("type") != ktype:
-                raise LeanError(f"{where} field 'kernel' must be a {ktype} kernel, got "
-                                f"{_show(k.get('type') if isinstance(k, dict) else k)}")
-            kgeom = _KERNELS[ktype](k, arrays, precision, where)
-        problem = kind.geometry(v, kgeom)
-        if problem:
-            raise LeanError(f"{where} {problem}")
-        lo, hi = _array(arrays, op.get("floats"), "float32", 2 + kind.floats(v), where, " field 'floats'").ravel()[:2].tolist()
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise LeanError(f"{where} field 'floats': the clamp bounds must be finite, got {lo}, {hi}")
-        # buffers: what the op reads must have been written and fit; what it writes must fit
-        plane, oplane = v[_C] * v[_H] * v[_W], v[_CO] * v[_HO] * v[_WO]
-        if not written[in0]:
-            raise LeanError(f"{where} ints in0: reads buffer {in0} before any op writes it")
-        if plane > sizes[in0] or (in0 == 0 and plane != size_in):
-            raise LeanError(f"{where} ints in0: reads {plane} floats per sample from buffer {in0}"
-                            f"{' (the input)' if in0 == 0 else ''}, which holds {sizes[in0]}")
-        if in1 >= 0:
-            if not written[in1]:
-                raise LeanError(f"{where} ints in1: reads buffer {in1} before any op writes it")
-            need = v[_C] if code == 12 else oplane  # channel_mul's gate: one float per channel
-            if need > sizes[in1] or (in1 == 0 and need != size_in):
-                raise LeanError(f"{where} ints in1: reads {need} floats per sample from buffer {in1}, which holds "
-                                f"{sizes[in1]}")
-        if oplane > sizes[out] or (out == 1 and oplane != size_out):
-            raise LeanError(f"{where} ints out: writes {oplane} floats per sample to buffer {out}"
-                            f"{' (the output)' if out == 1 else ''}, which holds {sizes[out]}")
-        if (out == in0 and not kind.in_place) or (out == in1 and code != 4):
-            raise LeanError(f"{where} ints out: buffer {out} is also an input, which this kind cannot run in place")
-        written[out] = 1
-        if oplane > most[out]:
-            most[out] = oplane
+        if not (quick and op_ok(op, arrays, precision, sizes, written, most)):
+            _check_op(i, op, arrays, precision, sizes, written, most)
     if not written[1]:
         raise LeanError("plan field 'ops': no op writes the output (buffer 1)")
     for b in range(2, len(sizes)):  # a buffer larger than anything written to it would only waste memory
@@ -202,3 +112,67 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
             raise LeanError(f"plan field 'buffers'[{b}]: holds {sizes[b]} floats per sample, but no op writes more than "
                             f"{most[b]} there")
 
+
+def _check_op(i: int, op: Any, arrays: Mapping[str, np.ndarray], precision: str, sizes: list[int],
+              written: bytearray, most: list[int]) -> None:
+    """Op ``i``: its fields, kernel, arrays and geometry, then its buffers (``written`` and ``most`` updated)."""
+    last, size_in, size_out = len(sizes) - 1, sizes[0], sizes[1]
+    if not isinstance(op, dict):
+        raise LeanError(f"op {i} must be a JSON object, got {_show(op)}")
+    code = op.get("kind")
+    kind = _OPS.get(code) if type(code) is int else None
+    if kind is None:
+        raise LeanError(f"op {i} field 'kind' must be an op kind {min(_OPS)} to {max(_OPS)}, got {_show(code)}")
+    where = f"op {i} ({kind.name})"
+    v = op.get("ints")
+    ranges, count = _RANGES[code]
+    if type(v) is not list or len(v) != count:
+        raise LeanError(f"{where} field 'ints' must be a list of {count} integers "
+                        f"({' '.join(_HEADER_NAMES + kind.params)}), got {_show(v)}")
+    in0, in1, out, act = v[0], v[1], v[2], v[3]
+    _int(in0, 0, last, where, " ints in0")
+    _int(in1, -1 if code not in (4, 12) else 0, last if kind.residual else -1, where, " ints in1")
+    _int(out, 1, last, where, " ints out")
+    _int(act, 0, ACT_LAST, where, " ints act")
+    for x, (name, lo, hi) in zip(v[4:], ranges):
+        if type(x) is not int or not lo <= x <= hi:
+            _int(x, lo, hi, where, " ints " + name)
+    k = op.get("kernel")
+    ktype = kind.kernel if kind.kernel != "mode" else ("gemv", "conv")[v[18]]
+    if ktype is None:
+        if k is not None:
+            raise LeanError(f"{where} field 'kernel' must be null for this kind, got {_show(k)}")
+        kgeom = None
+    else:
+        if not isinstance(k, dict) or k.get("type") != ktype:
+            raise LeanError(f"{where} field 'kernel' must be a {ktype} kernel, got "
+                            f"{_show(k.get('type') if isinstance(k, dict) else k)}")
+        kgeom = _KERNELS[ktype](k, arrays, precision, where)
+    problem = kind.geometry(v, kgeom)
+    if problem:
+        raise LeanError(f"{where} {problem}")
+    lo, hi = _array(arrays, op.get("floats"), "float32", 2 + kind.floats(v), where, " field 'floats'").ravel()[:2].tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise LeanError(f"{where} field 'floats': the clamp bounds must be finite, got {lo}, {hi}")
+    # buffers: what the op reads must have been written and fit; what it writes must fit
+    plane, oplane = v[_C] * v[_H] * v[_W], v[_CO] * v[_HO] * v[_WO]
+    if not written[in0]:
+        raise LeanError(f"{where} ints in0: reads buffer {in0} before any op writes it")
+    if plane > sizes[in0] or (in0 == 0 and plane != size_in):
+        raise LeanError(f"{where} ints in0: reads {plane} floats per sample from buffer {in0}"
+                        f"{' (the input)' if in0 == 0 else ''}, which holds {sizes[in0]}")
+    if in1 >= 0:
+        if not written[in1]:
+            raise LeanError(f"{where} ints in1: reads buffer {in1} before any op writes it")
+        need = v[_C] if code == 12 else oplane  # channel_mul's gate: one float per channel
+        if need > sizes[in1] or (in1 == 0 and need != size_in):
+            raise LeanError(f"{where} ints in1: reads {need} floats per sample from buffer {in1}, which holds "
+                            f"{sizes[in1]}")
+    if oplane > sizes[out] or (out == 1 and oplane != size_out):
+        raise LeanError(f"{where} ints out: writes {oplane} floats per sample to buffer {out}"
+                        f"{' (the output)' if out == 1 else ''}, which holds {sizes[out]}")
+    if (out == in0 and not kind.in_place) or (out == in1 and code != 4):
+        raise LeanError(f"{where} ints out: buffer {out} is also an input, which this kind cannot run in place")
+    written[out] = 1
+    if oplane > most[out]:
+        most[out] = oplane
