@@ -21,7 +21,6 @@ import numpy as np
 from .common import _ENGINES, _KERNEL_ROWS, _WEIGHT_DTYPES, ACT_LAST, MAX_DIM, MAX_PARAM, MAX_SAMPLE_FLOATS
 from .ops import _OPS, _RANGES
 
-_NAME_TYPES = {str, type(None)}
 _CHAR = {"float32": "f", "int32": "i", "bfloat16": "H"}  # numpy dtype.char of each array dtype a kernel names
 #: per kind: its ints count, the lower bound of in1, whether in1 may name a buffer, the ranges of its parameters
 #: (after the ten header ints), and the kernel type (None, "conv", "gemv", "mode")
@@ -59,7 +58,7 @@ def _kernel(k: Any, ktype: str, arrays: Mapping[str, np.ndarray], precision: str
         out = (co, ci)
     panels = -(-co // rows)
     get, names = arrays.get, (k.get("panel_ptr"), k.get("ch"), k.get("w"), k.get("bias"))
-    if set(map(type, names)) - _NAME_TYPES:  # array names are strings (no bias: None)
+    if not (type(names[0]) is type(names[1]) is type(names[2]) is str and (names[3] is None or type(names[3]) is str)):
         return None
     ptr, ch, wt = get(names[0]), get(names[1]), get(names[2])
     if ptr is None or ch is None or wt is None or ptr.dtype.char != "i" or ptr.size != panels + 1:
@@ -77,63 +76,65 @@ def _kernel(k: Any, ktype: str, arrays: Mapping[str, np.ndarray], precision: str
     return out if bias is not None and bias.dtype.char == "f" and bias.size == co else None
 
 
-def op_ok(op: Any, arrays: Mapping[str, np.ndarray], precision: str, sizes: list[int], written: bytearray,
-          most: list[int]) -> bool:
-    """Whether op ``op`` passes every check :func:`~.verify._check_op` makes, given the buffers' ``sizes`` and
-    what the ops before it wrote (``written``, ``most``; updated as there when it passes). False: let
-    ``_check_op`` name what is wrong (it may also find an op this path refused to be fine)."""
-    if type(op) is not dict:
-        return False
-    code = op.get("kind")
-    spec = _KIND.get(code) if type(code) is int else None
-    v = op.get("ints")
-    if spec is None or type(v) is not list or len(v) != spec[0]:
-        return False
-    count, in1_lo, residual, params, ktype = spec
-    last = len(sizes) - 1
-    in0, in1, out, act, c, h, w, co, ho, wo = v[:10]
-    if not (type(in0) is type(in1) is type(out) is type(act) is type(c) is type(h) is type(w) is type(co)
-            is type(ho) is type(wo) is int and 0 <= in0 <= last and in1_lo <= in1 <= (last if residual else -1)
-            and 1 <= out <= last and 0 <= act <= ACT_LAST and 1 <= c <= MAX_DIM and 1 <= h <= MAX_DIM
-            and 1 <= w <= MAX_DIM and 1 <= co <= MAX_DIM and 1 <= ho <= MAX_DIM and 1 <= wo <= MAX_DIM):
-        return False
-    if params and not _params_ok(v, params):
-        return False
-    k = op.get("kernel")
-    if ktype == "mode":
-        ktype = ("gemv", "conv")[v[18]]
-    if ktype is None:
-        if k is not None:
-            return False
-        kgeom = None
-    else:
-        kgeom = _kernel(k, ktype, arrays, precision)
-        if kgeom is None:
-            return False
-    kind = _OPS[code]
-    if code == 1:  # the conv, most ops of most plans: ops._geom_conv inline (its four calls cost a µs)
-        gco, gci, kh, kw, sh, sw, ph, pw, dh, dw = kgeom
-        if (gco != co or gci != c or (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1 != ho
-                or (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1 != wo):
-            return False
-    elif kind.geometry(v, kgeom):
-        return False
-    name = op.get("floats")
-    floats = arrays.get(name) if type(name) is str else None
-    if floats is None or floats.dtype.char != "f" or floats.size != 2 + kind.floats(v):
-        return False
-    lo, hi = floats.item(0), floats.item(1)
-    plane, oplane = c * h * w, co * ho * wo
-    size_in = sizes[0]
-    if (not (math.isfinite(lo) and math.isfinite(hi)) or not written[in0] or plane > sizes[in0]
-            or (in0 == 0 and plane != size_in) or oplane > sizes[out] or (out == 1 and oplane != sizes[1])
-            or (out == in0 and not kind.in_place) or (out == in1 and code != 4)):
-        return False
-    if in1 >= 0:
-        need = c if code == 12 else oplane
-        if not written[in1] or need > sizes[in1] or (in1 == 0 and need != size_in):
-            return False
-    written[out] = 1
-    if oplane > most[out]:
-        most[out] = oplane
-    return True
+def ops_ok(ops: list[Any], start: int, arrays: Mapping[str, np.ndarray], precision: str, sizes: list[int],
+           written: bytearray, most: list[int]) -> int:
+    """The index of the first op from ``start`` on that does not pass every check :func:`~.verify._check_op`
+    makes (``len(ops)`` when all do), given the buffers' ``sizes`` and what the ops before wrote (``written``,
+    ``most``; updated as there for each op that passes). The caller lets ``_check_op`` name what is wrong with
+    that op (it may also find it fine), then goes on from the next."""
+    last, size_in = len(sizes) - 1, sizes[0]
+    for i in range(start, len(ops)):
+        op = ops[i]
+        if type(op) is not dict:
+            return i
+        code = op.get("kind")
+        spec = _KIND.get(code) if type(code) is int else None
+        v = op.get("ints")
+        if spec is None or type(v) is not list or len(v) != spec[0]:
+            return i
+        _, in1_lo, residual, params, ktype = spec
+        in0, in1, out, act, c, h, w, co, ho, wo = v[:10]
+        if not (type(in0) is type(in1) is type(out) is type(act) is type(c) is type(h) is type(w) is type(co)
+                is type(ho) is type(wo) is int and 0 <= in0 <= last and in1_lo <= in1 <= (last if residual else -1)
+                and 1 <= out <= last and 0 <= act <= ACT_LAST and 1 <= c <= MAX_DIM and 1 <= h <= MAX_DIM
+                and 1 <= w <= MAX_DIM and 1 <= co <= MAX_DIM and 1 <= ho <= MAX_DIM and 1 <= wo <= MAX_DIM):
+            return i
+        if params and not _params_ok(v, params):
+            return i
+        k = op.get("kernel")
+        if ktype == "mode":
+            ktype = ("gemv", "conv")[v[18]]
+        if ktype is None:
+            if k is not None:
+                return i
+            kgeom = None
+        else:
+            kgeom = _kernel(k, ktype, arrays, precision)
+            if kgeom is None:
+                return i
+        kind = _OPS[code]
+        if code == 1:  # the conv, most ops of most plans: ops._geom_conv inline (its four calls cost a µs)
+            gco, gci, kh, kw, sh, sw, ph, pw, dh, dw = kgeom
+            if (gco != co or gci != c or (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1 != ho
+                    or (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1 != wo):
+                return i
+        elif kind.geometry(v, kgeom):
+            return i
+        name = op.get("floats")
+        floats = arrays.get(name) if type(name) is str else None
+        if floats is None or floats.dtype.char != "f" or floats.size != 2 + kind.floats(v):
+            return i
+        lo, hi = floats.item(0), floats.item(1)
+        plane, oplane = c * h * w, co * ho * wo
+        if (not (math.isfinite(lo) and math.isfinite(hi)) or not written[in0] or plane > sizes[in0]
+                or (in0 == 0 and plane != size_in) or oplane > sizes[out] or (out == 1 and oplane != sizes[1])
+                or (out == in0 and not kind.in_place) or (out == in1 and code != 4)):
+            return i
+        if in1 >= 0:
+            need = c if code == 12 else oplane
+            if not written[in1] or need > sizes[in1] or (in1 == 0 and need != size_in):
+                return i
+        written[out] = 1
+        if oplane > most[out]:
+            most[out] = oplane
+    return len(ops)

@@ -28,7 +28,7 @@ from .common import (
     _int,
     _show,
 )
-from .fastcheck import op_ok
+from .fastcheck import ops_ok
 from .header import check_header
 from .ops import _OPS, _RANGES
 
@@ -95,16 +95,21 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, 
     lifetime (no op reads a buffer before one writes it; the output is written); each array an op or kernel
     names against the op (dtype, element count). The arrays' offsets in weights.bin: :func:`unpack_arrays`.
 
-    Each op goes through the quick path first (:func:`~.fastcheck.op_ok`, plain comparisons that only say yes
+    Each op goes through the quick path first (:func:`~.fastcheck.ops_ok`, plain comparisons that only say yes
     or no); an op it does not pass through the same checks step by step, which name what is wrong.
     ``quick=False``: step by step only (the reference the quick path is fuzzed against)."""
     precision, sizes, ops = check_header(header)
     written = bytearray(len(sizes))
     written[0] = 1
     most = [0] * len(sizes)  # the most any op writes to each buffer, floats per sample
-    for i, op in enumerate(ops):
-        if not (quick and op_ok(op, arrays, precision, sizes, written, most)):
-            _check_op(i, op, arrays, precision, sizes, written, most)
+    i = 0
+    while i < len(ops):
+        if quick:
+            i = ops_ok(ops, i, arrays, precision, sizes, written, most)
+            if i == len(ops):
+                break
+        _check_op(i, ops[i], arrays, precision, sizes, written, most)
+        i += 1
     if not written[1]:
         raise LeanError("plan field 'ops': no op writes the output (buffer 1)")
     for b in range(2, len(sizes)):  # a buffer larger than anything written to it would only waste memory
