@@ -29,7 +29,6 @@ what the artifact ships: an artifact is code, to be trusted like any other code.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -46,7 +45,6 @@ from ..latency.timing import SPREAD_SECONDS, check_threads
 from ..native import kernels
 from ..native import uniprune_lean as lean_rt
 from ..native.plan import LeanModel, LeanSpec, output_tolerance
-from .fileio import read_json
 
 LOADER = "uniprune_lean"  # a folder: the loader package, copied whole
 README = "README.md"
@@ -63,9 +61,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def _is_artifact(path: Path) -> bool:
     try:
-        return json.loads((path / lean_rt.PLAN_FILE).read_text()).get("format") == lean_rt.FORMAT
-    except (OSError, ValueError, AttributeError):
+        lean_rt.read_header(path, fields=False)
+    except lean_rt.LeanError:
         return False
+    return True
 
 
 def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
@@ -173,15 +172,14 @@ def write_artifact(out: str | os.PathLike, spec: LeanSpec, *, source: Mapping[st
 
 
 def read_header(directory: str | os.PathLike) -> dict[str, Any]:
-    """``plan.json`` of the artifact in ``directory``; a one-line CheckpointError when it is not one."""
-    path = Path(directory) / lean_rt.PLAN_FILE
+    """``plan.json`` of the artifact in ``directory`` (read by the loader's one parser of it,
+    :func:`~uniprune.compressors.native.uniprune_lean.read_header`); a one-line CheckpointError when it is not one."""
     if not Path(directory).is_dir():
         raise CheckpointError(f"artifact directory {str(directory)!r} does not exist; pass the --out of 'uniprune export'")
-    header = read_json(path, CheckpointError, "pass a directory 'uniprune export' wrote")
-    if not isinstance(header, dict) or header.get("format") != lean_rt.FORMAT:
-        raise CheckpointError(f"{path} is not a uniprune lean plan (format {header.get('format') if isinstance(header, dict) else None!r}, "
-                              f"expected {lean_rt.FORMAT!r}); export the model again")
-    return header
+    try:
+        return lean_rt.read_header(directory)
+    except lean_rt.LeanError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def source_checkpoint(directory: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:

@@ -104,29 +104,37 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LeanError(f"cannot read {path} ({exc.strerror or exc}); {what}") from None
+
+
+def read_header(directory: str | os.PathLike, *, fields: bool = True) -> dict[str, Any]:
+    """The header in ``directory``'s ``plan.json`` (:func:`parse_header`; ``fields=False``: its format only);
+    LeanError naming the file for one missing, foreign or damaged."""
+    path = Path(directory) / PLAN_FILE
+    if not path.is_file():
+        raise LeanError(f"{path} does not exist; pass the directory 'uniprune export --out' wrote")
+    return parse_header(_read(path, "the artifact is not readable"), str(path), fields=fields)
+
+
 def read_plan(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(header, arrays)`` of the plan in ``directory``; LeanError naming the file for anything missing,
     foreign or damaged (see :func:`parse_plan`)."""
     directory = Path(directory)
-    path, wpath = directory / PLAN_FILE, directory / WEIGHTS_FILE
+    path = directory / PLAN_FILE
     if not path.is_file():
         raise LeanError(f"{path} does not exist; pass the directory 'uniprune export --out' wrote")
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise LeanError(f"{path} is not readable ({exc.strerror or exc})") from None
-    try:
-        blob = wpath.read_bytes()
-    except OSError as exc:
-        raise LeanError(f"cannot read {wpath} ({exc.strerror or exc}); the artifact is incomplete") from None
-    return parse_plan(text, blob, str(path))
+    text = _read(path, "the artifact is not readable")
+    return parse_plan(text, _read(directory / WEIGHTS_FILE, "the artifact is incomplete"), str(path))
 
 
-def parse_plan(text: bytes | str, blob: bytes, where: str = PLAN_FILE) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(header, arrays)`` of a plan from the bytes of its ``plan.json`` (``text``, strict JSON:
-    :func:`loads_json`) and ``weights.bin`` (``blob``): the header's fields, the weights' sha256 and every
-    array's index entry checked (:func:`unpack_arrays`); LeanError starting with ``where`` otherwise. The ops
-    are checked by :func:`verify_plan`, which every native plan runs first."""
+def parse_header(text: bytes | str, where: str = PLAN_FILE, *, fields: bool = True) -> dict[str, Any]:
+    """The header in the bytes of a ``plan.json`` (strict JSON: :func:`loads_json`), of this format, its fields
+    of the right kinds (unless not ``fields``); LeanError starting with ``where`` otherwise. The one parser of
+    ``plan.json``: :func:`parse_plan`, :func:`read_header` and uniprune's artifact reader all call it."""
     try:
         header = loads_json(text)
     except LeanError as exc:
@@ -134,16 +142,26 @@ def parse_plan(text: bytes | str, blob: bytes, where: str = PLAN_FILE) -> tuple[
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         got = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise LeanError(f"{where} has format {_show(got)}, expected {FORMAT!r}; export the model again with this version")
+    if not fields:
+        return header
     for key, kind in (("ops", list), ("buffers", list), ("input_shape", list), ("output_shape", list),
                       ("arrays", dict), ("weights", dict)):
         if not isinstance(header.get(key), kind):
             raise LeanError(f"{where}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
     if header["weights"].get("file", WEIGHTS_FILE) != WEIGHTS_FILE:  # never a path to elsewhere
         raise LeanError(f"{where}: field 'weights' names file {_show(header['weights'].get('file'))}, expected {WEIGHTS_FILE!r}")
+    return header
+
+
+def parse_plan(text: bytes | str, blob: bytes, where: str = PLAN_FILE) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(header, arrays)`` of a plan from the bytes of its ``plan.json`` (``text``: :func:`parse_header`) and
+    ``weights.bin`` (``blob``): the weights' sha256 and every array's index entry checked
+    (:func:`unpack_arrays`); LeanError starting with ``where`` otherwise. The ops are checked by
+    :func:`verify_plan`, which every loader runs once before any native call."""
+    header = parse_header(text, where)
     if hashlib.sha256(blob).hexdigest() != header["weights"].get("sha256"):
         raise LeanError(f"{WEIGHTS_FILE} does not match the sha256 in {where}; the weights are damaged or from another export")
     return header, unpack_arrays(blob, header["arrays"])
-
 
 
 MAX_JSON_DEPTH = 64  # nesting of objects and lists a plan (or a policy) may have: far past any real one
