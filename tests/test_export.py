@@ -131,6 +131,12 @@ def test_artifact_runs_without_torch_or_uniprune(tmp_path, capsys, lean_cache):
     assert proc.returncode == 0, proc.stderr
     with torch.no_grad():
         assert _rel_err(np.load(tmp_path / "y.npy"), reference(x)) <= TOL
+    # the README's check, run in the artifact's folder: the loader package finds the plan beside it
+    proc = subprocess.run([sys.executable, "-m", "uniprune_lean", "--batch-size", "2", "--threads", "1"],
+                          cwd=tmp_path / "art", env={**env, "UNIPRUNE_LEAN_CACHE": str(lean_cache)}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "input [2, 1, 8, 8] -> output [2, 10]" in proc.stdout
 
 
 def test_in_process_plan_round_trips_through_files(tmp_path, single_thread):

@@ -105,10 +105,11 @@ def _check_threads(threads: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python uniprune_lean.py [DIR] [--batch-size N] [--threads T]``: build, run a random batch, print the
+    """``python -m uniprune_lean [DIR] [--batch-size N] [--threads T]``: build, run a random batch, print the
     output shape and the least time of 20 passes."""
-    parser = argparse.ArgumentParser(prog="python uniprune_lean.py", description=main.__doc__)
-    parser.add_argument("path", nargs="?", default=str(Path(__file__).resolve().parent), help="artifact directory (default: this file's)")
+    parser = argparse.ArgumentParser(prog="python -m uniprune_lean", description=main.__doc__)
+    parser.add_argument("path", nargs="?", default=str(Path(__file__).resolve().parents[1]),
+                        help="artifact directory (default: the one holding this loader package)")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per pass (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="kernel threads (default: every core)")
     args = parser.parse_args(argv)
