@@ -47,6 +47,8 @@ class AMCDDPG(DDPG):
     :param sigma_decay: noise decay per episode after warm-up, in (0, 1].
     :param sigma_min: the noise scale's floor after warm-up, in [0, sigma0] (AMC: 0, pure decay).
     :param baseline_alpha: moving-average step of the reward baseline, in (0, 1].
+    :param reward_baseline: ``"sample"`` (AMC: subtracted per sampled batch) or ``"store"`` (the earlier buffer:
+        frozen into each transition when its episode ends; for comparison), see :class:`EpisodeRewardBuffer`.
     :param hidden: hidden layer widths of both actor and critic.
     :param tau: soft target update coefficient in (0, 1]. :param gamma: discount in [0, 1] (AMC: 1).
     :param batch_size: minibatch size (>= 1). :param buffer_size: replay capacity in transitions.
@@ -66,6 +68,7 @@ class AMCDDPG(DDPG):
         sigma_decay: float = 0.95,
         sigma_min: float = 0.0,
         baseline_alpha: float = 0.5,
+        reward_baseline: str = "sample",
         hidden: tuple[int, ...] = HIDDEN,
         tau: float = 0.01,
         gamma: float = 1.0,
@@ -85,7 +88,8 @@ class AMCDDPG(DDPG):
             raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
         #: what rebuilds this agent (agent/storage.py writes it as JSON; never a pickle)
         self.settings = {"warmup_episodes": int(warmup_episodes), "actor_lr": float(actor_lr), "critic_lr": float(critic_lr),
-                         "sigma0": float(sigma0), "sigma_decay": float(sigma_decay), "sigma_min": float(sigma_min), "baseline_alpha": float(baseline_alpha),
+                         "sigma0": float(sigma0), "sigma_decay": float(sigma_decay), "sigma_min": float(sigma_min),
+                         "baseline_alpha": float(baseline_alpha), "reward_baseline": reward_baseline,
                          "hidden": [int(h) for h in hidden], "tau": float(tau), "gamma": float(gamma),
                          "batch_size": int(batch_size), "buffer_size": int(buffer_size), "seed": seed}
         self.actor_lr = float(actor_lr)
@@ -108,7 +112,7 @@ class AMCDDPG(DDPG):
             gradient_steps=-1,
             action_noise=None,
             replay_buffer_class=EpisodeRewardBuffer,
-            replay_buffer_kwargs={"baseline_alpha": baseline_alpha},
+            replay_buffer_kwargs={"baseline_alpha": baseline_alpha, "baseline_at": reward_baseline},
             policy_kwargs=policy_kwargs,
             seed=seed,
             device=device,

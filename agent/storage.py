@@ -28,12 +28,13 @@ import torch
 from gymnasium import spaces
 from uniprune.compressors.core.errors import RunDirError
 from uniprune.compressors.formats.fileio import read_json, write_bytes_atomic, write_json_atomic
+from uniprune.compressors.formats.run_dir import AGENT_BUFFER, AGENT_SETTINGS, AGENT_WEIGHTS
 
 from .buffer import EpisodeRewardBuffer
 from .ddpg import AMCDDPG
 
 FORMAT = "uniprune.agent/1"
-SETTINGS, WEIGHTS, BUFFER = "agent.json", "agent.pt", "replay_buffer.npz"
+SETTINGS, WEIGHTS, BUFFER = AGENT_SETTINGS, AGENT_WEIGHTS, AGENT_BUFFER  # named by the run directory's format
 _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 

@@ -39,7 +39,7 @@ from uniprune.compressors.core.projection import project_model  # noqa: E402
 from uniprune.compressors.train.baselines import uniform_policy  # noqa: E402
 from uniprune.compressors.train.finetune import AdmmConfig, AgpConfig, finetune  # noqa: E402
 from uniprune.compressors.train.training import cosine_schedule, evaluate, make_optimizer, train_epoch  # noqa: E402
-from uniprune.search.commands.env_options import dense_layers  # noqa: E402
+from uniprune.search.api.env import dense_layers  # noqa: E402
 from uniprune.search.datasets import load_dataset  # noqa: E402
 from uniprune.search.models import build_model, load_weights  # noqa: E402
 

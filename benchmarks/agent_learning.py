@@ -38,33 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.agent import buffer as buffer_module  # noqa: E402
-from uniprune.agent import ddpg as ddpg_module  # noqa: E402
 from uniprune.agent import load_agent  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
-from uniprune.search.cli import build_parser, main  # noqa: E402
-from uniprune.search.commands.env_options import make_env  # noqa: E402
+from uniprune.envs import CompressionEnv, Scorer  # noqa: E402
+from uniprune.search import api  # noqa: E402
 from uniprune.search.searchers import agent_policy  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-class StoreTimeBaselineBuffer(buffer_module.EpisodeRewardBuffer):
-    """The earlier buffer, for comparison only: ``R - b`` frozen into the stored transitions when an episode
-    ends (``b`` then moves per episode), the batch returned as stored."""
-
-    def add(self, obs, next_obs, action, reward, done, infos):  # noqa: D102
-        if bool(np.asarray(done).reshape(-1)[0]):
-            final = float(np.asarray(reward).reshape(-1)[0])
-            if self.baseline is None:
-                self.baseline = final
-            shaped = final - self.baseline
-            self.baseline += self.baseline_alpha * (final - self.baseline)
-            reward = np.array([shaped], dtype=np.float32)
-        super().add(obs, next_obs, action, reward, done, infos)
-
-    def sample(self, batch_size, env=None):  # noqa: D102
-        return super(buffer_module.EpisodeRewardBuffer, self).sample(batch_size, env=env)
 
 
 def _rows(run: Path) -> list[dict[str, float]]:
@@ -72,13 +52,19 @@ def _rows(run: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in r.items() if v not in ("", None) and k != "warmup"} for r in csv.DictReader(fh)]
 
 
-def _search(run: Path, searcher: str, seed: int, args: argparse.Namespace) -> list[str]:
-    return ["search", "--searcher", searcher, "--model", "cifar-resnet20", "--checkpoint", args.checkpoint,
-            "--dataset", "imagefolder", "--data", args.data, "--latency-budget", str(args.budget),
-            "--episodes", str(args.episodes), "--warmup", str(args.warmup), "--val-samples", str(args.val_samples),
-            "--latency-statistic", "min", "--threads", "1", "--batch-size", "1", "--seed", str(seed),
-            "--bn-recalibrate", str(args.bn_recalibrate),
-            "--run-dir", str(run), "--force"]
+def _search(run: Path, searcher: str, seed: int, args: argparse.Namespace, *, holdout: int = 0,
+            reward_baseline: str = "sample") -> api.SearchSpec:
+    """The search of one run (``holdout`` more validation images scored by the env, for re-scoring only)."""
+    env = api.EnvSpec(
+        model=api.ModelSpec(model="cifar-resnet20", checkpoint=args.checkpoint),
+        data=api.DataSpec(dataset="imagefolder", data=args.data),
+        latency=api.LatencySpec(latency_statistic="min", threads=1, batch_size=1),
+        budget=api.BudgetSpec(latency_budget=args.budget),
+        scoring=api.ScoringSpec(val_samples=args.val_samples + holdout, bn_recalibrate=args.bn_recalibrate),
+        seed=seed,
+    )
+    return api.SearchSpec(env=env, searcher=searcher, episodes=args.episodes, warmup=args.warmup, run_dir=str(run),
+                          force=True, reward_baseline=reward_baseline)
 
 
 def summarize(kind: str, seed: int, args: argparse.Namespace, seconds: float | None = None) -> dict[str, Any]:
@@ -94,7 +80,7 @@ def summarize(kind: str, seed: int, args: argparse.Namespace, seconds: float | N
                            "best_first_warmup": max(rewards[: args.warmup]), "last50": statistics.mean(rewards[-50:]),
                            "curve": rewards}
     if kind != "random":
-        env = make_env(build_parser().parse_args(_search(run, "ddpg", seed, args)))
+        env = api.build_env(_search(run, "ddpg", seed, args).env)
         actor = agent_policy(load_agent(run), env)
         out["actor"] = float(actor["reward"])
         out["actor_latency_ratio"] = float(actor["latency_ratio"])
@@ -106,17 +92,19 @@ def holdout_scores(seed: int, args: argparse.Namespace) -> dict[str, float]:
     """Accuracy on ``--holdout`` validation images the search never scored (those after its ``--val-samples``)
     of: each DDPG run's deterministic actor and best episode, and random search's best episode. The searches'
     own figures are a maximum over many noisy scores of the same 500 images (biased high); these are not."""
-    argv = _search(Path(args.out) / f"random-seed{seed}", "random", seed, args)
-    argv[argv.index("--val-samples") + 1] = str(args.val_samples + args.holdout)
-    env = make_env(build_parser().parse_args(argv))
-    x = torch.cat([b[0] for b in env.val_batches])[args.val_samples:]
-    y = torch.cat([b[1] for b in env.val_batches])[args.val_samples:]
-    env.val_batches = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(x), 256)]
+    env = api.build_env(_search(Path(args.out) / f"random-seed{seed}", "random", seed, args, holdout=args.holdout).env)
+    x = torch.cat([b[0] for b in env.scorer.val_batches])[args.val_samples:]
+    y = torch.cat([b[1] for b in env.scorer.val_batches])[args.val_samples:]
+    held = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(x), 256)]
+    # the same model, wall and BN batches; a scorer of the held-out images only
+    scorer = Scorer(env.model, held, bn_batches=env.scorer.bn_batches, block_shapes=env.block_shapes,
+                    model_name=env.scorer.model_name)
+    env = CompressionEnv(scorer, env.wall, input_shape=env.input_shape)
     out = {}
     for kind in args.kinds:
         run = Path(args.out) / f"{kind}-seed{seed}"
         best = Policy.load(run / "policy.json")
-        out[f"{kind}/best"] = float(env.score({n: (a.prune, a.unify) for n, a in best.layers.items()})["val_accuracy"])
+        out[f"{kind}/best"] = float(scorer.score({n: (a.prune, a.unify) for n, a in best.layers.items()})["val_accuracy"])
         if kind != "random":
             out[f"{kind}/actor"] = float(agent_policy(load_agent(run), env)["val_accuracy"])
     return out
@@ -125,14 +113,8 @@ def holdout_scores(seed: int, args: argparse.Namespace) -> dict[str, float]:
 def run_one(kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.out) / f"{kind}-seed{seed}"
     searcher = "random" if kind == "random" else "ddpg"
-    original = ddpg_module.EpisodeRewardBuffer
-    if kind == "ddpg-store":
-        ddpg_module.EpisodeRewardBuffer = StoreTimeBaselineBuffer  # what AMCDDPG hands SB3 as its buffer class
     started = time.perf_counter()
-    try:
-        assert main(_search(run, searcher, seed, args)) == 0
-    finally:
-        ddpg_module.EpisodeRewardBuffer = original
+    api.search(_search(run, searcher, seed, args, reward_baseline="store" if kind == "ddpg-store" else "sample"))
     (run / "summary.json").unlink(missing_ok=True)
     return summarize(kind, seed, args, seconds=time.perf_counter() - started)
 

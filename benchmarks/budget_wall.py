@@ -29,13 +29,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
-from uniprune.compressors.core.policy import LayerAction  # noqa: E402
+from uniprune.compressors.core.accounting import model_size  # noqa: E402
+from uniprune.compressors.core.blocks import DEFAULT_BLOCK_SHAPES, compressible_layers  # noqa: E402
+from uniprune.compressors.core.policy import LayerAction, Policy  # noqa: E402
 from uniprune.compressors.core.projection import project_model, structure_fractions  # noqa: E402
-from uniprune.compressors.latency.budget import latency_ratio  # noqa: E402
+from uniprune.compressors.latency.budget import (
+    LatencyBudget,  # noqa: E402
+    latency_ratio,  # noqa: E402
+)
 from uniprune.compressors.native import kernels  # noqa: E402
-from uniprune.envs import CompressionEnv  # noqa: E402
-from uniprune.search.commands.env_options import build_latency_model, dense_layers  # noqa: E402
+from uniprune.envs import Walk, Wall  # noqa: E402
+from uniprune.search import api  # noqa: E402
+from uniprune.search.api.env import dense_layers, latency_model  # noqa: E402
 from uniprune.search.models import build_model  # noqa: E402
 
 INPUT = (3, 32, 32)
@@ -44,32 +49,32 @@ INPUT = (3, 32, 32)
 def run(model_name: str, latency: str, keep_dense: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=10, input_shape=INPUT).eval()
-    ns = argparse.Namespace(latency_model=latency, batch_size=1, threads=1, seed=0, latency_statistic="min")
-    lm = build_latency_model(ns, model, INPUT)
+    spec = api.EnvSpec(latency=api.LatencySpec(latency_model=latency, batch_size=1, threads=1, latency_statistic="min"))
+    lm = latency_model(spec, model, INPUT)
     skip = dense_layers(keep_dense, [s.name for s in compressible_layers(model)])
-    placeholder = [(torch.zeros(1, *INPUT), torch.zeros(1, dtype=torch.long))]
-    env = CompressionEnv(model, lm, placeholder, input_shape=INPUT, latency_budget=args.budget, max_prune=args.max_prune,
-                         model_name=model_name, skip=skip)
-    env.score = lambda actions: {"reward": 0.0}  # the wall is under test, not accuracy
+    # the wall is under test, not accuracy: it walks episodes alone, no scorer
+    specs = compressible_layers(model, DEFAULT_BLOCK_SHAPES, skip=skip)
+    wall = Wall(lm, specs, LatencyBudget(args.budget), max_prune=args.max_prune,
+                dense_bits=float(model_size(model)["total"]["dense_storage_bits"]))
     rng = np.random.default_rng(args.seed)
     over, over_fractional, worst, worst_fractional, clipped = 0, 0, 0.0, 0.0, 0
     started = time.perf_counter()
     for _ in range(args.episodes):
-        env.reset()
-        done = False
-        while not done:
-            _, _, done, _, info = env.step(rng.uniform(0, 1, 2))
-            clipped += bool(info["clipped"])
-        actions = env.actions()
-        structures = project_model(copy.deepcopy(model), env.policy(actions), env.block_shapes, apply=False)
+        walk = Walk()
+        while walk.t < len(specs):
+            requested, got = wall.step(walk, rng.uniform(0, 1, 2))
+            clipped += requested != got
+        actions = dict(zip(wall.layer_names, walk.applied))
+        policy = Policy(layers={n: LayerAction(*a) for n, a in actions.items()}, model=model_name)
+        structures = project_model(copy.deepcopy(model), policy, DEFAULT_BLOCK_SHAPES, apply=False)
         applied = latency_ratio(lm.predict({n: LayerAction(*structure_fractions(st)) for n, st in structures.items()}), lm.dense_ms)
         fractional = latency_ratio(lm.predict({n: LayerAction(*a) for n, a in actions.items()}), lm.dense_ms)
-        over += not env.budget.met_by(applied * lm.dense_ms, lm.dense_ms)
-        over_fractional += not env.budget.met_by(fractional * lm.dense_ms, lm.dense_ms)
+        over += not wall.budget.met_by(applied * lm.dense_ms, lm.dense_ms)
+        over_fractional += not wall.budget.met_by(fractional * lm.dense_ms, lm.dense_ms)
         worst, worst_fractional = max(worst, applied), max(worst_fractional, fractional)
-    return {"model": model_name, "latency": latency, "keep_dense": keep_dense, "layers": env.num_layers,
-            "least": env.least_latency_ratio, "over": over, "worst": worst, "over_fractional": over_fractional,
-            "worst_fractional": worst_fractional, "clipped": clipped / (args.episodes * env.num_layers),
+    return {"model": model_name, "latency": latency, "keep_dense": keep_dense, "layers": len(specs),
+            "least": wall.least_latency_ratio, "over": over, "worst": worst, "over_fractional": over_fractional,
+            "worst_fractional": worst_fractional, "clipped": clipped / (args.episodes * len(specs)),
             "seconds": time.perf_counter() - started}
 
 

@@ -24,10 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
-from search_resnet20 import add_scoring_arguments, rescore, scoring_argv  # noqa: E402
+from search_resnet20 import SCORING_KEYS, add_scoring_arguments, env_spec, rescore  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
+from uniprune.search import api  # noqa: E402
 from uniprune.search.cli import build_parser  # noqa: E402
-from uniprune.search.commands import env_options  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 DEFAULT_DATA = f"{SHARED / 'cifar10-jpeg-train.tar.gz'},{SHARED / 'cifar10-jpeg-test.tar.gz'}"
@@ -44,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_scoring_arguments(p)
     p.add_argument("--finetune-epochs", type=int, default=6, help="ADMM fine-tuning epochs per policy (default 6)")
     p.add_argument("--limit", type=int, default=None, help="training samples per fine-tuning epoch (default all)")
-    p.add_argument("--finetune-option", action="append", default=[], metavar="OPT",
-                   help="more options for 'uniprune finetune', e.g. --finetune-option=--rho=0.1 (repeatable)")
+    p.add_argument("--finetune-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="more fine-tuning options (api.FinetuneSpec fields), e.g. --finetune-option rho=0.1 (repeatable)")
     p.add_argument("--reuse", action="store_true", help="keep --out and reuse the policies already there (finetune only)")
     p.add_argument("--policies", default="replay,direct,uniform", help="which of replay,direct,uniform to run")
     p.add_argument("--out", default="runs/bench-replay-resnet56", help="folder for the runs (replaced)")
@@ -53,9 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _verb(argv: list[str]) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    return args._run(args)
+def _finetune_options(given: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as FinetuneSpec fields, each value read by its field's type (through the CLI's flag parser)."""
+    argv = ["finetune"]
+    for item in given:
+        key, _, value = item.lstrip("-").partition("=")
+        argv += [f"--{key.replace('_', '-')}", *([value] if value else [])]
+    parsed = vars(build_parser().parse_args(argv))
+    return {k: v for k, v in parsed.items() if k not in ("verb", "_run", "json")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not args.reuse:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    env_argv = ["--model", "cifar-resnet56", "--checkpoint", args.checkpoint, "--dataset", "imagefolder", "--data", args.data,
-                *scoring_argv(args)]
+    env = env_spec(args, model="cifar-resnet56", checkpoint=args.checkpoint, dataset="imagefolder", data=args.data)
     policies: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     wanted = args.policies.split(",")
@@ -76,33 +80,34 @@ def main(argv: list[str] | None = None) -> int:
             policies[name], seconds[name] = done, float("nan")
             continue
         if name == "replay":
-            _verb(["replay", "--agent", args.agent, *env_argv, "--out", str(out / "replay.json")])
+            run_options = {k: v for k, v in api.replay_options(args.agent).items() if k not in SCORING_KEYS}
+            api.replay(api.ReplaySpec(env=env.replace(**run_options), agent=args.agent,
+                                      out=str(out / "replay.json")))
             policies[name] = out / "replay.json"
         else:
             searcher = "ddpg" if name == "direct" else "uniform"
-            result = _verb(["search", *env_argv, "--searcher", searcher, "--episodes", str(args.episodes),
-                            "--warmup", str(args.warmup), "--run-dir", str(out / name)])
-            policies[name] = Path(result["policy"])
+            result = api.search(api.SearchSpec(env=env, searcher=searcher, episodes=args.episodes, warmup=args.warmup,
+                                               run_dir=str(out / name)))
+            policies[name] = Path(result.policy)
         seconds[name] = time.perf_counter() - t0
 
-    env = env_options.make_env(build_parser().parse_args(["search", *env_argv]))
+    built = api.build_env(env)
     rows = []
     for name, path in policies.items():
-        scores = rescore(env, Policy.load(path), args.bn_recalibrate, threads=args.threads, batch_size=args.batch_size,
+        scores = rescore(built, Policy.load(path), args.bn_recalibrate, threads=args.threads, batch_size=args.batch_size,
                          statistic=args.latency_statistic)
-        tuned = _verb(["finetune", "--policy", str(path), "--model", "cifar-resnet56", "--checkpoint", args.checkpoint,
-                       "--dataset", "imagefolder", "--data", args.data, "--epochs", str(args.finetune_epochs),
-                       *(["--limit", str(args.limit)] if args.limit else []), "--no-latency", "--seed", str(args.seed),
-                       *args.finetune_option,
-                       "--out", str(out / f"{name}-compressed.pt")])
-        row = {"policy": name, "seconds_to_policy": seconds[name], **scores, "test_accuracy": tuned["accuracy"],
-               "size_ratio": tuned["size_ratio"], "finetune_seconds": tuned["seconds"]}
+        tuned = api.finetune(api.FinetuneSpec(
+            policy=str(path), model="cifar-resnet56", checkpoint=args.checkpoint, dataset="imagefolder", data=args.data,
+            epochs=args.finetune_epochs, limit=args.limit, latency=False, seed=args.seed,
+            out=str(out / f"{name}-compressed.pt"), **_finetune_options(args.finetune_option)))
+        row = {"policy": name, "seconds_to_policy": seconds[name], **scores, "test_accuracy": tuned.accuracy,
+               "size_ratio": tuned.size_ratio, "finetune_seconds": tuned.seconds}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     dense_acc = args.dense_accuracy
     if dense_acc is None:
-        dense_acc = _verb(["eval", "--model", "cifar-resnet56", "--checkpoint", args.checkpoint, "--dataset", "imagefolder",
-                           "--data", args.data])["accuracy"]
+        dense_acc = api.evaluate(api.EvalSpec(model="cifar-resnet56", checkpoint=args.checkpoint,
+                                              data=api.DataSpec(dataset="imagefolder", data=args.data))).accuracy
     (out / "rows.json").write_text(json.dumps({"rows": rows, "dense_accuracy": dense_acc}, indent=2))
     md = render(args, rows, dense_acc)
     print(md)

@@ -30,10 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
-from uniprune.compressors.core.projection import project_model  # noqa: E402
-from uniprune.envs import recalibrate_bn  # noqa: E402
-from uniprune.search.cli import build_parser  # noqa: E402
-from uniprune.search.commands import env_options, search_cmd  # noqa: E402
+from uniprune.search import api  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_CHECKPOINT = SHARED / "pretrained" / "resnet20-12fca82f.th"
@@ -59,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     """The env options the ResNet benchmarks pass to every verb: the budget, how the latency table is
-    measured and how a policy is scored (:func:`scoring_argv` turns them back into verb arguments)."""
+    measured and how a policy is scored (:func:`env_spec` turns them into the API's env spec)."""
     p.add_argument("--latency-budget", type=float, default=0.5, help="latency budget (default 0.5)")
     p.add_argument("--threads", type=int, default=1, help="threads the latency tables and timings use (default 1)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size of the latency tables and timings (default 1)")
@@ -70,45 +67,48 @@ def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
 
-def scoring_argv(args: argparse.Namespace) -> list[str]:
-    """The options of :func:`add_scoring_arguments` as arguments of a verb with env options."""
-    argv = ["--latency-budget", str(args.latency_budget), "--val-samples", str(args.val_samples),
-            "--bn-recalibrate", str(args.bn_recalibrate), "--eval-batch-size", str(args.eval_batch_size),
-            "--seed", str(args.seed), "--batch-size", str(args.batch_size), "--latency-statistic", args.latency_statistic]
-    return argv + (["--threads", str(args.threads)] if args.threads else [])
+#: The env options :func:`add_scoring_arguments` sets (a replay takes the others from the agent's run).
+SCORING_KEYS = ("latency_budget", "threads", "batch_size", "latency_statistic", "val_samples", "bn_recalibrate",
+                "eval_batch_size", "seed")
 
 
-def search_args(args: argparse.Namespace, searcher: str, run_dir: Path) -> argparse.Namespace:
-    argv = [
-        "search", "--model", "cifar-resnet20", "--checkpoint", args.checkpoint, "--dataset", args.dataset, "--data", args.data,
-        "--val-fraction", str(args.val_fraction), "--episodes", str(args.episodes), "--warmup", str(args.warmup),
-        "--searcher", searcher, "--run-dir", str(run_dir), "--latency-model", args.latency_model, *scoring_argv(args),
-    ]
-    return build_parser().parse_args(argv)
+def env_spec(args: argparse.Namespace, *, model: str = "cifar-resnet20", checkpoint: str | None = None,
+             dataset: str | None = None, data: str | None = None) -> api.EnvSpec:
+    """The env the options of :func:`add_scoring_arguments` (and the model and data given) describe."""
+    return api.EnvSpec(
+        model=api.ModelSpec(model=model, checkpoint=checkpoint or args.checkpoint),
+        data=api.DataSpec(dataset=dataset or args.dataset, data=data or args.data,
+                          val_fraction=getattr(args, "val_fraction", 0.1)),
+        latency=api.LatencySpec(latency_model=getattr(args, "latency_model", "measured"), batch_size=args.batch_size,
+                                threads=args.threads or None, latency_statistic=args.latency_statistic),
+        budget=api.BudgetSpec(latency_budget=args.latency_budget),
+        scoring=api.ScoringSpec(val_samples=args.val_samples, bn_recalibrate=args.bn_recalibrate,
+                                eval_batch_size=args.eval_batch_size),
+        seed=args.seed,
+    )
+
+
+def search_spec(args: argparse.Namespace, searcher: str, run_dir: Path) -> api.SearchSpec:
+    return api.SearchSpec(env=env_spec(args), episodes=args.episodes, warmup=args.warmup, searcher=searcher,
+                          run_dir=str(run_dir))
 
 
 def rescore(env: Any, policy: Policy, bn_batches: int, *, threads: int | None = None, batch_size: int = 1,
             statistic: str = "median") -> dict[str, float]:
     """Validation accuracy of ``policy`` with and without BN re-estimation, and its measured latency
     (dense and compressed interleaved, ``batch_size`` samples, ``threads`` threads: default torch's)."""
-    saved = env.bn_batches
+    scorer = env.scorer
     out: dict[str, float] = {}
     actions = {n: (a.prune, a.unify) for n, a in policy.layers.items()}
-    env.bn_batches = []
-    out["acc_plain"] = env.score(actions)["val_accuracy"]
-    env.bn_batches = saved if saved else []
-    out["acc_bn"] = env.score(actions)["val_accuracy"] if saved else float("nan")
-    env.bn_batches = saved
-    out["predicted_ratio"] = env.score(actions)["latency_ratio"]
+    out["acc_plain"] = scorer.score(actions, bn_batches=[])["val_accuracy"]
+    out["acc_bn"] = scorer.score(actions)["val_accuracy"] if scorer.bn_batches else float("nan")
+    out["predicted_ratio"] = env.wall.predicted_ms(actions) / env.wall.dense_ms
     try:
         from uniprune.compressors.latency.table import measure_model_ms
     except ImportError:
         out["measured_ratio"] = float("nan")
         return out
-    model = env._scratch
-    model.load_state_dict(env._original)
-    structures = project_model(model, env.policy(actions), env.block_shapes, apply=True)
-    recalibrate_bn(model, env.bn_batches)
+    model, structures = scorer.projected(actions)
     timing = measure_model_ms(model, structures, env.input_shape, batch_size=batch_size, threads=threads, statistic=statistic)
     out["measured_ratio"] = 1.0 / float(timing["speedup"])
     return out
@@ -123,17 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     env = None
     for searcher in [s.strip() for s in args.searchers.split(",") if s.strip()]:
         run_dir = out / searcher
-        sargs = search_args(args, searcher, run_dir)
+        spec = search_spec(args, searcher, run_dir)
         started = time.perf_counter()
-        result = search_cmd.run(sargs)
+        result = api.search(spec)
         wall = time.perf_counter() - started
         if env is None:
-            env = env_options.make_env(sargs)
-        scores = rescore(env, Policy.load(result["policy"]), args.bn_recalibrate, threads=args.threads,
+            env = api.build_env(spec.env)
+        scores = rescore(env, Policy.load(result.policy), args.bn_recalibrate, threads=args.threads,
                          batch_size=args.batch_size, statistic=args.latency_statistic)
         row = {
-            "searcher": searcher, "episodes": result["episodes"], "best_episode": result["best_episode"],
-            "wall_s": wall, "s_per_episode": result["seconds_per_episode"], **scores,
+            "searcher": searcher, "episodes": result.episodes, "best_episode": result.best_episode,
+            "wall_s": wall, "s_per_episode": result.seconds_per_episode, **scores,
         }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)

@@ -1,7 +1,7 @@
 """The ``uniprune`` command: one entry point, nine verbs (see DESIGN "CLI").
 
-Each verb lives in its own module under :mod:`uniprune.search.commands` with ``add_arguments(parser)``
-and ``run(args) -> dict``. This module only wires them up, prints the result (a short human summary, or
+Each verb is a :class:`~uniprune.search.commands.Verb` (its spec's flags, its API job) with
+``add_arguments(parser)`` and ``run(args) -> dict``. This module only wires them up, prints the result (a short human summary, or
 with ``--json`` exactly one JSON object as the last line of stdout) and turns user errors into one line
 on stderr with exit status 2.
 """
@@ -19,10 +19,9 @@ from typing import Any
 
 from uniprune.compressors.core.errors import UnipruneError
 from uniprune.compressors.formats.locks import output_lock
+from uniprune.compressors.formats.run_dir import run_dir_locks
 
 from .commands import COMMANDS
-from .commands.common import check_limits
-from .run_dir import run_dir_locks
 
 #: errors of the file system that are the user's to fix, shown as one line (anything else is a bug: a traceback)
 _FILE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
@@ -39,15 +38,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
-        """As argparse's, and the namespace keeps the verb's own command line as ``_argv``: the verb's parser
-        runs first, so what it records is what the user typed after the verb. Stored options (a run's
-        config.json) may fill only options the user did not type (:func:`typed_options`)."""
-        ns, rest = super().parse_known_args(args, namespace)
-        if not hasattr(ns, "_argv"):
-            ns._argv = list(sys.argv[1:] if args is None else args)
-        return ns, rest
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -57,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
-    for module in COMMANDS:
-        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+    for verb in COMMANDS:
+        p = sub.add_parser(verb.name, help=verb.help, description=verb.help)
+        verb.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print exactly one JSON object as the last line of stdout")
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=verb.run)
     return parser
 
 
@@ -98,7 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_limits(args)
         # rank 0 alone writes --out in a multi-process fine-tune (torchrun sets RANK)
         out = getattr(args, "out", None) if os.environ.get("RANK", "0") in ("", "0") else None
         with output_lock(out), run_dir_locks():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 from uniprune.compressors.core.errors import ConfigError
+from uniprune.envs import Wall
 
 #: Budget fractions of the knapsack's episodes: the budget itself, then tighter ones.
 TIGHTENINGS = (1.0, 0.97, 0.94, 0.9)
@@ -103,27 +104,27 @@ def solve(options: Sequence[LayerOptions], limit_ms: float, *, resolution: int =
     return picks[::-1]
 
 
-def env_options(env: object) -> list[LayerOptions]:
-    """Each searched layer's Pareto options on ``env``'s latency grid within its caps, timed at the block
-    counts the projection applies (``env``: a :class:`~uniprune.envs.CompressionEnv`)."""
-    lm = env.latency_model
+def env_options(wall: Wall) -> list[LayerOptions]:
+    """Each searched layer's Pareto options on the wall's latency grid within its caps, timed at the block
+    counts the projection applies (``wall``: an env's :class:`~uniprune.envs.Wall`)."""
+    lm = wall.latency_model
     p, u = lm.points()
-    ok = (p <= env.max_prune + 1e-9) & (u <= env.max_unify + 1e-9)
+    ok = (p <= wall.max_prune + 1e-9) & (u <= wall.max_unify + 1e-9)
     grid = list(zip(p[ok].tolist(), u[ok].tolist()))
     out = []
-    for i, name in enumerate(env.layer_names):
+    for i, name in enumerate(wall.layer_names):
         def ms(prune: float, unify: float, i: int = i, name: str = name) -> float:
-            return lm.layer_ms(name, *env.applied_fractions(i, prune, unify))
+            return lm.layer_ms(name, *wall.applied_fractions(i, prune, unify))
         out.append(pareto_options(name, grid, ms))
     return out
 
 
-def knapsack_plans(env: object, options: Sequence[LayerOptions], tightenings: Sequence[float] = TIGHTENINGS) -> list[dict[str, tuple[float, float]]]:
-    """The knapsack's ``{layer: (prune, unify)}`` for the env's budget scaled by each of ``tightenings``
+def knapsack_plans(wall: Wall, options: Sequence[LayerOptions], tightenings: Sequence[float] = TIGHTENINGS) -> list[dict[str, tuple[float, float]]]:
+    """The knapsack's ``{layer: (prune, unify)}`` for the wall's budget scaled by each of ``tightenings``
     (distinct plans only; a tightening no plan fits is skipped, the budget itself raises)."""
-    lm = env.latency_model
-    others = lm.predict({}) - sum(float(lm.tables[n][0, 0]) for n in env.layer_names)
-    limit = env.budget.limit_ms(env.dense_ms)
+    lm = wall.latency_model
+    others = lm.predict({}) - sum(float(lm.tables[n][0, 0]) for n in wall.layer_names)
+    limit = wall.budget.limit_ms(wall.dense_ms)
     plans: list[dict[str, tuple[float, float]]] = []
     for k, tight in enumerate(tightenings):
         try:

@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from uniprune.compressors.core.errors import CheckpointError, ModelError
-from uniprune.compressors.formats.checkpoint import read_torch_file
+from uniprune.compressors.formats.checkpoint import (
+    COMPRESSED_FORMAT,  # defined once, by its reader
+    read_torch_file,
+)
 from uniprune.compressors.formats.fileio import first_non_finite, torch_save_atomic
 
 __all__ = [
@@ -49,7 +52,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "uniprune.checkpoint/1"
-COMPRESSED_FORMAT = "uniprune.compressed/1"
 _RESNET_DEPTHS = {"cifar-resnet20": 20, "cifar-resnet32": 32, "cifar-resnet44": 44, "cifar-resnet56": 56}
 KNOWN_MODELS: list[str] = [*_RESNET_DEPTHS, "cifar-vgg16", "digits-cnn", "tv:<torchvision name>", "package.module:factory"]
 _SHOWN_KEYS = 3  # how many offending keys an error message names

@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from uniprune.compressors.core.errors import RunDirError  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
 from uniprune.compressors.formats.fileio import write_text_atomic  # noqa: E402
+from uniprune.compressors.formats.run_dir import RunDir, read_json_object  # noqa: E402
 from uniprune.compressors.latency.budget import budget_verdict  # noqa: E402
-from uniprune.search.run_dir import read_json_object  # noqa: E402
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
@@ -157,7 +157,8 @@ def _verdict(ratio: Any, budget: float | None, how: str) -> str:
 def write_report(run_dir: str | Path) -> list[Path]:
     """Write the plots and ``report.md`` for ``run_dir``; returns the files written (report.md last)."""
     run = Path(run_dir)
-    episodes_csv, policy_json = run / "episodes.csv", run / "policy.json"
+    paths = RunDir(run)
+    episodes_csv, policy_json = paths.episodes_path, paths.policy_path
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--run-dir {run} is a file; pass the folder a search wrote")
     if not run.is_dir():
@@ -168,7 +169,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
     if not rows:
         raise RunDirError(f"{episodes_csv} has no episodes yet: let the search run at least one episode")
     policy = Policy.load(policy_json)
-    config = read_json_object(run / "config.json", fix="the run directory is damaged")
+    config = read_json_object(paths.config_path, fix="the run directory is damaged")
     budget = policy.latency_budget if policy.latency_budget is not None else config.get("latency_budget")
 
     files = [
@@ -176,7 +177,7 @@ def write_report(run_dir: str | Path) -> list[Path]:
         plot_accuracy_vs_latency(rows, budget, run / "accuracy_vs_latency.png"),
         plot_policy(policy, run / "policy_layers.png"),
     ]
-    finetune = read_json_object(run / "finetune.json", fix="re-run 'uniprune finetune --run-dir'")
+    finetune = read_json_object(paths.finetune_path, fix="re-run 'uniprune finetune --run-dir'")
     if finetune.get("admm_history") or finetune.get("retrain_history"):
         files.append(plot_admm(finetune, run / "admm.png"))
 
@@ -206,5 +207,5 @@ def write_report(run_dir: str | Path) -> list[Path]:
         lines += [f"## {titles[f.name]}", "", f"![{titles[f.name]}]({f.name})", ""]
     lines += ["## Best policy", "", "| layer | prune | unify |", "| --- | ---: | ---: |"]
     lines += [f"| {n} | {a.prune:.3f} | {a.unify:.3f} |" for n, a in policy.layers.items()]
-    files.append(write_text_atomic(run / "report.md", "\n".join(lines) + "\n"))
+    files.append(write_text_atomic(paths.report_path, "\n".join(lines) + "\n"))
     return files

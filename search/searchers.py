@@ -3,7 +3,7 @@
 Each :class:`Searcher` plays one episode per :meth:`Searcher.run_episode` call through the same
 :class:`~uniprune.envs.CompressionEnv` (so every searcher's policies are clipped to the budget the same
 way) and returns the env's end-of-episode result (reward, val_accuracy, latency_ratio, size_ratio,
-actions). The search command owns the loop, the run directory and the logging.
+actions). :class:`~uniprune.search.loop.SearchLoop` runs them, with the run directory and the logging.
 
 * ``ddpg``: :class:`~uniprune.agent.AMCDDPG` (AMC);
 * ``optuna``: TPE over the per-layer raw actions (2 per layer), one trial per episode; the study lives
@@ -26,7 +26,9 @@ import numpy as np
 from uniprune.agent import AMCDDPG, load_agent, save_agent
 from uniprune.compressors.core.errors import ConfigError, RunDirError
 from uniprune.compressors.core.policy import LayerAction
+from uniprune.compressors.formats.run_dir import OPTUNA_DB, RunDir
 from uniprune.envs import CompressionEnv
+from uniprune.search.tensorboard import TensorBoardLogger, sb3_logger
 
 from . import knapsack
 
@@ -85,6 +87,10 @@ class Searcher(abc.ABC):
         """Persist what a resumed search needs beyond the run directory's own files (default: nothing)."""
         return None
 
+    def log_to(self, tb: TensorBoardLogger) -> None:
+        """Send the searcher's own training scalars to ``tb`` (default: it has none)."""
+        return None
+
     def close(self) -> None:
         """Release resources (databases); default: nothing to release."""
         return None
@@ -95,16 +101,19 @@ class DDPGSearcher(Searcher):
 
     name = "ddpg"
 
-    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int) -> None:
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int,
+                 reward_baseline: str = "sample") -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
-        if resume and (self.run_dir / "agent.json").is_file():
+        self.logging = False
+        if resume and RunDir(self.run_dir).agent_path.is_file():
             self.agent = load_agent(self.run_dir, env=env, replay_buffer=True)
             self.agent._last_obs = None  # start a fresh episode in this process
-        elif resume and (self.run_dir / "state.json").is_file() and _episodes_done(self.run_dir) > 0:
+        elif resume and RunDir(self.run_dir).state_path.is_file() and _episodes_done(self.run_dir) > 0:
             raise RunDirError(f"{self.run_dir} has episodes but no agent.json to resume the DDPG agent from; start over with --force")
         else:
             buffer_size = max(episodes * env.num_layers, 1000)
-            self.agent = AMCDDPG(env=env, warmup_episodes=warmup, seed=seed, buffer_size=buffer_size)
+            self.agent = AMCDDPG(env=env, warmup_episodes=warmup, seed=seed, buffer_size=buffer_size,
+                                 reward_baseline=reward_baseline)
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         if self.agent.episode != episode:
@@ -114,7 +123,16 @@ class DDPGSearcher(Searcher):
             )
         self.agent.learn(total_timesteps=self.env.num_layers, reset_num_timesteps=False, log_interval=None)
         assert self.env.last_result is not None
+        if self.logging:  # SB3 recorded the losses and learning rates of this episode's updates; one step per episode
+            self.agent.logger.record("train/noise_sigma", self.agent.schedule.sigma(episode))
+            self.agent.logger.dump(step=episode)
         return self.env.last_result
+
+    def log_to(self, tb: TensorBoardLogger) -> None:
+        """SB3's logger into ``tb``: ``train/critic_loss``, ``train/actor_loss``, ``train/actor_learning_rate``,
+        ``train/critic_learning_rate`` (once the agent trains, after warm-up) and ``train/noise_sigma``, per episode."""
+        self.agent.set_logger(sb3_logger(tb))
+        self.logging = True
 
     def noise_sigma(self, episode: int) -> float:
         return self.agent.schedule.sigma(episode)
@@ -168,10 +186,11 @@ class KnapsackSearcher(Searcher):
 
     def _ensure_plans(self) -> list[dict[str, tuple[float, float]]]:
         if self._plans is None:
-            options = knapsack.env_options(self.env)
-            dense = self.env.score({})["val_accuracy"]
-            scored = knapsack.score_options(options, lambda actions: self.env.score(actions)["val_accuracy"], dense)
-            self._plans = knapsack.knapsack_plans(self.env, scored)
+            scorer = self.env.scorer
+            options = knapsack.env_options(self.env.wall)
+            dense = scorer.score({})["val_accuracy"]
+            scored = knapsack.score_options(options, lambda actions: scorer.score(actions)["val_accuracy"], dense)
+            self._plans = knapsack.knapsack_plans(self.env.wall, scored)
         return self._plans
 
     def max_episodes(self, requested: int) -> int:
@@ -181,7 +200,8 @@ class KnapsackSearcher(Searcher):
         plans = self._ensure_plans()
         plan = plans[min(episode, len(plans) - 1)]
         env = self.env
-        raw = [np.array([p / env.max_prune if env.max_prune > 0 else 0.0, u / env.max_unify if env.max_unify > 0 else 0.0])
+        cap_p, cap_u = env.wall.max_prune, env.wall.max_unify
+        raw = [np.array([p / cap_p if cap_p > 0 else 0.0, u / cap_u if cap_u > 0 else 0.0])
                for p, u in (plan[n] for n in env.layer_names)]
         return play(env, lambda t, obs: raw[t])
 
@@ -195,7 +215,7 @@ def uniform_candidates(env: CompressionEnv, levels: int) -> list[np.ndarray]:
     fit are dropped; if none fits, the maximum compression is the one candidate (the env's wall then
     clips the last layers).
     """
-    lm, limit = env.latency_model, env.budget.limit_ms(env.dense_ms)
+    lm, limit = env.latency_model, env.wall.budget.limit_ms(env.wall.dense_ms)
 
     def ms(raw: np.ndarray) -> float:
         action = LayerAction(*env.map_action(raw))
@@ -229,7 +249,7 @@ class OptunaSearcher(Searcher):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.storage = storage or f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
+        self.storage = storage or f"sqlite:///{(self.run_dir / OPTUNA_DB).resolve()}"
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(warmup, 1))
         try:
             self.study = optuna.create_study(
@@ -259,22 +279,22 @@ class OptunaSearcher(Searcher):
 
 
 def _episodes_done(run_dir: Path) -> int:
-    from uniprune.compressors.core.errors import RunDirError
     from uniprune.compressors.formats.fileio import read_json
 
     try:
-        return int(read_json(run_dir / "state.json", RunDirError, "").get("episodes", 0))
+        return int(read_json(RunDir(run_dir).state_path, RunDirError, "").get("episodes", 0))
     except (RunDirError, AttributeError, TypeError, ValueError, OverflowError):
         return 0
 
 
 def make_searcher(
-    name: str, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int, storage: str | None = None
+    name: str, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int, storage: str | None = None,
+    reward_baseline: str = "sample",
 ) -> Searcher:
     """The searcher called ``name`` (one of :data:`SEARCHERS`) on ``env``."""
     common: dict[str, Any] = {"seed": seed, "warmup": warmup, "run_dir": run_dir, "resume": resume}
     if name == "ddpg":
-        return DDPGSearcher(env, episodes=episodes, **common)
+        return DDPGSearcher(env, episodes=episodes, reward_baseline=reward_baseline, **common)
     if name == "optuna":
         return OptunaSearcher(env, storage=storage, **common)
     if name == "random":

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.logger import KVWriter, Logger
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -70,3 +71,26 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class _SB3Writer(KVWriter):
+    """stable-baselines3's logger output into a :class:`TensorBoardLogger` (its keys, e.g. ``train/critic_loss``,
+    as they are; values SB3 excludes from TensorBoard, and non-numbers, are skipped)."""
+
+    def __init__(self, tb: TensorBoardLogger) -> None:
+        self.tb = tb
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        for key, value in key_values.items():
+            excluded = key_excluded.get(key) or ()
+            if "tensorboard" in excluded or isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "item"):
+                continue
+            self.tb.log(key, float(value), step)
+
+    def close(self) -> None:
+        return None  # the TensorBoardLogger is closed by its owner
+
+
+def sb3_logger(tb: TensorBoardLogger) -> Logger:
+    """A stable-baselines3 :class:`Logger` writing into ``tb`` (hand it to ``model.set_logger``)."""
+    return Logger(folder=None, output_formats=[_SB3Writer(tb)])

@@ -86,7 +86,8 @@ def test_learning_rates_net_sizes_and_settings():
     agent = AMCDDPG(env=env, warmup_episodes=4, seed=0)
     assert [g["lr"] for g in agent.actor.optimizer.param_groups] == [1e-4]
     assert [g["lr"] for g in agent.critic.optimizer.param_groups] == [1e-3]
-    agent._update_learning_rate([agent.actor.optimizer, agent.critic.optimizer])  # what SB3's train() calls
+    agent.learn(total_timesteps=5 * env.num_layers)  # four warm-up episodes, then SB3's train() sets the rates
+    assert agent.critic.optimizer.state  # it trained
     assert agent.actor.optimizer.param_groups[0]["lr"] == 1e-4
     assert agent.critic.optimizer.param_groups[0]["lr"] == 1e-3
     actor_linear = [m for m in agent.actor.mu if isinstance(m, torch.nn.Linear)]
@@ -109,7 +110,8 @@ def test_warmup_then_noise_and_save_load_roundtrip(tmp_path):
     assert sigmas == pytest.approx([0.0, 0.0, 0.5, 0.475])
     assert agent.episode == 4 and agent.replay_buffer.size() == 4 * env.num_layers
     # Training starts once the warm-up steps are in: 3 steps after episode 3, 3 after episode 4.
-    assert agent._n_updates == 2 * env.num_layers
+    params = next(iter(agent.critic.optimizer.state.values()))
+    assert int(params["step"]) == 2 * env.num_layers  # Adam's own count of the critic's updates
     files = save_agent(agent, tmp_path)
     assert sorted(p.name for p in files) == ["agent.json", "agent.pt", "replay_buffer.npz"]
     loaded = load_agent(tmp_path, env=make_tiny_env(), replay_buffer=True)

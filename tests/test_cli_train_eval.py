@@ -95,7 +95,7 @@ def test_train_continues_a_checkpoint_and_never_overwrites_silently(trained, tmp
 
 
 def test_eval_reads_compressed_checkpoints(trained, tmp_path, capsys):
-    checkpoint = pytest.importorskip("uniprune.compressors.formats.checkpoint")
+    from uniprune.compressors.formats import checkpoint
     from uniprune.search.models import build_model, load_weights
 
     path, result = trained

@@ -61,7 +61,7 @@ def test_clipped_policy_never_exceeds_budget(budget, actions):
     # independently of the env: the blocks the projection really prunes and unifies, priced by the table
     assert lm.predict(_applied(env, info["actions"])) / lm.dense_ms <= budget + 1e-6
     for prune, unify in info["actions"].values():
-        assert 0 <= prune <= env.max_prune + 1e-9 and 0 <= unify <= env.max_unify + 1e-9
+        assert 0 <= prune <= env.wall.max_prune + 1e-9 and 0 <= unify <= env.wall.max_unify + 1e-9
         assert prune + unify <= 1 + 1e-9
 
 
@@ -131,7 +131,7 @@ def test_deterministic_for_a_seed():
 def test_observations_are_per_network_normalised():
     env = make_tiny_env()
     obs, _ = env.reset(seed=0)
-    static = env._static
+    static = env.static_features
     assert static.shape == (3, 10)
     assert static.min() >= 0 and static.max() <= 1
     # Largest layer by params / MACs is exactly 1; latency shares sum to 1.
@@ -156,8 +156,9 @@ def test_size_wall_keeps_storage_under_its_budget():
     env = make_tiny_env(latency_budget=1.0, reward="size", size_budget=0.5)
     _, reward, info = _episode(env, [(0.0, 0.0)] * 3)
     assert reward == info["val_accuracy"]
-    predicted_bits = env._fixed_bits + sum(env._layer_bits(i, *a) for i, a in enumerate(info["actions"].values()))
-    assert predicted_bits / env.dense_bits <= 0.5 + 1e-6
+    wall = env.wall
+    predicted_bits = wall.fixed_bits + sum(wall.layer_bits(i, *a) for i, a in enumerate(info["actions"].values()))
+    assert predicted_bits / wall.dense_bits <= 0.5 + 1e-6
     assert info["size_ratio"] < 0.6  # the real accounting agrees up to block rounding
 
 
@@ -189,7 +190,7 @@ def test_latency_model_must_cover_every_layer():
     env = make_tiny_env()
     partial = LatencyModel.proportional({"0": 1.0})
     with pytest.raises(ConfigError, match="no table for layer"):
-        CompressionEnv(env.model, partial, env.val_batches, input_shape=(3, 8, 8))
+        CompressionEnv.of(env.model, partial, env.scorer.val_batches, input_shape=(3, 8, 8))
 
 
 def test_extreme_point_prefers_no_unification_within_noise():
@@ -201,10 +202,10 @@ def test_extreme_point_prefers_no_unification_within_noise():
     name = env.layer_names[0]
     tables = {k: v.copy() for k, v in lm.tables.items()}
     g = lm.prune_grid
-    i = int(np.searchsorted(g, env.max_prune, side="right") - 1)  # the largest prune within the cap
+    i = int(np.searchsorted(g, env.wall.max_prune, side="right") - 1)  # the largest prune within the cap
     tables[name][i, :] = tables[name][i, 0]
     tables[name][i, 1] = tables[name][i, 0] * 0.99  # some unification at that prune, faster by 1 %: noise
     noisy = LatencyModel(lm.prune_grid, lm.unify_grid, tables, lm.fixed_ms, lm.meta, lm.baseline_ms)
-    env2 = CompressionEnv(env.model, noisy, env.val_batches, input_shape=env.input_shape, latency_budget=0.9,
-                          model_name="tiny-cnn")
-    assert env2._extreme[0] == (float(g[i]), 0.0)
+    env2 = CompressionEnv.of(env.model, noisy, env.scorer.val_batches, input_shape=env.input_shape, latency_budget=0.9,
+                             model_name="tiny-cnn")
+    assert env2.wall.extreme[0] == (float(g[i]), 0.0)

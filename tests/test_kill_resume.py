@@ -61,11 +61,11 @@ def test_kill_9_anywhere_then_resume(tmp_path):
 
 
 def test_second_search_into_a_folder_in_use_is_refused(tmp_path):
-    from uniprune.search.run_dir import RunDir
+    from uniprune.compressors.formats.run_dir import RunDir
 
     config = {"model": "digits-cnn"}
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from uniprune.search.run_dir import RunDir; "
+        "import sys, time; from uniprune.compressors.formats.run_dir import RunDir; "
         f"RunDir.start({str(tmp_path / 'run')!r}, {config!r}); print('ready', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -82,7 +82,7 @@ def test_second_search_into_a_folder_in_use_is_refused(tmp_path):
 
 def test_truncated_episode_log_is_an_error_not_a_silent_loss(tmp_path):
     from uniprune.compressors.core.errors import RunDirError
-    from uniprune.search.run_dir import RunDir
+    from uniprune.compressors.formats.run_dir import RunDir
 
     run = RunDir.start(tmp_path / "run", {"model": "digits-cnn"})
     for i in range(3):

@@ -57,18 +57,18 @@ def test_solve_refuses_an_impossible_budget() -> None:
 
 def test_env_plans_meet_the_budget_and_prefer_the_insensitive_layer() -> None:
     env = make_tiny_env(latency_budget=0.6)
-    options = env_options(env)
+    options = env_options(env.wall)
     assert [o.name for o in options] == env.layer_names and all(o.actions[0] == (0.0, 0.0) for o in options)
-    dense = env.score({})["val_accuracy"]
-    scored = score_options(options, lambda a: env.score(a)["val_accuracy"], dense, progress=False)
-    plans = knapsack_plans(env, scored)
+    dense = env.scorer.score({})["val_accuracy"]
+    scored = score_options(options, lambda a: env.scorer.score(a)["val_accuracy"], dense, progress=False)
+    plans = knapsack_plans(env.wall, scored)
     assert plans
     for plan in plans:
         result = env.score(plan)
         assert result["latency_ratio"] <= 0.6 + 1e-9
     # the first plan has the least summed sensitivity of every combination of options that fits (brute force)
     costs = {o.name: dict(zip(o.actions, o.cost)) for o in scored}
-    limit = env.budget.limit_ms(env.dense_ms) - (env.latency_model.predict({}) - sum(o.ms[0] for o in scored))
+    limit = env.wall.budget.limit_ms(env.wall.dense_ms) - (env.latency_model.predict({}) - sum(o.ms[0] for o in scored))
     fits = [sum(o.cost[j] for o, j in zip(scored, js)) for js in itertools.product(*(range(len(o.actions)) for o in scored))
             if sum(o.ms[j] for o, j in zip(scored, js)) <= limit]
     assert sum(costs[n][a] for n, a in plans[0].items()) <= min(fits) + 1e-9

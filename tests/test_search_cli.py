@@ -143,7 +143,7 @@ def test_ctrl_c_stops_after_the_episode_and_resume_goes_on(tmp_path, capsys, mon
 
 def test_keep_dense_picks_the_ends_or_named_layers(tmp_path, capsys):
     from uniprune.compressors.core.errors import ConfigError, ModelError
-    from uniprune.search.commands.env_options import dense_layers
+    from uniprune.search.api.env import dense_layers
 
     names = ["conv1", "conv2", "conv3", "fc"]
     assert dense_layers("ends", names) == ["conv1", "fc"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -186,3 +187,30 @@ def model_size(
     total["size_ratio"] = total["storage_bits"] / total["dense_storage_bits"] if total["dense_storage_bits"] else 1.0
     total["mac_ratio"] = None if not total["dense_macs"] else total["macs"] / total["dense_macs"]
     return {"layers": layers, "total": total}
+
+
+@dataclass(frozen=True)
+class SizeBudget:
+    """At most ``ratio`` (in (0, 1]) of the dense model's storage bits: the size wall's budget, shaped as
+    :class:`~uniprune.compressors.latency.budget.LatencyBudget` is for latency."""
+
+    ratio: float
+    #: relative slack when predicted bits are compared with the budget (sums of floats)
+    tolerance: float = 1e-9
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 < self.ratio <= 1:
+            raise ConfigError(f"size budget must be in (0, 1] (a fraction of dense storage), got {self.ratio!r}")
+        object.__setattr__(self, "ratio", float(self.ratio))
+
+    def limit_bits(self, dense_bits: float) -> float:
+        """The most a compressed model may store, in bits, against ``dense_bits``, slack included."""
+        return self.ratio * dense_bits * (1 + self.tolerance)
+
+    def met_by(self, bits: float, dense_bits: float) -> bool:
+        """Whether ``bits`` is within the budget against ``dense_bits``."""
+        return bits <= self.limit_bits(dense_bits)
+
+    def reachable(self, least_ratio: float) -> bool:
+        """Whether a least reachable size ratio of ``least_ratio`` lets a policy meet the budget."""
+        return least_ratio <= self.ratio + self.tolerance

@@ -4,7 +4,7 @@ An ``--out`` path is locked by an OS lock (flock) on ``.<name>.lock`` beside it,
 removed after: a second process that asks for the same path is refused with one line instead of silently
 replacing the first one's result. A killed process leaves no stale lock (the OS drops flock locks with the
 process); a left-over lock file is simply locked again. A run directory's lock is ``run.lock`` inside it
-(:func:`uniprune.search.run_dir.lock_run_dir`), held for the life of the process.
+(:func:`uniprune.compressors.formats.run_dir.lock_run_dir`), held for the life of the process.
 """
 
 from __future__ import annotations

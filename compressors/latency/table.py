@@ -39,6 +39,7 @@ from ..core.errors import CheckpointError, ConfigError, ModelError
 from ..core.policy import LayerAction
 from ..core.projection import BlockClasses
 from ..core.structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
+from ..core.threads import torch_threads
 from ..formats.fileio import read_json, write_json_atomic
 from ..native import kernels
 from ..native.plan import compile_lean, compile_lean_spec, resolve_precision
@@ -109,13 +110,8 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
     if precision != "fp32":
         notes.append(f"the Python path runs float32 only; {precision} was asked for")
     compiled = compile_model(model, structures, threads=threads)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            compiled(x)  # picks each layer's implementation at this shape and thread count
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(threads), torch.no_grad():
+        compiled(x)  # picks each layer's implementation at this shape and thread count
     return compiled, "python", notes
 
 
@@ -420,32 +416,28 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         for name in names:
             samples[pt][name].append(layers[name])
         wholes[pt].append(whole)
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with torch.no_grad():
-            for m in models.values():
-                for _ in range(max(warmup, 1)):
-                    m(x)
-            bar = tqdm(total=repeats, desc="latency table", disable=not progress, file=sys.stderr)
-            start, r = time.perf_counter(), 0
-            while r < repeats or time.perf_counter() - start < min_seconds:
-                order = points[r % len(points):] + points[:r % len(points)]
-                for pt in order:
-                    models[pt](x)
-                    timed_pass(pt)
-                r += 1
-                if r <= repeats:  # rounds past repeats only fill the time span
-                    bar.update()
-            bar.close()
+
+    with torch_threads(n), torch.no_grad():
+        for m in models.values():
+            for _ in range(max(warmup, 1)):
+                m(x)
+        bar = tqdm(total=repeats, desc="latency table", disable=not progress, file=sys.stderr)
+        start, r = time.perf_counter(), 0
+        while r < repeats or time.perf_counter() - start < min_seconds:
+            order = points[r % len(points):] + points[:r % len(points)]
+            for pt in order:
+                models[pt](x)
+                timed_pass(pt)
+            r += 1
+            if r <= repeats:  # rounds past repeats only fill the time span
+                bar.update()
+        bar.close()
         # The baseline is timed apart, against the nothing-compressed compiled model only, as `bench` times
         # it. Timed inside the rounds, where 15 other models run between two dense passes (evicting its
         # weights from the shared caches, we think), ResNet-56's dense pass at batch 1 read 11.0 ms against
         # 8.7 ms in `bench`, and every predicted ratio came out about 20 % too low.
         base = _baseline_rounds(dense, models[(0, 0)], x, n, repeats=repeats, min_seconds=min_seconds,
                                 statistic=statistic)
-    finally:
-        torch.set_num_threads(before)
     ms = {pt: {name: reduce(samples[pt][name]) for name in names} for pt in points}
     tables = {name: np.array([[ms[(i, j)][name] for j in range(len(q))] for i in range(len(g))]) for name in names}
     # Measured on the compiled passes, not the dense one: torch's dense layers leave some of their cost to

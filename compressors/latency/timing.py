@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from ..core.errors import ConfigError
+from ..core.threads import check_threads as positive_threads
+from ..core.threads import torch_threads
 
 STATISTICS = ("median", "min")
 
@@ -32,11 +34,7 @@ SPREAD_SECONDS = 3.0
 
 def check_threads(threads: int | None) -> int:
     """``threads`` as a positive int (``None``: torch's current thread count); ConfigError otherwise."""
-    if threads is None:
-        return torch.get_num_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-    return threads
+    return torch.get_num_threads() if positive_threads(threads) is None else int(threads)  # type: ignore[arg-type]
 
 
 def check_counts(warmup: int, repeats: int, min_seconds: float) -> None:
@@ -66,27 +64,22 @@ def interleaved_samples(fns: Mapping[str, Callable[[], object]], *, warmup: int 
     """
     check_counts(warmup, repeats, min_seconds)
     n = check_threads(threads)
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                for k in names:
+    with torch_threads(n), torch.no_grad():
+        for _ in range(warmup):
+            for k in names:
+                fns[k]()
+        start, r = time.perf_counter(), 0
+        while r < repeats or time.perf_counter() - start < min_seconds:
+            for i in range(len(names)):
+                k = names[(i + r) % len(names)]
+                if warm:
                     fns[k]()
-            start, r = time.perf_counter(), 0
-            while r < repeats or time.perf_counter() - start < min_seconds:
-                for i in range(len(names)):
-                    k = names[(i + r) % len(names)]
-                    if warm:
-                        fns[k]()
-                    t0 = time.perf_counter()
-                    fns[k]()
-                    times[k].append(1e3 * (time.perf_counter() - t0))
-                r += 1
-    finally:
-        torch.set_num_threads(before)
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append(1e3 * (time.perf_counter() - t0))
+            r += 1
     return times
 
 

@@ -1,16 +1,17 @@
-"""`uniprune train`: train a zoo model from scratch, or go on training a checkpoint, and save it."""
+"""``train``: train a zoo model from scratch, or go on training a checkpoint, and save it."""
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from uniprune.compressors.core.errors import ConfigError, NonFiniteError
+from uniprune.compressors.core.threads import torch_threads
 from uniprune.compressors.train.training import cosine_schedule, evaluate, make_optimizer, train_epoch
 from uniprune.search.datasets import load_dataset
 from uniprune.search.models import (
@@ -22,43 +23,37 @@ from uniprune.search.models import (
     split_checkpoint,
 )
 
-from .common import (
-    add_data_arguments,
-    add_device_argument,
-    add_model_arguments,
-    add_seed_argument,
-    add_threads_argument,
-    check_writable,
-    model_name,
-    resolve_device,
-    show_notes,
-    torch_threads,
-)
-
-NAME = "train"
-HELP = "train a model from scratch (or go on training --checkpoint) and save a checkpoint"
+from .devices import resolve_device, show_notes
+from .paths import check_writable
+from .result import Result
+from .specs import DEFAULT_MODEL, TrainSpec
 
 EVAL_BATCH = 256
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, from_checkpoint=True)
-    add_data_arguments(parser)
-    parser.add_argument("--epochs", type=int, default=15, help="passes over the training split, >= 1 (default 15)")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="checkpoint to write (default checkpoints/<model>-<dataset>.pt); an existing file is only replaced with --force",
-    )
-    parser.add_argument("--force", action="store_true", help="replace --out when it already exists")
-    parser.add_argument("--lr", type=float, default=0.05, help="peak SGD learning rate, cosine-decayed per step (default 0.05)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
-    parser.add_argument("--weight-decay", type=float, default=5e-4, help="L2 on weights, not on biases/BN (default 5e-4)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the training data held out for validation (default 0.1)")
-    parser.add_argument("--no-augment", action="store_true", help="turn off random crop + flip on training batches")
-    add_seed_argument(parser)
-    add_device_argument(parser)
-    add_threads_argument(parser)
+@dataclass(frozen=True)
+class TrainResult(Result):
+    """The trained checkpoint and its accuracies (test, validation, last training epoch)."""
+
+    accuracy: float
+    val_accuracy: float
+    train_accuracy: float
+    train_loss: float
+    checkpoint: str
+    epochs: int
+    samples: int
+    model: str
+    dataset: str
+    threads: int
+    seconds: float
+
+
+def model_name(given: str | None, checkpoint_meta: dict) -> str:
+    """The model to build: the one given, else the one a uniprune checkpoint names, else the default."""
+    if given:
+        return given
+    saved = checkpoint_meta.get("model")
+    return saved if isinstance(saved, str) and saved else DEFAULT_MODEL
 
 
 def default_out(model: str, dataset: str) -> Path:
@@ -67,19 +62,16 @@ def default_out(model: str, dataset: str) -> Path:
     return Path("checkpoints") / f"{safe}.pt"
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    with torch_threads(args.threads) as threads:
-        return _train(args, threads)
+def train(spec: TrainSpec) -> TrainResult:
+    """Train ``spec.model`` (or go on training ``spec.checkpoint``) and save the checkpoint; returns its figures."""
+    with torch_threads(spec.threads) as threads:
+        return TrainResult(**_train(spec, threads))
 
 
-def _train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
-    if args.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+def _train(args: TrainSpec, threads: int) -> dict[str, Any]:
     state, previous = split_checkpoint(read_checkpoint(args.checkpoint), args.checkpoint) if args.checkpoint else ({}, {})
     name = model_name(args.model, previous)
-    out = Path(args.out).expanduser() if args.out else default_out(name, args.dataset)
+    out = Path(args.out).expanduser() if args.out else default_out(name, args.data.dataset)
     # Checked before training, so a refused overwrite never throws away minutes of work.
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file path such as {out / 'model.pt'}")
@@ -89,7 +81,7 @@ def _train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     device = resolve_device(args.device)
     started = time.perf_counter()
 
-    data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction, seed=args.seed)
+    data = load_dataset(args.data.dataset, args.data.data, val_fraction=args.data.val_fraction, seed=args.seed)
     show_notes(data)
     torch.manual_seed(args.seed)
     model = build_model(name, num_classes=data.num_classes, input_shape=data.input_shape)
@@ -106,7 +98,7 @@ def _train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     stats: dict[str, float] = {}
     for epoch in range(args.epochs):
         batches = data.batches(
-            "train", args.batch_size, shuffle=True, augment=not args.no_augment,
+            "train", args.batch_size, shuffle=True, augment=args.augment,
             seed=args.seed * 100_003 + epoch, device=device,
         )
         try:
@@ -127,11 +119,11 @@ def _train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     model.cpu()
     epochs_total = int(previous.get("epochs", 0) or 0) + args.epochs
     path = save_checkpoint(
-        out, model, model_name=name, dataset=args.dataset, input_shape=data.input_shape,
+        out, model, model_name=name, dataset=args.data.dataset, input_shape=data.input_shape,
         num_classes=data.num_classes, accuracy=test_acc,
         extra={
             "val_accuracy": val_acc, "epochs": epochs_total, "train_loss": stats["loss"], "seed": args.seed,
-            "lr": args.lr, "batch_size": args.batch_size, "data": args.data, "mean": list(data.mean), "std": list(data.std),
+            "lr": args.lr, "batch_size": args.batch_size, "data": args.data.data, "mean": list(data.mean), "std": list(data.std),
         },
     )
     return {
@@ -143,7 +135,7 @@ def _train(args: argparse.Namespace, threads: int) -> dict[str, Any]:
         "epochs": args.epochs,
         "samples": len(data.train),
         "model": name,
-        "dataset": args.dataset,
+        "dataset": args.data.dataset,
         "threads": threads,
         "seconds": round(time.perf_counter() - started, 2),
     }

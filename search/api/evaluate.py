@@ -1,15 +1,16 @@
-"""`uniprune eval`: top-1 accuracy of a checkpoint (plain or compressed) on one split of a dataset."""
+"""``evaluate``: top-1 accuracy of a checkpoint (plain or compressed) on one split of a dataset."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from uniprune.compressors.core.errors import ConfigError, DataError, NotAvailableError
+from uniprune.compressors.core.threads import torch_threads
 from uniprune.compressors.train.training import evaluate
-from uniprune.search.datasets import SPLITS, load_dataset
+from uniprune.search.datasets import load_dataset
 from uniprune.search.models import (
     COMPRESSED_FORMAT,
     build_model,
@@ -19,32 +20,26 @@ from uniprune.search.models import (
     split_checkpoint,
 )
 
-from .common import (
-    add_data_arguments,
-    add_device_argument,
-    add_model_arguments,
-    add_seed_argument,
-    add_threads_argument,
-    model_name,
-    resolve_device,
-    show_notes,
-    torch_threads,
-)
-
-NAME = "eval"
-HELP = "top-1 accuracy of a checkpoint, or of a compressed checkpoint, on a dataset split"
+from .devices import resolve_device, show_notes
+from .result import Result
+from .specs import EvalSpec
+from .train import model_name
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, from_checkpoint=True)
-    add_data_arguments(parser)
-    parser.add_argument("--split", choices=SPLITS, default="test", help="which split to score (default test)")
-    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N samples of the split")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation fraction carved from training data, as in train (default 0.1)")
-    add_seed_argument(parser)
-    add_device_argument(parser)
-    add_threads_argument(parser)
+@dataclass(frozen=True)
+class EvalResult(Result):
+    """Accuracy in [0, 1] on ``samples`` images of ``split``; ``more``: the structured layers and the saved accuracy, when known."""
+
+    accuracy: float
+    samples: int
+    split: str
+    model: str
+    dataset: str
+    checkpoint: str
+    compressed: bool
+    threads: int
+    seconds: float
+    more: dict[str, Any] = field(default_factory=dict)
 
 
 def _load_compressed(path: str) -> tuple[str, dict, dict, dict]:
@@ -62,18 +57,15 @@ def _load_compressed(path: str) -> tuple[str, dict, dict, dict]:
     return load_compressed(path)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    with torch_threads(args.threads) as threads:
-        return _evaluate(args, threads)
+def evaluate_checkpoint(spec: EvalSpec) -> EvalResult:
+    """Top-1 accuracy of ``spec.checkpoint`` on ``spec.split``."""
+    with torch_threads(spec.threads) as threads:
+        return EvalResult.of(_evaluate(spec, threads))
 
 
-def _evaluate(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+def _evaluate(args: EvalSpec, threads: int) -> dict[str, Any]:
     if not args.checkpoint:
         raise ConfigError("eval needs --checkpoint FILE (a checkpoint written by 'uniprune train' or 'finetune', or a state dict)")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     device = resolve_device(args.device)
     started = time.perf_counter()
 
@@ -84,13 +76,13 @@ def _evaluate(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     else:
         state, meta = split_checkpoint(raw, args.checkpoint)
         name, structures = model_name(args.model, meta), {}
-    data = load_dataset(args.dataset, args.data, val_fraction=args.val_fraction, seed=args.seed)
+    data = load_dataset(args.data.dataset, args.data.data, val_fraction=args.data.val_fraction, seed=args.seed)
     show_notes(data)
 
     saved_shape = meta.get("input_shape")
     if saved_shape is not None and tuple(int(s) for s in saved_shape) != tuple(data.input_shape):
         raise ConfigError(
-            f"{args.checkpoint} was trained on inputs {tuple(saved_shape)}, dataset {args.dataset!r} gives "
+            f"{args.checkpoint} was trained on inputs {tuple(saved_shape)}, dataset {args.data.dataset!r} gives "
             f"{tuple(data.input_shape)}; evaluate it on the data it was trained for"
         )
     saved_norm = [meta.get("mean"), meta.get("std")]
@@ -98,7 +90,7 @@ def _evaluate(args: argparse.Namespace, threads: int) -> dict[str, Any]:
             len(a) != len(b) or any(abs(float(x) - float(y)) > 1e-3 for x, y in zip(a, b))
             for a, b in zip(saved_norm, (data.mean, data.std))):
         print(f"uniprune eval: warning: {args.checkpoint} was trained on inputs normalised with mean {list(saved_norm[0])} "
-              f"and std {list(saved_norm[1])}; dataset {args.dataset!r} normalises with {list(data.mean)} and "
+              f"and std {list(saved_norm[1])}; dataset {args.data.dataset!r} normalises with {list(data.mean)} and "
               f"{list(data.std)}, so the accuracy is of other inputs than it learnt", file=sys.stderr)
     num_classes = int(meta.get("num_classes") or data.num_classes)
     labels = data.split(args.split).labels
@@ -121,7 +113,7 @@ def _evaluate(args: argparse.Namespace, threads: int) -> dict[str, Any]:
         "samples": samples,
         "split": args.split,
         "model": name,
-        "dataset": args.dataset,
+        "dataset": args.data.dataset,
         "checkpoint": args.checkpoint,
         "compressed": compressed,
     }

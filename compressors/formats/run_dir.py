@@ -1,4 +1,4 @@
-"""A search's run directory: what it holds, and how a search starts, stops and resumes in it.
+"""A search's run directory: every file name in it, and how a search starts, stops and resumes in it.
 
 Files (every write atomic: temp file + rename, :mod:`uniprune.compressors.formats.fileio`)::
 
@@ -28,13 +28,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from uniprune.compressors.core.errors import RunDirError
-from uniprune.compressors.formats.fileio import read_json, write_json_atomic, write_text_atomic
+from ..core.errors import RunDirError
+from .fileio import read_json, write_json_atomic, write_text_atomic
+
+# The run directory's file names, spelled here only (every module that reads or writes one asks for it here).
+CONFIG, STATE, EPISODES, POLICY = "config.json", "state.json", "episodes.csv", "policy.json"
+AGENT_SETTINGS, AGENT_WEIGHTS, AGENT_BUFFER = "agent.json", "agent.pt", "replay_buffer.npz"
+OPTUNA_DB, TB_DIR, LOCK = "optuna.db", "tb", "run.lock"
+COMPRESSED, FINETUNE, BENCH, REPORT = "compressed.pt", "finetune.json", "bench.json", "report.md"
 
 EPISODE_COLUMNS: tuple[str, ...] = (
     "episode", "reward", "val_accuracy", "latency_ratio", "size_ratio", "noise_sigma", "warmup", "best_reward", "seconds",
 )
-RUN_FILES = ("config.json", "state.json", "episodes.csv", "policy.json", "agent.json", "agent.pt", "replay_buffer.npz", "optuna.db")
+RUN_FILES = (CONFIG, STATE, EPISODES, POLICY, AGENT_SETTINGS, AGENT_WEIGHTS, AGENT_BUFFER, OPTUNA_DB)
 # Options that may differ on --resume (they do not change what the search is).
 RESUMABLE_CHANGES = frozenset({"episodes", "resume", "force", "json", "score_threads", "storage"})
 
@@ -78,7 +84,7 @@ def lock_run_dir(path: str | os.PathLike, then: str = "then run this again") -> 
         import fcntl
     except ImportError:  # not on this platform: no lock, as before
         return None
-    key = (Path(path) / "run.lock").resolve()
+    key = (Path(path) / LOCK).resolve()
     if key in _HELD:  # this process holds it already (a resume after a stop, in one Python session)
         return _HELD[key]
     try:
@@ -117,15 +123,45 @@ class RunDir:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / STATE
 
     @property
     def policy_path(self) -> Path:
-        return self.path / "policy.json"
+        return self.path / POLICY
 
     @property
     def tb_dir(self) -> Path:
-        return self.path / "tb"
+        return self.path / TB_DIR
+
+    @property
+    def agent_path(self) -> Path:
+        """The DDPG agent's settings file (its weights and replay buffer lie beside it)."""
+        return self.path / AGENT_SETTINGS
+
+    @property
+    def compressed_path(self) -> Path:
+        """Where ``finetune --run-dir`` writes the compressed checkpoint."""
+        return self.path / COMPRESSED
+
+    @property
+    def finetune_path(self) -> Path:
+        return self.path / FINETUNE
+
+    @property
+    def bench_path(self) -> Path:
+        return self.path / BENCH
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def episodes_path(self) -> Path:
+        return self.path / EPISODES
 
     @property
     def episodes_done(self) -> int:
@@ -143,7 +179,7 @@ class RunDir:
         p = run.path
         if p.exists() and not p.is_dir():
             raise RunDirError(f"--run-dir {p} is a file; give a folder path")
-        occupied = p.is_dir() and any(f.name != "run.lock" for f in p.iterdir())
+        occupied = p.is_dir() and any(f.name != LOCK for f in p.iterdir())
         if resume:
             if not run.config_path.is_file():
                 raise RunDirError(f"nothing to resume in {p}: it has no config.json; start the search without --resume")
@@ -164,13 +200,13 @@ class RunDir:
             run._lock()
         write_json_atomic(run.config_path, dict(config))
         run.state = {"episodes": 0, "best_reward": None, "best_episode": None, "seconds": 0.0}
-        write_json_atomic(p / "state.json", run.state)
+        write_json_atomic(run.state_path, run.state)
         return run
 
     def _load(self, config: Mapping[str, Any]) -> None:
         fix = "the run directory is damaged: start over with --force"
         stored = read_json(self.config_path, RunDirError, fix)
-        self.state = read_json(self.path / "state.json", RunDirError, fix) if (self.path / "state.json").is_file() else {}
+        self.state = read_json(self.state_path, RunDirError, fix) if self.state_path.is_file() else {}
         if not isinstance(stored, dict) or not isinstance(self.state, dict) or not isinstance(self.state.get("episodes", 0), int):
             raise RunDirError(f"{self.path}: config.json and state.json must hold JSON objects (state.json with an integer "
                               "'episodes'); the run directory is damaged: start over with --force")
@@ -181,7 +217,7 @@ class RunDir:
         self.state.setdefault("episodes", 0)
         rows = self._read_rows()
         if len(rows) < self.episodes_done:
-            raise RunDirError(f"{self.path / 'episodes.csv'} holds {len(rows)} episode rows but state.json records "
+            raise RunDirError(f"{self.episodes_path} holds {len(rows)} episode rows but state.json records "
                               f"{self.episodes_done}: the file was cut short; restore it, or start over with --force")
         self.rows = rows[: self.episodes_done]  # a row written just before a kill, after the last state: played again
         merged = dict(stored)
@@ -190,7 +226,7 @@ class RunDir:
         self._config_update = merged if merged != stored else None
 
     def _read_rows(self) -> list[dict[str, Any]]:
-        path = self.path / "episodes.csv"
+        path = self.episodes_path
         if not path.is_file():
             return []
         with path.open(newline="") as fh:
@@ -203,7 +239,7 @@ class RunDir:
         writer = csv.DictWriter(buf, fieldnames=list(EPISODE_COLUMNS))
         writer.writeheader()
         writer.writerows(self.rows)
-        write_text_atomic(self.path / "episodes.csv", buf.getvalue())
+        write_text_atomic(self.episodes_path, buf.getvalue())
 
     def save_state(self, **updates: Any) -> None:
         """Update and write ``state.json`` (the resume point; write it after the episode's other files)."""
@@ -211,7 +247,7 @@ class RunDir:
         if self._config_update is not None:
             write_json_atomic(self.config_path, self._config_update)
             self._config_update = None
-        write_json_atomic(self.path / "state.json", self.state)
+        write_json_atomic(self.state_path, self.state)
 
     def column(self, key: str) -> Sequence[float]:
         """One numeric column of the episodes so far."""

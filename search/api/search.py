@@ -1,0 +1,131 @@
+"""``search``: a per-layer (prune, unify) policy under a latency budget, written into a run directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uniprune.compressors.core.errors import RunDirError
+from uniprune.compressors.core.policy import Policy
+from uniprune.compressors.core.threads import resolve_threads, torch_threads
+from uniprune.compressors.formats.run_dir import RunDir
+from uniprune.compressors.latency.budget import budget_verdict
+from uniprune.envs import CompressionEnv
+from uniprune.search.loop import (
+    ProgressCallback,
+    RunDirCallback,
+    SearchLoop,
+    StopOnInterrupt,
+    TensorBoardCallback,
+)
+from uniprune.search.searchers import make_searcher
+from uniprune.search.tensorboard import TensorBoardLogger
+
+from .env import build_env
+from .paths import check_writable
+from .result import Result
+from .specs import SearchSpec
+
+
+@dataclass(frozen=True)
+class SearchResult(Result):
+    """What a search found: the best policy (file and figures) and how the run went."""
+
+    policy: str
+    val_accuracy: float | None
+    latency_ratio: float | None
+    size_ratio: float | None
+    reward: float
+    best_episode: int | None
+    episodes: int
+    episodes_this_run: int
+    seconds: float
+    seconds_per_episode: float | None
+    search_seconds_total: float
+    searcher: str
+    latency_budget: float
+    budget_verdict: str
+    least_latency_ratio: float
+    run_dir: str
+
+
+def default_run_dir(spec: SearchSpec) -> Path:
+    """``runs/<model>-<dataset>-<searcher>`` made file-safe."""
+    name = f"{spec.env.model.model}-{spec.env.data.dataset}-{spec.searcher}"
+    return Path("runs") / "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+
+
+def run_config(spec: SearchSpec) -> dict[str, Any]:
+    """The options a run's ``config.json`` keeps (paths made absolute)."""
+    flat = spec.flat()
+    config = {k: flat[k] for k in SearchSpec.CONFIG_KEYS}
+    for k in ("checkpoint", "data"):
+        if config[k]:
+            config[k] = str(Path(config[k]).expanduser().resolve())
+    return config
+
+
+def check_run_path(spec: SearchSpec) -> Path:
+    """The run directory, refused at once when occupied (without resume/force) or unwritable: before minutes of loading."""
+    path = Path(spec.run_dir).expanduser() if spec.run_dir else default_run_dir(spec)
+    check_writable(path, "--run-dir", folder=True)
+    if not spec.resume and not spec.force and path.is_dir() and any(path.iterdir()):
+        raise RunDirError(f"run directory {path} already holds a run; pass --resume to go on with it or --force to start over")
+    if spec.resume and not RunDir(path).config_path.is_file():
+        raise RunDirError(f"nothing to resume in {path}: it has no config.json; start the search without --resume")
+    return path
+
+
+def search(spec: SearchSpec, *, env: CompressionEnv | None = None) -> SearchResult:
+    """Search a policy as ``spec`` says; every episode leaves the run directory resumable (``spec.resume``).
+
+    ``env`` (optional): an env already built from ``spec.env`` (its latency table measured), used as is.
+    Latency is measured on ``spec.env.latency.threads`` threads (automatic: the cores idle now, fixed for
+    the run in its ``config.json``); episodes are scored on ``spec.score_threads``. Ctrl-C stops after the
+    episode in progress and raises KeyboardInterrupt with the run saved.
+    """
+    started = time.perf_counter()
+    spec = spec.replace(threads=resolve_threads(spec.env.latency.threads))
+    path = check_run_path(spec)
+    with torch_threads(spec.score_threads):
+        env = env or build_env(spec.env)
+        run_dir = RunDir.start(path, run_config(spec), resume=spec.resume, force=spec.force)
+        loop = _loop(spec, env, run_dir).run()
+    if loop.stopped:
+        raise KeyboardInterrupt
+    best = loop.best
+    if best is None:
+        raise RunDirError(f"{path} records {loop.first} episodes but no policy.json; start over with --force")
+    return SearchResult(
+        policy=str(run_dir.policy_path), val_accuracy=best.predicted.get("val_accuracy"),
+        latency_ratio=best.predicted.get("latency_ratio"), size_ratio=best.predicted.get("size_ratio"),
+        reward=loop.best_reward, best_episode=best.search.get("episode"), episodes=run_dir.episodes_done,
+        episodes_this_run=loop.played, seconds=time.perf_counter() - started,
+        seconds_per_episode=loop.seconds / loop.played if loop.played else None,
+        search_seconds_total=float(run_dir.state.get("seconds", 0.0)), searcher=spec.searcher,
+        latency_budget=spec.env.budget.latency_budget,
+        budget_verdict=budget_verdict(best.predicted.get("latency_ratio"), spec.env.budget.latency_budget),
+        least_latency_ratio=env.least_latency_ratio, run_dir=str(path),
+    )
+
+
+def _loop(spec: SearchSpec, env: CompressionEnv, run_dir: RunDir) -> SearchLoop:
+    searcher = make_searcher(spec.searcher, env, seed=spec.env.seed, warmup=spec.warmup, run_dir=run_dir.path,
+                             resume=spec.resume, episodes=spec.episodes, storage=spec.storage,
+                             reward_baseline=spec.reward_baseline)
+    first = run_dir.episodes_done
+    best_reward = run_dir.state.get("best_reward")
+    best = Policy.load(run_dir.policy_path) if spec.resume and run_dir.policy_path.is_file() else None
+    e = spec.env
+    describe = {"searcher": spec.searcher, "seed": e.seed, "reward_kind": e.scoring.reward,
+                "latency_model": e.latency.latency_model, "val_samples": e.scoring.val_samples,
+                "bn_recalibrate": e.scoring.bn_recalibrate}
+    hparams = {k: v for k, v in run_config(spec).items() if k not in ("checkpoint", "data", "storage")}
+    tb = TensorBoardLogger(run_dir.tb_dir, purge_step=first if spec.resume else None)
+    callbacks = [RunDirCallback(run_dir, seconds_before=float(run_dir.state.get("seconds", 0.0))),
+                 TensorBoardCallback(tb, hparams), ProgressCallback(f"search {spec.searcher}"), StopOnInterrupt()]
+    return SearchLoop(env, searcher, total=searcher.max_episodes(spec.episodes), first=first, best=best,
+                      best_reward=-float("inf") if best_reward is None else float(best_reward), describe=describe,
+                      callbacks=callbacks)
