@@ -36,7 +36,7 @@ class LayerOptions:
     the accuracy each loses alone. Option 0 is always the dense layer ``(0, 0)`` at cost 0."""
 
     name: str
-    actions: list[tuple[float, float]]
+    actions: list[tuple]
     ms: np.ndarray
     cost: np.ndarray | None = None
 
@@ -106,26 +106,36 @@ def solve(options: Sequence[LayerOptions], limit_ms: float, *, resolution: int =
 
 def env_options(wall: Wall) -> list[LayerOptions]:
     """Each searched layer's Pareto options on the wall's latency grid within its caps, timed at the block
-    counts the projection applies (``wall``: an env's :class:`~uniprune.envs.Wall`)."""
+    counts the projection applies (``wall``: an env's :class:`~uniprune.envs.Wall`). Where the search picks
+    block shapes, each shape's Pareto options are kept (a finer shape is slower at the same fractions but may
+    lose less: the sensitivity scores decide), actions then ``(prune, unify, shape key)``."""
     lm = wall.latency_model
     p, u = lm.points()
     ok = (p <= wall.max_prune + 1e-9) & (u <= wall.max_unify + 1e-9)
     grid = list(zip(p[ok].tolist(), u[ok].tolist()))
     out = []
     for i, name in enumerate(wall.layer_names):
-        def ms(prune: float, unify: float, i: int = i, name: str = name) -> float:
-            return lm.layer_ms(name, *wall.applied_fractions(i, prune, unify))
-        out.append(pareto_options(name, grid, ms))
+        actions: list[tuple] = [(0.0, 0.0)]
+        times = [wall.layer_ms(i, 0.0, 0.0)]
+        for opt in wall.options[i]:
+            key = opt.key if wall.shapes else None
+
+            def ms(prune: float, unify: float, i: int = i, key: str | None = key) -> float:
+                return wall.layer_ms(i, prune, unify, key)
+            front = pareto_options(name, grid, ms)
+            actions += [(*a, key) if key else a for a in front.actions[1:]]
+            times += front.ms[1:].tolist()
+        out.append(LayerOptions(name, actions, np.asarray(times, dtype=np.float64)))
     return out
 
 
-def knapsack_plans(wall: Wall, options: Sequence[LayerOptions], tightenings: Sequence[float] = TIGHTENINGS) -> list[dict[str, tuple[float, float]]]:
+def knapsack_plans(wall: Wall, options: Sequence[LayerOptions], tightenings: Sequence[float] = TIGHTENINGS) -> list[dict[str, tuple]]:
     """The knapsack's ``{layer: (prune, unify)}`` for the wall's budget scaled by each of ``tightenings``
     (distinct plans only; a tightening no plan fits is skipped, the budget itself raises)."""
     lm = wall.latency_model
     others = lm.predict({}) - sum(float(lm.tables[n][0, 0]) for n in wall.layer_names)
     limit = wall.budget.limit_ms(wall.dense_ms)
-    plans: list[dict[str, tuple[float, float]]] = []
+    plans: list[dict[str, tuple]] = []
     for k, tight in enumerate(tightenings):
         try:
             picks = solve(options, tight * limit - others)

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 import numpy as np
 from uniprune.agent import AMCDDPG, load_agent, save_agent
 from uniprune.compressors.core.errors import ConfigError, RunDirError
-from uniprune.compressors.core.policy import LayerAction
 from uniprune.compressors.formats.run_dir import OPTUNA_DB, RunDir
 from uniprune.envs import CompressionEnv
 from uniprune.search.tensorboard import TensorBoardLogger, sb3_logger
@@ -151,7 +150,7 @@ class RandomSearcher(Searcher):
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, episode])
-        return play(self.env, lambda t, obs: rng.uniform(0.0, 1.0, size=2))
+        return play(self.env, lambda t, obs: rng.uniform(0.0, 1.0, size=self.env.wall.action_dims))
 
     def in_warmup(self, episode: int) -> bool:
         return True
@@ -182,9 +181,9 @@ class KnapsackSearcher(Searcher):
 
     def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool) -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
-        self._plans: list[dict[str, tuple[float, float]]] | None = None
+        self._plans: list[dict[str, tuple]] | None = None
 
-    def _ensure_plans(self) -> list[dict[str, tuple[float, float]]]:
+    def _ensure_plans(self) -> list[dict[str, tuple]]:
         if self._plans is None:
             scorer = self.env.scorer
             options = knapsack.env_options(self.env.wall)
@@ -199,39 +198,39 @@ class KnapsackSearcher(Searcher):
     def run_episode(self, episode: int) -> dict[str, Any]:
         plans = self._ensure_plans()
         plan = plans[min(episode, len(plans) - 1)]
-        env = self.env
-        cap_p, cap_u = env.wall.max_prune, env.wall.max_unify
-        raw = [np.array([p / cap_p if cap_p > 0 else 0.0, u / cap_u if cap_u > 0 else 0.0])
-               for p, u in (plan[n] for n in env.layer_names)]
-        return play(env, lambda t, obs: raw[t])
+        wall = self.env.wall
+        raw = [wall.raw_action(i, plan[n]) for i, n in enumerate(self.env.layer_names)]
+        return play(self.env, lambda t, obs: raw[t])
 
 
 def uniform_candidates(env: CompressionEnv, levels: int) -> list[np.ndarray]:
-    """Raw actions ``(a_prune, a_unify)`` that compress every layer alike, just enough to meet the budget.
+    """Raw actions that compress every layer alike, just enough to meet the budget.
 
     For each of ``levels`` mixes ``m`` in [0, 1] (0: prune only, 1: unify only) the action is
     ``s * (1 - m, m) / max(1 - m, m)`` with the least scale ``s`` in [0, 1] whose uniform policy fits the
-    budget by the latency model's whole-model prediction (bisection). Mixes where even ``s = 1`` does not
-    fit are dropped; if none fits, the maximum compression is the one candidate (the env's wall then
-    clips the last layers).
+    budget by the latency model's whole-model prediction (bisection); where the search picks block shapes,
+    once per shape (every conv in that shape). Mixes where even ``s = 1`` does not fit are dropped; if none
+    fits, the maximum compression is the one candidate (the env's wall then clips the last layers).
     """
-    lm, limit = env.latency_model, env.wall.budget.limit_ms(env.wall.dense_ms)
+    wall = env.wall
+    lm, limit = env.latency_model, wall.budget.limit_ms(wall.dense_ms)
+    shape_raws = [[(k + 0.5) / len(wall.shapes)] for k in range(len(wall.shapes))] or [[]]
 
     def ms(raw: np.ndarray) -> float:
-        action = LayerAction(*env.map_action(raw))
-        return lm.predict(dict.fromkeys(env.layer_names, action))
+        return lm.predict({n: wall.layer_action(i, wall.map_action(raw, i)) for i, n in enumerate(env.layer_names)})
 
     found = []
-    for mix in np.linspace(0.0, 1.0, max(levels, 2)):
-        direction = np.array([1.0 - mix, mix]) / max(1.0 - mix, mix)
-        if ms(direction) > limit:
-            continue
-        lo, hi = 0.0, 1.0  # invariant: scale hi fits
-        while hi - lo > 1e-7:
-            mid = 0.5 * (lo + hi)
-            lo, hi = (lo, mid) if ms(mid * direction) <= limit else (mid, hi)
-        found.append(hi * direction)
-    return found or [np.array([1.0, 1.0])]
+    for shape_raw in shape_raws:
+        for mix in np.linspace(0.0, 1.0, max(levels, 2)):
+            direction = np.array([1.0 - mix, mix]) / max(1.0 - mix, mix)
+            if ms(np.array([*direction, *shape_raw])) > limit:
+                continue
+            lo, hi = 0.0, 1.0  # invariant: scale hi fits
+            while hi - lo > 1e-7:
+                mid = 0.5 * (lo + hi)
+                lo, hi = (lo, mid) if ms(np.array([*(mid * direction), *shape_raw])) <= limit else (mid, hi)
+            found.append(np.array([*(hi * direction), *shape_raw]))
+    return found or [np.ones(wall.action_dims)]
 
 
 class OptunaSearcher(Searcher):
@@ -264,10 +263,14 @@ class OptunaSearcher(Searcher):
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         trial = self.study.ask()
-        actions = [
-            np.array([trial.suggest_float(f"{name}/prune", 0.0, 1.0), trial.suggest_float(f"{name}/unify", 0.0, 1.0)])
-            for name in self.env.layer_names
-        ]
+        wall = self.env.wall
+        actions = []
+        for i, name in enumerate(self.env.layer_names):
+            raw = [trial.suggest_float(f"{name}/prune", 0.0, 1.0), trial.suggest_float(f"{name}/unify", 0.0, 1.0)]
+            if wall.shapes:
+                keys = [o.key for o in wall.options[i]]
+                raw.append((keys.index(trial.suggest_categorical(f"{name}/shape", keys)) + 0.5) / len(keys))
+            actions.append(np.array(raw))
         result = play(self.env, lambda t, obs: actions[t])
         trial.set_user_attr("latency_ratio", result["latency_ratio"])
         trial.set_user_attr("val_accuracy", result["val_accuracy"])

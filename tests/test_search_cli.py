@@ -72,9 +72,14 @@ def test_ddpg_search_writes_policy_csv_and_tensorboard_then_resumes(tmp_path, ca
     # The agent trained on digits-cnn runs on another network (per-network observations), within its budget.
     replayed = agent_policy(agent, make_tiny_env(latency_budget=0.7))
     assert list(replayed["actions"]) == ["0", "3", "8"] and replayed["latency_ratio"] <= 0.7 + 1e-6
-    acc = EventAccumulator(str(run / "tb"))
-    acc.Reload()
-    assert [e.step for e in acc.Scalars("search/reward")] == [0, 1, 2, 3, 4]
+    # Each event file on its own: two writers of one process within one second get names that sort by a counter
+    # as text ("...10" before "...9"), and a reader of the folder would then take the first run's steps for a restart.
+    steps = []
+    for events in sorted((run / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        steps += [e.step for e in acc.Scalars("search/reward")] if "search/reward" in acc.Tags()["scalars"] else []
+    assert sorted(steps) == [0, 1, 2, 3, 4]
     # Resuming with a different budget is refused, naming the option.
     assert main(["search", *FAST, "--episodes", "6", "--latency-budget", "0.4", "--run-dir", str(run), "--resume"]) == 2
     assert "--latency-budget" in capsys.readouterr().err

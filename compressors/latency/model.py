@@ -77,7 +77,7 @@ class LatencyModel:
         shape this model has no table of."""
         if block is None:
             return self.tables[name]
-        key = f"{block.out}x{block.inp}"
+        key = block.key
         own = (self.meta or {}).get("block_shapes") or {}
         if key in (self.shape_tables or {}) and name in self.shape_tables[key]:
             return self.shape_tables[key][name]

@@ -21,12 +21,7 @@ from ..core.structure import BlockShape
 from .model import LatencyModel
 from .table import build_latency_model
 
-__all__ = ["build_shaped_latency_model", "shape_key"]
-
-
-def shape_key(shape: BlockShape) -> str:
-    """``"8x4"``: how a block shape is spelled in tables, policies' search records and the CLI."""
-    return f"{shape.out}x{shape.inp}"
+__all__ = ["build_shaped_latency_model"]
 
 
 def build_shaped_latency_model(model: nn.Module, input_shape: tuple[int, int, int], shapes: Sequence[BlockShape], *,
@@ -40,14 +35,14 @@ def build_shaped_latency_model(model: nn.Module, input_shape: tuple[int, int, in
     if kind not in LAYER_KINDS:
         raise ConfigError(f"unknown layer kind {kind!r}; use one of {list(LAYER_KINDS)}")
     shapes = list(shapes)
-    if not shapes or len({shape_key(s) for s in shapes}) != len(shapes):
-        raise ConfigError(f"block shapes to price must be one or more distinct shapes, got {[shape_key(s) for s in shapes]}")
+    if not shapes or len({s.key for s in shapes}) != len(shapes):
+        raise ConfigError(f"block shapes to price must be one or more distinct shapes, got {[s.key for s in shapes]}")
     fixed = dict(options.pop("block_shapes", None) or {})
     names = [s.name for s in compressible_layers(model) if s.kind == kind]
     first = build_latency_model(model, input_shape, block_shapes={**fixed, kind: shapes[0]}, **options)
     extra = {}
     for shape in shapes[1:]:
         other = build_latency_model(model, input_shape, block_shapes={**fixed, kind: shape}, **options)
-        extra[shape_key(shape)] = {n: other.tables[n] for n in names}
-    meta = dict(first.meta or {}, shapes=[shape_key(s) for s in shapes], shape_kind=kind)
+        extra[shape.key] = {n: other.tables[n] for n in names}
+    meta = dict(first.meta or {}, shapes=[s.key for s in shapes], shape_kind=kind)
     return dataclasses.replace(first, shape_tables=extra, meta=meta)

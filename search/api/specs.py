@@ -16,9 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.structure import BlockShape
 from uniprune.compressors.latency.engines import BASELINES
 from uniprune.compressors.latency.table import RUNTIMES
 from uniprune.compressors.train.retrain import SCHEDULES
+from uniprune.compressors.train.short import MAX_REWARD_STEPS
 from uniprune.envs import REWARDS
 from uniprune.search.searchers import SEARCHERS
 
@@ -52,6 +55,17 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers like 3,32,32, got {text!r}")
     return shape  # type: ignore[return-value]
+
+
+def parse_block_shapes(text: str) -> tuple[BlockShape, ...]:
+    """``8x4`` or several joined by commas (``8x4,4x1,1x1``): the conv block shape(s) the search may give a layer."""
+    try:
+        shapes = tuple(BlockShape.parse(t) for t in str(text).split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--block-shape: {exc}; for example 8x4, or 8x4,4x1,1x1 to choose per layer") from None
+    if len({s.key for s in shapes}) != len(shapes):
+        raise ConfigError(f"--block-shape names a shape twice: {text!r}")
+    return shapes
 
 
 def parse_engines(text: str) -> tuple[str, ...]:
@@ -125,8 +139,17 @@ class BudgetSpec(Spec):
     keep_dense: str = option("ends", "layers left out of the search, dense: 'ends' (the first and the last compressible "
                              "layer: the stem that reads the image and the classifier), 'none', or module names joined by "
                              "commas", metavar="LAYERS")
+    block_shape: str = option("8x4", "conv block shape, OUTxIN channels (8x4, 4x1, 1x1: a whole kernel per channel pair), or "
+                              "several joined by commas for the search to choose per layer (8x4,4x1,1x1: one latency table "
+                              "measured per shape)", metavar="SHAPES")
+
+    @property
+    def block_shapes(self) -> tuple[BlockShape, ...]:
+        """The conv block shapes searched, the first one every layer starts in."""
+        return parse_block_shapes(self.block_shape)
 
     def checks(self) -> list[tuple[bool, str]]:
+        self.block_shapes  # noqa: B018  (raises the one-line error for a bad --block-shape)
         return [
             (fraction(self.latency_budget), f"--latency-budget must be in (0, 1] (a fraction of dense latency), got {self.latency_budget}"),
             (self.size_budget is None or fraction(self.size_budget), f"--size-budget must be in (0, 1], got {self.size_budget}"),
@@ -141,8 +164,11 @@ class ScoringSpec(Spec):
 
     val_samples: int = option(500, "validation images scoring each episode, >= 1")
     eval_batch_size: int = option(256, "batch size for scoring and BN re-estimation, >= 1")
-    bn_recalibrate: int = option(0, "re-estimate BatchNorm statistics on N training batches before scoring (0: off)",
-                                 metavar="N")
+    bn_recalibrate: int = option(2, "re-estimate BatchNorm statistics on N training batches before scoring (0: off; "
+                                 "without it a heavily pruned network scores near chance whatever its policy)", metavar="N")
+    reward_steps: int = option(0, "a short fine-tune before scoring: N SGD steps on training batches inside the policy's "
+                               "structure (0: off; for budgets where even BN-re-estimated accuracy is near chance)",
+                               metavar="N")
     reward: str = option("accuracy", "accuracy, log-latency (AMC's -error*log(latency)), size (accuracy under "
                          "--size-budget too)", choices=REWARDS)
 
@@ -152,6 +178,8 @@ class ScoringSpec(Spec):
             (positive_int(self.eval_batch_size), f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
             (isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0,
              f"--bn-recalibrate must be >= 0 batches, got {self.bn_recalibrate}"),
+            (isinstance(self.reward_steps, int) and 0 <= self.reward_steps <= MAX_REWARD_STEPS,
+             f"--reward-steps must be in [0, {MAX_REWARD_STEPS}], got {self.reward_steps}"),
         ]
 
 
