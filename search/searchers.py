@@ -101,7 +101,7 @@ class DDPGSearcher(Searcher):
     name = "ddpg"
 
     def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int,
-                 reward_baseline: str = "sample") -> None:
+                 reward_baseline: str = "sample", noise: dict[str, float] | None = None) -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
         self.logging = False
         if resume and RunDir(self.run_dir).agent_path.is_file():
@@ -112,7 +112,7 @@ class DDPGSearcher(Searcher):
         else:
             buffer_size = max(episodes * env.num_layers, 1000)
             self.agent = AMCDDPG(env=env, warmup_episodes=warmup, seed=seed, buffer_size=buffer_size,
-                                 reward_baseline=reward_baseline)
+                                 reward_baseline=reward_baseline, **(noise or {}))
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         if self.agent.episode != episode:
@@ -292,12 +292,13 @@ def _episodes_done(run_dir: Path) -> int:
 
 def make_searcher(
     name: str, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int, storage: str | None = None,
-    reward_baseline: str = "sample",
+    reward_baseline: str = "sample", noise: dict[str, float] | None = None,
 ) -> Searcher:
-    """The searcher called ``name`` (one of :data:`SEARCHERS`) on ``env``."""
+    """The searcher called ``name`` (one of :data:`SEARCHERS`) on ``env``; ``noise``: DDPG's ``sigma0``,
+    ``sigma_decay``, ``sigma_min`` (:class:`~uniprune.agent.noise.TruncatedNormalSchedule`)."""
     common: dict[str, Any] = {"seed": seed, "warmup": warmup, "run_dir": run_dir, "resume": resume}
     if name == "ddpg":
-        return DDPGSearcher(env, episodes=episodes, reward_baseline=reward_baseline, **common)
+        return DDPGSearcher(env, episodes=episodes, reward_baseline=reward_baseline, noise=noise, **common)
     if name == "optuna":
         return OptunaSearcher(env, storage=storage, **common)
     if name == "random":

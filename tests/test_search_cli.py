@@ -163,3 +163,20 @@ def test_keep_dense_picks_the_ends_or_named_layers(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "conv9" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_warmup_that_leaves_no_ddpg_episode_is_scaled_and_noise_is_an_option(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["search", *FAST, "--episodes", "6", "--warmup", "100", "--noise-sigma", "0.3", "--noise-decay", "0.5",
+                 "--noise-floor", "0.1", "--run-dir", str(run), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "warming up for 2 instead" in err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["episodes"] == 6 and 0.0 <= result["dense_val_accuracy"] <= 1.0
+    assert result["baseline_engine"].startswith("MACs")  # the macs latency model times no engine
+    sigmas = [float(r["noise_sigma"]) for r in _rows(run)]
+    assert sigmas == pytest.approx([0.0, 0.0, 0.3, 0.15, 0.1, 0.1])  # decay x0.5 from 0.3, floored at 0.1
+    config = json.loads((run / "config.json").read_text())
+    assert (config["warmup"], config["noise_floor"], config["block_shape"]) == (2, 0.1, "8x4")
+    assert main(["search", *FAST, "--noise-floor", "0.6", "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "--noise-floor must be in [0, --noise-sigma = 0.5]" in capsys.readouterr().err

@@ -214,6 +214,11 @@ class SearchSpec(Spec):
     storage: str | None = option(None, "Optuna storage URL shared by workers", kind=str, shown="sqlite:///RUN/optuna.db")
     score_threads: int = option(1, "CPU threads for scoring episodes (an episode is many small ops, which extra threads "
                                 "slow down on a busy machine), >= 1")
+    noise_sigma: float = option(0.5, "ddpg: exploration noise scale at the first episode after warm-up, in (0, 1] "
+                                "(AMC's 0.5)")
+    noise_decay: float = option(0.95, "ddpg: the noise scale's factor per episode after warm-up, in (0, 1] (AMC's 0.95)")
+    noise_floor: float = option(0.0, "ddpg: the least noise scale, in [0, --noise-sigma] (0: AMC's pure decay, below 0.01 "
+                                "some 76 episodes after warm-up)")
     reward_baseline: str = option("sample", "ddpg: the moving-average reward baseline is subtracted per sampled batch "
                                   "(sample) or frozen into each transition when its episode ends (store, the earlier "
                                   "buffer, kept for comparison)", choices=REWARD_BASELINES)
@@ -223,13 +228,18 @@ class SearchSpec(Spec):
                                               "latency_model", "latency_statistic", "batch_size", "threads", "val_samples",
                                               "val_fraction", "bn_recalibrate", "eval_batch_size", "reward", "size_budget",
                                               "max_prune", "max_unify", "keep_dense", "precision", "episodes", "warmup",
-                                              "searcher", "storage", "score_threads")
+                                              "searcher", "storage", "score_threads", "block_shape", "reward_steps",
+                                              "noise_sigma", "noise_decay", "noise_floor")
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
             (positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
             (isinstance(self.warmup, int) and self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
             (positive_int(self.score_threads), f"--score-threads must be >= 1, got {self.score_threads}"),
+            (fraction(self.noise_sigma), f"--noise-sigma must be in (0, 1], got {self.noise_sigma}"),
+            (fraction(self.noise_decay), f"--noise-decay must be in (0, 1], got {self.noise_decay}"),
+            (isinstance(self.noise_floor, (int, float)) and 0 <= self.noise_floor <= self.noise_sigma,
+             f"--noise-floor must be in [0, --noise-sigma = {self.noise_sigma}], got {self.noise_floor}"),
             (not (self.resume and self.force), "--resume and --force contradict each other: pass one"),
         ]
 
