@@ -7,6 +7,9 @@ blocks, the same fraction of every block size: :class:`~uniprune.compressors.cor
 
     prune = a_prune * max_prune,    unify = min(a_unify * max_unify, 1 - prune)
 
+Where the search picks each conv's block shape (:class:`Wall` with several ``shapes``) the action has a
+third component in [0, 1] that picks the shape, in order.
+
 The env is the MDP only: observation, action, step and reward composition. It is handed a
 :class:`~uniprune.envs.scorer.Scorer` (projection, BatchNorm re-estimation, accuracy, storage) and a
 :class:`~uniprune.envs.wall.Wall` (AMC's action wall, built from the latency and size budget objects): each
@@ -179,6 +182,18 @@ class CompressionEnv(gym.Env):
         info.update(result)
         self.last_result = dict(result, requested=dict(zip(self.layer_names, self._walk.requested)))
         return self._obs(), float(result["reward"]), True, False, info
+
+    def episode_result(self, raws: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The end-of-episode result of one raw action per layer, walked through the wall and scored, without
+        stepping this env (what :attr:`last_result` would be after stepping ``raws``): for searchers whose
+        actions need no observation, whose episodes can then be scored apart (:mod:`uniprune.search.workers`)."""
+        if len(raws) != self.num_layers:
+            raise ConfigError(f"an episode takes {self.num_layers} actions, one per searched layer; got {len(raws)}")
+        walk = Walk()
+        for raw in raws:
+            self.wall.step(walk, np.asarray(raw, dtype=np.float32))
+        result = self.score(dict(zip(self.layer_names, walk.applied)))
+        return dict(result, requested=dict(zip(self.layer_names, walk.requested)))
 
     # -- reward composition ----------------------------------------------------------------------
 

@@ -56,14 +56,20 @@ def pareto_options(name: str, points: Sequence[tuple[float, float]], ms: Callabl
     return LayerOptions(name, [a for a, _ in kept], np.array([t for _, t in kept], dtype=np.float64))
 
 
-def score_options(options: Sequence[LayerOptions], accuracy_of: Callable[[Mapping[str, tuple[float, float]]], float],
-                  dense_accuracy: float, *, progress: bool = True) -> list[LayerOptions]:
+def score_options(options: Sequence[LayerOptions], accuracy_of: Callable[[Mapping[str, tuple]], float],
+                  dense_accuracy: float, *, progress: bool = True,
+                  score_many: Callable[[list[Mapping[str, tuple]]], list[float]] | None = None) -> list[LayerOptions]:
     """Each option's cost: ``dense_accuracy - accuracy_of({layer: action})`` (the layer alone compressed),
-    floored at 0 so that noise does not make compression look free-plus."""
+    floored at 0 so that noise does not make compression look free-plus. ``score_many``: scores a list of
+    such policies at once (several processes: :class:`~uniprune.search.workers.ScorePool`), in order."""
     jobs = [(i, j) for i, o in enumerate(options) for j in range(1, len(o.actions))]
     costs = [np.zeros(len(o.actions)) for o in options]
-    for i, j in tqdm(jobs, desc="knapsack sensitivity", disable=not progress, leave=False):
-        acc = accuracy_of({options[i].name: options[i].actions[j]})
+    policies = [{options[i].name: options[i].actions[j]} for i, j in jobs]
+    if score_many is not None:
+        accuracies = score_many(policies)
+    else:
+        accuracies = [accuracy_of(p) for p in tqdm(policies, desc="knapsack sensitivity", disable=not progress, leave=False)]
+    for (i, j), acc in zip(jobs, accuracies):
         costs[i][j] = max(0.0, dense_accuracy - acc) if math.isfinite(acc) else math.inf
     return [LayerOptions(o.name, o.actions, o.ms, c) for o, c in zip(options, costs)]
 

@@ -65,10 +65,17 @@ class Searcher(abc.ABC):
         self.warmup = int(warmup)
         self.run_dir = Path(run_dir)
         self.resume = resume
+        #: where independent scoring may go (:class:`~uniprune.search.workers.ScorePool`; set by the search loop)
+        self.pool: Any = None
 
     @abc.abstractmethod
     def run_episode(self, episode: int) -> dict[str, Any]:
         """Play one episode; returns the env's result dict."""
+
+    def plan(self, episode: int) -> list[np.ndarray] | None:
+        """The raw actions of ``episode`` (one per layer) where they depend on no earlier reward nor observation,
+        so that episodes can be scored side by side (:mod:`uniprune.search.workers`); None otherwise (default)."""
+        return None
 
     def noise_sigma(self, episode: int) -> float:
         """Exploration noise of ``episode`` (0 for searchers without noise)."""
@@ -149,8 +156,12 @@ class RandomSearcher(Searcher):
     name = "random"
 
     def run_episode(self, episode: int) -> dict[str, Any]:
+        raws = self.plan(episode)
+        return play(self.env, lambda t, obs: raws[t])
+
+    def plan(self, episode: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, episode])
-        return play(self.env, lambda t, obs: rng.uniform(0.0, 1.0, size=self.env.wall.action_dims))
+        return [rng.uniform(0.0, 1.0, size=self.env.wall.action_dims) for _ in range(self.env.num_layers)]
 
     def in_warmup(self, episode: int) -> bool:
         return True
@@ -172,6 +183,9 @@ class UniformSearcher(Searcher):
         action = self.candidates[episode % len(self.candidates)]
         return play(self.env, lambda t, obs: action)
 
+    def plan(self, episode: int) -> list[np.ndarray]:
+        return [self.candidates[episode % len(self.candidates)]] * self.env.num_layers
+
 
 class KnapsackSearcher(Searcher):
     """HALP-style: score every layer's options alone, then solve a knapsack over the latency table
@@ -188,7 +202,9 @@ class KnapsackSearcher(Searcher):
             scorer = self.env.scorer
             options = knapsack.env_options(self.env.wall)
             dense = scorer.score({})["val_accuracy"]
-            scored = knapsack.score_options(options, lambda actions: scorer.score(actions)["val_accuracy"], dense)
+            many = self.pool.accuracies if self.pool is not None else None
+            scored = knapsack.score_options(options, lambda actions: scorer.score(actions)["val_accuracy"], dense,
+                                            score_many=many)
             self._plans = knapsack.knapsack_plans(self.env.wall, scored)
         return self._plans
 
@@ -196,11 +212,13 @@ class KnapsackSearcher(Searcher):
         return min(requested, len(knapsack.TIGHTENINGS))
 
     def run_episode(self, episode: int) -> dict[str, Any]:
+        raws = self.plan(episode)
+        return play(self.env, lambda t, obs: raws[t])
+
+    def plan(self, episode: int) -> list[np.ndarray]:
         plans = self._ensure_plans()
         plan = plans[min(episode, len(plans) - 1)]
-        wall = self.env.wall
-        raw = [wall.raw_action(i, plan[n]) for i, n in enumerate(self.env.layer_names)]
-        return play(self.env, lambda t, obs: raw[t])
+        return [self.env.wall.raw_action(i, plan[n]) for i, n in enumerate(self.env.layer_names)]
 
 
 def uniform_candidates(env: CompressionEnv, levels: int) -> list[np.ndarray]:

@@ -180,3 +180,16 @@ def test_a_warmup_that_leaves_no_ddpg_episode_is_scaled_and_noise_is_an_option(t
     assert (config["warmup"], config["noise_floor"], config["block_shape"]) == (2, 0.1, "8x4")
     assert main(["search", *FAST, "--noise-floor", "0.6", "--run-dir", str(tmp_path / "r2")]) == 2
     assert "--noise-floor must be in [0, --noise-sigma = 0.5]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("searcher", ["random", "knapsack"])
+def test_two_workers_find_what_one_finds(tmp_path, capsys, searcher: str) -> None:
+    runs = {}
+    for workers in (1, 2):
+        run = tmp_path / f"w{workers}"
+        _search(capsys, "--searcher", searcher, "--episodes", "5", "--workers", str(workers), "--latency-budget", "0.8",
+                "--run-dir", str(run))
+        runs[workers] = [(r["reward"], r["latency_ratio"]) for r in _rows(run)]
+    assert len(runs[1]) >= 1 and runs[1] == runs[2]
+    assert main(["search", *FAST, "--workers", "0", "--run-dir", str(tmp_path / "w0")]) == 2
+    assert "--workers must be in [1, 64]" in capsys.readouterr().err

@@ -153,4 +153,4 @@ def _loop(spec: SearchSpec, env: CompressionEnv, run_dir: RunDir) -> SearchLoop:
                  TensorBoardCallback(tb, hparams), ProgressCallback(f"search {spec.searcher}"), StopOnInterrupt()]
     return SearchLoop(env, searcher, total=searcher.max_episodes(spec.episodes), first=first, best=best,
                       best_reward=-float("inf") if best_reward is None else float(best_reward), describe=describe,
-                      callbacks=callbacks)
+                      callbacks=callbacks, workers=spec.workers)

@@ -42,6 +42,8 @@ METHODS = ("admm", "masked")
 #: the native kernels' precision: auto (bf16 where the CPU has avx512_bf16 or AMX, else fp32), fp32 or bf16
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MODEL = "digits-cnn"
+#: The most scoring processes a search may fork.
+MAX_WORKERS = 64
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -214,6 +216,8 @@ class SearchSpec(Spec):
     storage: str | None = option(None, "Optuna storage URL shared by workers", kind=str, shown="sqlite:///RUN/optuna.db")
     score_threads: int = option(1, "CPU threads for scoring episodes (an episode is many small ops, which extra threads "
                                 "slow down on a busy machine), >= 1")
+    workers: int = option(1, "processes scoring episodes side by side (random, uniform and knapsack searches, whose "
+                          "episodes depend on no earlier reward; DDPG and Optuna play one at a time), >= 1")
     noise_sigma: float = option(0.5, "ddpg: exploration noise scale at the first episode after warm-up, in (0, 1] "
                                 "(AMC's 0.5)")
     noise_decay: float = option(0.95, "ddpg: the noise scale's factor per episode after warm-up, in (0, 1] (AMC's 0.95)")
@@ -236,6 +240,7 @@ class SearchSpec(Spec):
             (positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
             (isinstance(self.warmup, int) and self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
             (positive_int(self.score_threads), f"--score-threads must be >= 1, got {self.score_threads}"),
+            (positive_int(self.workers) and self.workers <= MAX_WORKERS, f"--workers must be in [1, {MAX_WORKERS}], got {self.workers}"),
             (fraction(self.noise_sigma), f"--noise-sigma must be in (0, 1], got {self.noise_sigma}"),
             (fraction(self.noise_decay), f"--noise-decay must be in (0, 1], got {self.noise_decay}"),
             (isinstance(self.noise_floor, (int, float)) and 0 <= self.noise_floor <= self.noise_sigma,
