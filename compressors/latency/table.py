@@ -18,13 +18,9 @@ engines' versions), and checked against a quick timing before they are trusted.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,18 +31,25 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.blocks import DEFAULT_BLOCK_SHAPES, compressible_layers
-from ..core.errors import CheckpointError, ConfigError, ModelError
+from ..core.errors import ConfigError, ModelError
 from ..core.policy import LayerAction
 from ..core.projection import BlockClasses
 from ..core.structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
 from ..core.threads import torch_threads
-from ..formats.fileio import read_json, write_json_atomic
-from ..native import kernels
+from ..formats.fileio import write_json_atomic
 from ..native.plan import compile_lean, compile_lean_spec, resolve_precision
 from ..native.runtime import compile_model
 from .budget import latency_ratio
-from .engines import DenseEngines, check_modes, dense_engines, engine_versions, race
+from .engines import DenseEngines, check_modes, dense_engines, race
 from .model import LatencyModel
+from .table_cache import (
+    CACHE_CHECK_SECONDS,
+    CACHE_CHECK_TOLERANCE,
+    machine_key,
+    read_cached_table,
+    table_path,
+)
+from .table_rounds import baseline_rounds, measure_rounds
 from .timing import SPREAD_SECONDS, check_counts, check_threads, reducer
 
 
@@ -195,95 +198,6 @@ def without_zeros(model: nn.Module, specs: Sequence[Any], seed: int = 0) -> nn.M
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_key() -> dict[str, Any]:
-    """What makes timings from another machine or build invalid: CPU, its vector unit, core count, the kernel
-    build (source and the ISA it was compiled for) and the dense engines' versions.
-
-    The CPU's name is not enough: the same "AMD EPYC" has come with AVX2 only and with AVX-512.
-    """
-    return {"cpu": _cpu_model(), "cpu_flags": _vector_flags(), "cores": str(os.cpu_count()),
-            "kernel_isa": kernels.isa(), "kernels": kernels.build_id(), "engines": engine_versions()}
-
-
-def _vector_flags() -> list[str]:
-    return sorted(f for f in kernels.cpu_flags() if f.startswith(("avx", "fma", "amx", "sve", "asimd"))) or [platform.machine()]
-
-
-def _default_cache_dir() -> Path:
-    root = os.environ.get("UNIPRUNE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "uniprune") / "latency"
-
-
-class _Timed(nn.Module):
-    """Wraps a layer and records its wall time (s) per call (it is in the model only for clocked passes)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.times: list[float] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        y = self.inner(x)
-        self.times.append(time.perf_counter() - t0)
-        return y
-
-
-class _LayerClock:
-    """Per-layer wall times inside whole-model forward passes: while :meth:`installed`, each named layer of
-    ``model`` is replaced, in place, by a :class:`_Timed` wrapper (``model`` is a throwaway copy).
-
-    Timing a layer in its place, right after the layer before it wrote its input, sees the caches as
-    inference does; timed in isolation, the per-layer sums missed the whole-model timings by 25 to 60 %.
-    A wrapper, not forward hooks: hooks send every call through torch's slow path, about 10 µs a layer
-    that a short sparse layer at batch 1 does not pay in a real pass. The wrapper still costs a few µs a
-    layer, so whole passes (the fixed part) are timed with it removed.
-    """
-
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
-        self.layers: dict[str, _Timed] = {}
-        self._slots: list[tuple[nn.Module, str, nn.Module, _Timed]] = []
-        for name in names:
-            parent, _, child = name.rpartition(".")
-            owner = model.get_submodule(parent) if parent else model
-            inner = getattr(owner, child)
-            self.layers[name] = _Timed(inner)
-            self._slots.append((owner, child, inner, self.layers[name]))
-
-    def installed(self, on: bool) -> None:
-        """Put the wrappers in (``on``) or take them out, leaving the model as it was."""
-        for owner, child, inner, timed in self._slots:
-            setattr(owner, child, timed if on else inner)
-
-    def times(self, name: str) -> list[float]:
-        return self.layers[name].times
-
-
-#: A cached table is trusted only while a quick timing of the nothing-compressed compiled model against the
-#: fastest dense engine gives a ratio within this relative distance of the table's own; past it the machine,
-#: its load or its engines have changed since the table was measured, and the table is measured again.
-CACHE_CHECK_TOLERANCE = 0.15
-_CACHE_CHECK_SECONDS = 1.0
-
-
-def _baseline_rounds(dense: DenseEngines, compiled: Any, x: torch.Tensor, n: int, *, repeats: int,
-                     min_seconds: float, statistic: str) -> dict[str, Any]:
-    """The dense engines timed against the nothing-compressed compiled model alone, as ``bench`` times them
-    (:func:`~uniprune.compressors.latency.engines.race`)."""
-    return race(dense, lambda: compiled(x), threads=n, warmup=1, repeats=repeats, min_seconds=min_seconds,
-                statistic=statistic)
-
-
 def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any], x: torch.Tensor, n: int,
                         statistic: str, progress: bool, runtime: str, precision: str = "fp32") -> bool:
     """Whether a quick timing now still gives the cached table's ratio of the nothing-compressed compiled
@@ -293,7 +207,7 @@ def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any]
     compiled, _, _ = compile_for_timing(model, {s.name: random_structure(s.grid, 0.0, 0.0, gen) for s in specs}, x, n,
                                         runtime, precision)
     engines = dense_engines(model, x, threads=n, engines=list(lm.meta.get("engines", {})) or None)
-    now = _baseline_rounds(engines, compiled, x, n, repeats=5, min_seconds=_CACHE_CHECK_SECONDS, statistic=statistic)
+    now = baseline_rounds(engines, compiled, x, n, repeats=5, min_seconds=CACHE_CHECK_SECONDS, statistic=statistic)
     then = latency_ratio(lm.predict({}), lm.dense_ms)
     ratio = latency_ratio(now["compressed_ms"], now["best_dense_ms"])
     holds = abs(ratio / then - 1) <= CACHE_CHECK_TOLERANCE
@@ -302,6 +216,69 @@ def _cached_table_holds(lm: LatencyModel, model: nn.Module, specs: Sequence[Any]
         print(f"latency table: cached; quick check: nothing-compressed ratio {ratio:.3f} now against {then:.3f} in the "
               f"table, {verdict}", file=sys.stderr)
     return holds
+
+
+def _grids(grid: Sequence[float], unify_grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The prune and unify grids as arrays; ConfigError unless each ascends from 0 to at most 1."""
+    g, q = np.asarray(grid, dtype=np.float64), np.asarray(unify_grid, dtype=np.float64)
+    for axis, given in ((g, grid), (q, unify_grid)):
+        if axis.ndim != 1 or len(axis) < 1 or axis[0] != 0 or np.any(np.diff(axis) <= 0) or axis[-1] > 1:
+            raise ConfigError(f"grids must ascend from 0 to at most 1, got {list(given)}")
+    return g, q
+
+
+def _table_key(model: nn.Module, input_shape: Sequence[int], batch_size: int, n: int, shapes: Mapping[str, BlockShape],
+               g: np.ndarray, q: np.ndarray, modes: list[str], *, warmup: int, repeats: int, runtime: str,
+               statistic: str, min_seconds: float, precision: str) -> dict[str, Any]:
+    """Everything a table's timings depend on (hashed into its cache file's name, kept in its meta)."""
+    key_obj = {
+        "arch": repr(model), "params": [[k, list(v.shape)] for k, v in model.state_dict().items()],
+        "input_shape": list(input_shape), "batch": batch_size, "threads": n,
+        "block_shapes": {k: [v.out, v.inp] for k, v in sorted(shapes.items())}, "grid": g.tolist(), "unify_grid": q.tolist(),
+        "machine": machine_key(), "warmup": warmup, "repeats": repeats, "engines": modes,
+        "method": "layers in place, warm passes, fixed from bare whole passes, fastest default engine mode apart, "
+                  "unify of the rest, weights without zeros",
+        "runtime": runtime,
+        "statistic": statistic, "min_seconds": min_seconds,
+    }
+    if precision != "fp32":  # fp32 tables keep the key they had before precisions existed
+        key_obj["precision"] = precision
+    return key_obj
+
+
+def _compile_points(model: nn.Module, specs: Sequence[Any], g: np.ndarray, q: np.ndarray, x: torch.Tensor, n: int,
+                    runtime: str, precision: str, seed: int) -> tuple[dict[tuple[int, int], Any], str, list[str]]:
+    """Every grid point's model compiled for ``runtime`` (random block states of exactly its fractions); the
+    runtime they run on and the notes of the nothing-compressed one."""
+    gen = torch.Generator().manual_seed(seed)
+    models: dict[tuple[int, int], Any] = {}
+    notes: list[str] = []
+    used = runtime
+    for i in range(len(g)):
+        for j in range(len(q)):
+            structures = {s.name: random_structure(s.grid, float(g[i]), float(q[j] * (1 - g[i])), gen) for s in specs}
+            models[(i, j)], used, more = compile_for_timing(model, structures, x, n, runtime, precision)
+            notes += more if (i, j) == (0, 0) else []
+    return models, used, notes
+
+
+def _table(samples: Mapping[tuple[int, int], Mapping[str, list[float]]], wholes: Mapping[tuple[int, int], list[float]],
+           base: Mapping[str, Any], g: np.ndarray, q: np.ndarray, reduce: Any, meta: dict[str, Any]) -> LatencyModel:
+    """The table from the rounds' samples (ms) and the baseline's race; ``meta`` gets the engines' figures."""
+    points = list(wholes)
+    names = list(samples[points[0]])
+    ms = {pt: {name: reduce(samples[pt][name]) for name in names} for pt in points}
+    tables = {name: np.array([[ms[(i, j)][name] for j in range(len(q))] for i in range(len(g))]) for name in names}
+    # Measured on the compiled passes, not the dense one: torch's dense layers leave some of their cost to
+    # what runs after them (0.4 ms of 14 at batch 1 on ResNet-56), which a compiled model does not pay.
+    # Per grid point, the fixed part that makes the table's sum give that point's bare pass; the median over
+    # the points. The bare and the clocked passes are separate, so the statistic of their per-round
+    # differences (the min, on a shared machine) would pick one round's noise: it read 0 on ResNet-56.
+    fixed = max(0.0, float(np.median([reduce(wholes[pt]) - sum(ms[pt].values()) for pt in points])))
+    meta = {**meta, "engines": base["engines"], "precisions": base["precisions"], "baseline_engine": base["best_engine"],
+            "baseline_precision": base["precisions"].get(base["best_engine"], "f32"), "rivals": base["rivals"],
+            "fixed_ms_method": "bare compiled whole-model passes minus their layers timed in place"}
+    return LatencyModel(g, q, tables, fixed, meta, baseline_ms=base["best_dense_ms"])
 
 
 def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, batch_size: int = 1,
@@ -318,31 +295,26 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     see :class:`~.latency_model.LatencyModel`), the whole model is compiled with each
     compressible layer at that point (random block states of exactly those fractions) for ``runtime``
     (:data:`RUNTIMES`: by default the lean plan, what a user deploys) and run; each layer is timed in its
-    place in the pass (the plan's own clock between ops, :meth:`~.plan.LeanModel.layer_ms`; on the Python
-    path a wrapper, :class:`_LayerClock`), the grid points' models taking turns round by round, each timed
-    pass right after an untimed one of the same model (as in steady inference: its weights warm in the
-    caches). ``fixed_ms`` (pooling, shortcuts, the call itself; on the Python path also the Python between
-    the layers) is a bare pass's time (no clock in it) minus the layers' times of the clocked pass after it. The baseline every ratio divides by is
-    the fastest dense engine (:mod:`uniprune.compressors.latency.engines`; all installed, or those named in
-    ``engines``), each timed whole after the rounds, interleaved with the nothing-compressed compiled model
-    only, as :func:`measure_model_ms` times them; every engine's ms is kept in ``meta["engines"]``. Rounds go on past
-    ``repeats`` until ``min_seconds`` have passed (:data:`SPREAD_SECONDS`).
+    place in the pass (:func:`~.table_rounds.measure_rounds`), the grid points' models taking turns round by
+    round, each timed pass right after an untimed one of the same model (as in steady inference: its weights
+    warm in the caches). ``fixed_ms`` (pooling, shortcuts, the call itself; on the Python path also the Python
+    between the layers) is a bare pass's time (no clock in it) minus the layers' times of the clocked pass after
+    it. The baseline every ratio divides by is the fastest dense engine (:mod:`uniprune.compressors.latency.engines`;
+    all installed, or those named in ``engines``), each timed whole after the rounds, interleaved with the
+    nothing-compressed compiled model only, as :func:`measure_model_ms` times them; every engine's ms is kept in
+    ``meta["engines"]``. Rounds go on past ``repeats`` until ``min_seconds`` have passed (:data:`SPREAD_SECONDS`).
 
     ``input_shape``: one sample's shape (C, H, W); ``batch_size`` >= 1; ``threads`` >= 1 (default: torch's
     now); ``grid``: ascending prune fractions from 0; ``unify_grid``: ascending fractions of the rest from 0
     (unify buys a conv little time, so three points by default). Cached under ``cache_dir``
-    (default ``$UNIPRUNE_CACHE/latency`` or ``~/.cache/uniprune/latency``) by model, input shape, batch,
-    threads, block shapes, grid, engines and machine (CPU, vector ISA, kernel build); with ``check_cache``
-    (default) a cached table is first checked against a quick timing (:data:`CACHE_CHECK_TOLERANCE`).
-    ``precision``: the compressed model's (``fp32``, ``bf16``, ``auto`` resolved for this CPU), part of the cache
-    key and of ``meta["precision"]``.
+    (:mod:`~.table_cache`) by model, input shape, batch, threads, block shapes, grid, engines and machine (CPU,
+    vector ISA, kernel build); with ``check_cache`` (default) a cached table is first checked against a quick
+    timing (:data:`CACHE_CHECK_TOLERANCE`). ``precision``: the compressed model's (``fp32``, ``bf16``, ``auto``
+    resolved for this CPU), part of the cache key and of ``meta["precision"]``.
     """
     n = check_threads(threads)
     precision = resolve_precision(precision)
-    g, q = np.asarray(grid, dtype=np.float64), np.asarray(unify_grid, dtype=np.float64)
-    for axis, given in ((g, grid), (q, unify_grid)):
-        if axis.ndim != 1 or len(axis) < 1 or axis[0] != 0 or np.any(np.diff(axis) <= 0) or axis[-1] > 1:
-            raise ConfigError(f"grids must ascend from 0 to at most 1, got {list(given)}")
+    g, q = _grids(grid, unify_grid)
     check_counts(warmup, repeats, min_seconds)
     reduce = reducer(statistic)
     shapes = dict(DEFAULT_BLOCK_SHAPES)
@@ -351,107 +323,31 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
     specs = compressible_layers(model, shapes)
     names = [s.name for s in specs]
     modes = check_modes(engines)
-    key_obj = {
-        "arch": repr(model), "params": [[k, list(v.shape)] for k, v in model.state_dict().items()],
-        "input_shape": list(input_shape), "batch": batch_size, "threads": n,
-        "block_shapes": {k: [v.out, v.inp] for k, v in sorted(shapes.items())}, "grid": g.tolist(), "unify_grid": q.tolist(),
-        "machine": machine_key(), "warmup": warmup, "repeats": repeats, "engines": modes,
-        "method": "layers in place, warm passes, fixed from bare whole passes, fastest default engine mode apart, "
-                  "unify of the rest, weights without zeros",
-        "runtime": runtime,
-        "statistic": statistic, "min_seconds": min_seconds,
-    }
-    if precision != "fp32":  # fp32 tables keep the key they had before precisions existed
-        key_obj["precision"] = precision
-    key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    path = folder / f"latency-{key}.json"
-    if path.exists():
-        try:
-            lm = LatencyModel.from_dict(read_json(path, CheckpointError, "it is measured again"))
-        except (ValueError, KeyError, TypeError, OverflowError, CheckpointError):
-            lm = None  # a damaged cache file is measured again and overwritten
-        if lm is not None:
-            if not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress, runtime, precision):
-                if progress and not check_cache:
-                    print(f"latency table: cached ({path})", file=sys.stderr)
-                return lm
-    points = [(i, j) for i in range(len(g)) for j in range(len(q))]
-    gen = torch.Generator().manual_seed(seed)
+    key_obj = _table_key(model, input_shape, batch_size, n, shapes, g, q, modes, warmup=warmup, repeats=repeats,
+                         runtime=runtime, statistic=statistic, min_seconds=min_seconds, precision=precision)
+    path = table_path(key_obj, cache_dir)
+    lm = read_cached_table(path)
+    if lm is not None and (not check_cache or _cached_table_holds(lm, model, specs, x, n, statistic, progress, runtime,
+                                                                  precision)):
+        if progress and not check_cache:
+            print(f"latency table: cached ({path})", file=sys.stderr)
+        return lm
     model = without_zeros(model, specs, seed)
     dense = dense_engines(model, x, threads=n, engines=modes)
-    notes = list(dense.notes)
-    models: dict[tuple[int, int], Any] = {}
-    for i, j in points:
-        structures = {s.name: random_structure(s.grid, float(g[i]), float(q[j] * (1 - g[i])), gen) for s in specs}
-        models[(i, j)], used, more = compile_for_timing(model, structures, x, n, runtime, precision)
-        notes += more if (i, j) == (0, 0) else []
+    models, used, more = _compile_points(model, specs, g, q, x, n, runtime, precision, seed)
+    notes = list(dense.notes) + more
     for note in notes:
         print(f"latency table: note: {note}", file=sys.stderr)
-    samples: dict[tuple[int, int], dict[str, list[float]]] = {pt: {name: [] for name in names} for pt in points}
-    wholes: dict[tuple[int, int], list[float]] = {pt: [] for pt in points}  # bare whole passes, ms
-    if used == "lean":
-        def layer_pass(pt: tuple[int, int]) -> dict[str, float]:
-            _, layers = models[pt].layer_ms(x)
-            return {name: layers.get(name, 0.0) for name in names}
-    else:
-        clocks = {pt: _LayerClock(m, names) for pt, m in models.items()}
-
-        def layer_pass(pt: tuple[int, int]) -> dict[str, float]:
-            clocks[pt].installed(True)
-            try:
-                models[pt](x)
-            finally:
-                clocks[pt].installed(False)
-            return {name: 1e3 * clocks[pt].times(name)[-1] for name in names}
-
-    def timed_pass(pt: tuple[int, int]) -> None:
-        # The whole pass is timed bare, as it runs for a user; the layers in a clocked pass right after it. A
-        # whole pass timed with the clock in it carried the clock's cost into the fixed part (the Python
-        # path's wrappers: about 3.4 µs a layer, 0.2 ms on ResNet-56 at batch 1).
-        t0 = time.perf_counter()
-        models[pt](x)
-        whole = 1e3 * (time.perf_counter() - t0)
-        layers = layer_pass(pt)
-        for name in names:
-            samples[pt][name].append(layers[name])
-        wholes[pt].append(whole)
-
+    samples, wholes = measure_rounds(models, names, x, n, used, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
+                                     progress=progress)
+    # The baseline is timed apart, against the nothing-compressed compiled model only, as `bench` times it.
+    # Timed inside the rounds, where 15 other models run between two dense passes (evicting its weights from
+    # the shared caches, we think), ResNet-56's dense pass at batch 1 read 11.0 ms against 8.7 ms in `bench`,
+    # and every predicted ratio came out about 20 % too low.
     with torch_threads(n), torch.no_grad():
-        for m in models.values():
-            for _ in range(max(warmup, 1)):
-                m(x)
-        bar = tqdm(total=repeats, desc="latency table", disable=not progress, file=sys.stderr)
-        start, r = time.perf_counter(), 0
-        while r < repeats or time.perf_counter() - start < min_seconds:
-            order = points[r % len(points):] + points[:r % len(points)]
-            for pt in order:
-                models[pt](x)
-                timed_pass(pt)
-            r += 1
-            if r <= repeats:  # rounds past repeats only fill the time span
-                bar.update()
-        bar.close()
-        # The baseline is timed apart, against the nothing-compressed compiled model only, as `bench` times
-        # it. Timed inside the rounds, where 15 other models run between two dense passes (evicting its
-        # weights from the shared caches, we think), ResNet-56's dense pass at batch 1 read 11.0 ms against
-        # 8.7 ms in `bench`, and every predicted ratio came out about 20 % too low.
-        base = _baseline_rounds(dense, models[(0, 0)], x, n, repeats=repeats, min_seconds=min_seconds,
-                                statistic=statistic)
-    ms = {pt: {name: reduce(samples[pt][name]) for name in names} for pt in points}
-    tables = {name: np.array([[ms[(i, j)][name] for j in range(len(q))] for i in range(len(g))]) for name in names}
-    # Measured on the compiled passes, not the dense one: torch's dense layers leave some of their cost to
-    # what runs after them (0.4 ms of 14 at batch 1 on ResNet-56), which a compiled model does not pay.
-    # Per grid point, the fixed part that makes the table's sum give that point's bare pass; the median over
-    # the points. The bare and the clocked passes are separate, so the statistic of their per-round
-    # differences (the min, on a shared machine) would pick one round's noise: it read 0 on ResNet-56.
-    fixed = max(0.0, float(np.median([reduce(wholes[pt]) - sum(ms[pt].values()) for pt in points])))
-    meta = {"kind": "measured", "key": key_obj | {"arch": type(model).__name__}, "engines": base["engines"],
-            "precisions": base["precisions"], "baseline_engine": base["best_engine"],
-            "baseline_precision": base["precisions"].get(base["best_engine"], "f32"), "rivals": base["rivals"], "runtime": used,
-            "precision": precision if used != "python" else "fp32", "notes": notes,
-            "fixed_ms_method": "bare compiled whole-model passes minus their layers timed in place"}
-    lm = LatencyModel(g, q, tables, fixed, meta, baseline_ms=base["best_dense_ms"])
+        base = baseline_rounds(dense, models[(0, 0)], x, n, repeats=repeats, min_seconds=min_seconds, statistic=statistic)
+    lm = _table(samples, wholes, base, g, q, reduce, {"kind": "measured", "key": key_obj | {"arch": type(model).__name__},
+                "runtime": used, "precision": precision if used != "python" else "fp32", "notes": notes})
     write_json_atomic(path, lm.to_dict())
     return lm
 

@@ -408,11 +408,10 @@ class BenchSpec(Spec):
     model: ModelSpec = field(default_factory=ModelSpec)
     policy: str | None = option(None, "policy.json to project the model onto (structure chosen from the weights)", kind=str,
                                 shown="none")
-    compressed: str | None = option(None, "a compressed checkpoint ('uniprune finetune --out'; needs no policy), or an "
-                                    "artifact directory ('uniprune export --out'), whose plan.json and weights.bin are "
-                                    "verified and run on uniprune's own kernels (its Python and C files are never run); "
-                                    "the dense engines then run the checkpoint it was exported from (recorded in it, or "
-                                    "--checkpoint)", kind=str, shown="none")
+    compressed: str | None = option(None, "a compressed checkpoint ('uniprune finetune --out'; needs no policy), or an artifact "
+                                    "directory ('uniprune export --out'), whose plan.json and weights.bin are verified and run on "
+                                    "uniprune's own kernels (its Python and C files are never run); the dense engines then run "
+                                    "the checkpoint it was exported from (recorded in it, or --checkpoint)", kind=str, shown="none")
     batch_size: int = option(1, "samples per forward pass, >= 1")
     input_shape: tuple[int, int, int] | None = option(None, "C,H,W of one sample", kind=parse_input_shape,
                                                       shown="the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn")
