@@ -91,8 +91,9 @@ def search(spec: SearchSpec, *, env: CompressionEnv | None = None) -> SearchResu
     episode in progress and raises KeyboardInterrupt with the run saved.
     """
     started = time.perf_counter()
-    spec = scaled_warmup(spec.replace(threads=resolve_threads(spec.env.latency.threads)))
-    path = check_run_path(spec)
+    spec = spec.replace(threads=resolve_threads(spec.env.latency.threads))
+    path = check_run_path(spec)  # a bad --run-dir is the one line, before any note
+    spec = scaled_warmup(spec)
     with torch_threads(spec.score_threads):
         env = env or build_env(spec.env)
         run_dir = RunDir.start(path, run_config(spec), resume=spec.resume, force=spec.force)
