@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.blocks import compressible_layers, policy_block_shapes
+from ..core.blocks import policy_block_shapes, policy_layers
 from ..core.policy import Policy
 from ..core.projection import check_policy_layers
 from ..core.structure import BlockShape
@@ -69,7 +69,7 @@ def finetune(
     if distill is not None:
         distill.teacher.to(device)
     shapes = policy_block_shapes(policy.block_shape, block_shapes)
-    specs = compressible_layers(model, shapes)
+    specs = policy_layers(model, policy, block_shapes)
     check_policy_layers(policy, [s.name for s in specs], model)
     job = FinetuneJob(model, policy, shapes, specs, train_batches, evaluate, device, log=log, distill=distill,
                       checkpoint=checkpoint, resume=resume)
