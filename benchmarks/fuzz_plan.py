@@ -49,8 +49,10 @@ _OTHER = (0.5, -0.0, 1e21, 1e308, -1e308, 3.0, "1", "", "op0.w", "op0.floats", N
 _WORKER = r"""
 import importlib.util, struct, sys
 import numpy as np
-spec = importlib.util.spec_from_file_location("uniprune_lean_worker", sys.argv[1])
+spec = importlib.util.spec_from_file_location("uniprune_lean_worker", sys.argv[1],
+                                              submodule_search_locations=[sys.argv[1].rsplit("/", 1)[0]])
 lean = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = lean  # its relative imports find it here
 spec.loader.exec_module(lean)
 import ctypes
 lib = ctypes.CDLL(sys.argv[2])
@@ -337,16 +339,30 @@ class Worker:
 
 
 # -------------------------------------------------------------------------------------------- fuzz
+def _verdict(header: Any, arrays: Any, quick: bool) -> str | None:
+    try:
+        lean.verify_plan(header, arrays, quick=quick)
+    except lean.LeanError as exc:
+        return str(exc)
+    return None
+
+
 def check_plan(text: bytes, blob: bytes) -> bool:
-    """True when the reader and verifier accept the case; False for a LeanError; anything else propagates."""
+    """True when the reader and verifier accept the case; False for a LeanError; anything else propagates. The
+    verifier's quick path and its step-by-step checks must agree (the same error, or both accept): an op the
+    quick path passed that the steps refuse is an AssertionError."""
     try:
         header, arrays = lean.parse_plan(text, blob)
-        lean.verify_plan(header, arrays)
     except lean.LeanError as exc:
         if "\n" in str(exc):
             raise AssertionError(f"a LeanError of several lines: {exc!r}") from None
         return False
-    return True
+    quick, steps = _verdict(header, arrays, True), _verdict(header, arrays, False)
+    if quick != steps:
+        raise AssertionError(f"the verifier's quick path says {quick!r}, its step-by-step checks {steps!r}")
+    if quick is not None and "\n" in quick:
+        raise AssertionError(f"a LeanError of several lines: {quick!r}")
+    return quick is None
 
 
 def check_policy(text: bytes, folder: Path) -> bool:

@@ -1,7 +1,8 @@
 """The plan verifier's cost at load against one forward pass (issue 21): ResNet-56 (CIFAR shape, 50 % of its
 blocks pruned and 25 % unified at random), exported as a lean plan; then, interleaved in one process,
-``uniprune_lean.verify_plan`` on its header and arrays (what every loader runs before any native call),
-the whole ``read_plan`` (JSON, sha256 of weights.bin, the index checks of ``unpack_arrays``), and one
+``uniprune_lean.verify_plan`` on its header and arrays (what every loader runs once before any native call:
+each op through the quick path), the same with ``quick=False`` (every op step by step: the verifier as it was
+before the quick path), the whole ``read_plan`` (JSON, sha256 of weights.bin, the index checks of ``unpack_arrays``), and one
 batch-1 forward pass of the plan on the installed kernels. Reports medians and the ratio verify / forward
 (target < 5 %)::
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         header, arrays = uniprune_lean.read_plan(folder)
         lean = LeanModel(LeanSpec(header, arrays), threads=args.threads)
         lean(x)
-        verify, read, forward = [], [], []
+        verify, steps, read, forward = [], [], [], []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             uniprune_lean.verify_plan(header, arrays)
@@ -55,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
             t2 = time.perf_counter()
             uniprune_lean.read_plan(folder)
             t3 = time.perf_counter()
+            uniprune_lean.verify_plan(header, arrays, quick=False)
+            t4 = time.perf_counter()
             verify.append(t1 - t0)
             forward.append(t2 - t1)
             read.append(t3 - t2)
-    v, f, r = (1e3 * statistics.median(s) for s in (verify, forward, read))
+            steps.append(t4 - t3)
+    v, f, r, st = (1e3 * statistics.median(s) for s in (verify, forward, read, steps))
     n_ops, n_arrays = len(header["ops"]), len(arrays)
     weights = sum(a.nbytes for a in arrays.values())
     lines = [
@@ -72,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| step | ms | share of one forward pass |",
         "| --- | --- | --- |",
-        f"| `verify_plan` (every op, buffer, kernel and array reference) | {v:.3f} | {100 * v / f:.1f} % |",
+        f"| `verify_plan` (every op, buffer, kernel and array reference; what a load runs, once) | {v:.3f} | {100 * v / f:.1f} % |",
+        f"| `verify_plan(quick=False)` (every op step by step: the verifier before its quick path) | {st:.3f} | "
+        f"{100 * st / f:.1f} % |",
         f"| `read_plan` (JSON, sha256 of weights.bin, array index checks) | {r:.3f} | {100 * r / f:.1f} % |",
         f"| one forward pass, batch 1, {args.threads} thread(s) | {f:.3f} | 100 % |",
         "",

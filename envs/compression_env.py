@@ -7,6 +7,9 @@ blocks, the same fraction of every block size: :class:`~uniprune.compressors.cor
 
     prune = a_prune * max_prune,    unify = min(a_unify * max_unify, 1 - prune)
 
+Where the search picks each conv's block shape (:class:`Wall` with several ``shapes``) the action has a
+third component in [0, 1] that picks the shape, in order.
+
 The env is the MDP only: observation, action, step and reward composition. It is handed a
 :class:`~uniprune.envs.scorer.Scorer` (projection, BatchNorm re-estimation, accuracy, storage) and a
 :class:`~uniprune.envs.wall.Wall` (AMC's action wall, built from the latency and size budget objects): each
@@ -79,7 +82,7 @@ class CompressionEnv(gym.Env):
         #: per layer, the embedding's static part (normalised per network; :func:`~uniprune.envs.embedding.static_features`)
         self.static_features = static_features(self.layer_names, self.profile, dict(zip(self.layer_names, wall.dense_layer_ms)))
         self.observation_space = spaces.Box(0.0, 1.0, shape=(NUM_FEATURES,), dtype=np.float32)
-        self.action_space = spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Box(0.0, 1.0, shape=(wall.action_dims,), dtype=np.float32)
         self.last_result: dict[str, Any] | None = None
         self._walk = Walk()
 
@@ -88,21 +91,24 @@ class CompressionEnv(gym.Env):
            input_shape: tuple[int, int, int], latency_budget: float = 0.5, bn_batches: Sequence[Batch] = (),
            max_prune: float = 0.8, max_unify: float = 1.0, reward: str = "accuracy", size_budget: float | None = None,
            block_shapes: Mapping[str, BlockShape | Sequence[int]] | None = None, model_name: str = "",
-           skip: Collection[str] = (), device: str | torch.device = "cpu") -> CompressionEnv:
+           skip: Collection[str] = (), device: str | torch.device = "cpu", shapes: Sequence[BlockShape] = (),
+           reward_steps: int = 0, train_batches: Sequence[Batch] = ()) -> CompressionEnv:
         """The env over ``model``'s compressible layers (less ``skip``): a :class:`Scorer` on ``val_batches`` (BN
         re-estimated on ``bn_batches``) and a :class:`Wall` of ``latency_budget`` (and ``size_budget``, a fraction
-        of dense storage) over ``latency_model``, with caps ``max_prune``/``max_unify`` in [0, 1]."""
+        of dense storage) over ``latency_model``, with caps ``max_prune``/``max_unify`` in [0, 1]. ``shapes``: conv block
+        shapes each layer chooses among (two or more; the first is ``block_shapes["conv"]``); ``reward_steps``: a
+        short fine-tune on ``train_batches`` before scoring (:class:`Scorer`)."""
         if reward == "size" and size_budget is None:
             raise ConfigError("reward 'size' needs a storage budget: pass size_budget (--size-budget) in (0, 1]")
         budget = LatencyBudget(latency_budget)
         sizes = None if size_budget is None else SizeBudget(size_budget)
         scorer = Scorer(model, val_batches, bn_batches=bn_batches, block_shapes=block_shapes, model_name=model_name,
-                        device=device)
+                        device=device, reward_steps=reward_steps, train_batches=train_batches)
         specs = compressible_layers(model, scorer.block_shapes, skip=skip)
         if not specs:
             raise ConfigError("the model has no compressible layers (Conv2d or Linear) to search over")
         wall = Wall(latency_model, specs, budget, size_budget=sizes, max_prune=max_prune, max_unify=max_unify,
-                    dense_bits=float(model_size(model)["total"]["dense_storage_bits"]))
+                    dense_bits=float(model_size(model)["total"]["dense_storage_bits"]), shapes=shapes)
         return cls(scorer, wall, input_shape=input_shape, reward=reward)
 
     # -- what the env is over -------------------------------------------------------------------
@@ -139,9 +145,10 @@ class CompressionEnv(gym.Env):
     def block_shapes(self) -> dict[str, BlockShape]:
         return self.scorer.block_shapes
 
-    def map_action(self, action: np.ndarray) -> tuple[float, float]:
-        """The requested (prune, unify) fractions for a raw action in [0, 1]^2 (the wall's caps applied)."""
-        return self.wall.map_action(action)
+    def map_action(self, action: np.ndarray, layer: int = 0) -> tuple:
+        """The requested (prune, unify) fractions (and block shape, where the search picks it) of layer index
+        ``layer`` for a raw action in [0, 1]^2 (or ^3) (the wall's caps applied)."""
+        return self.wall.map_action(action, layer)
 
     def policy(self, actions: Mapping[str, tuple[float, float]]) -> Policy:
         """A :class:`Policy` for ``actions`` with this env's model name, block shapes and budget."""
@@ -155,7 +162,7 @@ class CompressionEnv(gym.Env):
         reduced = float(sum(dense[i] - self.wall.layer_ms(i, *a) for i, a in enumerate(walk.applied)))
         rest = float(dense[t + 1:].sum()) if walk.t < self.num_layers else 0.0
         total = float(dense.sum()) or 1.0
-        prev = walk.applied[-1] if walk.applied else (0.0, 0.0)
+        prev = walk.applied[-1][:2] if walk.applied else (0.0, 0.0)
         return observation(self.static_features, t, reduced / total, rest / total, prev)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -176,6 +183,18 @@ class CompressionEnv(gym.Env):
         self.last_result = dict(result, requested=dict(zip(self.layer_names, self._walk.requested)))
         return self._obs(), float(result["reward"]), True, False, info
 
+    def episode_result(self, raws: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The end-of-episode result of one raw action per layer, walked through the wall and scored, without
+        stepping this env (what :attr:`last_result` would be after stepping ``raws``): for searchers whose
+        actions need no observation, whose episodes can then be scored apart (:mod:`uniprune.search.workers`)."""
+        if len(raws) != self.num_layers:
+            raise ConfigError(f"an episode takes {self.num_layers} actions, one per searched layer; got {len(raws)}")
+        walk = Walk()
+        for raw in raws:
+            self.wall.step(walk, np.asarray(raw, dtype=np.float32))
+        result = self.score(dict(zip(self.layer_names, walk.applied)))
+        return dict(result, requested=dict(zip(self.layer_names, walk.requested)))
+
     # -- reward composition ----------------------------------------------------------------------
 
     def actions(self) -> dict[str, tuple[float, float]]:
@@ -194,7 +213,7 @@ class CompressionEnv(gym.Env):
             reward = accuracy
         return {"reward": float(reward), "val_accuracy": accuracy, "latency_ratio": latency_ratio(predicted, self.wall.dense_ms),
                 "predicted_latency": float(predicted), "size_ratio": scored["size_ratio"],
-                "actions": {n: (float(p), float(u)) for n, (p, u) in actions.items()}}
+                "actions": {n: (float(a[0]), float(a[1]), *a[2:]) for n, a in actions.items()}}
 
 
 def _tiny_model(generator: torch.Generator) -> nn.Module:

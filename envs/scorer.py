@@ -21,10 +21,18 @@ from uniprune.compressors.core.errors import ConfigError
 from uniprune.compressors.core.policy import LayerAction, Policy
 from uniprune.compressors.core.projection import project_model
 from uniprune.compressors.core.structure import BlockShape, LayerStructure
+from uniprune.compressors.train.short import short_finetune
 from uniprune.compressors.train.training import evaluate
 
 Batch = tuple[Tensor, Tensor]
-Actions = Mapping[str, tuple[float, float]]
+#: layer -> ``(prune, unify)``, or ``(prune, unify, "1x1")`` with the layer's own block shape
+Actions = Mapping[str, tuple]
+
+
+def layer_action(action: tuple) -> LayerAction:
+    """A policy's :class:`LayerAction` for ``(prune, unify)`` or ``(prune, unify, shape key)``."""
+    block = BlockShape.parse(action[2]) if len(action) > 2 and action[2] is not None else None
+    return LayerAction(float(action[0]), float(action[1]), block)
 
 
 def recalibrate_bn(model: nn.Module, batches: Sequence[Batch], *, device: str | torch.device = "cpu") -> int:
@@ -60,11 +68,13 @@ class Scorer:
     :param bn_batches: training batches for BatchNorm re-estimation (empty: none).
     :param block_shapes: per layer type block shapes (default the project's). :param model_name: named in policies.
     :param device: where the scratch copy is scored.
+    :param reward_steps: SGD steps of a short fine-tune inside the policy's structure before scoring (0: none), on
+        ``train_batches`` (cycled; :func:`~uniprune.compressors.train.short.short_finetune`).
     """
 
     def __init__(self, model: nn.Module, val_batches: Sequence[Batch], *, bn_batches: Sequence[Batch] = (),
                  block_shapes: Mapping[str, BlockShape | Sequence[int]] | None = None, model_name: str = "",
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", reward_steps: int = 0, train_batches: Sequence[Batch] = ()) -> None:
         if not val_batches:
             raise ConfigError("the validation subset is empty: pass at least one (x, y) batch (--val-samples > 0)")
         self.model = model
@@ -74,20 +84,29 @@ class Scorer:
             {k: (v.out, v.inp) if isinstance(v, BlockShape) else tuple(v) for k, v in (block_shapes or {}).items()})
         self.model_name = model_name
         self.device = device
+        self.reward_steps = int(reward_steps)
+        self.train_batches = list(train_batches)
+        if self.reward_steps and not self.train_batches:
+            raise ConfigError("a short-fine-tune reward (--reward-steps) needs training batches to train on")
         self.scratch = copy.deepcopy(model).to(device)
         self._original = {k: v.detach().clone() for k, v in self.scratch.state_dict().items()}
 
     def policy(self, actions: Actions, *, latency_budget: float | None = None) -> Policy:
         """A :class:`Policy` for ``actions`` with this model's name and block shapes."""
-        return Policy(layers={n: LayerAction(float(p), float(u)) for n, (p, u) in actions.items()}, model=self.model_name,
+        return Policy(layers={n: layer_action(a) for n, a in actions.items()}, model=self.model_name,
                       block_shape={k: (v.out, v.inp) for k, v in self.block_shapes.items()}, latency_budget=latency_budget)
 
     def projected(self, actions: Actions, *, bn_batches: Sequence[Batch] | None = None) -> tuple[nn.Module, dict[str, LayerStructure]]:
-        """The scratch copy with the original weights, projected onto ``actions`` and BatchNorm re-estimated on
-        ``bn_batches`` (default the scorer's); valid until the next call."""
+        """The scratch copy with the original weights, projected onto ``actions``, BatchNorm re-estimated on
+        ``bn_batches`` (default the scorer's) and, with ``reward_steps``, briefly fine-tuned in that structure
+        (then BatchNorm re-estimated again); valid until the next call."""
         self.scratch.load_state_dict(self._original)
         structures = project_model(self.scratch, self.policy(actions), self.block_shapes, apply=True)
-        recalibrate_bn(self.scratch, self.bn_batches if bn_batches is None else bn_batches, device=self.device)
+        bn = self.bn_batches if bn_batches is None else bn_batches
+        recalibrate_bn(self.scratch, bn, device=self.device)
+        if self.reward_steps:
+            structures = short_finetune(self.scratch, structures, self.train_batches, self.reward_steps, device=self.device)
+            recalibrate_bn(self.scratch, bn, device=self.device)
         return self.scratch, structures
 
     def score(self, actions: Actions, *, val_batches: Sequence[Batch] | None = None,

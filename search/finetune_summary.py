@@ -91,7 +91,7 @@ def layer_records(model: Any, policy: Any, structures: Mapping[str, Any], channe
     shape and what was done to it (block shape, pruned and unified shares; or channels kept of before, for
     channel pruning), ``dense`` when it was left as it was."""
     from torch import nn
-    from uniprune.compressors.core.blocks import compressible_layers, policy_block_shapes
+    from uniprune.compressors.core.blocks import policy_layers
 
     if channels is not None:
         kept = channels.get("kept") or {}
@@ -102,7 +102,7 @@ def layer_records(model: Any, policy: Any, structures: Mapping[str, Any], channe
                 out.append({"name": name, "shape": list(m.weight.shape), "channels": list(pair), "dense": name not in kept})
         return out
     out = []
-    for spec in compressible_layers(model, policy_block_shapes(policy.block_shape, None)):
+    for spec in policy_layers(model, policy):  # each layer tiled as the policy says (its own block shape wins)
         s = structures.get(spec.name)
         record = {"name": spec.name, "shape": list(spec.module.weight.shape),
                   "block": f"{spec.grid.block_shape.out}x{spec.grid.block_shape.inp}", "prune": 0.0, "unify": 0.0, "dense": s is None}

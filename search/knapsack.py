@@ -36,7 +36,7 @@ class LayerOptions:
     the accuracy each loses alone. Option 0 is always the dense layer ``(0, 0)`` at cost 0."""
 
     name: str
-    actions: list[tuple[float, float]]
+    actions: list[tuple]
     ms: np.ndarray
     cost: np.ndarray | None = None
 
@@ -56,14 +56,20 @@ def pareto_options(name: str, points: Sequence[tuple[float, float]], ms: Callabl
     return LayerOptions(name, [a for a, _ in kept], np.array([t for _, t in kept], dtype=np.float64))
 
 
-def score_options(options: Sequence[LayerOptions], accuracy_of: Callable[[Mapping[str, tuple[float, float]]], float],
-                  dense_accuracy: float, *, progress: bool = True) -> list[LayerOptions]:
+def score_options(options: Sequence[LayerOptions], accuracy_of: Callable[[Mapping[str, tuple]], float],
+                  dense_accuracy: float, *, progress: bool = True,
+                  score_many: Callable[[list[Mapping[str, tuple]]], list[float]] | None = None) -> list[LayerOptions]:
     """Each option's cost: ``dense_accuracy - accuracy_of({layer: action})`` (the layer alone compressed),
-    floored at 0 so that noise does not make compression look free-plus."""
+    floored at 0 so that noise does not make compression look free-plus. ``score_many``: scores a list of
+    such policies at once (several processes: :class:`~uniprune.search.workers.ScorePool`), in order."""
     jobs = [(i, j) for i, o in enumerate(options) for j in range(1, len(o.actions))]
     costs = [np.zeros(len(o.actions)) for o in options]
-    for i, j in tqdm(jobs, desc="knapsack sensitivity", disable=not progress, leave=False):
-        acc = accuracy_of({options[i].name: options[i].actions[j]})
+    policies = [{options[i].name: options[i].actions[j]} for i, j in jobs]
+    if score_many is not None:
+        accuracies = score_many(policies)
+    else:
+        accuracies = [accuracy_of(p) for p in tqdm(policies, desc="knapsack sensitivity", disable=not progress, leave=False)]
+    for (i, j), acc in zip(jobs, accuracies):
         costs[i][j] = max(0.0, dense_accuracy - acc) if math.isfinite(acc) else math.inf
     return [LayerOptions(o.name, o.actions, o.ms, c) for o, c in zip(options, costs)]
 
@@ -106,26 +112,36 @@ def solve(options: Sequence[LayerOptions], limit_ms: float, *, resolution: int =
 
 def env_options(wall: Wall) -> list[LayerOptions]:
     """Each searched layer's Pareto options on the wall's latency grid within its caps, timed at the block
-    counts the projection applies (``wall``: an env's :class:`~uniprune.envs.Wall`)."""
+    counts the projection applies (``wall``: an env's :class:`~uniprune.envs.Wall`). Where the search picks
+    block shapes, each shape's Pareto options are kept (a finer shape is slower at the same fractions but may
+    lose less: the sensitivity scores decide), actions then ``(prune, unify, shape key)``."""
     lm = wall.latency_model
     p, u = lm.points()
     ok = (p <= wall.max_prune + 1e-9) & (u <= wall.max_unify + 1e-9)
     grid = list(zip(p[ok].tolist(), u[ok].tolist()))
     out = []
     for i, name in enumerate(wall.layer_names):
-        def ms(prune: float, unify: float, i: int = i, name: str = name) -> float:
-            return lm.layer_ms(name, *wall.applied_fractions(i, prune, unify))
-        out.append(pareto_options(name, grid, ms))
+        actions: list[tuple] = [(0.0, 0.0)]
+        times = [wall.layer_ms(i, 0.0, 0.0)]
+        for opt in wall.options[i]:
+            key = opt.key if wall.shapes else None
+
+            def ms(prune: float, unify: float, i: int = i, key: str | None = key) -> float:
+                return wall.layer_ms(i, prune, unify, key)
+            front = pareto_options(name, grid, ms)
+            actions += [(*a, key) if key else a for a in front.actions[1:]]
+            times += front.ms[1:].tolist()
+        out.append(LayerOptions(name, actions, np.asarray(times, dtype=np.float64)))
     return out
 
 
-def knapsack_plans(wall: Wall, options: Sequence[LayerOptions], tightenings: Sequence[float] = TIGHTENINGS) -> list[dict[str, tuple[float, float]]]:
+def knapsack_plans(wall: Wall, options: Sequence[LayerOptions], tightenings: Sequence[float] = TIGHTENINGS) -> list[dict[str, tuple]]:
     """The knapsack's ``{layer: (prune, unify)}`` for the wall's budget scaled by each of ``tightenings``
     (distinct plans only; a tightening no plan fits is skipped, the budget itself raises)."""
     lm = wall.latency_model
     others = lm.predict({}) - sum(float(lm.tables[n][0, 0]) for n in wall.layer_names)
     limit = wall.budget.limit_ms(wall.dense_ms)
-    plans: list[dict[str, tuple[float, float]]] = []
+    plans: list[dict[str, tuple]] = []
     for k, tight in enumerate(tightenings):
         try:
             picks = solve(options, tight * limit - others)

@@ -80,6 +80,8 @@ class SearchLoop:
     #: what every best policy's ``search`` record says besides the episode (searcher, seed, reward kind, ...)
     describe: Mapping[str, Any] = field(default_factory=dict)
     callbacks: Sequence[Callback] = ()
+    #: processes scoring episodes side by side (searchers that :meth:`~Searcher.plan` their episodes)
+    workers: int = 1
     stopped: bool = False
     played: int = 0
     seconds: float = 0.0
@@ -87,11 +89,19 @@ class SearchLoop:
     def run(self) -> SearchLoop:
         """Play the episodes; returns the loop (its ``best``, ``best_reward``, ``stopped``, ``played``, ``seconds``)."""
         started = time.perf_counter()
+        pool = None
+        ready: dict[int, tuple[dict[str, Any], float]] = {}
         try:
+            if self.workers > 1 and self.first < self.total and self.searcher.plan(self.first) is not None:
+                from .workers import ScorePool
+
+                pool = self.searcher.pool = ScorePool(self.env, self.workers)
             for cb in self.callbacks:
                 cb.on_start(self)
             for number in range(self.first, self.total):
-                episode = self._play(number)
+                if pool is not None and number not in ready:
+                    ready = self._score_ahead(pool, number)
+                episode = self._play(number, ready.pop(number, None))
                 self.played += 1
                 self.seconds = time.perf_counter() - started
                 for cb in self.callbacks:
@@ -105,12 +115,24 @@ class SearchLoop:
             for cb in reversed(self.callbacks):
                 cb.close()
             self.searcher.close()
+            if pool is not None:
+                pool.close()
+                self.searcher.pool = None
         return self
 
-    def _play(self, number: int) -> Episode:
+    def _score_ahead(self, pool: Any, number: int) -> dict[int, tuple[dict[str, Any], float]]:
+        """Episodes ``number ..`` (as many as there are workers, all planned) scored side by side, with the
+        seconds each took on average."""
         t0 = time.perf_counter()
-        result = self.searcher.run_episode(number)
-        seconds = time.perf_counter() - t0
+        numbers = range(number, min(number + pool.workers, self.total))
+        results = pool.episodes([self.searcher.plan(n) for n in numbers])
+        each = (time.perf_counter() - t0) / len(results)
+        return {n: (r, each) for n, r in zip(numbers, results)}
+
+    def _play(self, number: int, scored: tuple[dict[str, Any], float] | None = None) -> Episode:
+        t0 = time.perf_counter()
+        result = self.searcher.run_episode(number) if scored is None else scored[0]
+        seconds = time.perf_counter() - t0 if scored is None else scored[1]
         reward = float(result["reward"])
         improved = reward > self.best_reward
         if improved:
@@ -162,8 +184,8 @@ class TensorBoardCallback(Callback):
         best = loop.best
         if best is None:
             return
-        self.tb.layer_actions({n: (a.prune, a.unify) for n, a in best.layers.items()}, int(best.search.get("episode", 0)),
-                              curves=True)
+        self.tb.layer_actions({n: (a.prune, a.unify) + ((a.block.key,) if a.block else ()) for n, a in best.layers.items()},
+                              int(best.search.get("episode", 0)), curves=True)
         self.tb.hparams(self.hparams, {"search/best_reward": loop.best_reward,
                                        "search/best_val_accuracy": best.predicted.get("val_accuracy", math.nan)})
 

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 import numpy as np
 from uniprune.agent import AMCDDPG, load_agent, save_agent
 from uniprune.compressors.core.errors import ConfigError, RunDirError
-from uniprune.compressors.core.policy import LayerAction
 from uniprune.compressors.formats.run_dir import OPTUNA_DB, RunDir
 from uniprune.envs import CompressionEnv
 from uniprune.search.tensorboard import TensorBoardLogger, sb3_logger
@@ -66,10 +65,17 @@ class Searcher(abc.ABC):
         self.warmup = int(warmup)
         self.run_dir = Path(run_dir)
         self.resume = resume
+        #: where independent scoring may go (:class:`~uniprune.search.workers.ScorePool`; set by the search loop)
+        self.pool: Any = None
 
     @abc.abstractmethod
     def run_episode(self, episode: int) -> dict[str, Any]:
         """Play one episode; returns the env's result dict."""
+
+    def plan(self, episode: int) -> list[np.ndarray] | None:
+        """The raw actions of ``episode`` (one per layer) where they depend on no earlier reward nor observation,
+        so that episodes can be scored side by side (:mod:`uniprune.search.workers`); None otherwise (default)."""
+        return None
 
     def noise_sigma(self, episode: int) -> float:
         """Exploration noise of ``episode`` (0 for searchers without noise)."""
@@ -102,7 +108,7 @@ class DDPGSearcher(Searcher):
     name = "ddpg"
 
     def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int,
-                 reward_baseline: str = "sample") -> None:
+                 reward_baseline: str = "sample", noise: dict[str, float] | None = None) -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
         self.logging = False
         if resume and RunDir(self.run_dir).agent_path.is_file():
@@ -113,7 +119,7 @@ class DDPGSearcher(Searcher):
         else:
             buffer_size = max(episodes * env.num_layers, 1000)
             self.agent = AMCDDPG(env=env, warmup_episodes=warmup, seed=seed, buffer_size=buffer_size,
-                                 reward_baseline=reward_baseline)
+                                 reward_baseline=reward_baseline, **(noise or {}))
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         if self.agent.episode != episode:
@@ -150,8 +156,12 @@ class RandomSearcher(Searcher):
     name = "random"
 
     def run_episode(self, episode: int) -> dict[str, Any]:
+        raws = self.plan(episode)
+        return play(self.env, lambda t, obs: raws[t])
+
+    def plan(self, episode: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, episode])
-        return play(self.env, lambda t, obs: rng.uniform(0.0, 1.0, size=2))
+        return [rng.uniform(0.0, 1.0, size=self.env.wall.action_dims) for _ in range(self.env.num_layers)]
 
     def in_warmup(self, episode: int) -> bool:
         return True
@@ -173,6 +183,9 @@ class UniformSearcher(Searcher):
         action = self.candidates[episode % len(self.candidates)]
         return play(self.env, lambda t, obs: action)
 
+    def plan(self, episode: int) -> list[np.ndarray]:
+        return [self.candidates[episode % len(self.candidates)]] * self.env.num_layers
+
 
 class KnapsackSearcher(Searcher):
     """HALP-style: score every layer's options alone, then solve a knapsack over the latency table
@@ -182,14 +195,16 @@ class KnapsackSearcher(Searcher):
 
     def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool) -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
-        self._plans: list[dict[str, tuple[float, float]]] | None = None
+        self._plans: list[dict[str, tuple]] | None = None
 
-    def _ensure_plans(self) -> list[dict[str, tuple[float, float]]]:
+    def _ensure_plans(self) -> list[dict[str, tuple]]:
         if self._plans is None:
             scorer = self.env.scorer
             options = knapsack.env_options(self.env.wall)
             dense = scorer.score({})["val_accuracy"]
-            scored = knapsack.score_options(options, lambda actions: scorer.score(actions)["val_accuracy"], dense)
+            many = self.pool.accuracies if self.pool is not None else None
+            scored = knapsack.score_options(options, lambda actions: scorer.score(actions)["val_accuracy"], dense,
+                                            score_many=many)
             self._plans = knapsack.knapsack_plans(self.env.wall, scored)
         return self._plans
 
@@ -197,41 +212,43 @@ class KnapsackSearcher(Searcher):
         return min(requested, len(knapsack.TIGHTENINGS))
 
     def run_episode(self, episode: int) -> dict[str, Any]:
+        raws = self.plan(episode)
+        return play(self.env, lambda t, obs: raws[t])
+
+    def plan(self, episode: int) -> list[np.ndarray]:
         plans = self._ensure_plans()
         plan = plans[min(episode, len(plans) - 1)]
-        env = self.env
-        cap_p, cap_u = env.wall.max_prune, env.wall.max_unify
-        raw = [np.array([p / cap_p if cap_p > 0 else 0.0, u / cap_u if cap_u > 0 else 0.0])
-               for p, u in (plan[n] for n in env.layer_names)]
-        return play(env, lambda t, obs: raw[t])
+        return [self.env.wall.raw_action(i, plan[n]) for i, n in enumerate(self.env.layer_names)]
 
 
 def uniform_candidates(env: CompressionEnv, levels: int) -> list[np.ndarray]:
-    """Raw actions ``(a_prune, a_unify)`` that compress every layer alike, just enough to meet the budget.
+    """Raw actions that compress every layer alike, just enough to meet the budget.
 
     For each of ``levels`` mixes ``m`` in [0, 1] (0: prune only, 1: unify only) the action is
     ``s * (1 - m, m) / max(1 - m, m)`` with the least scale ``s`` in [0, 1] whose uniform policy fits the
-    budget by the latency model's whole-model prediction (bisection). Mixes where even ``s = 1`` does not
-    fit are dropped; if none fits, the maximum compression is the one candidate (the env's wall then
-    clips the last layers).
+    budget by the latency model's whole-model prediction (bisection); where the search picks block shapes,
+    once per shape (every conv in that shape). Mixes where even ``s = 1`` does not fit are dropped; if none
+    fits, the maximum compression is the one candidate (the env's wall then clips the last layers).
     """
-    lm, limit = env.latency_model, env.wall.budget.limit_ms(env.wall.dense_ms)
+    wall = env.wall
+    lm, limit = env.latency_model, wall.budget.limit_ms(wall.dense_ms)
+    shape_raws = [[(k + 0.5) / len(wall.shapes)] for k in range(len(wall.shapes))] or [[]]
 
     def ms(raw: np.ndarray) -> float:
-        action = LayerAction(*env.map_action(raw))
-        return lm.predict(dict.fromkeys(env.layer_names, action))
+        return lm.predict({n: wall.layer_action(i, wall.map_action(raw, i)) for i, n in enumerate(env.layer_names)})
 
     found = []
-    for mix in np.linspace(0.0, 1.0, max(levels, 2)):
-        direction = np.array([1.0 - mix, mix]) / max(1.0 - mix, mix)
-        if ms(direction) > limit:
-            continue
-        lo, hi = 0.0, 1.0  # invariant: scale hi fits
-        while hi - lo > 1e-7:
-            mid = 0.5 * (lo + hi)
-            lo, hi = (lo, mid) if ms(mid * direction) <= limit else (mid, hi)
-        found.append(hi * direction)
-    return found or [np.array([1.0, 1.0])]
+    for shape_raw in shape_raws:
+        for mix in np.linspace(0.0, 1.0, max(levels, 2)):
+            direction = np.array([1.0 - mix, mix]) / max(1.0 - mix, mix)
+            if ms(np.array([*direction, *shape_raw])) > limit:
+                continue
+            lo, hi = 0.0, 1.0  # invariant: scale hi fits
+            while hi - lo > 1e-7:
+                mid = 0.5 * (lo + hi)
+                lo, hi = (lo, mid) if ms(np.array([*(mid * direction), *shape_raw])) <= limit else (mid, hi)
+            found.append(np.array([*(hi * direction), *shape_raw]))
+    return found or [np.ones(wall.action_dims)]
 
 
 class OptunaSearcher(Searcher):
@@ -264,10 +281,14 @@ class OptunaSearcher(Searcher):
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         trial = self.study.ask()
-        actions = [
-            np.array([trial.suggest_float(f"{name}/prune", 0.0, 1.0), trial.suggest_float(f"{name}/unify", 0.0, 1.0)])
-            for name in self.env.layer_names
-        ]
+        wall = self.env.wall
+        actions = []
+        for i, name in enumerate(self.env.layer_names):
+            raw = [trial.suggest_float(f"{name}/prune", 0.0, 1.0), trial.suggest_float(f"{name}/unify", 0.0, 1.0)]
+            if wall.shapes:
+                keys = [o.key for o in wall.options[i]]
+                raw.append((keys.index(trial.suggest_categorical(f"{name}/shape", keys)) + 0.5) / len(keys))
+            actions.append(np.array(raw))
         result = play(self.env, lambda t, obs: actions[t])
         trial.set_user_attr("latency_ratio", result["latency_ratio"])
         trial.set_user_attr("val_accuracy", result["val_accuracy"])
@@ -289,12 +310,13 @@ def _episodes_done(run_dir: Path) -> int:
 
 def make_searcher(
     name: str, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int, storage: str | None = None,
-    reward_baseline: str = "sample",
+    reward_baseline: str = "sample", noise: dict[str, float] | None = None,
 ) -> Searcher:
-    """The searcher called ``name`` (one of :data:`SEARCHERS`) on ``env``."""
+    """The searcher called ``name`` (one of :data:`SEARCHERS`) on ``env``; ``noise``: DDPG's ``sigma0``,
+    ``sigma_decay``, ``sigma_min`` (:class:`~uniprune.agent.noise.TruncatedNormalSchedule`)."""
     common: dict[str, Any] = {"seed": seed, "warmup": warmup, "run_dir": run_dir, "resume": resume}
     if name == "ddpg":
-        return DDPGSearcher(env, episodes=episodes, reward_baseline=reward_baseline, **common)
+        return DDPGSearcher(env, episodes=episodes, reward_baseline=reward_baseline, noise=noise, **common)
     if name == "optuna":
         return OptunaSearcher(env, storage=storage, **common)
     if name == "random":

@@ -52,19 +52,21 @@ class TensorBoardLogger:
         table = "| option | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in clean.items())
         self.text("search/hparams", table)
 
-    def layer_actions(self, actions: Mapping[str, tuple[float, float]], episode: int, *, curves: bool = False) -> None:
-        """The best policy's per-layer (prune, unify) as a text table at step ``episode``.
+    def layer_actions(self, actions: Mapping[str, tuple], episode: int, *, curves: bool = False) -> None:
+        """The best policy's per-layer (prune, unify, and block shape where searched) as a text table at step ``episode``.
 
         With ``curves`` (once, at the end of a run) also as scalars ``best_policy/prune`` and
         ``best_policy/unify`` over the layer index, which TensorBoard draws as the policy's profile.
         """
-        rows = "\n".join(f"| {i} | {n} | {p:.3f} | {u:.3f} |" for i, (n, (p, u)) in enumerate(actions.items()))
-        self.text("search/best_policy", f"best policy (episode {episode})\n\n| # | layer | prune | unify |\n| --- | --- | --- | --- |\n{rows}", episode)
+        rows = "\n".join(f"| {i} | {n} | {a[0]:.3f} | {a[1]:.3f} | {a[2] if len(a) > 2 else ''} |"
+                         for i, (n, a) in enumerate(actions.items()))
+        self.text("search/best_policy", f"best policy (episode {episode})\n\n| # | layer | prune | unify | block |\n"
+                  f"| --- | --- | --- | --- | --- |\n{rows}", episode)
         if not curves:
             return
-        for i, (p, u) in enumerate(actions.values()):
-            self.writer.add_scalar("best_policy/prune", float(p), i)
-            self.writer.add_scalar("best_policy/unify", float(u), i)
+        for i, a in enumerate(actions.values()):
+            self.writer.add_scalar("best_policy/prune", float(a[0]), i)
+            self.writer.add_scalar("best_policy/unify", float(a[1]), i)
 
     def flush(self) -> None:
         self.writer.flush()

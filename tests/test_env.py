@@ -209,3 +209,42 @@ def test_extreme_point_prefers_no_unification_within_noise():
     env2 = CompressionEnv.of(env.model, noisy, env.scorer.val_batches, input_shape=env.input_shape, latency_budget=0.9,
                              model_name="tiny-cnn")
     assert env2.wall.extreme[0] == (float(g[i]), 0.0)
+
+
+def test_the_search_picks_each_conv_layers_block_shape() -> None:
+    from uniprune.compressors.core.structure import BlockShape
+
+    env = make_tiny_env(latency_budget=0.9, shapes=[BlockShape(2, 2), BlockShape(1, 1)])
+    assert env.action_space.shape == (3,) and env.wall.shapes == ["2x2", "1x1"]
+    env.reset()
+    for raw in ([0.5, 0.0, 0.9], [0.5, 0.0, 0.1], [0.25, 0.0, 0.9]):
+        _, _, done, _, info = env.step(np.asarray(raw, dtype=np.float32))
+    assert done
+    actions = env.last_result["actions"]
+    names = env.layer_names
+    assert [a[2] for a in actions.values()] == ["1x1", "2x2", "2x2"]  # the linear has one shape, its own
+    policy = env.policy(actions)
+    assert policy.layers[names[0]].block == BlockShape(1, 1) and policy.layers[names[1]].block == BlockShape(2, 2)
+    _, structures = env.scorer.projected(actions)
+    assert structures[names[0]].grid.block_shape == BlockShape(1, 1)
+    assert structures[names[1]].grid.block_shape == BlockShape(2, 2)
+    # the wall prices each layer in its own shape: the walk's sum is the whole-model prediction
+    assert env.last_result["predicted_latency"] == pytest.approx(env.wall.predicted_ms(actions))
+    with pytest.raises(ConfigError, match="cannot take block shape '4x4'"):
+        env.wall.layer_ms(0, 0.5, 0.0, "4x4")
+
+
+def test_searchers_play_shape_choices() -> None:
+    from pathlib import Path
+
+    from uniprune.compressors.core.structure import BlockShape
+    from uniprune.search.searchers import KnapsackSearcher, RandomSearcher, UniformSearcher
+
+    env = make_tiny_env(latency_budget=0.7, shapes=[BlockShape(2, 2), BlockShape(1, 1)])
+    common = dict(seed=0, warmup=0, run_dir=Path("."), resume=False)
+    for searcher in (RandomSearcher(env, **common), UniformSearcher(env, **common), KnapsackSearcher(env, **common)):
+        result = searcher.run_episode(0)
+        assert result["latency_ratio"] <= 0.7 + 1e-9
+        assert all(len(a) == 3 and a[2] in ("2x2", "1x1") for a in result["actions"].values())
+    shapes = {a[2] for c in UniformSearcher(env, **common).candidates for a in [env.wall.map_action(c, 0)]}
+    assert shapes == {"2x2", "1x1"}  # the uniform sweep is run once per shape

@@ -1,4 +1,4 @@
-"""`uniprune export` and the artifact it writes (compressors/formats/artifact.py, compressors/native/uniprune_lean.py).
+"""`uniprune export` and the artifact it writes (compressors/formats/artifact.py, compressors/native/uniprune_lean/).
 
 Every model is exported from a compressed checkpoint with random pruned and unified blocks, and the artifact,
 run by its own loader (imported from the artifact directory), must match the masked dense model run by torch
@@ -29,14 +29,14 @@ TOL = 1e-4
 
 
 def import_loader(directory: Path):
-    """The artifact's own ``uniprune_lean.py``, imported by file path: what its users run (no uniprune verb
-    ever imports it)."""
+    """The artifact's own loader package ``uniprune_lean/``, imported by file path: what its users run (no
+    uniprune verb ever imports it)."""
     import hashlib
     import importlib.util
 
-    path = Path(directory) / "uniprune_lean.py"
+    path = Path(directory) / "uniprune_lean"
     name = f"_artifact_loader_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -88,9 +88,11 @@ def test_artifact_matches_masked_dense(name, shape, tmp_path, capsys, lean_cache
     reference = _compressed(ckpt, name, shape, seed=len(name))
     code, result, err = _export(capsys, "--compressed", str(ckpt), "--out", str(tmp_path / "art"))
     assert code == 0, err
-    files = {Path(f).name for f in result["files"]}
-    assert files == {"plan.json", "weights.bin", "uniprune_kernels.c", "uniprune_plan.c", "uniprune_bf16.c", "uniprune_lean.py",
-                     "README.md"}
+    files = {str(Path(f).relative_to(tmp_path / "art")) for f in result["files"]}
+    loader_files = {f"uniprune_lean/{p.name}" for p in Path(uniprune_lean.__file__).parent.glob("*.py")}
+    assert files == {"plan.json", "weights.bin", "uniprune_kernels.c", "uniprune_plan.c", "uniprune_bf16.c",
+                     "uniprune_common.h", "README.md", *loader_files}
+    assert "uniprune_lean/__init__.py" in files and "uniprune_lean/verify.py" in files
     assert all(Path(f).is_file() for f in result["files"])
     assert result["max_rel_error"] <= TOL and result["input_shape"] == list(shape) and result["output_shape"] == [10]
     header = json.loads((tmp_path / "art" / "plan.json").read_text())
@@ -129,6 +131,12 @@ def test_artifact_runs_without_torch_or_uniprune(tmp_path, capsys, lean_cache):
     assert proc.returncode == 0, proc.stderr
     with torch.no_grad():
         assert _rel_err(np.load(tmp_path / "y.npy"), reference(x)) <= TOL
+    # the README's check, run in the artifact's folder: the loader package finds the plan beside it
+    proc = subprocess.run([sys.executable, "-m", "uniprune_lean", "--batch-size", "2", "--threads", "1"],
+                          cwd=tmp_path / "art", env={**env, "UNIPRUNE_LEAN_CACHE": str(lean_cache)}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "input [2, 1, 8, 8] -> output [2, 10]" in proc.stdout
 
 
 def test_in_process_plan_round_trips_through_files(tmp_path, single_thread):
@@ -342,7 +350,7 @@ def test_bench_never_runs_the_artifacts_code(tmp_path, capsys, monkeypatch):
     out = tmp_path / "art"
     assert _export(capsys, "--compressed", str(ckpt), "--out", str(out))[0] == 0
     marker = tmp_path / "ran.txt"
-    with open(out / "uniprune_lean.py", "a") as fh:
+    with open(out / "uniprune_lean" / "__init__.py", "a") as fh:
         fh.write(f"\nopen({str(marker)!r}, 'w').write('the artifact ran')\n")
     for name in ("uniprune_kernels.c", "uniprune_plan.c"):
         with open(out / name, "a") as fh:
@@ -351,7 +359,8 @@ def test_bench_never_runs_the_artifacts_code(tmp_path, capsys, monkeypatch):
                  "--no-table", "--json"])
     stdout, err = capsys.readouterr()
     assert code == 0, err
-    assert not marker.exists() and not (tmp_path / "lean-cache").exists()  # nothing imported, nothing compiled
+    # nothing imported (no marker); nothing compiled from the artifact (its C sources would fail on the #error)
+    assert not marker.exists()
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["runtime"] == "artifact" and result["max_rel_error"] <= TOL and result["compressed_ms"] > 0
     assert not any(name.startswith("_uniprune_lean_") or name.startswith("_artifact_loader_") for name in sys.modules

@@ -204,3 +204,29 @@ def test_python_runtime_and_the_fallback():
     assert r["fallback"]["blockers"] == ["node 'exp' (call_function exp): the plan has no op for it"]
     with pytest.raises(ConfigError, match="runtime"):
         measure_model_ms(model, {}, (3, 16, 16), runtime="jit")
+
+
+def test_a_layer_is_priced_in_its_own_block_shape(tmp_path):
+    from uniprune.compressors.core.structure import BlockShape
+    from uniprune.compressors.latency.model import LatencyModel
+    from uniprune.compressors.latency.shaped import build_shaped_latency_model
+
+    model = _small_cnn()
+    shapes = [BlockShape(8, 4), BlockShape(1, 1)]
+    lm = build_shaped_latency_model(model, (3, 16, 16), shapes, threads=1, grid=(0.0, 0.5, 0.9), cache_dir=tmp_path,
+                                    progress=False, warmup=1, repeats=3, min_seconds=0)
+    assert lm.shapes == ["1x1"] and lm.meta["shapes"] == ["8x4", "1x1"]
+    convs = [n for n in lm.layer_names if n != "7"]  # "7" is the linear: priced in its own shape only
+    assert set(lm.shape_tables["1x1"]) == set(convs)
+    fine = {n: LayerAction(0.5, 0.0, BlockShape(1, 1)) for n in convs}
+    coarse = {n: LayerAction(0.5, 0.0) for n in convs}
+    expect = lm.fixed_ms + lm.tables["7"][0, 0] + sum(lm.shape_tables["1x1"][n][1, 0] for n in convs)
+    assert lm.predict(fine) == pytest.approx(expect)
+    assert lm.predict(coarse) == pytest.approx(lm.fixed_ms + sum(lm.tables[n][0 if n == "7" else 1, 0] for n in lm.layer_names))
+    assert lm.fastest_ms(convs[0]) == pytest.approx(min(lm.tables[convs[0]].min(), lm.shape_tables["1x1"][convs[0]].min()))
+    again = LatencyModel.from_dict(lm.to_dict())
+    assert again.predict(fine) == pytest.approx(lm.predict(fine))
+    with pytest.raises(KeyError, match="4x1"):
+        lm.layer_ms(convs[0], 0.5, 0.0, BlockShape(4, 1))
+    with pytest.raises(ValueError, match="not a layer"):
+        LatencyModel(lm.prune_grid, lm.unify_grid, lm.tables, lm.fixed_ms, shape_tables={"1x1": {"nope": lm.tables["0"]}})

@@ -146,3 +146,26 @@ def test_project_model_counts_apply_and_unknown_layers() -> None:
     assert structure_error(w, structures["2"]) == {"pruned_max_abs": 0.0, "unified_spread": 0.0}
     with pytest.raises(PolicyError, match="not compressible layers"):
         project_model(model, Policy(layers={"layer9.conv": LayerAction(0.5, 0.0)}))
+
+
+def test_a_layers_own_block_shape_wins_and_survives_the_file(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3))
+    policy = Policy(layers={"0": LayerAction(0.5, 0.0, BlockShape(1, 1)), "2": LayerAction(0.5, 0.25)},
+                    block_shape={"conv": (8, 4)})
+    loaded = Policy.load(policy.save(tmp_path / "policy.json"))
+    assert loaded.layers["0"].block == BlockShape(1, 1) and loaded.layers["2"].block is None
+    structures = project_model(model, loaded)
+    assert structures["0"].grid.block_shape == BlockShape(1, 1)
+    assert (structures["0"].grid.n_out, structures["0"].grid.n_in) == (16, 8)
+    assert structures["2"].grid.block_shape == BlockShape(8, 4)
+    # half of layer 0's 128 one-kernel blocks are pruned: its weights are zero kernel by kernel
+    kernels = model[0].weight.detach().abs().sum(dim=(2, 3))
+    assert int((kernels == 0).sum()) == 64
+
+
+@pytest.mark.parametrize("block", [[0, 1], [1], "1x1", [1.5, 1], [True, 1]])
+def test_a_bad_layer_block_is_one_policy_error(block: object) -> None:
+    data = {"format": "uniprune.policy/1", "layers": {"0": {"prune": 0.5, "block": block}}}
+    with pytest.raises(PolicyError, match=r"layers\.0\.block"):
+        Policy.from_dict(data)

@@ -72,9 +72,14 @@ def test_ddpg_search_writes_policy_csv_and_tensorboard_then_resumes(tmp_path, ca
     # The agent trained on digits-cnn runs on another network (per-network observations), within its budget.
     replayed = agent_policy(agent, make_tiny_env(latency_budget=0.7))
     assert list(replayed["actions"]) == ["0", "3", "8"] and replayed["latency_ratio"] <= 0.7 + 1e-6
-    acc = EventAccumulator(str(run / "tb"))
-    acc.Reload()
-    assert [e.step for e in acc.Scalars("search/reward")] == [0, 1, 2, 3, 4]
+    # Each event file on its own: two writers of one process within one second get names that sort by a counter
+    # as text ("...10" before "...9"), and a reader of the folder would then take the first run's steps for a restart.
+    steps = []
+    for events in sorted((run / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        steps += [e.step for e in acc.Scalars("search/reward")] if "search/reward" in acc.Tags()["scalars"] else []
+    assert sorted(steps) == [0, 1, 2, 3, 4]
     # Resuming with a different budget is refused, naming the option.
     assert main(["search", *FAST, "--episodes", "6", "--latency-budget", "0.4", "--run-dir", str(run), "--resume"]) == 2
     assert "--latency-budget" in capsys.readouterr().err
@@ -158,3 +163,33 @@ def test_keep_dense_picks_the_ends_or_named_layers(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "conv9" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_warmup_that_leaves_no_ddpg_episode_is_scaled_and_noise_is_an_option(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["search", *FAST, "--episodes", "6", "--warmup", "100", "--noise-sigma", "0.3", "--noise-decay", "0.5",
+                 "--noise-floor", "0.1", "--run-dir", str(run), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "warming up for 2 instead" in err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["episodes"] == 6 and 0.0 <= result["dense_val_accuracy"] <= 1.0
+    assert result["baseline_engine"].startswith("MACs")  # the macs latency model times no engine
+    sigmas = [float(r["noise_sigma"]) for r in _rows(run)]
+    assert sigmas == pytest.approx([0.0, 0.0, 0.3, 0.15, 0.1, 0.1])  # decay x0.5 from 0.3, floored at 0.1
+    config = json.loads((run / "config.json").read_text())
+    assert (config["warmup"], config["noise_floor"], config["block_shape"]) == (2, 0.1, "8x4")
+    assert main(["search", *FAST, "--noise-floor", "0.6", "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "--noise-floor must be in [0, --noise-sigma = 0.5]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("searcher", ["random", "knapsack"])
+def test_two_workers_find_what_one_finds(tmp_path, capsys, searcher: str) -> None:
+    runs = {}
+    for workers in (1, 2):
+        run = tmp_path / f"w{workers}"
+        _search(capsys, "--searcher", searcher, "--episodes", "5", "--workers", str(workers), "--latency-budget", "0.8",
+                "--run-dir", str(run))
+        runs[workers] = [(r["reward"], r["latency_ratio"]) for r in _rows(run)]
+    assert len(runs[1]) >= 1 and runs[1] == runs[2]
+    assert main(["search", *FAST, "--workers", "0", "--run-dir", str(tmp_path / "w0")]) == 2
+    assert "--workers must be in [1, 64]" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .errors import ConfigError, PolicyError
+from .policy import Policy
 from .structure import BlockGrid, BlockShape, block_grid
 
 #: Default block shape per layer type (output x input channels). The runtime engineer picks these by
@@ -88,6 +89,7 @@ def compressible_layers(
     block_shapes: Mapping[str, BlockShape] | None = None,
     *,
     skip: Collection[str] = (),
+    per_layer: Mapping[str, BlockShape] | None = None,
 ) -> list[LayerSpec]:
     """The compressible layers of ``model`` with their block grids.
 
@@ -99,16 +101,29 @@ def compressible_layers(
         block_shapes: per layer type (``"conv"``, ``"linear"``); missing types use
             :data:`DEFAULT_BLOCK_SHAPES`.
         skip: module names to leave out (they stay dense).
+        per_layer: module name -> its own block shape, winning over ``block_shapes`` for that layer.
     """
     shapes = dict(DEFAULT_BLOCK_SHAPES)
     shapes.update(block_shapes or {})
+    per_layer = per_layer or {}
     specs = []
     for name, module in model.named_modules():
         kind = layer_kind(module)
         if kind is None or name in skip:
             continue
-        specs.append(LayerSpec(name=name, module=module, kind=kind, grid=layer_grid(module, shapes)))
+        own = {kind: per_layer[name]} if name in per_layer else shapes
+        specs.append(LayerSpec(name=name, module=module, kind=kind, grid=layer_grid(module, own)))
     return specs
+
+
+def policy_layers(model: nn.Module, policy: Policy, block_shapes: Mapping[str, BlockShape] | None = None) -> list[LayerSpec]:
+    """The compressible layers of ``model`` tiled as ``policy`` says.
+
+    A layer's own ``block`` in the policy wins (the search chose and priced it); other layers take
+    ``block_shapes`` if given, else the policy's ``block_shape`` per kind, else the defaults.
+    """
+    own = {name: action.block for name, action in policy.layers.items() if action.block is not None}
+    return compressible_layers(model, policy_block_shapes(policy.block_shape, block_shapes), per_layer=own)
 
 
 def policy_block_shapes(policy_shapes: Mapping[str, Sequence[int]] | None, block_shapes: Mapping[str, BlockShape] | None) -> dict[str, BlockShape]:

@@ -5,11 +5,14 @@ File format (``uniprune.policy/1``)::
     {"format": "uniprune.policy/1", "model": "cifar-resnet20",
      "block_shape": {"conv": [bo, bi], "linear": [bo, bi]},
      "latency_budget": 0.5,
-     "layers": {"layer1.0.conv1": {"prune": 0.5, "unify": 0.25}, ...},
+     "layers": {"layer1.0.conv1": {"prune": 0.5, "unify": 0.25},
+                "layer1.0.conv2": {"prune": 0.5, "unify": 0.0, "block": [1, 1]}, ...},
      "predicted": {...}, "search": {...}}
 
 ``prune`` and ``unify`` are fractions of the layer's weights (taken in whole blocks, the same fraction of every block
 size: :class:`~uniprune.compressors.core.projection.BlockClasses`), each in [0, 1], with ``prune + unify <= 1``.
+A layer's optional ``block`` ([out, in] channels) is the block shape the search chose for that layer; it wins
+over the per-kind ``block_shape`` (see :func:`~uniprune.compressors.core.blocks.policy_layers`).
 Layers not named in ``layers`` stay dense. Loading validates every field and raises
 :class:`~uniprune.compressors.core.errors.PolicyError` naming the bad one.
 """
@@ -25,6 +28,7 @@ from typing import Any
 
 from ..formats.fileio import read_json, write_json_atomic
 from .errors import PolicyError
+from .structure import BlockShape
 
 POLICY_FORMAT = "uniprune.policy/1"
 _TOLERANCE = 1e-6
@@ -32,10 +36,12 @@ _TOLERANCE = 1e-6
 
 @dataclass(frozen=True)
 class LayerAction:
-    """What to do with one layer's blocks: ``prune`` and ``unify`` fractions in [0, 1], sum <= 1."""
+    """What to do with one layer's blocks: ``prune`` and ``unify`` fractions in [0, 1], sum <= 1, and the layer's own
+    block shape (``None``: the policy's shape for the layer's kind)."""
 
     prune: float = 0.0
     unify: float = 0.0
+    block: BlockShape | None = None
 
     def __post_init__(self) -> None:
         for key in ("prune", "unify"):
@@ -73,7 +79,7 @@ class Policy:
             "model": self.model,
             "block_shape": {k: list(v) for k, v in self.block_shape.items()},
             "latency_budget": self.latency_budget,
-            "layers": {n: {"prune": a.prune, "unify": a.unify} for n, a in self.layers.items()},
+            "layers": {n: _action_dict(a) for n, a in self.layers.items()},
             "predicted": self.predicted,
             "search": self.search,
         }
@@ -93,24 +99,21 @@ class Policy:
         for name, entry in layers_raw.items():
             if not isinstance(entry, Mapping):
                 raise PolicyError(f"{source}: field 'layers.{name}' must be an object with 'prune' and 'unify'")
-            unknown = set(entry) - {"prune", "unify"}
+            unknown = set(entry) - {"prune", "unify", "block"}
             if unknown:
                 raise PolicyError(f"{source}: field 'layers.{name}' has unknown keys {sorted(unknown)}")
+            block = None
+            if entry.get("block") is not None:
+                block = BlockShape(*_shape_or_raise(entry["block"], f"{source}: field 'layers.{name}.block'"))
             try:
-                layers[name] = LayerAction(float_or_raise(entry.get("prune", 0.0)), float_or_raise(entry.get("unify", 0.0)))
+                layers[name] = LayerAction(float_or_raise(entry.get("prune", 0.0)), float_or_raise(entry.get("unify", 0.0)), block)
             except PolicyError as exc:
                 raise PolicyError(f"{source}: field 'layers.{name}': {exc}") from None
         block_shape: dict[str, tuple[int, int]] = {}
         if not isinstance(data.get("block_shape") or {}, Mapping):
             raise PolicyError(f"{source}: field 'block_shape' must be an object of layer kind -> [out, in]")
         for kind, shape in (data.get("block_shape") or {}).items():
-            if (
-                not isinstance(shape, (list, tuple))
-                or len(shape) != 2
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
-            ):
-                raise PolicyError(f"{source}: field 'block_shape.{kind}' must be [out, in] positive integers, got {shape!r}")
-            block_shape[str(kind)] = (int(shape[0]), int(shape[1]))
+            block_shape[str(kind)] = _shape_or_raise(shape, f"{source}: field 'block_shape.{kind}'")
         budget = data.get("latency_budget")
         if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget <= 1):
             raise PolicyError(f"{source}: field 'latency_budget' must be a number in (0, 1] or null, got {budget!r}")
@@ -141,6 +144,24 @@ class Policy:
             raise PolicyError(f"policy file {str(path)!r} does not exist: pass the policy.json a search wrote")
         data = read_json(path, PolicyError, "re-run the search or fix the file")
         return cls.from_dict(data, source=str(path))
+
+
+def _action_dict(action: LayerAction) -> dict[str, Any]:
+    entry: dict[str, Any] = {"prune": action.prune, "unify": action.unify}
+    if action.block is not None:
+        entry["block"] = [action.block.out, action.block.inp]
+    return entry
+
+
+def _shape_or_raise(shape: Any, where: str) -> tuple[int, int]:
+    """``[out, in]`` as two positive integers, else PolicyError naming ``where``."""
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+    ):
+        raise PolicyError(f"{where} must be [out, in] positive integers, got {str(shape)[:40]}")
+    return int(shape[0]), int(shape[1])
 
 
 def float_or_raise(value: Any) -> float:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .blocks import compressible_layers, policy_block_shapes
+from .blocks import policy_layers
 from .errors import ModelError, PolicyError
 from .policy import Policy
 from .structure import KEEP, PRUNE, UNIFY, BlockGrid, BlockShape, LayerStructure
@@ -220,13 +220,13 @@ def project_model(
 ) -> dict[str, LayerStructure]:
     """Project every compressible layer of ``model`` onto ``policy``.
 
-    Block shapes: ``block_shapes`` if given, else the policy's ``block_shape``, else the defaults.
+    Block shapes: a layer's own ``block`` in the policy, else ``block_shapes`` if given, else the policy's
+    ``block_shape``, else the defaults (:func:`~.blocks.policy_layers`).
     Layers the policy does not name get an all-KEEP structure. With ``apply=True`` the projected
     weights are written into ``model`` in place (callers that must keep the original pass a copy).
     Returns ``{layer name: structure}`` for every compressible layer, in layer order.
     """
-    shapes = policy_block_shapes(policy.block_shape, block_shapes)
-    specs = compressible_layers(model, shapes)
+    specs = policy_layers(model, policy, block_shapes)
     check_policy_layers(policy, [s.name for s in specs], model)
     structures: dict[str, LayerStructure] = {}
     for spec in specs:

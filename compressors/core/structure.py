@@ -32,6 +32,19 @@ class BlockShape:
         if self.out < 1 or self.inp < 1:
             raise ValueError(f"block shape must be positive, got {self.out}x{self.inp}")
 
+    @property
+    def key(self) -> str:
+        """``"8x4"``: how a shape is spelled in files, tables and on the command line."""
+        return f"{self.out}x{self.inp}"
+
+    @classmethod
+    def parse(cls, text: str) -> BlockShape:
+        """``"8x4"`` -> ``BlockShape(8, 4)``; ValueError naming the text for anything else."""
+        parts = str(text).strip().lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 4096 for p in parts):
+            raise ValueError(f"a block shape is OUTxIN channels such as 8x4 or 1x1 (each 1 to 4096), got {str(text)[:40]!r}")
+        return cls(int(parts[0]), int(parts[1]))
+
 
 @dataclass(frozen=True)
 class BlockGrid:

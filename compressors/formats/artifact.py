@@ -9,7 +9,8 @@ artifact appears whole or not at all)::
     uniprune_kernels.c   the block-sparse kernels
     uniprune_plan.c      the plan executor
     uniprune_bf16.c      the bf16 kernels (AMX tiles) and the CPU's bf16 capabilities
-    uniprune_lean.py     the loader (compressors/uniprune_lean.py, the module every in-process plan is built with)
+    uniprune_common.h    what the three share (allocation, clock, index checks, the thread pool)
+    uniprune_lean/       the loader (compressors/native/uniprune_lean/, the package every in-process plan is built with)
     README.md            how to run it
 
 ``plan.json``'s ``"precision"`` is ``fp32`` or ``bf16`` (bf16 weights in ``weights.bin``; the loader refuses a bf16
@@ -21,14 +22,13 @@ no dense weights: it is what a user deploys, and the dense model is only the ben
 What may run code: uniprune reads an artifact as data only. ``uniprune bench`` (:func:`open_artifact`) reads
 ``plan.json`` and ``weights.bin`` with the installed ``uniprune_lean`` reader, verifies them
 (``verify_plan``), and runs them on uniprune's own kernels; it never imports the artifact's
-``uniprune_lean.py`` nor compiles its C sources. Those are for the artifact's users, whose ``Model`` compiles
+``uniprune_lean`` nor compiles its C sources. Those are for the artifact's users, whose ``Model`` compiles
 what the artifact ships: an artifact is code, to be trusted like any other code.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -45,9 +45,8 @@ from ..latency.timing import SPREAD_SECONDS, check_threads
 from ..native import kernels
 from ..native import uniprune_lean as lean_rt
 from ..native.plan import LeanModel, LeanSpec, output_tolerance
-from .fileio import read_json
 
-LOADER = "uniprune_lean.py"
+LOADER = "uniprune_lean"  # a folder: the loader package, copied whole
 README = "README.md"
 
 
@@ -62,9 +61,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def _is_artifact(path: Path) -> bool:
     try:
-        return json.loads((path / lean_rt.PLAN_FILE).read_text()).get("format") == lean_rt.FORMAT
-    except (OSError, ValueError, AttributeError):
+        lean_rt.read_header(path, fields=False)
+    except lean_rt.LeanError:
         return False
+    return True
 
 
 def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
@@ -111,25 +111,27 @@ model = uniprune_lean.Model("path/to/this/directory")  # threads=T to change the
 y = model.run({example})
 ```
 
-or, to check it builds and see its speed here: `python uniprune_lean.py --batch-size 8`.
+or, to check it builds and see its speed here: `python -m uniprune_lean --batch-size 8` in this directory.
 
-An artifact is code: `uniprune_lean.py` runs, and it compiles and loads the C sources beside it. Trust it as you
+An artifact is code: `uniprune_lean/` runs, and it compiles and loads the C sources beside it. Trust it as you
 would any other code you run, and take it only from whoever you would take code from. Its loader checks
 `plan.json` and `weights.bin` (every op, buffer and array, and the weights' sha256) before any native call,
 and `uniprune bench --compressed DIR` reads only those two files, never the code.
 
 The first `Model(...)` compiles `uniprune_kernels.c`, `uniprune_plan.c` and `uniprune_bf16.c` (a few seconds) with `$CC` (else
 cc, gcc, clang), `-O3` and the widest vector ISA the CPU has, or the one `UNIPRUNE_ISA` names (avx512, avx2,
-generic); the library is cached in `$UNIPRUNE_LEAN_CACHE` (default `~/.cache/uniprune-lean`) under a hash of
-the sources, compiler and flags.
+generic); the library is cached in `$UNIPRUNE_LEAN_CACHE` (else `$UNIPRUNE_CACHE/kernels`, else
+`~/.cache/uniprune/kernels`) under a hash of the sources, compiler and flags.
 
 ## Files
 
 - `plan.json`: the ops, shapes and buffers; `"arrays"` indexes `weights.bin` (dtype, shape, byte offset);
   `"weights"` holds its sha256, checked on load.
 - `weights.bin`: the packed weights and per-op data, raw little-endian arrays.
-- `uniprune_kernels.c`, `uniprune_plan.c`, `uniprune_bf16.c`: the kernels, the plan executor, the bf16 (AMX) kernels.
-- `uniprune_lean.py`: this loader.
+- `uniprune_kernels.c`, `uniprune_plan.c`, `uniprune_bf16.c`, `uniprune_common.h`: the kernels, the plan executor,
+  the bf16 (AMX) kernels and the header they share.
+- `uniprune_lean/`: this loader (numpy and ctypes only): `fileformat.py` reads the plan, `verify.py` and
+  `fastcheck.py` check it, `build.py` compiles the C, `native.py` and `model.py` run it.
 """
 
 
@@ -149,7 +151,8 @@ def write_artifact(out: str | os.PathLike, spec: LeanSpec, *, source: Mapping[st
         spec.save(tmp, source=dict(source))
         for src in kernels.SOURCES:
             shutil.copyfile(src, tmp / src.name)
-        shutil.copyfile(lean_rt.__file__, tmp / LOADER)
+        shutil.copytree(Path(lean_rt.__file__).parent, tmp / LOADER,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (tmp / README).write_text(_readme(spec.header, source))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
         if out.exists():
@@ -164,20 +167,19 @@ def write_artifact(out: str | os.PathLike, spec: LeanSpec, *, source: Mapping[st
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    names = [lean_rt.PLAN_FILE, lean_rt.WEIGHTS_FILE, *(s.name for s in kernels.SOURCES), LOADER, README]
-    return [out / n for n in names]
+    names = [lean_rt.PLAN_FILE, lean_rt.WEIGHTS_FILE, *(s.name for s in kernels.SOURCES), README]
+    return [out / n for n in names] + sorted((out / LOADER).glob("*.py"))
 
 
 def read_header(directory: str | os.PathLike) -> dict[str, Any]:
-    """``plan.json`` of the artifact in ``directory``; a one-line CheckpointError when it is not one."""
-    path = Path(directory) / lean_rt.PLAN_FILE
+    """``plan.json`` of the artifact in ``directory`` (read by the loader's one parser of it,
+    :func:`~uniprune.compressors.native.uniprune_lean.read_header`); a one-line CheckpointError when it is not one."""
     if not Path(directory).is_dir():
         raise CheckpointError(f"artifact directory {str(directory)!r} does not exist; pass the --out of 'uniprune export'")
-    header = read_json(path, CheckpointError, "pass a directory 'uniprune export' wrote")
-    if not isinstance(header, dict) or header.get("format") != lean_rt.FORMAT:
-        raise CheckpointError(f"{path} is not a uniprune lean plan (format {header.get('format') if isinstance(header, dict) else None!r}, "
-                              f"expected {lean_rt.FORMAT!r}); export the model again")
-    return header
+    try:
+        return lean_rt.read_header(directory)
+    except lean_rt.LeanError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def source_checkpoint(directory: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:
@@ -201,7 +203,7 @@ def open_artifact(directory: str | os.PathLike, *, threads: int | None = None) -
     and ``weights.bin`` read and verified by the installed reader
     (:func:`~uniprune.compressors.native.uniprune_lean.read_plan`, :func:`~uniprune.compressors.native.uniprune_lean.verify_plan`)
     and run on uniprune's own kernels, built from the package's sources. Nothing the artifact holds is imported
-    or compiled: its ``uniprune_lean.py`` and C sources are code, and only its plan and weights are data.
+    or compiled: its ``uniprune_lean`` loader and C sources are code, and only its plan and weights are data.
     One-line CheckpointError or ModelError for a plan that fails its checks."""
     header = read_header(directory)  # a missing or foreign directory, in the artifact's words
     try:  # a bf16 artifact on a CPU without bf16: one line, as its own loader says it

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..core.policy import LayerAction
+from ..core.structure import BlockShape
 
 #: Written into every serialised table; tables of another format are measured again.
 LATENCY_FORMAT = "uniprune.latency/2"
@@ -46,6 +47,7 @@ class LatencyModel:
     fixed_ms: float
     meta: dict[str, Any] | None = None
     baseline_ms: float | None = None
+    shape_tables: dict[str, dict[str, np.ndarray]] | None = None
 
     def __post_init__(self) -> None:
         self.prune_grid = np.asarray(self.prune_grid, dtype=np.float64)
@@ -58,6 +60,30 @@ class LatencyModel:
         for name, table in self.tables.items():
             if table.shape != shape:
                 raise ValueError(f"table of layer {name!r} has shape {table.shape}, expected {shape}")
+        self.shape_tables = {str(k): {n: np.asarray(t, dtype=np.float64) for n, t in v.items()}
+                             for k, v in (self.shape_tables or {}).items()}
+        for key, tables in self.shape_tables.items():
+            for name, table in tables.items():
+                if name not in self.tables or table.shape != shape:
+                    raise ValueError(f"{key} table of layer {name!r}: not a layer of this model or not shaped {shape}")
+
+    @property
+    def shapes(self) -> list[str]:
+        """The block shapes (``"8x4"``) a layer may be priced in besides the tables' own."""
+        return sorted(self.shape_tables or {})
+
+    def table(self, name: str, block: BlockShape | None = None) -> np.ndarray:
+        """Layer ``name``'s table in ``block`` (``None``: the shape ``tables`` were measured in); KeyError for a
+        shape this model has no table of."""
+        if block is None:
+            return self.tables[name]
+        key = block.key
+        own = (self.meta or {}).get("block_shapes") or {}
+        if key in (self.shape_tables or {}) and name in self.shape_tables[key]:
+            return self.shape_tables[key][name]
+        if [block.out, block.inp] in own.values() or (self.meta or {}).get("kind") == "proportional":
+            return self.tables[name]  # a proportional stand-in prices every shape alike
+        raise KeyError(f"no latency table of layer {name!r} in block shape {key}; build the table with that shape")
 
     @property
     def layer_names(self) -> list[str]:
@@ -78,10 +104,10 @@ class LatencyModel:
         p = np.repeat(self.prune_grid[:, None], len(self.unify_grid), axis=1)
         return p, self.unify_grid[None, :] * (1.0 - p)
 
-    def layer_ms(self, name: str, prune: float, unify: float) -> float:
+    def layer_ms(self, name: str, prune: float, unify: float, block: BlockShape | None = None) -> float:
         """Interpolated time of layer ``name`` in ms at the given fractions of its weights (each in [0, 1],
-        ``prune + unify <= 1``)."""
-        table = self.tables[name]
+        ``prune + unify <= 1``), in block shape ``block`` (``None``: the tables' own, see :meth:`table`)."""
+        table = self.table(name, block)
         prune = float(np.clip(prune, 0.0, 1.0))
         rest = 1.0 - prune
         i, ti = self._locate(self.prune_grid, prune)
@@ -97,7 +123,7 @@ class LatencyModel:
         total = self.fixed_ms
         for name in self.tables:
             a = actions.get(name)
-            total += self.layer_ms(name, a.prune, a.unify) if a is not None else self.tables[name][0, 0]
+            total += self.layer_ms(name, a.prune, a.unify, a.block) if a is not None else self.tables[name][0, 0]
         return float(total)
 
     @property
@@ -108,10 +134,11 @@ class LatencyModel:
         return float(self.fixed_ms + sum(t[0, 0] for t in self.tables.values()))
 
     def fastest_ms(self, name: str, max_prune: float = 1.0, max_unify: float = 1.0) -> float:
-        """The least time of layer ``name`` over feasible grid points within the caps."""
+        """The least time of layer ``name`` over feasible grid points within the caps, in any block shape."""
         p, u = self.points()
         ok = (p <= max_prune + 1e-9) & (u <= max_unify + 1e-9)
-        return float(self.tables[name][ok].min())
+        tables = [self.tables[name]] + [t[name] for t in (self.shape_tables or {}).values() if name in t]
+        return float(min(t[ok].min() for t in tables))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +149,7 @@ class LatencyModel:
             "fixed_ms": self.fixed_ms,
             "baseline_ms": self.baseline_ms,
             "meta": self.meta or {},
+            "shape_tables": {k: {n: t.tolist() for n, t in v.items()} for k, v in (self.shape_tables or {}).items()},
         }
 
     @classmethod
@@ -137,6 +165,7 @@ class LatencyModel:
             fixed_ms=float(data["fixed_ms"]),
             baseline_ms=None if data.get("baseline_ms") is None else float(data["baseline_ms"]),
             meta=dict(data.get("meta") or {}),
+            shape_tables={k: {n: np.asarray(t) for n, t in v.items()} for k, v in (data.get("shape_tables") or {}).items()},
         )
 
     @classmethod

@@ -298,6 +298,6 @@ def uniform_policy(
 def scaled_policy(policy: Policy, factor: float) -> Policy:
     """``policy`` with every fraction multiplied by ``factor`` in [0, 1]."""
     return Policy(
-        layers={n: LayerAction(a.prune * factor, a.unify * factor) for n, a in policy.layers.items()},
+        layers={n: LayerAction(a.prune * factor, a.unify * factor, a.block) for n, a in policy.layers.items()},
         model=policy.model, block_shape=dict(policy.block_shape), latency_budget=policy.latency_budget,
     )

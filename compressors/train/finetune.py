@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.blocks import compressible_layers, policy_block_shapes
+from ..core.blocks import policy_block_shapes, policy_layers
 from ..core.errors import ConfigError
 from ..core.policy import Policy
 from ..core.projection import check_policy_layers
@@ -126,7 +126,7 @@ def finetune(
     if chosen is not None:
         chosen.teacher.to(device)
     shapes = policy_block_shapes(policy.block_shape, block_shapes)
-    specs = compressible_layers(model, shapes)
+    specs = policy_layers(model, policy, block_shapes)
     check_policy_layers(policy, [s.name for s in specs], model)
     deadline, plan = None, None
     if time_budget is not None:

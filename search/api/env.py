@@ -21,6 +21,8 @@ from .specs import EnvSpec
 #: A unified block's share of MAC time saved in the FLOPs-style latency model (its inputs are summed
 #: with their signs and multiplied once: the multiplications go, the additions stay).
 MACS_UNIFY_SAVING = 0.5
+#: The short-fine-tune reward's batch size and the most distinct batches it cycles through.
+REWARD_BATCH, REWARD_POOL = 64, 100
 
 
 def dense_layers(spec: str, names: list[str]) -> list[str]:
@@ -46,11 +48,15 @@ def latency_model(spec: EnvSpec, model: torch.nn.Module, input_shape: tuple[int,
     if spec.latency.latency_model == "macs":
         profile = layer_profile(model, input_shape)
         return LatencyModel.proportional({n: float(r["macs"]) for n, r in profile.items()}, unify_saving=MACS_UNIFY_SAVING)
+    from uniprune.compressors.latency.shaped import build_shaped_latency_model
     from uniprune.compressors.latency.table import build_latency_model as measure
 
-    return measure(model, input_shape, batch_size=spec.latency.batch_size, threads=resolve_threads(spec.latency.threads),
-                   seed=spec.seed, progress=True, statistic=spec.latency.latency_statistic,
-                   precision=spec.latency.precision)
+    options = dict(batch_size=spec.latency.batch_size, threads=resolve_threads(spec.latency.threads), seed=spec.seed,
+                   progress=True, statistic=spec.latency.latency_statistic, precision=spec.latency.precision)
+    shapes = spec.budget.block_shapes
+    if len(shapes) > 1:
+        return build_shaped_latency_model(model, input_shape, shapes, **options)
+    return measure(model, input_shape, block_shapes={"conv": shapes[0]}, **options)
 
 
 def load_data(spec: EnvSpec) -> DataBundle:
@@ -67,6 +73,7 @@ def build_env(spec: EnvSpec, *, verb: str = "search") -> CompressionEnv:
     part of a search or replay. ``verb`` names the job in warnings."""
     device = resolve_device(spec.device)
     data = load_data(spec)
+    torch.manual_seed(spec.seed)  # an untrained model's weights too are the seed's
     model = build_model(spec.model.model, num_classes=data.num_classes, input_shape=data.input_shape)
     if spec.model.checkpoint:
         load_weights(model, spec.model.checkpoint)
@@ -78,6 +85,9 @@ def build_env(spec: EnvSpec, *, verb: str = "search") -> CompressionEnv:
     val = list(data.batches("val", scoring.eval_batch_size, shuffle=True, seed=spec.seed, limit=scoring.val_samples))
     bn = list(itertools.islice(data.batches("train", scoring.eval_batch_size, shuffle=True, seed=spec.seed),
                                scoring.bn_recalibrate))
+    # the short-fine-tune reward's batches: a fixed pool, cycled (every policy trains on the same images)
+    train = list(itertools.islice(data.batches("train", REWARD_BATCH, shuffle=True, seed=spec.seed + 1),
+                                  min(scoring.reward_steps, REWARD_POOL)))
     latency = latency_model(spec, model, data.input_shape)
     budget = spec.budget
     skip = dense_layers(budget.keep_dense, [s.name for s in compressible_layers(model)])
@@ -85,4 +95,6 @@ def build_env(spec: EnvSpec, *, verb: str = "search") -> CompressionEnv:
         model.to(device), latency, val, input_shape=data.input_shape, latency_budget=budget.latency_budget,
         bn_batches=bn, max_prune=budget.max_prune, max_unify=budget.max_unify, reward=scoring.reward,
         size_budget=budget.size_budget, model_name=spec.model.model, device=device, skip=skip,
+        block_shapes={"conv": budget.block_shapes[0]}, shapes=budget.block_shapes if len(budget.block_shapes) > 1 else (),
+        reward_steps=scoring.reward_steps, train_batches=train,
     )

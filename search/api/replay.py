@@ -96,6 +96,20 @@ def _check_same_layers(policy: Policy, env: CompressionEnv) -> None:
               + (", ..." if len(dense) > 5 else ""), file=sys.stderr)
 
 
+def _policy_shapes(policy: Policy, given: str) -> str:
+    """``--block-shape`` for replaying ``policy``: ``given``, with the shapes the policy's layers carry added after it."""
+    keys = given.split(",")
+    for action in policy.layers.values():
+        if action.block is not None and action.block.key not in keys:
+            keys.append(action.block.key)
+    return ",".join(keys)
+
+
+def _saved_action(policy: Policy, name: str) -> tuple:
+    action = policy.action(name)
+    return (action.prune, action.unify) if action.block is None else (action.prune, action.unify, action.block.key)
+
+
 def replay(spec: ReplaySpec) -> ReplayResult:
     """Walk ``spec.agent``'s actions (or apply ``spec.policy``) on ``spec.env``'s model and write the policy to ``spec.out``."""
     started = time.perf_counter()
@@ -108,14 +122,16 @@ def replay(spec: ReplaySpec) -> ReplayResult:
     else:
         saved = Policy.load(spec.policy)
         check_policy_model(saved, spec.env.model.model)
-        # the policy's fractions are the actions: no caps, so raw action = fraction, and every layer is walked
-        env = build_env(spec.env.replace(max_prune=1.0, max_unify=1.0, keep_dense="none"), verb="replay")
+        # the policy's fractions (and block shapes) are the actions: no caps, and every layer is walked
+        env = build_env(spec.env.replace(max_prune=1.0, max_unify=1.0, keep_dense="none",
+                                         block_shape=_policy_shapes(saved, spec.env.budget.block_shape)), verb="replay")
         _check_same_layers(saved, env)
-        wanted = [np.array([saved.action(n).prune, saved.action(n).unify]) for n in env.layer_names]
+        wanted = [env.wall.raw_action(i, _saved_action(saved, n)) for i, n in enumerate(env.layer_names)]
         result = play(env, lambda t, obs: wanted[t])
         source = {"policy": str(Path(str(spec.policy)).resolve())}
     requested = result.get("requested", {})
-    clipped = [n for n, a in result["actions"].items() if n in requested and not np.allclose(requested[n], a, atol=1e-6)]
+    clipped = [n for n, a in result["actions"].items()
+               if n in requested and (not np.allclose(requested[n][:2], a[:2], atol=1e-6) or requested[n][2:] != a[2:])]
     policy = env.policy(result["actions"])
     policy.predicted = {k: result[k] for k in ("latency_ratio", "size_ratio", "val_accuracy", "reward")}
     policy.search = {"replayed": True, **source, "checkpoint": spec.env.model.checkpoint, "clipped_layers": clipped,

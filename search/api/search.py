@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ class SearchResult(Result):
     latency_budget: float
     budget_verdict: str
     least_latency_ratio: float
+    dense_val_accuracy: float
+    baseline_engine: str
+    baseline_ms: float
     run_dir: str
 
 
@@ -88,7 +92,8 @@ def search(spec: SearchSpec, *, env: CompressionEnv | None = None) -> SearchResu
     """
     started = time.perf_counter()
     spec = spec.replace(threads=resolve_threads(spec.env.latency.threads))
-    path = check_run_path(spec)
+    path = check_run_path(spec)  # a bad --run-dir is the one line, before any note
+    spec = scaled_warmup(spec)
     with torch_threads(spec.score_threads):
         env = env or build_env(spec.env)
         run_dir = RunDir.start(path, run_config(spec), resume=spec.resume, force=spec.force)
@@ -107,14 +112,35 @@ def search(spec: SearchSpec, *, env: CompressionEnv | None = None) -> SearchResu
         search_seconds_total=float(run_dir.state.get("seconds", 0.0)), searcher=spec.searcher,
         latency_budget=spec.env.budget.latency_budget,
         budget_verdict=budget_verdict(best.predicted.get("latency_ratio"), spec.env.budget.latency_budget),
-        least_latency_ratio=env.least_latency_ratio, run_dir=str(path),
+        least_latency_ratio=env.least_latency_ratio, dense_val_accuracy=float(env.scorer.score({})["val_accuracy"]),
+        baseline_engine=_baseline_name(env), baseline_ms=float(env.wall.dense_ms), run_dir=str(path),
     )
+
+
+def scaled_warmup(spec: SearchSpec) -> SearchSpec:
+    """``spec`` with DDPG's warm-up cut to a third of the episodes where it would leave no DDPG episode (a note says so)."""
+    if spec.searcher != "ddpg" or spec.resume or spec.warmup < spec.episodes:
+        return spec
+    warmup = spec.episodes // 3
+    print(f"uniprune search: note: --warmup {spec.warmup} would leave no DDPG episode of --episodes {spec.episodes}: "
+          f"warming up for {warmup} instead (pass --warmup below --episodes to choose)", file=sys.stderr)
+    return spec.replace(warmup=warmup)
+
+
+def _baseline_name(env: CompressionEnv) -> str:
+    meta = env.latency_model.meta or {}
+    engine = meta.get("baseline_engine")
+    if not engine:
+        return "MACs (no engine timed)"
+    precision = meta.get("baseline_precision")
+    return f"{engine} ({precision})" if precision else str(engine)
 
 
 def _loop(spec: SearchSpec, env: CompressionEnv, run_dir: RunDir) -> SearchLoop:
     searcher = make_searcher(spec.searcher, env, seed=spec.env.seed, warmup=spec.warmup, run_dir=run_dir.path,
                              resume=spec.resume, episodes=spec.episodes, storage=spec.storage,
-                             reward_baseline=spec.reward_baseline)
+                             reward_baseline=spec.reward_baseline,
+                             noise={"sigma0": spec.noise_sigma, "sigma_decay": spec.noise_decay, "sigma_min": spec.noise_floor})
     first = run_dir.episodes_done
     best_reward = run_dir.state.get("best_reward")
     best = Policy.load(run_dir.policy_path) if spec.resume and run_dir.policy_path.is_file() else None
@@ -128,4 +154,4 @@ def _loop(spec: SearchSpec, env: CompressionEnv, run_dir: RunDir) -> SearchLoop:
                  TensorBoardCallback(tb, hparams), ProgressCallback(f"search {spec.searcher}"), StopOnInterrupt()]
     return SearchLoop(env, searcher, total=searcher.max_episodes(spec.episodes), first=first, best=best,
                       best_reward=-float("inf") if best_reward is None else float(best_reward), describe=describe,
-                      callbacks=callbacks)
+                      callbacks=callbacks, workers=spec.workers)

@@ -8,35 +8,37 @@ range, so the same one line reaches a CLI user and a Python caller.
 
 Specs nest (:class:`EnvSpec` holds a :class:`ModelSpec`, a :class:`DataSpec`, ...); their leaf fields have
 distinct names, so a spec maps to and from one flat mapping (:meth:`Spec.flat`, :meth:`Spec.from_flat`),
-which is what a run's ``config.json`` stores.
+which is what a run's ``config.json`` stores. The env's and the search's specs live in :mod:`.search_specs`
+and are importable from here too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from uniprune.compressors.latency.engines import BASELINES
 from uniprune.compressors.latency.table import RUNTIMES
-from uniprune.envs import REWARDS
-from uniprune.search.searchers import SEARCHERS
 
+from .search_specs import (  # noqa: F401  (re-exported: every spec is importable from here)
+    DEFAULT_MODEL,
+    LATENCY_MODELS,
+    MAX_WORKERS,
+    PRECISIONS,
+    REWARD_BASELINES,
+    STATISTICS,
+    BudgetSpec,
+    DataSpec,
+    EnvSpec,
+    LatencySpec,
+    ModelSpec,
+    ReplaySpec,
+    ScoringSpec,
+    SearchSpec,
+    parse_block_shapes,
+    parse_engines,
+    precision_option,
+)
 from .spec import REQUIRED, Spec, fraction, option, positive_float, positive_int, threads_option
-
-
-def precision_option(what: str) -> str:
-    """The ``precision`` option, spelled alike in every job (see :data:`PRECISIONS`)."""
-    return option("auto", f"precision {what}: auto (bf16 where the CPU has avx512_bf16 or AMX, else fp32), fp32, or "
-                  "bf16 (bf16 weights and activations, float32 accumulation; on AMX tiles where present)",
-                  choices=PRECISIONS)
-
-#: How the DDPG replay buffer turns an episode's reward into the transitions' rewards (see :class:`SearchSpec`).
-REWARD_BASELINES = ("sample", "store")
-LATENCY_MODELS = ("measured", "macs")
-STATISTICS = ("median", "min")
-#: the native kernels' precision: auto (bf16 where the CPU has avx512_bf16 or AMX, else fp32), fp32 or bf16
-PRECISIONS = ("auto", "fp32", "bf16")
-DEFAULT_MODEL = "digits-cnn"
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -50,177 +52,6 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected C,H,W as three positive integers like 3,32,32, got {text!r}")
     return shape  # type: ignore[return-value]
-
-
-def parse_engines(text: str) -> tuple[str, ...]:
-    """Dense engine modes joined by commas, each an engine with an optional ``:f32`` or ``:int8`` (argparse type)."""
-    import argparse
-
-    from uniprune.compressors.latency.engines import ENGINES, MODE_PRECISIONS
-
-    names = tuple(e.strip() for e in text.split(",") if e.strip())
-    unknown = [e for e in names if e.partition(":")[0] not in ENGINES or e.partition(":")[2] not in ("", *MODE_PRECISIONS)]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected engine modes from {','.join(ENGINES)} (optionally :f32 or :int8, "
-                                         f"e.g. openvino:f32) joined by commas, got {text!r}")
-    return names
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSpec(Spec):
-    """The network: a zoo name (or ``package.module:factory``) and the trained weights."""
-
-    model: str = option(DEFAULT_MODEL, "model name: cifar-resnet20|32|44|56, tv:<torchvision name>, digits-cnn, or "
-                        "package.module:factory")
-    checkpoint: str | None = option(None, "checkpoint to load (a state dict, {'state_dict': ...}, or a uniprune checkpoint)",
-                                    kind=str, shown="none: an untrained model")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataSpec(Spec):
-    """The data: a dataset kind, its folder or file, and the validation share carved from its training split."""
-
-    dataset: str = option("digits", "digits (embedded), fashion-mnist, cifar10, imagefolder, npz")
-    data: str | None = option(None, "the dataset's folder or file: none for digits; fashion-mnist: the idx folder (default "
-                              "/usr/share/datasets/fashion-mnist); cifar10: the cifar-10-batches-py folder; imagefolder: a "
-                              "folder with train/ [val/] test/ class folders, a .tar.gz of one, or several joined by commas, "
-                              "decoded once into a cache ($UNIPRUNE_CACHE or ~/.cache/uniprune); npz: a file with images "
-                              "(uint8 NxCxHxW) and labels", kind=str, shown="none")
-    val_fraction: float = option(0.1, "fraction of the training data held out for validation, in (0, 1)")
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [(fraction(self.val_fraction, one=False),
-                 f"--val-fraction must be in (0, 1): the env scores on a validation split, got {self.val_fraction}")]
-
-
-@dataclass(frozen=True, kw_only=True)
-class LatencySpec(Spec):
-    """How latency is measured: the latency model, its statistic, batch and threads."""
-
-    latency_model: str = option("measured", "measured: per-layer tables timed with the real kernels (cached); macs: time "
-                                "proportional to MACs (instant)", choices=LATENCY_MODELS)
-    latency_statistic: str = option("median", "statistic of the repeated timings behind the table: median, or min on a "
-                                    "shared or virtual machine whose speed drifts with its neighbours", choices=STATISTICS)
-    batch_size: int = option(1, "batch size the latency is measured at, >= 1")
-    precision: str = precision_option("the latency table times the compressed model in")
-    threads: int | None = threads_option("CPU threads")
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [(positive_int(self.batch_size), f"--batch-size must be a positive integer, got {self.batch_size}")]
-
-
-
-
-@dataclass(frozen=True, kw_only=True)
-class BudgetSpec(Spec):
-    """The walls: the latency budget (a fraction of the fastest dense engine), the size budget, the caps."""
-
-    latency_budget: float = option(0.5, "compressed/dense latency must be at most this, in (0, 1]")
-    size_budget: float | None = option(None, "storage budget as a fraction of dense storage, in (0, 1] (needed by --reward size)",
-                                       kind=float, shown="none")
-    max_prune: float = option(0.8, "cap on a layer's pruned fraction of weights (in whole blocks), in [0, 1]")
-    max_unify: float = option(1.0, "cap on a layer's unified fraction of weights, in [0, 1]")
-    keep_dense: str = option("ends", "layers left out of the search, dense: 'ends' (the first and the last compressible "
-                             "layer: the stem that reads the image and the classifier), 'none', or module names joined by "
-                             "commas", metavar="LAYERS")
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            (fraction(self.latency_budget), f"--latency-budget must be in (0, 1] (a fraction of dense latency), got {self.latency_budget}"),
-            (self.size_budget is None or fraction(self.size_budget), f"--size-budget must be in (0, 1], got {self.size_budget}"),
-            (fraction(self.max_prune, zero=True), f"--max-prune must be in [0, 1], got {self.max_prune}"),
-            (fraction(self.max_unify, zero=True), f"--max-unify must be in [0, 1], got {self.max_unify}"),
-        ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScoringSpec(Spec):
-    """How an episode's policy is scored: validation images, BatchNorm re-estimation, the reward."""
-
-    val_samples: int = option(500, "validation images scoring each episode, >= 1")
-    eval_batch_size: int = option(256, "batch size for scoring and BN re-estimation, >= 1")
-    bn_recalibrate: int = option(0, "re-estimate BatchNorm statistics on N training batches before scoring (0: off)",
-                                 metavar="N")
-    reward: str = option("accuracy", "accuracy, log-latency (AMC's -error*log(latency)), size (accuracy under "
-                         "--size-budget too)", choices=REWARDS)
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            (positive_int(self.val_samples), f"--val-samples must be >= 1, got {self.val_samples}"),
-            (positive_int(self.eval_batch_size), f"--eval-batch-size must be >= 1, got {self.eval_batch_size}"),
-            (isinstance(self.bn_recalibrate, int) and self.bn_recalibrate >= 0,
-             f"--bn-recalibrate must be >= 0 batches, got {self.bn_recalibrate}"),
-        ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class EnvSpec(Spec):
-    """Everything that decides a search environment (a run's ``config.json`` keeps it)."""
-
-    model: ModelSpec = field(default_factory=ModelSpec)
-    data: DataSpec = field(default_factory=DataSpec)
-    latency: LatencySpec = field(default_factory=LatencySpec)
-    budget: BudgetSpec = field(default_factory=BudgetSpec)
-    scoring: ScoringSpec = field(default_factory=ScoringSpec)
-    seed: int = option(0, "random seed")
-    device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [(self.scoring.reward != "size" or self.budget.size_budget is not None,
-                 "--reward size needs --size-budget (a fraction of dense storage in (0, 1])")]
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchSpec(Spec):
-    """A search: its env, the searcher and episodes, and the run directory it writes."""
-
-    env: EnvSpec = field(default_factory=EnvSpec)
-    searcher: str = option("ddpg", "search strategy", choices=SEARCHERS)
-    episodes: int = option(300, "episodes (policies tried), >= 1")
-    warmup: int = option(100, "random warm-up episodes (ddpg) / startup trials (optuna), >= 0")
-    run_dir: str | None = option(None, "where the run's files go", kind=str, shown="runs/<model>-<dataset>-<searcher>")
-    resume: bool = option(False, "go on with the run in --run-dir (episode count, agent, replay buffer, best policy)")
-    force: bool = option(False, "delete the run in --run-dir and start over")
-    storage: str | None = option(None, "Optuna storage URL shared by workers", kind=str, shown="sqlite:///RUN/optuna.db")
-    score_threads: int = option(1, "CPU threads for scoring episodes (an episode is many small ops, which extra threads "
-                                "slow down on a busy machine), >= 1")
-    reward_baseline: str = option("sample", "ddpg: the moving-average reward baseline is subtracted per sampled batch "
-                                  "(sample) or frozen into each transition when its episode ends (store, the earlier "
-                                  "buffer, kept for comparison)", choices=REWARD_BASELINES)
-
-    #: the options a run's ``config.json`` keeps (the env's, less the device, and the searcher's)
-    CONFIG_KEYS: ClassVar[tuple[str, ...]] = ("model", "checkpoint", "dataset", "data", "latency_budget", "seed",
-                                              "latency_model", "latency_statistic", "batch_size", "threads", "val_samples",
-                                              "val_fraction", "bn_recalibrate", "eval_batch_size", "reward", "size_budget",
-                                              "max_prune", "max_unify", "keep_dense", "precision", "episodes", "warmup",
-                                              "searcher", "storage", "score_threads")
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [
-            (positive_int(self.episodes), f"--episodes must be >= 1, got {self.episodes}"),
-            (isinstance(self.warmup, int) and self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
-            (positive_int(self.score_threads), f"--score-threads must be >= 1, got {self.score_threads}"),
-            (not (self.resume and self.force), "--resume and --force contradict each other: pass one"),
-        ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReplaySpec(Spec):
-    """A replay: a learned agent (a DDPG run directory or its agent.json) or a saved policy, walked on ``env``'s model."""
-
-    env: EnvSpec = field(default_factory=EnvSpec)
-    agent: str | None = option(None, "the run directory of a DDPG search (or its agent.json)", kind=str, shown="none")
-    policy: str | None = option(None, "policy.json to apply to another checkpoint of the same architecture", kind=str,
-                                shown="none")
-    out: str = option(REQUIRED, "where to write the policy (policy.json); an existing file needs --force")
-    force: bool = option(False, "overwrite --out if it exists")
-    trust_pickle: bool = option(False, "also read a stable-baselines3 agent.zip (pickled code: it runs on load; only for "
-                                "files you made)")
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [((self.agent is None) != (self.policy is None), "pass one of --agent (a run directory) or --policy (a policy.json)")]
-
-
 
 
 @dataclass(frozen=True, kw_only=True)

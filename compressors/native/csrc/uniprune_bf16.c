@@ -9,8 +9,6 @@
  * the same source builds and runs on Zen 3 (AVX2), Zen 4/5 (avx512_bf16, no AMX) and ARM.
  */
 #include <pthread.h>
-#include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -20,11 +18,7 @@
 #include <unistd.h>
 #endif
 
-#define EXPORT __attribute__((visibility("default")))
-
-typedef void (*task_fn)(void *ctx, int64_t item, int tid);
-void up_parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx); /* uniprune_kernels.c */
-int64_t up_now_ns(void);
+#include "uniprune_common.h"
 
 #if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__)
 #define HAVE_AMX 1
@@ -119,9 +113,9 @@ static double best_rate(double seconds, burst_fn burst, void *state) {
     double best = 0;
     for (int w = 0; w < PROBE_WINDOWS; w++) {
         double flops = 0;
-        int64_t t0 = up_now_ns(), dt;
+        int64_t t0 = up_clock_ns(), dt;
         do flops += burst(state);
-        while ((dt = up_now_ns() - t0) < limit);
+        while ((dt = up_clock_ns() - t0) < limit);
         if (flops / (double)dt > best) best = flops / (double)dt;
     }
     return best;
@@ -288,11 +282,6 @@ void up_amxconv_destroy(amx_conv *p) {
     free(p);
 }
 
-static void *aalloc(size_t bytes) {
-    void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
-    return p;
-}
 
 static inline uint32_t bf16_bits(float f) { /* round to nearest even; inputs are finite */
     uint32_t u;
@@ -317,10 +306,10 @@ amx_conv *up_amxconv_create(const int32_t *geom, int R, int n_panels, const int3
     /* dense weights [Co][Ci][taps] and which (output, input) pairs the packing keeps */
     float *wd = calloc((size_t)Co * Ci * taps, sizeof(float));
     uint8_t *keep = calloc((size_t)npan * ncp, 1); /* [panel][pair] */
-    p->cptr = aalloc(sizeof(int32_t) * (npan + 1));
-    p->btile = aalloc(sizeof(float) * npan * 256);
-    p->used = aalloc(sizeof(int32_t) * ncp);
-    p->tap_off = aalloc(sizeof(int32_t) * taps);
+    p->cptr = up_aligned_alloc(sizeof(int32_t) * (npan + 1));
+    p->btile = up_aligned_alloc(sizeof(float) * npan * 256);
+    p->used = up_aligned_alloc(sizeof(int32_t) * ncp);
+    p->tap_off = up_aligned_alloc(sizeof(int32_t) * taps);
     if (!wd || !keep || !p->cptr || !p->btile || !p->used || !p->tap_off) goto fail;
     for (int pn = 0; pn < n_panels; pn++)
         for (int32_t k = panel_ptr[pn]; k < panel_ptr[pn + 1]; k++) {
@@ -341,10 +330,10 @@ amx_conv *up_amxconv_create(const int32_t *geom, int R, int n_panels, const int3
     }
     p->nchunk = p->cptr[npan];
     nunits = (int64_t)p->nchunk * 16;
-    p->ucp = aalloc(sizeof(int32_t) * (nunits + 1));
-    p->utap = aalloc(sizeof(int32_t) * (nunits + 1));
-    p->contig = aalloc(p->nchunk + 1);
-    p->wa = aalloc(sizeof(uint16_t) * (nunits * 32 + 1));
+    p->ucp = up_aligned_alloc(sizeof(int32_t) * (nunits + 1));
+    p->utap = up_aligned_alloc(sizeof(int32_t) * (nunits + 1));
+    p->contig = up_aligned_alloc(p->nchunk + 1);
+    p->wa = up_aligned_alloc(sizeof(uint16_t) * (nunits * 32 + 1));
     if (!p->ucp || !p->utap || !p->contig || !p->wa) goto fail;
     memset(p->wa, 0, sizeof(uint16_t) * nunits * 32);
     for (int P = 0; P < npan; P++) {
@@ -596,7 +585,7 @@ int up_amxconv_run(amx_conv *p, const float *x, float *y, int N, int H, int W, i
                 p->tap_off[ky * p->kw + kx] = (int32_t)((py * p->sw + px) * p->plane + (int64_t)ry * p->Wph + rx);
             }
         free(p->uoff);
-        p->uoff = aalloc(sizeof(int32_t) * ((int64_t)p->nchunk * 16 + 1));
+        p->uoff = up_aligned_alloc(sizeof(int32_t) * ((int64_t)p->nchunk * 16 + 1));
         if (!p->uoff) {
             p->H = 0;
             return -1;
@@ -606,8 +595,8 @@ int up_amxconv_run(amx_conv *p, const float *x, float *y, int N, int H, int W, i
         if (p->nblk > p->bcap) {
             free(p->bpoff);
             free(p->byoff);
-            p->bpoff = aalloc(sizeof(int32_t) * p->nblk);
-            p->byoff = aalloc(sizeof(int32_t) * p->nblk);
+            p->bpoff = up_aligned_alloc(sizeof(int32_t) * p->nblk);
+            p->byoff = up_aligned_alloc(sizeof(int32_t) * p->nblk);
             p->bcap = p->bpoff && p->byoff ? p->nblk : 0;
             if (!p->bcap) {
                 p->H = 0;
@@ -632,7 +621,7 @@ int up_amxconv_run(amx_conv *p, const float *x, float *y, int N, int H, int W, i
     pthread_mutex_lock(&g_amx_mu);
     if (bytes > g_amx_cap) {
         free(g_amx_scratch);
-        g_amx_scratch = aalloc(bytes);
+        g_amx_scratch = up_aligned_alloc(bytes);
         g_amx_cap = g_amx_scratch ? bytes : 0;
         if (!g_amx_scratch) {
             pthread_mutex_unlock(&g_amx_mu);

@@ -15,10 +15,9 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "uniprune_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -27,7 +26,6 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define EXPORT __attribute__((visibility("default")))
 #define ROWS 8
 #define MAX_THREADS 64
 
@@ -103,7 +101,6 @@ typedef float vg __attribute__((vector_size(GW * 4), aligned(4)));
  * not for the helpers: on a loaded machine a helper may not run for a scheduler tick, and the caller
  * then does the work itself (waiting for every helper to check in cost up to 1 ms a call there). */
 
-typedef void (*task_fn)(void *ctx, int64_t item, int tid);
 
 static pthread_mutex_t g_job_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -122,11 +119,6 @@ static atomic_int g_active;
 static long g_spin_ns = 200000;
 static uint_fast64_t g_spawn_gen;
 
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
 
 static void run_items(uint_fast64_t gen, int tid) {
     for (;;) {
@@ -144,11 +136,11 @@ static void *worker_main(void *arg) {
     uint_fast64_t seen = g_spawn_gen; /* not g_gen: the first job may be posted before this thread runs */
     for (;;) {
         uint_fast64_t gen;
-        int64_t t0 = now_ns();
+        int64_t t0 = up_clock_ns();
         int spins = 0;
         while ((gen = atomic_load(&g_gen)) == seen) {
             CPU_RELAX();
-            if (++spins % 256 == 0 && now_ns() - t0 > g_spin_ns) {
+            if (++spins % 256 == 0 && up_clock_ns() - t0 > g_spin_ns) {
                 pthread_mutex_lock(&g_mu);
                 while ((gen = atomic_load(&g_gen)) == seen) pthread_cond_wait(&g_cv, &g_mu);
                 pthread_mutex_unlock(&g_mu);
@@ -194,9 +186,6 @@ static void parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) {
     pthread_mutex_unlock(&g_job_mu);
 }
 
-/* The clock for the other translation units of the library (uniprune_bf16.c); hidden by -fvisibility=hidden,
- * so not part of the exported interface. The pool they share is up_parallel_for, below. */
-int64_t up_now_ns(void) { return now_ns(); }
 
 /* ------------------------------------------------------------------ block-sparse conv ---------- */
 
@@ -246,11 +235,6 @@ void up_amxconv_destroy(void *plan);
 
 enum { LAYOUT_DIRECT = 0, LAYOUT_FLAT = 1, LAYOUT_SHIFTED = 2, LAYOUT_MASKED = 3 }; /* see up_conv_run */
 
-static void *xalloc(size_t bytes) {
-    void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
-    return p;
-}
 
 /* Panel pointers as a plan file may hand them: from 0, never decreasing, each panel at most Ci channels.
  * Returns 0 when they are, -1 otherwise (the kernels would read outside ch and w). */
@@ -307,12 +291,12 @@ EXPORT conv_plan *up_conv_create(const int32_t *geom, int R, int n_panels, const
     p->magic = CONV_MAGIC;
     p->n_panels = n_panels;
     int64_t nnz = panel_ptr[n_panels], taps = (int64_t)p->kh * p->kw;
-    p->panel_ptr = xalloc(sizeof(int32_t) * (n_panels + 1));
-    p->ch = xalloc(sizeof(int32_t) * (nnz + 1));
-    p->w = xalloc(sizeof(float) * (nnz * taps * R + ROWS));
-    p->bias = xalloc(sizeof(float) * n_panels * R);
-    p->tap_off = xalloc(sizeof(int32_t) * taps);
-    p->used = xalloc(sizeof(int32_t) * p->Ci);
+    p->panel_ptr = up_aligned_alloc(sizeof(int32_t) * (n_panels + 1));
+    p->ch = up_aligned_alloc(sizeof(int32_t) * (nnz + 1));
+    p->w = up_aligned_alloc(sizeof(float) * (nnz * taps * R + ROWS));
+    p->bias = up_aligned_alloc(sizeof(float) * n_panels * R);
+    p->tap_off = up_aligned_alloc(sizeof(int32_t) * taps);
+    p->used = up_aligned_alloc(sizeof(int32_t) * p->Ci);
     if (!p->panel_ptr || !p->ch || !p->w || !p->bias || !p->tap_off || !p->used) {
         up_conv_destroy(p);
         return NULL;
@@ -349,7 +333,7 @@ EXPORT conv_plan *up_conv_create_bf16(const int32_t *geom, int R, int n_panels, 
     for (int i = 0; i < n_panels; i++)
         if (panel_ptr[i + 1] < panel_ptr[i]) return NULL;
     int64_t n = (int64_t)panel_ptr[n_panels] * geom[2] * geom[3] * R;
-    float *wf = xalloc(sizeof(float) * (n + 1));
+    float *wf = up_aligned_alloc(sizeof(float) * (n + 1));
     if (!wf) return NULL;
     for (int64_t i = 0; i < n; i++) {
         uint32_t u = (uint32_t)w[i] << 16;
@@ -711,7 +695,7 @@ static size_t g_xcap, g_ocap;
 static int reserve(float **buf, size_t *cap, size_t need) {
     if (need <= *cap) return 0;
     free(*buf);
-    *buf = xalloc(sizeof(float) * need);
+    *buf = up_aligned_alloc(sizeof(float) * need);
     *cap = *buf ? need : 0;
     if (!*buf) return -1;
     memset(*buf, 0, sizeof(float) * need); /* garbage lanes read the slack: keep it finite */
@@ -732,9 +716,9 @@ static int conv_run_masked(conv_plan *p, const float *x, float *y, int N, int nt
         free(p->vx);
         free(p->vy);
         free(p->mask);
-        p->vx = xalloc(sizeof(int32_t) * p->nvec);
-        p->vy = xalloc(sizeof(int32_t) * p->nvec);
-        p->mask = xalloc(sizeof(mask_t) * p->nvec * taps);
+        p->vx = up_aligned_alloc(sizeof(int32_t) * p->nvec);
+        p->vy = up_aligned_alloc(sizeof(int32_t) * p->nvec);
+        p->mask = up_aligned_alloc(sizeof(mask_t) * p->nvec * taps);
         p->vcap = p->mcap = 0;
         if (!p->vx || !p->vy || !p->mask) return -1;
         p->vcap = p->nvec;
@@ -871,8 +855,8 @@ EXPORT int up_conv_run(conv_plan *p, const float *x, float *y, int N, int H, int
     if (p->nvec > p->vcap) {
         free(p->vx);
         free(p->vy);
-        p->vx = xalloc(sizeof(int32_t) * p->nvec);
-        p->vy = xalloc(sizeof(int32_t) * p->nvec);
+        p->vx = up_aligned_alloc(sizeof(int32_t) * p->nvec);
+        p->vy = up_aligned_alloc(sizeof(int32_t) * p->nvec);
         p->vcap = p->vx && p->vy ? p->nvec : 0;
         if (!p->vcap) return -1;
     }
@@ -1045,7 +1029,7 @@ EXPORT int up_dwconv_run(const float *x, float *y, const float *w, const float *
     c.x = x;
     c.y = y;
     /* the weights as [tap][channel] and the bias, padded to whole vectors with zeros */
-    float *wt = xalloc(sizeof(float) * ((size_t)taps + 1) * c.Cp);
+    float *wt = up_aligned_alloc(sizeof(float) * ((size_t)taps + 1) * c.Cp);
     if (!wt) return -1;
     memset(wt, 0, sizeof(float) * ((size_t)taps + 1) * c.Cp);
     for (int ch = 0; ch < c.C; ch++)
@@ -1126,18 +1110,18 @@ EXPORT gemv_plan *up_gemv_create(int Co, int Ci, int n_panels, const int32_t *pa
     p->magic = GEMV_MAGIC;
     p->Co = Co; p->Ci = Ci; p->n_panels = n_panels;
     int64_t nnz = panel_ptr[n_panels], nu = uptr[n_panels];
-    p->wptr = xalloc(sizeof(int32_t) * (n_panels + 1));
-    p->rptr = xalloc(sizeof(int32_t) * (n_panels + 1));
-    p->rc0 = xalloc(sizeof(int32_t) * (nnz + 1));
-    p->rlen = xalloc(sizeof(int32_t) * (nnz + 1));
-    p->w = xalloc(sizeof(float) * (nnz * ROWS + 1));
-    p->uptr = xalloc(sizeof(int32_t) * (n_panels + 1));
-    p->uch0 = xalloc(sizeof(int32_t) * (nu + 1));
-    p->ulen = xalloc(sizeof(int32_t) * (nu + 1));
-    p->usoff = xalloc(sizeof(int32_t) * (nu + 1));
-    p->umag = xalloc(sizeof(float) * (nu + 1));
-    p->usign = xalloc(n_sign + 1);
-    p->bias = xalloc(sizeof(float) * n_panels * ROWS);
+    p->wptr = up_aligned_alloc(sizeof(int32_t) * (n_panels + 1));
+    p->rptr = up_aligned_alloc(sizeof(int32_t) * (n_panels + 1));
+    p->rc0 = up_aligned_alloc(sizeof(int32_t) * (nnz + 1));
+    p->rlen = up_aligned_alloc(sizeof(int32_t) * (nnz + 1));
+    p->w = up_aligned_alloc(sizeof(float) * (nnz * ROWS + 1));
+    p->uptr = up_aligned_alloc(sizeof(int32_t) * (n_panels + 1));
+    p->uch0 = up_aligned_alloc(sizeof(int32_t) * (nu + 1));
+    p->ulen = up_aligned_alloc(sizeof(int32_t) * (nu + 1));
+    p->usoff = up_aligned_alloc(sizeof(int32_t) * (nu + 1));
+    p->umag = up_aligned_alloc(sizeof(float) * (nu + 1));
+    p->usign = up_aligned_alloc(n_sign + 1);
+    p->bias = up_aligned_alloc(sizeof(float) * n_panels * ROWS);
     if (!p->wptr || !p->rptr || !p->rc0 || !p->rlen || !p->w || !p->uptr || !p->uch0 || !p->ulen || !p->usoff ||
         !p->umag || !p->usign || !p->bias) {
         up_gemv_destroy(p);
@@ -1325,14 +1309,14 @@ static void fma_probe_task(void *ctx, int64_t item, int tid) {
     int64_t limit = (int64_t)(c->seconds * 1e9 / FMA_WINDOWS);
     double best = 0;
     for (int w = 0; w < FMA_WINDOWS; w++) {
-        int64_t reps = 0, t0 = now_ns(), dt;
+        int64_t reps = 0, t0 = up_clock_ns(), dt;
         do {
             for (int rep = 0; rep < 1024; rep++) {
 #pragma GCC unroll 32
                 for (int i = 0; i < MAXACC; i++) acc[i] = acc[i] * m + a;
             }
             reps += 1024;
-        } while ((dt = now_ns() - t0) < limit);
+        } while ((dt = up_clock_ns() - t0) < limit);
         double rate = (double)reps * MAXACC * VL * 2 / (double)dt;
         if (rate > best) best = rate;
     }
@@ -1373,6 +1357,6 @@ EXPORT const char *up_isa(void) {
 /* The pool, for the other translation units (uniprune_plan.c: elementwise ops, pools, copies; uniprune_bf16.c:
  * the AMX conv): fn(ctx, i, tid) for i in [0, n_items) on up to nthreads threads, the caller among them. Not
  * reentrant from inside fn. */
-EXPORT void up_parallel_for(int64_t n_items, int nthreads, void (*fn)(void *ctx, int64_t item, int tid), void *ctx) {
+void up_parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) {
     parallel_for(n_items, nthreads, fn, ctx);
 }

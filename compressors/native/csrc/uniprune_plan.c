@@ -19,12 +19,9 @@
  * is not exported, and a second pool would fight it for the cores (see docs/KERNELS.md, "Threads").
  */
 #include <float.h>
-#include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#define EXPORT __attribute__((visibility("default")))
+#include "uniprune_common.h"
 
 /* The kernel library's entry points (uniprune_kernels.c). Called from exactly one place each below
  * (conv_call, gemv_call), so a change of their signatures is a change of two lines here. */
@@ -104,11 +101,6 @@ typedef struct {
     float *col, *rows;
 } up_plan;
 
-static void *xalloc(size_t bytes) {
-    void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
-    return p;
-}
 
 EXPORT void up_plan_destroy(up_plan *p) {
     if (!p) return;
@@ -153,7 +145,6 @@ EXPORT up_plan *up_plan_create(int n_bufs, const int64_t *sizes) {
 static int64_t plane_of(const up_op *o) { return (int64_t)o->C * o->H * o->W; }
 static int64_t oplane_of(const up_op *o) { return (int64_t)o->Co * o->Ho * o->Wo; }
 
-static int in_range(int v, int lo, int hi) { return v >= lo && v <= hi; }
 
 /* Output extent of a window along one axis, as torch computes it (< 1: the window does not fit). */
 static int64_t extent(int n, int k, int s, int pad, int d) {
@@ -166,9 +157,9 @@ static int64_t extent(int n, int k, int s, int pad, int d) {
 static int window_ok(const up_op *o, int dilated) {
     const int *q = o->p;
     int dh = dilated ? q[6] : 1, dw = dilated ? q[7] : 1;
-    if (!in_range(q[0], 1, MAX_PARAM) || !in_range(q[1], 1, MAX_PARAM) || !in_range(q[2], 1, MAX_PARAM) ||
-        !in_range(q[3], 1, MAX_PARAM) || !in_range(q[4], 0, MAX_PARAM) || !in_range(q[5], 0, MAX_PARAM) ||
-        !in_range(dh, 1, MAX_PARAM) || !in_range(dw, 1, MAX_PARAM))
+    if (!up_in_range(q[0], 1, MAX_PARAM) || !up_in_range(q[1], 1, MAX_PARAM) || !up_in_range(q[2], 1, MAX_PARAM) ||
+        !up_in_range(q[3], 1, MAX_PARAM) || !up_in_range(q[4], 0, MAX_PARAM) || !up_in_range(q[5], 0, MAX_PARAM) ||
+        !up_in_range(dh, 1, MAX_PARAM) || !up_in_range(dw, 1, MAX_PARAM))
         return 0;
     return extent(o->H, q[0], q[2], q[4], dh) == o->Ho && extent(o->W, q[1], q[3], q[5], dw) == o->Wo;
 }
@@ -176,8 +167,8 @@ static int window_ok(const up_op *o, int dilated) {
 /* A pool in ceil mode: torch's extent, whose last window starts inside the input or its left padding. */
 static int ceil_pool_ok(const up_op *o) {
     const int *q = o->p;
-    if (!in_range(q[0], 1, MAX_PARAM) || !in_range(q[1], 1, MAX_PARAM) || !in_range(q[2], 1, MAX_PARAM) ||
-        !in_range(q[3], 1, MAX_PARAM) || !in_range(q[4], 0, MAX_PARAM) || !in_range(q[5], 0, MAX_PARAM))
+    if (!up_in_range(q[0], 1, MAX_PARAM) || !up_in_range(q[1], 1, MAX_PARAM) || !up_in_range(q[2], 1, MAX_PARAM) ||
+        !up_in_range(q[3], 1, MAX_PARAM) || !up_in_range(q[4], 0, MAX_PARAM) || !up_in_range(q[5], 0, MAX_PARAM))
         return 0;
     int64_t ho = ((int64_t)o->H + 2 * q[4] - q[0] + q[2] - 1) / q[2] + 1, wo = ((int64_t)o->W + 2 * q[5] - q[1] + q[3] - 1) / q[3] + 1;
     if ((ho - 1) * q[2] >= (int64_t)o->H + q[4]) ho--;
@@ -193,10 +184,10 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
                                                [OP_CHCOPY] = 3, [OP_SHUFFLE] = 1, [OP_CHNORM] = 1};
     const int kind = o->kind, nb = p->n_bufs;
     if (kind < OP_CONV || kind > OP_LAST || n_params != params_of[kind]) return -1;
-    if (!in_range(o->in0, 0, nb - 1) || !in_range(o->out, 1, nb - 1) || !in_range(o->in1, -1, nb - 1) ||
-        !in_range(o->act, ACT_NONE, ACT_LAST) || !in_range(o->C, 1, MAX_DIM) || !in_range(o->H, 1, MAX_DIM) ||
-        !in_range(o->W, 1, MAX_DIM) || !in_range(o->Co, 1, MAX_DIM) || !in_range(o->Ho, 1, MAX_DIM) ||
-        !in_range(o->Wo, 1, MAX_DIM))
+    if (!up_in_range(o->in0, 0, nb - 1) || !up_in_range(o->out, 1, nb - 1) || !up_in_range(o->in1, -1, nb - 1) ||
+        !up_in_range(o->act, ACT_NONE, ACT_LAST) || !up_in_range(o->C, 1, MAX_DIM) || !up_in_range(o->H, 1, MAX_DIM) ||
+        !up_in_range(o->W, 1, MAX_DIM) || !up_in_range(o->Co, 1, MAX_DIM) || !up_in_range(o->Ho, 1, MAX_DIM) ||
+        !up_in_range(o->Wo, 1, MAX_DIM))
         return -1;
     const int residual = kind == OP_CONV || kind == OP_GEMV || kind == OP_GCONV || kind == OP_IM2COL || kind == OP_ADD ||
                          kind == OP_CHMUL; /* CHMUL: in1 is the gate */
@@ -222,12 +213,12 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
         return up_gemv_dims(o->kplan, g) || g[0] != oplane || g[1] != plane ? -1 : 0;
     case OP_GCONV: {
         const int groups = o->p[8];
-        return window_ok(o, 1) && in_range(groups, 1, MAX_DIM) && o->C % groups == 0 && o->Co % groups == 0 &&
-               in_range(o->p[9], 0, 1) ? 0 : -1;
+        return window_ok(o, 1) && up_in_range(groups, 1, MAX_DIM) && o->C % groups == 0 && o->Co % groups == 0 &&
+               up_in_range(o->p[9], 0, 1) ? 0 : -1;
     }
     case OP_IM2COL: {
         const int mode = o->p[8];
-        if (!window_ok(o, 1) || !in_range(mode, 0, 1)) return -1;
+        if (!window_ok(o, 1) || !up_in_range(mode, 0, 1)) return -1;
         const int64_t patch = (int64_t)o->C * o->p[0] * o->p[1];
         if (patch > MAX_DIM) return -1;
         if (mode == 0) return up_gemv_dims(o->kplan, g) || g[0] != o->Co || g[1] != patch ? -1 : 0;
@@ -242,22 +233,22 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
     case OP_GAP:
         return o->Co == o->C && o->Ho == 1 && o->Wo == 1 ? 0 : -1;
     case OP_POOL:
-        return o->Co == o->C && (window_ok(o, 0) || ceil_pool_ok(o)) && in_range(o->p[6], 0, 1) && in_range(o->p[7], 0, 1) ? 0 : -1;
+        return o->Co == o->C && (window_ok(o, 0) || ceil_pool_ok(o)) && up_in_range(o->p[6], 0, 1) && up_in_range(o->p[7], 0, 1) ? 0 : -1;
     case OP_CHMUL:
         return same ? 0 : -1;
     case OP_CHCOPY: {
         const int ooff = o->p[0], ioff = o->p[1], cnt = o->p[2];
-        return in_range(cnt, 1, MAX_DIM) && in_range(ooff, 0, MAX_DIM) && in_range(ioff, 0, MAX_DIM) &&
+        return up_in_range(cnt, 1, MAX_DIM) && up_in_range(ooff, 0, MAX_DIM) && up_in_range(ioff, 0, MAX_DIM) &&
                (int64_t)ooff + cnt <= o->Co && (int64_t)ioff + cnt <= o->C && o->H == o->Ho && o->W == o->Wo &&
                o->act == ACT_NONE ? 0 : -1;
     }
     case OP_SHUFFLE:
-        return same && in_range(o->p[0], 1, o->C) && o->C % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
+        return same && up_in_range(o->p[0], 1, o->C) && o->C % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
     case OP_CHNORM:
-        return same && in_range(o->p[0], 0, 1) ? 0 : -1;
+        return same && up_in_range(o->p[0], 0, 1) ? 0 : -1;
     case OP_SLICEPAD:
-        return in_range(o->p[0], 1, MAX_PARAM) && in_range(o->p[1], 1, MAX_PARAM) && in_range(o->p[2], -MAX_DIM, MAX_DIM) &&
-               in_range(o->p[3], -MAX_PARAM, MAX_PARAM) && in_range(o->p[4], -MAX_PARAM, MAX_PARAM) ? 0 : -1;
+        return up_in_range(o->p[0], 1, MAX_PARAM) && up_in_range(o->p[1], 1, MAX_PARAM) && up_in_range(o->p[2], -MAX_DIM, MAX_DIM) &&
+               up_in_range(o->p[3], -MAX_PARAM, MAX_PARAM) && up_in_range(o->p[4], -MAX_PARAM, MAX_PARAM) ? 0 : -1;
     }
     return -1;
 }
@@ -300,7 +291,7 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
         return -1;
     }
     if (nf) {
-        o.f = xalloc(sizeof(float) * (size_t)nf);
+        o.f = up_aligned_alloc(sizeof(float) * (size_t)nf);
         if (!o.f) return -2;
         memcpy(o.f, floats + 2, sizeof(float) * (size_t)nf);
     }
@@ -420,9 +411,8 @@ static void ewise(float *y, const float *a, const float *b, int64_t n, int act, 
 
 /* ------------------------------------------------------------------------------------- threads ---- */
 
-/* The kernel library's pool (uniprune_kernels.c): the plan's own loops run on the same threads as its
- * kernels, so there is never a second pool fighting the first for the cores. */
-void up_parallel_for(int64_t n_items, int nthreads, void (*fn)(void *ctx, int64_t item, int tid), void *ctx);
+/* The plan's own loops run on the kernel library's pool (up_parallel_for, uniprune_common.h), on the same
+ * threads as its kernels, so there is never a second pool fighting the first for the cores. */
 
 /* Floats of work below which a loop stays on the calling thread: waking the pool costs a few µs, about what
  * one thread needs for 16K floats of a memory-bound pass. */
@@ -815,8 +805,8 @@ static int reserve_buffers(up_plan *p, int N) {
     if (!batch_bytes(p->col_size, N) || !batch_bytes(p->rows_size, N)) return -1;
     free(p->col);
     free(p->rows);
-    p->col = xalloc(batch_bytes(p->col_size, N));
-    p->rows = xalloc(batch_bytes(p->rows_size, N));
+    p->col = up_aligned_alloc(batch_bytes(p->col_size, N));
+    p->rows = up_aligned_alloc(batch_bytes(p->rows_size, N));
     if (!p->col || !p->rows) {
         p->cap_n = 0;
         return -1;
@@ -824,7 +814,7 @@ static int reserve_buffers(up_plan *p, int N) {
     for (int b = 2; b < p->n_bufs; b++) {
         free(p->buf[b]);
         /* a vector's worth of slack: kernels may read a few lanes past an activation's end */
-        p->buf[b] = xalloc(batch_bytes(p->size[b], N));
+        p->buf[b] = up_aligned_alloc(batch_bytes(p->size[b], N));
         if (!p->buf[b]) {
             p->cap_n = 0;
             return -1;
@@ -849,11 +839,6 @@ EXPORT int up_plan_run_timed(up_plan *p, const float *x, float *y, int N, int nt
     return plan_run(p, x, y, N, nthreads, op_ns);
 }
 
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
 
 static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, int64_t *op_ns) {
     /* a plan without ops, or whose ops never write the output, would hand back uninitialised memory */
@@ -864,7 +849,7 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
     for (int b = 0; b < p->n_bufs; b++) bufs[b] = p->buf[b];
     bufs[0] = (float *)x; /* never written: no op has buffer 0 as its output */
     bufs[1] = y;
-    int64_t t0 = op_ns ? now_ns() : 0;
+    int64_t t0 = op_ns ? up_clock_ns() : 0;
     for (int i = 0; i < p->n_ops; i++) {
         const up_op *o = &p->ops[i];
         const float *in = bufs[o->in0], *r = o->in1 >= 0 ? bufs[o->in1] : NULL;
@@ -945,7 +930,7 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
         }
         if (rc) return 100 * (i + 1) - rc;
         if (op_ns) {
-            int64_t t1 = now_ns();
+            int64_t t1 = up_clock_ns();
             op_ns[i] = t1 - t0;
             t0 = t1;
         }
