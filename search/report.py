@@ -129,6 +129,8 @@ def plot_admm(finetune: dict[str, Any], path: Path) -> Path:
         if key == "val_accuracy" and isinstance(finetune.get("projected_val_accuracy"), (int, float)):
             x = (admm[-1]["epoch"] + 1) if admm else 0
             ax.plot([x], [finetune["projected_val_accuracy"]], marker="x", color="C3", linestyle="none", label="after hard projection")
+        if key == "val_accuracy" and isinstance(finetune.get("dense_val_accuracy"), (int, float)):
+            ax.axhline(finetune["dense_val_accuracy"], color="0.4", ls="--", label=f"dense {100 * finetune['dense_val_accuracy']:.1f} %")
         ax.set_title(label)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
@@ -197,6 +199,10 @@ def write_report(run_dir: str | Path) -> list[Path]:
         lines.append("- after fine-tuning: " + ", ".join(f"{k} {_fmt(v)}" for k, v in finetune.items() if isinstance(v, (int, float)))
                      + _verdict(finetune.get("latency_ratio"), budget, "measured"))
     lines.append("")
+    if finetune.get("layers") is not None:  # the fine-tune's own account: dense against compressed, warnings, layers
+        from uniprune.search.finetune_summary import summary_markdown
+
+        lines += [summary_markdown(finetune | {"latency_budget": budget}), ""]
     titles = {
         "reward.png": "Reward per episode",
         "accuracy_vs_latency.png": "Accuracy against latency ratio",

@@ -6,47 +6,18 @@ import copy
 
 import pytest
 import torch
+from blobs import POLICY, train_batches, trained_cnn, val_accuracy
 from torch import nn
 from uniprune.compressors.core.errors import ConfigError, PolicyError
 from uniprune.compressors.core.policy import LayerAction, Policy
 from uniprune.compressors.core.projection import BlockClasses, project_model, structure_error
 from uniprune.compressors.train.distributed import shard_batches
 from uniprune.compressors.train.finetune import AdmmConfig, finetune
-from uniprune.compressors.train.training import evaluate, make_optimizer, train_epoch
-
-CLASSES = 4
-POLICY = Policy(layers={"3": LayerAction(0.6, 0.3), "8": LayerAction(0.5, 0.25)})
-
-
-def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    templates = torch.randn(CLASSES, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, CLASSES, (n,), generator=gen)
-    return templates[y] + 1.2 * torch.randn(n, 3, 8, 8, generator=gen), y
-
-
-TRAIN = _blobs(512, 1)
-VAL = _blobs(256, 2)
-
-
-def train_batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    order = torch.randperm(len(TRAIN[1]), generator=torch.Generator().manual_seed(epoch))
-    return [(TRAIN[0][order[i : i + 64]], TRAIN[1][order[i : i + 64]]) for i in range(0, len(order), 64)]
-
-
-def val_accuracy(model: nn.Module) -> float:
-    return evaluate(model, [VAL])
 
 
 @pytest.fixture(scope="module")
 def dense() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
-                          nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, CLASSES))
-    optimizer = make_optimizer(model, lr=0.05)
-    for epoch in range(3):
-        train_epoch(model, train_batches(100 + epoch), optimizer)
-    return model
+    return trained_cnn(3)
 
 
 def _check_structures(model: nn.Module, structures: dict) -> None:

@@ -86,6 +86,13 @@ def test_run_dir_mode(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         (["--epochs", "1", "--out", "x.pt"], "at least one ADMM epoch"),
         (["--run-dir", "no-such-run"], "does not exist"),
         (["--out", "x.pt", "--iterations", "2", "--epochs", "4"], "must divide"),
+        (["--out", "x.pt", "--time-budget", "-1"], "--time-budget must be a positive number of minutes, got -1"),
+        (["--out", "x.pt", "--time-budget", "0"], "--time-budget must be a positive number of minutes"),
+        (["--out", "x.pt", "--distill-weight", "1.5"], "--distill-weight must be in [0, 1], got 1.5"),
+        (["--out", "x.pt", "--distill-temperature", "0"], "--distill-temperature must be a positive number"),
+        (["--out", "x.pt", "--method", "channel", "--channel-target", "1"], "--channel-target must be a ratio in (0, 1)"),
+        (["--out", "x.pt", "--method", "channel"], "needs a target ratio"),  # the policy has no latency budget
+        (["--out", "x.pt", "--method", "masked", "--time-budget", "0.001"], "raise --time-budget to at least"),
     ],
 )
 def test_bad_input_is_one_line(setup, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
@@ -150,3 +157,70 @@ def test_non_finite_checkpoints_are_never_written_nor_read(tmp_path: Path, capsy
     assert main(["eval", "--model", "digits-cnn", "--checkpoint", str(tmp_path / "nan-dense.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NaN or inf" in err[0]
+
+
+def test_distill_needs_the_dense_checkpoint_and_is_on_when_it_is_known(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dense, policy_path, _ = setup
+    base = ["finetune", "--policy", str(policy_path), "--model", "digits-cnn", "--method", "masked", "--epochs", "1", *FAST]
+    assert main([*base, "--distill", "--out", str(tmp_path / "a.pt")]) == 2
+    assert "--distill learns from the dense model: give its --checkpoint" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b.pt"), "--json"]) == 0  # no checkpoint: nothing to learn from
+    assert _json(capsys)["distill"] is None
+    assert main([*base, "--checkpoint", str(dense), "--out", str(tmp_path / "c.pt"), "--json", "--distill-temperature", "2"]) == 0
+    assert _json(capsys)["distill"] == {"temperature": 2.0, "weight": 0.7}
+    assert main([*base, "--checkpoint", str(dense), "--out", str(tmp_path / "d.pt"), "--json", "--no-distill"]) == 0
+    assert _json(capsys)["distill"] is None
+
+
+def test_finetune_prints_the_table_the_layers_and_the_warnings(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dense, policy_path, _ = setup
+    run = _run_dir(tmp_path, dense, policy_path)
+    assert main(["finetune", "--run-dir", str(run), "--epochs", "2", "--json", *FAST[:-1]]) == 0  # with the latency race
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    err = captured.err
+    assert f"## Fine-tune: {run.name} (admm, 2 epochs" in err
+    assert "| dense | " in err and "(baseline)" in err and "| **admm** | uniprune" in err
+    assert "| conv1 (dense) | 32x3x3x3 | 8x4 | 0 % | 0 % |" in err and "| conv2 | 32x32x3x3 | 8x4 |" in err
+    # a random 'dense' model and 64 samples: ADMM is far from converged, and says what to raise
+    assert any(w.startswith("ADMM's primal residual is") and w.endswith("raise --epochs or --rho-growth") for w in result["warnings"])
+    assert all(f"- {w}" in err for w in result["warnings"])
+    assert set(result["timing"]["engines"]) and result["latency_ratio"] == pytest.approx(result["timing"]["latency_ratio"])
+    (run / "episodes.csv").write_text("episode,reward,val_accuracy,latency_ratio\n0,0.5,0.5,0.4\n")  # as a search leaves it
+    assert main(["report", "--run-dir", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    assert f"## Fine-tune: {run.name}" in report and "| **admm** | uniprune" in report and "conv1 (dense)" in report
+
+
+def test_a_time_budget_plans_the_epochs(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dense, policy_path, _ = setup
+    assert main(["finetune", "--policy", str(policy_path), "--model", "digits-cnn", "--checkpoint", str(dense),
+                 "--method", "masked", "--time-budget", "0.15", "--out", str(tmp_path / "t.pt"), "--json", *FAST]) == 0
+    result = _json(capsys)
+    budget = result["time_budget"]
+    assert budget["met"] and budget["seconds_used"] <= 9.0 and budget["planned_epochs"] == result["epochs"] >= 2
+    assert result["epochs_run"] >= result["epochs"] - 1
+
+
+def test_channel_method_writes_a_pruned_model_that_bench_races_on_the_engines(setup, tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture) -> None:
+    from uniprune.compressors.formats.channel_checkpoint import load_channel_pruned
+    from uniprune.compressors.train.channel import rebuild
+
+    dense, policy_path, _ = setup
+    out = tmp_path / "ch.pt"
+    assert main(["finetune", "--policy", str(policy_path), "--model", "digits-cnn", "--checkpoint", str(dense),
+                 "--method", "channel", "--channel-target", "0.5", "--epochs", "1", "--out", str(out), "--json", *FAST]) == 0
+    result = _json(capsys)
+    assert result["method"] == "channel" and 0.3 < result["mac_ratio"] <= 0.5 and result["size_ratio"] < 0.7
+    assert result["distill"] == {"temperature": 4.0, "weight": 0.7}  # the dense checkpoint is known: it teaches
+    saved = load_channel_pruned(out)
+    assert saved.meta["dense_checkpoint"] == str(dense.resolve()) and saved.meta["channels"]["mac_ratio"] == result["mac_ratio"]
+    model = rebuild(build_model("digits-cnn", num_classes=10, input_shape=(3, 32, 32)), saved.channels, saved.state_dict)
+    assert model.conv2.out_channels < 32 and any(r["channels"][0] < r["channels"][1] for r in result["layers"])
+    assert main(["eval", "--checkpoint", str(out), "--split", "test", "--json"]) == 0
+    assert _json(capsys)["accuracy"] == pytest.approx(result["accuracy"])
+    assert main(["bench", "--compressed", str(out), "--repeats", "3", "--json"]) == 0
+    bench = _json(capsys)
+    assert bench["runtime"] == f"engine {bench['compressed_engine']}" and bench["compressed_engine"] in bench["engines"]
+    assert bench["predicted_ms"] is None and bench["speedup"] == pytest.approx(1 / bench["latency_ratio"])

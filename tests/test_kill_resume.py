@@ -102,9 +102,10 @@ def _finetune(run, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_kill_9_in_a_finetune_then_resume(tmp_path):
+@pytest.mark.parametrize("budget", [[], ["--time-budget", "0.6", "--limit", "256"]], ids=["epochs", "time-budget"])
+def test_kill_9_in_a_finetune_then_resume(tmp_path, budget):
     """Killed anywhere, a fine-tune resumed with --resume loses at most the epoch in progress and ends with the
-    same files an uninterrupted one writes."""
+    same files an uninterrupted one writes; under a time budget it keeps its plan and the time it had spent."""
     from uniprune.compressors.formats.checkpoint import load_compressed
     from uniprune.search.cli import main
 
@@ -113,9 +114,9 @@ def test_kill_9_in_a_finetune_then_resume(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     partial = run / "compressed.pt.partial"
     rng = random.Random(3)
-    seen = []
+    seen, planned, spent = [], [], []
     for _ in range(3):
-        proc = subprocess.Popen(_finetune(run, *(["--resume"] if partial.is_file() else [])),
+        proc = subprocess.Popen(_finetune(run, *budget, *(["--resume"] if partial.is_file() else [])),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 120
         before = partial.stat().st_mtime_ns if partial.is_file() else 0
@@ -130,14 +131,20 @@ def test_kill_9_in_a_finetune_then_resume(tmp_path):
 
             state = torch.load(partial, weights_only=True)
             seen.append((state["phase"], int(state["done"])))
+            planned.append(int(state["budget"]["epochs"]) if budget else 12)
+            spent.append(float(state["budget"]["spent"]) if budget else 0.0)
     # each kill came after an epoch was kept, and the state only moves forward
     assert len(seen) == 3 and seen == sorted(seen, key=lambda s: (s[0] == "retrain", s[1]))
-    out = subprocess.run(_finetune(run, "--resume", "--json"), capture_output=True, text=True, env=env, timeout=600)
+    # a budgeted run is planned once: every process goes on with that plan, and the time spent only grows
+    assert len(set(planned)) == 1 and spent == sorted(spent)
+    out = subprocess.run(_finetune(run, *budget, "--resume", "--json"), capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-800:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["epochs"] == 12 and not partial.exists()
+    assert result["epochs"] == planned[0] and not partial.exists()
+    if budget:
+        assert result["time_budget"]["met"] and result["epochs_run"] >= planned[0] - 1
     name, _, structures, _ = load_compressed(run / "compressed.pt")
     assert name == "digits-cnn" and structures
     # resuming a finished run, or with other options, is refused in one line
-    again = subprocess.run(_finetune(run, "--resume", "--force"), capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run(_finetune(run, *budget, "--resume", "--force"), capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2 and "nothing to resume" in again.stderr

@@ -103,6 +103,26 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"cannot read {what} {file}: {reason}") from None
 
 
+def read_model_file(path: str | os.PathLike, fmt: str, what: str, *, extra: tuple[tuple[str, type], ...] = ()) -> dict[str, Any]:
+    """A uniprune model file of format ``fmt`` read safely, with its common fields checked (``model_name``,
+    ``num_classes``, ``input_shape``, a ``state_dict`` of finite tensors) and ``extra`` ``(field, type)`` pairs.
+    One-line :class:`CheckpointError` for anything else (``what`` names the kind of file)."""
+    source = str(path)
+    data = read_torch_file(path, what)
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{source}: not a uniprune {what} (format {got!r}, expected {fmt!r})")
+    for key, kind in (("model_name", str), ("num_classes", int), ("input_shape", list), ("state_dict", dict), *extra):
+        if not isinstance(data.get(key), kind):
+            raise CheckpointError(f"{source}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
+    if not all(isinstance(v, torch.Tensor) for v in data["state_dict"].values()):
+        raise CheckpointError(f"{source}: field 'state_dict' holds non-tensor values; the file is damaged")
+    bad = first_non_finite(data["state_dict"])
+    if bad:
+        raise CheckpointError(f"{source}: {bad} holds NaN or inf (written by a run that diverged); fine-tune again")
+    return data
+
+
 def structure_from_record(record: Any) -> LayerStructure:
     """The inverse of :func:`structure_record`; ValueError (or KeyError, TypeError) for a malformed record."""
     shape = tuple(int(s) for s in record["weight_shape"])
@@ -136,19 +156,8 @@ def load_compressed(path: str | os.PathLike) -> tuple[str, dict[str, torch.Tenso
     source = str(path)
     if not path.is_file():
         raise CheckpointError(f"compressed checkpoint {source!r} does not exist; pass the file 'uniprune finetune --out' wrote")
-    data = read_torch_file(path, "compressed checkpoint")
-    if not isinstance(data, dict) or data.get("format") != COMPRESSED_FORMAT:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{source}: not a uniprune compressed checkpoint (format {got!r}, expected {COMPRESSED_FORMAT!r})")
-    for key, kind in (("model_name", str), ("num_classes", int), ("input_shape", list), ("state_dict", dict), ("structures", dict)):
-        if not isinstance(data.get(key), kind):
-            raise CheckpointError(f"{source}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
+    data = read_model_file(path, COMPRESSED_FORMAT, "compressed checkpoint", extra=(("structures", dict),))
     state_dict = data["state_dict"]
-    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointError(f"{source}: field 'state_dict' holds non-tensor values; the file is damaged")
-    bad = first_non_finite(state_dict)
-    if bad:
-        raise CheckpointError(f"{source}: {bad} holds NaN or inf (written by a run that diverged); fine-tune again")
     structures = {name: _read_structure(name, rec, state_dict, source) for name, rec in data["structures"].items()}
     meta = dict(data.get("meta") or {})
     meta.update(num_classes=data["num_classes"], input_shape=list(data["input_shape"]), policy=data.get("policy"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from ..core.errors import ConfigError
 from ..core.projection import project_layer, project_model
 from ..formats.checkpoint import structure_from_record, structure_record
 from .distributed import epoch_batches, evaluate_on_rank0, world, wrap
-from .retrain import SCHEDULES, lr_factor, retrain
+from .retrain import SCHEDULES, best_epoch, lr_factor, retrain
 from .strategy import FinetuneJob, Outcome
 from .training import make_optimizer, train_epoch
 
@@ -111,9 +111,37 @@ class AdmmConfig:
         """Every epoch of the run, ADMM and retraining."""
         return self.admm_epochs + self.retrain_epochs
 
+    @property
+    def least_epochs(self) -> int:
+        """2 for ``admm`` (one ADMM epoch and one of retraining), 1 for ``masked``."""
+        return 1 if self.method == "masked" else 2
+
+    def with_epochs(self, epochs: int) -> AdmmConfig:
+        """This config planned for ``epochs`` in all under one cosine (schedule ``run``): ``masked`` retrains for
+        all of them; ``admm`` gives ``max(1, round(epochs / 3))`` to retraining and the rest to ADMM iterations
+        of one epoch each."""
+        if int(epochs) < self.least_epochs:
+            raise ConfigError(f"{self.method} needs at least {self.least_epochs} epochs, got {epochs}; raise --epochs")
+        if self.method == "masked":
+            return replace(self, retrain_epochs=int(epochs), schedule="run", retrain_lr=None)
+        retrain = max(1, round(int(epochs) / 3))
+        return replace(self, iterations=int(epochs) - retrain, epochs_per_iteration=1, retrain_epochs=retrain,
+                       schedule="run", retrain_lr=None)
+
     def run(self, job: FinetuneJob) -> Outcome:
         """The strategy: ADMM (unless ``masked``), the hard projection, then retraining in the structure."""
         return _run(job, self)
+
+
+def _dual_update(weights: list[Tensor], z: list[Tensor], u: list[Tensor], layers: list) -> tuple[list[Tensor], list[Tensor], float]:
+    """ADMM's Z and U steps; returns the new Z, U and the primal residual ``||W - Z|| / ||W||``."""
+    with torch.no_grad():
+        w_now = [w.detach() for w in weights]
+        z = [project_layer(w + ui, s.grid, a.prune, a.unify)[1] for w, ui, (s, a) in zip(w_now, u, layers)]
+        u = [ui + w - zi for w, zi, ui in zip(w_now, z, u)]
+        diff = math.sqrt(sum(float(((w - zi) ** 2).sum()) for w, zi in zip(w_now, z)))
+        norm = math.sqrt(sum(float((w**2).sum()) for w in w_now))
+    return z, u, diff / norm if norm > 0 else 0.0
 
 
 def _admm_phase(
@@ -124,21 +152,16 @@ def _admm_phase(
 ) -> list[dict[str, float]]:
     """The ADMM iterations (W, Z, U updates) on ``model`` in place; returns one record per iteration.
 
-    ``checkpoint(state)`` is called after every epoch (after the Z and U updates when the epoch ends an
-    iteration) with what ``resume=state`` needs to go on from there."""
+    ``checkpoint(state)`` is called after every epoch (after the Z and U updates when the epoch ends an iteration)
+    with what ``resume=state`` needs. An epoch the time budget cannot fit (with the retraining after it) ends the
+    phase; the iteration it cuts short still updates Z and U."""
     rank = world()[0]
     model, logger, device = job.model, job.logger, job.device
     layers = [(s, job.policy.action(s.name)) for s in job.specs if not job.policy.action(s.name).is_dense]
     if not layers:
         return []
-
-    def z_of(w: Tensor, spec: Any, prune: float, unify: float) -> Tensor:
-        return project_layer(w, spec.grid, prune, unify)[1]
-
     weights = [s.module.weight for s, _ in layers]
-    z = [z_of(w.detach(), s, a.prune, a.unify) for w, (s, a) in zip(weights, layers)]
-    u = [torch.zeros_like(w) for w in weights]
-    rho = config.rho
+    z, u, rho = [project_layer(w.detach(), s.grid, a.prune, a.unify)[1] for w, (s, a) in zip(weights, layers)], [torch.zeros_like(w) for w in weights], config.rho
 
     def penalty() -> Tensor:
         return 0.5 * rho * sum(((w - zi + ui) ** 2).sum() for w, zi, ui in zip(weights, z, u))
@@ -149,10 +172,7 @@ def _admm_phase(
     if resume:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        with torch.no_grad():
-            for zi, ui, z_saved, u_saved in zip(z, u, resume["z"], resume["u"]):
-                zi.copy_(z_saved)
-                ui.copy_(u_saved)
+        z, u = [t.clone() for t in resume["z"]], [t.clone() for t in resume["u"]]
         rho, done, history = float(resume["rho"]), int(resume["done"]), list(resume["history"])
     net = wrap(model, device)
 
@@ -162,15 +182,19 @@ def _admm_phase(
                         "z": [zi.detach().clone() for zi in z], "u": [ui.detach().clone() for ui in u], "rho": rho,
                         "history": history})
 
-    epoch = 0
+    epoch, out_of_time = 0, False
     for it in range(config.iterations):
         if epoch + config.epochs_per_iteration <= done:  # this iteration, Z and U updates included, is in the state
             epoch += config.epochs_per_iteration
             continue
+        ran = 0
         for _ in range(config.epochs_per_iteration):
             if epoch < done:
-                epoch += 1
+                epoch, ran = epoch + 1, ran + 1
                 continue
+            if not job.next_epoch(then=config.retrain_epochs):
+                out_of_time = True
+                break
             if config.schedule == "run":
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * lr_factor("run", epoch, config.total_epochs)
@@ -179,18 +203,14 @@ def _admm_phase(
                                 desc=f"admm {it + 1}/{config.iterations} rho={rho:.3g}" if config.progress and rank == 0 else None)
             logger("admm/loss", stats["loss"], epoch)
             logger("admm/rho", rho, epoch)
-            epoch += 1
+            epoch, ran = epoch + 1, ran + 1
             if epoch % config.epochs_per_iteration:
                 save(epoch)
-        with torch.no_grad():
-            w_now = [w.detach() for w in weights]
-            z = [z_of(w + ui, s, a.prune, a.unify) for w, ui, (s, a) in zip(w_now, u, layers)]
-            u = [ui + w - zi for w, zi, ui in zip(w_now, z, u)]
-            diff = math.sqrt(sum(float(((w - zi) ** 2).sum()) for w, zi in zip(w_now, z)))
-            norm = math.sqrt(sum(float((w**2).sum()) for w in w_now))
-        residual = diff / norm if norm > 0 else 0.0
+        if ran == 0:
+            break
+        z, u, residual = _dual_update(weights, z, u, layers)
         logger("admm/residual", residual, epoch - 1)
-        record = {"iteration": it, "epoch": epoch - 1, "rho": rho, "loss": stats["loss"], "residual": residual}
+        record = {"iteration": it, "epoch": epoch - 1, "rho": rho, "loss": stats["loss"], "residual": residual, "epochs": ran}
         if config.evaluate_every_iteration:
             record["val_accuracy"] = evaluate_on_rank0(job.evaluate, model)
             logger("admm/val_accuracy", record["val_accuracy"], epoch - 1)
@@ -199,6 +219,8 @@ def _admm_phase(
         rho *= config.rho_growth
         u = [ui / config.rho_growth for ui in u]
         save(epoch)
+        if out_of_time:
+            break
     del net  # drop DDP's hooks before retraining wraps the model again
     return history
 
@@ -215,24 +237,34 @@ def _run(job: FinetuneJob, config: AdmmConfig) -> Outcome:
                                    resume=resume if phase == "admm" else None)
     if phase == "retrain":  # the hard projection was made before the state was saved: take it from there
         admm_history, projected = list(resume["admm_history"]), float(resume["projected"])
+        before = resume.get("before")
         structures = {name: structure_from_record(rec) for name, rec in resume["structures"].items()}
     else:
+        # masked projects the dense model, whose accuracy the caller knows: only ADMM's is measured here
+        last = admm_history[-1] if admm_history else {}
+        before = last["val_accuracy"] if "val_accuracy" in last else (
+            evaluate_on_rank0(job.evaluate, job.model) if admm_history else None)
         structures = project_model(job.model, job.policy, job.shapes, apply=True)
         projected = evaluate_on_rank0(job.evaluate, job.model)
         job.logger("admm/projected_accuracy", projected, config.admm_epochs)
     records = {name: structure_record(s) for name, s in structures.items()}
 
     def retrain_checkpoint(state: dict[str, Any]) -> None:
-        checkpoint({"phase": "retrain", "structures": records, "projected": projected, "admm_history": admm_history, **state})
+        checkpoint({"phase": "retrain", "structures": records, "projected": projected, "before": before,
+                    "admm_history": admm_history, **state})
 
     structures, retrain_history = retrain(
         job.model, structures, job.train_batches, job.evaluate,
         epochs=config.retrain_epochs, lr=config.retrain_lr or config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, device=job.device, log=job.log, first_epoch=config.admm_epochs,
         progress=config.progress, schedule=config.schedule, run_epochs=config.total_epochs, distill=job.distill,
-        keep_best=config.keep_best,
+        keep_best=config.keep_best, next_epoch=job.next_epoch,
         checkpoint=None if checkpoint is None else retrain_checkpoint, resume=resume if phase == "retrain" else None,
     )
     final = max((r["val_accuracy"] for r in retrain_history), default=projected) if config.keep_best else \
         (retrain_history[-1]["val_accuracy"] if retrain_history else projected)
-    return Outcome(structures, final, projected, admm_history, retrain_history)
+    admm_epochs = sum(int(h.get("epochs", config.epochs_per_iteration)) for h in admm_history)
+    return Outcome(structures, final, projected, admm_history, retrain_history,
+                   residual=admm_history[-1]["residual"] if admm_history else None, admm_epochs=admm_epochs,
+                   before_projection=None if before is None else float(before), best_epoch=best_epoch(retrain_history),
+                   epochs_run=admm_epochs + len(retrain_history))

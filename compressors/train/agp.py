@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -77,6 +77,19 @@ class AgpConfig:
         """Ramp and retraining epochs."""
         return self.ramp_epochs + self.retrain_epochs
 
+    @property
+    def least_epochs(self) -> int:
+        """1: a ramp epoch."""
+        return 1
+
+    def with_epochs(self, epochs: int) -> AgpConfig:
+        """This config planned for ``epochs`` in all (its lr is always one cosine over the run): a third of them
+        (at least 1 from 2 epochs on) retrain at the policy, the rest ramp."""
+        if int(epochs) < 1:
+            raise ConfigError(f"agp needs at least 1 epoch, got {epochs}; raise --epochs")
+        retrain = max(1, round(int(epochs) / 3)) if int(epochs) >= 2 else 0
+        return replace(self, ramp_epochs=int(epochs) - retrain, retrain_epochs=retrain)
+
     def run(self, job: FinetuneJob) -> Outcome:
         """The strategy: the ramp of pruning steps, then retraining at the policy."""
         if job.checkpoint is not None or job.resume is not None:
@@ -99,82 +112,100 @@ def _mean_loss(stats: list[dict[str, float]]) -> float:
 def _run(job: FinetuneJob, config: AgpConfig) -> Outcome:
     """Each ramp epoch is cut into ``min(prune_steps, its batches)`` runs of batches; before run ``k`` of the
     ``n`` in the ramp the weights are projected onto the policy scaled by ``agp_fraction(k, n)``, so the
-    fractions start small and the last run trains at the full policy; then ``retrain_epochs`` at the policy.
-    ``train_batches(epoch)`` without a ``len()`` is counted once by an extra pass over it.
+    fractions start small and the last run trains at the full policy; then ``retrain_epochs`` at the policy
+    (those the time budget fits). ``train_batches(epoch)`` without a ``len()`` is counted once by an extra pass.
 
     Logs ``agp/fraction`` (step: the pruning step, 1..n), ``agp/loss`` (mean cross-entropy, nats) and
     ``agp/val_accuracy`` (step: the epoch).
     """
-    model, policy, shapes, device, logger = job.model, job.policy, job.shapes, job.device, job.logger
-    train_batches, evaluate = job.train_batches, job.evaluate
-    show = config.progress and world()[0] == 0
+    run = _AgpRun(job, config)
     total = config.ramp_epochs + config.retrain_epochs
-    history: list[dict[str, float]] = []
-    optimizer: torch.optim.Optimizer | None = None
+    try:
+        for epoch in range(config.ramp_epochs):  # the ramp is never cut short: it is what reaches the policy
+            job.next_epoch()
+            run.ramp_epoch(epoch)
+        before = run.history[-1]["val_accuracy"]
+        structures = run.reproject(job.policy)
+        projected = evaluate_on_rank0(job.evaluate, job.model)
+        for epoch in range(config.ramp_epochs, total):
+            if not job.next_epoch():
+                break
+            run.set_lr(epoch)
+            batches, count = epoch_batches(job.train_batches, epoch)
+            stats = run.train(batches, count, f"agp retrain {epoch - config.ramp_epochs + 1}/{config.retrain_epochs}")
+            run.finish_epoch(epoch, stats["loss"])
+    finally:
+        trained = bake(job.model)
+    out = dict(structures)
+    out.update(trained)
+    history = run.history
+    retrained = len(history) > config.ramp_epochs
+    final = history[-1]["val_accuracy"] if retrained else projected
+    return Outcome(out, final, projected, [], history, before_projection=before,
+                   best_epoch=int(history[-1]["epoch"]) if retrained else None, epochs_run=len(history))
 
-    def lr_at(epoch: int) -> float:
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / total))
 
-    def reproject(target: Policy) -> dict[str, LayerStructure]:
+class _AgpRun:
+    """One AGP run's state: one optimizer carried through every re-projection, the pruning steps, the history."""
+
+    def __init__(self, job: FinetuneJob, config: AgpConfig) -> None:
+        self.job, self.config = job, config
+        self.show = config.progress and world()[0] == 0
+        self.total = config.ramp_epochs + config.retrain_epochs
+        self.history: list[dict[str, float]] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.pruning_step = 0
+        self.counted: int | None = None
+
+    def set_lr(self, epoch: int) -> None:
+        for group in self.optimizer.param_groups:  # type: ignore[union-attr]
+            group["lr"] = self.config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.total))
+
+    def reproject(self, target: Policy) -> dict[str, LayerStructure]:
         # A new optimizer per structure would reset the momentum at every pruning step. The weights stay the
         # same tensors through bake and constrain, but every constrain makes new magnitude parameters (and the
         # set of unified blocks changes), so the one optimizer is rebound to them and the momentum carried
         # over in weight space, the way the weights themselves are baked and re-projected.
-        velocities = weight_velocities(model, optimizer) if optimizer is not None else {}
+        model = self.job.model
+        velocities = weight_velocities(model, self.optimizer) if self.optimizer is not None else {}
         bake(model)
-        structures = project_model(model, target, shapes, apply=True)
+        structures = project_model(model, target, self.job.shapes, apply=True)
         constrain(model, structures)
-        if optimizer is not None:
-            rebind_optimizer(model, optimizer, velocities)
+        if self.optimizer is not None:
+            rebind_optimizer(model, self.optimizer, velocities)
         return structures
 
-    def train(opt: torch.optim.Optimizer, batches: Iterable, count: int | None, desc: str) -> dict[str, float]:
+    def train(self, batches: Iterable, count: int | None, desc: str) -> dict[str, float]:
         # DDP registers the parameters when it wraps, so it wraps again after every change of structure
-        return train_epoch(wrap(model, device), batches, opt, device=device, total=count, distill=job.distill,
-                           desc=desc if show else None)
+        job = self.job
+        return train_epoch(wrap(job.model, job.device), batches, self.optimizer, device=job.device, total=count,
+                           distill=job.distill, desc=desc if self.show else None)
 
-    def finish_epoch(epoch: int, loss: float) -> None:
-        acc = evaluate_on_rank0(evaluate, model)
-        history.append({"epoch": epoch, "loss": loss, "val_accuracy": acc})
-        logger("agp/loss", loss, epoch)
-        logger("agp/val_accuracy", acc, epoch)
+    def finish_epoch(self, epoch: int, loss: float) -> None:
+        acc = evaluate_on_rank0(self.job.evaluate, self.job.model)
+        self.history.append({"epoch": epoch, "loss": loss, "val_accuracy": acc})
+        self.job.logger("agp/loss", loss, epoch)
+        self.job.logger("agp/val_accuracy", acc, epoch)
 
-    pruning_step = 0
-    counted: int | None = None
-    try:
-        for epoch in range(config.ramp_epochs):
-            batches, count = epoch_batches(train_batches, epoch)
-            if count is None and config.prune_steps > 1:
-                if counted is None:
-                    counted = sum(1 for _ in epoch_batches(train_batches, epoch)[0])
-                count = counted  # a later epoch of another length only shifts the runs: the last takes the rest
-            sizes = _slices(count or 0, config.prune_steps)
-            rest = iter(batches)
-            stats = []
-            for j, size in enumerate(sizes):
-                pruning_step += 1
-                fraction = agp_fraction(epoch * len(sizes) + j + 1, config.ramp_epochs * len(sizes))
-                reproject(scaled_policy(policy, fraction))
-                if optimizer is None:  # after the first constrain, so that it sees the magnitudes
-                    optimizer = make_optimizer(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(epoch)
-                logger("agp/fraction", fraction, pruning_step)
-                last = j == len(sizes) - 1
-                stats.append(train(optimizer, rest if last else itertools.islice(rest, size), size or None,
-                                   f"agp ramp {epoch + 1}/{config.ramp_epochs} step {j + 1}/{len(sizes)}"))
-            finish_epoch(epoch, _mean_loss(stats))
-        structures = reproject(policy)
-        projected = evaluate_on_rank0(evaluate, model)
-        for epoch in range(config.ramp_epochs, total):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch)
-            batches, count = epoch_batches(train_batches, epoch)
-            stats = train(optimizer, batches, count, f"agp retrain {epoch - config.ramp_epochs + 1}/{config.retrain_epochs}")
-            finish_epoch(epoch, stats["loss"])
-    finally:
-        trained = bake(model)
-    out = dict(structures)
-    out.update(trained)
-    final = history[-1]["val_accuracy"] if config.retrain_epochs else projected
-    return Outcome(out, final, projected, [], history)
+    def ramp_epoch(self, epoch: int) -> None:
+        config, job = self.config, self.job
+        batches, count = epoch_batches(job.train_batches, epoch)
+        if count is None and config.prune_steps > 1:
+            if self.counted is None:
+                self.counted = sum(1 for _ in epoch_batches(job.train_batches, epoch)[0])
+            count = self.counted  # a later epoch of another length only shifts the runs: the last takes the rest
+        sizes = _slices(count or 0, config.prune_steps)
+        rest = iter(batches)
+        stats = []
+        for j, size in enumerate(sizes):
+            self.pruning_step += 1
+            fraction = agp_fraction(epoch * len(sizes) + j + 1, config.ramp_epochs * len(sizes))
+            self.reproject(scaled_policy(job.policy, fraction))
+            if self.optimizer is None:  # after the first constrain, so that it sees the magnitudes
+                self.optimizer = make_optimizer(job.model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+            self.set_lr(epoch)
+            job.logger("agp/fraction", fraction, self.pruning_step)
+            last = j == len(sizes) - 1
+            stats.append(self.train(rest if last else itertools.islice(rest, size), size or None,
+                                    f"agp ramp {epoch + 1}/{config.ramp_epochs} step {j + 1}/{len(sizes)}"))
+        self.finish_epoch(epoch, _mean_loss(stats))

@@ -185,3 +185,17 @@ def reshape_like(model: nn.Module, record: Mapping[str, Any]) -> nn.Module:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
     return model
+
+
+def rebuild(model: nn.Module, record: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """``model`` (freshly built from the pruned model's name) narrowed to ``record`` and loaded with ``state_dict``,
+    in eval mode: the channel-pruned model back from its checkpoint. :class:`ModelError` in one line when the
+    weights do not fit the record."""
+    reshape_like(model, record)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ModelError(f"the pruned weights do not fit the channel record ({first[-1].strip()[:160] if first else exc}); "
+                         "the checkpoint is damaged or was made for another model") from None
+    return model.eval()

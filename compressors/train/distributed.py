@@ -9,10 +9,13 @@ logging run on rank 0 only and the accuracy is broadcast.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 #: ``log(key, value, step)``: one scalar (TensorBoard-style key such as ``admm/loss``) at a step.
 LogFn = Callable[[str, float, int], None]
@@ -58,13 +61,19 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def broadcast_from_rank0(value: T) -> T:
+    """Rank 0's ``value`` on every rank (itself on one process): decisions every rank must take alike, such as
+    whether a time budget fits another epoch."""
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def evaluate_on_rank0(evaluate: Callable[[nn.Module], float], model: nn.Module) -> float:
     """``evaluate(model)`` computed on rank 0 and broadcast to every rank."""
-    rank, size = world()
-    value = [float(evaluate(model)) if rank == 0 else 0.0]
-    if size > 1:
-        dist.broadcast_object_list(value, src=0)
-    return value[0]
+    return float(broadcast_from_rank0(float(evaluate(model)) if world()[0] == 0 else 0.0))
 
 
 class RankLogger:

@@ -50,6 +50,33 @@ def retrain(
     train_batches: Callable[[int], Iterable],
     evaluate: Callable[[nn.Module], float],
     *,
+    masks: Mapping[str, Tensor] | None = None,
+    **options: Any,
+) -> tuple[dict[str, LayerStructure], list[dict[str, float]]]:
+    """Train ``model`` with every layer held to its structure (:func:`train_epochs`, whose keyword options it
+    takes), then bake the weights.
+
+    ``masks`` (0/1 per weight, for unstructured baselines) are held as well, for layers without a structure.
+    Returns the structures with trained magnitudes and one ``{"epoch", "loss", "val_accuracy"}`` record per
+    epoch (accuracy of the constrained model).
+    """
+    constrain(model, structures)
+    try:
+        if masks:
+            constrain_masks(model, masks)
+        history = train_epochs(model, train_batches, evaluate, **options)
+    finally:
+        trained = bake(model)
+    out = dict(structures)
+    out.update(trained)
+    return out, history
+
+
+def train_epochs(
+    model: nn.Module,
+    train_batches: Callable[[int], Iterable],
+    evaluate: Callable[[nn.Module], float],
+    *,
     epochs: int,
     lr: float,
     momentum: float = 0.9,
@@ -59,71 +86,70 @@ def retrain(
     first_epoch: int = 0,
     progress: bool = True,
     prefix: str = "admm",
-    masks: Mapping[str, Tensor] | None = None,
     schedule: str = "cosine",
     run_epochs: int | None = None,
     distill: Distillation | None = None,
     keep_best: bool = True,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: Mapping[str, Any] | None = None,
-) -> tuple[dict[str, LayerStructure], list[dict[str, float]]]:
-    """Train ``model`` for ``epochs`` with every layer held to its structure, then bake the weights.
+    next_epoch: Callable[[], bool] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` (as it is: constrained or plain) for ``epochs``, validating after each.
 
-    ``checkpoint(state)``, when given, is called after every epoch with what :func:`retrain` needs to go on
-    from there (``resume=state``: the constrained model's and the optimizer's state, epochs done, history).
-
-    ``masks`` (0/1 per weight, for unstructured baselines) are held as well, for layers without a
-    structure. ``train_batches(epoch)`` is called with ``first_epoch + i``; the learning rate follows
-    ``schedule`` (``"cosine"`` per epoch from ``lr``, ``"constant"``, or ``"run"``: the cosine of a run of
-    ``run_epochs`` epochs, from its epoch ``first_epoch`` on). Scalars are logged as ``<prefix>/loss`` and
+    ``train_batches(epoch)`` is called with ``first_epoch + i``; the learning rate follows ``schedule``
+    (``"cosine"`` per epoch from ``lr``, ``"constant"``, or ``"run"``: the cosine of a run of ``run_epochs``
+    epochs, from its epoch ``first_epoch`` on). Scalars are logged as ``<prefix>/loss`` and
     ``<prefix>/val_accuracy``. With ``keep_best``, the model ends with the weights of its best epoch by
-    validation accuracy (the structure is the same in every epoch, so any of them is a valid result; the
-    first of equals wins, so a flat accuracy keeps the earliest) and that epoch's record has ``"best": True``.
-    Returns the structures with trained magnitudes and one ``{"epoch", "loss", "val_accuracy"}`` record per
-    epoch (accuracy of the constrained model).
+    validation accuracy (the first of equals wins, so a flat accuracy keeps the earliest) and that epoch's
+    record has ``"best": True``. ``checkpoint(state)``, when given, is called after every epoch with what
+    ``resume=state`` needs to go on from there (the model's and the optimizer's state, epochs done, history).
+    ``next_epoch()``, when given, is asked before each epoch; False ends the training there (a time budget).
+    Returns one ``{"epoch", "loss", "val_accuracy"}`` record per epoch run.
     """
+    history: list[dict[str, float]] = list(resume["history"]) if resume else []
+    if epochs <= 0:
+        return history
     device = torch.device(device)
     logger = RankLogger(log)
-    rank = world()[0]
-    constrain(model, structures)
-    history: list[dict[str, float]] = list(resume["history"]) if resume else []
     best: dict[str, Any] | None = resume.get("best") if resume else None
-    try:
-        if masks:
-            constrain_masks(model, masks)
-        if epochs > 0:
-            optimizer = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
-            scheduler = epoch_schedule(optimizer, epochs, schedule, offset=first_epoch, span=run_epochs)
-            done = 0
-            if resume:
-                model.load_state_dict(resume["model"])
-                optimizer.load_state_dict(resume["optimizer"])
-                done = int(resume["done"])
-                scheduler.last_epoch = done  # the optimizer's state holds the lr of that epoch already
-            net = wrap(model, device)
-            for i in range(done, epochs):
-                epoch = first_epoch + i
-                batches, total = epoch_batches(train_batches, epoch)
-                stats = train_epoch(net, batches, optimizer, device=device, total=total, distill=distill,
-                                    desc=f"{prefix} retrain {i + 1}/{epochs}" if progress and rank == 0 else None)
-                scheduler.step()
-                acc = evaluate_on_rank0(evaluate, model)
-                history.append({"epoch": epoch, "loss": stats["loss"], "val_accuracy": acc})
-                logger(f"{prefix}/loss", stats["loss"], epoch)
-                logger(f"{prefix}/val_accuracy", acc, epoch)
-                if keep_best and (best is None or acc > best["val_accuracy"]):
-                    best = {"val_accuracy": acc, "index": len(history) - 1,
-                            "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                if checkpoint is not None:
-                    checkpoint({"done": i + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "history": history, **({"best": best} if best is not None else {})})
-            del net
-            if best is not None and best["index"] != len(history) - 1:
-                model.load_state_dict(best["model"])
-            if best is not None:
-                history[int(best["index"])] = history[int(best["index"])] | {"best": True}
-    finally:
-        trained = bake(model)
-    out = dict(structures)
-    out.update(trained)
-    return out, history
+    optimizer = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = epoch_schedule(optimizer, epochs, schedule, offset=first_epoch, span=run_epochs)
+    done = 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        done = int(resume["done"])
+        scheduler.last_epoch = done  # the optimizer's state holds the lr of that epoch already
+    net = wrap(model, device)
+    show = progress and world()[0] == 0
+    for i in range(done, epochs):
+        if next_epoch is not None and not next_epoch():
+            break
+        epoch = first_epoch + i
+        batches, total = epoch_batches(train_batches, epoch)
+        stats = train_epoch(net, batches, optimizer, device=device, total=total, distill=distill,
+                            desc=f"{prefix} retrain {i + 1}/{epochs}" if show else None)
+        scheduler.step()
+        acc = evaluate_on_rank0(evaluate, model)
+        history.append({"epoch": epoch, "loss": stats["loss"], "val_accuracy": acc})
+        logger(f"{prefix}/loss", stats["loss"], epoch)
+        logger(f"{prefix}/val_accuracy", acc, epoch)
+        if keep_best and (best is None or acc > best["val_accuracy"]):
+            best = {"val_accuracy": acc, "index": len(history) - 1,
+                    "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        if checkpoint is not None:
+            checkpoint({"done": i + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "history": history, **({"best": best} if best is not None else {})})
+    del net
+    if best is not None and best["index"] != len(history) - 1:
+        model.load_state_dict(best["model"])
+    if best is not None:
+        history[int(best["index"])] = history[int(best["index"])] | {"best": True}
+    return history
+
+
+def best_epoch(history: list[dict[str, float]]) -> int | None:
+    """The epoch of the record marked ``best`` (else the last record's), ``None`` for no record."""
+    marked = [r for r in history if r.get("best")]
+    chosen = marked[0] if marked else (history[-1] if history else None)
+    return None if chosen is None else int(chosen["epoch"])

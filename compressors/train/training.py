@@ -33,12 +33,13 @@ class Distillation:
     with ``p_T = softmax(logits / T)``; the ``T^2`` keeps the soft term's gradients on the scale of the hard one.
 
     Attributes:
-        teacher: the dense network, on the student's device; run in eval mode without gradients.
+        teacher: the dense network, on the student's device; run in eval mode without gradients. ``None``:
+            the settings alone, to which :func:`.finetune.finetune` adds the dense teacher it is given.
         temperature: ``T`` > 0 (Hinton et al. use 2 to 20; 4 is common for CIFAR-sized models).
         weight: share of the soft term in [0, 1] (0: plain cross-entropy; 1: the teacher alone).
     """
 
-    teacher: nn.Module
+    teacher: nn.Module | None = None
     temperature: float = 4.0
     weight: float = 0.7
 
@@ -48,8 +49,14 @@ class Distillation:
         if not 0 <= self.weight <= 1:
             raise ConfigError(f"distillation weight must be in [0, 1], got {self.weight}; try 0.7")
 
+    def settings(self) -> dict[str, float]:
+        """``{"temperature", "weight"}`` (JSON-able, for records of a run)."""
+        return {"temperature": float(self.temperature), "weight": float(self.weight)}
+
     def loss(self, x: Tensor, logits: Tensor, ce: Tensor) -> Tensor:
         """The distilled loss for inputs ``x`` whose student logits are ``logits`` and hard loss ``ce``."""
+        if self.teacher is None:
+            raise ConfigError("distillation has no teacher: give the dense model (finetune's teacher=)")
         was_training = self.teacher.training
         self.teacher.eval()
         with torch.no_grad():
@@ -139,18 +146,17 @@ def train_epoch(
         steps += 1
         if desc is not None and steps % 10 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")  # type: ignore[union-attr]
+    return _epoch_stats(model, loss_sum, correct, penalty_sum, seen, steps)
+
+
+def _epoch_stats(model: nn.Module, loss_sum: float, correct: int, penalty_sum: float, seen: int, steps: int) -> dict[str, float]:
     # the loss can stay finite while a step leaves a weight or a BatchNorm statistic at inf
     bad = first_non_finite(dict(model.state_dict()))
     if bad:
         raise NonFiniteError(f"{bad} became NaN or inf during the epoch")
     if seen == 0:
         return {"loss": math.nan, "accuracy": math.nan, "penalty": 0.0, "samples": 0.0}
-    return {
-        "loss": loss_sum / seen,
-        "accuracy": correct / seen,
-        "penalty": penalty_sum / steps,
-        "samples": float(seen),
-    }
+    return {"loss": loss_sum / seen, "accuracy": correct / seen, "penalty": penalty_sum / steps, "samples": float(seen)}
 
 
 @torch.no_grad()

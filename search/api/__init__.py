@@ -20,6 +20,7 @@ from .evaluate import EvalResult
 from .evaluate import evaluate_checkpoint as evaluate
 from .export import ExportResult, export
 from .finetune import FinetuneResult, finetune
+from .finetune_spec import FinetuneSpec
 from .replay import ReplayResult, replay
 from .replay import agent_run_options as replay_options
 from .search import SearchResult, search
@@ -31,7 +32,6 @@ from .specs import (
     EnvSpec,
     EvalSpec,
     ExportSpec,
-    FinetuneSpec,
     LatencySpec,
     ModelSpec,
     ReplaySpec,

@@ -65,6 +65,8 @@ def _model_and_structures(args: BenchSpec) -> tuple[Any, Any, dict, tuple[int, i
 
     if not args.compressed:
         return policy_model(args.policy, args.model.model, args.model.checkpoint, args.input_shape, args.num_classes)
+    if _channel_pruned(args):
+        return _channel_models(args)
     from uniprune.compressors.formats.checkpoint import load_compressed
 
     path = args.compressed
@@ -79,6 +81,33 @@ def _model_and_structures(args: BenchSpec) -> tuple[Any, Any, dict, tuple[int, i
     model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
     load_state(model, state, where=path)
     return model, model, structures, shape, name
+
+
+def _channel_pruned(args: BenchSpec) -> bool:
+    """Whether ``compressed`` is a channel-pruned checkpoint (``finetune --method channel``)."""
+    from uniprune.compressors.formats.channel_checkpoint import CHANNEL_FORMAT, checkpoint_format
+
+    return bool(args.compressed) and os.path.isfile(args.compressed) and checkpoint_format(args.compressed) == CHANNEL_FORMAT
+
+
+def _channel_models(args: BenchSpec) -> tuple[Any, Any, dict, tuple[int, int, int], str]:
+    """A channel-pruned checkpoint: the pruned model (rebuilt from its channel counts) and the dense model it came from
+    (``--checkpoint``, else the one its fine-tune recorded), which the engines race it against."""
+    from uniprune.compressors.formats.channel_checkpoint import load_channel_pruned
+    from uniprune.compressors.train.channel import rebuild
+    from uniprune.search.models import build_model, load_weights
+
+    saved = load_channel_pruned(args.compressed)
+    shape = args.input_shape or tuple(saved.meta["input_shape"])
+    classes = int(saved.meta["num_classes"])
+    pruned = rebuild(build_model(saved.model_name, num_classes=classes, input_shape=shape), saved.channels, saved.state_dict)
+    source = args.model.checkpoint or saved.meta.get("dense_checkpoint")
+    if not source:
+        raise ConfigError(f"{args.compressed} is channel-pruned: bench races it against the dense model it came from; pass "
+                          "that model's --checkpoint")
+    dense = build_model(saved.model_name, num_classes=classes, input_shape=shape)
+    load_weights(dense, source)
+    return pruned, dense.eval(), {}, shape, saved.model_name
 
 
 def _check_artifact_shape(args: BenchSpec, shape: tuple[int, ...], exported: list[int]) -> None:
@@ -162,7 +191,7 @@ def _budget(args: BenchSpec) -> float | None:
 def _predicted(args: BenchSpec, model: torch.nn.Module, structures: dict, shape: tuple[int, ...], threads: int,
                modes: list[str], result: dict[str, Any]) -> tuple[float | None, float | None]:
     """The latency table's prediction for ``structures`` (ms) and its ratio against this run's baseline."""
-    if args.no_table:
+    if args.no_table or not structures:  # nothing structured (a channel-pruned model is dense): no table to predict
         return None, None
     lm = build_latency_model(model, shape, batch_size=args.batch_size, threads=threads,
                              block_shapes={k: s.grid.block_shape for k, s in _kinds(model, structures).items()},
@@ -198,7 +227,13 @@ def _bench(args: BenchSpec, threads: int) -> dict[str, Any]:
     print(f"bench: {name} batch {args.batch_size} input {shape} threads {threads}", file=sys.stderr)
     x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(0))
     dense = dense_engines(dense_model, x, threads=threads, engines=modes, int8_calibration=calibration, progress=True)
-    if args.compressed and os.path.isdir(args.compressed):
+    if _channel_pruned(args):  # the smaller dense model on its own fastest engine, at its default precision
+        from uniprune.compressors.train.channel_strategy import time_pruned
+
+        result = time_pruned(dense, model, x, threads=threads, repeats=args.repeats, statistic=args.statistic,
+                             baseline=args.baseline)
+        result.update(runtime=f"engine {result['compressed_engine']}", precision=result["compressed_precision"])
+    elif args.compressed and os.path.isdir(args.compressed):
         from uniprune.compressors.formats.artifact import measure_artifact_ms
 
         result = measure_artifact_ms(args.compressed, model, batch_size=args.batch_size, threads=threads,

@@ -26,6 +26,7 @@ from .bench import bench
 from .env import build_env
 from .export import export
 from .finetune import finetune
+from .finetune_spec import FinetuneSpec
 from .paths import check_writable
 from .search import search
 from .specs import (
@@ -34,7 +35,6 @@ from .specs import (
     DemoSpec,
     EnvSpec,
     ExportSpec,
-    FinetuneSpec,
     LatencySpec,
     ModelSpec,
     ScoringSpec,

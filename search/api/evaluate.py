@@ -9,6 +9,8 @@ from typing import Any
 
 from uniprune.compressors.core.errors import ConfigError, DataError, NotAvailableError
 from uniprune.compressors.core.threads import torch_threads
+from uniprune.compressors.formats.channel_checkpoint import CHANNEL_FORMAT, load_channel_pruned
+from uniprune.compressors.train.channel import reshape_like
 from uniprune.compressors.train.training import evaluate
 from uniprune.search.datasets import load_dataset
 from uniprune.search.models import (
@@ -71,7 +73,12 @@ def _evaluate(args: EvalSpec, threads: int) -> dict[str, Any]:
 
     raw = read_checkpoint(args.checkpoint)
     compressed = raw.get("format") == COMPRESSED_FORMAT
-    if compressed:
+    channels = None
+    if raw.get("format") == CHANNEL_FORMAT:  # a channel-pruned model: built at its channel counts, then loaded
+        saved = load_channel_pruned(args.checkpoint)
+        name, state, structures, meta, channels = saved.model_name, saved.state_dict, {}, saved.meta, saved.channels
+        compressed = True
+    elif compressed:
         name, state, structures, meta = _load_compressed(args.checkpoint)
     else:
         state, meta = split_checkpoint(raw, args.checkpoint)
@@ -100,6 +107,8 @@ def _evaluate(args: EvalSpec, threads: int) -> dict[str, Any]:
             "this checkpoint was trained for other data"
         )
     model = build_model(name, num_classes=num_classes, input_shape=data.input_shape)
+    if channels is not None:
+        reshape_like(model, channels)
     load_state(model, state, where=args.checkpoint, hint=model_hint(meta))
     model.to(device)
 

@@ -1,8 +1,12 @@
-"""``finetune``: train a model into a policy's structure (ADMM, or masked retraining) and save it.
+"""``finetune``: train a model into a policy's structure (ADMM, masked retraining, or channel pruning) and save it.
 
 Epochs: ``epochs`` is the whole budget. ``masked`` retrains for all of them after the projection. ``admm``
 spends ``retrain_epochs`` (default ``max(1, round(E/3))``) on retraining after the hard projection and the
-rest on ADMM, split into ``iterations`` iterations (default one per epoch). Run under ``torchrun
+rest on ADMM, split into ``iterations`` iterations (default one per epoch); ``time_budget`` plans the epochs from
+the measured time of one instead. ``channel`` prunes whole channels (Torch-Pruning) and fine-tunes the smaller dense
+model, saved as a channel-pruned checkpoint. The dense model teaches every method (distillation) whenever its
+checkpoint is known. What the run did is printed as a table (the dense model on every engine against the compressed
+one), its layers and the convergence warnings (:mod:`uniprune.search.finetune_summary`). Run under ``torchrun
 --nproc_per_node N -m uniprune.search finetune ...`` to train with DDP (gloo on CPU); rank 0 writes the files.
 """
 
@@ -31,21 +35,30 @@ from uniprune.compressors.core.errors import (
 )
 from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.core.projection import check_policy_layers, check_policy_model
+from uniprune.compressors.formats.channel_checkpoint import save_channel_pruned
 from uniprune.compressors.formats.checkpoint import read_torch_file, save_compressed
 from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_atomic
 from uniprune.compressors.formats.run_dir import RunDir, lock_run_dir, read_json_object
 from uniprune.compressors.latency.budget import budget_verdict
+from uniprune.compressors.train.diagnostics import convergence_warnings
 from uniprune.compressors.train.distributed import world
-from uniprune.compressors.train.finetune import AdmmConfig
+from uniprune.compressors.train.finetune import (
+    AdmmConfig,
+    ChannelConfig,
+    Distillation,
+    FinetuneConfig,
+    TimeBudget,
+)
 from uniprune.compressors.train.finetune import finetune as train_into
 from uniprune.compressors.train.training import evaluate
 from uniprune.search.datasets import load_dataset
+from uniprune.search.finetune_summary import layer_records, summary_markdown
 from uniprune.search.models import build_model, load_weights
 
 from .devices import resolve_device, show_notes
+from .finetune_spec import FinetuneSpec
 from .paths import check_out_file
 from .result import Result
-from .specs import FinetuneSpec
 
 _AUGMENTED = ("cifar10", "cifar-10", "imagefolder")
 
@@ -70,11 +83,21 @@ class FinetuneResult(Result):
     #: the kernels' precision latency_ratio was timed in, and the ratio's verdict against the policy's budget
     precision: str | None = None
     budget_verdict: str | None = None
+    #: the run's name, the dense model's test top-1, epochs run, the distillation and time-budget records, the
+    #: convergence warnings, the timing per engine, every layer (see :mod:`uniprune.search.finetune_summary`)
+    run: str | None = None
+    dense_accuracy: float | None = None
+    epochs_run: int | None = None
+    distill: dict[str, float] | None = None
+    time_budget: dict[str, Any] | None = None
+    warnings: list[str] | None = None
+    timing: dict[str, Any] | None = None
+    layers: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         if out["precision"] is None:  # not measured (latency=False, or not rank 0): absent from --json
-            for key in ("latency_ratio", "precision", "budget_verdict"):
+            for key in ("latency_ratio", "precision", "budget_verdict", "timing"):
                 del out[key]
         return out
 
@@ -105,8 +128,11 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     return read_json_object(path, fix="pass --policy/--model/--checkpoint instead")
 
 
-def _epoch_plan(args: FinetuneSpec) -> AdmmConfig:
+def _epoch_plan(args: FinetuneSpec) -> FinetuneConfig:
     epochs = args.epochs
+    if args.method == "channel":
+        return ChannelConfig(target=args.channel_target, measure=args.channel_measure, epochs=epochs, lr=args.lr,
+                             schedule=args.schedule)
     common = {"lr": args.lr, "rho": args.rho, "rho_growth": args.rho_growth, "schedule": args.schedule}
     if args.method == "masked":
         return AdmmConfig(method="masked", retrain_epochs=epochs, **common)
@@ -118,6 +144,19 @@ def _epoch_plan(args: FinetuneSpec) -> AdmmConfig:
     if iterations < 1 or admm_epochs % iterations:
         raise ConfigError(f"--iterations {iterations} must divide the {admm_epochs} ADMM epochs (E - retrain epochs)")
     return AdmmConfig(method="admm", iterations=iterations, epochs_per_iteration=admm_epochs // iterations, retrain_epochs=retrain, **common)
+
+
+def _teacher(args: FinetuneSpec, job: _Inputs, model: torch.nn.Module) -> tuple[torch.nn.Module | None, Distillation | bool]:
+    """The dense teacher (a copy of the model before training) and the distillation: on by default when the dense
+    checkpoint is known, off with ``distill=False``."""
+    if args.distill is False:
+        return None, False
+    if not job.checkpoint:
+        if args.distill:
+            raise ConfigError("--distill learns from the dense model: give its --checkpoint (or a --run-dir whose config "
+                              "names one), or leave --distill out")
+        return None, False
+    return copy.deepcopy(model).eval(), Distillation(temperature=args.distill_temperature, weight=args.distill_weight)
 
 
 def _init_distributed(device: str) -> str:
@@ -133,20 +172,30 @@ def _init_distributed(device: str) -> str:
     return device
 
 
-def _latency_ratio(model: torch.nn.Module, structures: dict, input_shape: tuple[int, int, int],
-                   precision: str = "fp32") -> float | None:
-    """Compressed latency (batch 1, CPU, the real kernels in ``precision``) over the fastest dense engine's; None
-    when the kernels cannot run here."""
+def _timing(model: torch.nn.Module, structures: dict, input_shape: tuple[int, int, int], precision: str,
+            dense: torch.nn.Module | None) -> dict[str, Any] | None:
+    """Batch 1 on the CPU, every dense engine mode against the compressed model in the same rounds: the real kernels
+    in ``precision`` for a structured model, or (``dense`` given: channel pruning) the pruned model on its fastest
+    engine at default precision. :func:`~uniprune.compressors.latency.engines.race`'s fields with ``runtime`` and
+    ``precision``; None when the kernels cannot run here."""
+    x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
-        from uniprune.compressors.latency.table import measure_model_ms
-    except ImportError:
-        return None
-    try:
-        timing = measure_model_ms(copy.deepcopy(model).cpu().eval(), structures, input_shape, precision=precision)
+        if dense is not None:
+            from uniprune.compressors.train.channel_strategy import time_pruned
+
+            timing = time_pruned(copy.deepcopy(dense).cpu().eval(), copy.deepcopy(model).cpu().eval(), x,
+                                 threads=torch.get_num_threads())
+            timing.update(runtime=f"engine {timing['compressed_engine']}", precision=timing["compressed_precision"])
+        else:
+            from uniprune.compressors.latency.table import measure_model_ms
+
+            timing = measure_model_ms(copy.deepcopy(model).cpu().eval(), structures, input_shape, precision=precision)
     except (KernelBuildError, NotAvailableError) as exc:
         print(f"uniprune: note: no latency_ratio: {exc}", file=sys.stderr)
         return None
-    return timing["latency_ratio"]
+    for note in timing.pop("notes", []):
+        print(f"uniprune finetune: note: {note}", file=sys.stderr)
+    return timing
 
 
 def finetune(spec: FinetuneSpec) -> FinetuneResult:
@@ -212,9 +261,11 @@ def _model(args: FinetuneSpec, job: _Inputs, device: str) -> tuple[torch.nn.Modu
     return model.to(device), bundle
 
 
-def _train(args: FinetuneSpec, job: _Inputs, model: torch.nn.Module, bundle: Any, plan: AdmmConfig, rank: int,
-           resume: dict[str, Any] | None) -> tuple[dict[str, Any], float | None]:
-    """ADMM (or masked retraining) into the policy; the result and the dense validation accuracy (rank 0)."""
+def _train(args: FinetuneSpec, job: _Inputs, model: torch.nn.Module, bundle: Any, plan: FinetuneConfig, rank: int,
+           resume: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fine-tune into the policy (ADMM, masked or channel, distilled from the dense model when it is known); the
+    driver's result and the dense model's figures: ``val`` and ``test`` accuracy (rank 0) and ``model`` (a copy
+    kept for the teacher, or for channel pruning's timing, else None)."""
     device = plan.device
     augment = args.augment if args.augment is not None else job.dataset.lower() in _AUGMENTED
     eval_split = "val" if len(bundle.val) else "train"
@@ -244,17 +295,21 @@ def _train(args: FinetuneSpec, job: _Inputs, model: torch.nn.Module, bundle: Any
         from uniprune.search.tensorboard import TensorBoardLogger
 
         logger = TensorBoardLogger(RunDir(job.run_dir).tb_dir)  # next to the search's curves; keys are admm/*
-    dense_val = validate(model) if rank == 0 else None
+    dense = {"val": validate(model) if rank == 0 else None,
+             "test": evaluate(model, bundle.batches("test", 256, device=device), device=device) if rank == 0 and len(bundle.test) else None}
+    teacher, distill = _teacher(args, job, model)
+    dense["model"] = teacher if teacher is not None or args.method != "channel" else copy.deepcopy(model).eval()
     try:
         result = train_into(model, job.policy, _Epoch, validate, plan, log=logger.log if logger else None,
-                            checkpoint=keep_state, resume=resume)
+                            checkpoint=keep_state, resume=resume, teacher=teacher, distill=distill,
+                            time_budget=TimeBudget(args.time_budget) if args.time_budget else None)
     except NonFiniteError as exc:
         knobs = f"--lr (now {args.lr:g})" + (f" or --rho (now {args.rho:g})" if args.method == "admm" else "")
         raise NonFiniteError(f"fine-tuning diverged ({exc}); nothing was written: lower {knobs}") from None
     finally:
         if logger is not None:
             logger.close()
-    return result, dense_val
+    return result, dense
 
 
 def _finetune(args: FinetuneSpec) -> dict[str, Any]:
@@ -271,8 +326,8 @@ def _finetune(args: FinetuneSpec) -> dict[str, Any]:
     if job.run_dir is not None and rank == 0:
         lock_run_dir(job.run_dir)  # a second fine-tune (or a search) into the same run directory is refused
     model, bundle = _model(args, job, plan.device)
-    result, dense_val = _train(args, job, model, bundle, plan, rank, resume)
-    structures = result["structures"]
+    result, dense = _train(args, job, model, bundle, plan, rank, resume)
+    structures, channels = result["structures"], result["channels"]
     collapsed = collapsed_blocks(structures)
     if collapsed and rank == 0:
         print(f"uniprune finetune: note: {sum(collapsed.values())} unified block(s) trained down to magnitude 0 and are "
@@ -280,26 +335,56 @@ def _finetune(args: FinetuneSpec) -> dict[str, Any]:
               file=sys.stderr)
     device = plan.device
     test_acc = evaluate(model, bundle.batches("test", 256, device=device), device=device) if len(bundle.test) else None
-    size = model_size(model, structures, input_shape=bundle.input_shape)["total"]
     summary: dict[str, Any] = {
         "accuracy": test_acc, "val_accuracy": result["accuracy"], "projected_val_accuracy": result["projected_accuracy"],
-        "dense_val_accuracy": dense_val, "size_ratio": size["size_ratio"], "mac_ratio": size["mac_ratio"],
-        "mult_ratio": size["mults"] / size["dense_macs"] if size["dense_macs"] else None,
-        "collapsed_blocks": sum(collapsed.values()), "method": args.method, "epochs": plan.total_epochs,
-        "checkpoint": str(job.out), "seconds": time.time() - started,
+        "dense_val_accuracy": dense["val"], **_sizes(model, structures, channels, dense["model"], bundle.input_shape),
+        "collapsed_blocks": sum(collapsed.values()), "method": args.method, "epochs": result["epochs"],
+        "checkpoint": str(job.out), "run": job.run_dir.name if job.run_dir is not None else job.out.stem,
+        "dense_accuracy": dense["test"], "epochs_run": result["epochs_run"], "distill": result["distill"],
+        "time_budget": result["time_budget"], "warnings": convergence_warnings(result, dense_accuracy=dense["val"]),
+        "layers": layer_records(model, job.policy, structures, channels),
     }
     if args.latency and rank == 0:
         from uniprune.compressors.native.plan import resolve_precision
 
-        summary["precision"] = resolve_precision(args.precision)
-        summary["latency_ratio"] = _latency_ratio(model, structures, bundle.input_shape, summary["precision"])
+        timing = _timing(model, structures, bundle.input_shape, resolve_precision(args.precision),
+                         dense["model"] if channels is not None else None)
+        summary.update(timing=timing, precision=timing["precision"] if timing else resolve_precision(args.precision),
+                       latency_ratio=timing["latency_ratio"] if timing else None)
         summary["budget_verdict"] = budget_verdict(summary["latency_ratio"], job.policy.latency_budget)
+    summary["seconds"] = time.time() - started
     if rank == 0:
-        save_compressed(job.out, model.cpu(), structures, model_name=job.model_name, num_classes=bundle.num_classes,
-                        input_shape=bundle.input_shape, policy=job.policy,
-                        meta={k: v for k, v in summary.items() if k != "checkpoint"} | {"dataset": job.dataset})
+        _save(job, model, structures, channels, bundle, summary)
+        print(summary_markdown(summary | {"latency_budget": job.policy.latency_budget}), file=sys.stderr)
         job.partial.unlink(missing_ok=True)  # done: nothing to resume
         if job.run_dir is not None and args.out is None:  # the run's record describes the run's own compressed.pt
-            history = {"admm_history": result["admm_history"], "retrain_history": result["retrain_history"]}
+            history = {"admm_history": result["admm_history"], "retrain_history": result["retrain_history"],
+                       "residual": result["residual"], "before_projection": result["before_projection"],
+                       "best_epoch": result["best_epoch"], "latency_budget": job.policy.latency_budget}
             write_json_atomic(RunDir(job.run_dir).finetune_path, summary | history)
     return summary
+
+
+def _sizes(model: torch.nn.Module, structures: dict, channels: dict | None, dense: torch.nn.Module | None,
+           input_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """``size_ratio``, ``mac_ratio``, ``mult_ratio`` against the dense model (a channel-pruned model: its parameters
+    over the dense model's, and the MACs Torch-Pruning's report counted)."""
+    if channels is not None and dense is not None:
+        params = sum(p.numel() for p in model.parameters()) / max(1, sum(p.numel() for p in dense.parameters()))
+        return {"size_ratio": params, "mac_ratio": channels["mac_ratio"], "mult_ratio": channels["mac_ratio"]}
+    size = model_size(model, structures, input_shape=input_shape)["total"]
+    return {"size_ratio": size["size_ratio"], "mac_ratio": size["mac_ratio"],
+            "mult_ratio": size["mults"] / size["dense_macs"] if size["dense_macs"] else None}
+
+
+def _save(job: _Inputs, model: torch.nn.Module, structures: dict, channels: dict | None, bundle: Any,
+          summary: dict[str, Any]) -> None:
+    """The compressed checkpoint, or for channel pruning the channel-pruned one (its architecture as channel counts)."""
+    meta = {k: v for k, v in summary.items() if k != "checkpoint"} | {"dataset": job.dataset}
+    if channels is not None:
+        save_channel_pruned(job.out, model.cpu(), channels["record"], model_name=job.model_name, num_classes=bundle.num_classes,
+                            input_shape=bundle.input_shape, meta=meta | {"dense_checkpoint": str(Path(job.checkpoint).resolve()) if job.checkpoint else None, "channels":
+                                                                         {k: v for k, v in channels.items() if k != "record"}})
+        return
+    save_compressed(job.out, model.cpu(), structures, model_name=job.model_name, num_classes=bundle.num_classes,
+                    input_shape=bundle.input_shape, policy=job.policy, meta=meta)

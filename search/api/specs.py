@@ -15,11 +15,9 @@ and are importable from here too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from uniprune.compressors.latency.engines import BASELINES
 from uniprune.compressors.latency.table import RUNTIMES
-from uniprune.compressors.train.retrain import SCHEDULES
 
 from .search_specs import (  # noqa: F401  (re-exported: every spec is importable from here)
     DEFAULT_MODEL,
@@ -41,8 +39,6 @@ from .search_specs import (  # noqa: F401  (re-exported: every spec is importabl
     precision_option,
 )
 from .spec import REQUIRED, Spec, fraction, option, positive_float, positive_int, threads_option
-
-METHODS = ("admm", "masked")
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -107,61 +103,6 @@ class EvalSpec(Spec):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneSpec(Spec):
-    """Fine-tune a model into a policy's structure (ADMM, or masked retraining) and save the compressed model.
-
-    ``epochs`` is the whole budget; ``admm`` spends ``retrain_epochs`` (default ``max(1, round(E/3))``) on
-    retraining after the hard projection and the rest on ADMM, in ``iterations`` iterations (default one per epoch).
-    """
-
-    run_dir: str | None = option(None, "a search run directory: reads its policy.json and config.json (model, checkpoint, "
-                                 "dataset, data) and writes compressed.pt, finetune.json and admm/* curves in tb/ there",
-                                 kind=str, shown="none")
-    policy: str | None = option(None, "policy.json to fine-tune into", kind=str, shown="RUN/policy.json")
-    model: str | None = option(None, "model name", kind=str, shown="from the run's config.json or the policy")
-    checkpoint: str | None = option(None, "the trained dense model's checkpoint", kind=str, shown="the run's")
-    dataset: str | None = option(None, "digits, fashion-mnist, cifar10, imagefolder, npz", kind=str, shown="the run's, else digits")
-    data: str | None = option(None, "the dataset's folder or file", kind=str, shown="the run's")
-    method: str = option("admm", "admm, or masked retraining only", choices=METHODS)
-    epochs: int = option(3, "total training epochs, >= 1 (>= 2 for admm)")
-    retrain_epochs: int | None = option(None, "admm: epochs of masked/tied retraining after projection", kind=int,
-                                        shown="max(1, round(E/3))")
-    iterations: int | None = option(None, "admm: ADMM iterations", kind=int, shown="one per ADMM epoch")
-    rho: float = option(0.01, "admm: initial penalty, > 0")
-    rho_growth: float = option(3.0, "admm: rho factor per iteration, >= 1")
-    lr: float = option(0.01, "SGD learning rate, > 0")
-    schedule: str = option("cosine", "learning-rate schedule of the retraining epochs (the ADMM epochs keep --lr)",
-                           choices=SCHEDULES)
-    batch_size: int = option(128, "samples per batch and process, >= 1")
-    limit: int | None = option(None, "use at most this many training samples per epoch (quick runs)", kind=int, shown="all")
-    val_fraction: float = option(0.1, "fraction of the training data held out for validation, in (0, 1)")
-    augment: bool | None = option(None, "random crop + flip on training batches", negatable=True,
-                                  shown="on for cifar10/imagefolder")
-    latency: bool = option(True, "time dense against compressed with the real kernels for latency_ratio", negatable=True)
-    precision: str = precision_option("latency_ratio times the compressed model in")
-    out: str | None = option(None, "where to write the compressed checkpoint; an existing file needs --force", kind=str,
-                             shown="RUN/compressed.pt")
-    force: bool = option(False, "replace --out (or RUN/compressed.pt) when it already exists")
-    resume: bool = option(False, "go on from the last finished epoch of an interrupted fine-tune into the same --out (its "
-                          "state is kept next to it as <out>.partial after every epoch), with the same options")
-    seed: int = option(0, "random seed")
-    device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
-
-    #: options that must match for ``resume`` to go on with a run (besides the policy, model, checkpoint and data)
-    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("method", "epochs", "retrain_epochs", "iterations", "rho", "rho_growth", "lr",
-                                              "schedule", "batch_size", "limit", "val_fraction", "augment", "seed")
-
-    def checks(self) -> list[tuple[bool, str]]:
-        return [(positive_int(self.epochs), f"--epochs must be >= 1, got {self.epochs}"),
-                (positive_int(self.batch_size), f"--batch-size must be >= 1, got {self.batch_size}"),
-                (positive_float(self.lr), f"--lr: the learning rate must be a positive number, got {self.lr}"),
-                (positive_float(self.rho), f"--rho must be > 0, got {self.rho}"),
-                (positive_float(self.rho_growth) and self.rho_growth >= 1, f"--rho-growth must be >= 1, got {self.rho_growth}"),
-                (fraction(self.val_fraction, zero=True, one=False), f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
-                (self.limit is None or positive_int(self.limit), f"--limit must be >= 1 samples, got {self.limit}")]
-
-
-@dataclass(frozen=True, kw_only=True)
 class ExportSpec(Spec):
     """Write a compressed checkpoint, or a model projected onto a policy without fine-tuning, as a deployable artifact
     (one native plan, its C sources, a numpy-only loader)."""
@@ -201,7 +142,9 @@ class BenchSpec(Spec):
     compressed: str | None = option(None, "a compressed checkpoint ('uniprune finetune --out'; needs no policy), or an artifact "
                                     "directory ('uniprune export --out'), whose plan.json and weights.bin are verified and run on "
                                     "uniprune's own kernels (its Python and C files are never run); the dense engines then run "
-                                    "the checkpoint it was exported from (recorded in it, or --checkpoint)", kind=str, shown="none")
+                                    "the checkpoint it was exported from (recorded in it, or --checkpoint); or a channel-pruned "
+                                    "checkpoint ('finetune --method channel'), run on its fastest engine at default precision "
+                                    "against the dense model it came from", kind=str, shown="none")
     batch_size: int = option(1, "samples per forward pass, >= 1")
     input_shape: tuple[int, int, int] | None = option(None, "C,H,W of one sample", kind=parse_input_shape,
                                                       shown="the checkpoint's, else 3,32,32; 1,8,8 for digits-cnn")

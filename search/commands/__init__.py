@@ -51,8 +51,9 @@ COMMANDS = (
          api.evaluate),
     Verb("search", "search a per-layer prune/unify policy under a latency budget (AMC-style DDPG, Optuna, random, uniform "
          "or knapsack)", api.SearchSpec, api.search, build=search_spec),
-    Verb("finetune", "fine-tune a model into a policy's structure by ADMM (or masked retraining) and save the compressed "
-         "model", api.FinetuneSpec, api.finetune),
+    Verb("finetune", "fine-tune a model into a policy's structure by ADMM (or masked retraining), or prune whole channels, "
+         "distilled from the dense model, for --epochs or a --time-budget; save it and print dense against compressed",
+         api.FinetuneSpec, api.finetune),
     Verb("replay", "run a saved agent (or apply a saved policy) on a new model and write the policy it gives",
          api.ReplaySpec, api.replay, exclusive=("agent", "policy"), build=replay_spec),
     Verb("bench", "time the dense engines (torch, ONNX Runtime, OpenVINO; default precision, f32, int8) against the "

@@ -45,7 +45,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser | Any, spec: type[Spec], 
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": meta["help"] + shown, "dest": f.name}
         if required and not isinstance(parser, argparse._MutuallyExclusiveGroup):
             kwargs["required"] = True
-        if isinstance(f.default, bool) or f.type == "bool":
+        if isinstance(f.default, bool) or f.type == "bool" or meta.get("negatable"):  # bool | None: on, off, or the job decides
             kwargs["action"] = argparse.BooleanOptionalAction if meta.get("negatable") else "store_true"
         else:
             kwargs["type"] = meta.get("kind") or (str if required else type(f.default))
