@@ -268,18 +268,7 @@ typedef struct {
 
 void up_amxconv_destroy(amx_conv *p) {
     if (!p) return;
-    free(p->cptr);
-    free(p->ucp);
-    free(p->utap);
-    free(p->contig);
-    free(p->wa);
-    free(p->btile);
-    free(p->used);
-    free(p->tap_off);
-    free(p->uoff);
-    free(p->bpoff);
-    free(p->byoff);
-    free(p);
+    UP_FREE_ALL(p->cptr, p->ucp, p->utap, p->contig, p->wa, p->btile, p->used, p->tap_off, p->uoff, p->bpoff, p->byoff, p);
 }
 
 

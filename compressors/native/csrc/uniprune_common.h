@@ -21,6 +21,16 @@ static inline void *up_aligned_alloc(size_t bytes) {
     return p;
 }
 
+/* free() every pointer listed (NULL ones too): a destructor's owned arrays, in one line. */
+static inline void up_free_each(void *const *ptrs, size_t n) {
+    for (size_t i = 0; i < n; i++) free(ptrs[i]);
+}
+#define UP_FREE_ALL(...)                                                   \
+    do {                                                                   \
+        void *const up_owned_[] = {__VA_ARGS__};                           \
+        up_free_each(up_owned_, sizeof(up_owned_) / sizeof(up_owned_[0])); \
+    } while (0)
+
 /* A monotonic clock in ns: the pool's spin limit, per-op timings and the peak probes. */
 static inline int64_t up_clock_ns(void) {
     struct timespec t;

@@ -258,16 +258,7 @@ EXPORT void up_conv_destroy(conv_plan *p) {
     if (!p) return;
     up_amxconv_destroy(p->amx);
     p->magic = 0;
-    free(p->panel_ptr);
-    free(p->ch);
-    free(p->w);
-    free(p->bias);
-    free(p->tap_off);
-    free(p->used);
-    free(p->vx);
-    free(p->vy);
-    free(p->mask);
-    free(p);
+    UP_FREE_ALL(p->panel_ptr, p->ch, p->w, p->bias, p->tap_off, p->used, p->vx, p->vy, p->mask, p);
 }
 
 /* geom: Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw; R: panel height (1, 2, 4 or 8). Copies all arrays; returns
@@ -1090,9 +1081,7 @@ static void init_lut(void) {
 EXPORT void up_gemv_destroy(gemv_plan *p) {
     if (!p) return;
     p->magic = 0;
-    free(p->wptr); free(p->rptr); free(p->rc0); free(p->rlen); free(p->w); free(p->uptr); free(p->uch0);
-    free(p->ulen); free(p->usoff); free(p->umag); free(p->usign); free(p->bias);
-    free(p);
+    UP_FREE_ALL(p->wptr, p->rptr, p->rc0, p->rlen, p->w, p->uptr, p->uch0, p->ulen, p->usoff, p->umag, p->usign, p->bias, p);
 }
 
 EXPORT gemv_plan *up_gemv_create(int Co, int Ci, int n_panels, const int32_t *panel_ptr, const int32_t *ch,

@@ -106,14 +106,7 @@ EXPORT void up_plan_destroy(up_plan *p) {
     if (!p) return;
     for (int i = 0; i < p->n_ops; i++) free(p->ops[i].f);
     for (int b = 0; b < p->n_bufs; b++) free(p->buf[b]);
-    free(p->ops);
-    free(p->col);
-    free(p->rows);
-    free(p->size);
-    free(p->buf);
-    free(p->cur);
-    free(p->written);
-    free(p);
+    UP_FREE_ALL(p->ops, p->col, p->rows, p->size, p->buf, p->cur, p->written, p);
 }
 
 /* sizes: floats per sample of each buffer: 0 the input's and 1 the output's (what a caller's arrays hold per
