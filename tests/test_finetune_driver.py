@@ -234,3 +234,13 @@ def test_the_pruned_model_races_the_dense_engines_on_its_fastest_engine(dense: n
     assert timing["compressed_engine"] in defaults and timing["best_engine"] in defaults
     assert timing["compressed_ms"] > 0 and timing["speedup"] == pytest.approx(1 / timing["latency_ratio"])
     assert timing["best_dense_ms"] == min(timing["engines"][m] for m in defaults)
+
+
+def test_a_planned_admm_run_makes_a_bounded_number_of_iterations() -> None:
+    from uniprune.compressors.train.admm import MAX_PLANNED_ITERATIONS, AdmmConfig
+
+    for epochs in (2, 3, 9, 12, 30, 257):
+        planned = AdmmConfig().with_epochs(epochs)
+        assert planned.total_epochs == epochs and 1 <= planned.iterations <= MAX_PLANNED_ITERATIONS
+        assert planned.retrain_epochs >= 1
+    assert AdmmConfig().with_epochs(257).epochs_per_iteration == 22  # 171 ADMM epochs in 7 iterations of 22

@@ -37,6 +37,10 @@ from .training import make_optimizer, train_epoch
 METHODS = ("admm", "masked")
 
 
+#: The most ADMM iterations a planned run (a time budget) makes: rho grows x rho_growth at each.
+MAX_PLANNED_ITERATIONS = 8
+
+
 @dataclass
 class AdmmConfig:
     """Options of the ADMM and masked strategies (:func:`.finetune.finetune` runs them).
@@ -119,13 +123,19 @@ class AdmmConfig:
     def with_epochs(self, epochs: int) -> AdmmConfig:
         """This config planned for ``epochs`` in all under one cosine (schedule ``run``): ``masked`` retrains for
         all of them; ``admm`` gives ``max(1, round(epochs / 3))`` to retraining and the rest to ADMM iterations
-        of one epoch each."""
+        of one epoch each, at most :data:`MAX_PLANNED_ITERATIONS` of them (longer ones beyond; what is left over
+        goes to retraining)."""
         if int(epochs) < self.least_epochs:
             raise ConfigError(f"{self.method} needs at least {self.least_epochs} epochs, got {epochs}; raise --epochs")
         if self.method == "masked":
             return replace(self, retrain_epochs=int(epochs), schedule="run", retrain_lr=None)
         retrain = max(1, round(int(epochs) / 3))
-        return replace(self, iterations=int(epochs) - retrain, epochs_per_iteration=1, retrain_epochs=retrain,
+        admm = int(epochs) - retrain
+        # rho grows x rho_growth per iteration: a budget that fits hundreds of epochs of a small model must not make
+        # hundreds of iterations (rho 0.01 x 3**11 overflowed training), so long runs take longer iterations
+        per = -(-admm // MAX_PLANNED_ITERATIONS)
+        iterations = admm // per
+        return replace(self, iterations=iterations, epochs_per_iteration=per, retrain_epochs=int(epochs) - iterations * per,
                        schedule="run", retrain_lr=None)
 
     def run(self, job: FinetuneJob) -> Outcome:
