@@ -142,7 +142,10 @@ def test_kill_9_in_a_finetune_then_resume(tmp_path, budget):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["epochs"] == planned[0] and not partial.exists()
     if budget:
-        assert result["time_budget"]["met"] and result["epochs_run"] >= planned[0] - 1
+        # the budget holds; an epoch short of the plan is one the deadline refused (the restarts spent its time: on a
+        # fast core this tiny run plans hundreds of epochs), never one a kill lost (the epochs case checks that)
+        held = result["time_budget"]
+        assert held["met"] and (result["epochs_run"] >= planned[0] - 1 or held["stopped_early"])
     name, _, structures, _ = load_compressed(run / "compressed.pt")
     assert name == "digits-cnn" and structures
     # resuming a finished run, or with other options, is refused in one line
