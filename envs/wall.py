@@ -134,6 +134,9 @@ class Wall:
         raise ConfigError(f"layer {self.layer_names[i]!r} cannot take block shape {action[2]!r}; it may take "
                           f"{[o.key for o in self.options[i]]}")
 
+    def _opt(self, i: int, action: Action) -> ShapeOption:
+        return self.options[i][self.option(i, action)]
+
     def _with_option(self, i: int, prune: float, unify: float, k: int) -> Action:
         return (prune, unify, self.options[i][k].key) if self.shapes else (prune, unify)
 
@@ -192,17 +195,17 @@ class Wall:
         """The fractions of layer ``i``'s weights the projection really prunes and unifies for a requested
         (prune, unify) in block shape ``shape`` (a key; None: the layer's own): whole blocks of each size, rounded
         as :class:`BlockClasses` rounds."""
-        return self.options[i][self.option(i, (prune, unify, shape))].classes.applied(prune, unify)
+        return self._opt(i, (prune, unify, shape)).classes.applied(prune, unify)
 
     def layer_ms(self, i: int, prune: float, unify: float, shape: str | None = None) -> float:
         """Predicted ms of layer ``i`` at the block counts a (prune, unify) request applies in ``shape``."""
-        opt = self.options[i][self.option(i, (prune, unify, shape))]
+        opt = self._opt(i, (prune, unify, shape))
         return self.latency_model.layer_ms(self.layer_names[i], *opt.classes.applied(prune, unify), opt.block)
 
     def layer_bits(self, i: int, prune: float, unify: float, shape: str | None = None) -> float:
         """Predicted storage bits of layer ``i`` at the block counts the fractions apply in ``shape``, the index
         counted as accounting counts it: ``ceil(log2(states used))`` bits per block."""
-        opt = self.options[i][self.option(i, (prune, unify, shape))]
+        opt = self._opt(i, (prune, unify, shape))
         classes = opt.classes
         pruned, unified = classes.applied(prune, unify)
         _, n_unified = classes.blocks(prune, unify)
@@ -234,7 +237,7 @@ class Wall:
 
     def layer_action(self, i: int, action: Action) -> LayerAction:
         """``action`` of layer ``i`` as a policy's :class:`LayerAction` (requested fractions, the option's shape)."""
-        return LayerAction(float(action[0]), float(action[1]), self.options[i][self.option(i, action)].block)
+        return LayerAction(float(action[0]), float(action[1]), self._opt(i, action).block)
 
     def fits(self, walk: Walk, action: Action) -> bool:
         """Whether layer ``walk.t`` at ``action`` keeps every budget reachable."""
@@ -283,8 +286,8 @@ class Wall:
     def predicted_ms(self, actions: Mapping[str, Action]) -> float:
         """The latency model's whole-model prediction at the block counts ``actions`` apply."""
         index = {n: i for i, n in enumerate(self.layer_names)}
-        out = {}
+        applied = {}
         for n, a in actions.items():
-            opt = self.options[index[n]][self.option(index[n], a)]
-            out[n] = LayerAction(*opt.classes.applied(float(a[0]), float(a[1])), opt.block)
-        return self.latency_model.predict(out)
+            opt = self._opt(index[n], a)
+            applied[n] = LayerAction(*opt.classes.applied(float(a[0]), float(a[1])), opt.block)
+        return self.latency_model.predict(applied)

@@ -80,7 +80,7 @@ class SearchLoop:
     #: what every best policy's ``search`` record says besides the episode (searcher, seed, reward kind, ...)
     describe: Mapping[str, Any] = field(default_factory=dict)
     callbacks: Sequence[Callback] = ()
-    #: processes scoring episodes side by side (searchers that :meth:`~Searcher.plan` their episodes)
+    #: processes scoring episodes side by side (searchers that :attr:`~Searcher.plans_ahead`)
     workers: int = 1
     stopped: bool = False
     played: int = 0
@@ -92,7 +92,8 @@ class SearchLoop:
         pool = None
         ready: dict[int, tuple[dict[str, Any], float]] = {}
         try:
-            if self.workers > 1 and self.first < self.total and self.searcher.plan(self.first) is not None:
+            # before any plan: the knapsack's sensitivities, scored by its first plan, then go through the pool too
+            if self.workers > 1 and self.first < self.total and self.searcher.plans_ahead:
                 from .workers import ScorePool
 
                 pool = self.searcher.pool = ScorePool(self.env, self.workers)

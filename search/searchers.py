@@ -58,6 +58,8 @@ class Searcher(abc.ABC):
     """One search strategy. ``run_episode(episode)`` plays 0-based episode ``episode`` and returns its result."""
 
     name: ClassVar[str]
+    #: whether :meth:`plan` gives every episode's actions up front (they depend on no earlier reward)
+    plans_ahead: ClassVar[bool] = False
 
     def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool) -> None:
         self.env = env
@@ -72,10 +74,10 @@ class Searcher(abc.ABC):
     def run_episode(self, episode: int) -> dict[str, Any]:
         """Play one episode; returns the env's result dict."""
 
-    def plan(self, episode: int) -> list[np.ndarray] | None:
-        """The raw actions of ``episode`` (one per layer) where they depend on no earlier reward nor observation,
-        so that episodes can be scored side by side (:mod:`uniprune.search.workers`); None otherwise (default)."""
-        return None
+    def plan(self, episode: int) -> list[np.ndarray]:
+        """The raw actions of ``episode`` (one per layer), for searchers that :attr:`plans_ahead`, so that episodes
+        can be scored side by side (:mod:`uniprune.search.workers`)."""
+        raise NotImplementedError(f"the {self.name} searcher chooses each episode from the rewards before it")
 
     def noise_sigma(self, episode: int) -> float:
         """Exploration noise of ``episode`` (0 for searchers without noise)."""
@@ -154,6 +156,7 @@ class RandomSearcher(Searcher):
     """Uniform random raw actions, drawn from ``(seed, episode)`` so a resumed run draws the same."""
 
     name = "random"
+    plans_ahead = True
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         raws = self.plan(episode)
@@ -171,6 +174,7 @@ class UniformSearcher(Searcher):
     """The same (prune, unify) for every layer; a sweep over prune/unify mixes, each just meeting the budget."""
 
     name = "uniform"
+    plans_ahead = True
 
     def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, levels: int = UNIFORM_LEVELS) -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
@@ -192,6 +196,7 @@ class KnapsackSearcher(Searcher):
     (:mod:`.knapsack`). The scoring runs once, before the first episode (a progress bar shows it)."""
 
     name = "knapsack"
+    plans_ahead = True
 
     def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool) -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
