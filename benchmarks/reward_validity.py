@@ -19,6 +19,7 @@ go to ``--out``/results.json (a rerun reuses the fine-tunes already there).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -67,7 +68,7 @@ def draw_policy(env, target: float, rng: np.random.Generator) -> dict[str, tuple
 def finetuned_top1(env, bundle, policy, args: argparse.Namespace) -> tuple[float, float]:
     """(test top-1, seconds) of the dense model fine-tuned into ``policy`` by the benchmark's recipe."""
     started = time.perf_counter()
-    model = _copy(env.model)
+    model = copy.deepcopy(env.model)
 
     def batches(epoch: int):
         return bundle.batches("train", 128, shuffle=True, augment=True, seed=args.seed + epoch, limit=args.finetune_limit)
@@ -80,12 +81,6 @@ def finetuned_top1(env, bundle, policy, args: argparse.Namespace) -> tuple[float
     # a seeded subset: the split may be stored class by class
     top1 = float(evaluate(model, bundle.batches("test", 256, shuffle=True, seed=args.seed, limit=args.test_samples)))
     return top1, time.perf_counter() - started
-
-
-def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def main(argv: list[str] | None = None) -> int:

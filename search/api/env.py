@@ -73,8 +73,9 @@ def build_env(spec: EnvSpec, *, verb: str = "search") -> CompressionEnv:
     part of a search or replay. ``verb`` names the job in warnings."""
     device = resolve_device(spec.device)
     data = load_data(spec)
-    torch.manual_seed(spec.seed)  # an untrained model's weights too are the seed's
-    model = build_model(spec.model.model, num_classes=data.num_classes, input_shape=data.input_shape)
+    with torch.random.fork_rng(devices=[]):  # an untrained model's weights too are the seed's; the caller's RNG is left alone
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model.model, num_classes=data.num_classes, input_shape=data.input_shape)
     if spec.model.checkpoint:
         load_weights(model, spec.model.checkpoint)
     else:
