@@ -73,7 +73,7 @@ def test_threads_mean_the_same_everywhere():
 
 
 def test_search_through_the_api_writes_sb3_scalars_beside_the_search_ones(tmp_path):
-    spec = api.SearchSpec(env=FAST_ENV, episodes=4, warmup=2, run_dir=str(tmp_path / "run"))
+    spec = api.SearchSpec(env=FAST_ENV, searcher="ddpg", episodes=4, warmup=2, run_dir=str(tmp_path / "run"))
     found = api.search(spec)
     assert isinstance(found, api.SearchResult) and found.episodes == 4 and found.latency_ratio <= 0.5 + 1e-6
     events = EventAccumulator(str(tmp_path / "run" / "tb"))

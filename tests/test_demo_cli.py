@@ -18,7 +18,7 @@ def test_short_demo_runs_the_whole_job(tmp_path, capsys, cache_dir):
     captured = capsys.readouterr()
     result = json.loads(captured.out.strip().splitlines()[-1])
     run = out / "run"
-    for name in ("config.json", "episodes.csv", "policy.json", "agent.json", "agent.pt", "compressed.pt", "finetune.json", "bench.json",
+    for name in ("config.json", "episodes.csv", "policy.json", "compressed.pt", "finetune.json", "bench.json",
                  "report.md", "reward.png", "accuracy_vs_latency.png", "policy_layers.png", "admm.png"):
         assert (run / name).is_file(), name
     assert (out / "dense.pt").is_file() and result["episodes"] == 4

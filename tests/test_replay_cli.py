@@ -33,7 +33,7 @@ def _error(capsys, argv: list[str]) -> str:
 def searched(tmp_path_factory):
     """A 4-episode DDPG search on the untrained digits CNN (the agent's weights are what replay needs)."""
     run = tmp_path_factory.mktemp("search") / "run"
-    assert main(["search", *FAST, "--episodes", "4", "--warmup", "2", "--latency-budget", "0.6", "--max-prune", "0.7",
+    assert main(["search", *FAST, "--searcher", "ddpg", "--episodes", "4", "--warmup", "2", "--latency-budget", "0.6", "--max-prune", "0.7",
                  "--run-dir", str(run)]) == 0
     return run
 

@@ -30,7 +30,7 @@ def _rows(run) -> list[dict]:
 
 def test_ddpg_search_writes_policy_csv_and_tensorboard_then_resumes(tmp_path, capsys):
     run = tmp_path / "run"
-    result = _search(capsys, "--episodes", "3", "--warmup", "2", "--run-dir", str(run))
+    result = _search(capsys, "--searcher", "ddpg", "--episodes", "3", "--warmup", "2", "--run-dir", str(run))
     assert result["episodes"] == 3 and result["latency_ratio"] <= 0.5 + 1e-6
     assert 0.0 <= result["val_accuracy"] <= 1.0 and result["policy"] == str(run / "policy.json")
     policy = Policy.load(run / "policy.json")
@@ -167,7 +167,7 @@ def test_keep_dense_picks_the_ends_or_named_layers(tmp_path, capsys):
 
 def test_a_warmup_that_leaves_no_ddpg_episode_is_scaled_and_noise_is_an_option(tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    assert main(["search", *FAST, "--episodes", "6", "--warmup", "100", "--noise-sigma", "0.3", "--noise-decay", "0.5",
+    assert main(["search", *FAST, "--searcher", "ddpg", "--episodes", "6", "--warmup", "100", "--noise-sigma", "0.3", "--noise-decay", "0.5",
                  "--noise-floor", "0.1", "--run-dir", str(run), "--json"]) == 0
     out, err = capsys.readouterr()
     assert "warming up for 2 instead" in err

@@ -1,6 +1,6 @@
 """``demo``: the whole job on the embedded digits data, in a few minutes on a laptop, through this API.
 
-train the small default CNN -> search a policy under a latency budget (DDPG, measured latency table) ->
+train the small default CNN -> search a policy under a latency budget (the default searcher, the knapsack, measured latency table) ->
 ADMM fine-tune into it -> export it as a deployable artifact -> time the artifact against every dense
 engine -> write the report; then a small table of dense against compressed. Each step logs the command
 line that runs it alone (:meth:`Spec.argv`), so the demo doubles as a worked example. Files go to a new
@@ -105,7 +105,7 @@ def demo(spec: DemoSpec) -> dict[str, Any]:
     trained = train(train_spec)
     budget = spec.latency_budget or _reachable_budget(_search_spec(dense, run_dir, 1.0, spec, threads))
     search_spec = _search_spec(dense, run_dir, budget, spec, threads)
-    _log(2, "search a policy under the latency budget (DDPG)", "search", search_spec)
+    _log(2, f"search a policy under the latency budget ({search_spec.searcher})", "search", search_spec)
     searched = search(search_spec)
     tune_spec = FinetuneSpec(run_dir=str(run_dir), epochs=spec.finetune_epochs, latency=False, seed=spec.seed)
     _log(3, "ADMM fine-tune into the policy", "finetune", tune_spec)

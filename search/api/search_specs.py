@@ -181,7 +181,10 @@ class SearchSpec(Spec):
     """A search: its env, the searcher and episodes, and the run directory it writes."""
 
     env: EnvSpec = field(default_factory=EnvSpec)
-    searcher: str = option("ddpg", "search strategy", choices=SEARCHERS)
+    searcher: str = option("knapsack", "search strategy: knapsack (the default: it beat DDPG, random and Optuna on held-out "
+                           "images and after fine-tuning, docs/RESULTS.md section searcher_table_resnet20), ddpg (AMC's "
+                           "agent; its run can be replayed on another model), optuna, random or uniform",
+                           choices=SEARCHERS)
     episodes: int = option(300, "episodes (policies tried), >= 1")
     warmup: int = option(100, "random warm-up episodes (ddpg) / startup trials (optuna), >= 0")
     run_dir: str | None = option(None, "where the run's files go", kind=str, shown="runs/<model>-<dataset>-<searcher>")

@@ -49,8 +49,8 @@ COMMANDS = (
          api.train),
     Verb("eval", "top-1 accuracy of a checkpoint, or of a compressed checkpoint, on a dataset split", api.EvalSpec,
          api.evaluate),
-    Verb("search", "search a per-layer prune/unify policy under a latency budget (AMC-style DDPG, Optuna, random, uniform "
-         "or knapsack)", api.SearchSpec, api.search, build=search_spec),
+    Verb("search", "search a per-layer prune/unify policy under a latency budget (a knapsack over the latency table by "
+         "default; AMC-style DDPG, Optuna, random or uniform)", api.SearchSpec, api.search, build=search_spec),
     Verb("finetune", "fine-tune a model into a policy's structure by ADMM (or masked retraining), or prune whole channels, "
          "distilled from the dense model, for --epochs or a --time-budget; save it and print dense against compressed",
          api.FinetuneSpec, api.finetune),
