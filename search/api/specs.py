@@ -198,7 +198,7 @@ class DemoSpec(Spec):
     out: str | None = option(None, "a new or empty folder for the demo's files", kind=str, shown="runs/demo-<date>-<time>")
     latency_budget: float | None = option(None, "compressed latency at most this fraction of the fastest dense engine's "
                                           "(torch, ONNX Runtime, OpenVINO), in (0, 1]", kind=float,
-                                          shown="0.9, raised to the least ratio reachable on this machine plus 0.08 when "
+                                          shown="0.6, raised to the least ratio reachable on this machine plus 0.08 when "
                                           "that is higher: the digits CNN is tiny, and its stem and classifier, which the "
                                           "search leaves dense, are a large share of its time")
     episodes: int = option(300, "search episodes, >= 1 (AMC: 300)")
