@@ -51,7 +51,13 @@ class _TensorOps:
         if t in _MUL_FNS or (method and t in ("mul", "mul_")):
             self.mul(node)
         elif t in _CAT_FNS:
-            self.cat(node)
+            parts = node.args[0] if node.args else node.kwargs.get("tensors")
+            if isinstance(parts, (list, tuple)) and any(p in self.batch_consts for p in parts):
+                self.token_cat(node, list(parts), node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0))
+            else:
+                self.cat(node)
+        elif method and t == "expand":
+            self.expand(node)
         elif t is torch.chunk or t is torch.split or (method and t in ("chunk", "split")):
             self.chunk(node)
         elif t is torch.permute or (method and t == "permute"):
@@ -100,6 +106,9 @@ class _TensorOps:
             self.emit(node, OP_GAP, [x])
         elif t in _POOL_FNS:
             self.functional_pool(node)
+        elif t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
+                args[1][0] == slice(None) and isinstance(args[1][1], int):  # x[:, k]: one token
+            self.take_token(node, self.tensor_arg(node, args[0], nhwc=True), args[1][1])
         elif t is operator.getitem:
             self.slice(node)
         elif t is F.pad:
@@ -184,8 +193,10 @@ class _TensorOps:
         dims = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
         x = self.tensor_arg(node, node.args[0], nhwc=True)
         nhwc = self.layout.get(x) == NHWC
-        if len(self.shape[x]) != 3 or dims != (_PERMUTE_NCHW if nhwc else _PERMUTE_NHWC):
-            raise self.fail(node, "only permute(0, 2, 3, 1) of [N, C, H, W] and back is supported")
+        tokens = len(self.shape[x]) == 2 and dims == (0, 2, 1)  # [N, E, L] <-> [N, L, E]
+        if not tokens and (len(self.shape[x]) != 3 or dims != (_PERMUTE_NCHW if nhwc else _PERMUTE_NHWC)):
+            raise self.fail(node, "only permute(0, 2, 3, 1) of [N, C, H, W] and back, or permute(0, 2, 1) of "
+                                  "[N, E, L] and back is supported")
         self.alias(node, x, layout=None if nhwc else NHWC)
 
     def shuffle(self, node: torch.fx.Node) -> None:

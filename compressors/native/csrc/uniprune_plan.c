@@ -51,7 +51,10 @@ enum {
     OP_CHCOPY = 13, /* out[n][ooff + c] = in0[n][ioff + c], c < cnt: one input of a concat, or a chunk */
     OP_SHUFFLE = 14, /* channel shuffle: out[n][j * g + i] = in0[n][i * (C / g) + j] */
     OP_CHNORM = 15, /* LayerNorm across channels at each pixel (channels-last LayerNorm on NCHW storage) */
-    OP_LAST = OP_CHNORM,
+    OP_ATTN = 16,   /* multi-head scaled dot-product attention over tokens stored channel-major, see run_attn */
+    OP_ROWCAT = 17, /* constant rows, then the input's, in every channel plane: a transformer's class token */
+    OP_ADDC = 18,   /* out = in0 + one sample's constant: a transformer's position embedding */
+    OP_LAST = OP_ADDC,
 };
 
 /* Activations of an op's epilogue (or of OP_ACT); the numbers are part of the interface with plan.py. */
@@ -69,6 +72,11 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 /* OP_CHCOPY: ooff ioff cnt; H W = Ho Wo; the ops of one concat share their output buffer */
 /* OP_SHUFFLE: g (groups, dividing C); Co Ho Wo = C H W */
 /* OP_CHNORM: has_affine; floats: lo hi, eps, then weight [C] and bias [C] when has_affine; Co Ho Wo = C H W */
+/* OP_ATTN: heads (dividing Co); in0 [N][3 * Co][H * W]: queries, keys, values, each token a column (H * W
+ * tokens); C = 3 * Co, Ho Wo = H W; act none */
+/* OP_ROWCAT: rows; floats: lo hi, then [C][rows][W], written before each plane's H input rows; Co = C,
+ * Ho = H + rows, Wo = W; act none */
+/* OP_ADDC: no parameters; floats: lo hi, then one sample's [C][H][W], added to every sample; Co Ho Wo = C H W */
 #define MAX_INTS 32
 /* Bounds on what a plan may ask for; uniprune_lean.py's verifier holds the same numbers (MAX_DIM, MAX_PARAM,
  * MAX_SAMPLE_FLOATS, MAX_BUFFERS). Everything up_plan_add is handed is checked against them and against the
@@ -77,6 +85,7 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 #define MAX_PARAM (1 << 16)
 #define MAX_FLOATS (1LL << 34)
 #define MAX_BUFS (1 << 16)
+#define ATTN_MAX_TOKENS 16384 /* an attention's scores of one query live on the stack: 64 KiB */
 
 typedef struct up_op_s {
     int kind;
@@ -174,7 +183,8 @@ static int ceil_pool_ok(const up_op *o) {
  * when the op can run, -1 otherwise. */
 static int check_op(const up_plan *p, const up_op *o, int n_params) {
     static const int params_of[OP_LAST + 1] = {[OP_GCONV] = 10, [OP_POOL] = 8, [OP_SLICEPAD] = 5, [OP_IM2COL] = 9,
-                                               [OP_CHCOPY] = 3, [OP_SHUFFLE] = 1, [OP_CHNORM] = 1};
+                                               [OP_CHCOPY] = 3, [OP_SHUFFLE] = 1, [OP_CHNORM] = 1,
+                                               [OP_ATTN] = 1, [OP_ROWCAT] = 1};
     const int kind = o->kind, nb = p->n_bufs;
     if (kind < OP_CONV || kind > OP_LAST || n_params != params_of[kind]) return -1;
     if (!up_in_range(o->in0, 0, nb - 1) || !up_in_range(o->out, 1, nb - 1) || !up_in_range(o->in1, -1, nb - 1) ||
@@ -188,7 +198,8 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
         (o->out == o->in1 && kind != OP_ADD))
         return -1;
     /* ops that read a position after writing another must not run in place */
-    if (o->out == o->in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY && kind != OP_CHMUL)
+    if (o->out == o->in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY && kind != OP_CHMUL &&
+        kind != OP_ADDC)
         return -1;
     const int64_t plane = plane_of(o), oplane = oplane_of(o);
     if (!p->written[o->in0] || plane > p->size[o->in0] || oplane > p->size[o->out]) return -1;
@@ -239,6 +250,14 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
         return same && up_in_range(o->p[0], 1, o->C) && o->C % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
     case OP_CHNORM:
         return same && up_in_range(o->p[0], 0, 1) ? 0 : -1;
+    case OP_ATTN:
+        return (int64_t)o->C == 3LL * o->Co && (int64_t)o->H * o->W <= ATTN_MAX_TOKENS && o->H == o->Ho &&
+               o->W == o->Wo && up_in_range(o->p[0], 1, o->Co) && o->Co % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
+    case OP_ROWCAT:
+        return o->Co == o->C && o->W == o->Wo && up_in_range(o->p[0], 1, MAX_DIM) && (int64_t)o->H + o->p[0] == o->Ho &&
+               o->act == ACT_NONE ? 0 : -1;
+    case OP_ADDC:
+        return same ? 0 : -1;
     case OP_SLICEPAD:
         return up_in_range(o->p[0], 1, MAX_PARAM) && up_in_range(o->p[1], 1, MAX_PARAM) && up_in_range(o->p[2], -MAX_DIM, MAX_DIM) &&
                up_in_range(o->p[3], -MAX_PARAM, MAX_PARAM) && up_in_range(o->p[4], -MAX_PARAM, MAX_PARAM) ? 0 : -1;
@@ -280,6 +299,10 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
         if (n_ints != I_HEADER + 1 || (o.p[0] != 0 && o.p[0] != 1) || nf != 1 + (o.p[0] ? 2 * (int64_t)o.C : 0) ||
             !(floats[2] > 0.0f))
             return -1;
+    } else if (kind == OP_ROWCAT) {
+        if (nf != (int64_t)o.C * o.p[0] * o.W) return -1;
+    } else if (kind == OP_ADDC) {
+        if (nf != plane_of(&o)) return -1;
     } else if (nf != 0) {
         return -1;
     }
@@ -714,6 +737,88 @@ static void run_chnorm(const up_op *o, const float *x, const float *unused, floa
     }
 }
 
+/* Sums, maxima and dot products over n floats in 16 independent lanes, which the compiler vectorises (one
+ * running sum would be a chain it may not reorder). */
+#define LANES 16
+static float lanes_max(const float *x, int64_t n) {
+    float m[LANES];
+    for (int k = 0; k < LANES; k++) m[k] = -FLT_MAX;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) m[k] = x[i + k] > m[k] ? x[i + k] : m[k];
+    for (; i < n; i++) m[0] = x[i] > m[0] ? x[i] : m[0];
+    float r = m[0];
+    for (int k = 1; k < LANES; k++) r = m[k] > r ? m[k] : r;
+    return r;
+}
+
+static float lanes_dot(const float *a, const float *b, int64_t n) {
+    float s[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) s[k] += a[i + k] * b[i + k];
+    for (; i < n; i++) s[0] += a[i] * b[i];
+    float r = 0;
+    for (int k = 0; k < LANES; k++) r += s[k];
+    return r;
+}
+
+/* Multi-head attention, items n * heads + h. Tokens are columns: channel c of token t is plane c's element t,
+ * so head h's queries are D = Co / heads rows of T = H * W floats (likewise keys, values and the output).
+ * Per query t: its T scores as D axpys over the keys' rows (vectorised over the keys), a softmax, then each
+ * output channel as a dot product of the weights with one value row. Scratch: T floats on the stack (check_op
+ * bounds T by ATTN_MAX_TOKENS). */
+static void run_attn(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
+    const int heads = o->p[0], Co = o->Co, D = Co / heads;
+    const int64_t T = (int64_t)o->H * o->W;
+    const float scale = 1.0f / __builtin_sqrtf((float)D);
+    float s[T + LANES];
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t n = item / heads, h = item % heads;
+        const float *q = x + ((int64_t)n * o->C + h * D) * T, *k = q + (int64_t)Co * T, *v = k + (int64_t)Co * T;
+        float *out = y + ((int64_t)n * Co + h * D) * T;
+        for (int64_t t = 0; t < T; t++) {
+            for (int64_t j = 0; j < T; j++) s[j] = 0.0f;
+            for (int d = 0; d < D; d++) {
+                const float qv = q[(int64_t)d * T + t] * scale, *kr = k + (int64_t)d * T;
+                for (int64_t j = 0; j < T; j++) s[j] += qv * kr[j];
+            }
+            const float m = lanes_max(s, T);
+            for (int64_t j = 0; j < T; j++) s[j] = fast_exp(s[j] - m);
+            float sum = 0;
+            { /* the softmax's denominator, in lanes */
+                int64_t j = 0;
+                float acc[LANES] = {0};
+                for (; j + LANES <= T; j += LANES)
+                    for (int k2 = 0; k2 < LANES; k2++) acc[k2] += s[j + k2];
+                for (; j < T; j++) acc[0] += s[j];
+                for (int k2 = 0; k2 < LANES; k2++) sum += acc[k2];
+            }
+            const float inv = 1.0f / sum;
+            for (int d = 0; d < D; d++) out[(int64_t)d * T + t] = lanes_dot(s, v + (int64_t)d * T, T) * inv;
+        }
+    }
+}
+
+/* items n * C + c: the constant rows of plane c, then the input plane */
+static void run_rowcat(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
+    const int64_t head = (int64_t)o->p[0] * o->W, plane = (int64_t)o->H * o->W;
+    for (int64_t nc = i0; nc < i1; nc++) {
+        float *yo = y + nc * (head + plane);
+        memcpy(yo, o->f + nc % o->C * head, sizeof(float) * (size_t)head);
+        memcpy(yo + head, x + nc * plane, sizeof(float) * (size_t)plane);
+    }
+}
+
+/* items n: sample n plus the constant */
+static void run_addc(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
+    const int64_t plane = plane_of(o);
+    for (int64_t n = i0; n < i1; n++) ewise(y + n * plane, x + n * plane, o->f, plane, ACT_NONE, 0.0f, 0.0f);
+}
+
 /* -------------------------------------------------------------------------------------------- run ---- */
 
 /* A conv whose output maps are small (Ho*Wo <= 64: the digits CNN's 2x2 and 1x1, ResNets' 8x8) leaves most
@@ -918,6 +1023,18 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
             if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
             break;
         }
+        case OP_ATTN: {
+            const int64_t T = (int64_t)o->H * o->W;
+            run_range(run_attn, o, in, NULL, out, N, (int64_t)N * o->p[0], T * T * (o->Co / o->p[0]) / 4, nthreads);
+            break;
+        }
+        case OP_ROWCAT:
+            run_range(run_rowcat, o, in, NULL, out, N, (int64_t)N * o->C, (int64_t)o->Ho * o->Wo, nthreads);
+            break;
+        case OP_ADDC:
+            run_range(run_addc, o, in, NULL, out, N, N, plane_of(o), nthreads);
+            if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
+            break;
         default:
             return -3;
         }
