@@ -62,6 +62,12 @@ class _TensorOps:
             self.chunk(node)
         elif t is torch.permute or (method and t == "permute"):
             self.permute(node)
+        elif (t is torch.transpose or (method and t == "transpose")) and self.data(args[0]) and \
+                args[0] in self.shape and len(self.shape[args[0]]) == 2:
+            if sorted(d % 3 for d in args[1:3]) != [1, 2]:
+                raise self.fail(node, "only transpose(1, 2) of [N, E, L] tokens is supported")
+            x = self.tensor_arg(node, args[0], nhwc=True)  # [N, E, L] <-> [N, L, E]: as permute(0, 2, 1)
+            self.alias(node, x, layout=None if self.layout.get(x) == NHWC else NHWC)
         elif t is torch.transpose or (method and t == "transpose"):
             self.shuffle(node)
         elif t is F.layer_norm:
@@ -78,9 +84,11 @@ class _TensorOps:
         elif t in _FLATTEN_FNS or (method and t == "flatten"):
             start = kw.get("start_dim", args[1] if len(args) > 1 else 0)
             end = kw.get("end_dim", args[2] if len(args) > 2 else -1)
-            if start != 1 or end != -1:
-                raise self.fail(node, "only flatten(x, 1) keeps the batch apart")
-            self.alias(node, self.tensor_arg(node, args[0]))
+            x = self.tensor_arg(node, args[0])
+            if end != -1 or not (start == 1 or (start == 2 and len(self.shape[x]) == 3)):
+                raise self.fail(node, "only flatten(x, 1), and flatten(x, 2) of [N, C, H, W] (patches to tokens), "
+                                      "keep the batch apart")
+            self.alias(node, x)
         elif method and t in ("view", "reshape"):
             x = self.tensor_arg(node, args[0])
             shape = tuple(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list)) else tuple(args[1:])

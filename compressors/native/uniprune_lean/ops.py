@@ -7,7 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .common import _ACT, _C, _CO, _H, _HEADER_NAMES, _HO, _PARAM_RANGES, _W, _WINDOW, _WO, ATTN_MAX_TOKENS, MAX_DIM
+from .common import (
+    _ACT,
+    _C,
+    _CO,
+    _H,
+    _HEADER_NAMES,
+    _HO,
+    _PARAM_RANGES,
+    _W,
+    _WINDOW,
+    _WO,
+    ATTN_MAX_TOKENS,
+    MAX_DIM,
+)
 
 
 def _extent(n: int, k: int, s: int, p: int, d: int) -> int:
