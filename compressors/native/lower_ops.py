@@ -48,26 +48,16 @@ class _TensorOps:
         when the plan has no op for ``node``."""
         t, args, kw = node.target, node.args, node.kwargs
         method = node.op == "call_method"
-        if t in _MUL_FNS or (method and t in ("mul", "mul_")):
+        if self.token_function(node):
+            pass
+        elif t in _MUL_FNS or (method and t in ("mul", "mul_")):
             self.mul(node)
         elif t in _CAT_FNS:
-            parts = node.args[0] if node.args else node.kwargs.get("tensors")
-            if isinstance(parts, (list, tuple)) and any(p in self.batch_consts for p in parts):
-                self.token_cat(node, list(parts), node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0))
-            else:
-                self.cat(node)
-        elif method and t == "expand":
-            self.expand(node)
+            self.cat(node)
         elif t is torch.chunk or t is torch.split or (method and t in ("chunk", "split")):
             self.chunk(node)
         elif t is torch.permute or (method and t == "permute"):
             self.permute(node)
-        elif (t is torch.transpose or (method and t == "transpose")) and self.data(args[0]) and \
-                args[0] in self.shape and len(self.shape[args[0]]) == 2:
-            if sorted(d % 3 for d in args[1:3]) != [1, 2]:
-                raise self.fail(node, "only transpose(1, 2) of [N, E, L] tokens is supported")
-            x = self.tensor_arg(node, args[0], nhwc=True)  # [N, E, L] <-> [N, L, E]: as permute(0, 2, 1)
-            self.alias(node, x, layout=None if self.layout.get(x) == NHWC else NHWC)
         elif t is torch.transpose or (method and t == "transpose"):
             self.shuffle(node)
         elif t is F.layer_norm:
@@ -114,9 +104,6 @@ class _TensorOps:
             self.emit(node, OP_GAP, [x])
         elif t in _POOL_FNS:
             self.functional_pool(node)
-        elif t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
-                args[1][0] == slice(None) and isinstance(args[1][1], int):  # x[:, k]: one token
-            self.take_token(node, self.tensor_arg(node, args[0], nhwc=True), args[1][1])
         elif t is operator.getitem:
             self.slice(node)
         elif t is F.pad:

@@ -8,13 +8,14 @@ L pixels (batch x tokens rows), LayerNorm is the channels-across op and GELU, ad
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
 import torch.fx
 
 from ..core.attention import HeadAttention
-from .planops import NHWC, OP_ADDC, OP_ATTN, OP_CHCOPY, OP_ROWCAT, OP_SLICEPAD, PlanOp
+from .planops import _CAT_FNS, NHWC, OP_ADDC, OP_ATTN, OP_CHCOPY, OP_ROWCAT, OP_SLICEPAD, PlanOp
 
 
 def _storage(const: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -27,6 +28,31 @@ def _storage(const: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 class _TokenOps:
     """Token tensors as plan ops (a mixin of :class:`~.lowering._Lowering`)."""
+
+    def token_function(self, node: torch.fx.Node) -> bool:
+        """A function or method on token tensors (the class token's expand and concat, transpose(1, 2) of
+        [N, E, L], x[:, k]); False when ``node`` is none of them."""
+        t, args = node.target, node.args
+        method = node.op == "call_method"
+        if t in _CAT_FNS:
+            parts = args[0] if args else node.kwargs.get("tensors")
+            if not (isinstance(parts, (list, tuple)) and any(p in self.batch_consts for p in parts)):
+                return False
+            self.token_cat(node, list(parts), node.kwargs.get("dim", args[1] if len(args) > 1 else 0))
+        elif method and t == "expand":
+            self.expand(node)
+        elif (t is torch.transpose or (method and t == "transpose")) and args[0] in self.value and \
+                len(self.shape[args[0]]) == 2:
+            if sorted(d % 3 for d in args[1:3]) != [1, 2]:
+                raise self.fail(node, "only transpose(1, 2) of [N, E, L] tokens is supported")
+            x = self.tensor_arg(node, args[0], nhwc=True)  # [N, E, L] <-> [N, L, E]: as permute(0, 2, 1)
+            self.alias(node, x, layout=None if self.layout.get(x) == NHWC else NHWC)
+        elif t is operator.getitem and isinstance(args[1], tuple) and len(args[1]) == 2 and \
+                args[1][0] == slice(None) and isinstance(args[1][1], int):  # x[:, k]: one token
+            self.take_token(node, self.tensor_arg(node, args[0], nhwc=True), args[1][1])
+        else:
+            return False
+        return True
 
     def attention(self, node: torch.fx.Node, m: HeadAttention) -> None:
         """:class:`HeadAttention` on projected ``q, k, v`` (token values of one shape): the three copied into one
