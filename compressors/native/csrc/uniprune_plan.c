@@ -85,7 +85,7 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 #define MAX_PARAM (1 << 16)
 #define MAX_FLOATS (1LL << 34)
 #define MAX_BUFS (1 << 16)
-#define ATTN_MAX_TOKENS 16384 /* an attention's scores of one query live on the stack: 64 KiB */
+#define ATTN_MAX_TOKENS 16384 /* an attention's tokens: its scratch grows with them */
 
 typedef struct up_op_s {
     int kind;
@@ -108,6 +108,8 @@ typedef struct {
     /* scratch of the im2col ops, floats per sample: the patches and the linear's [pixel][Co] output */
     int64_t col_size, rows_size;
     float *col, *rows;
+    int64_t attn_size; /* scratch of the attention ops, floats per sample: every head's (run_attn) */
+    float *attn;
 } up_plan;
 
 
@@ -115,7 +117,7 @@ EXPORT void up_plan_destroy(up_plan *p) {
     if (!p) return;
     for (int i = 0; i < p->n_ops; i++) free(p->ops[i].f);
     for (int b = 0; b < p->n_bufs; b++) free(p->buf[b]);
-    UP_FREE_ALL(p->ops, p->col, p->rows, p->size, p->buf, p->cur, p->written, p);
+    UP_FREE_ALL(p->ops, p->col, p->rows, p->attn, p->size, p->buf, p->cur, p->written, p);
 }
 
 /* sizes: floats per sample of each buffer: 0 the input's and 1 the output's (what a caller's arrays hold per
@@ -146,6 +148,16 @@ EXPORT up_plan *up_plan_create(int n_bufs, const int64_t *sizes) {
 
 static int64_t plane_of(const up_op *o) { return (int64_t)o->C * o->H * o->W; }
 static int64_t oplane_of(const up_op *o) { return (int64_t)o->Co * o->Ho * o->Wo; }
+
+#define ATTN_TILE 64
+static int64_t round_tile(int64_t n) { return (n + ATTN_TILE - 1) / ATTN_TILE * ATTN_TILE; }
+
+/* Floats of scratch one head needs (see run_attn): padded queries and keys [D][Tp], values [Tp][Dp], a block of
+ * 4 weight rows [4][Tp] and a 4 x 64 output tile. */
+static int64_t attn_scratch(int64_t T, int64_t D) {
+    const int64_t Tp = round_tile(T), Dp = round_tile(D);
+    return 2 * D * Tp + Tp * Dp + 4 * Tp + 4 * ATTN_TILE;
+}
 
 
 /* Output extent of a window along one axis, as torch computes it (< 1: the window does not fit). */
@@ -310,6 +322,10 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
         o.f = up_aligned_alloc(sizeof(float) * (size_t)nf);
         if (!o.f) return -2;
         memcpy(o.f, floats + 2, sizeof(float) * (size_t)nf);
+    }
+    if (kind == OP_ATTN) {
+        int64_t need = o.p[0] * attn_scratch((int64_t)o.H * o.W, o.Co / o.p[0]);
+        if (p->attn_size < need) p->attn_size = need;
     }
     if (kind == OP_IM2COL) {
         int64_t pix = (int64_t)o.Ho * o.Wo, k = (int64_t)o.C * o.p[0] * o.p[1];
@@ -737,7 +753,7 @@ static void run_chnorm(const up_op *o, const float *x, const float *unused, floa
     }
 }
 
-/* Sums, maxima and dot products over n floats in 16 independent lanes, which the compiler vectorises (one
+/* Sums and maxima over n floats in 16 independent lanes, which the compiler vectorises (one
  * running sum would be a chain it may not reorder). */
 #define LANES 16
 static float lanes_max(const float *x, int64_t n) {
@@ -752,51 +768,89 @@ static float lanes_max(const float *x, int64_t n) {
     return r;
 }
 
-static float lanes_dot(const float *a, const float *b, int64_t n) {
+static float lanes_sum(const float *x, int64_t n) {
     float s[LANES] = {0};
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int k = 0; k < LANES; k++) s[k] += a[i + k] * b[i + k];
-    for (; i < n; i++) s[0] += a[i] * b[i];
+        for (int k = 0; k < LANES; k++) s[k] += x[i + k];
+    for (; i < n; i++) s[0] += x[i];
     float r = 0;
     for (int k = 0; k < LANES; k++) r += s[k];
     return r;
 }
 
+/* 4 x 64 tiles of a matrix product in 16 vector registers (GCC/Clang vector extensions: 512-bit registers on
+ * AVX-512, pairs of 256-bit ones on AVX2): c[b][0..64) = sum over k < K of a[k * sk + b * sb] * rows[k * rs + 0..64).
+ * Each step loads one 64-float row and four scalars for 16 FMAs, so it runs at the FMA units' pace. */
+typedef float v16f __attribute__((vector_size(64)));
+/* loads and stores as memcpy (unaligned, no aliasing question); macros, since a function passing a vector by value
+ * has another ABI on each ISA */
+#define LD16(v, p) memcpy(&(v), (p), sizeof(v16f))
+#define ST16(p, v) memcpy((p), &(v), sizeof(v16f))
+#define TILE_ROW(c, a) c##0 += (a) * r0; c##1 += (a) * r1; c##2 += (a) * r2; c##3 += (a) * r3
+#define TILE_STORE(c, dst) ST16((dst), c##0); ST16((dst) + 16, c##1); ST16((dst) + 32, c##2); ST16((dst) + 48, c##3)
+static void tile4x64(float *c, int64_t cs, const float *a, int64_t sk, int64_t sb, const float *rows, int64_t rs,
+                     int64_t K) {
+    v16f p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};
+    v16f u0 = {0}, u1 = {0}, u2 = {0}, u3 = {0}, w0 = {0}, w1 = {0}, w2 = {0}, w3 = {0};
+    for (int64_t k = 0; k < K; k++) {
+        const float *r = rows + k * rs, *ak = a + k * sk;
+        v16f r0, r1, r2, r3;
+        LD16(r0, r);
+        LD16(r1, r + 16);
+        LD16(r2, r + 32);
+        LD16(r3, r + 48);
+        TILE_ROW(p, ak[0]);
+        TILE_ROW(q, ak[sb]);
+        TILE_ROW(u, ak[2 * sb]);
+        TILE_ROW(w, ak[3 * sb]);
+    }
+    TILE_STORE(p, c);
+    TILE_STORE(q, c + cs);
+    TILE_STORE(u, c + 2 * cs);
+    TILE_STORE(w, c + 3 * cs);
+}
+
 /* Multi-head attention, items n * heads + h. Tokens are columns: channel c of token t is plane c's element t,
  * so head h's queries are D = Co / heads rows of T = H * W floats (likewise keys, values and the output).
- * Per query t: its T scores as D axpys over the keys' rows (vectorised over the keys), a softmax, then each
- * output channel as a dot product of the weights with one value row. Scratch: T floats on the stack (check_op
- * bounds T by ATTN_MAX_TOKENS). */
-static void run_attn(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
-    (void)unused; (void)N;
+ * Per head: queries (scaled by 1 / sqrt(D)) and keys copied into rows padded to Tp (a multiple of 64) with
+ * zeros, values transposed to [token][channel]; then per block of 4 queries, their scores against all keys as
+ * 4 x 64 tiles (q kᵀ over the D channels), a softmax per row over the T real keys (padding gets weight 0),
+ * and the outputs as 4 x 64 tiles (weights times values over the keys). scratch: attn_scratch floats per item. */
+static void run_attn(const up_op *o, const float *x, const float *scratch, float *y, int N, int64_t i0, int64_t i1) {
+    (void)N;
     const int heads = o->p[0], Co = o->Co, D = Co / heads;
-    const int64_t T = (int64_t)o->H * o->W;
+    const int64_t T = (int64_t)o->H * o->W, Tp = round_tile(T), Dp = round_tile(D), per = attn_scratch(T, D);
     const float scale = 1.0f / __builtin_sqrtf((float)D);
-    float s[T + LANES];
     for (int64_t item = i0; item < i1; item++) {
         const int64_t n = item / heads, h = item % heads;
         const float *q = x + ((int64_t)n * o->C + h * D) * T, *k = q + (int64_t)Co * T, *v = k + (int64_t)Co * T;
         float *out = y + ((int64_t)n * Co + h * D) * T;
-        for (int64_t t = 0; t < T; t++) {
-            for (int64_t j = 0; j < T; j++) s[j] = 0.0f;
-            for (int d = 0; d < D; d++) {
-                const float qv = q[(int64_t)d * T + t] * scale, *kr = k + (int64_t)d * T;
-                for (int64_t j = 0; j < T; j++) s[j] += qv * kr[j];
+        float *qp = (float *)scratch + item * per, *kp = qp + (int64_t)D * Tp, *vt = kp + (int64_t)D * Tp;
+        float *pb = vt + Tp * Dp, *ob = pb + 4 * Tp;
+        memset(qp, 0, sizeof(float) * (size_t)(2 * D * Tp + Tp * Dp));
+        for (int d = 0; d < D; d++) {
+            for (int64_t t = 0; t < T; t++) qp[(int64_t)d * Tp + t] = q[(int64_t)d * T + t] * scale;
+            memcpy(kp + (int64_t)d * Tp, k + (int64_t)d * T, sizeof(float) * (size_t)T);
+            for (int64_t t = 0; t < T; t++) vt[t * Dp + d] = v[(int64_t)d * T + t];
+        }
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            for (int64_t j0 = 0; j0 < Tp; j0 += ATTN_TILE) tile4x64(pb + j0, Tp, qp + t0, Tp, 1, kp + j0, Tp, D);
+            for (int b = 0; b < 4; b++) {
+                float *row = pb + b * Tp;
+                const float m = lanes_max(row, T);
+                for (int64_t j = 0; j < T; j++) row[j] = fast_exp(row[j] - m);
+                const float inv = 1.0f / lanes_sum(row, T);
+                for (int64_t j = 0; j < T; j++) row[j] *= inv;
+                for (int64_t j = T; j < Tp; j++) row[j] = 0.0f;
             }
-            const float m = lanes_max(s, T);
-            for (int64_t j = 0; j < T; j++) s[j] = fast_exp(s[j] - m);
-            float sum = 0;
-            { /* the softmax's denominator, in lanes */
-                int64_t j = 0;
-                float acc[LANES] = {0};
-                for (; j + LANES <= T; j += LANES)
-                    for (int k2 = 0; k2 < LANES; k2++) acc[k2] += s[j + k2];
-                for (; j < T; j++) acc[0] += s[j];
-                for (int k2 = 0; k2 < LANES; k2++) sum += acc[k2];
+            const int rows = T - t0 < 4 ? (int)(T - t0) : 4;
+            for (int64_t d0 = 0; d0 < D; d0 += ATTN_TILE) {
+                tile4x64(ob, ATTN_TILE, pb, 1, Tp, vt + d0, Dp, Tp);
+                const int64_t dn = D - d0 < ATTN_TILE ? D - d0 : ATTN_TILE;
+                for (int b = 0; b < rows; b++)
+                    for (int64_t dd = 0; dd < dn; dd++) out[(d0 + dd) * T + t0 + b] = ob[b * ATTN_TILE + dd];
             }
-            const float inv = 1.0f / sum;
-            for (int d = 0; d < D; d++) out[(int64_t)d * T + t] = lanes_dot(s, v + (int64_t)d * T, T) * inv;
         }
     }
 }
@@ -900,12 +954,14 @@ static int reserve_buffers(up_plan *p, int N) {
     if (N <= p->cap_n) return 0;
     for (int b = 2; b < p->n_bufs; b++)
         if (!batch_bytes(p->size[b], N)) return -1;
-    if (!batch_bytes(p->col_size, N) || !batch_bytes(p->rows_size, N)) return -1;
+    if (!batch_bytes(p->col_size, N) || !batch_bytes(p->rows_size, N) || !batch_bytes(p->attn_size, N)) return -1;
     free(p->col);
     free(p->rows);
+    free(p->attn);
     p->col = up_aligned_alloc(batch_bytes(p->col_size, N));
     p->rows = up_aligned_alloc(batch_bytes(p->rows_size, N));
-    if (!p->col || !p->rows) {
+    p->attn = up_aligned_alloc(batch_bytes(p->attn_size, N));
+    if (!p->col || !p->rows || !p->attn) {
         p->cap_n = 0;
         return -1;
     }
@@ -1025,7 +1081,7 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
         }
         case OP_ATTN: {
             const int64_t T = (int64_t)o->H * o->W;
-            run_range(run_attn, o, in, NULL, out, N, (int64_t)N * o->p[0], T * T * (o->Co / o->p[0]) / 4, nthreads);
+            run_range(run_attn, o, in, p->attn, out, N, (int64_t)N * o->p[0], T * T * (o->Co / o->p[0]) / 4, nthreads);
             break;
         }
         case OP_ROWCAT:
