@@ -149,14 +149,14 @@ EXPORT up_plan *up_plan_create(int n_bufs, const int64_t *sizes) {
 static int64_t plane_of(const up_op *o) { return (int64_t)o->C * o->H * o->W; }
 static int64_t oplane_of(const up_op *o) { return (int64_t)o->Co * o->Ho * o->Wo; }
 
-#define ATTN_TILE 64
-static int64_t round_tile(int64_t n) { return (n + ATTN_TILE - 1) / ATTN_TILE * ATTN_TILE; }
+#define ATTN_TILE 64 /* the widest tile; the rest of a row in tiles of 16 */
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
-/* Floats of scratch one head needs (see run_attn): padded queries and keys [D][Tp], values [Tp][Dp], a block of
- * 4 weight rows [4][Tp] and a 4 x 64 output tile. */
+/* Floats of scratch one head needs (see run_attn): padded queries and keys [D][Tp], values [T][Dp], a block of
+ * 4 weight rows [4][Tp] and a 4 x 64 output tile (Tp, Dp: T and D rounded up to 16). */
 static int64_t attn_scratch(int64_t T, int64_t D) {
-    const int64_t Tp = round_tile(T), Dp = round_tile(D);
-    return 2 * D * Tp + Tp * Dp + 4 * Tp + 4 * ATTN_TILE;
+    const int64_t Tp = round16(T), Dp = round16(D);
+    return 2 * D * Tp + T * Dp + 4 * Tp + 4 * ATTN_TILE;
 }
 
 
@@ -789,6 +789,24 @@ typedef float v16f __attribute__((vector_size(64)));
 #define ST16(p, v) memcpy((p), &(v), sizeof(v16f))
 #define TILE_ROW(c, a) c##0 += (a) * r0; c##1 += (a) * r1; c##2 += (a) * r2; c##3 += (a) * r3
 #define TILE_STORE(c, dst) ST16((dst), c##0); ST16((dst) + 16, c##1); ST16((dst) + 32, c##2); ST16((dst) + 48, c##3)
+static void tile4x16(float *c, int64_t cs, const float *a, int64_t sk, int64_t sb, const float *rows, int64_t rs,
+                     int64_t K) {
+    v16f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+    for (int64_t k = 0; k < K; k++) {
+        const float *ak = a + k * sk;
+        v16f r0;
+        LD16(r0, rows + k * rs);
+        c0 += ak[0] * r0;
+        c1 += ak[sb] * r0;
+        c2 += ak[2 * sb] * r0;
+        c3 += ak[3 * sb] * r0;
+    }
+    ST16(c, c0);
+    ST16(c + cs, c1);
+    ST16(c + 2 * cs, c2);
+    ST16(c + 3 * cs, c3);
+}
+
 static void tile4x64(float *c, int64_t cs, const float *a, int64_t sk, int64_t sb, const float *rows, int64_t rs,
                      int64_t K) {
     v16f p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};
@@ -813,29 +831,37 @@ static void tile4x64(float *c, int64_t cs, const float *a, int64_t sk, int64_t s
 
 /* Multi-head attention, items n * heads + h. Tokens are columns: channel c of token t is plane c's element t,
  * so head h's queries are D = Co / heads rows of T = H * W floats (likewise keys, values and the output).
- * Per head: queries (scaled by 1 / sqrt(D)) and keys copied into rows padded to Tp (a multiple of 64) with
- * zeros, values transposed to [token][channel]; then per block of 4 queries, their scores against all keys as
- * 4 x 64 tiles (q kᵀ over the D channels), a softmax per row over the T real keys (padding gets weight 0),
- * and the outputs as 4 x 64 tiles (weights times values over the keys). scratch: attn_scratch floats per item. */
+ * Per head: queries (scaled by 1 / sqrt(D)) and keys copied into rows padded to Tp (a multiple of 16) with
+ * zeros, values transposed to [token][channel] (rows of Dp); then per block of 4 queries, their scores against
+ * all keys as 4 x 64 and 4 x 16 tiles (q kᵀ over the D channels), a softmax per row over the T real keys, and
+ * the outputs as tiles (weights times values over the T keys). scratch: attn_scratch floats per item. */
+/* c[4][0..n) (n a multiple of 16) = the product of tile4x64, in tiles of 64 then 16 */
+static void tile4xn(float *c, int64_t cs, const float *a, int64_t sk, int64_t sb, const float *rows, int64_t rs,
+                    int64_t K, int64_t n) {
+    int64_t j = 0;
+    for (; j + ATTN_TILE <= n; j += ATTN_TILE) tile4x64(c + j, cs, a, sk, sb, rows + j, rs, K);
+    for (; j < n; j += 16) tile4x16(c + j, cs, a, sk, sb, rows + j, rs, K);
+}
+
 static void run_attn(const up_op *o, const float *x, const float *scratch, float *y, int N, int64_t i0, int64_t i1) {
     (void)N;
     const int heads = o->p[0], Co = o->Co, D = Co / heads;
-    const int64_t T = (int64_t)o->H * o->W, Tp = round_tile(T), Dp = round_tile(D), per = attn_scratch(T, D);
+    const int64_t T = (int64_t)o->H * o->W, Tp = round16(T), Dp = round16(D), per = attn_scratch(T, D);
     const float scale = 1.0f / __builtin_sqrtf((float)D);
     for (int64_t item = i0; item < i1; item++) {
         const int64_t n = item / heads, h = item % heads;
         const float *q = x + ((int64_t)n * o->C + h * D) * T, *k = q + (int64_t)Co * T, *v = k + (int64_t)Co * T;
         float *out = y + ((int64_t)n * Co + h * D) * T;
         float *qp = (float *)scratch + item * per, *kp = qp + (int64_t)D * Tp, *vt = kp + (int64_t)D * Tp;
-        float *pb = vt + Tp * Dp, *ob = pb + 4 * Tp;
-        memset(qp, 0, sizeof(float) * (size_t)(2 * D * Tp + Tp * Dp));
+        float *pb = vt + T * Dp, *ob = pb + 4 * Tp;
+        memset(qp, 0, sizeof(float) * (size_t)(2 * D * Tp + T * Dp));
         for (int d = 0; d < D; d++) {
             for (int64_t t = 0; t < T; t++) qp[(int64_t)d * Tp + t] = q[(int64_t)d * T + t] * scale;
             memcpy(kp + (int64_t)d * Tp, k + (int64_t)d * T, sizeof(float) * (size_t)T);
             for (int64_t t = 0; t < T; t++) vt[t * Dp + d] = v[(int64_t)d * T + t];
         }
         for (int64_t t0 = 0; t0 < T; t0 += 4) {
-            for (int64_t j0 = 0; j0 < Tp; j0 += ATTN_TILE) tile4x64(pb + j0, Tp, qp + t0, Tp, 1, kp + j0, Tp, D);
+            tile4xn(pb, Tp, qp + t0, Tp, 1, kp, Tp, D, Tp);
             for (int b = 0; b < 4; b++) {
                 float *row = pb + b * Tp;
                 const float m = lanes_max(row, T);
@@ -846,8 +872,8 @@ static void run_attn(const up_op *o, const float *x, const float *scratch, float
             }
             const int rows = T - t0 < 4 ? (int)(T - t0) : 4;
             for (int64_t d0 = 0; d0 < D; d0 += ATTN_TILE) {
-                tile4x64(ob, ATTN_TILE, pb, 1, Tp, vt + d0, Dp, Tp);
                 const int64_t dn = D - d0 < ATTN_TILE ? D - d0 : ATTN_TILE;
+                tile4xn(ob, ATTN_TILE, pb, 1, Tp, vt + d0, Dp, T, round16(dn));
                 for (int b = 0; b < rows; b++)
                     for (int64_t dd = 0; dd < dn; dd++) out[(d0 + dd) * T + t0 + b] = ob[b * ATTN_TILE + dd];
             }
