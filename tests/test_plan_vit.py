@@ -169,3 +169,35 @@ def test_split_vit_exports_to_onnx_runtime(tmp_path):
         ref = model(x).numpy()
     got = engines.infer["onnxruntime"](x.numpy())
     assert float(np.abs(got - ref).max() / np.abs(ref).max()) <= TOL
+
+
+def test_vit_plan_in_bf16_matches_within_its_tolerance():
+    if plan.resolve_precision("auto") != "bf16":
+        pytest.skip("this CPU has no bf16 units")
+    model = split_attention(small_vit()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    lean = plan.lower(model, x, threads=1, precision="bf16")
+    assert lean.precision == "bf16"
+    with torch.no_grad():
+        assert _rel_err(lean(x), model(x)) <= plan.output_tolerance("bf16")
+
+
+def test_attention_weights_nothing_reads_cost_no_op():
+    """``out, _ = mha(x, x, x)`` asks for the weights (need_weights defaults to True) and drops them: the plan
+    lowers without them."""
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = x.flatten(2).transpose(1, 2)
+            out, _ = self.attn(t, t, t)
+            return self.fc(out[:, 0])
+
+    model = split_attention(Block()).eval()
+    x = torch.randn(2, 16, 3, 3)
+    lean = plan.lower(model, x, threads=1)
+    with torch.no_grad():
+        assert _rel_err(lean(x), model(x)) <= TOL

@@ -64,7 +64,7 @@ class _TokenOps:
                 any(self.layout.get(t) != NHWC for t in (q, k, v)) or self.shape[q][1] != m.embed_dim:
             raise self.fail(node, f"attention over {[list(self.shape[t]) for t in (q, k, v)]}; only self-attention over "
                                   f"[N, L, {m.embed_dim}] token tensors of one length is supported")
-        e, h, w = self.vshape[self.value[q]]
+        e, h, w = self.storage(q)
         joined = len(self.vshape)
         self.vshape[joined] = (3 * e, h, w)
         for i, t in enumerate((q, k, v)):

@@ -151,9 +151,17 @@ class _Lowering(_TensorOps, _LayerOps, _TokenOps):
         if layout == NHWC:
             self.layout[node] = NHWC
 
+    def storage(self, x: torch.fx.Node) -> tuple[int, int, int]:
+        """The per-sample (C, H, W) an op reads ``x`` as: its value's, except that a token view ``[N, L, E]`` is
+        read as (E, L, 1) whatever plane the value was written as (the same floats: a patch embedding's
+        (E, h, w) is (E, h * w, 1))."""
+        if self.layout.get(x) == NHWC and len(self.shape[x]) == 2:
+            return (self.shape[x][1], self.shape[x][0], 1)
+        return self.vshape[self.value[x]]
+
     def emit(self, node: torch.fx.Node, kind: int, ins: list[torch.fx.Node], layout: str | None = None,
              **kw: Any) -> PlanOp:
-        op = PlanOp(kind, node.name, [self.value[s] for s in ins], -1, self.vshape[self.value[ins[0]]], (0, 0, 0), **kw)
+        op = PlanOp(kind, node.name, [self.value[s] for s in ins], -1, self.storage(ins[0]), (0, 0, 0), **kw)
         op.out = self.new_value(node, layout)
         op.shape_out = self.vshape[op.out]
         self.ops.append(op)

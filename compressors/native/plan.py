@@ -260,6 +260,7 @@ def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | 
         raise ModelError(f"cannot lower {type(model).__name__} to a lean plan: torch.fx cannot trace it ({first[:160]}); "
                          "run the compiled model's Python path instead") from None
     gm = torch.fx.GraphModule(dense, graph)
+    gm.graph.eliminate_dead_code()  # what nothing reads (attention weights asked for and dropped) costs no op
     example = example_input.detach().cpu().contiguous()
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
