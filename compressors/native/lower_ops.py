@@ -49,8 +49,8 @@ class _TensorOps:
         t, args, kw = node.target, node.args, node.kwargs
         method = node.op == "call_method"
         if self.token_function(node):
-            pass
-        elif t in _MUL_FNS or (method and t in ("mul", "mul_")):
+            return True
+        if t in _MUL_FNS or (method and t in ("mul", "mul_")):
             self.mul(node)
         elif t in _CAT_FNS:
             self.cat(node)

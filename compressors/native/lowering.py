@@ -60,7 +60,7 @@ class _Lowering(_TensorOps, _LayerOps, _TokenOps):
         self.size_tuples: set[torch.fx.Node] = set()  # nodes holding x.size() / x.shape
         self.scalars: set[torch.fx.Node] = set()  # Python numbers computed from sizes: no op
         self.consts: dict[torch.fx.Node, torch.Tensor] = {}  # get_attr nodes: parameters and buffers
-        self.batch_consts: dict[torch.fx.Node, torch.Tensor] = {}  # a parameter expanded to the batch: one sample's
+        self.batch_consts: dict[torch.fx.Node, torch.Tensor] = {}  # param.expand(n, ...) -> one sample's tensor
         self.layout: dict[torch.fx.Node, str] = {}  # tensor node -> NHWC when it is a channels-last view
         self.chunks: dict[torch.fx.Node, tuple[torch.fx.Node, list[tuple[int, int]]]] = {}  # chunk -> (x, (start, n))
         self.ops: list[PlanOp] = []
