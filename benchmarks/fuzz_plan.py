@@ -1,6 +1,6 @@
 """A mutation fuzzer for the lean plan format (issue 21): plan.json, weights.bin and policy files.
 
-Seeds are real plans lowered from three small models that between them use every op kind (conv, linear,
+Seeds are real plans lowered from small models that between them use most op kinds (conv, linear,
 grouped and depthwise conv, both im2col modes, add, act, affine, global and window pools, the ResNets'
 slice-pad). Each case mutates a seed, one to three times: a number (boundary values, off by one, huge, float,
 negative), a type (string, list, object, null, bool), a deletion, a duplication (list entries, a repeated
@@ -82,9 +82,20 @@ while True:
 
 
 # ------------------------------------------------------------------------------------------- seeds
+def _tiny_vit() -> Any:
+    """A one-layer vision transformer on 8x8 images: attention, its channel copies, the class token's row concat,
+    the position embedding's constant add, channels-across LayerNorm, GELU."""
+    import torchvision
+    from uniprune.compressors.core.attention import split_attention
+
+    return split_attention(torchvision.models.VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2,
+                                                                hidden_dim=8, mlp_dim=16, num_classes=10))
+
+
 def seed_plans() -> list[tuple[dict[str, Any], bytes]]:
     """Three real plans, ``(header, weights blob)``: digits CNN (both im2col modes), ResNet-20 on 8x8 inputs
-    (direct convs, slice-pad shortcuts, global pool, linear) and a small net of the remaining kinds."""
+    (direct convs, slice-pad shortcuts, global pool, linear), a small net of the remaining kinds and a tiny vision
+    transformer (attention, row concat, constant add, channels-across LayerNorm)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -119,7 +130,8 @@ def seed_plans() -> list[tuple[dict[str, Any], bytes]]:
     cases = [(build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8)), (1, 8, 8), "im2col_linear"),
              (build_model("digits-cnn", num_classes=10, input_shape=(1, 8, 8)), (1, 8, 8), "im2col_conv"),
              (build_model("cifar-resnet20", num_classes=10, input_shape=(3, 8, 8)), (3, 8, 8), "direct"),
-             (kinds, (3, 8, 8), "direct")]
+             (kinds, (3, 8, 8), "direct"),
+             (_tiny_vit(), (3, 8, 8), "direct")]
     for model, shape, choose in cases:
         spec = lower_spec(model.eval(), torch.randn(2, *shape), threads=1, choose=choose)
         blob, index = lean.pack_arrays(spec.arrays)

@@ -12,6 +12,10 @@ Names:
 - ``package.module:factory``: a user's own model, built by ``factory(num_classes=...)`` (and
   ``input_shape=...`` when the factory takes that argument).
 
+Every ``nn.MultiheadAttention`` of a built model is rewritten as four ``nn.Linear`` projections and a bare
+attention core (:mod:`uniprune.compressors.core.attention`: same outputs, prunable projections); checkpoints
+with torch's fused ``in_proj_weight`` load into it.
+
 Checkpoints written here are ``{"format": "uniprune.checkpoint/1", "model", "num_classes",
 "input_shape", "dataset", "accuracy", "state_dict", ...}`` and load with ``torch.load(weights_only=True)``.
 """
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from uniprune.compressors.core.attention import split_attention, split_attention_state
 from uniprune.compressors.core.errors import CheckpointError, ModelError
 from uniprune.compressors.formats.checkpoint import (
     COMPRESSED_FORMAT,  # defined once, by its reader
@@ -273,6 +278,7 @@ def build_model(name: str, *, num_classes: int = 10, input_shape: tuple[int, int
         model = _factory(name, num_classes, input_shape)
     else:
         raise _unknown(name)
+    split_attention(model)  # attention's projections as plain Linears: prunable, lowerable, exportable to ONNX
     _check_forward(model, name, num_classes, input_shape)
     return model
 
@@ -324,6 +330,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], *, where: str = "c
     names the first missing, unexpected and wrongly shaped keys. ``module.`` prefixes are stripped.
     BatchNorm ``num_batches_tracked`` counters missing from old checkpoints are tolerated."""
     state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = split_attention_state(model, state)  # torchvision's fused in_proj_weight, split as the model is
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]

@@ -495,7 +495,7 @@ def _plan_edits() -> list[tuple[str, Callable[[dict, bytearray], None] | str, bo
         e.append((f"op{op}-reads-unwritten", _set(("ops", op, "ints", 0), 3 if op == 0 else 0 if op == 4 else 1), True,
                   f"op {op}"))
         e.append((f"op{op}-writes-input", _set(("ops", op, "ints", 2), 0), True, f"op {op}"))
-    for kind in ("conv", 0, 16, 99, -1, None, 1.5, True, [1]):  # 16: one past the last kind (issue 22 added 12 to 15)
+    for kind in ("conv", 0, 19, 99, -1, None, 1.5, True, [1]):  # 19: one past the last kind (issue 22 added 12 to 18)
         e.append((f"op0-kind-{kind}", _set(("ops", 0, "kind"), kind), True, "kind"))
     e += [("op0-ints-float", _set(("ops", 0, "ints", 4), 3.0), True, "op 0"),
           ("op0-ints-string", _set(("ops", 0, "ints", 5), "32"), True, "op 0"),

@@ -48,6 +48,8 @@ class _TensorOps:
         when the plan has no op for ``node``."""
         t, args, kw = node.target, node.args, node.kwargs
         method = node.op == "call_method"
+        if self.token_function(node):
+            return True
         if t in _MUL_FNS or (method and t in ("mul", "mul_")):
             self.mul(node)
         elif t in _CAT_FNS:
@@ -72,9 +74,11 @@ class _TensorOps:
         elif t in _FLATTEN_FNS or (method and t == "flatten"):
             start = kw.get("start_dim", args[1] if len(args) > 1 else 0)
             end = kw.get("end_dim", args[2] if len(args) > 2 else -1)
-            if start != 1 or end != -1:
-                raise self.fail(node, "only flatten(x, 1) keeps the batch apart")
-            self.alias(node, self.tensor_arg(node, args[0]))
+            x = self.tensor_arg(node, args[0])
+            if end != -1 or not (start == 1 or (start == 2 and len(self.shape[x]) == 3)):
+                raise self.fail(node, "only flatten(x, 1), and flatten(x, 2) of [N, C, H, W] (patches to tokens), "
+                                      "keep the batch apart")
+            self.alias(node, x)
         elif method and t in ("view", "reshape"):
             x = self.tensor_arg(node, args[0])
             shape = tuple(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list)) else tuple(args[1:])
@@ -184,8 +188,10 @@ class _TensorOps:
         dims = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
         x = self.tensor_arg(node, node.args[0], nhwc=True)
         nhwc = self.layout.get(x) == NHWC
-        if len(self.shape[x]) != 3 or dims != (_PERMUTE_NCHW if nhwc else _PERMUTE_NHWC):
-            raise self.fail(node, "only permute(0, 2, 3, 1) of [N, C, H, W] and back is supported")
+        tokens = len(self.shape[x]) == 2 and dims == (0, 2, 1)  # [N, E, L] <-> [N, L, E]
+        if not tokens and (len(self.shape[x]) != 3 or dims != (_PERMUTE_NCHW if nhwc else _PERMUTE_NHWC)):
+            raise self.fail(node, "only permute(0, 2, 3, 1) of [N, C, H, W] and back, or permute(0, 2, 1) of "
+                                  "[N, E, L] and back is supported")
         self.alias(node, x, layout=None if nhwc else NHWC)
 
     def shuffle(self, node: torch.fx.Node) -> None:

@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from ..core.attention import HeadAttention
 from ..core.errors import ModelError
 from .lower_ops import _LayerOps, _TensorOps
+from .lower_tokens import _TokenOps
 from .planops import (
     _ACT_FUNCTIONS,
     _ACT_METHODS,
@@ -38,13 +40,13 @@ from .runtime import CompiledConv2d, CompiledLinear
 
 
 class _Tracer(torch.fx.Tracer):
-    """Keeps compiled layers (and torch's own modules) whole, as call_module nodes."""
+    """Keeps compiled layers, attention cores (and torch's own modules) whole, as call_module nodes."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (CompiledConv2d, CompiledLinear)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (CompiledConv2d, CompiledLinear, HeadAttention)) or super().is_leaf_module(m, qualname)
 
 
-class _Lowering(_TensorOps, _LayerOps):
+class _Lowering(_TensorOps, _LayerOps, _TokenOps):
     """Walks one traced graph and emits :class:`PlanOp` s; ``fail`` raises the one-line ModelError."""
 
     def __init__(self, gm: torch.fx.GraphModule, example: torch.Tensor, precision: str = "fp32") -> None:
@@ -58,6 +60,7 @@ class _Lowering(_TensorOps, _LayerOps):
         self.size_tuples: set[torch.fx.Node] = set()  # nodes holding x.size() / x.shape
         self.scalars: set[torch.fx.Node] = set()  # Python numbers computed from sizes: no op
         self.consts: dict[torch.fx.Node, torch.Tensor] = {}  # get_attr nodes: parameters and buffers
+        self.batch_consts: dict[torch.fx.Node, torch.Tensor] = {}  # param.expand(n, ...) -> one sample's tensor
         self.layout: dict[torch.fx.Node, str] = {}  # tensor node -> NHWC when it is a channels-last view
         self.chunks: dict[torch.fx.Node, tuple[torch.fx.Node, list[tuple[int, int]]]] = {}  # chunk -> (x, (start, n))
         self.ops: list[PlanOp] = []
@@ -113,8 +116,9 @@ class _Lowering(_TensorOps, _LayerOps):
         if meta.dtype != torch.float32:
             raise self.fail(node, f"it produces {meta.dtype}, the plan runs float32")
         shape = tuple(int(s) for s in meta.shape)
-        if len(shape) not in (2, 4, 5) or shape[0] != self.example.shape[0]:
-            raise self.fail(node, f"its output {list(shape)} is not [N, C, H, W] or [N, F] with the input's batch")
+        if len(shape) not in (2, 3, 4, 5) or shape[0] != self.example.shape[0]:
+            raise self.fail(node, f"its output {list(shape)} is not [N, C, H, W], [N, L, E] or [N, F] with the input's "
+                                  "batch")
         return shape
 
     def tensor_arg(self, node: torch.fx.Node, arg: Any, nhwc: bool = False) -> torch.fx.Node:
@@ -130,7 +134,8 @@ class _Lowering(_TensorOps, _LayerOps):
         shape = self.meta_shape(node)
         vid = len(self.vshape)
         per = shape[1:]
-        self.vshape[vid] = (per[2], per[0], per[1]) if layout == NHWC else _per_sample(shape)
+        # a channels-last view [H, W, C] or [L, C] is stored channels first: (C, H, W) or (C, L, 1)
+        self.vshape[vid] = (per[-1], per[0], per[1] if len(per) == 3 else 1) if layout == NHWC else _per_sample(shape)
         self.value[node], self.shape[node] = vid, per
         if layout == NHWC:
             self.layout[node] = NHWC
@@ -146,9 +151,17 @@ class _Lowering(_TensorOps, _LayerOps):
         if layout == NHWC:
             self.layout[node] = NHWC
 
+    def storage(self, x: torch.fx.Node) -> tuple[int, int, int]:
+        """The per-sample (C, H, W) an op reads ``x`` as: its value's, except that a token view ``[N, L, E]`` is
+        read as (E, L, 1) whatever plane the value was written as (the same floats: a patch embedding's
+        (E, h, w) is (E, h * w, 1))."""
+        if self.layout.get(x) == NHWC and len(self.shape[x]) == 2:
+            return (self.shape[x][1], self.shape[x][0], 1)
+        return self.vshape[self.value[x]]
+
     def emit(self, node: torch.fx.Node, kind: int, ins: list[torch.fx.Node], layout: str | None = None,
              **kw: Any) -> PlanOp:
-        op = PlanOp(kind, node.name, [self.value[s] for s in ins], -1, self.vshape[self.value[ins[0]]], (0, 0, 0), **kw)
+        op = PlanOp(kind, node.name, [self.value[s] for s in ins], -1, self.storage(ins[0]), (0, 0, 0), **kw)
         op.out = self.new_value(node, layout)
         op.shape_out = self.vshape[op.out]
         self.ops.append(op)
@@ -208,6 +221,9 @@ class _Lowering(_TensorOps, _LayerOps):
         self.emit_elementwise(node, OP_ACT, [self.tensor_arg(node, src, nhwc=True)], act=act)
 
     def module(self, node: torch.fx.Node, m: nn.Module) -> None:
+        if isinstance(m, HeadAttention):
+            self.attention(node, m)
+            return
         if len(node.args) != 1 or node.kwargs:
             raise self.fail(node, "modules are called with one tensor")
         takes_nhwc = isinstance(m, (CompiledLinear, nn.Linear, nn.LayerNorm, nn.ReLU, nn.Hardtanh, nn.GELU, nn.Identity,
@@ -247,7 +263,8 @@ class _Lowering(_TensorOps, _LayerOps):
             raise self.fail(node, "the plan has no op for this module")
 
     def data(self, arg: Any) -> bool:
-        return isinstance(arg, torch.fx.Node) and (arg in self.value or arg in self.consts or arg in self.chunks)
+        return isinstance(arg, torch.fx.Node) and (arg in self.value or arg in self.consts or arg in self.chunks
+                                                   or arg in self.batch_consts)
 
     def function(self, node: torch.fx.Node) -> None:
         t, args, kw = node.target, node.args, node.kwargs
@@ -262,6 +279,8 @@ class _Lowering(_TensorOps, _LayerOps):
                 self.sizes.add(node)
             else:
                 self.scalars.add(node)
+        elif (method and t == "dim") or (t is getattr and len(args) == 2 and args[1] == "ndim"):
+            self.scalars.add(node)  # a tensor's rank, fixed when traced (torchvision's asserts read it)
         elif t is operator.getitem and args[0] in self.size_tuples:
             (self.sizes if args[1] == 0 else self.scalars).add(node)
         elif t is operator.getitem and args[0] in self.chunks:
@@ -297,6 +316,10 @@ class _Lowering(_TensorOps, _LayerOps):
         elif t in _ADD_FNS or (method and t in ("add", "add_")):
             if len(args) != 2 or set(kw) - {"alpha"} or kw.get("alpha", 1) != 1:
                 raise self.fail(node, "only a + b of two tensors is supported")
+            if args[0] in self.consts or args[1] in self.consts:  # a position embedding
+                a, b = (args[1], args[0]) if args[0] in self.consts else args
+                self.add_constant(node, self.tensor_arg(node, a, nhwc=True), self.consts[b])
+                return True
             a, b = self.tensor_arg(node, args[0], nhwc=True), self.tensor_arg(node, args[1], nhwc=True)
             if self.shape[a] != self.shape[b] or self.layout.get(a) != self.layout.get(b):
                 raise self.fail(node, f"it broadcasts {list(self.shape[a])} with {list(self.shape[b])}")

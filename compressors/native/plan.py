@@ -19,7 +19,11 @@ into an artifact. So what runs in-process, what is timed and what is deployed co
 Supported: ``Conv2d`` (any kernel, stride, zero padding, dilation; groups > 1 as a direct dense loop),
 ``Linear`` on ``[N, F]``, ``BatchNorm2d`` not folded (per-channel affine), ReLU / ReLU6 / Hardtanh / clamp,
 ``+`` of two same-shaped tensors, adaptive / global average pool, average and max pool (no ceil mode),
-flatten / ``view(x.size(0), -1)``, Identity, Dropout (eval), strided slicing of H and W and zero ``F.pad``.
+flatten / ``view(x.size(0), -1)``, Identity, Dropout (eval), strided slicing of H and W and zero ``F.pad``;
+the torchvision classifiers' ops (Hardswish, SiLU, GELU, Sigmoid, squeeze-excitation, concat, chunk, channel
+shuffle, ceil-mode pools, channels-last LayerNorm and Linear) and a vision transformer's (tokens ``[N, L, E]``
+stored channel-major, attention as :class:`~uniprune.compressors.core.attention.HeadAttention` after
+``split_attention``, the class token, the position embedding; :mod:`.lower_tokens`).
 Inference only, float32, CPU; one input tensor, one output tensor.
 """
 
@@ -70,7 +74,9 @@ from .planops import (  # the op kinds, activations and conv implementations, fo
     NHWC,
     OP_ACT,
     OP_ADD,
+    OP_ADDC,
     OP_AFFINE,
+    OP_ATTN,
     OP_CHCOPY,
     OP_CHMUL,
     OP_CHNORM,
@@ -82,6 +88,7 @@ from .planops import (  # the op kinds, activations and conv implementations, fo
     OP_IM2COL,
     OP_NAMES,
     OP_POOL,
+    OP_ROWCAT,
     OP_SHUFFLE,
     OP_SLICEPAD,
     PlanOp,
@@ -253,6 +260,7 @@ def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | 
         raise ModelError(f"cannot lower {type(model).__name__} to a lean plan: torch.fx cannot trace it ({first[:160]}); "
                          "run the compiled model's Python path instead") from None
     gm = torch.fx.GraphModule(dense, graph)
+    gm.graph.eliminate_dead_code()  # what nothing reads (attention weights asked for and dropped) costs no op
     example = example_input.detach().cpu().contiguous()
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
@@ -307,6 +315,6 @@ def compile_lean(model: nn.Module, structures: Mapping[str, LayerStructure], *, 
 __all__ = ["LeanModel", "LeanSpec", "compile_lean", "compile_lean_spec", "lower", "lower_spec",
            "output_tolerance", "resolve_precision", "ACT_CLAMP", "ACT_GELU", "ACT_GELU_TANH",
            "ACT_HARDSIGMOID", "ACT_HARDSWISH", "ACT_NONE", "ACT_RELU", "ACT_SIGMOID", "ACT_SILU",
-           "CONV_CHOICES", "CONV_IMPLS", "IM2COL_MAX_PIXELS", "NHWC", "OP_ACT", "OP_ADD", "OP_AFFINE",
+           "CONV_CHOICES", "CONV_IMPLS", "IM2COL_MAX_PIXELS", "NHWC", "OP_ACT", "OP_ADD", "OP_ADDC", "OP_AFFINE", "OP_ATTN",
            "OP_CHCOPY", "OP_CHMUL", "OP_CHNORM", "OP_CONV", "OP_COPY", "OP_GAP", "OP_GCONV", "OP_GEMV",
-           "OP_IM2COL", "OP_NAMES", "OP_POOL", "OP_SHUFFLE", "OP_SLICEPAD", "PlanOp"]
+           "OP_IM2COL", "OP_NAMES", "OP_POOL", "OP_ROWCAT", "OP_SHUFFLE", "OP_SLICEPAD", "PlanOp"]

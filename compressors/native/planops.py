@@ -17,11 +17,12 @@ from . import kernels
 
 # Op kinds and activations: the numbers are csrc/uniprune_plan.c's enums.
 OP_CONV, OP_GEMV, OP_GCONV, OP_ADD, OP_ACT, OP_AFFINE, OP_GAP, OP_POOL, OP_SLICEPAD, OP_COPY, OP_IM2COL = range(1, 12)
-OP_CHMUL, OP_CHCOPY, OP_SHUFFLE, OP_CHNORM = range(12, 16)
+OP_CHMUL, OP_CHCOPY, OP_SHUFFLE, OP_CHNORM, OP_ATTN, OP_ROWCAT, OP_ADDC = range(12, 19)
 OP_NAMES = {OP_CONV: "conv", OP_GEMV: "linear", OP_GCONV: "grouped_conv", OP_ADD: "add", OP_ACT: "act",
             OP_AFFINE: "affine", OP_GAP: "global_avg_pool", OP_POOL: "pool", OP_SLICEPAD: "slice_pad",
             OP_COPY: "copy", OP_IM2COL: "im2col_conv", OP_CHMUL: "channel_mul", OP_CHCOPY: "channel_copy",
-            OP_SHUFFLE: "channel_shuffle", OP_CHNORM: "channel_layer_norm"}
+            OP_SHUFFLE: "channel_shuffle", OP_CHNORM: "channel_layer_norm", OP_ATTN: "attention",
+            OP_ROWCAT: "row_concat", OP_ADDC: "add_constant"}
 #: How a groups=1 conv runs: the direct block-sparse conv, or im2col over the whole batch followed by the
 #: block-sparse linear kernel (vectorised over output channels) or by the conv kernel as a 1x1 conv
 #: (vectorised over the pixels of all images at once); see run_im2col in csrc/uniprune_plan.c.
@@ -36,9 +37,9 @@ _ACT_NAMES = {ACT_NONE: "", ACT_RELU: "relu", ACT_CLAMP: "clamp", ACT_HARDSWISH:
               ACT_HARDSIGMOID: "hardsigmoid", ACT_SILU: "silu", ACT_GELU: "gelu", ACT_SIGMOID: "sigmoid",
               ACT_GELU_TANH: "gelu_tanh"}
 _HAS_EPILOGUE = (OP_CONV, OP_GEMV, OP_GCONV, OP_ADD, OP_AFFINE, OP_GAP, OP_POOL, OP_IM2COL, OP_CHMUL,
-                 OP_CHNORM)  # take a fused activation
+                 OP_CHNORM, OP_ADDC)  # take a fused activation
 _TAKES_RESIDUAL = (OP_CONV, OP_GEMV, OP_GCONV, OP_IM2COL)  # may take a fused residual add
-_IN_PLACE = (OP_ADD, OP_ACT, OP_AFFINE, OP_CHMUL)  # may write over an input that dies with them (CHMUL: its first)
+_IN_PLACE = (OP_ADD, OP_ACT, OP_AFFINE, OP_CHMUL, OP_ADDC)  # may write over an input that dies with them (CHMUL: its first)
 
 # activations by module type and by function: (act code, whether the module/function has an inplace flag)
 _ACT_MODULES = {nn.Hardswish: ACT_HARDSWISH, nn.Hardsigmoid: ACT_HARDSIGMOID, nn.SiLU: ACT_SILU,
@@ -125,6 +126,8 @@ def _per_sample(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
     rest = tuple(int(s) for s in shape[1:])
     if len(rest) >= 3:
         return (int(np.prod(rest[:-2])), rest[-2], rest[-1])
+    if len(rest) == 2:  # [N, A, B]: A planes of B (tokens [N, E, L] as the patch embedding's conv wrote them)
+        return (rest[0], rest[1], 1)
     if len(rest) == 1:
         return (rest[0], 1, 1)
     raise ValueError(f"tensors of {len(shape)} dims")

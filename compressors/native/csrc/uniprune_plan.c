@@ -51,7 +51,10 @@ enum {
     OP_CHCOPY = 13, /* out[n][ooff + c] = in0[n][ioff + c], c < cnt: one input of a concat, or a chunk */
     OP_SHUFFLE = 14, /* channel shuffle: out[n][j * g + i] = in0[n][i * (C / g) + j] */
     OP_CHNORM = 15, /* LayerNorm across channels at each pixel (channels-last LayerNorm on NCHW storage) */
-    OP_LAST = OP_CHNORM,
+    OP_ATTN = 16,   /* multi-head scaled dot-product attention over tokens stored channel-major, see run_attn */
+    OP_ROWCAT = 17, /* constant rows, then the input's, in every channel plane: a transformer's class token */
+    OP_ADDC = 18,   /* out = in0 + one sample's constant: a transformer's position embedding */
+    OP_LAST = OP_ADDC,
 };
 
 /* Activations of an op's epilogue (or of OP_ACT); the numbers are part of the interface with plan.py. */
@@ -69,6 +72,11 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 /* OP_CHCOPY: ooff ioff cnt; H W = Ho Wo; the ops of one concat share their output buffer */
 /* OP_SHUFFLE: g (groups, dividing C); Co Ho Wo = C H W */
 /* OP_CHNORM: has_affine; floats: lo hi, eps, then weight [C] and bias [C] when has_affine; Co Ho Wo = C H W */
+/* OP_ATTN: heads (dividing Co); in0 [N][3 * Co][H * W]: queries, keys, values, each token a column (H * W
+ * tokens); C = 3 * Co, Ho Wo = H W; act none */
+/* OP_ROWCAT: rows; floats: lo hi, then [C][rows][W], written before each plane's H input rows; Co = C,
+ * Ho = H + rows, Wo = W; act none */
+/* OP_ADDC: no parameters; floats: lo hi, then one sample's [C][H][W], added to every sample; Co Ho Wo = C H W */
 #define MAX_INTS 32
 /* Bounds on what a plan may ask for; uniprune_lean.py's verifier holds the same numbers (MAX_DIM, MAX_PARAM,
  * MAX_SAMPLE_FLOATS, MAX_BUFFERS). Everything up_plan_add is handed is checked against them and against the
@@ -77,6 +85,7 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 #define MAX_PARAM (1 << 16)
 #define MAX_FLOATS (1LL << 34)
 #define MAX_BUFS (1 << 16)
+#define ATTN_MAX_TOKENS 16384 /* an attention's tokens: its scratch grows with them */
 
 typedef struct up_op_s {
     int kind;
@@ -99,6 +108,8 @@ typedef struct {
     /* scratch of the im2col ops, floats per sample: the patches and the linear's [pixel][Co] output */
     int64_t col_size, rows_size;
     float *col, *rows;
+    int64_t attn_size; /* scratch of the attention ops, floats per sample: every head's (run_attn) */
+    float *attn;
 } up_plan;
 
 
@@ -106,7 +117,7 @@ EXPORT void up_plan_destroy(up_plan *p) {
     if (!p) return;
     for (int i = 0; i < p->n_ops; i++) free(p->ops[i].f);
     for (int b = 0; b < p->n_bufs; b++) free(p->buf[b]);
-    UP_FREE_ALL(p->ops, p->col, p->rows, p->size, p->buf, p->cur, p->written, p);
+    UP_FREE_ALL(p->ops, p->col, p->rows, p->attn, p->size, p->buf, p->cur, p->written, p);
 }
 
 /* sizes: floats per sample of each buffer: 0 the input's and 1 the output's (what a caller's arrays hold per
@@ -137,6 +148,16 @@ EXPORT up_plan *up_plan_create(int n_bufs, const int64_t *sizes) {
 
 static int64_t plane_of(const up_op *o) { return (int64_t)o->C * o->H * o->W; }
 static int64_t oplane_of(const up_op *o) { return (int64_t)o->Co * o->Ho * o->Wo; }
+
+#define ATTN_TILE 64 /* the widest tile; the rest of a row in tiles of 16 */
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+/* Floats of scratch one head needs (see run_attn): padded queries and keys [D][Tp], values [T][Dp], a block of
+ * 4 weight rows [4][Tp] and a 4 x 64 output tile (Tp, Dp: T and D rounded up to 16). */
+static int64_t attn_scratch(int64_t T, int64_t D) {
+    const int64_t Tp = round16(T), Dp = round16(D);
+    return 2 * D * Tp + T * Dp + 4 * Tp + 4 * ATTN_TILE;
+}
 
 
 /* Output extent of a window along one axis, as torch computes it (< 1: the window does not fit). */
@@ -174,7 +195,8 @@ static int ceil_pool_ok(const up_op *o) {
  * when the op can run, -1 otherwise. */
 static int check_op(const up_plan *p, const up_op *o, int n_params) {
     static const int params_of[OP_LAST + 1] = {[OP_GCONV] = 10, [OP_POOL] = 8, [OP_SLICEPAD] = 5, [OP_IM2COL] = 9,
-                                               [OP_CHCOPY] = 3, [OP_SHUFFLE] = 1, [OP_CHNORM] = 1};
+                                               [OP_CHCOPY] = 3, [OP_SHUFFLE] = 1, [OP_CHNORM] = 1,
+                                               [OP_ATTN] = 1, [OP_ROWCAT] = 1};
     const int kind = o->kind, nb = p->n_bufs;
     if (kind < OP_CONV || kind > OP_LAST || n_params != params_of[kind]) return -1;
     if (!up_in_range(o->in0, 0, nb - 1) || !up_in_range(o->out, 1, nb - 1) || !up_in_range(o->in1, -1, nb - 1) ||
@@ -188,7 +210,8 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
         (o->out == o->in1 && kind != OP_ADD))
         return -1;
     /* ops that read a position after writing another must not run in place */
-    if (o->out == o->in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY && kind != OP_CHMUL)
+    if (o->out == o->in0 && kind != OP_ADD && kind != OP_ACT && kind != OP_AFFINE && kind != OP_COPY && kind != OP_CHMUL &&
+        kind != OP_ADDC)
         return -1;
     const int64_t plane = plane_of(o), oplane = oplane_of(o);
     if (!p->written[o->in0] || plane > p->size[o->in0] || oplane > p->size[o->out]) return -1;
@@ -239,6 +262,14 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
         return same && up_in_range(o->p[0], 1, o->C) && o->C % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
     case OP_CHNORM:
         return same && up_in_range(o->p[0], 0, 1) ? 0 : -1;
+    case OP_ATTN:
+        return (int64_t)o->C == 3LL * o->Co && (int64_t)o->H * o->W <= ATTN_MAX_TOKENS && o->H == o->Ho &&
+               o->W == o->Wo && up_in_range(o->p[0], 1, o->Co) && o->Co % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
+    case OP_ROWCAT:
+        return o->Co == o->C && o->W == o->Wo && up_in_range(o->p[0], 1, MAX_DIM) && (int64_t)o->H + o->p[0] == o->Ho &&
+               o->act == ACT_NONE ? 0 : -1;
+    case OP_ADDC:
+        return same ? 0 : -1;
     case OP_SLICEPAD:
         return up_in_range(o->p[0], 1, MAX_PARAM) && up_in_range(o->p[1], 1, MAX_PARAM) && up_in_range(o->p[2], -MAX_DIM, MAX_DIM) &&
                up_in_range(o->p[3], -MAX_PARAM, MAX_PARAM) && up_in_range(o->p[4], -MAX_PARAM, MAX_PARAM) ? 0 : -1;
@@ -280,6 +311,10 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
         if (n_ints != I_HEADER + 1 || (o.p[0] != 0 && o.p[0] != 1) || nf != 1 + (o.p[0] ? 2 * (int64_t)o.C : 0) ||
             !(floats[2] > 0.0f))
             return -1;
+    } else if (kind == OP_ROWCAT) {
+        if (nf != (int64_t)o.C * o.p[0] * o.W) return -1;
+    } else if (kind == OP_ADDC) {
+        if (nf != plane_of(&o)) return -1;
     } else if (nf != 0) {
         return -1;
     }
@@ -287,6 +322,10 @@ EXPORT int up_plan_add(up_plan *p, int kind, const int32_t *ints, int n_ints, co
         o.f = up_aligned_alloc(sizeof(float) * (size_t)nf);
         if (!o.f) return -2;
         memcpy(o.f, floats + 2, sizeof(float) * (size_t)nf);
+    }
+    if (kind == OP_ATTN) {
+        int64_t need = o.p[0] * attn_scratch((int64_t)o.H * o.W, o.Co / o.p[0]);
+        if (p->attn_size < need) p->attn_size = need;
     }
     if (kind == OP_IM2COL) {
         int64_t pix = (int64_t)o.Ho * o.Wo, k = (int64_t)o.C * o.p[0] * o.p[1];
@@ -714,6 +753,152 @@ static void run_chnorm(const up_op *o, const float *x, const float *unused, floa
     }
 }
 
+/* Sums and maxima over n floats in 16 independent lanes, which the compiler vectorises (one
+ * running sum would be a chain it may not reorder). */
+#define LANES 16
+static float lanes_max(const float *x, int64_t n) {
+    float m[LANES];
+    for (int k = 0; k < LANES; k++) m[k] = -FLT_MAX;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) m[k] = x[i + k] > m[k] ? x[i + k] : m[k];
+    for (; i < n; i++) m[0] = x[i] > m[0] ? x[i] : m[0];
+    float r = m[0];
+    for (int k = 1; k < LANES; k++) r = m[k] > r ? m[k] : r;
+    return r;
+}
+
+static float lanes_sum(const float *x, int64_t n) {
+    float s[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int k = 0; k < LANES; k++) s[k] += x[i + k];
+    for (; i < n; i++) s[0] += x[i];
+    float r = 0;
+    for (int k = 0; k < LANES; k++) r += s[k];
+    return r;
+}
+
+/* 4 x 64 tiles of a matrix product in 16 vector registers (GCC/Clang vector extensions: 512-bit registers on
+ * AVX-512, pairs of 256-bit ones on AVX2): c[b][0..64) = sum over k < K of a[k * sk + b * sb] * rows[k * rs + 0..64).
+ * Each step loads one 64-float row and four scalars for 16 FMAs, so it runs at the FMA units' pace. */
+typedef float v16f __attribute__((vector_size(64)));
+/* loads and stores as memcpy (unaligned, no aliasing question); macros, since a function passing a vector by value
+ * has another ABI on each ISA */
+#define LD16(v, p) memcpy(&(v), (p), sizeof(v16f))
+#define ST16(p, v) memcpy((p), &(v), sizeof(v16f))
+#define TILE_ROW(c, a) c##0 += (a) * r0; c##1 += (a) * r1; c##2 += (a) * r2; c##3 += (a) * r3
+#define TILE_STORE(c, dst) ST16((dst), c##0); ST16((dst) + 16, c##1); ST16((dst) + 32, c##2); ST16((dst) + 48, c##3)
+static void tile4x16(float *c, int64_t cs, const float *a, int64_t sk, int64_t sb, const float *rows, int64_t rs,
+                     int64_t K) {
+    v16f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+    for (int64_t k = 0; k < K; k++) {
+        const float *ak = a + k * sk;
+        v16f r0;
+        LD16(r0, rows + k * rs);
+        c0 += ak[0] * r0;
+        c1 += ak[sb] * r0;
+        c2 += ak[2 * sb] * r0;
+        c3 += ak[3 * sb] * r0;
+    }
+    ST16(c, c0);
+    ST16(c + cs, c1);
+    ST16(c + 2 * cs, c2);
+    ST16(c + 3 * cs, c3);
+}
+
+static void tile4x64(float *c, int64_t cs, const float *a, int64_t sk, int64_t sb, const float *rows, int64_t rs,
+                     int64_t K) {
+    v16f p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};
+    v16f u0 = {0}, u1 = {0}, u2 = {0}, u3 = {0}, w0 = {0}, w1 = {0}, w2 = {0}, w3 = {0};
+    for (int64_t k = 0; k < K; k++) {
+        const float *r = rows + k * rs, *ak = a + k * sk;
+        v16f r0, r1, r2, r3;
+        LD16(r0, r);
+        LD16(r1, r + 16);
+        LD16(r2, r + 32);
+        LD16(r3, r + 48);
+        TILE_ROW(p, ak[0]);
+        TILE_ROW(q, ak[sb]);
+        TILE_ROW(u, ak[2 * sb]);
+        TILE_ROW(w, ak[3 * sb]);
+    }
+    TILE_STORE(p, c);
+    TILE_STORE(q, c + cs);
+    TILE_STORE(u, c + 2 * cs);
+    TILE_STORE(w, c + 3 * cs);
+}
+
+/* Multi-head attention, items n * heads + h. Tokens are columns: channel c of token t is plane c's element t,
+ * so head h's queries are D = Co / heads rows of T = H * W floats (likewise keys, values and the output).
+ * Per head: queries (scaled by 1 / sqrt(D)) and keys copied into rows padded to Tp (a multiple of 16) with
+ * zeros, values transposed to [token][channel] (rows of Dp); then per block of 4 queries, their scores against
+ * all keys as 4 x 64 and 4 x 16 tiles (q kᵀ over the D channels), a softmax per row over the T real keys, and
+ * the outputs as tiles (weights times values over the T keys). scratch: attn_scratch floats per item. */
+/* c[4][0..n) (n a multiple of 16) = the product of tile4x64, in tiles of 64 then 16 */
+static void tile4xn(float *c, int64_t cs, const float *a, int64_t sk, int64_t sb, const float *rows, int64_t rs,
+                    int64_t K, int64_t n) {
+    int64_t j = 0;
+    for (; j + ATTN_TILE <= n; j += ATTN_TILE) tile4x64(c + j, cs, a, sk, sb, rows + j, rs, K);
+    for (; j < n; j += 16) tile4x16(c + j, cs, a, sk, sb, rows + j, rs, K);
+}
+
+static void run_attn(const up_op *o, const float *x, const float *scratch, float *y, int N, int64_t i0, int64_t i1) {
+    (void)N;
+    const int heads = o->p[0], Co = o->Co, D = Co / heads;
+    const int64_t T = (int64_t)o->H * o->W, Tp = round16(T), Dp = round16(D), per = attn_scratch(T, D);
+    const float scale = 1.0f / __builtin_sqrtf((float)D);
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t n = item / heads, h = item % heads;
+        const float *q = x + ((int64_t)n * o->C + h * D) * T, *k = q + (int64_t)Co * T, *v = k + (int64_t)Co * T;
+        float *out = y + ((int64_t)n * Co + h * D) * T;
+        float *qp = (float *)scratch + item * per, *kp = qp + (int64_t)D * Tp, *vt = kp + (int64_t)D * Tp;
+        float *pb = vt + T * Dp, *ob = pb + 4 * Tp;
+        memset(qp, 0, sizeof(float) * (size_t)(2 * D * Tp + T * Dp));
+        for (int d = 0; d < D; d++) {
+            for (int64_t t = 0; t < T; t++) qp[(int64_t)d * Tp + t] = q[(int64_t)d * T + t] * scale;
+            memcpy(kp + (int64_t)d * Tp, k + (int64_t)d * T, sizeof(float) * (size_t)T);
+            for (int64_t t = 0; t < T; t++) vt[t * Dp + d] = v[(int64_t)d * T + t];
+        }
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            tile4xn(pb, Tp, qp + t0, Tp, 1, kp, Tp, D, Tp);
+            for (int b = 0; b < 4; b++) {
+                float *row = pb + b * Tp;
+                const float m = lanes_max(row, T);
+                for (int64_t j = 0; j < T; j++) row[j] = fast_exp(row[j] - m);
+                const float inv = 1.0f / lanes_sum(row, T);
+                for (int64_t j = 0; j < T; j++) row[j] *= inv;
+                for (int64_t j = T; j < Tp; j++) row[j] = 0.0f;
+            }
+            const int rows = T - t0 < 4 ? (int)(T - t0) : 4;
+            for (int64_t d0 = 0; d0 < D; d0 += ATTN_TILE) {
+                const int64_t dn = D - d0 < ATTN_TILE ? D - d0 : ATTN_TILE;
+                tile4xn(ob, ATTN_TILE, pb, 1, Tp, vt + d0, Dp, T, round16(dn));
+                for (int b = 0; b < rows; b++)
+                    for (int64_t dd = 0; dd < dn; dd++) out[(d0 + dd) * T + t0 + b] = ob[b * ATTN_TILE + dd];
+            }
+        }
+    }
+}
+
+/* items n * C + c: the constant rows of plane c, then the input plane */
+static void run_rowcat(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
+    const int64_t head = (int64_t)o->p[0] * o->W, plane = (int64_t)o->H * o->W;
+    for (int64_t nc = i0; nc < i1; nc++) {
+        float *yo = y + nc * (head + plane);
+        memcpy(yo, o->f + nc % o->C * head, sizeof(float) * (size_t)head);
+        memcpy(yo + head, x + nc * plane, sizeof(float) * (size_t)plane);
+    }
+}
+
+/* items n: sample n plus the constant */
+static void run_addc(const up_op *o, const float *x, const float *unused, float *y, int N, int64_t i0, int64_t i1) {
+    (void)unused; (void)N;
+    const int64_t plane = plane_of(o);
+    for (int64_t n = i0; n < i1; n++) ewise(y + n * plane, x + n * plane, o->f, plane, ACT_NONE, 0.0f, 0.0f);
+}
+
 /* -------------------------------------------------------------------------------------------- run ---- */
 
 /* A conv whose output maps are small (Ho*Wo <= 64: the digits CNN's 2x2 and 1x1, ResNets' 8x8) leaves most
@@ -795,12 +980,14 @@ static int reserve_buffers(up_plan *p, int N) {
     if (N <= p->cap_n) return 0;
     for (int b = 2; b < p->n_bufs; b++)
         if (!batch_bytes(p->size[b], N)) return -1;
-    if (!batch_bytes(p->col_size, N) || !batch_bytes(p->rows_size, N)) return -1;
+    if (!batch_bytes(p->col_size, N) || !batch_bytes(p->rows_size, N) || !batch_bytes(p->attn_size, N)) return -1;
     free(p->col);
     free(p->rows);
+    free(p->attn);
     p->col = up_aligned_alloc(batch_bytes(p->col_size, N));
     p->rows = up_aligned_alloc(batch_bytes(p->rows_size, N));
-    if (!p->col || !p->rows) {
+    p->attn = up_aligned_alloc(batch_bytes(p->attn_size, N));
+    if (!p->col || !p->rows || !p->attn) {
         p->cap_n = 0;
         return -1;
     }
@@ -918,6 +1105,18 @@ static int plan_run(up_plan *p, const float *x, float *y, int N, int nthreads, i
             if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
             break;
         }
+        case OP_ATTN: {
+            const int64_t T = (int64_t)o->H * o->W;
+            run_range(run_attn, o, in, p->attn, out, N, (int64_t)N * o->p[0], T * T * (o->Co / o->p[0]) / 4, nthreads);
+            break;
+        }
+        case OP_ROWCAT:
+            run_range(run_rowcat, o, in, NULL, out, N, (int64_t)N * o->C, (int64_t)o->Ho * o->Wo, nthreads);
+            break;
+        case OP_ADDC:
+            run_range(run_addc, o, in, NULL, out, N, N, plane_of(o), nthreads);
+            if (o->act) ewise_par(out, out, NULL, nout, o->act, o->lo, o->hi, nthreads);
+            break;
         default:
             return -3;
         }

@@ -7,7 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .common import _ACT, _C, _CO, _H, _HEADER_NAMES, _HO, _PARAM_RANGES, _W, _WINDOW, _WO, MAX_DIM
+from .common import (
+    _ACT,
+    _C,
+    _CO,
+    _H,
+    _HEADER_NAMES,
+    _HO,
+    _PARAM_RANGES,
+    _W,
+    _WINDOW,
+    _WO,
+    ATTN_MAX_TOKENS,
+    MAX_DIM,
+)
 
 
 def _extent(n: int, k: int, s: int, p: int, d: int) -> int:
@@ -92,6 +105,27 @@ def _geom_im2col(v: list[int], k: tuple[int, ...]) -> str | None:
     return _window_out(v, *v[10:18])
 
 
+def _geom_attn(v: list[int], k: None) -> str | None:
+    heads = v[10]
+    if v[_C] != 3 * v[_CO] or v[_CO] % heads or v[_H] * v[_W] > ATTN_MAX_TOKENS or v[_ACT] != 0:
+        return f"ints C/Co/heads: attention reads queries, keys and values ({v[_C]} = 3 x {v[_CO]} channels) split " \
+               f"in {heads} heads, at most {ATTN_MAX_TOKENS} tokens ({v[_H]}x{v[_W]}), act 0 (got {v[_ACT]})"
+    return _same_plane(v)
+
+
+def _same_plane(v: list[int]) -> str | None:
+    if v[_H] != v[_HO] or v[_W] != v[_WO]:
+        return f"ints Ho/Wo: the op keeps its {v[_H]}x{v[_W]} plane, got {v[_HO]}x{v[_WO]}"
+    return None
+
+
+def _geom_rowcat(v: list[int], k: None) -> str | None:
+    if v[_CO] != v[_C] or v[_WO] != v[_W] or v[_HO] != v[_H] + v[10] or v[_ACT] != 0:
+        return f"ints Co/Ho/Wo: {v[10]} rows before {v[_C]}x{v[_H]}x{v[_W]} give {v[_C]}x{v[_H] + v[10]}x{v[_W]}, " \
+               f"got {v[_CO]}x{v[_HO]}x{v[_WO]} (act {v[_ACT]})"
+    return None
+
+
 def _geom_none(v: list[int], k: Any) -> str | None:
     return None
 
@@ -131,6 +165,9 @@ _OPS: dict[int, _Kind] = {  # the numbers are csrc/uniprune_plan.c's op kinds
     13: _Kind("channel_copy", ("ooff", "ioff", "cnt"), None, False, False, _floats_none, _geom_chcopy),
     14: _Kind("channel_shuffle", ("g",), None, False, False, _floats_none, _geom_shuffle),
     15: _Kind("channel_layer_norm", ("has_affine",), None, False, False, lambda v: 1 + 2 * v[_C] * v[10], _same_shape),
+    16: _Kind("attention", ("heads",), None, False, False, _floats_none, _geom_attn),
+    17: _Kind("row_concat", ("rows",), None, False, False, lambda v: v[_C] * v[10] * v[_W], _geom_rowcat),
+    18: _Kind("add_constant", (), None, False, True, lambda v: v[_C] * v[_H] * v[_W], _same_shape),
 }
 #: per kind: (name, lo, hi) of each integer after act (C H W Co Ho Wo and the parameters), and the ints' count
 _RANGES = {kind: (tuple(zip(_HEADER_NAMES[_C:] + k.params, [1] * 6 + [_PARAM_RANGES[n][0] for n in k.params],
