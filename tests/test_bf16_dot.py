@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from uniprune.compressors.core.blocks import compressible_layers
 from uniprune.compressors.core.errors import ConfigError, ModelError
@@ -40,6 +40,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     n=st.sampled_from([1, 2, 5]), h=st.sampled_from([3, 8, 16, 17]), w=st.sampled_from([1, 4, 8, 16, 33]),
     density=st.sampled_from([0.0, 0.25, 0.5, 1.0]), threads=st.sampled_from([1, 2]), seed=st.integers(0, 10_000),
 )
+# both pairings: channel pairs (dense 8x4, a 1x1 window, an odd channel count) and tap pairs (sparse 1x1 blocks)
+@example(block=(8, 4), co=24, ci=19, k=3, stride=1, pad=1, dil=1, n=2, h=16, w=17, density=1.0, threads=1, seed=1)
+@example(block=(4, 1), co=16, ci=13, k=1, stride=2, pad=0, dil=1, n=1, h=8, w=8, density=0.5, threads=2, seed=2)
+@example(block=(1, 1), co=9, ci=16, k=3, stride=2, pad=1, dil=1, n=5, h=16, w=16, density=0.25, threads=2, seed=3)
 def test_dot_conv_matches_torch_on_bf16_values(block, co, ci, k, stride, pad, dil, n, h, w, density, threads, seed):
     """On the dot product the output is the float32 sum of exact products of bf16 weights and bf16 inputs
     (relative error 1e-5 of the output's scale: summation order only); on the float32 kernels (no avx512_bf16
