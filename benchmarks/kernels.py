@@ -33,6 +33,7 @@ from uniprune.compressors.latency.table import (  # noqa: E402
 )
 from uniprune.compressors.latency.timing import time_interleaved  # noqa: E402
 from uniprune.compressors.native import kernels  # noqa: E402
+from uniprune.compressors.native.library import _UNIT_CODES  # noqa: E402
 from uniprune.compressors.native.runtime import CompiledConv2d, CompiledLinear  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -142,7 +143,7 @@ def precision_table(args: argparse.Namespace) -> None:
         (it read 42 of ~105 GFLOP/s once), which would inflate every share of peak."""
         lib = kernels.load()
         for u in kernels.PEAK_UNITS:
-            rate = lib.up_fma_peak(0.2, THREADS) if u == "fma" else lib.up_bf16_peak(kernels._UNIT_CODES[u], 0.2, THREADS)
+            rate = lib.up_fma_peak(0.2, THREADS) if u == "fma" else lib.up_bf16_peak(_UNIT_CODES[u], 0.2, THREADS)
             if rate:
                 peaks[u] = max(peaks[u] or 0.0, float(rate))
 
