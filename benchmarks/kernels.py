@@ -207,7 +207,8 @@ def precision_table(args: argparse.Namespace) -> None:
         "weights and activations, accumulates in float32). Blocks out x in channels over the whole 3x3 window, "
         "random states with exactly the share s pruned. Share of peak = the kept work (2 x kept weights x output "
         "pixels x batch) / time / that precision's measured single-core peak. bf16 dot: the VDPBF16PS kernel "
-        "(pairs of taps of a kernel row: a 3x3 window is 6 dot products, so at most 0.75 of its peak in kept work), "
+        "(8x4 blocks and dense layers on channel pairs: up to 1.0 of its peak in kept work; 4x1 and 1x1 blocks on "
+        "pairs of taps of a kernel row, a 3x3 window in 6 dot products: up to 0.75), "
         "forced here; a plan keeps it only where it times faster than fp32 (on CPUs with avx512_bf16 and no AMX). "
         f"oneDNN: torch {torch.__version__}'s bf16 conv on channels-last bf16 tensors (oneDNN's AMX kernels; torch's "
         "per-call overhead included, the layout conversions a plan would need not), dense layers only.",
