@@ -9,8 +9,9 @@ OpenVINO; each timed in the same interleaved rounds):
   every compressible layer's blocks pruned, run on uniprune's lean plan (f32 kernels);
 - channel pruning (Torch-Pruning) to the same MAC ratios, run on its own fastest dense engine.
 
-Writes docs/digits_curve.png (speedup against top-1, the dense reference drawn) and section ``digits_curve`` of
-docs/RESULTS.md.
+Writes docs/<dataset>_curve.png (speedup against top-1, the dense reference drawn) and section ``<dataset>_curve`` of
+docs/RESULTS.md (``digits_curve``, ``fashion_mnist_curve``). ``--dataset fashion-mnist`` runs the same CNN on
+Fashion-MNIST (28x28; ``apt-get install dataset-fashion-mnist``).
 
     python benchmarks/digits_curve.py
 """
@@ -49,6 +50,10 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits",
+                   help="digits (embedded, 8x8) or fashion-mnist (Debian's dataset-fashion-mnist, 28x28) (default digits)")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="training images per epoch, a seeded draw each epoch (default all)")
     p.add_argument("--fractions", default="0.5,0.75,0.9", help="block shares pruned (and MAC ratios 1 - f for channel pruning)")
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs of every point (default 10)")
     p.add_argument("--dense-epochs", type=int, default=30, help="training epochs of the dense model (default 30)")
@@ -64,16 +69,17 @@ def _dense(bundle: Any, args: argparse.Namespace) -> nn.Module:
     torch.manual_seed(args.seed)
     model = build_model("digits-cnn", num_classes=bundle.num_classes, input_shape=bundle.input_shape)
     optimizer = make_optimizer(model, lr=0.05)
-    steps = bundle.num_batches("train", 64)
+    steps = bundle.num_batches("train", 64, limit=args.train_limit)
     schedule = cosine_schedule(optimizer, steps * args.dense_epochs)
     for epoch in range(args.dense_epochs):
-        train_epoch(model, bundle.batches("train", 64, shuffle=True, seed=epoch), optimizer, scheduler=schedule)
+        train_epoch(model, bundle.batches("train", 64, shuffle=True, seed=epoch, limit=args.train_limit), optimizer,
+                    scheduler=schedule)
     return model.eval()
 
 
 def _point(method: str, fraction: float, dense: nn.Module, bundle: Any, args: argparse.Namespace) -> dict[str, Any]:
     def batches(epoch: int):
-        return bundle.batches("train", 64, shuffle=True, seed=1000 + epoch)
+        return bundle.batches("train", 64, shuffle=True, seed=1000 + epoch, limit=args.train_limit)
 
     def val(m: nn.Module) -> float:
         return evaluate(m, bundle.batches("val", 256))
@@ -106,7 +112,7 @@ def _point(method: str, fraction: float, dense: nn.Module, bundle: Any, args: ar
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    bundle = load_dataset("digits", None)
+    bundle = load_dataset(args.dataset, None)
     dense = _dense(bundle, args)
     figures: dict[str, Any] = {"dense_top1": evaluate(dense, bundle.batches("test", 256)), "load_before": _load(), "points": []}
     print(f"dense: test {figures['dense_top1']:.4f}", file=sys.stderr)
@@ -117,13 +123,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(json.dumps(point), file=sys.stderr)
     figures["n_test"] = len(bundle.test)
     if not args.no_write:
-        plot(figures, DOCS / "digits_curve.png")
-        write_section("digits_curve", render(figures, args))
+        stem = args.dataset.replace("-", "_")
+        plot(figures, DOCS / f"{stem}_curve.png", args.dataset)
+        write_section(f"{stem}_curve", render(figures, args))
     print(json.dumps(figures))
     return figures
 
 
-def plot(figures: dict[str, Any], path: Path) -> Path:
+def plot(figures: dict[str, Any], path: Path, dataset: str = "digits") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,7 +146,7 @@ def plot(figures: dict[str, Any], path: Path) -> Path:
     baselines = sorted({f"{p['baseline']} ({p['baseline_precision']})" for p in figures["points"]})
     ax.set_xlabel(f"speedup at batch 1 over the fastest dense engine at its default precision ({', '.join(baselines)})")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("digits CNN: accuracy at measured speed")
+    ax.set_title(f"digits CNN on {dataset}: accuracy at measured speed")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -149,19 +156,20 @@ def plot(figures: dict[str, Any], path: Path) -> Path:
 
 def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
-        "## Accuracy at measured speed, digits CNN (`benchmarks/digits_curve.py`)",
+        f"## Accuracy at measured speed, digits CNN on {args.dataset} (`benchmarks/digits_curve.py`)",
         "",
         f"Machine: {machine_line()}; CPU flags: {_flags()}; {args.threads} thread(s); load average at the start: "
         f"{figures['load_before']}. Command: `{command_line()}`",
         "",
-        f"The digits CNN trained {args.dense_epochs} epochs: dense top-1 **{100 * figures['dense_top1']:.2f} %** on "
+        f"The digits CNN trained {args.dense_epochs} epochs"
+        f"{f' of {args.train_limit} images' if args.train_limit else ''}: dense top-1 **{100 * figures['dense_top1']:.2f} %** on "
         f"{figures['n_test']} test images. Each point: compressed, fine-tuned {args.epochs} epochs (lr {args.lr:g}, one cosine, "
         "best epoch kept, the dense model as teacher), then timed at batch 1 against every dense engine at its default "
-        "precision in the same interleaved rounds. Plot: `docs/digits_curve.png`. The machine was shared (the load column): "
+        f"precision in the same interleaved rounds. Plot: `docs/{args.dataset.replace('-', '_')}_curve.png`. The machine was shared (the load column): "
         "each speedup is a ratio of times taken in the same rounds, but a tenth of a millisecond moves with the load, so read "
         "differences under about 0.2x as noise.",
         "",
-        "![digits CNN: accuracy at measured speed](digits_curve.png)",
+        f"![digits CNN on {args.dataset}: accuracy at measured speed]({args.dataset.replace('-', '_')}_curve.png)",
         "",
         "| method | pruned | MACs kept | top-1 | runs on | ms | fastest dense engine (ms) | speedup | fine-tune s | load (1 min) |",
         "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |",
