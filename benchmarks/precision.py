@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precisions import CHECKPOINT, TEST, calibration_split  # noqa: E402
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
 from uniprune.compressors.core.structure import BlockShape  # noqa: E402
@@ -44,28 +45,17 @@ from uniprune.compressors.latency.timing import interleaved_samples  # noqa: E40
 from uniprune.compressors.native import kernels  # noqa: E402
 from uniprune.compressors.native.library import only_bf16_units  # noqa: E402
 from uniprune.compressors.native.plan import LeanSpec, compile_lean_spec  # noqa: E402
-from uniprune.search.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from uniprune.search.models import build_model, load_weights  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CHECKPOINT = DATA / "pretrained" / "resnet56-4bfd9763.th"
-TEST = DATA / "cifar10-test-exact-first1017.npz"
 FRACTIONS = (0.0, 0.5, 0.75, 0.9)
 ENGINE_MODES = ["onnxruntime", "openvino", "openvino:f32", "onnxruntime:int8", "openvino:int8"]
 PRECISIONS = ("fp32", "bf16", "bf16-dot")
 
 
 def images() -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(calibration, held_out_images, held_out_labels)``: 256 images to calibrate INT8 on (seeded draw) and the
-    other images of the exact subset, to score every row on; normalised float32. None without the shared data."""
-    if not TEST.is_file():
-        return None
-    with np.load(TEST, allow_pickle=False) as z:
-        x, labels = z["images"], z["labels"].astype(np.int64)
-    x = (x.astype(np.float32) / 255 - np.array(IMAGENET_MEAN, np.float32).reshape(1, -1, 1, 1)) \
-        / np.array(IMAGENET_STD, np.float32).reshape(1, -1, 1, 1)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).numpy()
-    return x[order[:256]], x[order[256:]], labels[order[256:]]
+    """``(calibration, held_out_images, held_out_labels)`` (:func:`precisions.calibration_split`: 256 images to
+    calibrate INT8 on, the rest of the exact subset to score every row on); None without the shared data."""
+    return calibration_split() if TEST.is_file() else None
 
 
 def dot_artifact(model: torch.nn.Module, structures: dict, x: torch.Tensor, threads: int) -> tuple[object, int]:
