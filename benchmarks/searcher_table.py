@@ -86,11 +86,24 @@ def actions_of(policy: Policy) -> dict[str, tuple]:
 
 def run_cell(args: argparse.Namespace, budget: float, seed: int, searcher: str, shape: str, held: CompressionEnv,
              bundle: Any) -> dict[str, Any]:
-    """Search, held-out score and fine-tune of one searcher at one budget and seed (reused when done)."""
+    """Search, held-out score and fine-tune of one searcher at one budget and seed (each reused when done; with
+    ``--skip-finetune`` the fine-tune is left for a later run)."""
     run = run_dir(args, budget, seed, searcher, shape)
     saved = run / "cell.json"
-    if saved.exists():
-        return json.loads(saved.read_text())
+    cell = json.loads(saved.read_text()) if saved.exists() else search_cell(args, budget, seed, searcher, shape, held)
+    if "finetuned" not in cell and not args.skip_finetune:
+        tuned = Policy.load(run / ("actor_policy.json" if searcher == "ddpg" else "policy.json"))
+        top1, ft_seconds = finetuned_top1(held, bundle, tuned, args)
+        cell.update(finetuned=top1, finetune_seconds=ft_seconds)
+    saved.write_text(json.dumps(cell, indent=1))
+    print(json.dumps(cell), file=sys.stderr, flush=True)
+    return cell
+
+
+def search_cell(args: argparse.Namespace, budget: float, seed: int, searcher: str, shape: str,
+                held: CompressionEnv) -> dict[str, Any]:
+    """One searcher's search at one budget and seed, and its policy's score on the held-out images."""
+    run = run_dir(args, budget, seed, searcher, shape)
     started = time.perf_counter()
     spec = env_spec(args, budget, seed, block_shape=shape)
     if searcher == "replay":  # one walk of another model's agent: its episode is the policy
@@ -108,19 +121,19 @@ def run_cell(args: argparse.Namespace, budget: float, seed: int, searcher: str, 
                             "search_seconds": seconds, "episodes": len(rewards), "search_best": max(rewards),
                             "best_ratio": float(result.latency_ratio),
                             "holdout_best": float(held.scorer.score(actions_of(best))["val_accuracy"])}
-    tuned = best
     if searcher == "ddpg":
         actor = agent_policy(load_agent(run), held)  # the actor's deterministic episode, scored on held-out images
         cell.update(holdout_actor=float(actor["val_accuracy"]), actor_ratio=float(actor["latency_ratio"]))
-        tuned = held.policy(actor["actions"])
-        tuned.save(run / "actor_policy.json")
+        held.policy(actor["actions"]).save(run / "actor_policy.json")
     cell["holdout"] = cell.get("holdout_actor", cell["holdout_best"])
     cell["policies_scored"] = policies_scored(cell, held)
-    top1, ft_seconds = finetuned_top1(held, bundle, tuned, args)
-    cell.update(finetuned=top1, finetune_seconds=ft_seconds)
-    saved.write_text(json.dumps(cell, indent=1))
-    print(json.dumps(cell), file=sys.stderr, flush=True)
     return cell
+
+
+def done(args: argparse.Namespace, budget: float, seed: int, searcher: str, shape: str) -> bool:
+    """Whether the cell is complete for this run (searched, and fine-tuned unless ``--skip-finetune``)."""
+    saved = run_dir(args, budget, seed, searcher, shape) / "cell.json"
+    return saved.exists() and (args.skip_finetune or "finetuned" in json.loads(saved.read_text()))
 
 
 def policies_scored(cell: dict[str, Any], held: CompressionEnv | None) -> str:
@@ -130,6 +143,14 @@ def policies_scored(cell: dict[str, Any], held: CompressionEnv | None) -> str:
     if held is None:
         return f"{cell['episodes']} + sensitivities"
     return str(cell["episodes"] + sum(len(o.actions) - 1 for o in knapsack.env_options(held.wall)))
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.mean(xs) if xs else None
 
 
 def render(args: argparse.Namespace, cells: list[dict[str, Any]], dense: dict[str, float]) -> str:
@@ -148,8 +169,8 @@ def render(args: argparse.Namespace, cells: list[dict[str, Any]], dense: dict[st
                 lines.append(
                     f"| {c['seed']} | {c['searcher']}{' (actor)' if c['searcher'] == 'ddpg' else ''} "
                     f"| {100 * c['search_best']:.1f} | {100 * c['holdout']:.1f} "
-                    f"| {100 * c['holdout_best']:.1f} | {100 * c['finetuned']:.2f} | {ratio:.3f} "
-                    f"| {c.get('policies_scored', policies_scored(c, None))} | {c['search_seconds']:.0f} | {c['finetune_seconds']:.0f} |")
+                    f"| {100 * c['holdout_best']:.1f} | {_pct(c.get('finetuned'))} | {ratio:.3f} "
+                    f"| {c.get('policies_scored', policies_scored(c, None))} | {c['search_seconds']:.0f} | {c.get('finetune_seconds', float('nan')):.0f} |")
             lines += ["", "| searcher | mean held-out | mean fine-tuned | DDPG actor beats random's best (held-out) |",
                       "| --- | ---: | ---: | --- |"]
             for s in args.searchers:
@@ -162,7 +183,7 @@ def render(args: argparse.Namespace, cells: list[dict[str, Any]], dense: dict[st
                     won = [c["holdout"] > rnd[c["seed"]] for c in mine if c["seed"] in rnd]
                     wins = f"{sum(won)} of {len(won)} seeds"
                 lines.append(f"| {s} | {100 * statistics.mean(c['holdout'] for c in mine):.1f} "
-                             f"| {100 * statistics.mean(c['finetuned'] for c in mine):.2f} | {wins} |")
+                             f"| {_pct(_mean([c['finetuned'] for c in mine if 'finetuned' in c]))} | {wins} |")
     return "\n".join(lines)
 
 
@@ -186,12 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-samples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning data order and the test subset")
     p.add_argument("--out", default="runs/bench-searchers")
+    p.add_argument("--skip-finetune", action="store_true",
+                   help="search and score on the held-out images only; a later run without it fine-tunes the cells")
     p.add_argument("--pin-tables", action="store_true",
                    help="trust the cached latency tables without their quick check (see pin_latency_tables)")
     p.add_argument("--report-only", action="store_true", help="run nothing; report the cells already under --out")
     p.add_argument("--no-results", action="store_true", help="do not write docs/RESULTS.md")
     args = p.parse_args(argv)
     args.block_shape = args.shapes[0]
+    torch.set_num_threads(1)  # the fine-tunes too: on a shared 2-core machine extra threads only contend
     if args.pin_tables:
         pin_latency_tables()
     if "replay" in args.searchers and not args.replay_agent:
@@ -200,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     for budget in args.budgets:
         for shape in args.shapes:
             for seed in args.seeds:
-                todo = [s for s in args.searchers if args.report_only or not (run_dir(args, budget, seed, s, shape) / "cell.json").exists()]
+                todo = [s for s in args.searchers if not done(args, budget, seed, s, shape)]
                 if args.report_only or not todo:
                     cells += [json.loads(f.read_text()) for s in args.searchers
                               if (f := run_dir(args, budget, seed, s, shape) / "cell.json").exists()]
