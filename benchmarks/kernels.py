@@ -1,7 +1,7 @@
 """Kernel and latency benchmarks; each subcommand writes its own section of docs/RESULTS.md.
 
     python benchmarks/kernels.py table --isa avx2   # the kernel table (issues 4, 10): ours vs torch dense
-    python benchmarks/kernels.py precision # the kernels in fp32 and bf16 (AMX), each against its own peak (issue 20)
+    python benchmarks/kernels.py precision # the kernels in fp32 and bf16 (AMX, dot product), each against its own peak
     python benchmarks/kernels.py latency   # latency-table prediction vs measurement on random policies
     python benchmarks/kernels.py all
 
@@ -33,6 +33,7 @@ from uniprune.compressors.latency.table import (  # noqa: E402
 )
 from uniprune.compressors.latency.timing import time_interleaved  # noqa: E402
 from uniprune.compressors.native import kernels  # noqa: E402
+from uniprune.compressors.native.library import _UNIT_CODES  # noqa: E402
 from uniprune.compressors.native.runtime import CompiledConv2d, CompiledLinear  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -131,8 +132,10 @@ PRECISION_CONVS = [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 1
 
 def precision_table(args: argparse.Namespace) -> None:
     """Each ResNet-56 conv geometry, block shape and sparsity in fp32 and bf16 side by side, with every kernel's
-    share of its own precision's peak (fp32: the FMA probe; bf16 on AMX tiles: the TDPBF16PS probe)."""
+    share of its own precision's peak (fp32: the FMA probe; bf16 on AMX tiles: the TDPBF16PS probe; bf16 on the
+    dot product: the VDPBF16PS probe)."""
     amx = "amx_bf16" in kernels.bf16_units()
+    dot = "bf16_dot" in kernels.bf16_units()
     peaks: dict[str, float | None] = {u: None for u in kernels.PEAK_UNITS}
 
     def probe() -> None:
@@ -140,7 +143,7 @@ def precision_table(args: argparse.Namespace) -> None:
         (it read 42 of ~105 GFLOP/s once), which would inflate every share of peak."""
         lib = kernels.load()
         for u in kernels.PEAK_UNITS:
-            rate = lib.up_fma_peak(0.2, THREADS) if u == "fma" else lib.up_bf16_peak(kernels._UNIT_CODES[u], 0.2, THREADS)
+            rate = lib.up_fma_peak(0.2, THREADS) if u == "fma" else lib.up_bf16_peak(_UNIT_CODES[u], 0.2, THREADS)
             if rate:
                 peaks[u] = max(peaks[u] or 0.0, float(rate))
 
@@ -159,6 +162,9 @@ def precision_table(args: argparse.Namespace) -> None:
         if amx:
             convs["bf16 amx"] = kernels.SparseConv(weight, keep, None, (stride, stride), (1, 1), (1, 1),
                                                    rows=kernels.panel_height(blk.out), precision="bf16")
+        if dot:
+            convs["bf16 dot"] = kernels.SparseConv(weight, keep, None, (stride, stride), (1, 1), (1, 1),
+                                                   rows=kernels.panel_height(blk.out), precision="bf16", engine="dpbf16")
         fns = {k: (lambda c=c, x=x: c(x, THREADS)) for k, c in convs.items()}
         if s == 0.0 and amx:
             # oneDNN's own AMX conv (what torch runs a bf16 channels-last conv on), input already in its layout:
@@ -181,12 +187,16 @@ def precision_table(args: argparse.Namespace) -> None:
             cells += [f"{t['bf16 amx'] * 1e3:.1f}", f"{flops / (t['bf16 amx'] * 1e6) / peaks['amx_bf16']:.3f}",
                       f"{t['fp32'] / t['bf16 amx']:.2f}",
                       f"{t['onednn'] * 1e3:.1f} ({flops / (t['onednn'] * 1e6) / peaks['amx_bf16']:.3f})" if "onednn" in t else ""]
+        if dot:
+            cells += [f"{t['bf16 dot'] * 1e3:.1f}", f"{flops / (t['bf16 dot'] * 1e6) / peaks['bf16_dot']:.2f}",
+                      f"{t['fp32'] / t['bf16 dot']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     flags = sorted(f for f in kernels.cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
                                                            "amx_bf16"))
     head = "| conv | block | batch | s | fp32 µs | fp32 share of FMA peak |"
     head += (" bf16 AMX µs | bf16 share of AMX peak | bf16 speedup over fp32 | oneDNN bf16 µs (share), dense only |"
              if amx else "")
+    head += " bf16 dot µs | bf16 dot share of VDPBF16PS peak | bf16 dot speedup over fp32 |" if dot else ""
     md = [
         f"Machine: {machine_line()}; flags {', '.join(flags)}; kernels {kernels.build_id()}; measured peaks on "
         f"{THREADS} thread(s): " + ", ".join(f"{u} {p:.0f} GFLOP/s" if p else f"{u} n/a" for u, p in peaks.items())
@@ -196,8 +206,10 @@ def precision_table(args: argparse.Namespace) -> None:
         "µs = least of interleaved rounds, one call of the kernel (`SparseConv`, float32 in and out; bf16 rounds "
         "weights and activations, accumulates in float32). Blocks out x in channels over the whole 3x3 window, "
         "random states with exactly the share s pruned. Share of peak = the kept work (2 x kept weights x output "
-        "pixels x batch) / time / that precision's measured single-core peak. The bf16 dot product (VDPBF16PS) "
-        "has no kernel of its own: on this CPU its probe runs at half the FMA rate, so fp32 FMAs are faster. "
+        "pixels x batch) / time / that precision's measured single-core peak. bf16 dot: the VDPBF16PS kernel "
+        "(8x4 blocks and dense layers on channel pairs: up to 1.0 of its peak in kept work; 4x1 and 1x1 blocks on "
+        "pairs of taps of a kernel row, a 3x3 window in 6 dot products: up to 0.75), "
+        "forced here; a plan keeps it only where it times faster than fp32 (on CPUs with avx512_bf16 and no AMX). "
         f"oneDNN: torch {torch.__version__}'s bf16 conv on channels-last bf16 tensors (oneDNN's AMX kernels; torch's "
         "per-call overhead included, the layout conversions a plan would need not), dense layers only.",
         "", head, "|" + " --- |" * (head.count("|") - 1), *lines,

@@ -44,7 +44,7 @@ TEST = DATA / "cifar10-test-exact-first1017.npz"
 VARIANTS = [(0.0, "8x4"), (0.75, "8x4"), (0.75, "4x1"), (0.75, "1x1")]  # (share of inner convs' weights pruned, block)
 
 
-def _images() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def calibration_split() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(calibration, held_out_images, held_out_labels)``: 256 images to calibrate INT8 on (seeded draw), the
     other images of the exact subset to score every row on; all normalised float32."""
     with np.load(TEST, allow_pickle=False) as z:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if not CHECKPOINT.is_file() or not TEST.is_file():
         print(f"needs the shared data ({CHECKPOINT}, {TEST})", file=sys.stderr)
         return 2
-    calibration, *held = _images()
+    calibration, *held = calibration_split()
     load_before = os.getloadavg()[0]
     results = []
     for i, batch in enumerate(args.batches):

@@ -307,16 +307,19 @@ def test_depthwise_conv_rejects_bad_weights_and_small_inputs():
     seed=st.integers(0, 10_000),
 )
 def test_bf16_conv_matches_bf16_rounded_dense(bo, bi, co, ci, k, stride, pad, dil, n, h, w, density, amx, threads, seed):
-    """Every block shape, stride, window and tail in bf16: on AMX tiles (where the CPU has them) the exact products
-    of bf16 weights and bf16 inputs summed in float32; on the float32 kernels the bf16 weights with float32 inputs."""
+    """Every block shape, stride, window and tail in bf16: on AMX tiles or the bf16 dot product (where the CPU has
+    them) the exact products of bf16 weights and bf16 inputs summed in float32; on the float32 kernels the bf16
+    weights with float32 inputs."""
     if min(h, w) + 2 * pad < dil * (k - 1) + 1:
         return
     weight, keep, bias, x = _block_case(seed, co, ci, k, bo, bi, density, (n, ci, h, w))
     conv = SparseConv(weight, keep, bias, (stride, stride), (pad, pad), (dil, dil), rows=panel_height(bo),
                       precision="bf16", amx=amx)
-    assert conv.engine == ("amx_bf16" if amx and "amx_bf16" in kernels.bf16_units() else "fp32")
+    units = kernels.bf16_units()  # auto: AMX, else the dot product (a CPU with avx512_bf16 and no AMX), else fp32
+    assert conv.engine == (("amx_bf16" if "amx_bf16" in units else "bf16_dot" if "bf16_dot" in units else "fp32")
+                           if amx else "fp32")
     wb = (weight * keep[:, :, None, None]).bfloat16().float()
-    xb = x.bfloat16().float() if conv.engine == "amx_bf16" else x
+    xb = x.bfloat16().float() if conv.engine != "fp32" else x
     ref = F.conv2d(xb, wb, bias, stride, pad, dil)
     out = conv(x, threads)
     assert out.shape == ref.shape

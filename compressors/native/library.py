@@ -17,9 +17,11 @@ with the fix.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..core.errors import ConfigError, KernelBuildError
@@ -193,6 +195,24 @@ def bf16_units(isa: str | None = None) -> tuple[str, ...]:
     """The bf16 units the build for ``isa`` can run on this CPU: a subset of ``("bf16_dot", "amx_bf16")``."""
     caps = int(load(isa).up_bf16_caps())
     return tuple(u for u, bit in _UNIT_CODES.items() if caps & bit)
+
+
+@contextlib.contextmanager
+def only_bf16_units(units: tuple[str, ...], isa: str | None = None) -> Iterator[None]:
+    """Within the block, the ``isa`` build (default: the process's) sees only ``units`` (a subset of
+    :data:`PEAK_UNITS`' bf16 units, ``"bf16_dot"`` and ``"amx_bf16"``) of what the CPU has: plans created meanwhile
+    run as on a CPU without the others (``("bf16_dot",)`` on an AMX machine: as on AMD Zen 4/5). The environment
+    variable ``UNIPRUNE_AMX=0`` hides AMX for a whole process (an artifact's loader included). Process-wide for
+    that build: for tests and benchmarks, not for production code."""
+    bad = [u for u in units if u not in _UNIT_CODES]
+    if bad:
+        raise ConfigError(f"bf16 units must be among {list(_UNIT_CODES)}, got {bad}")
+    lib = load(isa)
+    lib.up_bf16_mask_caps(sum(_UNIT_CODES[u] for u in set(units)))
+    try:
+        yield
+    finally:
+        lib.up_bf16_mask_caps(-1)
 
 
 #: Input layouts of the direct conv (``up_conv_run``): which one a call uses is the kernel's choice; forcing one

@@ -179,8 +179,10 @@ def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose:
     """Run each conv in the implementation of :data:`CONV_IMPLS` that
     :func:`~uniprune.compressors.latency.timing.fastest` finds fastest at ``batch`` samples (im2col forms only up to
     :data:`IM2COL_MAX_PIXELS` output pixels), or as ``choose`` forces (the im2col forms then at any size).
-    With ``amx`` (bf16 kernels on a CPU with AMX tiles) the direct conv is also timed on the float32 kernels
-    with the same bf16 weights (``"engine": "fp32"``), which win on some sparse layers (docs/KERNELS.md).
+    A bf16 direct conv runs on AMX tiles where the CPU has them (``amx``), else on the bf16 dot product
+    (VDPBF16PS) where it has avx512_bf16 (``"engine": "auto"``); either is also timed on the float32 kernels with
+    the same bf16 weights (``"engine": "fp32"``), which win on some sparse layers, and on CPUs whose dot
+    product is no faster than their float32 FMA (docs/KERNELS.md).
 
     Each candidate is timed as a one-op plan on random input, its activation included, its residual not."""
     for op in ops:
@@ -189,7 +191,7 @@ def _choose_convs(lib: Any, ops: list[PlanOp], batch: int, threads: int, choose:
         builders, op.alt = op.alt, None
         pixels = op.shape_out[1] * op.shape_out[2]
         small = choose == "measure" and pixels <= IM2COL_MAX_PIXELS
-        engines = amx and op.kernel is not None and op.kernel.get("precision") == "bf16" and choose in ("measure", "direct")
+        engines = (amx or bool(int(lib.up_bf16_caps()) & 1)) and op.kernel is not None and op.kernel.get("precision") == "bf16" and choose in ("measure", "direct")
         names = [choose] if choose not in ("measure", "direct") else list(builders) if small else []
         if not names and not engines:
             continue

@@ -119,6 +119,10 @@ def pack_panels(weight: torch.Tensor, keep: torch.Tensor, rows: int = ROWS) -> P
 
 
 PRECISIONS = ("fp32", "bf16")
+#: A bf16 conv's engine (``up_conv_create_bf16``): auto (AMX, else the bf16 dot product, else float32), the
+#: float32 kernels, or the bf16 dot product (VDPBF16PS) even where AMX is present.
+CONV_ENGINES = {"fp32": 0, "auto": 1, "dpbf16": 2}
+_RUNS_ON = ("fp32", "amx_bf16", "bf16_dot")  # up_conv_engine's answer
 
 
 def bf16_bits(t: torch.Tensor) -> torch.Tensor:
@@ -133,16 +137,22 @@ class SparseConv:
     Owns its native plan (packed weights and scratch); freed when this object is collected. ``rows``: the
     panel height (1, 2, 4 or 8 output channels; :func:`panel_height` of the layer's block height), ``isa``:
     which build runs it (default the process's, see :func:`resolve_isa`). ``precision``: ``"fp32"``, or
-    ``"bf16"`` (weights rounded to bfloat16; on AMX tiles, where the build and CPU have them, activations
-    rounded too and products accumulated in float32; elsewhere the float32 kernels with the bf16 weights:
-    :attr:`engine` says which, ``"amx_bf16"`` or ``"fp32"``; ``amx=False`` forces the latter).
+    ``"bf16"`` (weights rounded to bfloat16; on AMX tiles where the build and CPU have them, else on the bf16
+    dot product (VDPBF16PS) where they have avx512_bf16: activations rounded too and products accumulated in
+    float32; elsewhere the float32 kernels with the bf16 weights). ``engine`` (bf16 only): ``"auto"`` as just
+    said, ``"fp32"`` the float32 kernels, ``"dpbf16"`` the dot product even where AMX is present (float32
+    where avx512_bf16 is absent); ``amx=False`` is ``engine="fp32"``. :attr:`engine` says which runs:
+    ``"amx_bf16"``, ``"bf16_dot"`` or ``"fp32"``.
     """
 
     def __init__(self, weight: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None,
                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                 rows: int = ROWS, isa: str | None = None, precision: str = "fp32", amx: bool = True) -> None:
+                 rows: int = ROWS, isa: str | None = None, precision: str = "fp32", amx: bool = True,
+                 engine: str = "auto") -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if engine not in CONV_ENGINES:
+            raise ConfigError(f"engine must be one of {list(CONV_ENGINES)}, got {engine!r}")
         lib = load(isa)
         co, ci, kh, kw = (int(s) for s in weight.shape)
         self.out_channels, self.kernel_size, self.rows = co, (kh, kw), rows
@@ -154,7 +164,7 @@ class SparseConv:
         args = (_ptr(geom), rows, (co + rows - 1) // rows, _ptr(packed.panel_ptr), _ptr(packed.ch))
         if precision == "bf16":
             wb = bf16_bits(packed.w)  # held: a pointer into a temporary would dangle
-            plan = lib.up_conv_create_bf16(*args, _ptr(wb), _ptr(b), int(bool(amx)))
+            plan = lib.up_conv_create_bf16(*args, _ptr(wb), _ptr(b), CONV_ENGINES[engine if amx else "fp32"])
         else:
             plan = lib.up_conv_create(*args, _ptr(packed.w), _ptr(b))
         if not plan:
@@ -162,7 +172,7 @@ class SparseConv:
                                    "(out of memory or an unsupported geometry)")
         self._plan = plan
         self.precision = precision
-        self.engine = "amx_bf16" if lib.up_conv_engine(plan) else "fp32"
+        self.engine = _RUNS_ON[int(lib.up_conv_engine(plan))]
         self._finalizer = weakref.finalize(self, lib.up_conv_destroy, plan)
         self._run = lib.up_conv_run
         self._lock = threading.Lock()  # the plan's scratch buffers serve one call at a time

@@ -9,6 +9,7 @@
  * the same source builds and runs on Zen 3 (AVX2), Zen 4/5 (avx512_bf16, no AMX) and ARM.
  */
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -59,6 +60,10 @@ static void detect_caps(void) {
         if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) g_caps |= CAP_AMX;
     }
 #endif
+    /* UNIPRUNE_AMX=0: run as a CPU with avx512_bf16 and no AMX (AMD Zen 4/5) would, to measure the VDPBF16PS
+     * kernels on an AMX machine; it also reaches an artifact's loader, which shares this library */
+    const char *amx = getenv("UNIPRUNE_AMX");
+    if (amx && amx[0] == '0' && amx[1] == 0) g_caps &= ~CAP_AMX;
 }
 
 /* Bit 0: this build can run VDPBF16PS here; bit 1: AMX bf16 tiles (compiled in, present, permitted). */
@@ -278,6 +283,22 @@ static inline uint32_t bf16_bits(float f) { /* round to nearest even; inputs are
     return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
+#if HAVE_AMX || HAVE_DPBF16
+/* d[j] = (bf16(a[j]), bf16(b[j])) for j < n, 16 at a time: the scalar loop GCC made of it cost a third of a
+ * batch-32 layer's time. Rounding to nearest even, as bf16_bits. */
+static inline void pack_pairs(uint32_t *restrict d, const float *restrict a, const float *restrict b, int n) {
+    const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), hi = _mm512_set1_epi32((int)0xffff0000u);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m512i ua = _mm512_maskz_loadu_epi32(m, a + j), ub = _mm512_maskz_loadu_epi32(m, b + j);
+        ua = _mm512_add_epi32(ua, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ua, 16), one)));
+        ub = _mm512_add_epi32(ub, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ub, 16), one)));
+        _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(_mm512_srli_epi32(ua, 16), _mm512_and_si512(ub, hi)));
+    }
+}
+
+#endif
+
 /* NULL where this build or CPU has no AMX (the caller then runs the float32 kernels), on bad input or
  * without memory. Arguments as up_conv_create's (uniprune_kernels.c), with w holding bf16 values. */
 amx_conv *up_amxconv_create(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
@@ -368,19 +389,6 @@ fail:
 }
 
 #if HAVE_AMX
-/* d[j] = (bf16(a[j]), bf16(b[j])) for j < n, 16 at a time: the scalar loop GCC made of it cost a third of a
- * batch-32 layer's time. Rounding to nearest even, as bf16_bits. */
-static inline void pack_pairs(uint32_t *restrict d, const float *restrict a, const float *restrict b, int n) {
-    const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), hi = _mm512_set1_epi32((int)0xffff0000u);
-    for (int j = 0; j < n; j += 16) {
-        __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
-        __m512i ua = _mm512_maskz_loadu_epi32(m, a + j), ub = _mm512_maskz_loadu_epi32(m, b + j);
-        ua = _mm512_add_epi32(ua, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ua, 16), one)));
-        ub = _mm512_add_epi32(ub, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(ub, 16), one)));
-        _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(_mm512_srli_epi32(ua, 16), _mm512_and_si512(ub, hi)));
-    }
-}
-
 /* Pad one channel pair of image n into its stride phases as bf16 pairs: phase(py, px)[i][j] = (x[2c], x[2c+1])
  * at padded position (i*sh + py, j*sw + px), zeros in the padding (and for the missing odd channel). */
 static void amx_prep(amx_conv *p, int64_t n, int c) {
@@ -630,6 +638,375 @@ int up_amxconv_run(amx_conv *p, const float *x, float *y, int N, int H, int W, i
         up_parallel_for((int64_t)N * p->npan, nthreads, amx_panel_task, p);
     }
     pthread_mutex_unlock(&g_amx_mu);
+    return 0;
+#else
+    (void)p; (void)x; (void)y; (void)N; (void)H; (void)W; (void)nthreads;
+    return -3;
+#endif
+}
+
+/* ------------------------------------------------------------------ VDPBF16PS block-sparse conv --- */
+/* A conv (groups = 1, any kh x kw, stride, padding, dilation) on the bf16 dot product, for CPUs with
+ * avx512_bf16 and no AMX (AMD Zen 4/5). VDPBF16PS adds two products per float32 lane: the pair runs over two
+ * taps of one kernel row, (kx = 2m, 2m + 1), never over two input channels, so a pruned block costs nothing
+ * whatever its shape (a 1x1 block is one input channel of one output channel: pairing channels would keep a
+ * pair whenever either is kept, 44 % of the pairs at 75 % pruned). A 3x3 kernel is 6 dot products per
+ * channel (the odd tap paired with a zero weight), against 9 FMAs in float32. Where whole aligned channel
+ * pairs are kept (8x4 blocks, dense layers) or the window has one tap (1x1 convs), pairing the channels
+ * (2c, 2c + 1) takes fewer dot products (4.5 per channel for 3x3) and is used instead: whichever pairing needs
+ * fewer, per layer, at creation.
+ *
+ * Layout: as the float32 kernels' (the same panels of R output channels, the same kept-channel lists), with
+ * each input channel prepared once per image as the stride phases of its padded planes in which element (i, j)
+ * of phase (py, px) is the bf16 pair (xpad[i*sh + py][j*sw + px], xpad[i*sh + py][j*sw + px + dw]): tap pair
+ * (ky, m) of 16 consecutive output pixels is then 64 contiguous bytes. Register tiles vectorise over output
+ * pixels (16 per zmm), never over the block: a row's weight pair is a broadcast, so a 1x1 block (R = 1) runs
+ * as fast per dot product as an 8x4 one. Output vectors run along each output row where rows have at least
+ * 16 pixels ("direct", stored straight to y), else over the rows flattened at the padded width through a
+ * per-thread scratch ("flat"), as up_conv_run's layouts. */
+typedef struct {
+    int Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw, R, n_panels;
+    int chpair;          /* 1: pairs of channels (2c, 2c + 1), 0: pairs of taps (kx = 2m, 2m + 1) */
+    int hw, npt;         /* dot products per kernel row (kw, or (kw + 1) / 2 tap pairs) and per kernel */
+    int nsrc;            /* prepared sources per image: channel pairs, or channels */
+    int32_t *panel_ptr;  /* [n_panels + 1] */
+    int32_t *ch;         /* [items] each panel's kept sources (channel pairs or channels) */
+    uint32_t *w;         /* [items][npt][R] bf16 pairs (channel 2c or tap 2m in the low half, the other or 0 high) */
+    float *bias;         /* [n_panels * R] */
+    int32_t *used;       /* [n_used] sources some panel keeps: the only ones prepared */
+    int n_used;
+    /* geometry of the last call */
+    int H, W, Ho, Wo, Hph, Wph, direct;
+    int64_t plane, cstride, img_stride, Qpad, nvec, vcap;
+    int32_t *tp_off; /* [npt] offset of each tap pair in a prepared channel */
+    int32_t *vx;     /* [nvec] offset of each output vector's pixel 0 in a phase plane */
+    int32_t *vy;     /* [nvec] ... in the output plane (direct) or the scratch row (flat) */
+    /* one call */
+    uint32_t *xbuf;
+    float *obuf;
+    const float *x;
+    float *y;
+} dp_conv;
+
+void up_dpconv_destroy(dp_conv *p) {
+    if (!p) return;
+    UP_FREE_ALL(p->panel_ptr, p->ch, p->w, p->bias, p->used, p->tp_off, p->vx, p->vy, p);
+}
+
+/* NULL where this build or CPU has no VDPBF16PS, on bad input or without memory. Arguments as up_conv_create's
+ * (uniprune_kernels.c), w holding bf16 values (exact: the low 16 bits of each float are zero). */
+dp_conv *up_dpconv_create(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
+                          const float *w, const float *bias) {
+    if (!(up_bf16_caps() & CAP_DPBF16)) return NULL;
+    for (int i = 0; i < 10; i++)
+        if (!up_in_range(geom[i], i == 6 || i == 7 ? 0 : 1, 1 << 24)) return NULL;
+    if ((R != 1 && R != 2 && R != 4 && R != 8) || n_panels != (geom[0] + R - 1) / R || !panel_ptr || panel_ptr[0] != 0)
+        return NULL;
+    for (int i = 0; i < n_panels; i++)
+        if (panel_ptr[i + 1] < panel_ptr[i] || panel_ptr[i + 1] - panel_ptr[i] > geom[1]) return NULL;
+    const int64_t nnz = panel_ptr[n_panels];
+    for (int64_t k = 0; k < nnz; k++)
+        if (!up_in_range(ch[k], 0, geom[1] - 1)) return NULL;
+    dp_conv *p = calloc(1, sizeof(dp_conv));
+    int32_t *slot = NULL;
+    if (!p) return NULL;
+    p->Co = geom[0]; p->Ci = geom[1]; p->kh = geom[2]; p->kw = geom[3];
+    p->sh = geom[4]; p->sw = geom[5]; p->ph = geom[6]; p->pw = geom[7]; p->dh = geom[8]; p->dw = geom[9];
+    p->R = R;
+    p->n_panels = n_panels;
+    const int64_t taps = (int64_t)p->kh * p->kw, ncp = (p->Ci + 1) / 2;
+    /* the pairing with fewer dot products: taps (any block shape packs whole) or channels (aligned pairs of
+     * kept channels, as 8x4 blocks and dense layers keep them, and 1x1 windows, which have no tap to pair) */
+    slot = malloc(sizeof(int32_t) * ncp);
+    if (!slot) goto fail;
+    int64_t npairs = 0;
+    for (int pn = 0; pn < n_panels; pn++) {
+        memset(slot, 0, sizeof(int32_t) * ncp);
+        for (int32_t k = panel_ptr[pn]; k < panel_ptr[pn + 1]; k++) npairs += !slot[ch[k] / 2]++;
+    }
+    p->chpair = npairs * taps < nnz * p->kh * ((p->kw + 1) / 2);
+    p->hw = p->chpair ? p->kw : (p->kw + 1) / 2;
+    p->npt = p->kh * p->hw;
+    p->nsrc = p->chpair ? (int)ncp : p->Ci;
+    const int64_t nit = p->chpair ? npairs : nnz, npt = p->npt;
+    p->panel_ptr = up_aligned_alloc(sizeof(int32_t) * (n_panels + 1));
+    p->ch = up_aligned_alloc(sizeof(int32_t) * (nit + 1));
+    p->w = up_aligned_alloc(sizeof(uint32_t) * (nit * npt * R + 1));
+    p->bias = up_aligned_alloc(sizeof(float) * n_panels * R);
+    p->used = up_aligned_alloc(sizeof(int32_t) * p->nsrc);
+    p->tp_off = up_aligned_alloc(sizeof(int32_t) * npt);
+    if (!p->panel_ptr || !p->ch || !p->w || !p->bias || !p->used || !p->tp_off) goto fail;
+    memset(p->w, 0, sizeof(uint32_t) * nit * npt * R);
+    memset(p->used, 0, sizeof(int32_t) * p->nsrc);
+    p->panel_ptr[0] = 0;
+    for (int pn = 0; pn < n_panels; pn++) {
+        const int32_t k0 = panel_ptr[pn], k1 = panel_ptr[pn + 1];
+        if (!p->chpair) { /* the float32 packing, taps paired along each kernel row */
+            for (int32_t k = k0; k < k1; k++) {
+                p->ch[k] = ch[k];
+                for (int ky = 0; ky < p->kh; ky++)
+                    for (int m = 0; m < p->hw; m++)
+                        for (int r = 0; r < R; r++) {
+                            const float *wt = w + ((int64_t)k * taps + (int64_t)ky * p->kw + 2 * m) * R + r;
+                            uint32_t lo = bf16_bits(wt[0]), hi = 2 * m + 1 < p->kw ? bf16_bits(wt[R]) : 0;
+                            p->w[(((int64_t)k * npt) + ky * p->hw + m) * R + r] = lo | hi << 16;
+                        }
+            }
+            p->panel_ptr[pn + 1] = k1;
+            continue;
+        }
+        /* channel pairs: the panel's pairs in increasing order, each channel's weights in its half */
+        for (int64_t c = 0; c < ncp; c++) slot[c] = -1;
+        for (int32_t k = k0; k < k1; k++) slot[ch[k] / 2] = 0;
+        int32_t it = p->panel_ptr[pn];
+        for (int64_t c = 0; c < ncp; c++)
+            if (slot[c] >= 0) {
+                slot[c] = it;
+                p->ch[it++] = (int32_t)c;
+            }
+        p->panel_ptr[pn + 1] = it;
+        for (int32_t k = k0; k < k1; k++) {
+            uint32_t *wi = p->w + (int64_t)slot[ch[k] / 2] * npt * R;
+            const int shift = ch[k] & 1 ? 16 : 0;
+            for (int64_t t = 0; t < taps; t++)
+                for (int r = 0; r < R; r++) wi[t * R + r] |= bf16_bits(w[((int64_t)k * taps + t) * R + r]) << shift;
+        }
+    }
+    for (int64_t k = 0; k < nit; k++) p->used[p->ch[k]] = 1;
+    for (int c = 0; c < p->nsrc; c++)
+        if (p->used[c]) p->used[p->n_used++] = c;
+    for (int i = 0; i < n_panels * R; i++) p->bias[i] = bias && i < p->Co ? bias[i] : 0.f;
+    free(slot);
+    return p;
+fail:
+    free(slot);
+    up_dpconv_destroy(p);
+    return NULL;
+}
+
+#if HAVE_DPBF16
+#define DP_TVMAX 12
+
+/* One register tile: rows r0..r0+NR-1 of a panel of R rows x output vectors g0..g0+NV-1, accumulated over
+ * the panel's kept channels and tap pairs. R, NR and NV are constants at every call site (acc in registers):
+ * 8x2, 4x4, 2x8 and 1x12 accumulators, the rest of the 32 zmm for the inputs and a broadcast weight pair. */
+static inline __attribute__((always_inline)) void dp_tile(const dp_conv *p, const uint32_t *xb, int k0, int k1,
+                                                          int r0, int rows, int64_t g0, const float *bias,
+                                                          float *out, int64_t ostride, const int R, const int NR,
+                                                          const int NV) {
+    int64_t xo[DP_TVMAX], yo[DP_TVMAX];
+    for (int v = 0; v < NV; v++) {
+        xo[v] = p->vx[g0 + v];
+        yo[v] = p->vy[g0 + v];
+    }
+    __m512 acc[8][DP_TVMAX];
+    for (int r = 0; r < NR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_set1_ps(bias[r0 + r]);
+    const int npt = p->npt;
+    for (int k = k0; k < k1; k++) {
+        const uint32_t *xc = xb + (int64_t)p->ch[k] * p->cstride;
+        const uint32_t *wk = p->w + (int64_t)k * npt * R + r0;
+        for (int t = 0; t < npt; t++) {
+            const uint32_t *xp = xc + p->tp_off[t];
+            const uint32_t *wt = wk + t * R;
+            __m512bh xv[DP_TVMAX];
+            for (int v = 0; v < NV; v++) xv[v] = (__m512bh)_mm512_loadu_si512((const void *)(xp + xo[v]));
+            for (int r = 0; r < NR; r++) {
+                const __m512bh wv = (__m512bh)_mm512_set1_epi32((int)wt[r]);
+                for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], xv[v], wv);
+            }
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        if (r0 + r < rows)
+            for (int v = 0; v < NV; v++) _mm512_storeu_ps(out + (r0 + r) * ostride + yo[v], acc[r][v]);
+}
+
+/* The tiles of one panel: full TV-vector tiles, then the leftover vectors in one tile of NVL < TV vectors. */
+#define DP_LEFT(NVL)                                                                                        \
+    case NVL:                                                                                               \
+        if (NVL < TV) dp_tile(p, xb, k0, k1, 0, rows, g, bias, out, ostride, R, R, NVL < TV ? NVL : 1);     \
+        break;
+#define DP_PANEL(RR, TVV)                                                                                   \
+    do {                                                                                                    \
+        enum { R = RR, TV = TVV };                                                                          \
+        int64_t g = 0;                                                                                      \
+        for (; g + TV <= p->nvec; g += TV) dp_tile(p, xb, k0, k1, 0, rows, g, bias, out, ostride, R, R, TV); \
+        switch (p->nvec - g) {                                                                              \
+            DP_LEFT(1) DP_LEFT(2) DP_LEFT(3) DP_LEFT(4) DP_LEFT(5) DP_LEFT(6)                               \
+            DP_LEFT(7) DP_LEFT(8) DP_LEFT(9) DP_LEFT(10) DP_LEFT(11)                                        \
+            default: break;                                                                                 \
+        }                                                                                                   \
+    } while (0)
+
+static __attribute__((noinline)) void dp_panel(const dp_conv *p, const uint32_t *xb, int k0, int k1, int rows,
+                                               const float *bias, float *out, int64_t ostride) {
+    switch (p->R) {
+    case 8: DP_PANEL(8, 2); break;
+    case 4: DP_PANEL(4, 4); break;
+    case 2: DP_PANEL(2, 8); break;
+    default: DP_PANEL(1, 12); break;
+    }
+}
+
+/* Channel c of image n as the tap-pair phases described above; zeros in the padding and past the row's
+ * end (the partner of an odd kernel width's last tap, whose weight is zero). */
+static void dp_prep(dp_conv *p, int64_t n, int c) {
+    const int H = p->H, W = p->W, sh = p->sh, sw = p->sw, Wph = p->Wph, pw = p->pw;
+    const int blen = Wph * sw + p->dw + 32;
+    float rowbuf[2 * blen] __attribute__((aligned(64)));
+    memset(rowbuf, 0, sizeof(float) * 2 * blen);
+    /* the pair's second element: the same row dw further (tap pairs), or the next channel's row (channel pairs,
+     * none for an odd channel count's last: zeros) */
+    const int c0 = p->chpair ? 2 * c : c, dw = p->chpair ? blen : p->dw;
+    const float *src = p->x + (n * p->Ci + c0) * (int64_t)H * W;
+    const float *src1 = p->chpair && c0 + 1 < p->Ci ? src + (int64_t)H * W : NULL;
+    uint32_t *dst = p->xbuf + n * p->img_stride + (int64_t)c * p->cstride;
+    const int wn = W < blen - pw ? W : blen - pw;
+    for (int pr = 0; pr < p->Hph * sh; pr++) {
+        const int r = pr - p->ph, py = pr % sh;
+        uint32_t *d = dst + (int64_t)py * sw * p->plane + (int64_t)(pr / sh) * Wph;
+        if (r < 0 || r >= H) {
+            for (int px = 0; px < sw; px++) memset(d + px * p->plane, 0, sizeof(uint32_t) * Wph);
+            continue;
+        }
+        memcpy(rowbuf + pw, src + (int64_t)r * W, sizeof(float) * wn); /* the pads around stay zero */
+        if (src1) memcpy(rowbuf + blen + pw, src1 + (int64_t)r * W, sizeof(float) * wn);
+        if (sw == 1) {
+            pack_pairs(d, rowbuf, rowbuf + dw, Wph);
+        } else {
+            for (int px = 0; px < sw; px++)
+                for (int j = 0; j < Wph; j++)
+                    d[px * p->plane + j] = bf16_bits(rowbuf[j * sw + px]) | bf16_bits(rowbuf[j * sw + px + dw]) << 16;
+        }
+    }
+}
+
+static void dp_prep_task(void *ctx, int64_t item, int tid) {
+    (void)tid;
+    dp_conv *p = ctx;
+    dp_prep(p, item / p->n_used, p->used[item % p->n_used]);
+}
+
+static void dp_compute_task(void *ctx, int64_t item, int tid) {
+    dp_conv *p = ctx;
+    const int64_t n = item / p->n_panels;
+    const int pn = (int)(item % p->n_panels), R = p->R;
+    const int k0 = p->panel_ptr[pn], k1 = p->panel_ptr[pn + 1];
+    const int rows = p->Co - pn * R < R ? p->Co - pn * R : R;
+    const float *bias = p->bias + pn * R;
+    const int64_t Q = (int64_t)p->Ho * p->Wo;
+    float *y = p->y + (n * p->Co + (int64_t)pn * R) * Q;
+    if (k0 == k1) { /* the whole output-channel block is pruned */
+        for (int r = 0; r < rows; r++)
+            for (int64_t i = 0; i < Q; i++) y[r * Q + i] = bias[r];
+        return;
+    }
+    const uint32_t *xb = p->xbuf + n * p->img_stride;
+    float *out = p->direct ? y : p->obuf + (int64_t)tid * 8 * p->Qpad;
+    const int64_t ostride = p->direct ? Q : p->Qpad;
+    dp_panel(p, xb, k0, k1, rows, bias, out, ostride);
+    if (p->direct) return;
+    for (int r = 0; r < rows; r++)
+        for (int oy = 0; oy < p->Ho; oy++)
+            for (int ox = 0; ox < p->Wo; ox++) y[r * Q + (int64_t)oy * p->Wo + ox] = out[r * p->Qpad + (int64_t)oy * p->Wph + ox];
+}
+
+static void dp_image_task(void *ctx, int64_t n, int tid) {
+    dp_conv *p = ctx;
+    for (int j = 0; j < p->n_used; j++) dp_prep(p, n, p->used[j]);
+    for (int pn = 0; pn < p->n_panels; pn++) dp_compute_task(p, n * p->n_panels + pn, tid);
+}
+
+static pthread_mutex_t g_dp_mu = PTHREAD_MUTEX_INITIALIZER; /* one scratch for every such conv, as the others */
+static void *g_dp_scratch;
+static size_t g_dp_cap;
+
+/* The offsets that depend on the input size only: 0, or -1 (out of memory, or offsets past int32). */
+static int dp_geometry(dp_conv *p, int H, int W) {
+    const int Hp = H + 2 * p->ph, Wp = W + 2 * p->pw;
+    const int eh = p->dh * (p->kh - 1) + 1, ew = p->dw * (p->kw - 1) + 1;
+    p->Ho = (Hp - eh) / p->sh + 1;
+    p->Wo = (Wp - ew) / p->sw + 1;
+    p->Hph = (Hp + p->sh - 1) / p->sh;
+    p->Wph = (Wp + p->sw - 1) / p->sw;
+    p->plane = (int64_t)p->Hph * p->Wph;
+    p->cstride = ((int64_t)p->sh * p->sw * p->plane + 15) / 16 * 16;
+    p->img_stride = (int64_t)p->nsrc * p->cstride;
+    if (p->img_stride + p->plane > INT32_MAX / 2) return -1;
+    p->direct = p->Wo >= 16;
+    const int64_t nbr = (p->Wo + 15) / 16;
+    p->nvec = p->direct ? p->Ho * nbr : ((int64_t)p->Ho * p->Wph + 15) / 16;
+    p->Qpad = p->nvec * 16;
+    for (int ky = 0; ky < p->kh; ky++)
+        for (int m = 0; m < p->hw; m++) { /* m: a tap (channel pairs) or the first of a tap pair */
+            const int kx = p->chpair ? m : 2 * m;
+            const int py = (ky * p->dh) % p->sh, ry = (ky * p->dh) / p->sh;
+            const int px = (kx * p->dw) % p->sw, rx = (kx * p->dw) / p->sw;
+            p->tp_off[ky * p->hw + m] = (int32_t)((py * p->sw + px) * p->plane + (int64_t)ry * p->Wph + rx);
+        }
+    if (p->nvec > p->vcap) {
+        free(p->vx);
+        free(p->vy);
+        p->vx = up_aligned_alloc(sizeof(int32_t) * p->nvec);
+        p->vy = up_aligned_alloc(sizeof(int32_t) * p->nvec);
+        p->vcap = p->vx && p->vy ? p->nvec : 0;
+        if (!p->vcap) return -1;
+    }
+    for (int64_t g = 0; g < p->nvec; g++) {
+        if (p->direct) {
+            int64_t oy = g / nbr, ox = g % nbr * 16;
+            if (ox > p->Wo - 16) ox = p->Wo - 16; /* the last one shifted left to end at the row's end */
+            p->vx[g] = (int32_t)(oy * p->Wph + ox);
+            p->vy[g] = (int32_t)(oy * p->Wo + ox);
+        } else {
+            p->vx[g] = p->vy[g] = (int32_t)(g * 16);
+        }
+    }
+    p->H = H;
+    p->W = W;
+    return 0;
+}
+#endif
+
+/* x: [N][Ci][H][W] float32, y: [N][Co][Ho][Wo] float32. 0, or -1 out of memory, -2 input smaller than the
+ * dilated kernel, -3 no VDPBF16PS in this build. */
+int up_dpconv_run(dp_conv *p, const float *x, float *y, int N, int H, int W, int nthreads) {
+#if HAVE_DPBF16
+    if (H < 1 || W < 1 || H + 2 * p->ph < p->dh * (p->kh - 1) + 1 || W + 2 * p->pw < p->dw * (p->kw - 1) + 1 || N < 1)
+        return -2;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 64) nthreads = 64;
+    if ((p->H != H || p->W != W) && dp_geometry(p, H, W)) {
+        p->H = 0;
+        return -1;
+    }
+    /* the flat layout's vectors read up to a plane and a vector past a channel's phases: slack after the last image */
+    const size_t xneed = (size_t)N * p->img_stride + p->plane + p->Qpad + 64;
+    const size_t oneed = p->direct ? 0 : (size_t)nthreads * 8 * p->Qpad;
+    const size_t bytes = (xneed + oneed) * 4;
+    pthread_mutex_lock(&g_dp_mu);
+    if (bytes > g_dp_cap) {
+        free(g_dp_scratch);
+        g_dp_scratch = up_aligned_alloc(bytes);
+        g_dp_cap = g_dp_scratch ? bytes : 0;
+        if (!g_dp_scratch) {
+            pthread_mutex_unlock(&g_dp_mu);
+            return -1;
+        }
+        memset(g_dp_scratch, 0, bytes); /* the slack and unprepared channels feed dropped lanes only: keep them finite */
+    }
+    p->obuf = g_dp_scratch;
+    p->xbuf = (uint32_t *)g_dp_scratch + oneed;
+    p->x = x;
+    p->y = y;
+    if (nthreads == 1 || N >= 4 * nthreads) {
+        up_parallel_for(N, nthreads, dp_image_task, p);
+    } else {
+        up_parallel_for((int64_t)N * p->n_used, nthreads, dp_prep_task, p);
+        up_parallel_for((int64_t)N * p->n_panels, nthreads, dp_compute_task, p);
+    }
+    pthread_mutex_unlock(&g_dp_mu);
     return 0;
 #else
     (void)p; (void)x; (void)y; (void)N; (void)H; (void)W; (void)nthreads;

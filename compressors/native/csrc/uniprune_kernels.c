@@ -225,6 +225,7 @@ typedef struct {
     const float *x;
     float *y;
     void *amx; /* a bf16 conv on AMX tiles (uniprune_bf16.c): up_conv_run hands every call to it */
+    void *dp;  /* or on the bf16 dot product (VDPBF16PS, uniprune_bf16.c), likewise */
 } conv_plan;
 
 /* uniprune_bf16.c */
@@ -232,6 +233,10 @@ void *up_amxconv_create(const int32_t *geom, int R, int n_panels, const int32_t 
                         const float *w, const float *bias);
 int up_amxconv_run(void *plan, const float *x, float *y, int N, int H, int W, int nthreads);
 void up_amxconv_destroy(void *plan);
+void *up_dpconv_create(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
+                       const float *w, const float *bias);
+int up_dpconv_run(void *plan, const float *x, float *y, int N, int H, int W, int nthreads);
+void up_dpconv_destroy(void *plan);
 
 enum { LAYOUT_DIRECT = 0, LAYOUT_FLAT = 1, LAYOUT_SHIFTED = 2, LAYOUT_MASKED = 3 }; /* see up_conv_run */
 
@@ -257,6 +262,7 @@ EXPORT int up_conv_geom(const conv_plan *p, int32_t *geom) {
 EXPORT void up_conv_destroy(conv_plan *p) {
     if (!p) return;
     up_amxconv_destroy(p->amx);
+    up_dpconv_destroy(p->dp);
     p->magic = 0;
     UP_FREE_ALL(p->panel_ptr, p->ch, p->w, p->bias, p->tap_off, p->used, p->vx, p->vy, p->mask, p);
 }
@@ -310,11 +316,13 @@ EXPORT conv_plan *up_conv_create(const int32_t *geom, int R, int n_panels, const
     return p;
 }
 
-/* A conv in bfloat16: w holds bf16 bit patterns in up_conv_create's packing. On a CPU with AMX tiles (and a
- * build that targets them) it runs there: activations rounded to bf16, products accumulated in float32
- * (uniprune_bf16.c). Elsewhere it is a float32 conv plan with the bf16 weights widened (exact), activations
- * and arithmetic in float32; engine 0 forces the latter (the plan times both where they are close). Same
- * arguments and checks as up_conv_create otherwise; freed by up_conv_destroy. */
+/* A conv in bfloat16: w holds bf16 bit patterns in up_conv_create's packing. engine 1 (auto): on AMX tiles
+ * where the CPU (and a build that targets them) has them, else on the bf16 dot product (VDPBF16PS) where it
+ * has avx512_bf16: activations rounded to bf16, products accumulated in float32 (uniprune_bf16.c). Elsewhere,
+ * and with engine 0, a float32 conv plan with the bf16 weights widened (exact), activations and arithmetic
+ * in float32. engine 2: the dot product even where AMX is present (else float32). The plan times the
+ * engines the CPU has and keeps the fastest per layer. Same arguments and checks as up_conv_create
+ * otherwise; freed by up_conv_destroy. */
 EXPORT conv_plan *up_conv_create_bf16(const int32_t *geom, int R, int n_panels, const int32_t *panel_ptr,
                                       const int32_t *ch, const uint16_t *w, const float *bias, int engine) {
     /* the checks up_conv_create makes, before panel_ptr[n_panels] is read here */
@@ -331,13 +339,14 @@ EXPORT conv_plan *up_conv_create_bf16(const int32_t *geom, int R, int n_panels, 
         memcpy(wf + i, &u, 4);
     }
     conv_plan *p = up_conv_create(geom, R, n_panels, panel_ptr, ch, wf, bias); /* checks the arguments */
-    if (p && engine != 0) p->amx = up_amxconv_create(geom, R, n_panels, panel_ptr, ch, wf, bias);
+    if (p && engine == 1) p->amx = up_amxconv_create(geom, R, n_panels, panel_ptr, ch, wf, bias);
+    if (p && !p->amx && (engine == 1 || engine == 2)) p->dp = up_dpconv_create(geom, R, n_panels, panel_ptr, ch, wf, bias);
     free(wf);
     return p;
 }
 
-/* 1 where a conv plan runs on AMX tiles, 0 on the float32 kernels. */
-EXPORT int up_conv_engine(const conv_plan *p) { return p && p->amx ? 1 : 0; }
+/* 1 where a conv plan runs on AMX tiles, 2 on the bf16 dot product, 0 on the float32 kernels. */
+EXPORT int up_conv_engine(const conv_plan *p) { return !p ? 0 : p->amx ? 1 : p->dp ? 2 : 0; }
 
 /* Pad and split one input channel into its stride phases, so every tap reads a contiguous run:
  * phase (py, px)[i][j] = xpad[i*sh + py][j*sw + px]. Each element is written once, zeros included, by
@@ -781,6 +790,7 @@ static int conv_run_masked(conv_plan *p, const float *x, float *y, int N, int nt
  * -2 when the input is smaller than the dilated kernel. */
 EXPORT int up_conv_run(conv_plan *p, const float *x, float *y, int N, int H, int W, int nthreads) {
     if (p->amx) return up_amxconv_run(p->amx, x, y, N, H, W, nthreads);
+    if (p->dp) return up_dpconv_run(p->dp, x, y, N, H, W, nthreads);
     int Hp = H + 2 * p->ph, Wp = W + 2 * p->pw;
     int eh = p->dh * (p->kh - 1) + 1, ew = p->dw * (p->kw - 1) + 1;
     if (Hp < eh || Wp < ew || N < 1) return -2;

@@ -22,15 +22,17 @@ A plan is a JSON header plus named arrays (float32, int32, uint8, or bfloat16 he
               "floats": "op0.floats",                              # float32 [2 + n]: clamp lo, hi, the op's data
               "kernel": null | {"type": "conv", "geom": [Co, Ci, kh, kw, sh, sw, ph, pw, dh, dw], "rows": R,
                                 "panel_ptr": ..., "ch": ..., "w": ..., "bias": ... | null,
-                                "precision": "bf16", "engine": "auto" | "fp32"}   # both optional
+                                "precision": "bf16", "engine": "auto" | "fp32" | "dpbf16"}   # both optional
                              | {"type": "gemv", "out": Co, "in": Ci, "panel_ptr": ..., "ch": ..., "w": ...,
                                 "bias": ... | null, "precision": "bf16"}}, ...]}
 
 Precision: a kernel with ``"precision": "bf16"`` has its ``w`` in bfloat16 (dtype ``"bfloat16"`` in the index,
 the upper 16 bits of the float32 values, rounded to nearest even); ``bias`` stays float32. Its conv runs on
-AMX tiles where the CPU has them (activations rounded to bf16 at the conv's input, float32 accumulation, float32
-output), unless ``"engine": "fp32"`` (chosen by timing when the plan was lowered) or the CPU lacks AMX: then on
-the float32 kernels with the bf16 weights widened. A bf16 GEMV always runs on the float32 kernel with its
+AMX tiles where the CPU has them, else on the bf16 dot product (VDPBF16PS) where it has avx512_bf16 (both:
+activations rounded to bf16 at the conv's input, float32 accumulation, float32 output), unless ``"engine":
+"fp32"`` (chosen by timing when the plan was lowered) or the CPU has neither: then on the float32 kernels with
+the bf16 weights widened. ``"engine": "dpbf16"`` runs the dot product even where AMX is present (to measure it);
+the environment variable ``UNIPRUNE_AMX=0`` hides AMX from the process. A bf16 GEMV always runs on the float32 kernel with its
 weights widened. The header's ``"precision"`` says what the plan was exported for; :class:`Model` refuses a bf16
 plan on a CPU with neither avx512_bf16 nor amx_bf16 unless told ``allow_fp32_fallback=True``.
 

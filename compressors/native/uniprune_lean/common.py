@@ -55,7 +55,9 @@ MAX_ELEMENTS = 1 << 40        # elements of one array of weights.bin
 #: A plan's ``"precision"`` (absent: fp32; ``"float32"`` is read as fp32) -> the dtype of its kernels' packed
 #: weights ``w``. A kernel record's own ``"precision"``, where given, must say the same.
 _WEIGHT_DTYPES: dict[str, str] = {"float32": "float32", "fp32": "float32", "bf16": "bfloat16"}
-_ENGINES = ("auto", "fp32")  # a bf16 conv record's "engine": AMX where present, or the float32 kernels
+#: a bf16 conv record's "engine": auto (AMX where present, else the bf16 dot product where present, else the
+#: float32 kernels), fp32, or dpbf16 (the dot product even where AMX is present); see up_conv_create_bf16
+_ENGINES = ("auto", "fp32", "dpbf16")
 _HEADER_NAMES = ("in0", "in1", "out", "act", "C", "H", "W", "Co", "Ho", "Wo")
 _IN0, _IN1, _OUT, _ACT, _C, _H, _W, _CO, _HO, _WO = range(10)  # positions in an op's "ints"
 #: Each op parameter's range; a name shared by several kinds means the same thing in each.

@@ -42,6 +42,9 @@ class _Functions:
         self.isa = fn("up_isa", ctypes.c_char_p)
 
 
+_ENGINE_CODES = {"fp32": 0, "auto": 1, "dpbf16": 2}  # a bf16 conv record's engine, as up_conv_create_bf16 takes it
+
+
 def _ptr(a: np.ndarray | None) -> int | None:
     return None if a is None else a.ctypes.data
 
@@ -72,6 +75,7 @@ class NativePlan:
         self.fns = fns = _Functions(lib)
         self.n_ops = len(header["ops"])
         self.amx_convs = 0  # convs that run on AMX tiles (bf16 kernels on a CPU with AMX)
+        self.dot_convs = 0  # convs that run on the bf16 dot product (VDPBF16PS: avx512_bf16, no AMX or told so)
         kernels: list[tuple[Any, int]] = []  # filled below; the finalizer frees what is in it by then
         # the executor checks each op against every buffer's size, the caller's input and output included
         sizes = np.asarray([_prod(tuple(header["input_shape"])), _prod(tuple(header["output_shape"])),
@@ -123,12 +127,14 @@ class NativePlan:
             rows = int(k["rows"])
             args = (_ptr(geom), rows, (int(geom[0]) + rows - 1) // rows, _ptr(ptr), _ptr(ch), _ptr(w), _ptr(bias))
             if precision == "bf16":
-                handle = fns.conv_create_bf16(*args, 0 if k.get("engine") == "fp32" else 1)
+                handle = fns.conv_create_bf16(*args, _ENGINE_CODES[k.get("engine", "auto")])
             else:
                 handle = fns.conv_create(*args)
             destroy = fns.conv_destroy
             if handle:
-                self.amx_convs += int(fns.conv_engine(handle))
+                runs_on = int(fns.conv_engine(handle))
+                self.amx_convs += runs_on == 1
+                self.dot_convs += runs_on == 2
         elif k.get("type") == "gemv":
             co, ci = int(k["out"]), int(k["in"])
             if precision == "bf16":  # widened: the GEMV has no bf16 form (exact; see the module docstring)
