@@ -181,7 +181,7 @@ def render(args: argparse.Namespace, cells: list[dict[str, Any]], dense: dict[st
                 if s == "ddpg":
                     rnd = {c["seed"]: c["holdout"] for c in rows if c["searcher"] == "random"}
                     won = [c["holdout"] > rnd[c["seed"]] for c in mine if c["seed"] in rnd]
-                    wins = f"{sum(won)} of {len(won)} seeds"
+                    wins = f"{sum(won)} of {len(won)} seeds" if won else ""
                 lines.append(f"| {s} | {100 * statistics.mean(c['holdout'] for c in mine):.1f} "
                              f"| {_pct(_mean([c['finetuned'] for c in mine if 'finetuned' in c]))} | {wins} |")
     return "\n".join(lines)
