@@ -147,7 +147,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
     # a run directory with an agent, and broken copies of it
     run = d / "run"
-    assert main(["search", *FAST_ENV, "--checkpoint", str(f["dense"]), "--episodes", "2", "--warmup", "1",
+    assert main(["search", *FAST_ENV, "--checkpoint", str(f["dense"]), "--searcher", "ddpg", "--episodes", "2", "--warmup", "1",
                  "--run-dir", str(run)]) == 0
     f["run"] = run
     for name, damage in {

@@ -92,7 +92,7 @@ def test_run_dir_mode(setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         (["--out", "x.pt", "--distill-temperature", "0"], "--distill-temperature must be a positive number"),
         (["--out", "x.pt", "--method", "channel", "--channel-target", "1"], "--channel-target must be a ratio in (0, 1)"),
         (["--out", "x.pt", "--method", "channel"], "needs a target ratio"),  # the policy has no latency budget
-        (["--out", "x.pt", "--method", "masked", "--time-budget", "0.001"], "raise --time-budget to at least"),
+        (["--out", "x.pt", "--method", "masked", "--time-budget", "0.000001"], "raise --time-budget to at least"),  # 60 us
     ],
 )
 def test_bad_input_is_one_line(setup, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
