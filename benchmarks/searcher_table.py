@@ -112,7 +112,7 @@ def search_cell(args: argparse.Namespace, budget: float, seed: int, searcher: st
         rewards = [float(result.val_accuracy)]
     else:
         result = api.search(api.SearchSpec(env=spec, searcher=searcher, episodes=args.episodes, warmup=args.warmup,
-                                           run_dir=str(run), force=True))
+                                           run_dir=str(run), force=True, workers=args.workers))
         with (run / "episodes.csv").open() as fh:
             rewards = [float(r["reward"]) for r in csv.DictReader(fh)]
     seconds = time.perf_counter() - started
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="block-shape settings, each searched as --block-shape (default the three shapes searched)")
     p.add_argument("--replay-agent", default=None,
                    help="a DDPG run directory of another model: searcher 'replay' walks its agent on this model")
+    p.add_argument("--workers", type=int, default=1, help="scoring processes of random and knapsack searches (default 1)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--warmup", type=int, default=33)
     p.add_argument("--val-samples", type=int, default=500)
