@@ -34,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
+from searcher_table import after_validation  # noqa: E402
 from uniprune.agent import load_agent  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
-from uniprune.envs import CompressionEnv, Scorer  # noqa: E402
 from uniprune.search import api  # noqa: E402
 from uniprune.search.searchers import agent_policy  # noqa: E402
 
@@ -92,14 +91,9 @@ def holdout_scores(seed: int, args: argparse.Namespace) -> dict[str, float]:
     """Accuracy on ``--holdout`` validation images the search never scored (those after its ``--val-samples``)
     of: each DDPG run's deterministic actor and best episode, and random search's best episode. The searches'
     own figures are a maximum over many noisy scores of the same 500 images (biased high); these are not."""
-    env = api.build_env(_search(Path(args.out) / f"random-seed{seed}", "random", seed, args, holdout=args.holdout).env)
-    x = torch.cat([b[0] for b in env.scorer.val_batches])[args.val_samples:]
-    y = torch.cat([b[1] for b in env.scorer.val_batches])[args.val_samples:]
-    held = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(x), 256)]
-    # the same model, wall and BN batches; a scorer of the held-out images only
-    scorer = Scorer(env.model, held, bn_batches=env.scorer.bn_batches, block_shapes=env.block_shapes,
-                    model_name=env.scorer.model_name)
-    env = CompressionEnv(scorer, env.wall, input_shape=env.input_shape)
+    env = after_validation(api.build_env(_search(Path(args.out) / f"random-seed{seed}", "random", seed, args,
+                                                 holdout=args.holdout).env), args.val_samples)
+    scorer = env.scorer
     out = {}
     for kind in args.kinds:
         run = Path(args.out) / f"{kind}-seed{seed}"

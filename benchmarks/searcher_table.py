@@ -71,17 +71,19 @@ def run_dir(args: argparse.Namespace, budget: float, seed: int, searcher: str, s
 
 def holdout_env(args: argparse.Namespace, budget: float, seed: int, shape: str) -> CompressionEnv:
     """The search's env with a scorer of the ``--holdout`` validation images after the search's own."""
-    env = api.build_env(env_spec(args, budget, seed, holdout=args.holdout, block_shape=shape))
-    x = torch.cat([b[0] for b in env.scorer.val_batches])[args.val_samples:]
-    y = torch.cat([b[1] for b in env.scorer.val_batches])[args.val_samples:]
+    return after_validation(api.build_env(env_spec(args, budget, seed, holdout=args.holdout, block_shape=shape)),
+                            args.val_samples)
+
+
+def after_validation(env: CompressionEnv, skip: int) -> CompressionEnv:
+    """``env`` (same model, wall and BatchNorm batches) scoring only its validation images after the first ``skip``:
+    the ones a search with ``--val-samples skip`` never scored."""
+    x = torch.cat([b[0] for b in env.scorer.val_batches])[skip:]
+    y = torch.cat([b[1] for b in env.scorer.val_batches])[skip:]
     held = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(x), 256)]
     scorer = Scorer(env.model, held, bn_batches=env.scorer.bn_batches, block_shapes=env.block_shapes,
                     model_name=env.scorer.model_name)
     return CompressionEnv(scorer, env.wall, input_shape=env.input_shape)
-
-
-def actions_of(policy: Policy) -> dict[str, tuple]:
-    return {n: (a.prune, a.unify, a.block.key if a.block is not None else None) for n, a in policy.layers.items()}
 
 
 def run_cell(args: argparse.Namespace, budget: float, seed: int, searcher: str, shape: str, held: CompressionEnv,
@@ -120,7 +122,7 @@ def search_cell(args: argparse.Namespace, budget: float, seed: int, searcher: st
     cell: dict[str, Any] = {"model": args.model, "budget": budget, "seed": seed, "searcher": searcher, "shape": shape,
                             "search_seconds": seconds, "episodes": len(rewards), "search_best": max(rewards),
                             "best_ratio": float(result.latency_ratio),
-                            "holdout_best": float(held.scorer.score(actions_of(best))["val_accuracy"])}
+                            "holdout_best": float(held.scorer.score({n: a.as_action() for n, a in best.layers.items()})["val_accuracy"])}
     if searcher == "ddpg":
         actor = agent_policy(load_agent(run), held)  # the actor's deterministic episode, scored on held-out images
         cell.update(holdout_actor=float(actor["val_accuracy"]), actor_ratio=float(actor["latency_ratio"]))

@@ -185,7 +185,7 @@ class TensorBoardCallback(Callback):
         best = loop.best
         if best is None:
             return
-        self.tb.layer_actions({n: (a.prune, a.unify) + ((a.block.key,) if a.block else ()) for n, a in best.layers.items()},
+        self.tb.layer_actions({n: a.as_action() for n, a in best.layers.items()},
                               int(best.search.get("episode", 0)), curves=True)
         self.tb.hparams(self.hparams, {"search/best_reward": loop.best_reward,
                                        "search/best_val_accuracy": best.predicted.get("val_accuracy", math.nan)})

@@ -53,6 +53,11 @@ class LayerAction:
         if self.prune + self.unify > 1 + _TOLERANCE:
             raise PolicyError(f"prune + unify must be <= 1, got {self.prune} + {self.unify}")
 
+    def as_action(self) -> tuple:
+        """The env's action tuple: ``(prune, unify)``, with the block shape's key (``"4x1"``) third when the layer
+        has its own shape (what :func:`uniprune.envs.scorer.layer_action` reads back)."""
+        return (self.prune, self.unify) if self.block is None else (self.prune, self.unify, self.block.key)
+
     @property
     def is_dense(self) -> bool:
         return self.prune <= _TOLERANCE and self.unify <= _TOLERANCE

@@ -105,11 +105,6 @@ def _policy_shapes(policy: Policy, given: str) -> str:
     return ",".join(keys)
 
 
-def _saved_action(policy: Policy, name: str) -> tuple:
-    action = policy.action(name)
-    return (action.prune, action.unify) if action.block is None else (action.prune, action.unify, action.block.key)
-
-
 def replay(spec: ReplaySpec) -> ReplayResult:
     """Walk ``spec.agent``'s actions (or apply ``spec.policy``) on ``spec.env``'s model and write the policy to ``spec.out``."""
     started = time.perf_counter()
@@ -126,7 +121,7 @@ def replay(spec: ReplaySpec) -> ReplayResult:
         env = build_env(spec.env.replace(max_prune=1.0, max_unify=1.0, keep_dense="none",
                                          block_shape=_policy_shapes(saved, spec.env.budget.block_shape)), verb="replay")
         _check_same_layers(saved, env)
-        wanted = [env.wall.raw_action(i, _saved_action(saved, n)) for i, n in enumerate(env.layer_names)]
+        wanted = [env.wall.raw_action(i, saved.action(n).as_action()) for i, n in enumerate(env.layer_names)]
         result = play(env, lambda t, obs: wanted[t])
         source = {"policy": str(Path(str(spec.policy)).resolve())}
     requested = result.get("requested", {})
