@@ -88,20 +88,23 @@ def _flags() -> str:
     return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags)
 
 
-def _dense(args: argparse.Namespace, bundle: Any, train_batches: Any) -> nn.Module:
-    model = build_model("cifar-resnet20", num_classes=10, input_shape=(3, 32, 32))
-    cache = Path(args.dense_cache)
+def adapted_dense(model_name: str, data: Path, bundle: Any, *, epochs: int, limit: int | None, cache: Path,
+                  batch_size: int = 128, lr: float = 0.01) -> nn.Module:
+    """The pretrained checkpoint of ``model_name`` (a CIFAR ResNet) adapted to the JPEG training set for ``epochs`` of
+    ``limit`` augmented images on one cosine from ``lr``; kept in ``cache`` and read from it when present."""
+    model = build_model(model_name, num_classes=10, input_shape=(3, 32, 32))
     if cache.is_file():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
         return model
-    load_weights(model, sorted((Path(args.data) / "pretrained").glob("resnet20-*.th"))[0])
-    if args.adapt_epochs > 0:
-        optimizer = make_optimizer(model, lr=0.01)
-        steps = bundle.num_batches("train", args.batch_size, limit=args.adapt_limit)
-        schedule = cosine_schedule(optimizer, steps * args.adapt_epochs)
-        for epoch in range(args.adapt_epochs):
-            batches = bundle.batches("train", args.batch_size, shuffle=True, augment=True, seed=10_000 + epoch, limit=args.adapt_limit)
-            train_epoch(model, batches, optimizer, scheduler=schedule, desc=f"adapt {epoch + 1}/{args.adapt_epochs}", total=steps)
+    depth = model_name.rsplit("resnet", 1)[-1]
+    load_weights(model, sorted((data / "pretrained").glob(f"resnet{depth}-*.th"))[0])
+    if epochs > 0:
+        optimizer = make_optimizer(model, lr=lr)
+        steps = bundle.num_batches("train", batch_size, limit=limit)
+        schedule = cosine_schedule(optimizer, steps * epochs)
+        for epoch in range(epochs):
+            batches = bundle.batches("train", batch_size, shuffle=True, augment=True, seed=10_000 + epoch, limit=limit)
+            train_epoch(model, batches, optimizer, scheduler=schedule, desc=f"adapt {epoch + 1}/{epochs}", total=steps)
     torch.save(model.state_dict(), cache)
     return model
 
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def test_accuracy(model: nn.Module) -> float:
         return evaluate(model, bundle.batches("test", 500, shuffle=True, seed=12_345, limit=args.test_limit), desc="test")
 
-    dense = _dense(args, bundle, train_batches).eval()
+    dense = adapted_dense("cifar-resnet20", Path(args.data), bundle, epochs=args.adapt_epochs, limit=args.adapt_limit,
+                          cache=Path(args.dense_cache), batch_size=args.batch_size).eval()
     figures: dict[str, Any] = {"dense_test": test_accuracy(dense), "dense_val": val_accuracy(dense), "load_before": _load(), "rows": []}
     print(f"dense: test {figures['dense_test']:.4f}", file=sys.stderr)
     for run in args.runs.split(","):

@@ -214,7 +214,7 @@ class KnapsackSearcher(Searcher):
         return self._plans
 
     def max_episodes(self, requested: int) -> int:
-        return min(requested, len(knapsack.TIGHTENINGS))
+        return min(requested, knapsack.plan_count(self.env.wall))
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         raws = self.plan(episode)

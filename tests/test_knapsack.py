@@ -7,12 +7,17 @@ import itertools
 import numpy as np
 import pytest
 from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.structure import BlockShape
 from uniprune.envs import make_tiny_env
 from uniprune.search.knapsack import (
+    SHAPE_TIGHTENINGS,
+    TIGHTENINGS,
     LayerOptions,
     env_options,
     knapsack_plans,
+    one_shape,
     pareto_options,
+    plan_count,
     score_options,
     solve,
 )
@@ -72,3 +77,24 @@ def test_env_plans_meet_the_budget_and_prefer_the_insensitive_layer() -> None:
     fits = [sum(o.cost[j] for o, j in zip(scored, js)) for js in itertools.product(*(range(len(o.actions)) for o in scored))
             if sum(o.ms[j] for o, j in zip(scored, js)) <= limit]
     assert sum(costs[n][a] for n, a in plans[0].items()) <= min(fits) + 1e-9
+
+
+def test_searched_shapes_add_one_plan_per_shape_alone() -> None:
+    """With block shapes searched, the mixed plans come first, then plans that keep one shape for every layer,
+    all within the budget, and no more than plan_count of them."""
+    env = make_tiny_env(latency_budget=0.8, shapes=[BlockShape(2, 2), BlockShape(1, 1)])
+    options = env_options(env.wall)
+    dense = env.scorer.score({})["val_accuracy"]
+    scored = score_options(options, lambda a: env.scorer.score(a)["val_accuracy"], dense, progress=False)
+    assert plan_count(env.wall) == len(TIGHTENINGS) + 2 * len(SHAPE_TIGHTENINGS)
+    mixed = knapsack_plans(env.wall, scored, shape_tightenings=())
+    plans = knapsack_plans(env.wall, scored)
+    assert plans[:len(mixed)] == mixed and len(mixed) < len(plans) <= plan_count(env.wall)
+    single = [{a[2] for a in plan.values() if a[0] + a[1] > 0} for plan in plans[len(mixed):]]
+    assert all(len(keys) == 1 for keys in single) and {k for keys in single for k in keys} <= set(env.wall.shapes)
+    for plan in plans:
+        assert env.score(plan)["latency_ratio"] <= 0.8 + 1e-9
+    # one shape's options keep the dense option first and only that shape's
+    only = one_shape(scored, env.wall.shapes[1])
+    assert all(o.actions[0] == (0.0, 0.0) and all(a[2] == env.wall.shapes[1] for a in o.actions[1:]) for o in only)
+    assert all(len(o.cost) == len(o.actions) == len(o.ms) for o in only)
