@@ -3,6 +3,12 @@
     python benchmarks/onednn_probe.py                        # every oneDNN found; batch 1 and 32; fp32 and bf16
     python benchmarks/onednn_probe.py --dnnl /usr --batches 32 --precisions bf16
 
+oneDNN is not a dependency of uniprune (docs/KERNELS.md says why); install one or both to run this:
+- Debian's ``apt-get install libdnnl-dev`` (oneDNN 2.x, OpenMP runtime; found under /usr);
+- PyPI's 3.x, a SYCL build whose CPU engine is an OpenCL CPU device, with the runtimes it loads (what was measured):
+  ``pip install --no-deps onednn onednn-devel tbb intel-cmplr-lib-rt intel-sycl-rt intel-opencl-rt`` (found under
+  the venv's prefix; this script puts its lib folder on LD_LIBRARY_PATH and names the OpenCL CPU driver itself).
+
 Question: should the layers a policy leaves dense run on oneDNN (AMX and avx512_bf16 convolutions) rather than on
 our kernels? For each dense conv shape of the CIFAR ResNets (3x3, stride 1 and 2, no bias) at each batch, one
 process times, interleaved in the same rounds (uniprune.compressors.latency.timing, the least of the rounds):
@@ -359,6 +365,29 @@ def model_sums(rows: list[dict], installs: list[Dnnl], ov: dict | None) -> list[
     return lines
 
 
+def reading(rows: list[dict], installs: list[Dnnl]) -> list[str]:
+    """One line per install: ResNet-56's convs, our sum over oneDNN's as a plan would call it (reorders in and out),
+    per layer the faster of the two, and the conv alone (activations kept in oneDNN's layout)."""
+    weight = dict(zip(SHAPES, COUNTS["resnet56"]))
+    lines = []
+    for d in installs:
+        parts = []
+        for precision in ("bf16", "fp32"):
+            for batch in sorted({r["batch"] for r in rows}):
+                rs = [r for r in rows if r["batch"] == batch and r["precision"] == precision]
+                if {r["shape"] for r in rs} != set(SHAPES):
+                    continue
+                ours_ms = sum(weight[r["shape"]] * r["t"]["ours"] for r in rs)
+                drop = sum(weight[r["shape"]] * r["t"][f"{d.name} all"] for r in rs)
+                best = sum(weight[r["shape"]] * min(r["t"]["ours"], r["t"][f"{d.name} all"]) for r in rs)
+                alone = sum(weight[r["shape"]] * r["t"][f"{d.name} conv"] for r in rs)
+                parts.append(f"{precision} batch {batch}: {ours_ms / drop:.2f}x as a drop-in, {ours_ms / best:.2f}x "
+                             f"taking the faster per layer, {ours_ms / alone:.2f}x for the conv alone")
+        lines.append(f"Reading, {d.name} against ours on ResNet-56's convs (above 1: oneDNN faster): " + "; ".join(parts)
+                     + ". Whether oneDNN is used for layers left dense, and why: docs/KERNELS.md.")
+    return lines
+
+
 def write_results(rows: list[dict], installs: list[Dnnl], impls: dict, ov: dict | None, loads: tuple) -> None:
     sys.path.insert(0, str(HERE))
     from results_md import command_line, machine_line, write_section
@@ -400,6 +429,8 @@ def write_results(rows: list[dict], installs: list[Dnnl], impls: dict, ov: dict 
         "pruned, `uniprune export`'s plan in that precision), timed interleaved in a second set of rounds:",
         "",
         *model_sums(rows, installs, ov),
+        "",
+        *reading(rows, installs),
     ]
     write_section("onednn_probe", "## oneDNN for layers left dense (issue 20, item 4)\n\n" + "\n".join(md))
 
