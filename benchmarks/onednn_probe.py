@@ -56,7 +56,7 @@ def _lib_dir(prefix: Path) -> Path:
 def find_installs(asked: list[str] | None) -> list[Path]:
     """The oneDNN installs to probe: each a prefix with ``include/oneapi/dnnl/dnnl.h`` and a ``libdnnl.so``
     (Debian's libdnnl-dev under /usr; the PyPI wheels ``onednn`` + ``onednn-devel`` under the venv's prefix)."""
-    candidates = [Path(p).resolve() for p in asked] if asked else [SYSTEM, Path(sys.prefix)]
+    candidates = [Path(p).resolve() for p in asked] if asked else [SYSTEM, Path(sys.prefix).resolve()]
     found = [p for p in candidates if (p / "include/oneapi/dnnl/dnnl.h").is_file() and (_lib_dir(p) / "libdnnl.so").exists()]
     missing = [str(p) for p in candidates if p not in found]
     if asked and missing:
@@ -388,6 +388,14 @@ def reading(rows: list[dict], installs: list[Dnnl]) -> list[str]:
     return lines
 
 
+def _origin(prefix: Path) -> str:
+    if prefix == SYSTEM:
+        return "/usr, Debian's libdnnl-dev"
+    if prefix == Path(sys.prefix).resolve():
+        return "this venv, PyPI's onednn + onednn-devel"
+    return str(prefix)
+
+
 def write_results(rows: list[dict], installs: list[Dnnl], impls: dict, ov: dict | None, loads: tuple) -> None:
     sys.path.insert(0, str(HERE))
     from results_md import command_line, machine_line, write_section
@@ -395,14 +403,15 @@ def write_results(rows: list[dict], installs: list[Dnnl], impls: dict, ov: dict 
 
     flags = sorted({f for f in Path("/proc/cpuinfo").read_text().split()
                     if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")})
-    libs = "; ".join(f"**{d.name}** ({d.runtime} CPU runtime, from {d.prefix}, effective ISA code {d.isa:#x})"
+    libs = "; ".join(f"**{d.name}** ({d.runtime} CPU runtime, from {_origin(d.prefix)}, effective ISA code {d.isa:#x})"
                      for d in installs)
     chose = "; ".join(f"{name} {prec}: {', '.join(sorted(v))}" for (name, prec), v in sorted(impls.items()))
     md = [
         f"Machine: {machine_line()}; flags {', '.join(flags)}; load average {loads[0]:.2f} at the start, "
         f"{loads[1]:.2f} at the end (a shared 2-core machine); the process pinned to one CPU, 1 thread everywhere.",
         f"Libraries: {libs}; OpenVINO {engine_versions().get('openvino', 'absent')}.",
-        f"Command: `{command_line()}`",
+        f"Command: `{'DNNL_MAX_CPU_ISA=' + os.environ['DNNL_MAX_CPU_ISA'] + ' ' if os.environ.get('DNNL_MAX_CPU_ISA') else ''}"
+        f"{command_line()}`",
         "",
         "µs = the least of interleaved rounds in one process (every column of a row in the same rounds). **ours**: "
         "the native conv a plan runs for a layer left dense (`SparseConv`, every block kept; bf16 on AMX tiles), "
@@ -432,7 +441,10 @@ def write_results(rows: list[dict], installs: list[Dnnl], impls: dict, ov: dict 
         "",
         *reading(rows, installs),
     ]
-    write_section("onednn_probe", "## oneDNN for layers left dense (issue 20, item 4)\n\n" + "\n".join(md))
+    # a run with the ISAs capped (UNIPRUNE_ISA for ours, DNNL_MAX_CPU_ISA for oneDNN) keeps its own section
+    capped = "_".join(v.lower() for v in (os.environ.get("UNIPRUNE_ISA"), os.environ.get("DNNL_MAX_CPU_ISA")) if v)
+    title = "## oneDNN for layers left dense (issue 20, item 4)" + (f", ISAs capped ({capped})" if capped else "")
+    write_section("onednn_probe" + (f"_{capped}" if capped else ""), title + "\n\n" + "\n".join(md))
 
 
 def main(argv: list[str] | None = None) -> int:
