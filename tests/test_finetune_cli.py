@@ -200,7 +200,7 @@ def test_a_time_budget_plans_the_epochs(setup, tmp_path: Path, capsys: pytest.Ca
     budget = result["time_budget"]
     # invariants, not wall-clock bounds (a shared machine's epochs vary): the plan is what ran, and the verdict is
     # the time used against the budget's 9 s
-    assert budget["planned_epochs"] == result["epochs"] >= 2 and budget["met"] == (budget["seconds_used"] <= 9.0)
+    assert budget["planned_epochs"] == result["epochs"] >= 1 and budget["met"] == (budget["seconds_used"] <= 9.0)
     assert 1 <= result["epochs_run"] <= result["epochs"]
     assert budget["stopped_early"] == (result["epochs_run"] < result["epochs"])
 
