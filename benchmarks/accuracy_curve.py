@@ -49,11 +49,12 @@ from distill_channel import DATA, _flags, _load, adapted_dense  # noqa: E402
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.core.accounting import FLOAT_BITS, model_size  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
+from uniprune.compressors.core.projection import project_model  # noqa: E402
 from uniprune.compressors.core.structure import BlockShape  # noqa: E402
 from uniprune.compressors.latency.engines import DenseEngines, dense_engines, top1  # noqa: E402
 from uniprune.compressors.latency.table import measure_model_ms  # noqa: E402
 from uniprune.compressors.train.baselines import magnitude_masks, uniform_policy  # noqa: E402
-from uniprune.compressors.train.channel_strategy import time_pruned  # noqa: E402
+from uniprune.compressors.train.channel_strategy import prune_to_ratio, time_pruned  # noqa: E402
 from uniprune.compressors.train.finetune import AdmmConfig, ChannelConfig, finetune  # noqa: E402
 from uniprune.compressors.train.training import (  # noqa: E402
     Distillation,
@@ -95,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/uniprune-curve", help="search runs and the dense checkpoint go here")
     p.add_argument("--json-out", default=None, help="also write the figures here")
+    p.add_argument("--retime", action="store_true",
+                   help="time the points of --json-out again (a quieter machine), keeping their top-1: each point's "
+                        "structure rebuilt from the dense model in --out (the fine-tune changes weights, not structure)")
     p.add_argument("--no-write", action="store_true", help="do not touch docs/")
     args = p.parse_args(argv)
     cifar = args.model in CIFAR
@@ -142,6 +146,9 @@ def setup(args: argparse.Namespace) -> Setup:
     bundle = load_dataset(args.dataset, None)
     torch.manual_seed(args.seed)
     dense = build_model("digits-cnn", num_classes=bundle.num_classes, input_shape=bundle.input_shape)
+    if args.retime:
+        dense.load_state_dict(torch.load(out / "dense.pt", map_location="cpu", weights_only=True))
+        return Setup(bundle, dense.eval(), out / "dense.pt", api.DataSpec(dataset=args.dataset), tuple(bundle.input_shape), False)
     optimizer = make_optimizer(dense, lr=0.05)
     schedule = cosine_schedule(optimizer, bundle.num_batches("train", 64, limit=args.train_limit) * args.dense_epochs)
     for epoch in range(args.dense_epochs):
@@ -203,6 +210,28 @@ def searched_policy(budget: float, s: Setup, args: argparse.Namespace) -> Policy
     return Policy.load(run / "policy.json")
 
 
+def timings(model: nn.Module, structures: Any, s: Setup, engines: dict[int, DenseEngines],
+            args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """The compressed model (``structures``: block structures, or None for a channel-pruned dense model) raced
+    against every dense engine mode at each batch size."""
+    out = {}
+    for batch in BATCHES:
+        if structures is None:
+            x = torch.randn(batch, *s.input_shape, generator=torch.Generator().manual_seed(0))
+            out[batch] = time_pruned(engines[batch], model.eval(), x, threads=args.threads, repeats=args.repeats, statistic="min")
+        else:
+            out[batch] = measure_model_ms(model.eval(), structures, s.input_shape, batch_size=batch, threads=args.threads,
+                                          repeats=args.repeats, statistic="min", dense=engines[batch], precision=args.precision)
+    return out
+
+
+def speeds(timed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The ``b1``/``b32`` fields of a point from :func:`timings`."""
+    return {f"b{batch}": {"ms": t["compressed_ms"], "speedup": t["speedup"], "baseline": t["best_engine"],
+                          "baseline_precision": t["precisions"].get(t["best_engine"], "f32"), "baseline_ms": t["best_dense_ms"],
+                          "engines": t["engines"]} for batch, t in timed.items()}
+
+
 def point(method: str, level: float, s: Setup, engines: dict[int, DenseEngines], args: argparse.Namespace) -> dict[str, Any]:
     """One compressed, fine-tuned and timed point; ``level`` is the pruned fraction, or the budget for ``searched``."""
     model = copy.deepcopy(s.dense)
@@ -217,9 +246,7 @@ def point(method: str, level: float, s: Setup, engines: dict[int, DenseEngines],
         result = finetune(model, Policy(layers={}), s.train(args), s.val,
                           ChannelConfig(target=1 - level, epochs=args.epochs, lr=args.lr, progress=False), teacher=s.dense)
         row["finetune_seconds"] = time.time() - t0
-        for batch in BATCHES:
-            x = torch.randn(batch, *s.input_shape, generator=torch.Generator().manual_seed(0))
-            timed[batch] = time_pruned(engines[batch], model.eval(), x, threads=args.threads, repeats=args.repeats, statistic="min")
+        timed = timings(model, None, s, engines, args)
         row.update(mac_ratio=result["channels"]["mac_ratio"],
                    compression=sum(p.numel() for p in s.dense.parameters()) / sum(p.numel() for p in model.parameters()),
                    runs_on=f"{timed[1]['compressed_engine']} ({timed[1]['compressed_precision']})")
@@ -233,19 +260,29 @@ def point(method: str, level: float, s: Setup, engines: dict[int, DenseEngines],
         result = finetune(model, policy, s.train(args), s.val, AdmmConfig(method="masked", retrain_epochs=args.epochs, lr=args.lr,
                                                                           schedule="run", progress=False), teacher=s.dense)
         row["finetune_seconds"] = time.time() - t0
-        for batch in BATCHES:
-            timed[batch] = measure_model_ms(model.eval(), result["structures"], s.input_shape, batch_size=batch, threads=args.threads,
-                                            repeats=args.repeats, statistic="min", dense=engines[batch], precision=args.precision)
+        timed = timings(model, result["structures"], s, engines, args)
         sized = model_size(model, result["structures"], input_shape=s.input_shape)["total"]
         row.update(mac_ratio=sized["mac_ratio"], compression=1 / sized["size_ratio"],
                    runs_on=f"uniprune {timed[1]['runtime']} ({timed[1]['precision']})")
     row["top1"] = evaluate(model, s.test_batches(args))
-    for batch, t in timed.items():
-        row[f"b{batch}"] = {"ms": t["compressed_ms"], "speedup": t["speedup"], "baseline": t["best_engine"],
-                            "baseline_precision": t["precisions"].get(t["best_engine"], "f32"), "baseline_ms": t["best_dense_ms"],
-                            "engines": t["engines"]}
+    row.update(speeds(timed))
     row["load"] = _load()
     return row
+
+
+def retime(row: dict[str, Any], s: Setup, engines: dict[int, DenseEngines], args: argparse.Namespace) -> dict[str, Any]:
+    """``row`` timed again on its structure rebuilt from the dense model: the same uniform or searched policy projected,
+    or the same channel MAC ratio pruned (the kept blocks or channels may differ; their counts do not)."""
+    model = copy.deepcopy(s.dense)
+    if row["method"] == "channel":
+        x = torch.randn(1, *s.input_shape, generator=torch.Generator().manual_seed(0))
+        model = prune_to_ratio(model, x, 1 - row["level"])[0]
+        timed = timings(model, None, s, engines, args)
+    else:
+        policy = Policy.load(Path(args.out) / args.name / f"search-{row['level']}" / "policy.json") if row["method"] == "searched" \
+            else uniform_policy(model, row["level"], block_shapes={"conv": SHAPES[row["method"]]})
+        timed = timings(model, project_model(model, policy), s, engines, args)
+    return {**row, **speeds(timed), "first_timing": {k: row[k] for k in ("b1", "b32", "load") if k in row}, "load": _load()}
 
 
 def engine_points(s: Setup, engines: dict[int, DenseEngines], rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -269,8 +306,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
     s = setup(args)
     engines = engines_at(s, args)
-    figures: dict[str, Any] = {"dense_top1": evaluate(s.dense, s.test_batches(args)), "load_before": _load(), "rows": [],
-                               "n_test": min(args.test_limit or len(s.bundle.test), len(s.bundle.test))}
+    if args.retime:
+        if not args.json_out or not Path(args.json_out).is_file():
+            sys.exit("accuracy_curve: --retime reads the figures of an earlier run: give its --json-out")
+        figures = json.loads(Path(args.json_out).read_text())
+        figures["retimed"] = {"load_before": _load(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        figures["rows"] = [r if "error" in r or "b1" not in r else retime(r, s, engines, args) for r in figures["rows"]]
+        return finish(figures, s, engines, args, started)
+    figures = {"dense_top1": evaluate(s.dense, s.test_batches(args)), "load_before": _load(), "rows": [], "command": command_line(), "args": vars(args),
+               "n_test": min(args.test_limit or len(s.bundle.test), len(s.bundle.test))}
     print(f"dense: test {figures['dense_top1']:.4f}", file=sys.stderr)
     for method in args.methods.split(","):
         levels = args.budgets if method == "searched" else args.fractions
@@ -281,9 +325,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row = {"method": method, "level": level, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
             figures["rows"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+    figures["seconds"] = time.time() - started
+    return finish(figures, s, engines, args, started)
+
+
+def finish(figures: dict[str, Any], s: Setup, engines: dict[int, DenseEngines], args: argparse.Namespace,
+           started: float) -> dict[str, Any]:
+    """The engine points, then the JSON, the plot and the section."""
     made = [r for r in figures["rows"] if "error" not in r]
     figures["engines"] = engine_points(s, engines, made, args)
-    figures["seconds"] = time.time() - started
+    if args.retime:
+        figures["retimed"]["seconds"] = time.time() - started
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=1) + "\n")
     if not args.no_write:
@@ -340,7 +392,8 @@ def _speed(r: dict[str, Any], key: str) -> str:
     return f"{t['ms']:.3f} | {t['baseline']} {t['baseline_precision']} ({t['baseline_ms']:.3f}) | **{t['speedup']:.2f}x**" if t else "– | – | –"
 
 
-def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
+def render(figures: dict[str, Any], now: argparse.Namespace) -> str:
+    args = argparse.Namespace(**{**vars(now), **figures.get("args", {})})  # the run's settings, when these are a re-timing
     cifar = args.model in CIFAR
     dense_how = (f"the pretrained checkpoint (akamaster) adapted to the JPEG training set for the points' budget ({args.epochs} "
                  f"epochs of {args.train_limit} augmented images, lr 0.01, one cosine)") if cifar else \
@@ -349,7 +402,10 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
         f"## Accuracy at measured speed, {_title(args)} (`benchmarks/accuracy_curve.py`)",
         "",
         f"Machine: {machine_line()}; CPU flags: {_flags()}; {args.threads} thread(s); load average at the start: "
-        f"{figures['load_before']}; {figures['seconds'] / 60:.0f} min in all. Command: `{command_line()}`",
+        f"{figures['load_before']}; {figures['seconds'] / 60:.0f} min in all. Command: `{figures.get('command', command_line())}`"
+        + (f". Timings taken again on {figures['retimed']['date']} (load at the start {figures['retimed']['load_before']}) "
+           f"with `{command_line()}`: each point's structure rebuilt from the dense model, the top-1 kept from the first run"
+           if "retimed" in figures else ""),
         "",
         f"Dense reference: {dense_how}: top-1 **{100 * figures['dense_top1']:.2f} %** on {figures['n_test']} test images. Each "
         f"point: compressed, fine-tuned {args.epochs} epochs{f' of {args.train_limit} images' if args.train_limit else ''} "
