@@ -244,6 +244,9 @@ def _bench(args: BenchSpec, threads: int) -> dict[str, Any]:
                                   baseline=args.baseline, dense=dense, precision=args.precision)
     for note in result.pop("notes"):
         print(f"bench: note: {note}", file=sys.stderr)
+    ort = [n for seg in result.get("segments") or [] if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]
+    if ort:  # a segmented plan: which nodes left the native kernels (the JSON's "segments" says where each ran)
+        print(f"bench: {len(ort)} node(s) ran on ONNX Runtime inside the plan: {', '.join(ort)}", file=sys.stderr)
     scores = _scores(dense, model, bundle, held_out, args.batch_size) if bundle is not None else None
     predicted, predicted_ratio = _predicted(args, model, structures, shape, threads, modes, result)
     budget = _budget(args)
