@@ -114,6 +114,17 @@ def test_a_node_inside_a_residual_block_takes_the_block_to_onnx_runtime():
         assert _rel(lean(x), ref(x)) <= TOL
 
 
+def test_onnx_segments_at_both_ends_take_the_input_and_write_the_output():
+    torch.manual_seed(0)
+    model = nn.Sequential(Mish(), nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), Mish()).eval()
+    lean = plan.lower(model, torch.randn(1, 3, 6, 6), threads=1, choose="direct", onnx_fallback=True)
+    assert [r for r, _ in lean.segments] == ["onnxruntime", "native", "onnxruntime"]
+    x = torch.randn(4, 3, 6, 6)
+    with torch.no_grad():
+        assert _rel(lean(x), model(x)) <= TOL
+        assert lean(x[:0]).shape == (0, 4, 6, 6)
+
+
 def test_the_artifact_runs_its_onnx_segment_through_its_own_loader_without_torch(segmented, tmp_path):
     spec, ref = segmented
     write_artifact(tmp_path / "art", spec, source={"model_name": "mishnet"})

@@ -134,6 +134,19 @@ class OrtSegment:
         return self.session.run(["y"], {"x": x})[0]
 
 
+_ARRAY_TYPES: dict[int, Any] = {}
+
+
+def _floats(count: int) -> Any:
+    """``ctypes.c_float * count``, made once per count (a new array type costs more than the view it makes)."""
+    t = _ARRAY_TYPES.get(count)
+    if t is None:
+        if len(_ARRAY_TYPES) > 256:
+            _ARRAY_TYPES.clear()
+        t = _ARRAY_TYPES[count] = ctypes.c_float * count
+    return t
+
+
 class SegmentChain:
     """A verified segmented plan, ready to run: its native plans (``plan_type``, e.g. NativePlan, on ``lib``) and
     ONNX Runtime sessions (``threads`` intra-op threads each). ``run`` has :class:`~.native.NativePlan`'s
@@ -165,24 +178,31 @@ class SegmentChain:
         the address of ``int64[n_ops]``, the native ops' wall times in ns. Returns 0, or a native segment's code
         with its op index counted over every native op of the chain. ONNX Runtime's failures raise
         RuntimeError."""
-        cur = np.ctypeslib.as_array((ctypes.c_float * (n * _prod(self.input_shape))).from_address(x))
-        cur_shape, last = self.input_shape, len(self.parts) - 1
+        cur, held, cur_shape, last = x, None, self.input_shape, len(self.parts) - 1
         for k, (runs_on, runner, shape, before) in enumerate(self.parts):
-            count = n * _prod(shape)
-            out = (np.ctypeslib.as_array((ctypes.c_float * count).from_address(y)) if k == last
-                   else np.empty(count, dtype=np.float32))
             if runs_on == "native":
-                ns = None if op_ns is None else op_ns + 8 * before
-                rc = runner.run(cur.ctypes.data, out.ctypes.data, n, threads, ns)
+                # each segment's output is a fresh array (the chain may run from several threads' models)
+                src = held  # what ``cur`` points into stays alive until the native call has read it
+                held = None if k == last else np.empty(n * _prod(shape), dtype=np.float32)
+                out = y if held is None else held.ctypes.data
+                rc = runner.run(cur, out, n, threads, None if op_ns is None else op_ns + 8 * before)
+                del src
                 if rc:
                     return rc + 100 * before if rc >= 100 else rc
+                cur = out
             else:
-                got = runner.run(cur.reshape(n, *cur_shape))
-                if got.dtype != np.float32 or got.size != count:
+                if held is None:  # the caller's input: a view of it, no copy
+                    held = np.ctypeslib.as_array(_floats(n * _prod(cur_shape)).from_address(cur))
+                got = runner.run(held.reshape(n, *cur_shape))
+                if got.dtype != np.float32 or got.shape != (n, *shape):
                     raise RuntimeError(f"{runner.where} (onnxruntime) gave {got.dtype} {list(got.shape)}, expected "
                                        f"float32 [{n}, {', '.join(map(str, shape))}]")
-                out[:] = got.reshape(-1)
-            cur, cur_shape = out, shape
+                if k == last:
+                    np.ctypeslib.as_array(_floats(got.size).from_address(y))[:] = got.reshape(-1)
+                else:
+                    held = np.ascontiguousarray(got)  # ONNX Runtime's own array, handed on as it is
+                    cur = held.ctypes.data
+            cur_shape = shape
         return 0
 
     def close(self) -> None:
