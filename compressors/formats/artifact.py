@@ -4,8 +4,10 @@ or torch, only numpy, ctypes and a C compiler.
 Layout (every file written into a temporary directory beside ``out`` that is then renamed into place, so an
 artifact appears whole or not at all)::
 
-    plan.json            the lean plan's header: ops, shapes, buffers, the array index, the source model
-    weights.bin          its arrays (packed weights, per-op data), raw little-endian, 64-byte aligned
+    plan.json            the lean plan's header: ops, shapes, buffers, the array index, the source model (a
+                         segmented plan: native plans and ONNX segments in turn, uniprune_lean/ort_segment.py)
+    weights.bin          its arrays (packed weights, per-op data, an ONNX segment's model bytes), raw
+                         little-endian, 64-byte aligned
     uniprune_kernels.c   the block-sparse kernels
     uniprune_plan.c      the plan executor
     uniprune_bf16.c      the bf16 kernels (AMX tiles) and the CPU's bf16 capabilities

@@ -9,7 +9,9 @@ the op before them; pooling, flatten, the CIFAR ResNets' option-A shortcut), act
 buffers that values with disjoint lifetimes share, and a forward pass is one native call.
 
 A graph with a node it cannot lower raises a one-line :class:`~uniprune.compressors.core.errors.ModelError`
-naming the node and its op; callers then keep the Python path (``compile_model``'s module).
+naming the node and its op; with ``onnx_fallback=True`` (what bench, the latency table and export ask for) such
+nodes run on ONNX Runtime inside the plan instead (:mod:`.segments`: native plans and ONNX segments in turn,
+one artifact), and callers keep the Python path (``compile_model``'s module) only where that fails too.
 
 Serialisable: :func:`lower_spec` gives the plan as a :class:`LeanSpec`, a JSON header plus plain numpy arrays
 (the kernels' packed weights among them), and a :class:`LeanModel` is always built from one, by

@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{model.source.get('model_name', 'model')}: input {[args.batch_size, *model.input_shape]} -> output "
           f"{list(y.shape)}; {1e3 * best:.3f} ms per pass (least of 20, {model.threads} thread(s), {model.isa}, "
           f"{model.precision}{f', {model.amx_convs} convs on AMX' if model.amx_convs else ''})")
+    ort = [n for runs_on, nodes in model.segments or [] if runs_on == "onnxruntime" for n in nodes]
+    if ort:
+        print(f"{len(ort)} node(s) ran on ONNX Runtime inside the plan: {', '.join(ort)}")
     return 0
 
 
