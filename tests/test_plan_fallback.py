@@ -174,7 +174,7 @@ def test_a_damaged_or_missing_onnx_segment_is_one_line(segmented, tmp_path):
         assert "\n" not in str(info.value) and why in str(info.value)
 
 
-def test_bench_json_and_text_say_which_nodes_ran_where(tmp_path, monkeypatch, capsys):
+def test_bench_and_export_say_which_nodes_ran_where(tmp_path, monkeypatch, capsys):
     (tmp_path / "mish_nets.py").write_text(textwrap.dedent("""
         import torch, torch.nn as nn, torch.nn.functional as F
         class Mish(nn.Module):
@@ -199,6 +199,13 @@ def test_bench_json_and_text_say_which_nodes_ran_where(tmp_path, monkeypatch, ca
     assert [s["runs_on"] for s in out["segments"]] == ["native", "onnxruntime", "native"]
     assert out["segments"][1]["nodes"] == ORT_NODES and out["segments"][0]["nodes"] == ["_0"]  # Sequential's names
     assert "bench: 3 node(s) ran on ONNX Runtime inside the plan: softplus, tanh, mul" in captured.err
+    rc = main(["export", "--model", "mish_nets:mishnet", "--input-shape", "1,8,8", "--policy", str(tmp_path / "policy.json"),
+               "--threads", "1", "--precision", "fp32", "--out", str(tmp_path / "art"), "--json"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    assert out["segments"][1] == {"runs_on": "onnxruntime", "nodes": ORT_NODES} and out["max_rel_error"] <= TOL
+    assert "export: 3 node(s) run on ONNX Runtime inside the plan: softplus, tanh, mul" in captured.err
 
 
 class Bessel(nn.Module):
