@@ -174,6 +174,37 @@ def test_a_damaged_or_missing_onnx_segment_is_one_line(segmented, tmp_path):
         assert "\n" not in str(info.value) and why in str(info.value)
 
 
+@pytest.mark.parametrize("change, why", [
+    (lambda h: h["segments"][1].update(runs_on="cuda"), "field 'runs_on' must be one of native, onnxruntime"),
+    (lambda h: h["segments"][1].update(nodes="softplus"), "field 'nodes' must be a list"),
+    (lambda h: h["segments"][1].update(input_shape=[8, 12, 12]), "takes [8, 12, 12] per sample"),
+    (lambda h: h["segments"][1].update(onnx="s0.op0.floats"), "must be non-empty 1-D uint8"),
+    (lambda h: h["segments"][0].update(plan=None), "field 'plan' must be a plan header"),
+    (lambda h: h["segments"][0]["plan"].update(segments=[]), "field 'plan' must be a plan header without segments"),
+    (lambda h: h["segments"][2]["plan"]["ops"][0].update(kind=99), "plan segment 2 (native): op 0 field 'kind'"),
+    (lambda h: h.update(output_shape=[11]), "the last segment gives [10]"),
+    (lambda h: h.update(ops=[]), "not in fields 'ops' or 'buffers'"),
+    (lambda h: h.update(segments={}), "plan field 'segments' must be a list"),
+])
+def test_a_malformed_segmented_header_is_one_line(segmented, change, why):
+    spec, _ = segmented
+    header = copy.deepcopy(spec.header)
+    change(header)
+    with pytest.raises(lean_rt.LeanError) as info:
+        lean_rt.verify_plan(header, spec.arrays)
+    assert "\n" not in str(info.value) and why in str(info.value)
+
+
+def test_an_onnx_model_whose_shapes_contradict_its_segment_is_refused(segmented):
+    spec, _ = segmented
+    header = copy.deepcopy(spec.header)
+    header["segments"][1]["output_shape"] = header["segments"][2]["plan"]["input_shape"] = [16, 6, 24]
+    lean_rt.verify_plan(header, spec.arrays)  # the header agrees with itself; only the ONNX model says otherwise
+    with pytest.raises(ModelError, match=r"plan segment 1: its ONNX model gives \[16, 12, 12\] per sample, but the "
+                                         r"segment says \[16, 6, 24\]"):
+        plan.LeanModel(plan.LeanSpec(header, spec.arrays), threads=1)
+
+
 def test_bench_and_export_say_which_nodes_ran_where(tmp_path, monkeypatch, capsys):
     (tmp_path / "mish_nets.py").write_text(textwrap.dedent("""
         import torch, torch.nn as nn, torch.nn.functional as F

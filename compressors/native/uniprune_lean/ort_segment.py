@@ -106,7 +106,7 @@ def onnx_bytes(seg: Mapping[str, Any], arrays: Mapping[str, np.ndarray], where: 
 class OrtSegment:
     """One ONNX segment on ONNX Runtime's CPU provider: ``threads`` intra-op threads (>= 1), sequential."""
 
-    def __init__(self, data: bytes, threads: int, where: str) -> None:
+    def __init__(self, data: bytes, threads: int, where: str, shapes: tuple[Any, Any] | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -128,6 +128,13 @@ class OrtSegment:
         names = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
         if names != (["x"], ["y"]):
             raise LeanError(f"{where}: its ONNX model takes {names[0]} and gives {names[1]}, expected ['x'] and ['y']")
+        # ``shapes``: the segment's (input, output) per sample, which the model's own must not contradict
+        for what, io, want in zip(("takes", "gives"), (self.session.get_inputs()[0], self.session.get_outputs()[0]),
+                                  shapes or (None, None)):
+            have = list(io.shape or [])[1:]
+            if want is not None and (len(have) != len(want) or any(isinstance(h, int) and h != w
+                                                                    for h, w in zip(have, want))):
+                raise LeanError(f"{where}: its ONNX model {what} {have} per sample, but the segment says {list(want)}")
         self.where = where
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -168,7 +175,8 @@ class SegmentChain:
                 self.dot_convs += plan.dot_convs
                 self.bytes_per_sample += plan.bytes_per_sample
             else:
-                runner = OrtSegment(onnx_bytes(seg, arrays, f"plan segment {k}"), threads, f"plan segment {k}")
+                runner = OrtSegment(onnx_bytes(seg, arrays, f"plan segment {k}"), threads, f"plan segment {k}",
+                                    (seg["input_shape"], seg["output_shape"]))
                 self.parts.append(("onnxruntime", runner, tuple(seg["output_shape"]), self.n_ops))
             self.bytes_per_sample += 4 * _prod(self.parts[-1][2])  # each segment's output, held between segments
             self.nodes.append((seg["runs_on"], list(seg["nodes"])))
