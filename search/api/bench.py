@@ -4,7 +4,8 @@ Every installed dense engine (torch eager, ONNX Runtime, OpenVINO) runs the mode
 at its default precision (OpenVINO: bf16 on CPUs with avx512_bf16 or AMX) and OpenVINO also at f32, and with
 ``int8`` a statically quantized copy on ONNX Runtime and OpenVINO, interleaved with the compressed model in
 one process; ``speedup`` is over the fastest engine at its default precision (what a user runs). With a
-``dataset`` every engine mode and the compressed model are also scored (top-1 on the test split).
+``dataset`` every engine mode and the compressed model are also scored (top-1 on the test split). Nodes the plan
+has no op for run on ONNX Runtime inside the plan: one line says which, and ``segments`` which nodes ran where.
 """
 
 from __future__ import annotations
