@@ -127,9 +127,9 @@ def test_measure_and_check_whole_model(tmp_path):
             structures[name] = random_structure(block_grid(tuple(m.weight.shape), shape), 0.75, 0.0, g)
     r = measure_model_ms(model, structures, (3, 16, 16), batch_size=2, threads=1, warmup=2, repeats=5, min_seconds=0)
     assert set(r) == {"engines", "precisions", "baseline", "best_engine", "best_dense_ms", "compressed_ms",
-                      "latency_ratio", "speedup", "rivals", "runtime", "precision", "fallback", "notes"}
+                      "latency_ratio", "speedup", "rivals", "runtime", "precision", "fallback", "segments", "notes"}
     assert r["precision"] == "fp32"  # the library's default; the CLI's is auto
-    assert r["fallback"] is None
+    assert r["fallback"] is None and r["segments"] is None  # one native plan, no node on ONNX Runtime
     assert r["runtime"] == "lean"  # the small CNN lowers to one native plan
     assert set(r["engines"]) == set(default_modes()) and r["notes"] == []
     assert r["best_dense_ms"] == min(r["engines"][e] for e in available_engines()) == r["engines"][r["best_engine"]]
@@ -184,7 +184,8 @@ def test_cached_table_is_checked_against_a_quick_timing(tmp_path, capsys):
 
 
 def test_python_runtime_and_the_fallback():
-    """The Python path is still there on request, and a model the plan cannot lower is timed on it, with a note."""
+    """The Python path is still there on request; a model with a node the plan cannot lower runs it on ONNX Runtime
+    inside the plan (tests/test_plan_fallback.py: the Python path only where ONNX cannot export it either)."""
     model = _small_cnn()
     r = measure_model_ms(model, {}, (3, 16, 16), threads=1, warmup=1, repeats=2, min_seconds=0, runtime="python")
     assert r["runtime"] == "python" and r["notes"] == []
@@ -200,8 +201,11 @@ def test_python_runtime_and_the_fallback():
             return torch.exp(self.conv(x)).mean((2, 3))  # the plan has no exp
 
     r = measure_model_ms(Gated().eval(), {}, (3, 8, 8), threads=1, warmup=1, repeats=2, min_seconds=0)
-    assert r["runtime"] == "python" and len(r["notes"]) == 1 and "Python path" in r["notes"][0]
-    assert r["fallback"]["blockers"] == ["node 'exp' (call_function exp): the plan has no op for it"]
+    assert r["runtime"] == "lean" and r["fallback"] is None  # exp runs on ONNX Runtime inside the plan
+    assert r["segments"] == [{"runs_on": "native", "nodes": ["conv"]}, {"runs_on": "onnxruntime", "nodes": ["exp"]},
+                             {"runs_on": "native", "nodes": ["mean"]}]
+    r = measure_model_ms(Gated().eval(), {}, (3, 8, 8), threads=1, warmup=1, repeats=2, min_seconds=0, runtime="python")
+    assert r["runtime"] == "python" and r["segments"] is None
     with pytest.raises(ConfigError, match="runtime"):
         measure_model_ms(model, {}, (3, 16, 16), runtime="jit")
 

@@ -174,13 +174,17 @@ def test_every_blocker_is_listed_in_one_line():
     assert [b.split()[1] for b in info.value.blockers] == ["'exp'", "'tanh'"]
 
 
-def test_timing_fallback_says_why_and_lists_every_blocker():
+def test_timing_runs_every_blocker_on_onnx_runtime_inside_the_plan():
     from uniprune.compressors.latency.table import compile_for_timing
 
     fallback: dict = {}
-    _, runtime, notes = compile_for_timing(TwoBlockers().eval(), {}, torch.randn(1, 3, 8, 8), 1, "lean", fallback=fallback)
-    assert runtime == "python" and len(notes) == 1
-    assert len(fallback["blockers"]) == 2 and "'exp'" in fallback["reason"]
+    x = torch.randn(1, 3, 8, 8)
+    model = TwoBlockers().eval()
+    lean, runtime, notes = compile_for_timing(model, {}, x, 1, "lean", fallback=fallback)
+    assert runtime == "lean" and notes == [] and fallback == {}
+    assert [(r, n) for r, n in lean.segments if r == "onnxruntime"] == [("onnxruntime", ["exp"]), ("onnxruntime", ["tanh"])]
+    with torch.no_grad():
+        assert _rel_err(lean(x), model(x)) <= TOL
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", pytest.param("regnet_y_400mf", marks=pytest.mark.slow),

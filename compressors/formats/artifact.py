@@ -4,8 +4,10 @@ or torch, only numpy, ctypes and a C compiler.
 Layout (every file written into a temporary directory beside ``out`` that is then renamed into place, so an
 artifact appears whole or not at all)::
 
-    plan.json            the lean plan's header: ops, shapes, buffers, the array index, the source model
-    weights.bin          its arrays (packed weights, per-op data), raw little-endian, 64-byte aligned
+    plan.json            the lean plan's header: ops, shapes, buffers, the array index, the source model (a
+                         segmented plan: native plans and ONNX segments in turn, uniprune_lean/ort_segment.py)
+    weights.bin          its arrays (packed weights, per-op data, an ONNX segment's model bytes), raw
+                         little-endian, 64-byte aligned
     uniprune_kernels.c   the block-sparse kernels
     uniprune_plan.c      the plan executor
     uniprune_bf16.c      the bf16 kernels (AMX tiles) and the CPU's bf16 capabilities
@@ -45,6 +47,7 @@ from ..latency.timing import SPREAD_SECONDS, check_threads
 from ..native import kernels
 from ..native import uniprune_lean as lean_rt
 from ..native.plan import LeanModel, LeanSpec, output_tolerance
+from ..native.segments import placement
 
 LOADER = "uniprune_lean"  # a folder: the loader package, copied whole
 README = "README.md"
@@ -84,6 +87,15 @@ def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
     return out
 
 
+def _segments_line(header: Mapping[str, Any]) -> str:
+    """The README's line on nodes that run on ONNX Runtime (a segmented plan), or nothing."""
+    if not lean_rt.is_segmented(header):
+        return ""
+    ort = [n for seg in header["segments"] if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]
+    return (f"- {len(ort)} node(s) the plan has no op for run on ONNX Runtime between its native segments "
+            f"(`pip install onnxruntime`): {', '.join(ort)}\n")
+
+
 def _readme(header: Mapping[str, Any], source: Mapping[str, Any]) -> str:
     shape = list(header["input_shape"])
     example = f"np.zeros((8, {', '.join(map(str, shape))}), np.float32)"
@@ -95,9 +107,9 @@ Python 3 with numpy, and a C compiler (gcc or clang); not torch, not uniprune.
 - input: float32 `[N, {', '.join(map(str, shape))}]` (NCHW, any batch N)
 - output: float32 `[N, {', '.join(map(str, header['output_shape']))}]`
 - exported from `{source.get('checkpoint', '?')}` ({source.get('model_name', '?')}, {source.get('num_classes', '?')} classes),
-  {len(header['ops'])} ops, conv implementations chosen at batch {header.get('batch_size')} on {header.get('threads')} thread(s)
+  {len(lean_rt.plan_ops(header))} ops, conv implementations chosen at batch {header.get('batch_size')} on {header.get('threads')} thread(s)
   on a CPU with {source.get('isa', '?')} kernels
-- precision: {header.get('precision', 'fp32')}{' (bf16 weights; the loader refuses a CPU with neither avx512_bf16 nor amx_bf16 unless given allow_fp32_fallback=True; convs on AMX tiles where the CPU has them)' if header.get('precision') == 'bf16' else ''}
+{_segments_line(header)}- precision: {header.get('precision', 'fp32')}{' (bf16 weights; the loader refuses a CPU with neither avx512_bf16 nor amx_bf16 unless given allow_fp32_fallback=True; convs on AMX tiles where the CPU has them)' if header.get('precision') == 'bf16' else ''}
 
 ## Run it
 
@@ -247,7 +259,8 @@ def measure_artifact_ms(directory: str | os.PathLike, model: nn.Module, *, batch
                          "it was exported from another checkpoint: export it again or pass the right --checkpoint")
     result = race(dense, lambda: art(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
                   statistic=statistic, baseline=baseline)
-    return {**result, "runtime": "artifact", "precision": precision, "max_rel_error": err}
+    return {**result, "runtime": "artifact", "precision": precision, "max_rel_error": err,
+            "segments": placement(art.segments)}
 
 
 __all__ = ["LOADER", "README", "check_out_dir", "file_sha256", "measure_artifact_ms", "open_artifact",

@@ -39,6 +39,7 @@ from ..core.threads import torch_threads
 from ..formats.fileio import write_json_atomic
 from ..native.plan import compile_lean, compile_lean_spec, resolve_precision
 from ..native.runtime import compile_model
+from ..native.segments import placement
 from .budget import latency_ratio
 from .engines import DenseEngines, check_modes, dense_engines, race
 from .model import LatencyModel
@@ -90,8 +91,9 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
                        fallback: dict[str, Any] | None = None) -> tuple[Any, str, list[str]]:
     """The compressed model as it will run, ready for inputs shaped like ``x``: ``(callable, runtime, notes)``.
 
-    ``runtime`` ``"lean"`` falls back to ``"python"`` (with a note saying why) for a model the plan cannot
-    lower; then ``fallback`` (a dict, when given) gets ``"reason"`` (the one-line error) and ``"blockers"``
+    ``runtime`` ``"lean"`` runs the nodes the plan cannot lower on ONNX Runtime inside the plan (a segmented
+    plan: the callable's ``segments`` say which nodes run where), and falls back to ``"python"`` (with a note
+    saying why) only where that fails too; then ``fallback`` (a dict, when given) gets ``"reason"`` (the one-line error) and ``"blockers"``
     (every node the plan could not lower, one line each). Each layer's implementation is picked here, at this
     shape and ``threads``. ``precision`` (``fp32``, ``bf16``, ``auto``:
     :func:`~uniprune.compressors.native.plan.resolve_precision`) applies to the plan (lean, artifact); the
@@ -104,8 +106,9 @@ def compile_for_timing(model: nn.Module, structures: Mapping[str, LayerStructure
     if runtime == "artifact":
         return _exported(model, structures, x, threads, precision), "artifact", notes
     if runtime == "lean":
-        try:
-            return compile_lean(model, structures, example_input=x, threads=threads, precision=precision), "lean", notes
+        try:  # nodes the plan has no op for run on ONNX Runtime inside it; the Python path only where that fails
+            return (compile_lean(model, structures, example_input=x, threads=threads, precision=precision,
+                                 onnx_fallback=True), "lean", notes)
         except ModelError as exc:
             notes.append(f"{exc}; timed on the Python path")
             if fallback is not None:
@@ -127,13 +130,16 @@ def _exported(model: nn.Module, structures: Mapping[str, LayerStructure], x: tor
 
     from ..formats.artifact import open_artifact, write_artifact
 
-    spec = compile_lean_spec(model, structures, example_input=x, threads=threads, precision=precision)
+    spec = compile_lean_spec(model, structures, example_input=x, threads=threads, precision=precision,
+                             onnx_fallback=True)
     folder = tempfile.TemporaryDirectory(prefix="uniprune-artifact-")
     write_artifact(Path(folder.name) / "artifact", spec, source={"model_name": type(model).__name__})
     art = open_artifact(Path(folder.name) / "artifact", threads=threads)
 
     def run(inputs: torch.Tensor, _keep: Any = folder) -> torch.Tensor:
         return art(inputs)
+
+    run.segments = art.segments  # type: ignore[attr-defined]  # which nodes run where, as the artifact says
 
     return run
 
@@ -158,7 +164,8 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
     here. Returns :func:`~uniprune.compressors.latency.engines.race`'s fields, ``"runtime"`` (the one timed),
     ``"precision"`` (the compressed model's, ``fp32`` or ``bf16``: ``auto`` resolved for this CPU) and
     ``"fallback"`` (``None``, or why the lean path was left for the Python path: ``{"reason", "blockers"}``, see
-    :func:`compile_for_timing`); ``notes`` says why an installed engine mode or the lean path was left out.
+    :func:`compile_for_timing`), ``"segments"`` (``None``, or for a plan with nodes on ONNX Runtime which nodes
+    ran where: ``[{"runs_on": "native" | "onnxruntime", "nodes": [...]}, ...]``); ``notes`` says why an installed engine mode or the lean path was left out.
     """
     n = check_threads(threads)
     x = _example_input(input_shape, batch_size, seed)
@@ -169,8 +176,9 @@ def measure_model_ms(model: nn.Module, structures: Mapping[str, LayerStructure],
     compiled, used, notes = compile_for_timing(model, structures, x, n, runtime, precision, fallback)
     result = race(dense, lambda: compiled(x), threads=n, warmup=warmup, repeats=repeats, min_seconds=min_seconds,
                   statistic=statistic, baseline=baseline)
+    segments = getattr(compiled, "segments", None)
     return {**result, "runtime": used, "precision": precision if used != "python" else "fp32",
-            "fallback": fallback or None, "notes": result["notes"] + notes}
+            "fallback": fallback or None, "segments": placement(segments), "notes": result["notes"] + notes}
 
 
 def without_zeros(model: nn.Module, specs: Sequence[Any], seed: int = 0) -> nn.Module:

@@ -107,6 +107,11 @@ class _Lowering(_TensorOps, _LayerOps, _TokenOps):
                 first = f"{head}; and {len(blockers) - 1} more node(s): {more}; {tail}"
             error = ModelError(first)
             error.blockers = blockers  # type: ignore[attr-defined]
+            # every node that did not lower (those that failed only through an input too): what a segmented plan
+            # runs on ONNX Runtime (segments.py), and the values stored in another order than torch's, which a
+            # segment's boundary must not cross
+            error.failed = [n.name for n in self.gm.graph.nodes if n in failed]  # type: ignore[attr-defined]
+            error.reordered = [n.name for n in self.layout]  # type: ignore[attr-defined]
             raise error
 
     def meta_shape(self, node: torch.fx.Node) -> tuple[int, ...]:

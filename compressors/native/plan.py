@@ -9,7 +9,9 @@ the op before them; pooling, flatten, the CIFAR ResNets' option-A shortcut), act
 buffers that values with disjoint lifetimes share, and a forward pass is one native call.
 
 A graph with a node it cannot lower raises a one-line :class:`~uniprune.compressors.core.errors.ModelError`
-naming the node and its op; callers then keep the Python path (``compile_model``'s module).
+naming the node and its op; with ``onnx_fallback=True`` (what bench, the latency table and export ask for) such
+nodes run on ONNX Runtime inside the plan instead (:mod:`.segments`: native plans and ONNX segments in turn,
+one artifact), and callers keep the Python path (``compile_model``'s module) only where that fails too.
 
 Serialisable: :func:`lower_spec` gives the plan as a :class:`LeanSpec`, a JSON header plus plain numpy arrays
 (the kernels' packed weights among them), and a :class:`LeanModel` is always built from one, by
@@ -146,14 +148,25 @@ class LeanModel(nn.Module):
         self.input_shape = tuple(int(s) for s in header["input_shape"])
         self.output_shape = tuple(int(s) for s in header["output_shape"])
         self.threads = threads
-        self.ops = [_op_from_record(rec, spec.arrays) for rec in header["ops"]]
-        self.num_buffers = len(header["buffers"])
+        self.ops = [_op_from_record(rec, spec.arrays) for rec in lean_rt.plan_ops(header)]
         self.precision = str(header.get("precision", "fp32"))
-        self.buffer_floats = int(sum(header["buffers"]))  # per sample
-        self._native = _native(kernels.load(), header, spec.arrays, verified=True)  # verified above: once per load
+        plans = [seg["plan"] for seg in header.get("segments", []) if seg["runs_on"] == "native"] or [header]
+        self.num_buffers = sum(len(p["buffers"]) for p in plans)
+        #: ``[(runs_on, node names), ...]`` per segment of a segmented plan (nodes on ONNX Runtime); else None
+        self.segments: list[tuple[str, list[str]]] | None = None
+        if lean_rt.is_segmented(header):
+            from .segments import build_chain  # segments builds on this module
+
+            self._native = build_chain(kernels.load(), header, spec.arrays, threads or torch.get_num_threads())
+            self.segments = self._native.nodes
+            self._run, self._handle = (lambda _h, x, y, n, t: self._native.run(x, y, n, t)), None
+            self.buffer_floats = self._native.bytes_per_sample // 4
+        else:
+            self._native = _native(kernels.load(), header, spec.arrays, verified=True)  # verified above: once per load
+            # the executor's own ctypes function and handle: NativePlan.run's Python frame costs ~0.2 µs a call
+            self._run, self._handle = self._native.fns.plan_run, self._native.handle
+            self.buffer_floats = int(sum(header["buffers"]))  # per sample
         self.amx_convs = self._native.amx_convs  # convs on AMX tiles
-        # the executor's own ctypes function and handle: NativePlan.run's Python frame costs ~0.2 µs a call
-        self._run, self._handle = self._native.fns.plan_run, self._native.handle
         self._lock = threading.Lock()
         self._out_shapes: dict[tuple, tuple[int, ...]] = {}
 
@@ -229,7 +242,7 @@ class LeanModel(nn.Module):
 
 
 def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
-               choose: str = "measure", precision: str = "fp32") -> LeanSpec:
+               choose: str = "measure", precision: str = "fp32", onnx_fallback: bool = False) -> LeanSpec:
     """Lower ``model`` (a :func:`~uniprune.compressors.native.runtime.compile_model` result, or any plain model) to a
     :class:`LeanSpec` for inputs shaped like ``example_input`` per sample (any batch size).
 
@@ -241,7 +254,9 @@ def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | 
     (weights stored in bfloat16; convs on AMX tiles where the CPU has them, see
     :mod:`~uniprune.compressors.native.uniprune_lean`) or ``"auto"`` (:func:`resolve_precision`); recorded in
     the header. Raises a one-line ModelError naming the first node it cannot lower; the caller then keeps the
-    Python path.
+    Python path. With ``onnx_fallback`` such nodes run on ONNX Runtime inside the plan instead: the plan is
+    split into segments (:func:`~uniprune.compressors.native.segments.segmented_spec`), and a ModelError comes
+    only where that split fails too (it says why).
     """
     precision = resolve_precision(precision)
     if threads is not None:
@@ -262,12 +277,30 @@ def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | 
     gm = torch.fx.GraphModule(dense, graph)
     gm.graph.eliminate_dead_code()  # what nothing reads (attention weights asked for and dropped) costs no op
     example = example_input.detach().cpu().contiguous()
+    n_threads = threads or torch.get_num_threads()
+
+    def lower_graph(part: torch.fx.GraphModule, x: torch.Tensor) -> LeanSpec:
+        return _lower_graph(lib, part, x, n_threads, choose, precision)
+
+    try:
+        return lower_graph(gm, example)
+    except ModelError as exc:
+        if not onnx_fallback or not hasattr(exc, "failed"):
+            raise
+        from .segments import segmented_spec  # segments builds on this module's lowering
+
+        return segmented_spec(gm, example, exc, lower_graph, threads=n_threads, precision=precision)
+
+
+def _lower_graph(lib: Any, gm: torch.fx.GraphModule, example: torch.Tensor, n_threads: int, choose: str,
+                 precision: str) -> LeanSpec:
+    """One traced graph (one tensor in, one out) as a plan for inputs shaped like ``example``; ModelError (with
+    ``.blockers`` and ``.failed``) for a node it cannot lower."""
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
     lowering = _Lowering(gm, example, precision)
     lowering.run()
     ops = _fuse(lowering.ops, lowering.input_value, lowering.output_value)
-    n_threads = threads or torch.get_num_threads()
     _choose_convs(lib, ops, int(example.shape[0]), n_threads, choose, amx="amx_bf16" in kernels.bf16_units())
     buffers, sizes = _assign_buffers(ops, lowering.vshape, lowering.input_value, lowering.output_value)
     for op in ops:  # from here on an op names buffers, as the native plan does
@@ -281,34 +314,38 @@ def lower_spec(model: nn.Module, example_input: torch.Tensor, *, threads: int | 
 
 
 def lower(model: nn.Module, example_input: torch.Tensor, *, threads: int | None = None,
-          choose: str = "measure", precision: str = "fp32") -> LeanModel:
+          choose: str = "measure", precision: str = "fp32", onnx_fallback: bool = False) -> LeanModel:
     """:func:`lower_spec`, built: a :class:`LeanModel` for inputs shaped like ``example_input`` per sample.
 
     ``threads`` (>= 1): threads of the native kernels (default: ``torch.get_num_threads()`` at each call);
-    ``choose`` and ``precision`` as in :func:`lower_spec`. Raises a one-line ModelError naming the first node it
-    cannot lower.
+    ``choose``, ``precision`` and ``onnx_fallback`` as in :func:`lower_spec`. Raises a one-line ModelError naming
+    the first node it cannot lower.
     """
-    spec = lower_spec(model, example_input, threads=threads, choose=choose, precision=precision)
+    spec = lower_spec(model, example_input, threads=threads, choose=choose, precision=precision,
+                      onnx_fallback=onnx_fallback)
     return LeanModel(spec, threads=threads)
 
 
 def compile_lean_spec(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
-                      threads: int | None = None, choose: str = "measure", precision: str = "fp32") -> LeanSpec:
+                      threads: int | None = None, choose: str = "measure", precision: str = "fp32",
+                      onnx_fallback: bool = False) -> LeanSpec:
     """:func:`~uniprune.compressors.native.runtime.compile_model` then :func:`lower_spec`: ``model`` with ``structures``
     (``{module name: LayerStructure}``) imposed, as a plan for inputs shaped like ``example_input``."""
     compiled = compile_model(model, structures, threads=threads, choose="sparse")
-    return lower_spec(compiled, example_input, threads=threads, choose=choose, precision=precision)
+    return lower_spec(compiled, example_input, threads=threads, choose=choose, precision=precision,
+                      onnx_fallback=onnx_fallback)
 
 
 def compile_lean(model: nn.Module, structures: Mapping[str, LayerStructure], *, example_input: torch.Tensor,
-                 threads: int | None = None, choose: str = "measure", precision: str = "fp32") -> LeanModel:
+                 threads: int | None = None, choose: str = "measure", precision: str = "fp32",
+                 onnx_fallback: bool = False) -> LeanModel:
     """:func:`compile_lean_spec`, built: ``model`` with ``structures`` imposed as one native plan.
 
     Outputs match the masked dense model to relative error <= 1e-4 in fp32 (bf16: the rounding of weights and
-    activations, ~1e-2). ``threads``, ``choose`` and ``precision`` as in :func:`lower`.
+    activations, ~1e-2). ``threads``, ``choose``, ``precision`` and ``onnx_fallback`` as in :func:`lower`.
     """
     spec = compile_lean_spec(model, structures, example_input=example_input, threads=threads, choose=choose,
-                             precision=precision)
+                             precision=precision, onnx_fallback=onnx_fallback)
     return LeanModel(spec, threads=threads)
 
 

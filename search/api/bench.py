@@ -4,7 +4,8 @@ Every installed dense engine (torch eager, ONNX Runtime, OpenVINO) runs the mode
 at its default precision (OpenVINO: bf16 on CPUs with avx512_bf16 or AMX) and OpenVINO also at f32, and with
 ``int8`` a statically quantized copy on ONNX Runtime and OpenVINO, interleaved with the compressed model in
 one process; ``speedup`` is over the fastest engine at its default precision (what a user runs). With a
-``dataset`` every engine mode and the compressed model are also scored (top-1 on the test split).
+``dataset`` every engine mode and the compressed model are also scored (top-1 on the test split). Nodes the plan
+has no op for run on ONNX Runtime inside the plan: one line says which, and ``segments`` which nodes ran where.
 """
 
 from __future__ import annotations
@@ -244,6 +245,9 @@ def _bench(args: BenchSpec, threads: int) -> dict[str, Any]:
                                   baseline=args.baseline, dense=dense, precision=args.precision)
     for note in result.pop("notes"):
         print(f"bench: note: {note}", file=sys.stderr)
+    ort = [n for seg in result.get("segments") or [] if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]
+    if ort:  # a segmented plan: which nodes left the native kernels (the JSON's "segments" says where each ran)
+        print(f"bench: {len(ort)} node(s) ran on ONNX Runtime inside the plan: {', '.join(ort)}", file=sys.stderr)
     scores = _scores(dense, model, bundle, held_out, args.batch_size) if bundle is not None else None
     predicted, predicted_ratio = _predicted(args, model, structures, shape, threads, modes, result)
     budget = _budget(args)

@@ -19,6 +19,7 @@ from uniprune.compressors.core.threads import torch_threads
 from uniprune.compressors.formats.artifact import check_out_dir, file_sha256, write_artifact
 from uniprune.compressors.formats.checkpoint import load_compressed
 from uniprune.compressors.native import kernels
+from uniprune.compressors.native import uniprune_lean as lean_rt
 from uniprune.compressors.native.plan import LeanModel, compile_lean_spec, output_tolerance, resolve_precision
 from uniprune.compressors.native.uniprune_lean import available_cores
 from uniprune.search.models import build_model, load_state
@@ -49,13 +50,14 @@ class ExportResult(Result):
     threads: int
     precision: str
     seconds: float
+    segments: list[dict[str, Any]] | None = None  # which nodes run where, for a plan with nodes on ONNX Runtime
 
 
 def spec_amx(spec: Any) -> int:
     """How many of the plan's convs run on AMX tiles on this machine (bf16 convs not pinned to the fp32 engine)."""
     if "amx_bf16" not in kernels.bf16_units():
         return 0
-    return sum(1 for op in spec.header["ops"] if (op.get("kernel") or {}).get("type") == "conv"
+    return sum(1 for op in lean_rt.plan_ops(spec.header) if (op.get("kernel") or {}).get("type") == "conv"
                and op["kernel"].get("precision") == "bf16" and op["kernel"].get("engine") != "fp32")
 
 
@@ -101,7 +103,11 @@ def _export(args: ExportSpec, threads: int) -> dict[str, Any]:
     print(f"export: {name} input {list(shape)}, {len(structures)} structured layers; choosing conv implementations at "
           f"batch {args.batch_size} on {threads} thread(s), {precision}", file=sys.stderr)
     x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(0))
-    spec = compile_lean_spec(model, structures, example_input=x, threads=threads, precision=precision)
+    spec = compile_lean_spec(model, structures, example_input=x, threads=threads, precision=precision,
+                             onnx_fallback=True)
+    ort = [n for seg in spec.header.get("segments", []) if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]
+    if ort:
+        print(f"export: {len(ort)} node(s) run on ONNX Runtime inside the plan: {', '.join(ort)}", file=sys.stderr)
     # the check runs the plan exactly as it is written, against the model with its structures imposed
     reference = copy.deepcopy(model)
     with torch.no_grad():
@@ -120,10 +126,12 @@ def _export(args: ExportSpec, threads: int) -> dict[str, Any]:
                "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     files = write_artifact(out, spec, source=source, force=args.force)
     weights = files[1].stat().st_size
-    print(f"export: wrote {out} ({len(spec.header['ops'])} ops, {weights / 1e6:.2f} MB of weights; "
+    print(f"export: wrote {out} ({len(lean_rt.plan_ops(spec.header))} ops, {weights / 1e6:.2f} MB of weights; "
           f"max relative error {err:.1e}; {precision}{f', {spec_amx(spec)} convs on AMX' if precision == 'bf16' else ''})",
           file=sys.stderr)
     return {"files": [str(f) for f in files], "out": str(out), "model": name, "input_shape": list(shape),
-            "output_shape": list(spec.header["output_shape"]), "ops": len(spec.header["ops"]), "weights_bytes": weights,
+            "output_shape": list(spec.header["output_shape"]), "ops": len(lean_rt.plan_ops(spec.header)), "weights_bytes": weights,
             "max_rel_error": err, "batch_size": args.batch_size, "threads": threads, "precision": precision,
-            "seconds": round(time.perf_counter() - started, 2)}
+            "seconds": round(time.perf_counter() - started, 2),
+            "segments": [{"runs_on": seg["runs_on"], "nodes": seg["nodes"]} for seg in spec.header["segments"]]
+            if lean_rt.is_segmented(spec.header) else None}

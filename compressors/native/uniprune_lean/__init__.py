@@ -8,7 +8,8 @@ or torch, and its modules import only each other (relative imports), so the fold
 Modules: :mod:`.common` (names, limits, errors), :mod:`.fileformat` (``plan.json`` + ``weights.bin``, strict
 JSON), :mod:`.ops` (the op kinds as a table), :mod:`.verify` (the verifier that names the op and field) and
 :mod:`.fastcheck` (its vectorised twin, what loaders run first), :mod:`.build` (compiling the C sources, one
-cache), :mod:`.native` (the native plan), :mod:`.model` (:class:`Model` and ``python -m uniprune_lean``).
+cache), :mod:`.native` (the native plan), :mod:`.ort_segment` (a segmented plan: native plans and ONNX Runtime
+graphs for the nodes the plan has no op for, in one chain), :mod:`.model` (:class:`Model` and ``python -m uniprune_lean``).
 
 A plan is a JSON header plus named arrays (float32, int32, uint8, or bfloat16 held as uint16 bit patterns)::
 
@@ -101,11 +102,12 @@ from .fileformat import (
 )
 from .model import Model, available_cores, main
 from .native import NativePlan
+from .ort_segment import OrtSegment, SegmentChain, is_segmented, plan_ops
 from .verify import verify_plan
 
 __all__ = ["ACT_LAST", "BF16_FLAGS", "FORMAT", "MAX_BATCH", "MAX_BUFFERS", "MAX_DIM", "MAX_ELEMENTS", "MAX_JSON_DEPTH",
            "MAX_OPS", "MAX_PARAM", "MAX_SAMPLE_FLOATS", "MAX_THREADS", "PLAN_FILE", "PRECISIONS", "SOURCES",
-           "WEIGHTS_FILE", "BuildError", "LeanError", "Model", "NativePlan", "PlanRefused", "available_cores",
-           "build_library", "cache_dir", "check_precision", "cpu_flags", "load_library", "loads_json", "main",
-           "pack_arrays", "parse_header", "parse_plan", "read_header", "read_plan", "resolve_isa",
+           "WEIGHTS_FILE", "BuildError", "LeanError", "Model", "NativePlan", "OrtSegment", "PlanRefused", "SegmentChain", "available_cores",
+           "build_library", "cache_dir", "check_precision", "cpu_flags", "is_segmented", "load_library", "loads_json", "main",
+           "pack_arrays", "parse_header", "parse_plan", "plan_ops", "read_header", "read_plan", "resolve_isa",
            "resolve_precision", "unpack_arrays", "verify_plan", "write_plan"]

@@ -144,8 +144,8 @@ def parse_header(text: bytes | str, where: str = PLAN_FILE, *, fields: bool = Tr
         raise LeanError(f"{where} has format {_show(got)}, expected {FORMAT!r}; export the model again with this version")
     if not fields:
         return header
-    for key, kind in (("ops", list), ("buffers", list), ("input_shape", list), ("output_shape", list),
-                      ("arrays", dict), ("weights", dict)):
+    body = (("segments", list),) if "segments" in header else (("ops", list), ("buffers", list))  # see ort_segment
+    for key, kind in (*body, ("input_shape", list), ("output_shape", list), ("arrays", dict), ("weights", dict)):
         if not isinstance(header.get(key), kind):
             raise LeanError(f"{where}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
     if header["weights"].get("file", WEIGHTS_FILE) != WEIGHTS_FILE:  # never a path to elsewhere

@@ -15,6 +15,7 @@ from .build import check_precision, load_library
 from .common import PLAN_FILE, PRECISIONS, BuildError, LeanError
 from .fileformat import read_plan
 from .native import NativePlan, _Functions
+from .ort_segment import SegmentChain, is_segmented
 from .verify import verify_plan
 
 
@@ -26,7 +27,8 @@ class Model:
     run on, :func:`available_cores`). ``isa`` / ``cache_dir``: as :func:`build_library`. Calls from several
     Python threads take turns. A bf16 plan (``precision``) on a CPU without avx512_bf16 or amx_bf16 is refused
     in one line (LeanError) before anything is built, unless ``allow_fp32_fallback``. ``amx_convs``: how many
-    convs run on AMX tiles.
+    convs run on AMX tiles. A segmented plan (:mod:`.ort_segment`) runs its ONNX segments on ONNX Runtime with
+    ``threads`` intra-op threads (fixed at load); ``segments`` says which nodes run where.
     """
 
     def __init__(self, path: str | os.PathLike = ".", *, threads: int | None = None, isa: str | None = None,
@@ -46,7 +48,12 @@ class Model:
         self.source = dict(self.header.get("source") or {})
         self.lib = load_library(self.path if source_dir is None else source_dir, isa=isa, cache_dir=cache_dir)
         self.isa = _Functions(self.lib).isa().decode()
-        self.plan = NativePlan(self.lib, self.header, arrays, verified=True)  # verified above
+        if is_segmented(self.header):  # nodes the plan has no op for run on ONNX Runtime between native plans
+            self.plan: NativePlan | SegmentChain = SegmentChain(self.lib, self.header, arrays, self.threads, NativePlan)
+        else:
+            self.plan = NativePlan(self.lib, self.header, arrays, verified=True)  # verified above
+        #: ``[(runs_on, node names), ...]`` per segment ("native" or "onnxruntime"); None for a plan of one segment
+        self.segments = self.plan.nodes if isinstance(self.plan, SegmentChain) else None
         self.amx_convs = self.plan.amx_convs
         self._lock = threading.Lock()
 
@@ -127,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{model.source.get('model_name', 'model')}: input {[args.batch_size, *model.input_shape]} -> output "
           f"{list(y.shape)}; {1e3 * best:.3f} ms per pass (least of 20, {model.threads} thread(s), {model.isa}, "
           f"{model.precision}{f', {model.amx_convs} convs on AMX' if model.amx_convs else ''})")
+    ort = [n for runs_on, nodes in model.segments or [] if runs_on == "onnxruntime" for n in nodes]
+    if ort:
+        print(f"{len(ort)} node(s) ran on ONNX Runtime inside the plan: {', '.join(ort)}")
     return 0
 
 

@@ -31,6 +31,7 @@ from .common import (
 from .fastcheck import ops_ok
 from .header import check_header
 from .ops import _OPS, _RANGES
+from .ort_segment import is_segmented, verify_segments
 
 
 def _array(arrays: Mapping[str, np.ndarray], name: Any, dtype: str, size: int | None, where: str, field: str) -> np.ndarray:
@@ -97,7 +98,11 @@ def verify_plan(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, 
 
     Each op goes through the quick path first (:func:`~.fastcheck.ops_ok`, plain comparisons that only say yes
     or no); an op it does not pass through the same checks step by step, which name what is wrong.
-    ``quick=False``: step by step only (the reference the quick path is fuzzed against)."""
+    ``quick=False``: step by step only (the reference the quick path is fuzzed against). A segmented plan
+    (:mod:`.ort_segment`): each native segment's plan so, and each ONNX segment's bytes against its sha256."""
+    if is_segmented(header):
+        verify_segments(header, arrays, lambda plan, arr: verify_plan(plan, arr, quick=quick))
+        return
     precision, sizes, ops = check_header(header)
     written = bytearray(len(sizes))
     written[0] = 1
