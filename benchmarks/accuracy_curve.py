@@ -6,12 +6,12 @@ its storage compression, and its measured speed over the fastest dense engine at
 Runtime, OpenVINO: bf16 where the CPU has it) at batch 1 and at batch 32, each in the same interleaved rounds:
 
 - ``8x4``, ``4x1``, ``1x1``: uniform blocks (out x in channels, a conv block spanning the kernel window),
-  ``--fractions`` of every compressible layer's blocks pruned, masked retraining, run on uniprune's lean plan in
+  ``--fractions`` of the blocks of every compressible layer but the stem and the classifier pruned, masked retraining, run on uniprune's lean plan in
   ``--precision`` (auto: bf16 where the CPU has it);
 - ``searched``: uniprune's search (the default knapsack searcher; prune and unify; the block shape searched per layer
   among 8x4, 4x1 and 1x1) at each of ``--budgets``, then the same fine-tune;
 - ``channel``: Torch-Pruning to MAC ratios ``1 - fraction``, the smaller dense model on its fastest engine;
-- ``magnitude``: unstructured magnitude pruning of each layer's weights (storage axis only: no engine runs it faster),
+- ``magnitude``: unstructured magnitude pruning of each layer's weights (the stem and classifier dense) (storage axis only: no engine runs it faster),
   stored as a 1-bit mask per weight plus the kept weights.
 
 The dense model's own engine modes are drawn as points too: OpenVINO at its default precision, f32, and the INT8 modes
@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_channel import DATA, _flags, _load, adapted_dense  # noqa: E402
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.core.accounting import FLOAT_BITS, model_size  # noqa: E402
+from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
 from uniprune.compressors.core.policy import Policy  # noqa: E402
 from uniprune.compressors.core.projection import project_model  # noqa: E402
 from uniprune.compressors.core.structure import BlockShape  # noqa: E402
@@ -170,10 +171,17 @@ def engines_at(s: Setup, args: argparse.Namespace) -> dict[int, DenseEngines]:
     return out
 
 
+def edge_layers(model: nn.Module) -> tuple[str, str]:
+    """The first and last compressible layers (the stem conv and the classifier), which uniform pruning leaves dense
+    as is usual: 75 % of a 3-input stem's 8x4 blocks is all of them, and the network goes blind."""
+    names = [s.name for s in compressible_layers(model)]
+    return names[0], names[-1]
+
+
 def masked_unstructured(model: nn.Module, fraction: float, s: Setup, args: argparse.Namespace) -> float:
     """Magnitude-prune each compressible layer to ``fraction`` and retrain with the mask held; returns the storage
     compression (dense bits over: kept weights at 32 bits plus a 1-bit mask per weight, other parameters dense)."""
-    masks = magnitude_masks(model, fraction)
+    masks = magnitude_masks(model, fraction, skip=edge_layers(model))
     weights = {name: model.get_submodule(name).weight for name in masks}
 
     def hold() -> None:
@@ -256,7 +264,7 @@ def point(method: str, level: float, s: Setup, engines: dict[int, DenseEngines],
             row["search_seconds"] = time.time() - t0
             t0 = time.time()
         else:
-            policy = uniform_policy(model, level, block_shapes={"conv": SHAPES[method]})
+            policy = uniform_policy(model, level, block_shapes={"conv": SHAPES[method]}, skip=edge_layers(model))
         result = finetune(model, policy, s.train(args), s.val, AdmmConfig(method="masked", retrain_epochs=args.epochs, lr=args.lr,
                                                                           schedule="run", progress=False), teacher=s.dense)
         row["finetune_seconds"] = time.time() - t0
@@ -280,7 +288,7 @@ def retime(row: dict[str, Any], s: Setup, engines: dict[int, DenseEngines], args
         timed = timings(model, None, s, engines, args)
     else:
         policy = Policy.load(Path(args.out) / args.name / f"search-{row['level']}" / "policy.json") if row["method"] == "searched" \
-            else uniform_policy(model, row["level"], block_shapes={"conv": SHAPES[row["method"]]})
+            else uniform_policy(model, row["level"], block_shapes={"conv": SHAPES[row["method"]]}, skip=edge_layers(model))
         timed = timings(model, project_model(model, policy), s, engines, args)
     return {**row, **speeds(timed), "first_timing": {k: row[k] for k in ("b1", "b32", "load") if k in row}, "load": _load()}
 
