@@ -357,7 +357,8 @@ def _title(args: argparse.Namespace) -> str:
     return f"{args.model} on CIFAR-10 JPEG" if args.model in CIFAR else f"digits CNN on {args.dataset}"
 
 
-def plot(figures: dict[str, Any], path: Path, args: argparse.Namespace) -> Path:
+def plot(figures: dict[str, Any], path: Path, now: argparse.Namespace) -> Path:
+    args = _run_args(figures, now)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -400,8 +401,13 @@ def _speed(r: dict[str, Any], key: str) -> str:
     return f"{t['ms']:.3f} | {t['baseline']} {t['baseline_precision']} ({t['baseline_ms']:.3f}) | **{t['speedup']:.2f}x**" if t else "– | – | –"
 
 
+def _run_args(figures: dict[str, Any], now: argparse.Namespace) -> argparse.Namespace:
+    """The settings of the run that made ``figures`` (they differ from ``now`` when these are a re-timing)."""
+    return argparse.Namespace(**{**vars(now), **figures.get("args", {})})
+
+
 def render(figures: dict[str, Any], now: argparse.Namespace) -> str:
-    args = argparse.Namespace(**{**vars(now), **figures.get("args", {})})  # the run's settings, when these are a re-timing
+    args = _run_args(figures, now)
     cifar = args.model in CIFAR
     dense_how = (f"the pretrained checkpoint (akamaster) adapted to the JPEG training set for the points' budget ({args.epochs} "
                  f"epochs of {args.train_limit} augmented images, lr 0.01, one cosine)") if cifar else \
