@@ -227,3 +227,28 @@ def test_channel_method_writes_a_pruned_model_that_bench_races_on_the_engines(se
     bench = _json(capsys)
     assert bench["runtime"] == f"engine {bench['compressed_engine']}" and bench["compressed_engine"] in bench["engines"]
     assert bench["predicted_ms"] is None and bench["speedup"] == pytest.approx(1 / bench["latency_ratio"])
+
+
+def test_bench_of_a_compressed_checkpoint_races_the_dense_model_it_came_from(setup, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """The fine-tune records its dense checkpoint; bench's engine rows then run (and score) that dense model, as a
+    bench of the policy on the dense checkpoint does; without it, they run the compressed weights, and say so."""
+    dense, policy_path, _ = setup
+    out = tmp_path / "c.pt"
+    assert main(["finetune", "--policy", str(policy_path), "--model", "digits-cnn", "--checkpoint", str(dense),
+                 "--method", "masked", "--epochs", "1", "--out", str(out), "--json", *FAST]) == 0
+    capsys.readouterr()
+    bench = ["bench", "--threads", "1", "--repeats", "3", "--no-table", "--dataset", "digits", "--engines", "torch", "--json"]
+    assert main([*bench, "--policy", str(policy_path), "--model", "digits-cnn", "--checkpoint", str(dense),
+                 "--input-shape", "3,32,32"]) == 0
+    of_policy = _json(capsys)["top1"]
+    assert main([*bench, "--compressed", str(out)]) == 0
+    captured = capsys.readouterr()
+    of_checkpoint = json.loads(captured.out.strip().splitlines()[-1])["top1"]
+    assert of_checkpoint["torch"] == of_policy["torch"] and "ran the compressed weights" not in captured.err
+    dense.unlink()
+    assert main([*bench, "--compressed", str(out)]) == 0
+    captured = capsys.readouterr()
+    alone = json.loads(captured.out.strip().splitlines()[-1])["top1"]
+    assert alone["torch"] == alone["compressed"] == of_checkpoint["compressed"]
+    assert "ran the compressed weights dense" in captured.err

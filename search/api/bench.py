@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from uniprune.compressors.core.errors import ConfigError
+from uniprune.compressors.core.errors import CheckpointError, ConfigError
 from uniprune.compressors.core.policy import LayerAction, Policy
 from uniprune.compressors.core.threads import torch_threads
 from uniprune.compressors.latency.budget import budget_verdict, latency_ratio
@@ -60,8 +60,10 @@ class BenchResult(Result):
 
 def _model_and_structures(args: BenchSpec) -> tuple[Any, Any, dict, tuple[int, int, int], str]:
     """``(model, dense, structures, shape, name)``: the compressed model (structured weights), the dense model the
-    engines run (the checkpoint before the policy's projection; for ``compressed`` the compressed weights
-    themselves, all a compressed checkpoint holds), the structures, one sample's shape and the model's name."""
+    engines run (the checkpoint before the policy's projection; for ``compressed`` the dense checkpoint its
+    fine-tune recorded, or ``--checkpoint``, when that file is there, else the compressed weights themselves run
+    dense: the same time, but then the engines' top-1 is the compressed model's), the structures, one sample's
+    shape and the model's name."""
     from uniprune.search.models import build_model, load_state
 
     if not args.compressed:
@@ -81,7 +83,26 @@ def _model_and_structures(args: BenchSpec) -> tuple[Any, Any, dict, tuple[int, i
         _check_artifact_shape(args, shape, list(meta["input_shape"]))
     model = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
     load_state(model, state, where=path)
-    return model, model, structures, shape, name
+    return model, _dense_source(args, meta, model, name, shape), structures, shape, name
+
+
+def _dense_source(args: BenchSpec, meta: dict, compressed: Any, name: str, shape: tuple[int, ...]) -> Any:
+    """The dense model a compressed checkpoint came from (``--checkpoint``, else the one its fine-tune recorded), when
+    that file is there; else ``compressed`` itself."""
+    from uniprune.search.models import build_model, load_weights
+
+    given = None if os.path.isdir(args.compressed) else args.model.checkpoint  # an artifact's --checkpoint is its source
+    source = given or meta.get("dense_checkpoint")
+    if not source or not os.path.isfile(source):
+        return compressed
+    dense = build_model(name, num_classes=int(meta["num_classes"]), input_shape=shape)
+    try:
+        load_weights(dense, source)
+    except CheckpointError:
+        if given:
+            raise
+        return compressed  # a recorded dense checkpoint that was since replaced: race the compressed weights instead
+    return dense.eval()
 
 
 def _channel_pruned(args: BenchSpec) -> bool:
@@ -243,6 +264,10 @@ def _bench(args: BenchSpec, threads: int) -> dict[str, Any]:
         result = measure_model_ms(model, structures, shape, batch_size=args.batch_size, threads=threads,
                                   repeats=args.repeats, statistic=args.statistic, runtime=args.runtime,
                                   baseline=args.baseline, dense=dense, precision=args.precision)
+    if bundle is not None and dense_model is model and structures:
+        how = "fine-tune from a --checkpoint" if os.path.isdir(args.compressed) else "pass the dense --checkpoint"
+        result["notes"].append(f"no dense checkpoint is known ({how}), so the engines ran the compressed weights "
+                               "dense: the same times, and the compressed model's top-1")
     for note in result.pop("notes"):
         print(f"bench: note: {note}", file=sys.stderr)
     ort = [n for seg in result.get("segments") or [] if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]

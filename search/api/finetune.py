@@ -380,11 +380,11 @@ def _sizes(model: torch.nn.Module, structures: dict, channels: dict | None, dens
 def _save(job: _Inputs, model: torch.nn.Module, structures: dict, channels: dict | None, bundle: Any,
           summary: dict[str, Any]) -> None:
     """The compressed checkpoint, or for channel pruning the channel-pruned one (its architecture as channel counts)."""
-    meta = {k: v for k, v in summary.items() if k != "checkpoint"} | {"dataset": job.dataset}
+    meta = {k: v for k, v in summary.items() if k != "checkpoint"} | {
+        "dataset": job.dataset, "dense_checkpoint": str(Path(job.checkpoint).resolve()) if job.checkpoint else None}
     if channels is not None:
         save_channel_pruned(job.out, model.cpu(), channels["record"], model_name=job.model_name, num_classes=bundle.num_classes,
-                            input_shape=bundle.input_shape, meta=meta | {"dense_checkpoint": str(Path(job.checkpoint).resolve()) if job.checkpoint else None, "channels":
-                                                                         {k: v for k, v in channels.items() if k != "record"}})
+                            input_shape=bundle.input_shape, meta=meta | {"channels": {k: v for k, v in channels.items() if k != "record"}})
         return
     save_compressed(job.out, model.cpu(), structures, model_name=job.model_name, num_classes=bundle.num_classes,
                     input_shape=bundle.input_shape, policy=job.policy, meta=meta)
