@@ -252,3 +252,25 @@ def test_bench_of_a_compressed_checkpoint_races_the_dense_model_it_came_from(set
     alone = json.loads(captured.out.strip().splitlines()[-1])["top1"]
     assert alone["torch"] == alone["compressed"] == of_checkpoint["compressed"]
     assert "ran the compressed weights dense" in captured.err
+
+
+def test_threads_set_torch_for_the_fine_tune_and_are_restored(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    api_finetune = sys.modules["uniprune.search.api.finetune"]  # the package's name ``finetune`` is the function
+    dense, policy_path, _ = setup
+    seen = []
+    real = api_finetune.train_into
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api_finetune, "train_into", spy)
+    before = torch.get_num_threads()
+    assert main(["finetune", "--policy", str(policy_path), "--model", "digits-cnn", "--checkpoint", str(dense),
+                 "--method", "masked", "--epochs", "1", "--threads", str(before + 1), "--out", str(tmp_path / "t.pt"), "--json",
+                 *FAST]) == 0
+    assert seen == [before + 1] and torch.get_num_threads() == before
+    _json(capsys)

@@ -35,6 +35,7 @@ from uniprune.compressors.core.errors import (
 )
 from uniprune.compressors.core.policy import Policy
 from uniprune.compressors.core.projection import check_policy_layers, check_policy_model
+from uniprune.compressors.core.threads import torch_threads
 from uniprune.compressors.formats.channel_checkpoint import save_channel_pruned
 from uniprune.compressors.formats.checkpoint import read_torch_file, save_compressed
 from uniprune.compressors.formats.fileio import torch_save_atomic, write_json_atomic
@@ -199,8 +200,10 @@ def _timing(model: torch.nn.Module, structures: dict, input_shape: tuple[int, in
 
 
 def finetune(spec: FinetuneSpec) -> FinetuneResult:
-    """Fine-tune into ``spec``'s policy and save the compressed checkpoint (rank 0 under torchrun); returns its figures."""
-    return FinetuneResult.of(_finetune(spec))
+    """Fine-tune into ``spec``'s policy and save the compressed checkpoint (rank 0 under torchrun); returns its figures.
+    Torch runs on ``spec.threads`` threads (default: the cores idle now)."""
+    with torch_threads(spec.threads):
+        return FinetuneResult.of(_finetune(spec))
 
 
 @dataclass(frozen=True)

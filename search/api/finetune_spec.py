@@ -9,7 +9,7 @@ from typing import ClassVar
 from uniprune.compressors.train.channel_strategy import MEASURES
 from uniprune.compressors.train.retrain import SCHEDULES
 
-from .spec import Spec, fraction, option, positive_float, positive_int
+from .spec import Spec, fraction, option, positive_float, positive_int, threads_option
 from .specs import precision_option
 
 #: ``admm``: ADMM, hard projection, retraining; ``masked``: projection and retraining; ``channel``: Torch-Pruning of
@@ -75,6 +75,8 @@ class FinetuneSpec(Spec):
                           "state is kept next to it as <out>.partial after every epoch), with the same options")
     seed: int = option(0, "random seed")
     device: str = option("cpu", "cpu, cuda, or auto (cuda when available)")
+    threads: int | None = threads_option("CPU threads of training and timing (torch on every core beside other jobs "
+                                         "ran 10x slower than on one)")
 
     #: options that must match for ``resume`` to go on with a run (besides the policy, model, checkpoint and data)
     RESUME_KEYS: ClassVar[tuple[str, ...]] = ("method", "epochs", "time_budget", "distill", "distill_temperature",
