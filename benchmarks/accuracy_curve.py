@@ -65,6 +65,7 @@ from uniprune.compressors.train.training import (  # noqa: E402
     train_epoch,
 )
 from uniprune.search import api  # noqa: E402
+from uniprune.search.api.env import dense_layers  # noqa: E402
 from uniprune.search.datasets import load_dataset  # noqa: E402
 from uniprune.search.models import build_model  # noqa: E402
 
@@ -171,11 +172,10 @@ def engines_at(s: Setup, args: argparse.Namespace) -> dict[int, DenseEngines]:
     return out
 
 
-def edge_layers(model: nn.Module) -> tuple[str, str]:
-    """The first and last compressible layers (the stem conv and the classifier), which uniform pruning leaves dense
-    as is usual: 75 % of a 3-input stem's 8x4 blocks is all of them, and the network goes blind."""
-    names = [s.name for s in compressible_layers(model)]
-    return names[0], names[-1]
+def edge_layers(model: nn.Module) -> list[str]:
+    """The stem conv and the classifier, which uniform pruning leaves dense as the search does (``--keep-dense ends``):
+    75 % of a 3-input stem's 8x4 blocks is all of them, and the network goes blind."""
+    return dense_layers("ends", [s.name for s in compressible_layers(model)])
 
 
 def masked_unstructured(model: nn.Module, fraction: float, s: Setup, args: argparse.Namespace) -> float:

@@ -24,7 +24,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
-from uniprune.compressors.core.projection import structured_weight  # noqa: E402
+from uniprune.compressors.core.projection import apply_structures  # noqa: E402
 from uniprune.compressors.core.threads import torch_threads  # noqa: E402
 from uniprune.compressors.latency.table import compile_for_timing, random_structure  # noqa: E402
 from uniprune.compressors.latency.timing import interleaved_samples  # noqa: E402
@@ -92,10 +92,7 @@ def _model(act: nn.Module, where: str) -> tuple[nn.Module, dict]:
 def _masked(model: nn.Module, structures: dict) -> nn.Module:
     """The reference: ``model`` with ``structures`` imposed on its weights, run by torch."""
     out = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, st in structures.items():
-            m = out.get_submodule(name)
-            m.weight.copy_(structured_weight(m.weight.detach(), st))
+    apply_structures(out, structures)
     return out
 
 

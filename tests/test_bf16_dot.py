@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from uniprune.compressors.core.blocks import compressible_layers
 from uniprune.compressors.core.errors import ConfigError, ModelError
-from uniprune.compressors.core.projection import structured_weight
+from uniprune.compressors.core.projection import apply_structures
 from uniprune.compressors.latency.table import random_structure
 from uniprune.compressors.native import kernels, plan, uniprune_lean
 from uniprune.compressors.native.kernels import SparseConv, panel_height
@@ -75,10 +75,7 @@ def _resnet_case(seed: int):
             m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
     structures = {s.name: random_structure(s.grid, 0.5, 0.0, g) for s in compressible_layers(model)}
     reference = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, st in structures.items():
-            m = reference.get_submodule(name)
-            m.weight.copy_(structured_weight(m.weight.detach(), st))
+    apply_structures(reference, structures)
     return model, structures, reference, torch.randn(3, 3, 32, 32, generator=g)
 
 

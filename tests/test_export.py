@@ -305,16 +305,23 @@ def test_export_help_lists_its_options(capsys):
         assert option in text
 
 
-def test_export_policy_projects_a_model_without_fine_tuning(tmp_path, capsys, lean_cache, single_thread):
-    """``export --policy``: the model with the policy's structure imposed on its checkpoint's weights, deployed as it is."""
-    torch.manual_seed(3)
-    model = build_model("tv:mobilenet_v3_small", num_classes=10, input_shape=(3, 32, 32)).eval()
+def inner_policy(tmp_path: Path, model: torch.nn.Module, name: str) -> tuple[Path, Path]:
+    """``model``'s checkpoint and a policy pruning 75 % of every compressible layer but the first and the last."""
     ckpt = tmp_path / "dense.pt"
     torch.save(model.state_dict(), ckpt)
     layers = [s.name for s in compressible_layers(model)][1:-1]
     policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps({"format": "uniprune.policy/1", "model": "tv:mobilenet_v3_small",
+    policy.write_text(json.dumps({"format": "uniprune.policy/1", "model": name,
                                   "layers": {n: {"prune": 0.75, "unify": 0.0} for n in layers}}))
+    return ckpt, policy
+
+
+def test_export_policy_projects_a_model_without_fine_tuning(tmp_path, capsys, lean_cache, single_thread):
+    """``export --policy``: the model with the policy's structure imposed on its checkpoint's weights, deployed as it is."""
+    torch.manual_seed(3)
+    model = build_model("tv:mobilenet_v3_small", num_classes=10, input_shape=(3, 32, 32)).eval()
+    ckpt, policy = inner_policy(tmp_path, model, "tv:mobilenet_v3_small")
+    layers = list(json.loads(policy.read_text())["layers"])
     out = tmp_path / "art"
     code, result, err = _export(capsys, "--policy", str(policy), "--model", "tv:mobilenet_v3_small", "--checkpoint",
                                 str(ckpt), "--input-shape", "3,32,32", "--num-classes", "10", "--out", str(out))

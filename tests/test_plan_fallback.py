@@ -19,7 +19,7 @@ from torch import nn
 from uniprune.compressors.core.blocks import compressible_layers
 from uniprune.compressors.core.errors import CheckpointError, ModelError
 from uniprune.compressors.core.policy import LayerAction, Policy
-from uniprune.compressors.core.projection import structured_weight
+from uniprune.compressors.core.projection import apply_structures
 from uniprune.compressors.formats.artifact import open_artifact, write_artifact
 from uniprune.compressors.latency.table import compile_for_timing, random_structure
 from uniprune.compressors.native import kernels, plan
@@ -67,10 +67,7 @@ def _pruned(inner: bool = False) -> tuple[nn.Module, dict, nn.Module]:
     g = torch.Generator().manual_seed(1)
     structures = {s.name: random_structure(s.grid, 0.6, 0.0, g) for s in compressible_layers(model)}
     ref = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, st in structures.items():
-            m = ref.get_submodule(name)
-            m.weight.copy_(structured_weight(m.weight.detach(), st))
+    apply_structures(ref, structures)
     return model, structures, ref
 
 

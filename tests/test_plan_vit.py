@@ -20,7 +20,7 @@ from torch import nn
 from uniprune.compressors.core.attention import SplitAttention, split_attention
 from uniprune.compressors.core.blocks import compressible_layers
 from uniprune.compressors.core.errors import CheckpointError, ModelError
-from uniprune.compressors.core.projection import structured_weight
+from uniprune.compressors.core.projection import apply_structures
 from uniprune.compressors.latency.table import random_structure
 from uniprune.compressors.native import plan
 from uniprune.search.cli import main
@@ -103,10 +103,7 @@ def test_pruned_vit_plan_matches_the_masked_model():
     layers = compressible_layers(model)[1:-1]
     structures = {s.name: random_structure(s.grid, 0.75, 0.1, g) for s in layers}
     ref = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer, st in structures.items():
-            m = ref.get_submodule(layer)
-            m.weight.copy_(structured_weight(m.weight.detach(), st))
+    apply_structures(ref, structures)
     x = torch.randn(2, 3, 32, 32)
     lean = plan.compile_lean(model, structures, example_input=x, threads=1)
     assert {op.layer for op in lean.ops if op.layer} >= set(structures)
@@ -132,16 +129,11 @@ def test_cross_attention_is_named_as_a_blocker():
 
 def test_pruned_vit_exports_and_runs_in_the_artifacts_loader(tmp_path, capsys, monkeypatch, single_thread):
     """``export --policy`` of a ViT (a user's factory), run by the artifact's own loader: matches torch."""
-    from test_export import import_loader
+    from test_export import import_loader, inner_policy
 
     monkeypatch.setitem(sys.modules, "vit_factory", sys.modules[__name__])
     model = build_model("vit_factory:small_vit", num_classes=10, input_shape=(3, 32, 32)).eval()
-    ckpt = tmp_path / "dense.pt"
-    torch.save(model.state_dict(), ckpt)
-    layers = [s.name for s in compressible_layers(model)][1:-1]
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps({"format": "uniprune.policy/1", "model": "vit_factory:small_vit",
-                                  "layers": {n: {"prune": 0.75, "unify": 0.0} for n in layers}}))
+    ckpt, policy = inner_policy(tmp_path, model, "vit_factory:small_vit")
     out = tmp_path / "art"
     code = main(["export", "--policy", str(policy), "--model", "vit_factory:small_vit", "--checkpoint", str(ckpt),
                  "--input-shape", "3,32,32", "--num-classes", "10", "--precision", "fp32", "--out", str(out), "--json"])

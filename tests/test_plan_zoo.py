@@ -193,7 +193,7 @@ def test_pruned_classifier_matches_the_masked_dense_model(name):
     """75 % of the blocks of every compressible layer but the stem and the classifier pruned, through
     compile_model's layers (grouped convs, channels-last Linears and squeeze-excitation convs among them)."""
     from uniprune.compressors.core.blocks import compressible_layers
-    from uniprune.compressors.core.projection import structured_weight
+    from uniprune.compressors.core.projection import apply_structures
     from uniprune.compressors.latency.table import random_structure
 
     torch.manual_seed(0)
@@ -201,10 +201,7 @@ def test_pruned_classifier_matches_the_masked_dense_model(name):
     g = torch.Generator().manual_seed(1)
     structures = {s.name: random_structure(s.grid, 0.75, 0.0, g) for s in compressible_layers(model)[1:-1]}
     ref = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer, st in structures.items():
-            m = ref.get_submodule(layer)
-            m.weight.copy_(structured_weight(m.weight.detach(), st))
+    apply_structures(ref, structures)
     x = torch.randn(2, 3, 64, 64)
     lean = plan.compile_lean(model, structures, example_input=x, threads=1, choose="direct")
     with torch.no_grad():

@@ -89,9 +89,9 @@ def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
 
 def _segments_line(header: Mapping[str, Any]) -> str:
     """The README's line on nodes that run on ONNX Runtime (a segmented plan), or nothing."""
-    if not lean_rt.is_segmented(header):
+    ort = lean_rt.onnx_nodes(header.get("segments"))
+    if not ort:
         return ""
-    ort = [n for seg in header["segments"] if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]
     return (f"- {len(ort)} node(s) the plan has no op for run on ONNX Runtime between its native segments "
             f"(`pip install onnxruntime`): {', '.join(ort)}\n")
 

@@ -23,7 +23,7 @@ from uniprune.compressors.core.threads import torch_threads
 from uniprune.compressors.latency.budget import budget_verdict, latency_ratio
 from uniprune.compressors.latency.engines import check_modes, dense_engines, top1
 from uniprune.compressors.latency.table import build_latency_model, measure_model_ms
-from uniprune.compressors.native.uniprune_lean import available_cores
+from uniprune.compressors.native.uniprune_lean import available_cores, onnx_nodes
 
 from .inputs import check_batch_memory, policy_model
 from .paths import check_writable
@@ -270,7 +270,7 @@ def _bench(args: BenchSpec, threads: int) -> dict[str, Any]:
                                "dense: the same times, and the compressed model's top-1")
     for note in result.pop("notes"):
         print(f"bench: note: {note}", file=sys.stderr)
-    ort = [n for seg in result.get("segments") or [] if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]
+    ort = onnx_nodes(result.get("segments"))
     if ort:  # a segmented plan: which nodes left the native kernels (the JSON's "segments" says where each ran)
         print(f"bench: {len(ort)} node(s) ran on ONNX Runtime inside the plan: {', '.join(ort)}", file=sys.stderr)
     scores = _scores(dense, model, bundle, held_out, args.batch_size) if bundle is not None else None

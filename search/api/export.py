@@ -105,7 +105,7 @@ def _export(args: ExportSpec, threads: int) -> dict[str, Any]:
     x = torch.randn(args.batch_size, *shape, generator=torch.Generator().manual_seed(0))
     spec = compile_lean_spec(model, structures, example_input=x, threads=threads, precision=precision,
                              onnx_fallback=True)
-    ort = [n for seg in spec.header.get("segments", []) if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]
+    ort = lean_rt.onnx_nodes(spec.header.get("segments"))
     if ort:
         print(f"export: {len(ort)} node(s) run on ONNX Runtime inside the plan: {', '.join(ort)}", file=sys.stderr)
     # the check runs the plan exactly as it is written, against the model with its structures imposed

@@ -102,12 +102,12 @@ from .fileformat import (
 )
 from .model import Model, available_cores, main
 from .native import NativePlan
-from .ort_segment import OrtSegment, SegmentChain, is_segmented, plan_ops
+from .ort_segment import OrtSegment, SegmentChain, is_segmented, onnx_nodes, plan_ops
 from .verify import verify_plan
 
 __all__ = ["ACT_LAST", "BF16_FLAGS", "FORMAT", "MAX_BATCH", "MAX_BUFFERS", "MAX_DIM", "MAX_ELEMENTS", "MAX_JSON_DEPTH",
            "MAX_OPS", "MAX_PARAM", "MAX_SAMPLE_FLOATS", "MAX_THREADS", "PLAN_FILE", "PRECISIONS", "SOURCES",
            "WEIGHTS_FILE", "BuildError", "LeanError", "Model", "NativePlan", "OrtSegment", "PlanRefused", "SegmentChain", "available_cores",
-           "build_library", "cache_dir", "check_precision", "cpu_flags", "is_segmented", "load_library", "loads_json", "main",
+           "build_library", "cache_dir", "check_precision", "cpu_flags", "is_segmented", "load_library", "loads_json", "main", "onnx_nodes",
            "pack_arrays", "parse_header", "parse_plan", "plan_ops", "read_header", "read_plan", "resolve_isa",
            "resolve_precision", "unpack_arrays", "verify_plan", "write_plan"]

@@ -15,7 +15,7 @@ from .build import check_precision, load_library
 from .common import PLAN_FILE, PRECISIONS, BuildError, LeanError
 from .fileformat import read_plan
 from .native import NativePlan, _Functions
-from .ort_segment import SegmentChain, is_segmented
+from .ort_segment import SegmentChain, is_segmented, onnx_nodes
 from .verify import verify_plan
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{model.source.get('model_name', 'model')}: input {[args.batch_size, *model.input_shape]} -> output "
           f"{list(y.shape)}; {1e3 * best:.3f} ms per pass (least of 20, {model.threads} thread(s), {model.isa}, "
           f"{model.precision}{f', {model.amx_convs} convs on AMX' if model.amx_convs else ''})")
-    ort = [n for runs_on, nodes in model.segments or [] if runs_on == "onnxruntime" for n in nodes]
+    ort = onnx_nodes(model.header.get("segments"))
     if ort:
         print(f"{len(ort)} node(s) ran on ONNX Runtime inside the plan: {', '.join(ort)}")
     return 0

@@ -220,6 +220,12 @@ class SegmentChain:
                 runner.close()
 
 
+def onnx_nodes(segments: Any) -> list[str]:
+    """The node names that run on ONNX Runtime, in order, from a segmented header's ``"segments"`` or from the
+    ``[{"runs_on", "nodes"}, ...]`` a timing reports (the same two keys); ``[]`` for None."""
+    return [n for seg in segments or [] if seg["runs_on"] == "onnxruntime" for n in seg["nodes"]]
+
+
 def plan_ops(header: Mapping[str, Any]) -> list[Any]:
     """Every native op record of ``header``, a segmented one's in segment order."""
     if not is_segmented(header):
@@ -227,4 +233,5 @@ def plan_ops(header: Mapping[str, Any]) -> list[Any]:
     return [op for seg in header["segments"] if seg.get("runs_on") == "native" for op in seg["plan"]["ops"]]
 
 
-__all__ = ["RUNS_ON", "OrtSegment", "SegmentChain", "is_segmented", "onnx_bytes", "plan_ops", "verify_segments"]
+__all__ = ["RUNS_ON", "OrtSegment", "SegmentChain", "is_segmented", "onnx_bytes", "onnx_nodes", "plan_ops",
+           "verify_segments"]
