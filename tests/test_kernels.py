@@ -343,3 +343,22 @@ def test_bf16_units_and_peaks_follow_the_cpu():
     with pytest.raises(ConfigError, match="precision"):
         SparseConv(torch.randn(4, 4, 3, 3), torch.ones(4, 4, dtype=torch.bool), None, (1, 1), (1, 1), (1, 1),
                    precision="fp16")
+
+
+@pytest.mark.parametrize("precision,engine", [("fp32", None), ("bf16", None), ("bf16", "dpbf16")])
+@pytest.mark.parametrize("n,h,w", [(1, 197, 1), (2, 37, 1), (3, 1, 50), (2, 5, 7), (1, 2, 2)])
+def test_pointwise_conv_runs_a_plane_as_one_row(precision, engine, n, h, w):
+    """A 1x1 conv at stride 1 without padding runs its plane as one row (a transformer's (L, 1) tokens get the
+    long-row layouts): the same values as torch for every plane shape, batch and engine."""
+    g = torch.Generator().manual_seed(h * 100 + w)
+    weight, bias = torch.randn(40, 24, 1, 1, generator=g), torch.randn(40, generator=g)
+    keep = _block_keep(40, 24, 8, 8, 0.5, g)
+    x = torch.randn(n, 24, h, w, generator=g)
+    kw = {"engine": engine} if engine else {}
+    conv = SparseConv(weight, keep, bias, (1, 1), (0, 0), (1, 1), rows=panel_height(8), precision=precision, **kw)
+    wk = weight * keep[:, :, None, None]
+    bf = conv.engine != "fp32"
+    ref = F.conv2d(x.bfloat16().float() if bf else x, wk.bfloat16().float() if precision == "bf16" else wk, bias)
+    out = conv(x, 2)
+    assert out.shape == (n, 40, h, w)
+    assert _rel(out, ref) <= 1e-5

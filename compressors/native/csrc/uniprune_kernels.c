@@ -789,6 +789,14 @@ static int conv_run_masked(conv_plan *p, const float *x, float *y, int N, int nt
 /* x: [N][Ci][H][W], y: [N][Co][Ho][Wo] (Ho, Wo as torch computes them). Returns 0, or -1 when out of memory,
  * -2 when the input is smaller than the dilated kernel. */
 EXPORT int up_conv_run(conv_plan *p, const float *x, float *y, int N, int H, int W, int nthreads) {
+    /* A pointwise conv sees only pixels: run a plane as one row, so that an (L, 1) plane (a transformer's
+     * tokens, narrow late-stage maps) gets the layouts of long rows. ViT-B's 768->3072 at 197 tokens on AMX:
+     * 2.02 ms as 197 rows of one pixel, 1.11 ms as one row (fp32 8.3 -> 7.5 ms, bf16 dot 11.2 -> 9.0 ms). */
+    if (p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->ph == 0 && p->pw == 0 && H > 1 &&
+        (int64_t)H * W <= INT32_MAX) {
+        W *= H;
+        H = 1;
+    }
     if (p->amx) return up_amxconv_run(p->amx, x, y, N, H, W, nthreads);
     if (p->dp) return up_dpconv_run(p->dp, x, y, N, H, W, nthreads);
     int Hp = H + 2 * p->ph, Wp = W + 2 * p->pw;
