@@ -195,3 +195,34 @@ def test_attention_weights_nothing_reads_cost_no_op():
     lean = plan.lower(model, x, threads=1)
     with torch.no_grad():
         assert _rel_err(lean(x), model(x)) <= TOL
+
+
+class _AttentionOnly(nn.Module):
+    """Self-attention over a feature map's pixels as tokens, the tokens returned flat."""
+
+    def __init__(self, embed: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(2).transpose(1, 2)
+        out, _ = self.attn(t, t, t)
+        return out.transpose(1, 2).reshape(x.size(0), -1)
+
+
+@pytest.mark.parametrize("embed,heads,h,w", [(48, 2, 5, 7), (96, 1, 17, 1), (64, 4, 14, 14), (40, 5, 3, 3)])
+def test_attention_in_bf16_matches_torch_for_odd_heads_and_token_counts(embed, heads, h, w):
+    """A bf16 plan runs attention in bf16 (on AMX tiles where the CPU has them: heads of 8 to 96 channels, token
+    counts that are no multiple of 16, padding dropped), within bf16's error; an fp32 plan's attention is fp32."""
+    torch.manual_seed(0)
+    model = split_attention(_AttentionOnly(embed, heads)).eval()
+    x = torch.randn(2, embed, h, w) * 2
+    with torch.no_grad():
+        ref = model(x)
+    for precision, tol in (("fp32", TOL), ("bf16", 2e-2)):
+        if precision == "bf16" and plan.resolve_precision("auto") != "bf16":
+            continue
+        lean = plan.lower(model, x, threads=2, precision=precision)
+        attn = [op for op in lean.ops if op.kind == plan.OP_ATTN]
+        assert len(attn) == 1 and attn[0].params == [heads, int(precision == "bf16")]
+        assert _rel_err(lean(x), ref) <= tol

@@ -70,7 +70,7 @@ class _TokenOps:
         for i, t in enumerate((q, k, v)):
             self.ops.append(PlanOp(OP_CHCOPY, node.name, [self.value[t]], joined, (e, h, w), (3 * e, h, w),
                                    params=[i * e, 0, e]))
-        op = PlanOp(OP_ATTN, node.name, [joined], -1, (3 * e, h, w), (0, 0, 0), params=[m.heads])
+        op = PlanOp(OP_ATTN, node.name, [joined], -1, (3 * e, h, w), (0, 0, 0), params=[m.heads, int(self.precision == "bf16")])
         op.out = self.new_value(node, NHWC)
         op.shape_out = self.vshape[op.out]
         self.ops.append(op)

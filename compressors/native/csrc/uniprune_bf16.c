@@ -1013,3 +1013,208 @@ int up_dpconv_run(dp_conv *p, const float *x, float *y, int N, int H, int W, int
     return -3;
 #endif
 }
+
+/* ------------------------------------------------------------------ AMX attention --------------- */
+/* One head of softmax(scale * qᵀk) applied to v, on AMX tiles with bf16 operands and float32 sums, for plans in
+ * bf16. q, k, v and out are D rows of T floats (tokens are columns, as the plan stores them), so everything
+ * is computed transposed and no operand but the keys is transposed:
+ *   scoresᵀ [T keys][16 queries] = ka . qb per block of 16 queries: A = the keys as rows of channels (ka
+ *     [Tp][Dk], the one transpose, by gathers), B = two channels of each query (qb [Dk/2][Tp] pairs);
+ *   the softmax runs down each query's column: every 16-lane vector is one key's score for the 16 queries;
+ *   outᵀ [D][16 queries] = va . pb: A = the values as they are (va [Dn][Tk] bf16), B = two keys' weights of
+ *     each query (pb [Tk/2][16] pairs), stored straight into out's rows.
+ * Tp: T rounded up to 16, Tk: to 32; Dk: D to 32, Dn: D to 16. Padding is zeros, so padded keys add nothing
+ * and padded queries and channels are computed and dropped. */
+static int64_t r64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+
+/* Floats of 64-byte aligned scratch one head needs (a multiple of 16). */
+EXPORT int64_t up_amx_attn_scratch(int64_t T, int64_t D) {
+    const int64_t Tp = (T + 15) / 16 * 16, Tk = (T + 31) / 32 * 32, Dk = (D + 31) / 32 * 32, Dn = (D + 15) / 16 * 16;
+    return (r64(Tp * Dk * 2) + r64(Dk / 2 * Tp * 4) + r64(Dn * Tk * 2) + r64(Tp * 16 * 4) + r64(Tk / 2 * 64) +
+            4 * 1024) / 4;
+}
+
+#if HAVE_AMX
+/* 16 floats to bf16 (round to nearest even, as bf16_bits) */
+static inline __m256i bf16x16(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                           _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
+/* exp of 16 floats: fast_exp's (uniprune_plan.c) range reduction and polynomial, in intrinsics */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(_mm512_mul_ps(y, f), f, _mm512_add_ps(f, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+
+/* Scratch of one head: ka, qb, va as in the comment above; st the scoresᵀ of one query block [Tp][16];
+ * pb its weights [Tk/2][16] pairs; ob four 16 x 16 output tiles for the partial stores. */
+typedef struct {
+    int64_t T, Tp, Tk;
+    int D, Dk, Dn;
+    uint16_t *ka, *va;
+    uint32_t *qb, *pb;
+    float *st, *ob;
+} amx_attn;
+
+static void attn_layout(amx_attn *a, int64_t T, int D, float *scratch) {
+    a->T = T; a->D = D;
+    a->Tp = (T + 15) / 16 * 16; a->Tk = (T + 31) / 32 * 32; a->Dk = (D + 31) / 32 * 32; a->Dn = (D + 15) / 16 * 16;
+    char *at = (char *)scratch;
+    a->ka = (uint16_t *)at; at += r64(a->Tp * a->Dk * 2);
+    a->qb = (uint32_t *)at; at += r64(a->Dk / 2 * a->Tp * 4);
+    a->va = (uint16_t *)at; at += r64(a->Dn * a->Tk * 2);
+    a->st = (float *)at; at += r64(a->Tp * 16 * 4);
+    a->pb = (uint32_t *)at; at += r64(a->Tk / 2 * 64);
+    a->ob = (float *)at;
+}
+
+/* ka, qb and va of one head from its q, k, v rows */
+static void attn_prepare(const amx_attn *a, const float *q, const float *k, const float *v) {
+    const int64_t T = a->T, Tp = a->Tp, Tk = a->Tk;
+    const int D = a->D, Dk = a->Dk;
+    const __m512i lane = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32((int)T));
+    for (int64_t t = 0; t < Tp; t++)
+        for (int d0 = 0; d0 < Dk; d0 += 16) {
+            const int left = D - d0;
+            const __mmask16 m = t >= T || left <= 0 ? 0 : left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+            const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lane, k + (int64_t)(m ? d0 : 0) * T + t, 4);
+            _mm256_store_si256((__m256i *)(a->ka + t * Dk + d0), bf16x16(g));
+        }
+    for (int p = 0; p < Dk / 2; p++) {
+        uint32_t *row = a->qb + (int64_t)p * Tp;
+        if (2 * p + 1 < D) {
+            pack_pairs(row, q + (int64_t)2 * p * T, q + (int64_t)(2 * p + 1) * T, (int)T);
+        } else {
+            for (int64_t t = 0; t < T; t++) row[t] = 2 * p < D ? bf16_bits(q[(int64_t)2 * p * T + t]) : 0;
+        }
+        for (int64_t t = T; t < Tp; t++) row[t] = 0;
+    }
+    for (int d = 0; d < a->Dn; d++) {
+        uint16_t *row = a->va + (int64_t)d * Tk;
+        int64_t j = 0;
+        if (d < D)
+            for (; j < T; j += 16) {
+                const __mmask16 m = T - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (T - j)) - 1);
+                _mm256_mask_storeu_epi16(row + j, m, bf16x16(_mm512_maskz_loadu_ps(m, v + (int64_t)d * T + j)));
+            }
+        for (j = d < D ? T : 0; j < Tk; j++) row[j] = 0;
+    }
+}
+
+/* The softmax of the scoresᵀ in st, down each query's column, as bf16 pairs of keys in pb */
+static void attn_softmax(const amx_attn *a, float scale) {
+    const int64_t T = a->T;
+    __m512 m = _mm512_load_ps(a->st);
+    for (int64_t j = 1; j < T; j++) m = _mm512_max_ps(m, _mm512_load_ps(a->st + j * 16));
+    const __m512 s = _mm512_set1_ps(scale), ms = _mm512_mul_ps(m, s);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < T; j++) {
+        const __m512 e = exp16(_mm512_fmsub_ps(_mm512_load_ps(a->st + j * 16), s, ms));
+        _mm512_store_ps(a->st + j * 16, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
+    for (int64_t j = 0; j < a->Tk; j += 2) {
+        const __m512 e0 = j < T ? _mm512_mul_ps(_mm512_load_ps(a->st + j * 16), inv) : _mm512_setzero_ps();
+        const __m512 e1 = j + 1 < T ? _mm512_mul_ps(_mm512_load_ps(a->st + (j + 1) * 16), inv) : _mm512_setzero_ps();
+        pack_pairs(a->pb + j / 2 * 16, (const float *)&e0, (const float *)&e1, 16);
+    }
+}
+
+/* Accumulator tc of rows r0.. into out's rows, or through ob where the tile overhangs the head */
+#define ATTN_STORE(tc)                                                                                      \
+    do {                                                                                                    \
+        const int d = d0 + 16 * (tc);                                                                       \
+        if (full && d + 16 <= D) {                                                                          \
+            _tile_stored(tc, out + (int64_t)d * T + i0, (long)(T * 4));                                     \
+        } else {                                                                                            \
+            _tile_stored(tc, a->ob + (tc) * 256, 64);                                                       \
+            for (int r = 0; r < 16 && d + r < D; r++)                                                       \
+                for (int l = 0; l < 16 && i0 + l < T; l++) out[(int64_t)(d + r) * T + i0 + l] = a->ob[(tc) * 256 + r * 16 + l]; \
+        }                                                                                                   \
+    } while (0)
+
+static void attn_head(const amx_attn *a, float *out, float scale) {
+    const int64_t T = a->T, Tp = a->Tp, Tk = a->Tk;
+    const int D = a->D, Dk = a->Dk;
+    for (int64_t i0 = 0; i0 < T; i0 += 16) {
+        /* scoresᵀ of queries i0..i0+15 against every key, four key blocks at a time */
+        for (int64_t j0 = 0; j0 < Tp; j0 += 64) {
+            const int nb = Tp - j0 >= 64 ? 4 : (int)((Tp - j0) / 16);
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (int dc = 0; dc < Dk; dc += 32) {
+                _tile_loadd(6, a->qb + (int64_t)(dc / 2) * Tp + i0, (long)(Tp * 4));
+                _tile_loadd(4, a->ka + j0 * Dk + dc, (long)(Dk * 2));
+                _tile_dpbf16ps(0, 4, 6);
+                if (nb > 1) { _tile_loadd(5, a->ka + (j0 + 16) * Dk + dc, (long)(Dk * 2)); _tile_dpbf16ps(1, 5, 6); }
+                if (nb > 2) { _tile_loadd(4, a->ka + (j0 + 32) * Dk + dc, (long)(Dk * 2)); _tile_dpbf16ps(2, 4, 6); }
+                if (nb > 3) { _tile_loadd(5, a->ka + (j0 + 48) * Dk + dc, (long)(Dk * 2)); _tile_dpbf16ps(3, 5, 6); }
+            }
+            _tile_stored(0, a->st + j0 * 16, 64);
+            if (nb > 1) _tile_stored(1, a->st + (j0 + 16) * 16, 64);
+            if (nb > 2) _tile_stored(2, a->st + (j0 + 32) * 16, 64);
+            if (nb > 3) _tile_stored(3, a->st + (j0 + 48) * 16, 64);
+        }
+        attn_softmax(a, scale);
+        /* outᵀ of these queries, four channel blocks at a time */
+        const int full = i0 + 16 <= T;
+        for (int d0 = 0; d0 < a->Dn; d0 += 64) {
+            const int nb = a->Dn - d0 >= 64 ? 4 : (a->Dn - d0) / 16;
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+            for (int64_t kc = 0; kc < Tk; kc += 32) {
+                _tile_loadd(6, a->pb + kc / 2 * 16, 64);
+                _tile_loadd(4, a->va + (int64_t)d0 * Tk + kc, (long)(Tk * 2));
+                _tile_dpbf16ps(0, 4, 6);
+                if (nb > 1) { _tile_loadd(5, a->va + (int64_t)(d0 + 16) * Tk + kc, (long)(Tk * 2)); _tile_dpbf16ps(1, 5, 6); }
+                if (nb > 2) { _tile_loadd(4, a->va + (int64_t)(d0 + 32) * Tk + kc, (long)(Tk * 2)); _tile_dpbf16ps(2, 4, 6); }
+                if (nb > 3) { _tile_loadd(5, a->va + (int64_t)(d0 + 48) * Tk + kc, (long)(Tk * 2)); _tile_dpbf16ps(3, 5, 6); }
+            }
+            ATTN_STORE(0);
+            if (nb > 1) ATTN_STORE(1);
+            if (nb > 2) ATTN_STORE(2);
+            if (nb > 3) ATTN_STORE(3);
+        }
+    }
+}
+#endif
+
+/* Attention heads i0..i1 (items n * heads + h) of x [N][3 * Co][T] into y [N][Co][T] on AMX tiles; scratch:
+ * per >= up_amx_attn_scratch(T, Co / heads) floats per item (a multiple of 16), 64-byte aligned. 0, or -3 where this build or CPU has
+ * no AMX (the caller then runs its float32 attention). */
+int up_amx_attention(const float *x, float *y, int Co, int heads, int64_t T, float *scratch, int64_t per, int64_t i0,
+                     int64_t i1) {
+#if HAVE_AMX
+    const int D = Co / heads;
+    if (!(up_bf16_caps() & CAP_AMX) || per < up_amx_attn_scratch(T, D)) return -3;
+    const float scale = 1.0f / __builtin_sqrtf((float)D);
+    amx_configure();
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t n = item / heads, h = item % heads;
+        const float *q = x + ((int64_t)n * 3 * Co + h * D) * T, *k = q + (int64_t)Co * T, *v = k + (int64_t)Co * T;
+        amx_attn a;
+        attn_layout(&a, T, D, scratch + item * per);
+        attn_prepare(&a, q, k, v);
+        attn_head(&a, y + ((int64_t)n * Co + h * D) * T, scale);
+    }
+    _tile_release();
+    return 0;
+#else
+    (void)x; (void)y; (void)Co; (void)heads; (void)T; (void)scratch; (void)per; (void)i0; (void)i1;
+    return -3;
+#endif
+}

@@ -33,6 +33,10 @@ int up_dwconv_run(const float *x, float *y, const float *w, const float *bias, c
 /* the geometry a kernel plan was created with; -1 for a pointer that is not such a plan (see up_plan_add) */
 int up_conv_geom(const void *plan, int32_t *geom);
 int up_gemv_dims(const void *plan, int32_t *dims);
+/* bf16 attention on AMX tiles (uniprune_bf16.c), called from run_attn only: -3 where there is no AMX */
+int64_t up_amx_attn_scratch(int64_t T, int64_t D);
+int up_amx_attention(const float *x, float *y, int Co, int heads, int64_t T, float *scratch, int64_t per, int64_t i0,
+                     int64_t i1);
 
 /* Op kinds; the numbers are part of the interface with compressors/plan.py. */
 enum {
@@ -72,7 +76,7 @@ enum { I_IN0, I_IN1, I_OUT, I_ACT, I_C, I_H, I_W, I_CO, I_HO, I_WO, I_HEADER };
 /* OP_CHCOPY: ooff ioff cnt; H W = Ho Wo; the ops of one concat share their output buffer */
 /* OP_SHUFFLE: g (groups, dividing C); Co Ho Wo = C H W */
 /* OP_CHNORM: has_affine; floats: lo hi, eps, then weight [C] and bias [C] when has_affine; Co Ho Wo = C H W */
-/* OP_ATTN: heads (dividing Co); in0 [N][3 * Co][H * W]: queries, keys, values, each token a column (H * W
+/* OP_ATTN: heads (dividing Co), bf16 (1: on AMX tiles where the CPU has them); in0 [N][3 * Co][H * W]: queries, keys, values, each token a column (H * W
  * tokens); C = 3 * Co, Ho Wo = H W; act none */
 /* OP_ROWCAT: rows; floats: lo hi, then [C][rows][W], written before each plane's H input rows; Co = C,
  * Ho = H + rows, Wo = W; act none */
@@ -153,10 +157,12 @@ static int64_t oplane_of(const up_op *o) { return (int64_t)o->Co * o->Ho * o->Wo
 static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* Floats of scratch one head needs (see run_attn): padded queries and keys [D][Tp], values [T][Dp], a block of
- * 4 weight rows [4][Tp] and a 4 x 64 output tile (Tp, Dp: T and D rounded up to 16). */
+ * 4 weight rows [4][Tp] and a 4 x 64 output tile (Tp, Dp: T and D rounded up to 16), or the AMX attention's,
+ * whichever is more; a multiple of 16, so that every head's scratch starts on a cache line. */
 static int64_t attn_scratch(int64_t T, int64_t D) {
-    const int64_t Tp = round16(T), Dp = round16(D);
-    return 2 * D * Tp + T * Dp + 4 * Tp + 4 * ATTN_TILE;
+    const int64_t Tp = round16(T), Dp = round16(D), amx = up_amx_attn_scratch(T, D);
+    const int64_t f32 = 2 * D * Tp + T * Dp + 4 * Tp + 4 * ATTN_TILE;
+    return round16(f32 > amx ? f32 : amx);
 }
 
 
@@ -196,7 +202,7 @@ static int ceil_pool_ok(const up_op *o) {
 static int check_op(const up_plan *p, const up_op *o, int n_params) {
     static const int params_of[OP_LAST + 1] = {[OP_GCONV] = 10, [OP_POOL] = 8, [OP_SLICEPAD] = 5, [OP_IM2COL] = 9,
                                                [OP_CHCOPY] = 3, [OP_SHUFFLE] = 1, [OP_CHNORM] = 1,
-                                               [OP_ATTN] = 1, [OP_ROWCAT] = 1};
+                                               [OP_ATTN] = 2, [OP_ROWCAT] = 1};
     const int kind = o->kind, nb = p->n_bufs;
     if (kind < OP_CONV || kind > OP_LAST || n_params != params_of[kind]) return -1;
     if (!up_in_range(o->in0, 0, nb - 1) || !up_in_range(o->out, 1, nb - 1) || !up_in_range(o->in1, -1, nb - 1) ||
@@ -264,7 +270,8 @@ static int check_op(const up_plan *p, const up_op *o, int n_params) {
         return same && up_in_range(o->p[0], 0, 1) ? 0 : -1;
     case OP_ATTN:
         return (int64_t)o->C == 3LL * o->Co && (int64_t)o->H * o->W <= ATTN_MAX_TOKENS && o->H == o->Ho &&
-               o->W == o->Wo && up_in_range(o->p[0], 1, o->Co) && o->Co % o->p[0] == 0 && o->act == ACT_NONE ? 0 : -1;
+               o->W == o->Wo && up_in_range(o->p[0], 1, o->Co) && o->Co % o->p[0] == 0 && up_in_range(o->p[1], 0, 1) && o->act == ACT_NONE
+               ? 0 : -1;
     case OP_ROWCAT:
         return o->Co == o->C && o->W == o->Wo && up_in_range(o->p[0], 1, MAX_DIM) && (int64_t)o->H + o->p[0] == o->Ho &&
                o->act == ACT_NONE ? 0 : -1;
@@ -834,7 +841,8 @@ static void tile4x64(float *c, int64_t cs, const float *a, int64_t sk, int64_t s
  * Per head: queries (scaled by 1 / sqrt(D)) and keys copied into rows padded to Tp (a multiple of 16) with
  * zeros, values transposed to [token][channel] (rows of Dp); then per block of 4 queries, their scores against
  * all keys as 4 x 64 and 4 x 16 tiles (q kᵀ over the D channels), a softmax per row over the T real keys, and
- * the outputs as tiles (weights times values over the T keys). scratch: attn_scratch floats per item. */
+ * the outputs as tiles (weights times values over the T keys). scratch: attn_scratch floats per item. A bf16
+ * attention (p[1]) runs each head on AMX tiles instead where the CPU has them (up_amx_attention). */
 /* c[4][0..n) (n a multiple of 16) = the product of tile4x64, in tiles of 64 then 16 */
 static void tile4xn(float *c, int64_t cs, const float *a, int64_t sk, int64_t sb, const float *rows, int64_t rs,
                     int64_t K, int64_t n) {
@@ -847,6 +855,7 @@ static void run_attn(const up_op *o, const float *x, const float *scratch, float
     (void)N;
     const int heads = o->p[0], Co = o->Co, D = Co / heads;
     const int64_t T = (int64_t)o->H * o->W, Tp = round16(T), Dp = round16(D), per = attn_scratch(T, D);
+    if (o->p[1] && up_amx_attention(x, y, Co, heads, T, (float *)scratch, per, i0, i1) == 0) return;
     const float scale = 1.0f / __builtin_sqrtf((float)D);
     for (int64_t item = i0; item < i1; item++) {
         const int64_t n = item / heads, h = item % heads;

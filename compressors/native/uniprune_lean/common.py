@@ -66,7 +66,7 @@ _PARAM_RANGES: dict[str, tuple[int, int]] = {
     "pw": (0, MAX_PARAM), "dh": (1, MAX_PARAM), "dw": (1, MAX_PARAM), "groups": (1, MAX_DIM), "has_bias": (0, 1),
     "is_max": (0, 1), "count_include_pad": (0, 1), "clo": (-MAX_DIM, MAX_DIM), "pt": (-MAX_PARAM, MAX_PARAM),
     "pl": (-MAX_PARAM, MAX_PARAM), "mode": (0, 1), "ooff": (0, MAX_DIM), "ioff": (0, MAX_DIM), "cnt": (1, MAX_DIM),
-    "g": (1, MAX_DIM), "has_affine": (0, 1), "heads": (1, MAX_DIM), "rows": (1, MAX_DIM)}
+    "g": (1, MAX_DIM), "has_affine": (0, 1), "heads": (1, MAX_DIM), "bf16": (0, 1), "rows": (1, MAX_DIM)}
 ATTN_MAX_TOKENS = 16384  # csrc/uniprune_plan.c: an attention's tokens (H * W), its scores of one query on the stack
 ACT_LAST = 8  # csrc/uniprune_plan.c: relu, clamp, hardswish, hardsigmoid, silu, gelu, sigmoid, gelu (tanh)
 _WINDOW = ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw")

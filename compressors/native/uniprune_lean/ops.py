@@ -165,7 +165,7 @@ _OPS: dict[int, _Kind] = {  # the numbers are csrc/uniprune_plan.c's op kinds
     13: _Kind("channel_copy", ("ooff", "ioff", "cnt"), None, False, False, _floats_none, _geom_chcopy),
     14: _Kind("channel_shuffle", ("g",), None, False, False, _floats_none, _geom_shuffle),
     15: _Kind("channel_layer_norm", ("has_affine",), None, False, False, lambda v: 1 + 2 * v[_C] * v[10], _same_shape),
-    16: _Kind("attention", ("heads",), None, False, False, _floats_none, _geom_attn),
+    16: _Kind("attention", ("heads", "bf16"), None, False, False, _floats_none, _geom_attn),
     17: _Kind("row_concat", ("rows",), None, False, False, lambda v: v[_C] * v[10] * v[_W], _geom_rowcat),
     18: _Kind("add_constant", (), None, False, True, lambda v: v[_C] * v[_H] * v[_W], _same_shape),
 }
