@@ -129,3 +129,23 @@ def test_unknown_engine_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="bf16 units must be among"):
         with only_bf16_units(("avx512",)):
             pass
+
+
+@pytest.mark.parametrize("batch", [1, 3, 9])
+def test_bf16_linear_keeps_bf16_weights_and_matches_their_products(batch):
+    """A bf16 plan's linear reads its weights in bf16 (widened as loaded, on every CPU) against float32 inputs:
+    the products of the bf16-rounded weights, summed in float32, at batch 1 (one sample at a time) and in
+    tiles of samples; a pruned block stays pruned."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(300, 37)).eval()
+    keep = torch.rand(37, 300) > 0.5
+    with torch.no_grad():
+        model[1].weight.mul_(keep)
+    x = torch.randn(batch, 3, 10, 10)
+    lean = plan.lower(model, x, threads=2, precision="bf16")
+    assert lean.precision == "bf16"
+    with torch.no_grad():
+        ref, exact = F.linear(x.flatten(1), model[1].weight.bfloat16().float(), model[1].bias), model(x)
+    got = lean(x)
+    assert float((got - ref).abs().max() / ref.abs().max()) <= 1e-5
+    assert float((got - exact).abs().max() / ref.abs().max()) > 1e-6  # the weights were rounded to bf16

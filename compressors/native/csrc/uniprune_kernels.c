@@ -1074,7 +1074,8 @@ typedef struct {
     int32_t *rptr;  /* [n_panels + 1] into the runs */
     int32_t *rc0;   /* [nruns] first input channel of the run */
     int32_t *rlen;  /* [nruns] its input channels, whose weights are consecutive in w */
-    float *w;       /* [nnz][ROWS], panel after panel */
+    float *w;       /* [nnz][ROWS], panel after panel (NULL when wh holds them) */
+    uint16_t *wh;   /* the same in bf16 (up_gemv_create_bf16): half the bytes a memory-bound batch 1 reads */
     int32_t *uptr;  /* [n_panels + 1] into the unified block lists */
     int32_t *uch0;  /* [nu] first input channel of the block */
     int32_t *ulen;  /* [nu] its input channels */
@@ -1099,7 +1100,7 @@ static void init_lut(void) {
 EXPORT void up_gemv_destroy(gemv_plan *p) {
     if (!p) return;
     p->magic = 0;
-    UP_FREE_ALL(p->wptr, p->rptr, p->rc0, p->rlen, p->w, p->uptr, p->uch0, p->ulen, p->usoff, p->umag, p->usign, p->bias, p);
+    UP_FREE_ALL(p->wptr, p->rptr, p->rc0, p->rlen, p->w, p->wh, p->uptr, p->uch0, p->ulen, p->usoff, p->umag, p->usign, p->bias, p);
 }
 
 EXPORT gemv_plan *up_gemv_create(int Co, int Ci, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
@@ -1170,6 +1171,37 @@ EXPORT gemv_plan *up_gemv_create(int Co, int Ci, int n_panels, const int32_t *pa
     return p;
 }
 
+/* A linear plan with bf16 weights w ([nnz][ROWS] as bits, as up_conv_create_bf16's), kept in bf16 and widened
+ * as they are loaded: a batch-1 linear reads half the bytes (the 1000-class heads of the torchvision models
+ * are dense and memory-bound). Arguments and checks otherwise up_gemv_create's. */
+EXPORT gemv_plan *up_gemv_create_bf16(int Co, int Ci, int n_panels, const int32_t *panel_ptr, const int32_t *ch,
+                                      const uint16_t *w, const int32_t *uptr, const int32_t *uch0, const int32_t *ulen,
+                                      const int32_t *usoff, const float *umag, const uint8_t *usign, int64_t n_sign,
+                                      const float *bias) {
+    if (Co < 1 || n_panels != (Co + ROWS - 1) / ROWS || check_panels(panel_ptr, n_panels, Ci)) return NULL;
+    const int64_t n = (int64_t)panel_ptr[n_panels] * ROWS;
+    float *wf = up_aligned_alloc(sizeof(float) * (n + 1));
+    uint16_t *wh = up_aligned_alloc(sizeof(uint16_t) * (n + GW));
+    gemv_plan *p = NULL;
+    if (wf && wh) {
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)w[i] << 16;
+            memcpy(wf + i, &u, 4);
+        }
+        p = up_gemv_create(Co, Ci, n_panels, panel_ptr, ch, wf, uptr, uch0, ulen, usoff, umag, usign, n_sign, bias);
+    }
+    free(wf);
+    if (!p) {
+        free(wh);
+        return NULL;
+    }
+    memcpy(wh, w, sizeof(uint16_t) * n);
+    free(p->w);
+    p->w = NULL;
+    p->wh = wh;
+    return p;
+}
+
 /* A linear plan's output and input features into dims[2]; 0, or -1 when p is not a linear plan. */
 EXPORT int up_gemv_dims(const gemv_plan *p, int32_t *dims) {
     if (!p || !dims || p->magic != GEMV_MAGIC) return -1;
@@ -1180,10 +1212,25 @@ EXPORT int up_gemv_dims(const gemv_plan *p, int32_t *dims) {
 
 #define GEMV_PANELS_PER_ITEM 4
 
+typedef uint16_t vgh __attribute__((vector_size(GW * 2), aligned(2)));
+typedef uint32_t vgu __attribute__((vector_size(GW * 4)));
+
+/* GW weights from float32 (bf16 = 0) or bf16 (1) storage, at element offset o of the plan's weights. Every
+ * caller passes a constant bf16 into an inlined body, so each of its two versions has no branch. */
+static inline __attribute__((always_inline)) vg gemv_w(const gemv_plan *p, int bf16, int64_t o) {
+    if (!bf16) return *(const vg *)(p->w + o);
+    vgh h;
+    memcpy(&h, p->wh + o, sizeof(h));
+    const vgu u = __builtin_convertvector(h, vgu) << 16;
+    vg f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
 /* Samples n0..n0+GS-1 against one panel: one accumulator per sample, so each weight vector is loaded once
  * for GS FMAs (a batched linear is compute-bound). Unified blocks are scaled sign vectors here. */
-static void gemv_tile(const gemv_plan *p, int pn, int rows, int n0) {
-    const float *w = p->w + (int64_t)p->wptr[pn] * ROWS;
+static inline __attribute__((always_inline)) void gemv_tile(const gemv_plan *p, int pn, int rows, int n0, int bf16) {
+    int64_t w = (int64_t)p->wptr[pn] * ROWS;
     const float *xt = p->xt + (int64_t)n0 * p->Ci;
     vg acc[GS][RV], wv[RV];
     for (int j = 0; j < GS; j++)
@@ -1195,7 +1242,7 @@ static void gemv_tile(const gemv_plan *p, int pn, int rows, int n0) {
             for (int b = 0; b < 8 * GS * 4; b += 64)
                 __builtin_prefetch((const char *)(xt + p->rc0[u + 2] * GS) + b);
         for (int64_t c = p->rc0[u], e = c + p->rlen[u]; c < e; c++, w += ROWS) {
-            for (int h = 0; h < RV; h++) wv[h] = *(const vg *)(w + h * GW);
+            for (int h = 0; h < RV; h++) wv[h] = gemv_w(p, bf16, w + h * GW);
             for (int j = 0; j < GS; j++)
                 for (int h = 0; h < RV; h++) acc[j][h] += wv[h] * xt[c * GS + j];
         }
@@ -1216,9 +1263,9 @@ static void gemv_tile(const gemv_plan *p, int pn, int rows, int n0) {
 
 /* One sample against one panel (batch 1, memory-bound): four accumulators over the channels hide the FMA
  * latency, and unified blocks sum their signed inputs before the one multiply by the magnitude. */
-static void gemv_one(const gemv_plan *p, int pn, int rows, int n) {
+static inline __attribute__((always_inline)) void gemv_one(const gemv_plan *p, int pn, int rows, int n, int bf16) {
     const float *x = p->x + (int64_t)n * p->Ci;
-    const float *w = p->w + (int64_t)p->wptr[pn] * ROWS;
+    int64_t w = (int64_t)p->wptr[pn] * ROWS;
     vg acc[4][RV] = {{{0}}}, t[2][RV];
     for (int h = 0; h < RV; h++) acc[0][h] = *(const vg *)(p->bias + pn * ROWS + h * GW);
     for (int u = p->rptr[pn]; u < p->rptr[pn + 1]; u++) {
@@ -1226,9 +1273,9 @@ static void gemv_one(const gemv_plan *p, int pn, int rows, int n) {
         int i = 0, len = p->rlen[u];
         for (; i + 4 <= len; i += 4, w += 4 * ROWS)
             for (int a = 0; a < 4; a++)
-                for (int h = 0; h < RV; h++) acc[a][h] += *(const vg *)(w + a * ROWS + h * GW) * xr[i + a];
+                for (int h = 0; h < RV; h++) acc[a][h] += gemv_w(p, bf16, w + a * ROWS + h * GW) * xr[i + a];
         for (; i < len; i++, w += ROWS)
-            for (int h = 0; h < RV; h++) acc[0][h] += *(const vg *)(w + h * GW) * xr[i];
+            for (int h = 0; h < RV; h++) acc[0][h] += gemv_w(p, bf16, w + h * GW) * xr[i];
     }
     for (int u = p->uptr[pn]; u < p->uptr[pn + 1]; u++) {
         const uint8_t *s = p->usign + p->usoff[u];
@@ -1266,8 +1313,13 @@ static void gemv_task(void *ctx, int64_t item, int tid) {
     for (int pn = pa; pn < pb; pn++) {
         int rows = p->Co - pn * ROWS < ROWS ? p->Co - pn * ROWS : ROWS;
         int n = 0;
-        for (; n + GS <= p->N; n += GS) gemv_tile(p, pn, rows, n);
-        for (; n < p->N; n++) gemv_one(p, pn, rows, n);
+        if (p->wh) {
+            for (; n + GS <= p->N; n += GS) gemv_tile(p, pn, rows, n, 1);
+            for (; n < p->N; n++) gemv_one(p, pn, rows, n, 1);
+        } else {
+            for (; n + GS <= p->N; n += GS) gemv_tile(p, pn, rows, n, 0);
+            for (; n < p->N; n++) gemv_one(p, pn, rows, n, 0);
+        }
     }
 }
 

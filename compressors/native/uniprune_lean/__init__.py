@@ -33,8 +33,8 @@ AMX tiles where the CPU has them, else on the bf16 dot product (VDPBF16PS) where
 activations rounded to bf16 at the conv's input, float32 accumulation, float32 output), unless ``"engine":
 "fp32"`` (chosen by timing when the plan was lowered) or the CPU has neither: then on the float32 kernels with
 the bf16 weights widened. ``"engine": "dpbf16"`` runs the dot product even where AMX is present (to measure it);
-the environment variable ``UNIPRUNE_AMX=0`` hides AMX from the process. A bf16 GEMV always runs on the float32 kernel with its
-weights widened. The header's ``"precision"`` says what the plan was exported for; :class:`Model` refuses a bf16
+the environment variable ``UNIPRUNE_AMX=0`` hides AMX from the process. A bf16 GEMV keeps its weights in bf16 (half
+the bytes a memory-bound batch 1 reads) and widens them as it loads them, on every CPU. The header's ``"precision"`` says what the plan was exported for; :class:`Model` refuses a bf16
 plan on a CPU with neither avx512_bf16 nor amx_bf16 unless told ``allow_fp32_fallback=True``.
 
 (op kinds, header fields and parameters: ``csrc/uniprune_plan.c``; kernel arrays: ``csrc/uniprune_kernels.c``'s

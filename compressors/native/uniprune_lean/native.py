@@ -33,6 +33,7 @@ class _Functions:
         self.conv_create_bf16 = fn("up_conv_create_bf16", p, p, c_int, c_int, p, p, p, p, c_int)
         self.conv_engine = fn("up_conv_engine", c_int, p)
         self.gemv_create = fn("up_gemv_create", p, c_int, c_int, c_int, p, p, p, p, p, p, p, p, p, i64, p)
+        self.gemv_create_bf16 = fn("up_gemv_create_bf16", p, c_int, c_int, c_int, p, p, p, p, p, p, p, p, p, i64, p)
         self.gemv_destroy = fn("up_gemv_destroy", None, p)
         self.plan_create = fn("up_plan_create", p, c_int, p)
         self.plan_add = fn("up_plan_add", c_int, p, c_int, p, c_int, p, i64, p)
@@ -137,14 +138,13 @@ class NativePlan:
                 self.dot_convs += runs_on == 2
         elif k.get("type") == "gemv":
             co, ci = int(k["out"]), int(k["in"])
-            if precision == "bf16":  # widened: the GEMV has no bf16 form (exact; see the module docstring)
-                w = (w.astype(np.uint32) << 16).view(np.float32)
             panels = (co + _KERNEL_ROWS - 1) // _KERNEL_ROWS
             # no compact unified blocks: a lowered linear runs its unified blocks materialised
             uptr = np.zeros(panels + 1, dtype=np.int32)
             one_i, one_f, one_b = np.zeros(1, np.int32), np.zeros(1, np.float32), np.zeros(1, np.uint8)
-            handle = fns.gemv_create(co, ci, panels, _ptr(ptr), _ptr(ch), _ptr(w), _ptr(uptr), _ptr(one_i),
-                                     _ptr(one_i), _ptr(one_i), _ptr(one_f), _ptr(one_b), 0, _ptr(bias))
+            create = fns.gemv_create_bf16 if precision == "bf16" else fns.gemv_create  # bf16: kept in bf16
+            handle = create(co, ci, panels, _ptr(ptr), _ptr(ch), _ptr(w), _ptr(uptr), _ptr(one_i), _ptr(one_i),
+                            _ptr(one_i), _ptr(one_f), _ptr(one_b), 0, _ptr(bias))
             destroy = fns.gemv_destroy
         else:
             raise LeanError(f"{where}: unknown kernel type {k.get('type')!r}")
