@@ -362,3 +362,24 @@ def test_pointwise_conv_runs_a_plane_as_one_row(precision, engine, n, h, w):
     out = conv(x, 2)
     assert out.shape == (n, 40, h, w)
     assert _rel(out, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("how", ["panels", "pixels"])
+@pytest.mark.parametrize("co,ci,k,n,h,w", [(64, 64, 3, 1, 16, 16), (40, 24, 1, 1, 197, 1), (24, 8, 3, 2, 9, 7),
+                                           (48, 32, 3, 1, 8, 8)])
+def test_bf16_conv_split_by_panels_or_pixels_gives_the_same_output(how, co, ci, k, n, h, w):
+    """Fewer images than threads: the AMX conv splits by panels or by ranges of output pixels (direct rows and the
+    flat layout's wrap-around columns alike), with the values of one thread."""
+    if "amx_bf16" not in kernels.bf16_units():
+        pytest.skip("this CPU has no AMX tiles")
+    weight, keep, bias, x = _block_case(3, co, ci, k, 8, 4, 0.6, (n, ci, h, w))
+    conv = SparseConv(weight, keep, bias, (1, 1), (k // 2, k // 2), (1, 1), rows=panel_height(8), precision="bf16")
+    one = conv(x, 1)
+    kernels.force_amx_split(how)
+    try:
+        two = conv(x, 2)
+    finally:
+        kernels.force_amx_split("auto")
+    assert torch.equal(one, two)
+    with pytest.raises(ConfigError, match="AMX split"):
+        kernels.force_amx_split("rows")

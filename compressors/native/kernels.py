@@ -19,6 +19,7 @@ from .library import (
     build_id,
     cache_dir,
     fma_peak_gflops,
+    force_amx_split,
     force_conv_layout,
     isa,
     load,
@@ -43,7 +44,7 @@ from .uniprune_lean.build import cpu_flags
 
 __all__ = ["CONV_LAYOUTS", "ISAS", "PANEL_HEIGHTS", "PEAK_UNITS", "PRECISIONS", "ROWS", "SOURCE", "SOURCES",
            "PackedPanels", "SparseConv", "SparseGemv", "bf16_bits", "bf16_units", "build", "build_id", "cache_dir",
-           "cpu_flags", "depthwise_conv2d", "fma_peak_gflops", "force_conv_layout", "isa", "load", "main",
+           "cpu_flags", "depthwise_conv2d", "fma_peak_gflops", "force_amx_split", "force_conv_layout", "isa", "load", "main",
            "pack_panels", "panel_height", "peak_gflops", "resolve_isa", "source_hash"]
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.up_bf16_caps.restype = c_int
     lib.up_conv_force_layout.argtypes = [c_int]
     lib.up_conv_force_layout.restype = None
+    lib.up_amx_force_split.argtypes = [c_int]
+    lib.up_amx_force_split.restype = None
     lib.up_dwconv_run.argtypes = [p, p, f32p, f32p, i32p, c_int, c_int, ctypes.c_float, ctypes.c_float, c_int]
     lib.up_dwconv_run.restype = c_int
 
@@ -229,6 +231,19 @@ def force_conv_layout(layout: str = "auto", isa: str | None = None) -> None:
     if layout not in CONV_LAYOUTS:
         raise ConfigError(f"conv layout must be one of {list(CONV_LAYOUTS)}, got {layout!r}")
     load(isa).up_conv_force_layout(CONV_LAYOUTS[layout])
+
+
+AMX_SPLITS = {"auto": -1, "panels": 0, "pixels": 1}
+
+
+def force_amx_split(how: str = "auto") -> None:
+    """Make every later AMX conv call on fewer images than threads split its work ``how``, one of
+    :data:`AMX_SPLITS`: by panels of output channels, or by ranges of output pixels (each thread every panel);
+    ``"auto"`` restores the kernel's rule (pixels where each thread gets at least 4 blocks of 16). Process-wide:
+    for tests and benchmarks."""
+    if how not in AMX_SPLITS:
+        raise ConfigError(f"AMX split must be one of {list(AMX_SPLITS)}, got {how!r}")
+    load().up_amx_force_split(AMX_SPLITS[how])
 
 
 def main(argv: list[str] | None = None) -> int:
