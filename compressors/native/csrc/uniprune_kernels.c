@@ -120,14 +120,23 @@ static long g_spin_ns = 200000;
 static uint_fast64_t g_spawn_gen;
 
 
+/* Items are claimed g_step at a time: each claim is a compare-and-swap on a line every core writes, which costs
+ * more than a small item (one channel pair's preparation at 197 tokens; ViT-B's 3072->768 on AMX, 2 threads,
+ * claimed one by one: 1.46x over one thread, by ranges: 1.71x). */
+static atomic_int_fast64_t g_step;
+
 static void run_items(uint_fast64_t gen, int tid) {
     for (;;) {
         uint_fast64_t v = atomic_load(&g_work);
+        int64_t first, last;
         do {
-            if (v >> 32 != (gen & 0xffffffffu) || (int64_t)(v & 0xffffffffu) >= atomic_load(&g_items)) return;
-        } while (!atomic_compare_exchange_weak(&g_work, &v, v + 1));
-        g_fn(g_ctx, (int64_t)(v & 0xffffffffu), tid);
-        atomic_fetch_sub(&g_left, 1);
+            first = (int64_t)(v & 0xffffffffu);
+            const int64_t items = atomic_load(&g_items);
+            if (v >> 32 != (gen & 0xffffffffu) || first >= items) return;
+            last = first + atomic_load(&g_step) < items ? first + atomic_load(&g_step) : items;
+        } while (!atomic_compare_exchange_weak(&g_work, &v, v + (uint_fast64_t)(last - first)));
+        for (int64_t i = first; i < last; i++) g_fn(g_ctx, i, tid);
+        atomic_fetch_sub(&g_left, last - first);
     }
 }
 
@@ -174,6 +183,8 @@ static void parallel_for(int64_t n_items, int nthreads, task_fn fn, void *ctx) {
     g_fn = fn;
     g_ctx = ctx;
     atomic_store(&g_items, n_items);
+    /* about 8 claims per thread: fine enough to even out uneven items, few enough to be cheap */
+    atomic_store(&g_step, n_items / (8 * nthreads) > 1 ? n_items / (8 * nthreads) : 1);
     atomic_store(&g_active, nthreads - 1);
     atomic_store(&g_left, n_items);
     atomic_store(&g_work, (gen & 0xffffffffu) << 32);
