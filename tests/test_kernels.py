@@ -383,3 +383,15 @@ def test_bf16_conv_split_by_panels_or_pixels_gives_the_same_output(how, co, ci, 
     assert torch.equal(one, two)
     with pytest.raises(ConfigError, match="AMX split"):
         kernels.force_amx_split("rows")
+
+
+def test_amx_tile_probe_times_every_shape_and_refuses_others():
+    """up_amx_tile_ns: a plausible time for any tile of 1..16 rows and 2..32 even products where the CPU has AMX,
+    0 elsewhere and for shapes out of range."""
+    lib = kernels.load()
+    amx = "amx_bf16" in kernels.bf16_units()
+    for m, k in ((16, 32), (8, 8), (1, 2)):
+        ns = lib.up_amx_tile_ns(m, k, 0.02)
+        assert (0.1 < ns < 1000) if amx else ns == 0
+    for m, k in ((0, 32), (17, 32), (16, 33), (16, 3), (16, 0)):
+        assert lib.up_amx_tile_ns(m, k, 0.02) == 0

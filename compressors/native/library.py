@@ -112,6 +112,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.up_conv_force_layout.argtypes = [c_int]
     lib.up_conv_force_layout.restype = None
     lib.up_amx_force_split.argtypes = [c_int]
+    lib.up_amx_tile_ns.argtypes = [c_int, c_int, ctypes.c_double]
+    lib.up_amx_tile_ns.restype = ctypes.c_double
     lib.up_amx_force_split.restype = None
     lib.up_dwconv_run.argtypes = [p, p, f32p, f32p, i32p, c_int, c_int, ctypes.c_float, ctypes.c_float, c_int]
     lib.up_dwconv_run.restype = c_int

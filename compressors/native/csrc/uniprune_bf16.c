@@ -200,6 +200,35 @@ static void amx_probe_task(void *ctx, int64_t item, int tid) {
 }
 #endif
 
+#if HAVE_AMX
+static double amx_count_burst(void *state) { return amx_burst(state) / 16384.0; } /* instructions, not flops */
+#endif
+
+/* ns per TDPBF16PS on tiles of m rows of A and C (1..16) and k bf16 products per row (2..32, even): whether a
+ * smaller tile, one that skips pruned blocks, costs less. One thread, about `seconds`; 0 where this build or CPU
+ * has no AMX or on arguments out of range. */
+EXPORT double up_amx_tile_ns(int m, int k, double seconds) {
+#if HAVE_AMX
+    if (!(up_bf16_caps() & CAP_AMX) || m < 1 || m > 16 || k < 2 || k > 32 || k % 2) return 0;
+    static const uint16_t src[512] __attribute__((aligned(64))) = {0};
+    tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    for (int t = 0; t < 4; t++) { cfg.colsb[t] = 64; cfg.rows[t] = (uint8_t)m; }              /* C: m x 16 floats */
+    for (int t = 4; t < 6; t++) { cfg.colsb[t] = (uint16_t)(2 * k); cfg.rows[t] = (uint8_t)m; } /* A: m x k bf16 */
+    for (int t = 6; t < 8; t++) { cfg.colsb[t] = 64; cfg.rows[t] = (uint8_t)(k / 2); }       /* B: k/2 pairs x 16 */
+    _tile_loadconfig(&cfg);
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    _tile_loadd(4, src, 64); _tile_loadd(5, src, 64); _tile_loadd(6, src, 64); _tile_loadd(7, src, 64);
+    const double rate = best_rate(seconds > 0 ? seconds : 0.1, amx_count_burst, NULL);
+    _tile_release();
+    return rate > 0 ? 1.0 / rate : 0;
+#else
+    (void)m; (void)k; (void)seconds;
+    return 0;
+#endif
+}
+
 /* Measured GFLOP/s of `unit` (1: VDPBF16PS, 2: AMX TDPBF16PS) on nthreads threads, each for about `seconds`,
  * summed over threads; 0 where this build or CPU lacks the unit. */
 EXPORT double up_bf16_peak(int unit, double seconds, int nthreads) {
