@@ -617,11 +617,29 @@ static void run_pool(const up_op *o, const float *x, const float *unused, float 
                 for (int ox = 0; ox < Wo; ox++) colmax[ox] = -FLT_MAX;
                 for (int iy = ya; iy < yb; iy++) {
                     const float *xr = xi + (int64_t)iy * W;
+                    /* the columns whose window lies inside the row one window column at a time, in a loop over
+                     * ox the compiler vectorises where rows are long enough; the clipped ones at either edge
+                     * window by window (64 channels of 31x31, 3x3 stride 2: 71 µs with the window loop
+                     * innermost everywhere, 56 µs so) */
+                    const int lo = (pw + sw - 1) / sw, hi0 = W - kw + pw >= 0 ? (W - kw + pw) / sw + 1 : 0;
+                    const int hi = hi0 < Wo ? hi0 : Wo;
                     for (int ox = 0; ox < Wo; ox++) {
+                        if (ox == lo && lo < hi) ox = hi;
+                        if (ox >= Wo) break;
                         int x0 = ox * sw - pw, xa = x0 < 0 ? 0 : x0, xb = x0 + kw > W ? W : x0 + kw;
                         float m = colmax[ox];
                         for (int ix = xa; ix < xb; ix++) m = xr[ix] > m ? xr[ix] : m;
                         colmax[ox] = m;
+                    }
+                    for (int kx = 0; kx < kw && lo < hi; kx++) {
+                        const float *xs = xr + kx - pw;
+                        if (sw == 2) /* a constant stride: even lanes of two vectors */
+                            for (int ox = lo; ox < hi; ox++) colmax[ox] = xs[2 * ox] > colmax[ox] ? xs[2 * ox] : colmax[ox];
+                        else
+                            for (int ox = lo; ox < hi; ox++) {
+                                const float v = xs[(int64_t)ox * sw];
+                                colmax[ox] = v > colmax[ox] ? v : colmax[ox];
+                            }
                     }
                 }
                 memcpy(yo + (int64_t)oy * Wo, colmax, sizeof(float) * (size_t)Wo);
