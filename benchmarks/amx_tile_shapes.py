@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     share = {(m, k): m * k / (16 * 32) * full / v for (m, k), v in ns.items()}
     best = max((key for key in share if key != (16, 32)), key=share.__getitem__)
-    md = [f"## Does a smaller AMX tile cost less? (`benchmarks/amx_tile_shapes.py`, issue 20)", "",
+    md = ["## Does a smaller AMX tile cost less? (`benchmarks/amx_tile_shapes.py`, issue 20)", "",
           machine_line(), f"Command: `{command_line()}`", "",
           "ns per TDPBF16PS, one thread, four independent accumulators, operands resident; in brackets the useful "
           "multiply-adds per ns (M x K x 16) as a share of the full 16 x 32 tile's.", "", text, "",
