@@ -69,7 +69,9 @@ from uniprune.search.api.env import dense_layers  # noqa: E402
 from uniprune.search.datasets import load_dataset  # noqa: E402
 from uniprune.search.models import build_model  # noqa: E402
 
-SHAPES = {"8x4": BlockShape(8, 4), "4x1": BlockShape(4, 1), "1x1": BlockShape(1, 1)}
+# 16x2: one channel pair over a whole AMX panel of 16 output channels, the fine shape the AMX conv skips without
+# waste (docs/RESULTS.md, panel_occupancy)
+SHAPES = {"8x4": BlockShape(8, 4), "4x1": BlockShape(4, 1), "1x1": BlockShape(1, 1), "16x2": BlockShape(16, 2)}
 METHODS = (*SHAPES, "searched", "channel", "magnitude")
 CIFAR = ("cifar-resnet20", "cifar-resnet56")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
