@@ -551,10 +551,13 @@ static void amx_panel(amx_conv *p, int64_t n, int P, int64_t g0, int64_t g1, int
         if (p->direct) {
             for (int64_t b = g0; b < g1; b++)
                 for (int l = 0; l < 16; l++) d[p->byoff[b] + l] = o[b * 16 + l];
-        } else { /* the flat positions of these blocks that are output pixels */
-            const int64_t q1 = g1 * 16 < (int64_t)p->Ho * p->Wph ? g1 * 16 : (int64_t)p->Ho * p->Wph;
-            for (int64_t q = g0 * 16; q < q1; q++)
-                if (q % p->Wph < p->Wo) d[q / p->Wph * p->Wo + q % p->Wph] = o[q];
+        } else { /* the flat positions of these blocks that are output pixels, row by row (a division per
+                  * element here once took a fifth of ResNet-56's batch-32 time) */
+            const int64_t Wph = p->Wph, q0 = g0 * 16, q1 = g1 * 16 < p->Ho * Wph ? g1 * 16 : p->Ho * Wph;
+            for (int64_t oy = q0 / Wph; oy * Wph < q1; oy++) {
+                const int64_t a = q0 > oy * Wph ? q0 : oy * Wph, b = q1 < oy * Wph + p->Wo ? q1 : oy * Wph + p->Wo;
+                if (b > a) memcpy(d + oy * p->Wo + (a - oy * Wph), o + a, sizeof(float) * (size_t)(b - a));
+            }
         }
     }
 }
