@@ -226,3 +226,27 @@ def test_attention_in_bf16_matches_torch_for_odd_heads_and_token_counts(embed, h
         attn = [op for op in lean.ops if op.kind == plan.OP_ATTN]
         assert len(attn) == 1 and attn[0].params == [heads, int(precision == "bf16")]
         assert _rel_err(lean(x), ref) <= tol
+
+
+def zero_head_vit(num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32)) -> nn.Module:
+    """The test's ViT with torchvision's own classifier initialisation (all zeros)."""
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(**SMALL, num_classes=num_classes)
+
+
+def test_export_says_when_its_check_compares_nothing(tmp_path, capsys, monkeypatch, single_thread):
+    """A random-init torchvision ViT answers zeros for every input: export still writes it, and says in one note
+    that its plan-against-model check compared nothing; a model with a non-zero head gets no such note."""
+    from test_export import inner_policy
+
+    monkeypatch.setitem(sys.modules, "vit_factory", sys.modules[__name__])
+    for factory, noted in (("zero_head_vit", True), ("small_vit", False)):
+        (tmp_path / factory).mkdir()
+        policy = inner_policy(tmp_path / factory, build_model(f"vit_factory:{factory}", num_classes=10),
+                               f"vit_factory:{factory}")[1]
+        out = tmp_path / factory / "art"
+        code = main(["export", "--policy", str(policy), "--model", f"vit_factory:{factory}", "--input-shape", "3,32,32",
+                     "--num-classes", "10", "--precision", "fp32", "--out", str(out), "--json"])
+        _, err = capsys.readouterr()
+        assert code == 0 and (out / "plan.json").is_file(), err
+        assert ("the check below compares nothing" in err) is noted
