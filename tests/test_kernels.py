@@ -291,6 +291,23 @@ def test_depthwise_conv_matches_torch(isa, c, kh, kw, sh, sw, pad, dil, n, h, w,
     assert float((out - ref).abs().max()) <= 1e-4 * scale
 
 
+@pytest.mark.parametrize("isa", FORCED_ISAS)
+@pytest.mark.parametrize("h,w,k,stride,pad,dil", [(9, 40, 3, 1, 1, 1), (8, 45, 3, 1, 2, 2), (6, 64, 5, 1, 2, 1),
+                                                  (11, 37, 3, 2, 1, 1), (7, 50, 5, 3, 2, 2), (16, 16, 3, 1, 1, 1),
+                                                  (6, 9, 3, 1, 0, 1), (5, 7, 3, 1, 1, 1)])
+def test_depthwise_conv_on_rows_and_on_channels_match_torch(isa, h, w, k, stride, pad, dil):
+    """Stride-1 output rows of two vectors or more run channel by channel along the rows (their tails, paddings
+    and dilations included), the rest vectorised over channels: both match torch, on every thread count."""
+    g = torch.Generator().manual_seed(h * w)
+    weight, bias = torch.randn(19, 1, k, k, generator=g), torch.randn(19, generator=g)
+    x = torch.randn(2, 19, h, w, generator=g)
+    ref = F.conv2d(x, weight, bias, stride, pad, dil, groups=19).clamp(0.0, 6.0)
+    for threads in (1, 2):
+        out = kernels.depthwise_conv2d(x, weight, bias, (stride, stride), (pad, pad), (dil, dil), (0.0, 6.0), threads, isa)
+        assert out.shape == ref.shape
+        assert float((out - ref).abs().max()) <= 1e-4 * max(float(ref.abs().max()), 1.0)
+
+
 def test_depthwise_conv_rejects_bad_weights_and_small_inputs():
     with pytest.raises(ConfigError, match="depthwise weight"):
         kernels.depthwise_conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 2, 3, 3))
