@@ -1001,8 +1001,8 @@ static inline void transpose8x8(const float *src, int64_t ss, float *dst, int64_
     for (int i = 0; i < 8; i++) memcpy(dst + i * ds, &t[col[i]], sizeof(v8s));
 }
 
-/* dst[q * ds + c] = src[c * ss + q] for the C rows c and P columns q of src: 8 x 8 blocks, the edges scalar. The scalar loops alone took
- * most of MobileNetV2's depthwise time (a fifth of the whole pass). */
+/* dst[q * ds + c] = src[c * ss + q] for the C rows c and P columns q of src: 8 x 8 blocks, the edges scalar.
+ * Scalar loops alone took most of MobileNetV2's depthwise time (a fifth of the whole pass). */
 __attribute__((optimize("no-tree-loop-distribute-patterns"))) static void
 transpose_planes(const float *src, int64_t ss, float *dst, int64_t ds, int64_t C, int64_t P) {
     int64_t c0 = 0;
