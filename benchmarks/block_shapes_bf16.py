@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
+from uniprune.compressors.core.structure import BlockShape, block_grid  # noqa: E402
+from uniprune.compressors.latency.table import random_structure  # noqa: E402
 from uniprune.compressors.latency.timing import interleaved_samples  # noqa: E402
 from uniprune.compressors.native import kernels  # noqa: E402
 
@@ -34,8 +36,8 @@ def _runner(weight: torch.Tensor, x: torch.Tensor, bo: int, bi: int, share: floa
             threads: int):
     """A call of the bf16 conv of ``weight`` on ``x`` with ``share`` of its bo x bi blocks pruned at random."""
     co, ci, k = weight.shape[0], weight.shape[1], weight.shape[2]
-    blocks = torch.rand(co // bo, ci // bi, generator=g) >= share
-    keep = blocks.repeat_interleave(bo, 0).repeat_interleave(bi, 1)
+    keep = random_structure(block_grid(weight.shape, BlockShape(bo, bi)), share, 0.0, g).keep_mask()
+    keep = keep.reshape(co, ci, -1).any(-1)
     conv = kernels.SparseConv(weight, keep, None, (1, 1), (k // 2, k // 2), (1, 1), rows=kernels.panel_height(bo),
                               precision="bf16")
     return lambda: conv(x, threads)

@@ -8,7 +8,7 @@ almost every pair; this asks whether a trained network's magnitude pattern is ki
 helps: output channels grouped greedily into panels whose kept inputs overlap most (each panel seeded with the
 row keeping the most, then the row adding the fewest new inputs), and input channels paired by how often they
 are kept together. For every 3x3 conv of ResNet-56 (../shared/data), each block shape and share pruned (per
-layer, the blocks of least L2 norm), the share of (panel, pair) cells a panel must still compute, averaged over
+layer, uniprune's own projection: the blocks of least L2 norm), the share of (panel, pair) cells a panel must still compute, averaged over
 the layers. Writes section ``panel_occupancy`` of docs/RESULTS.md.
 """
 
@@ -23,6 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import command_line, machine_line, write_section  # noqa: E402
+from uniprune.compressors.core.projection import project_layer  # noqa: E402
+from uniprune.compressors.core.structure import BlockShape, block_grid  # noqa: E402
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrained" / "resnet56-4bfd9763.th"
 PANEL = 16
@@ -30,12 +32,10 @@ SHAPES = ((1, 1), (4, 1), (8, 4), (16, 2))
 
 
 def keep_mask(w: torch.Tensor, bo: int, bi: int, share: float) -> torch.Tensor:
-    """[Co, Ci] channel pairs kept when the ``share`` of bo x bi blocks of least L2 norm (over their taps) go."""
-    co, ci = w.shape[:2]
-    norms = w.pow(2).sum((2, 3)).reshape(co // bo, bo, ci // bi, bi).sum((1, 3))
-    k = int(share * norms.numel())
-    keep = norms > norms.flatten().kthvalue(k).values if k > 0 else torch.ones_like(norms, dtype=torch.bool)
-    return keep.repeat_interleave(bo, 0).repeat_interleave(bi, 1)
+    """[Co, Ci] channel pairs kept when ``share`` of the weights go in bo x bi blocks, as uniprune projects a layer
+    (the blocks of least L2 norm)."""
+    structure, _ = project_layer(w, block_grid(w.shape, BlockShape(bo, bi)), share, 0.0)
+    return structure.keep_mask().reshape(w.shape[0], w.shape[1], -1).any(-1)
 
 
 def occupancy(keep: torch.Tensor) -> float:

@@ -972,31 +972,27 @@ static inline __attribute__((always_inline)) void dw_pixel(const dw_ctx *c, cons
     }
 }
 
-/* dst[i * ds + j] = src[j * ss + i] for an 8 x 8 block: eight row loads, three rounds of shuffles (GCC/Clang vector
- * extensions, so every ISA gets its own), eight row stores. The rounds leave columns 1 and 2, and 5 and 6, swapped. */
+/* dst[i * ds + j] = src[j * ss + i] for an 8 x 8 block: eight row loads, three rounds of shuffles (vector
+ * extensions, as split2_row, so every ISA gets its own), eight row stores. The rounds leave columns 1 and 2, and
+ * 5 and 6, swapped. */
 typedef float v8s __attribute__((vector_size(32), aligned(4)));
 typedef int32_t v8i __attribute__((vector_size(32)));
-#if defined(__clang__) /* the same two-vector shuffle under each compiler's name */
-#define SHUF8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define SHUF8(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
-#endif
 static inline void transpose8x8(const float *src, int64_t ss, float *dst, int64_t ds) {
     v8s r[8], t[8];
     for (int j = 0; j < 8; j++) memcpy(&r[j], src + j * ss, sizeof(v8s));
     for (int k = 0; k < 4; k++) {
-        t[2 * k] = SHUF8(r[2 * k], r[2 * k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        t[2 * k + 1] = SHUF8(r[2 * k], r[2 * k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+        t[2 * k] = __builtin_shuffle(r[2 * k], r[2 * k + 1], (v8i){0, 8, 1, 9, 4, 12, 5, 13});
+        t[2 * k + 1] = __builtin_shuffle(r[2 * k], r[2 * k + 1], (v8i){2, 10, 3, 11, 6, 14, 7, 15});
     }
     for (int k = 0; k < 2; k++)
         for (int m = 0; m < 2; m++) {
-            r[4 * k + m] = SHUF8(t[4 * k + m], t[4 * k + m + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-            r[4 * k + m + 2] = SHUF8(t[4 * k + m], t[4 * k + m + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+            r[4 * k + m] = __builtin_shuffle(t[4 * k + m], t[4 * k + m + 2], (v8i){0, 1, 8, 9, 4, 5, 12, 13});
+            r[4 * k + m + 2] = __builtin_shuffle(t[4 * k + m], t[4 * k + m + 2], (v8i){2, 3, 10, 11, 6, 7, 14, 15});
         }
     static const int col[8] = {0, 2, 1, 3, 4, 6, 5, 7};
     for (int m = 0; m < 4; m++) {
-        t[m] = SHUF8(r[m], r[m + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-        t[m + 4] = SHUF8(r[m], r[m + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        t[m] = __builtin_shuffle(r[m], r[m + 4], (v8i){0, 1, 2, 3, 8, 9, 10, 11});
+        t[m + 4] = __builtin_shuffle(r[m], r[m + 4], (v8i){4, 5, 6, 7, 12, 13, 14, 15});
     }
     for (int i = 0; i < 8; i++) memcpy(dst + i * ds, &t[col[i]], sizeof(v8s));
 }
@@ -1053,74 +1049,57 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) static void dw_tas
 }
 
 /* Stride-1 planes whose output rows hold two vectors or more run channel by channel in place (items n * C + c, so
- * one image is shared between the threads): the channel's padded input rows, split into their column phases
- * (stride sw), are copied once into a per-thread scratch, after which every tap of an output row is one
- * unaligned vector load along the row. The transposes of the path above cost more than the conv itself on
- * such planes: MobileNetV2's 32 channels of 32x32 (AVX-512, 1 thread) took 48.6 us there, 20.8 us here. Where
- * the rows are shorter or the stride 2, the path above measured faster (96 channels 32x32 -> 16x16: 46 against
- * 72 us; 192 channels of 8x8: 12 against 31 us) and stays. */
+ * one image is shared between the threads): the channel's padded input rows are copied once into a per-thread
+ * scratch, after which every tap of an output row is one unaligned vector load along the row. The transposes of
+ * the path above cost more than the conv itself on such planes: MobileNetV2's 32 channels of 32x32 (AVX-512, 1
+ * thread) took 48.6 us there, 20.8 us here. Where the rows are shorter or the stride 2 (this path with column
+ * phases), the path above measured faster (96 channels 32x32 -> 16x16: 46 against 72 us; 192 channels of 8x8:
+ * 12 against 31 us) and stays. */
 typedef struct {
-    int64_t Hp, Wq; /* padded rows; floats per phase row (output columns, the widest tap's reach, a vector of slack) */
+    int64_t Hp, Wq; /* padded rows; floats per row (output columns, the widest tap's reach, a vector of slack) */
 } dw_rows;
 
 static dw_rows dw_row_geom(const dw_ctx *c) {
     dw_rows g;
     g.Hp = c->H + 2 * c->ph;
-    g.Wq = c->Wo + (int64_t)(c->dw * (c->kw - 1)) / c->sw + 1 + VL;
+    g.Wq = c->Wo + (int64_t)c->dw * (c->kw - 1) + VL;
     return g;
 }
 
-/* One padded input row's phase p into d[0, Wq): d[j] = row[j * sw + p - pw], zeros outside the row. Plain loops,
- * kept from becoming libc calls (a memcpy or memset call per row of 8 to 40 floats cost more than the copy), the
- * inner one free of branches so that it vectorises. */
-__attribute__((optimize("no-tree-loop-distribute-patterns"))) static void
-dw_phase_row(float *restrict d, const float *restrict row, int64_t Wq, int W, int sw, int p, int pw) {
-    int64_t jlo = p - pw >= 0 ? 0 : (pw - p + sw - 1) / sw, jhi = W - 1 + pw - p >= 0 ? (W - 1 + pw - p) / sw + 1 : 0;
-    if (jlo > Wq) jlo = Wq;
-    if (jhi > Wq) jhi = Wq;
-    if (jhi < jlo) jhi = jlo;
-    for (int64_t j = 0; j < jlo; j++) d[j] = 0.0f;
-    const float *src = row + p - pw;
-    if (sw == 1)
-        for (int64_t j = jlo; j < jhi; j++) d[j] = src[j];
-    else if (sw == 2)
-        for (int64_t j = jlo; j < jhi; j++) d[j] = src[2 * j];
-    else
-        for (int64_t j = jlo; j < jhi; j++) d[j] = src[j * sw];
-    for (int64_t j = jhi; j < Wq; j++) d[j] = 0.0f;
-}
-
+/* Plain loops, kept from becoming libc calls: a memcpy or memset call per row of 8 to 40 floats cost more than
+ * the copy */
 __attribute__((optimize("no-tree-loop-distribute-patterns"))) static void dw_direct_task(void *ctx, int64_t item,
                                                                                          int tid) {
     const dw_ctx *c = ctx;
     const dw_rows g = dw_row_geom(c);
-    const int ch = (int)(item % c->C), sw = c->sw, taps = c->kh * c->kw;
+    const int ch = (int)(item % c->C), taps = c->kh * c->kw;
     const int64_t n = item / c->C, HW = (int64_t)c->H * c->W, Q = (int64_t)c->Ho * c->Wo;
     const float *xc = c->x + (n * c->C + ch) * HW;
     float *yc = c->y + (n * c->C + ch) * Q, *rows = c->scratch + tid * c->per_thread;
-    /* rows[(r * sw + p) * Wq + j] = padded input row r at column j * sw + p (zeros outside the input) */
+    /* rows[r * Wq + j] = padded input row r at column j (zeros outside the input) */
+    const int64_t lead = c->pw < g.Wq ? c->pw : g.Wq, body = c->W < g.Wq - lead ? c->W : g.Wq - lead;
     for (int64_t r = 0; r < g.Hp; r++) {
         const int64_t iy = r - c->ph;
-        for (int p = 0; p < sw; p++) {
-            float *d = rows + (r * sw + p) * g.Wq;
-            if (iy < 0 || iy >= c->H)
-                for (int64_t j = 0; j < g.Wq; j++) d[j] = 0.0f;
-            else
-                dw_phase_row(d, xc + iy * c->W, g.Wq, c->W, sw, p, c->pw);
+        float *d = rows + r * g.Wq;
+        if (iy < 0 || iy >= c->H) {
+            for (int64_t j = 0; j < g.Wq; j++) d[j] = 0.0f;
+            continue;
         }
+        const float *src = xc + iy * c->W;
+        for (int64_t j = 0; j < lead; j++) d[j] = 0.0f;
+        for (int64_t j = 0; j < body; j++) d[lead + j] = src[j];
+        for (int64_t j = lead + body; j < g.Wq; j++) d[j] = 0.0f;
     }
-    /* each tap's weight and offset from the start of its output row's window, once per channel: no division in
-     * the loop below (one per tap per vector made it 6x slower than the channel-vectorised path) */
+    /* each tap's weight and offset from the start of its output row's window, once per channel */
     float wk[64];
     int64_t toff[64];
     for (int ky = 0, t = 0; ky < c->kh; ky++)
         for (int kx = 0; kx < c->kw; kx++, t++) {
-            const int o = kx * c->dw;
             wk[t] = c->wt[(int64_t)t * c->Cp + ch];
-            toff[t] = ((int64_t)ky * c->dh * sw + o % sw) * g.Wq + o / sw;
+            toff[t] = (int64_t)ky * c->dh * g.Wq + kx * c->dw;
         }
     const float b = c->bt[ch];
-    const int64_t row_step = (int64_t)c->sh * sw * g.Wq;
+    const int64_t row_step = (int64_t)c->sh * g.Wq;
     const vf lo = (vf){0} + c->lo, hi = (vf){0} + c->hi;
     /* two output rows at a time: two independent FMA chains (one chain of kh * kw taps waited on itself) */
     for (int oy = 0; oy < c->Ho; oy += 2) {
@@ -1174,7 +1153,7 @@ EXPORT int up_dwconv_run(const float *x, float *y, const float *w, const float *
     c.per_thread = ((int64_t)c.H * c.W + (int64_t)c.Ho * c.Wo) * c.Cp;
     if (direct) {
         const dw_rows g = dw_row_geom(&c);
-        c.per_thread = g.Hp * c.sw * g.Wq;
+        c.per_thread = g.Hp * g.Wq;
     }
     c.act = act != 0;
     c.lo = lo;
