@@ -45,7 +45,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill_channel import DATA, _flags, _load, adapted_dense  # noqa: E402
+from distill_channel import DATA, _load, adapted_dense  # noqa: E402
 from results_md import command_line, machine_line, write_section  # noqa: E402
 from uniprune.compressors.core.accounting import FLOAT_BITS, model_size  # noqa: E402
 from uniprune.compressors.core.blocks import compressible_layers  # noqa: E402
@@ -417,7 +417,7 @@ def render(figures: dict[str, Any], now: argparse.Namespace) -> str:
     lines = [
         f"## Accuracy at measured speed, {_title(args)} (`benchmarks/accuracy_curve.py`)",
         "",
-        f"Machine: {machine_line()}; CPU flags: {_flags()}; {args.threads} thread(s); load average at the start: "
+        f"Machine: {machine_line()}; {args.threads} thread(s); load average at the start: "
         f"{figures['load_before']}; {figures['seconds'] / 60:.0f} min in all. Command: `{figures.get('command', command_line())}`"
         + (f". Timings taken again on {figures['retimed']['date']} (load at the start {figures['retimed']['load_before']}) "
            f"with `{command_line()}`: each point's structure rebuilt from the dense model, the top-1 kept from the first run"

@@ -80,14 +80,6 @@ def _load() -> str:
         return "unknown"
 
 
-def _flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags)
-
-
 def adapted_dense(model_name: str, data: Path, bundle: Any, *, epochs: int, limit: int | None, cache: Path,
                   batch_size: int = 128, lr: float = 0.01) -> nn.Module:
     """The pretrained checkpoint of ``model_name`` (a CIFAR ResNet) adapted to the JPEG training set for ``epochs`` of
@@ -182,7 +174,7 @@ def render(figures: dict[str, Any], args: argparse.Namespace) -> str:
         if budget else "## Distillation against none, fine and coarse blocks and channel pruning at half the MACs "
         "(`benchmarks/distill_channel.py`)",
         "",
-        f"Machine: {machine_line()}; CPU flags: {_flags()}; {os.cpu_count()} cores shared with other jobs, "
+        f"Machine: {machine_line()}; {os.cpu_count()} cores shared with other jobs, "
         f"{args.threads} torch threads; load average (1, 5, 15 min) at the start: {figures['load_before']}. "
         f"Command: `{command_line()}`",
         "",

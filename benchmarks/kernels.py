@@ -191,14 +191,12 @@ def precision_table(args: argparse.Namespace) -> None:
             cells += [f"{t['bf16 dot'] * 1e3:.1f}", f"{flops / (t['bf16 dot'] * 1e6) / peaks['bf16_dot']:.2f}",
                       f"{t['fp32'] / t['bf16 dot']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    flags = sorted(f for f in kernels.cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
-                                                           "amx_bf16"))
     head = "| conv | block | batch | s | fp32 µs | fp32 share of FMA peak |"
     head += (" bf16 AMX µs | bf16 share of AMX peak | bf16 speedup over fp32 | oneDNN bf16 µs (share), dense only |"
              if amx else "")
     head += " bf16 dot µs | bf16 dot share of VDPBF16PS peak | bf16 dot speedup over fp32 |" if dot else ""
     md = [
-        f"Machine: {machine_line()}; flags {', '.join(flags)}; kernels {kernels.build_id()}; measured peaks on "
+        f"Machine: {machine_line()}; kernels {kernels.build_id()}; measured peaks on "
         f"{THREADS} thread(s): " + ", ".join(f"{u} {p:.0f} GFLOP/s" if p else f"{u} n/a" for u, p in peaks.items())
         + f" (best of {2 + len(rows) // 10} probes through the run). Load average at the end: {os.getloadavg()[0]:.1f} "
         "(a shared 2-core machine).",

@@ -401,13 +401,11 @@ def write_results(rows: list[dict], installs: list[Dnnl], impls: dict, ov: dict 
     from results_md import command_line, machine_line, write_section
     from uniprune.compressors.latency.engines import engine_versions
 
-    flags = sorted({f for f in Path("/proc/cpuinfo").read_text().split()
-                    if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")})
     libs = "; ".join(f"**{d.name}** ({d.runtime} CPU runtime, from {_origin(d.prefix)}, effective ISA code {d.isa:#x})"
                      for d in installs)
     chose = "; ".join(f"{name} {prec}: {', '.join(sorted(v))}" for (name, prec), v in sorted(impls.items()))
     md = [
-        f"Machine: {machine_line()}; flags {', '.join(flags)}; load average {loads[0]:.2f} at the start, "
+        f"Machine: {machine_line()}; load average {loads[0]:.2f} at the start, "
         f"{loads[1]:.2f} at the end (a shared 2-core machine); the process pinned to one CPU, 1 thread everywhere.",
         f"Libraries: {libs}; OpenVINO {engine_versions().get('openvino', 'absent')}.",
         f"Command: `{'DNNL_MAX_CPU_ISA=' + os.environ['DNNL_MAX_CPU_ISA'] + ' ' if os.environ.get('DNNL_MAX_CPU_ISA') else ''}"

@@ -127,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/RESULTS.md alone")
     args = p.parse_args(argv)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    flags = sorted(set(Path("/proc/cpuinfo").read_text().split())
-                   & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile"})
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with torch_threads(args.threads):
         results = {(op, where): measure(op, where, args.rounds, args.threads)
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "## A node the plan lacks, on ONNX Runtime inside the plan (issue 22, item 3)",
         "",
         f"Command: `{command_line()}`",
-        f"Machine: {machine_line()}; CPU flags: {' '.join(flags)}; load before measuring: {load}; started {started}",
+        f"Machine: {machine_line()}; load before measuring: {load}; started {started}",
         "",
         "CIFAR ResNet-20 with a custom module the plan has no op for (Mish, `x * tanh(softplus(x))`, or `x * erf(x)`), "
         f"75 % of each layer's blocks pruned at random, batch 1, {args.threads} thread(s), fp32; least ms of "

@@ -158,11 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         cells.append("" if t1 is None else f"{t1:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     peaks = {u: kernels.peak_gflops(u, args.threads) for u in kernels.PEAK_UNITS}
-    flags = sorted(f for f in kernels.cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
-                                                           "amx_bf16", "avx512_fp16"))
     load_after = os.getloadavg()
     md = [
-        f"Machine: {machine_line()}; flags {', '.join(flags)}; peaks on {args.threads} thread(s): "
+        f"Machine: {machine_line()}; peaks on {args.threads} thread(s): "
         + ", ".join(f"{u} {p:.0f} GFLOP/s" if p else f"{u} n/a" for u, p in peaks.items())
         + f"; load average (1, 5 min) {load_before[0]:.1f}, {load_before[1]:.1f} at the start, "
         f"{load_after[0]:.1f}, {load_after[1]:.1f} at the end.",

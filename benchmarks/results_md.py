@@ -18,11 +18,16 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"
 _HEADER = "# Results\n\nEvery figure here was measured by the command shown with it. Sections are written by the scripts in `benchmarks/`.\n"
 
 
+#: The CPU flags every figure is read against: the vector units the kernels and the engines can use.
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
 def machine_line() -> str:
-    """One line naming the machine: CPU model, its vector unit, the ISA the kernels were built for, cores,
-    torch version, date (UTC). The same CPU name has come with AVX2 only and with AVX-512."""
+    """One line naming the machine: CPU model, its vector unit, the ISA the kernels were built for, cores, its
+    :data:`VECTOR_FLAGS`, torch version, date (UTC). The same CPU name has come with AVX2 only, with AVX-512 and
+    with AMX."""
     import torch
-    from uniprune.compressors.native.kernels import isa
+    from uniprune.compressors.native.kernels import cpu_flags, isa
 
     cpu = platform.processor() or platform.machine()
     family = ""
@@ -36,12 +41,11 @@ def machine_line() -> str:
     except OSError:
         pass
     today = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        flags = []
+    flags = cpu_flags()
     unit = "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else platform.machine()
-    return f"{cpu}{family} ({unit}; kernels built for {isa()}), {os.cpu_count()} cores, torch {torch.__version__}, {today}"
+    listed = " ".join(f for f in VECTOR_FLAGS if f in flags) or "none of " + " ".join(VECTOR_FLAGS)
+    return (f"{cpu}{family} ({unit}; kernels built for {isa()}), {os.cpu_count()} cores, CPU flags {listed}, "
+            f"torch {torch.__version__}, {today}")
 
 
 def command_line() -> str:
