@@ -183,6 +183,33 @@ def test_cached_table_is_checked_against_a_quick_timing(tmp_path, capsys):
     assert all(np.array_equal(unchecked.tables[k], again.tables[k]) for k in again.tables)  # the cache as written
 
 
+def test_a_table_disturbed_while_measured_is_measured_again(tmp_path, capsys, monkeypatch):
+    """A fresh table whose sum for the nothing-compressed model disagrees with that model timed whole beside the
+    engines (the machine's speed changed between the two) is measured again; one that agrees is kept at once."""
+    from uniprune.compressors.latency import table
+
+    real, calls = table.baseline_rounds, []
+
+    def disturbed_once(*args, **kwargs):
+        base = real(*args, **kwargs)
+        calls.append(base["compressed_ms"])
+        return {**base, "compressed_ms": base["compressed_ms"] * (3.0 if len(calls) == 1 else 1.0)}
+
+    monkeypatch.setattr(table, "baseline_rounds", disturbed_once)
+    monkeypatch.setattr(table, "table_agreement", lambda lm, base: base["compressed_ms"] / calls[-1])
+    kwargs = dict(threads=1, grid=(0.0, 0.5), cache_dir=tmp_path, warmup=1, repeats=3, min_seconds=0)
+    lm = build_latency_model(_small_cnn(), (3, 16, 16), progress=False, **kwargs)
+    assert len(calls) == 2 and "3.00x that model timed whole" in capsys.readouterr().err
+    assert lm.meta["agreement"] == 1.0
+    build_latency_model(_small_cnn(), (3, 16, 16), progress=False, **kwargs, check_cache=False)  # cached: no rounds
+    assert len(calls) == 2
+
+    monkeypatch.setattr(table, "table_agreement", lambda lm, base: 2.0)  # never agrees: kept after the last try
+    lm = build_latency_model(_small_cnn(), (3, 16, 16), progress=False, **kwargs | {"cache_dir": tmp_path / "b"})
+    assert len(calls) == 2 + table.TABLE_ATTEMPTS and "kept after 3 measurements" in capsys.readouterr().err
+    assert lm.meta["agreement"] == 2.0
+
+
 def test_python_runtime_and_the_fallback():
     """The Python path is still there on request; a model with a node the plan cannot lower runs it on ONNX Runtime
     inside the plan (tests/test_plan_fallback.py: the Python path only where ONNX cannot export it either)."""
