@@ -64,8 +64,9 @@ from uniprune.compressors.train.training import (  # noqa: E402
     make_optimizer,
     train_epoch,
 )
-from uniprune.search import api  # noqa: E402
+from uniprune.search import api, sensitivity  # noqa: E402
 from uniprune.search.api.env import dense_layers  # noqa: E402
+from uniprune.search.api.search import run_config  # noqa: E402
 from uniprune.search.datasets import load_dataset  # noqa: E402
 from uniprune.search.models import build_model  # noqa: E402
 
@@ -216,7 +217,12 @@ def searched_policy(budget: float, s: Setup, args: argparse.Namespace) -> Policy
                        latency=api.LatencySpec(latency_statistic="min", threads=args.threads, batch_size=1, precision=args.precision),
                        budget=api.BudgetSpec(latency_budget=budget, block_shape="8x4,4x1,1x1"),
                        scoring=api.ScoringSpec(val_samples=1000), seed=args.seed)
-    api.search(api.SearchSpec(env=spec, run_dir=str(run), force=True))
+    search = api.SearchSpec(env=spec, run_dir=str(run), force=True)
+    # the layers' scores do not depend on the budget: an earlier budget's run of the same dense model lends its own
+    scoring = sensitivity.scoring_key(run_config(search))
+    earlier = [d for d in sorted(run.parent.glob("search-*")) if d != run and (d / sensitivity.FILE).is_file()
+               and not sensitivity.mismatch(sensitivity.read(d / sensitivity.FILE)["scoring"], scoring)]
+    api.search(search.replace(sensitivity_from=str(earlier[0]) if earlier else None))
     return Policy.load(run / "policy.json")
 
 

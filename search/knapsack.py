@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -61,17 +62,33 @@ def pareto_options(name: str, points: Sequence[tuple[float, float]], ms: Callabl
     return LayerOptions(name, [a for a, _ in kept], np.array([t for _, t in kept], dtype=np.float64))
 
 
+def option_key(name: str, action: Sequence[Any]) -> str:
+    """One option's key: layer, fractions to 6 decimals, block shape (where searched)."""
+    shape = action[2] if len(action) > 2 else ""
+    return f"{name}|{float(action[0]):.6f}|{float(action[1]):.6f}|{shape}"
+
+
 def score_options(options: Sequence[LayerOptions], accuracy_of: Callable[[Mapping[str, tuple]], float],
                   dense_accuracy: float, *, progress: bool = True,
-                  score_many: Callable[[list[Mapping[str, tuple]]], list[float]] | None = None) -> list[LayerOptions]:
+                  score_many: Callable[[list[Mapping[str, tuple]]], list[float]] | None = None,
+                  known: Mapping[str, float] | None = None) -> list[LayerOptions]:
     """Each option's cost: ``dense_accuracy - accuracy_of({layer: action})`` (the layer alone compressed),
     floored at 0 so that noise does not make compression look free-plus. ``score_many``: scores a list of
-    such policies at once (several processes: :class:`~uniprune.search.workers.ScorePool`), in order."""
-    jobs = [(i, j) for i, o in enumerate(options) for j in range(1, len(o.actions))]
+    such policies at once (several processes: :class:`~uniprune.search.workers.ScorePool`), in order.
+    ``known``: costs already scored, by :func:`option_key` (an earlier run's); only the other options are scored."""
+    known = known or {}
     costs = [np.zeros(len(o.actions)) for o in options]
+    jobs = []
+    for i, o in enumerate(options):
+        for j in range(1, len(o.actions)):
+            key = option_key(o.name, o.actions[j])
+            if key in known:
+                costs[i][j] = known[key]
+            else:
+                jobs.append((i, j))
     policies = [{options[i].name: options[i].actions[j]} for i, j in jobs]
     if score_many is not None:
-        accuracies = score_many(policies)
+        accuracies = score_many(policies) if policies else []
     else:
         accuracies = [accuracy_of(p) for p in tqdm(policies, desc="knapsack sensitivity", disable=not progress, leave=False)]
     for (i, j), acc in zip(jobs, accuracies):

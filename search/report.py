@@ -24,10 +24,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from uniprune.compressors.core.errors import RunDirError  # noqa: E402
-from uniprune.compressors.core.policy import Policy  # noqa: E402
+from uniprune.compressors.core.policy import LayerAction, Policy  # noqa: E402
 from uniprune.compressors.formats.fileio import write_text_atomic  # noqa: E402
 from uniprune.compressors.formats.run_dir import RunDir, read_json_object  # noqa: E402
 from uniprune.compressors.latency.budget import budget_verdict  # noqa: E402
+from uniprune.search import sensitivity  # noqa: E402
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
@@ -211,7 +212,41 @@ def write_report(run_dir: str | Path) -> list[Path]:
     }
     for f in files:
         lines += [f"## {titles[f.name]}", "", f"![{titles[f.name]}]({f.name})", ""]
-    lines += ["## Best policy", "", "| layer | prune | unify |", "| --- | ---: | ---: |"]
-    lines += [f"| {n} | {a.prune:.3f} | {a.unify:.3f} |" for n, a in policy.layers.items()]
+    lines += _policy_table(policy, run / sensitivity.FILE)
     files.append(write_text_atomic(paths.report_path, "\n".join(lines) + "\n"))
     return files
+
+
+def _lost_alone(options: list[dict[str, Any]], action: LayerAction) -> float | None:
+    """The scored validation accuracy lost by the option nearest ``action`` (same block shape; within 0.02 of
+    each fraction, since the wall realises fractions at whole blocks), or None."""
+    shape = action.block.key if action.block is not None else None
+    near = [o for o in options if o.get("shape") == shape
+            and abs(o["prune"] - action.prune) <= 0.02 and abs(o["unify"] - action.unify) <= 0.02]
+    if action.is_dense or not near:
+        return 0.0 if action.is_dense else None
+    return min(near, key=lambda o: abs(o["prune"] - action.prune) + abs(o["unify"] - action.unify))["val_accuracy_lost"]
+
+
+def _policy_table(policy: Policy, scores: Path) -> list[str]:
+    """The best policy's layers; with the knapsack's ``sensitivity.json``, what each layer's choice costs alone
+    and the layers that cost the most."""
+    data = sensitivity.read(scores) if scores.is_file() else None
+    shapes = any(a.block is not None for a in policy.layers.values())
+    head = "| layer | prune | unify |" + (" block |" if shapes else "") + (" val top-1 lost alone (points) |" if data else "")
+    lines = ["## Best policy", "", head, "| --- | ---: | ---: |" + (" --- |" if shapes else "") + (" ---: |" if data else "")]
+    lost = {}
+    for n, a in policy.layers.items():
+        row = f"| {n} | {a.prune:.3f} | {a.unify:.3f} |" + (f" {a.block.key if a.block else '–'} |" if shapes else "")
+        if data:
+            lost[n] = _lost_alone(data["layers"].get(n, []), a)
+            row += f" {'–' if lost[n] is None else f'{100 * lost[n]:.2f}'} |"
+        lines.append(row)
+    costly = sorted(((v, n) for n, v in lost.items() if v), reverse=True)[:5]
+    if costly:
+        lines += ["", "Where the accuracy goes: each layer's choice scored alone (that layer compressed, the rest dense, "
+                  "BatchNorm re-estimated; `sensitivity.json`). The costliest: "
+                  + ", ".join(f"`{n}` {100 * v:.2f}" for v, n in costly)
+                  + f" points; summed over the layers {100 * sum(v for v in lost.values() if v):.2f} points (the knapsack's "
+                  "additive estimate; the layers' losses together can differ)."]
+    return lines

@@ -18,18 +18,19 @@ actions). :class:`~uniprune.search.loop.SearchLoop` runs them, with the run dire
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from uniprune.agent import AMCDDPG, load_agent, save_agent
 from uniprune.compressors.core.errors import ConfigError, RunDirError
-from uniprune.compressors.formats.run_dir import OPTUNA_DB, RunDir
+from uniprune.compressors.formats.run_dir import OPTUNA_DB, RunDir, read_json_object
 from uniprune.envs import CompressionEnv
 from uniprune.search.tensorboard import TensorBoardLogger, sb3_logger
 
-from . import knapsack
+from . import knapsack, sensitivity
 
 SEARCHERS = ("ddpg", "optuna", "random", "uniform", "knapsack")
 OPTUNA_STUDY = "uniprune-search"
@@ -198,18 +199,38 @@ class KnapsackSearcher(Searcher):
     name = "knapsack"
     plans_ahead = True
 
-    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool) -> None:
+    def __init__(self, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool,
+                 known: Mapping[str, float] | None = None) -> None:
         super().__init__(env, seed=seed, warmup=warmup, run_dir=run_dir, resume=resume)
         self._plans: list[dict[str, tuple]] | None = None
+        self._known = dict(known or {})
+
+    def _scoring(self) -> dict[str, Any]:
+        """What this run's scores depend on (:func:`~.sensitivity.scoring_key` of its ``config.json``)."""
+        return sensitivity.scoring_key(read_json_object(RunDir(self.run_dir).config_path, fix="start over with --force"))
+
+    def _own_costs(self, scoring: Mapping[str, Any]) -> dict[str, float]:
+        """A resumed run's own scores, where they were scored as this run scores."""
+        file = self.run_dir / sensitivity.FILE
+        if not self.resume or not file.is_file():
+            return {}
+        data = sensitivity.read(file)
+        if sensitivity.mismatch(data["scoring"], scoring):
+            print(f"uniprune search: note: {file} was scored another way; scoring the layers again", file=sys.stderr)
+            return {}
+        return sensitivity.known_costs(data)
 
     def _ensure_plans(self) -> list[dict[str, tuple]]:
         if self._plans is None:
             scorer = self.env.scorer
+            scoring = self._scoring()
+            known = {**self._own_costs(scoring), **self._known}
             options = knapsack.env_options(self.env.wall)
             dense = scorer.score({})["val_accuracy"]
             many = self.pool.accuracies if self.pool is not None else None
             scored = knapsack.score_options(options, lambda actions: scorer.score(actions)["val_accuracy"], dense,
-                                            score_many=many)
+                                            score_many=many, known=known)
+            sensitivity.write(self.run_dir / sensitivity.FILE, scored, dense, scoring)
             self._plans = knapsack.knapsack_plans(self.env.wall, scored)
         return self._plans
 
@@ -315,10 +336,11 @@ def _episodes_done(run_dir: Path) -> int:
 
 def make_searcher(
     name: str, env: CompressionEnv, *, seed: int, warmup: int, run_dir: Path, resume: bool, episodes: int, storage: str | None = None,
-    reward_baseline: str = "sample", noise: dict[str, float] | None = None,
+    reward_baseline: str = "sample", noise: dict[str, float] | None = None, known: Mapping[str, float] | None = None,
 ) -> Searcher:
     """The searcher called ``name`` (one of :data:`SEARCHERS`) on ``env``; ``noise``: DDPG's ``sigma0``,
-    ``sigma_decay``, ``sigma_min`` (:class:`~uniprune.agent.noise.TruncatedNormalSchedule`)."""
+    ``sigma_decay``, ``sigma_min`` (:class:`~uniprune.agent.noise.TruncatedNormalSchedule`); ``known``: the
+    knapsack's sensitivity scores from an earlier run (:func:`~.sensitivity.costs_from`)."""
     common: dict[str, Any] = {"seed": seed, "warmup": warmup, "run_dir": run_dir, "resume": resume}
     if name == "ddpg":
         return DDPGSearcher(env, episodes=episodes, reward_baseline=reward_baseline, noise=noise, **common)
@@ -329,5 +351,5 @@ def make_searcher(
     if name == "uniform":
         return UniformSearcher(env, **common)
     if name == "knapsack":
-        return KnapsackSearcher(env, **common)
+        return KnapsackSearcher(env, known=known, **common)
     raise ConfigError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")

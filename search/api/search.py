@@ -14,6 +14,7 @@ from uniprune.compressors.core.threads import resolve_threads, torch_threads
 from uniprune.compressors.formats.run_dir import RunDir
 from uniprune.compressors.latency.budget import budget_verdict
 from uniprune.envs import CompressionEnv
+from uniprune.search import sensitivity
 from uniprune.search.loop import (
     ProgressCallback,
     RunDirCallback,
@@ -94,10 +95,11 @@ def search(spec: SearchSpec, *, env: CompressionEnv | None = None) -> SearchResu
     spec = spec.replace(threads=resolve_threads(spec.env.latency.threads))
     path = check_run_path(spec)  # a bad --run-dir is the one line, before any note
     spec = scaled_warmup(spec)
+    known = sensitivity.costs_from(spec.sensitivity_from, run_config(spec)) if spec.sensitivity_from else None
     with torch_threads(spec.score_threads):
         env = env or build_env(spec.env)
         run_dir = RunDir.start(path, run_config(spec), resume=spec.resume, force=spec.force)
-        loop = _loop(spec, env, run_dir).run()
+        loop = _loop(spec, env, run_dir, known).run()
     if loop.stopped:
         raise KeyboardInterrupt
     best = loop.best
@@ -136,10 +138,10 @@ def _baseline_name(env: CompressionEnv) -> str:
     return f"{engine} ({precision})" if precision else str(engine)
 
 
-def _loop(spec: SearchSpec, env: CompressionEnv, run_dir: RunDir) -> SearchLoop:
+def _loop(spec: SearchSpec, env: CompressionEnv, run_dir: RunDir, known: dict[str, float] | None = None) -> SearchLoop:
     searcher = make_searcher(spec.searcher, env, seed=spec.env.seed, warmup=spec.warmup, run_dir=run_dir.path,
                              resume=spec.resume, episodes=spec.episodes, storage=spec.storage,
-                             reward_baseline=spec.reward_baseline,
+                             reward_baseline=spec.reward_baseline, known=known,
                              noise={"sigma0": spec.noise_sigma, "sigma_decay": spec.noise_decay, "sigma_min": spec.noise_floor})
     first = run_dir.episodes_done
     best_reward = run_dir.state.get("best_reward")

@@ -200,6 +200,10 @@ class SearchSpec(Spec):
     noise_decay: float = option(0.95, "ddpg: the noise scale's factor per episode after warm-up, in (0, 1] (AMC's 0.95)")
     noise_floor: float = option(0.0, "ddpg: the least noise scale, in [0, --noise-sigma] (0: AMC's pure decay, below 0.01 "
                                 "some 76 episodes after warm-up)")
+    sensitivity_from: str | None = option(None, "knapsack: reuse the per-layer sensitivity scores of this earlier run "
+                                          "(its folder or its sensitivity.json; same model, checkpoint, data and scoring "
+                                          "options, any budget), scoring only the options it lacks", kind=str,
+                                          shown="none", metavar="RUN")
     reward_baseline: str = option("sample", "ddpg: the moving-average reward baseline is subtracted per sampled batch "
                                   "(sample) or frozen into each transition when its episode ends (store, the earlier "
                                   "buffer, kept for comparison)", choices=REWARD_BASELINES)
@@ -223,6 +227,9 @@ class SearchSpec(Spec):
             (isinstance(self.noise_floor, (int, float)) and 0 <= self.noise_floor <= self.noise_sigma,
              f"--noise-floor must be in [0, --noise-sigma = {self.noise_sigma}], got {self.noise_floor}"),
             (not (self.resume and self.force), "--resume and --force contradict each other: pass one"),
+            (self.sensitivity_from is None or self.searcher == "knapsack",
+             f"--sensitivity-from reuses the knapsack's scores; the {self.searcher} searcher has none: pass --searcher "
+             "knapsack or leave --sensitivity-from out"),
         ]
 
 
