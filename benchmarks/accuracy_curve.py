@@ -105,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="time the points of --json-out again (a quieter machine), keeping their top-1: each point's "
                         "structure rebuilt from the dense model in --out (the fine-tune changes weights, not structure)")
     p.add_argument("--no-write", action="store_true", help="do not touch docs/")
+    p.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                   help="redraw docs/curve_<name>.png from these runs' --json-out files (one dense reference: the first's "
+                        "engine points; a later run's point replaces an earlier one's at the same method and level); "
+                        "nothing is trained or timed, RESULTS.md is left alone")
     args = p.parse_args(argv)
     cifar = args.model in CIFAR
     args.epochs = args.epochs or (2 if cifar else 10)
@@ -316,8 +320,25 @@ def engine_points(s: Setup, engines: dict[int, DenseEngines], rows: list[dict[st
     return out
 
 
+def merged(paths: list[str]) -> dict[str, Any]:
+    """The figures of several runs of one dense reference as one (see ``--merge``); exits naming a run whose dense
+    top-1 differs from the first's."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    out, points = runs[0], {}
+    for path, run in zip(paths, runs):
+        if abs(run["dense_top1"] - out["dense_top1"]) > 1e-9:
+            sys.exit(f"accuracy_curve: {path} has another dense reference ({run['dense_top1']:.4f} against "
+                     f"{out['dense_top1']:.4f}); merge runs of one dense model")
+        points.update({(r["method"], r["level"]): r for r in run["rows"] if "error" not in r})
+    return {**out, "rows": list(points.values())}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.merge:
+        figures = merged(args.merge)
+        plot(figures, DOCS / f"curve_{args.name}.png", args)
+        return figures
     torch.set_num_threads(args.threads)
     started = time.time()
     s = setup(args)
@@ -393,6 +414,7 @@ def plot(figures: dict[str, Any], path: Path, now: argparse.Namespace) -> Path:
             ax.axvline(1.0, color="0.7", ls=":")
         else:
             ax.set_xscale("log", base=2)
+            ax.set_xticks([1, 2, 4, 8, 16, 32], ["1x", "2x", "4x", "8x", "16x", "32x"])  # the issue's storage levels
             ax.set_xlabel("storage compression (dense bits / stored bits)")
         ax.axhline(100 * figures["dense_top1"], color="0.4", ls="--", label=f"dense {100 * figures['dense_top1']:.1f} %")
         ax.set_ylabel("test top-1 (%)")
