@@ -237,7 +237,7 @@ def _policy_table(policy: Policy, scores: Path) -> list[str]:
     lines = ["## Best policy", "", head, "| --- | ---: | ---: |" + (" --- |" if shapes else "") + (" ---: |" if data else "")]
     lost = {}
     for n, a in policy.layers.items():
-        row = f"| {n} | {a.prune:.3f} | {a.unify:.3f} |" + (f" {a.block.key if a.block else '–'} |" if shapes else "")
+        row = f"| {n} | {a.prune:.3f} | {a.unify:.3f} |" + (f" {a.block.key if a.block and not a.is_dense else '–'} |" if shapes else "")
         if data:
             lost[n] = _lost_alone(data["layers"].get(n, []), a)
             row += f" {'–' if lost[n] is None else f'{100 * lost[n]:.2f}'} |"

@@ -97,3 +97,12 @@ def test_the_report_names_the_layers_that_cost_the_most(tmp_path) -> None:
     rows = [r for r in report.splitlines() if r.startswith("| ") and "---" not in r and "layer" not in r]
     lost = [r.split("|")[-2].strip() for r in rows]
     assert rows and all(v == "0.00" or float(v) > 0 for v in lost) and "Where the accuracy goes" in report
+
+
+def test_a_plan_that_loses_much_before_fine_tuning_is_warned_about() -> None:
+    from uniprune.search.api.search import PLAN_LOSS_WARNING, plan_warnings
+
+    assert plan_warnings(0.80, 0.85, 0.75, 0.66) == [] and plan_warnings(None, 0.85, 0.75, 0.66) == []
+    (w,) = plan_warnings(0.276, 0.879, 0.75, 0.6626)
+    assert "27.6% validation top-1 against 87.9% dense" in w and "60.3 points lost" in w and "--latency-budget" in w
+    assert plan_warnings(0.85 - PLAN_LOSS_WARNING - 0.01, 0.85, 0.5, 0.4)
