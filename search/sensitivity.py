@@ -33,9 +33,10 @@ from .knapsack import LayerOptions, option_key
 FORMAT = "uniprune.sensitivity/1"
 FILE = "sensitivity.json"
 #: a run's ``config.json`` options that change a score (with the checkpoint's content): the same in two runs,
-#: their scores are interchangeable whatever their budgets, caps, latency tables or searcher settings
+#: their scores are interchangeable whatever their budgets, caps, layers kept dense, latency tables or searcher
+#: settings (those change which options exist, not what one scores)
 SCORING_KEYS = ("model", "dataset", "data", "seed", "val_samples", "val_fraction", "bn_recalibrate",
-                "eval_batch_size", "reward_steps", "keep_dense")
+                "eval_batch_size", "reward_steps")
 
 
 def _sha256(path: str | None) -> str | None:
