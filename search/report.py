@@ -218,10 +218,11 @@ def write_report(run_dir: str | Path) -> list[Path]:
 
 
 def _lost_alone(options: list[dict[str, Any]], action: LayerAction) -> float | None:
-    """The scored validation accuracy lost by the option nearest ``action`` (same block shape; within 0.02 of
-    each fraction, since the wall realises fractions at whole blocks), or None."""
+    """The scored validation accuracy lost by the option nearest ``action`` (same block shape, or none recorded
+    where one shape was searched; within 0.02 of each fraction, since the wall realises fractions at whole
+    blocks), or None."""
     shape = action.block.key if action.block is not None else None
-    near = [o for o in options if o.get("shape") == shape
+    near = [o for o in options if o.get("shape") in (None, shape)
             and abs(o["prune"] - action.prune) <= 0.02 and abs(o["unify"] - action.unify) <= 0.02]
     if action.is_dense or not near:
         return 0.0 if action.is_dense else None
