@@ -354,6 +354,17 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
         print(f"latency table: note: {note}", file=sys.stderr)
     meta = {"kind": "measured", "key": key_obj | {"arch": type(model).__name__}, "runtime": used,
             "precision": precision if used != "python" else "fp32", "notes": notes}
+    lm = _agreeing_table(models, names, dense, x, n, used, g, q, reduce, meta, warmup=warmup, repeats=repeats,
+                         min_seconds=min_seconds, statistic=statistic, progress=progress)
+    write_json_atomic(path, lm.to_dict())
+    return lm
+
+
+def _agreeing_table(models: Mapping[tuple[int, int], Any], names: Sequence[str], dense: DenseEngines, x: torch.Tensor,
+                    n: int, used: str, g: np.ndarray, q: np.ndarray, reduce: Any, meta: dict[str, Any], *, warmup: int,
+                    repeats: int, min_seconds: float, statistic: str, progress: bool) -> LatencyModel:
+    """The table from the rounds and the baseline's race, measured again (at most :data:`TABLE_ATTEMPTS` times in
+    all) while it disagrees with the whole pass (:func:`table_agreement`); ``meta["agreement"]`` keeps the last."""
     for attempt in range(1, TABLE_ATTEMPTS + 1):
         samples, wholes = measure_rounds(models, names, x, n, used, warmup=warmup, repeats=repeats,
                                          min_seconds=min_seconds, progress=progress)
@@ -374,7 +385,6 @@ def build_latency_model(model: nn.Module, input_shape: tuple[int, int, int], *, 
               f"beside the dense engines (want within {TABLE_AGREEMENT_TOLERANCE:.0%}): the machine's speed changed "
               f"while it was measured; {again}", file=sys.stderr)
     lm.meta["agreement"] = agreement
-    write_json_atomic(path, lm.to_dict())
     return lm
 
 
