@@ -68,9 +68,8 @@ def write(path: str | os.PathLike, scored: Sequence[LayerOptions], dense_accurac
                                     "layers": layers})
 
 
-def read(path: str | os.PathLike) -> dict[str, Any]:
-    """The file at ``path`` checked: RunDirError of one line when it is not a :data:`FORMAT` file."""
-    fix = "delete it to score the layers again"
+def read(path: str | os.PathLike, fix: str = "delete it to score the layers again") -> dict[str, Any]:
+    """The file at ``path`` checked: RunDirError of one line (ending in ``fix``) when it is not a :data:`FORMAT` file."""
     data = read_json(path, RunDirError, fix)
     layers = data.get("layers") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("scoring"), dict) \
@@ -118,7 +117,7 @@ def costs_from(given: str | os.PathLike, config: Mapping[str, Any]) -> dict[str,
     """The scores of ``--sensitivity-from`` for a run configured as ``config``; ConfigError naming what differs
     where they were scored another way."""
     file = source_file(given)
-    data = read(file)
+    data = read(file, fix="pass another run's sensitivity.json, or leave --sensitivity-from out")
     differs = mismatch(data["scoring"], scoring_key(config))
     if differs:
         raise ConfigError(f"--sensitivity-from {given} was scored another way ({'; '.join(differs)}); pass a run of the "
