@@ -314,14 +314,14 @@ static inline uint32_t bf16_bits(float f) { /* round to nearest even; inputs are
 }
 
 #if HAVE_AMX || HAVE_DPBF16
-/* d[j] = (bf16(a[j]), bf16(b[j])) for j < n, 16 at a time: the scalar loop GCC made of it cost a third of a
- * batch-32 layer's time. Rounding to nearest even, as bf16_bits. */
 /* 16 floats' bits rounded to nearest even at bit 16: the bf16 value in each lane's upper half */
 static inline __m512i bf16_round(__m512i u) {
     return _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
                                                 _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
 }
 
+/* d[j] = (bf16(a[j]), bf16(b[j])) for j < n, 16 at a time: the scalar loop GCC made of it cost a third of a
+ * batch-32 layer's time. Rounding to nearest even, as bf16_bits. */
 static inline void pack_pairs(uint32_t *restrict d, const float *restrict a, const float *restrict b, int n) {
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     for (int j = 0; j < n; j += 16) {
@@ -1158,7 +1158,6 @@ static inline __m512 exp16(__m512 x) {
     y = _mm512_fmadd_ps(_mm512_mul_ps(y, f), f, _mm512_add_ps(f, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(y, n);
 }
-
 
 /* ka, qb and va of one head from its q, k, v rows */
 static void attn_prepare(const amx_attn *a, const float *q, const float *k, const float *v) {

@@ -951,6 +951,13 @@ typedef struct {
 
 #define DW_NV 4 /* channel vectors per FMA block: independent chains, and each tap's bounds checked once */
 
+/* a clamped to [lo, hi] lane by lane: a select in C vector extensions, a blend by mask */
+static inline vf dw_clamp(vf a, vf lo, vf hi) {
+    const vi below = a < lo, above = a > hi;
+    a = (vf)((below & (vi)lo) | (~below & (vi)a));
+    return (vf)((above & (vi)hi) | (~above & (vi)a));
+}
+
 static inline __attribute__((always_inline)) void dw_pixel(const dw_ctx *c, const float *xT, float *yo,
                                                            const int64_t *toff, const int32_t *tw, int nt, int c0,
                                                            const int NV) {
@@ -962,13 +969,7 @@ static inline __attribute__((always_inline)) void dw_pixel(const dw_ctx *c, cons
     }
     const vf lo = (vf){0} + c->lo, hi = (vf){0} + c->hi;
     for (int v = 0; v < NV; v++) {
-        vf a = acc[v];
-        if (c->act) {
-            vi below = a < lo, above = a > hi; /* a select in C vector extensions: blend by mask */
-            a = (vf)((below & (vi)lo) | (~below & (vi)a));
-            a = (vf)((above & (vi)hi) | (~above & (vi)a));
-        }
-        *(vf *)(yo + c0 + v * VL) = a;
+        *(vf *)(yo + c0 + v * VL) = c->act ? dw_clamp(acc[v], lo, hi) : acc[v];
     }
 }
 
@@ -1112,12 +1113,7 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) static void dw_dir
                 if (two) acc[1] += *(const vf *)(win + row_step + toff[t] + ox) * wk[t];
             }
             for (int i = 0; i <= two; i++) {
-                vf a = acc[i];
-                if (c->act) {
-                    vi below = a < lo, above = a > hi;
-                    a = (vf)((below & (vi)lo) | (~below & (vi)a));
-                    a = (vf)((above & (vi)hi) | (~above & (vi)a));
-                }
+                const vf a = c->act ? dw_clamp(acc[i], lo, hi) : acc[i];
                 float *yr = yc + (int64_t)(oy + i) * c->Wo + ox;
                 if (c->Wo - ox >= VL)
                     *(vf *)yr = a;
